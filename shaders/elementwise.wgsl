@@ -1,0 +1,51 @@
+// Element-wise ops over flat tensors: relu(x) and x + y.
+//
+// Bindings:
+//   0  x       [len]
+//   1  y       [len]   add only
+//   2  out     [len]
+//   3  params  ElementwiseParams
+//
+// Grid: one invocation per element, workgroups linearised over x and y.
+
+struct ElementwiseParams {
+    len: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+override WG: u32 = 256u;
+
+// ReLU that keeps NaN, decided on the bits: GL drivers may rewrite a float comparison such as
+// `v < 0.0 ? 0.0 : v` into max(v, 0.0), which turns NaN into 0 where PyTorch keeps it.
+fn relu_keep_nan(v: f32) -> f32 {
+    let bits = bitcast<u32>(v);
+    // Negative and finite or -inf: sign set, magnitude at most that of infinity.
+    return select(v, 0.0, bits > 0x80000000u && bits <= 0xff800000u);
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<uniform> p: ElementwiseParams;
+
+@compute @workgroup_size(WG)
+fn relu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (i >= p.len) {
+        return;
+    }
+    out[i] = relu_keep_nan(x[i]);
+}
+
+@compute @workgroup_size(WG)
+fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+       @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (i >= p.len) {
+        return;
+    }
+    out[i] = x[i] + y[i];
+}

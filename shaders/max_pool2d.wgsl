@@ -1,0 +1,65 @@
+// 2-D max pooling with PyTorch semantics (floor mode): padded positions never win the max,
+// and a NaN in the window propagates.
+//
+// Bindings:
+//   0  x       [N, C, H, W]
+//   1  out     [N, C, OH, OW]
+//   2  params  MaxPool2dParams
+//
+// Grid: one invocation per output element, workgroups linearised over x and y.
+
+struct MaxPool2dParams {
+    len: u32,
+    in_height: u32,
+    in_width: u32,
+    out_height: u32,
+    out_width: u32,
+    kernel_h: u32,
+    kernel_w: u32,
+    stride_h: u32,
+    stride_w: u32,
+    pad_h: u32,
+    pad_w: u32,
+    _pad0: u32,
+}
+
+override WG: u32 = 256u;
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<uniform> p: MaxPool2dParams;
+
+@compute @workgroup_size(WG)
+fn max_pool2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (i >= p.len) {
+        return;
+    }
+    let out_plane = p.out_height * p.out_width;
+    let nc = i / out_plane;
+    let r = i % out_plane;
+    let oy = r / p.out_width;
+    let ox = r % p.out_width;
+    // Clip the window to the input: padding contributes nothing.
+    let y0 = i32(oy * p.stride_h) - i32(p.pad_h);
+    let x0 = i32(ox * p.stride_w) - i32(p.pad_w);
+    let y_start = u32(max(y0, 0));
+    let x_start = u32(max(x0, 0));
+    let y_end = u32(min(y0 + i32(p.kernel_h), i32(p.in_height)));
+    let x_end = u32(min(x0 + i32(p.kernel_w), i32(p.in_width)));
+    let base = nc * p.in_height * p.in_width;
+    var m = bitcast<f32>(0xff800000u); // -inf
+    for (var y = y_start; y < y_end; y++) {
+        for (var xx = x_start; xx < x_end; xx++) {
+            let v = x[base + y * p.in_width + xx];
+            // PyTorch lets a NaN win the max. The NaN test looks at the bits: `v != v` may be
+            // folded away by drivers that assume no NaNs.
+            let is_nan = (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+            if (v > m || is_nan) {
+                m = v;
+            }
+        }
+    }
+    out[i] = m;
+}

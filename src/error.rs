@@ -1,0 +1,73 @@
+//! The crate's one error type. Every variant reads as a sentence that tells the user what went
+//! wrong and, where there is one, what to do about it.
+
+use thiserror::Error;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `fpn_wgpu`.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// wgpu found no adapter that can run compute shaders.
+    #[error(
+        "no GPU adapter found{detail}; install a GPU driver, or on headless Linux install Mesa's \
+         software Vulkan driver (`apt-get install mesa-vulkan-drivers`); WGPU_BACKEND and \
+         WGPU_ADAPTER_NAME choose among the adapters that exist"
+    )]
+    NoAdapter {
+        /// Extra context, such as the backend or name filter that was in force.
+        detail: String,
+    },
+
+    /// The adapter refused to create a device.
+    #[error("the adapter `{adapter}` could not create a device: {reason}")]
+    RequestDevice { adapter: String, reason: String },
+
+    /// A shape or parameter passed to an op is invalid.
+    #[error("{op}: {message}")]
+    InvalidArgument {
+        /// The op or function that rejected the argument.
+        op: &'static str,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+
+    /// A tensor or dispatch does not fit the device's limits.
+    #[error("{op}: {what} is {value}, above this device's limit of {limit}; {hint}")]
+    LimitExceeded {
+        op: &'static str,
+        what: String,
+        value: u64,
+        limit: u64,
+        hint: &'static str,
+    },
+
+    /// The GPU reported an error (validation, out of memory, device lost).
+    #[error("the GPU reported an error during {op}: {message}")]
+    Gpu { op: &'static str, message: String },
+
+    /// Reading a tensor back from the GPU failed.
+    #[error("reading a tensor back from the GPU failed: {0}")]
+    Readback(String),
+
+    /// A weights or tensor file could not be read or parsed.
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+
+    /// The weights do not match the model: missing, unexpected or mis-shaped tensors.
+    #[error("the weights do not match the model:\n{}", .problems.join("\n"))]
+    Weights {
+        /// One line per offending tensor, with its full dotted name and both shapes.
+        problems: Vec<String>,
+    },
+}
+
+impl Error {
+    pub(crate) fn invalid(op: &'static str, message: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            op,
+            message: message.into(),
+        }
+    }
+}

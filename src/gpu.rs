@@ -1,0 +1,482 @@
+//! The GPU context: adapter choice, device limits, the pipeline cache and command submission.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::kernels::ShaderSource;
+
+/// A wgpu device and queue plus what the kernels need to use them: limits, cached pipelines.
+///
+/// Build one with [`GpuContext::new`] (pick an adapter) or [`GpuContext::from_device`] (share the
+/// device your renderer already owns). Cloning is cheap and shares everything.
+#[derive(Clone)]
+pub struct GpuContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    adapter: AdapterSummary,
+    limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    /// Bound in place of an optional input that an op does not use; wgpu rejects empty bindings.
+    placeholder: wgpu::Buffer,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PipelineKey {
+    shader: &'static str,
+    entry: &'static str,
+    constants: Vec<(&'static str, u32)>,
+}
+
+/// What the crate reports about the adapter it runs on.
+#[derive(Clone, Debug)]
+pub struct AdapterSummary {
+    /// The driver's name for the device, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub name: String,
+    /// Vulkan, Metal, Dx12, Gl or BrowserWebGpu.
+    pub backend: wgpu::Backend,
+    /// Discrete, integrated, virtual, CPU (software) or other.
+    pub device_type: wgpu::DeviceType,
+    /// The driver and its version, where the backend reports it.
+    pub driver: String,
+}
+
+impl std::fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({:?}, {:?}",
+            self.name, self.backend, self.device_type
+        )?;
+        if !self.driver.is_empty() {
+            write!(f, ", {}", self.driver)?;
+        }
+        write!(f, ")")
+    }
+}
+
+impl AdapterSummary {
+    fn from_info(info: &wgpu::AdapterInfo) -> Self {
+        let driver = [info.driver.as_str(), info.driver_info.as_str()]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        AdapterSummary {
+            name: info.name.clone(),
+            backend: info.backend,
+            device_type: info.device_type,
+            driver,
+        }
+    }
+}
+
+/// One recorded kernel launch: a pipeline, its bindings and its grid. Built once, recorded into
+/// as many command encoders as needed.
+#[derive(Clone, Debug)]
+pub struct Dispatch {
+    pub(crate) label: &'static str,
+    pub(crate) pipeline: wgpu::ComputePipeline,
+    pub(crate) bind_group: wgpu::BindGroup,
+    pub(crate) workgroups: [u32; 3],
+}
+
+impl Dispatch {
+    /// Records this launch into a compute pass.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        let [x, y, z] = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+
+    /// The kernel this launch runs, for reports and errors.
+    pub fn label(&self) -> &'static str {
+        self.label
+    }
+}
+
+/// Ranks adapters: hardware before software, native backends before GL.
+fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
+    let device = match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    let backend = match info.backend {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        wgpu::Backend::BrowserWebGpu => 1,
+        _ => 2,
+    };
+    (device, backend)
+}
+
+impl GpuContext {
+    /// Picks an adapter and creates a device, blocking the thread. See [`GpuContext::new_async`].
+    pub fn new() -> Result<Self> {
+        pollster::block_on(Self::new_async())
+    }
+
+    /// Picks an adapter without a window and creates a device with the adapter's own limits.
+    ///
+    /// `WGPU_BACKEND` (e.g. `vulkan`, `gl`, `metal`, `dx12`) restricts the backends searched and
+    /// `WGPU_ADAPTER_NAME` picks the first adapter whose name contains it (case-insensitive).
+    /// Otherwise a hardware GPU is preferred over a software one.
+    pub async fn new_async() -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let mut adapters = instance.enumerate_adapters(backends).await;
+        adapters.retain(|a| {
+            a.get_downlevel_capabilities()
+                .flags
+                .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        });
+        let mut detail = match std::env::var("WGPU_BACKEND") {
+            Ok(b) => format!(" for WGPU_BACKEND={b}"),
+            Err(_) => String::new(),
+        };
+        if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
+            let wanted_lc = wanted.to_lowercase();
+            let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&wanted_lc));
+            detail.push_str(&format!(
+                " whose name contains WGPU_ADAPTER_NAME={wanted:?} (adapters present: {names:?})"
+            ));
+        }
+        let adapter = adapters
+            .into_iter()
+            .min_by_key(|a| adapter_rank(&a.get_info()))
+            .ok_or(Error::NoAdapter { detail })?;
+        Self::from_adapter(&adapter).await
+    }
+
+    /// Creates a device on the given adapter, requesting the adapter's real limits (storage
+    /// buffer binding size, buffer size, workgroup storage) instead of wgpu's conservative
+    /// defaults.
+    pub async fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("fpn-wgpu"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits,
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::RequestDevice {
+                adapter: info.name.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self::build(device, queue, AdapterSummary::from_info(&info)))
+    }
+
+    /// Wraps a device and queue that the caller already owns (a renderer's or a game engine's).
+    /// The kernels then respect that device's limits, whatever they are.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        let adapter = AdapterSummary {
+            name: "caller-provided device".into(),
+            backend: wgpu::Backend::Noop,
+            device_type: wgpu::DeviceType::Other,
+            driver: String::new(),
+        };
+        Self::build(device, queue, adapter)
+    }
+
+    fn build(device: wgpu::Device, queue: wgpu::Queue, adapter: AdapterSummary) -> Self {
+        // wgpu's default handler panics; a library must not take its host down. Errors of our
+        // own submissions are captured by error scopes; anything else is logged.
+        device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
+            log::error!("uncaptured wgpu error: {e}");
+        }));
+        let limits = device.limits();
+        let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("placeholder"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        GpuContext {
+            inner: Arc::new(Inner {
+                device,
+                queue,
+                adapter,
+                limits,
+                pipelines: Mutex::new(HashMap::new()),
+                modules: Mutex::new(HashMap::new()),
+                placeholder,
+            }),
+        }
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// The adapter this context runs on.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.inner.adapter
+    }
+
+    /// The limits the device was created with.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+
+    /// The largest byte size a single storage binding (one tensor) may have on this device.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.inner
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.inner.limits.max_buffer_size)
+    }
+
+    pub(crate) fn placeholder(&self) -> &wgpu::Buffer {
+        &self.inner.placeholder
+    }
+
+    /// Checks that a buffer of `bytes` fits one storage binding on this device.
+    pub(crate) fn check_binding_size(
+        &self,
+        op: &'static str,
+        what: &str,
+        bytes: u64,
+    ) -> Result<()> {
+        let limit = self.max_binding_bytes();
+        if bytes > limit {
+            return Err(Error::LimitExceeded {
+                op,
+                what: format!("the byte size of {what}"),
+                value: bytes,
+                limit,
+                hint: "use a smaller input (height, width or batch)",
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a dispatch grid against the device's per-dimension workgroup limit.
+    pub(crate) fn check_grid(&self, op: &'static str, grid: [u32; 3]) -> Result<()> {
+        let limit = self.inner.limits.max_compute_workgroups_per_dimension;
+        for (axis, &n) in ["x", "y", "z"].iter().zip(grid.iter()) {
+            if n > limit {
+                return Err(Error::LimitExceeded {
+                    op,
+                    what: format!("the workgroup count along {axis}"),
+                    value: n as u64,
+                    limit: limit as u64,
+                    hint: "use a smaller input (height, width or batch)",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns the cached pipeline for a shader entry point and its override constants,
+    /// compiling it on first use.
+    pub(crate) fn pipeline(
+        &self,
+        shader: &ShaderSource,
+        entry: &'static str,
+        constants: &[(&'static str, u32)],
+    ) -> Result<wgpu::ComputePipeline> {
+        let key = PipelineKey {
+            shader: shader.name,
+            entry,
+            constants: constants.to_vec(),
+        };
+        let mut pipelines = self
+            .inner
+            .pipelines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = pipelines.get(&key) {
+            return Ok(p.clone());
+        }
+        let device = &self.inner.device;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = {
+            let mut modules = self.inner.modules.lock().unwrap_or_else(|p| p.into_inner());
+            modules
+                .entry(shader.name)
+                .or_insert_with(|| {
+                    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(shader.name),
+                        source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+                    })
+                })
+                .clone()
+        };
+        let constants_f64: Vec<(&str, f64)> =
+            constants.iter().map(|&(k, v)| (k, v as f64)).collect();
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &constants_f64,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu {
+                op: "pipeline creation",
+                message: format!("{}:{entry}: {e}", shader.name),
+            });
+        }
+        pipelines.insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Creates a uniform buffer holding one params struct.
+    pub(crate) fn uniform<T: bytemuck::Pod>(
+        &self,
+        label: &'static str,
+        params: &T,
+    ) -> wgpu::Buffer {
+        self.inner
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::bytes_of(params),
+                usage: wgpu::BufferUsages::UNIFORM,
+            })
+    }
+
+    /// Creates a read-only storage buffer from host data (weights, per-channel vectors).
+    pub(crate) fn storage_from<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
+        // wgpu rejects zero-sized bindings; an empty vector still gets one element of room.
+        let bytes = bytemuck::cast_slice(data);
+        let contents: &[u8] = if bytes.is_empty() { &[0u8; 16] } else { bytes };
+        self.inner
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    /// Builds a bind group for `pipeline` from (binding index, buffer binding) pairs.
+    pub(crate) fn bind_group(
+        &self,
+        label: &'static str,
+        pipeline: &wgpu::ComputePipeline,
+        entries: &[(u32, wgpu::BindingResource<'_>)],
+    ) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry<'_>> = entries
+            .iter()
+            .map(|(binding, resource)| wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: resource.clone(),
+            })
+            .collect();
+        self.inner
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(label),
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            })
+    }
+
+    /// Records the dispatches into one compute pass, submits them and waits for completion,
+    /// returning any validation or out-of-memory error they raised.
+    pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
+        pollster::block_on(self.run_async(dispatches))
+    }
+
+    /// Async form of [`GpuContext::run`].
+    pub async fn run_async(&self, dispatches: &[&Dispatch]) -> Result<()> {
+        let device = &self.inner.device;
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("fpn-wgpu ops"),
+        });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("fpn-wgpu ops"),
+                timestamp_writes: None,
+            });
+            for d in dispatches {
+                d.record(&mut pass);
+            }
+        }
+        self.inner.queue.submit([encoder.finish()]);
+        let oom = oom.pop().await;
+        let validation = validation.pop().await;
+        if let Some(e) = oom.or(validation) {
+            let label = dispatches.first().map(|d| d.label).unwrap_or("submit");
+            return Err(Error::Gpu {
+                op: label,
+                message: e.to_string(),
+            });
+        }
+        self.wait()
+    }
+
+    /// Blocks until the queue has finished all submitted work.
+    pub(crate) fn wait(&self) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Gpu {
+                op: "waiting for the GPU",
+                message: e.to_string(),
+            })
+    }
+}
+
+/// Splits `n` workgroups into a 2-D grid that respects the per-dimension limit; shaders
+/// linearise with `workgroup_id.y * num_workgroups.x + workgroup_id.x`.
+pub(crate) fn grid_2d(n: u32, max_per_dim: u32) -> [u32; 3] {
+    if n <= max_per_dim {
+        [n.max(1), 1, 1]
+    } else {
+        let y = n.div_ceil(max_per_dim);
+        [n.div_ceil(y), y, 1]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grid_2d;
+
+    #[test]
+    fn grid_covers_every_workgroup_within_limits() {
+        for &(n, max) in &[
+            (1, 65535),
+            (65535, 65535),
+            (65536, 65535),
+            (1_000_000, 65535),
+            (7, 3),
+        ] {
+            let [x, y, _] = grid_2d(n, max);
+            assert!(x <= max && y <= max, "{n} {max} -> {x}x{y}");
+            assert!(x as u64 * y as u64 >= n as u64);
+        }
+    }
+}

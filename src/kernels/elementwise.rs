@@ -1,0 +1,80 @@
+//! ReLU and element-wise add (`shaders/elementwise.wgsl`): the unfused forms of what the
+//! convolution epilogue does.
+
+use crate::error::Result;
+use crate::gpu::{Dispatch, GpuContext};
+use crate::kernels::{check_distinct, check_same_shape, elementwise_dispatch, ShaderSource};
+use crate::tensor::{check_shape, Tensor};
+
+/// The WGSL source.
+pub const SHADER: ShaderSource = ShaderSource {
+    name: "elementwise.wgsl",
+    source: include_str!("../../shaders/elementwise.wgsl"),
+    params: &[(
+        "ElementwiseParams",
+        std::mem::size_of::<ElementwiseParams>(),
+    )],
+};
+
+/// Mirrors `ElementwiseParams` in the WGSL.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ElementwiseParams {
+    pub len: u32,
+    pub _pad: [u32; 3],
+}
+
+/// Builds the launch computing `out = max(x, 0)` (NaN stays NaN).
+pub fn prepare_relu(ctx: &GpuContext, x: &Tensor, out: &Tensor) -> Result<Dispatch> {
+    check_shape(ctx, "relu", "the input", x.shape())?;
+    check_same_shape("relu", out, "the output", x, "the input")?;
+    check_distinct("relu", out, &[x])?;
+    let params = ElementwiseParams {
+        len: x.numel() as u32,
+        _pad: [0; 3],
+    };
+    elementwise_dispatch(
+        ctx,
+        &SHADER,
+        "relu",
+        x.numel(),
+        &params,
+        &[(0, x.binding()), (2, out.binding())],
+        3,
+    )
+}
+
+/// Builds the launch computing `out = a + b`.
+pub fn prepare_add(ctx: &GpuContext, a: &Tensor, b: &Tensor, out: &Tensor) -> Result<Dispatch> {
+    check_shape(ctx, "add", "the first input", a.shape())?;
+    check_same_shape("add", b, "the second input", a, "the first input")?;
+    check_same_shape("add", out, "the output", a, "the first input")?;
+    check_distinct("add", out, &[a, b])?;
+    let params = ElementwiseParams {
+        len: a.numel() as u32,
+        _pad: [0; 3],
+    };
+    elementwise_dispatch(
+        ctx,
+        &SHADER,
+        "add",
+        a.numel(),
+        &params,
+        &[(0, a.binding()), (1, b.binding()), (2, out.binding())],
+        3,
+    )
+}
+
+/// Runs ReLU now and returns its output.
+pub fn relu(ctx: &GpuContext, x: &Tensor) -> Result<Tensor> {
+    let out = Tensor::empty(ctx, x.shape())?;
+    ctx.run(&[&prepare_relu(ctx, x, &out)?])?;
+    Ok(out)
+}
+
+/// Runs `a + b` now and returns its output.
+pub fn add(ctx: &GpuContext, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let out = Tensor::empty(ctx, a.shape())?;
+    ctx.run(&[&prepare_add(ctx, a, b, &out)?])?;
+    Ok(out)
+}

@@ -1,0 +1,141 @@
+//! 2-D max pooling (`shaders/max_pool2d.wgsl`).
+
+use crate::error::{Error, Result};
+use crate::gpu::{Dispatch, GpuContext};
+use crate::kernels::{check_distinct, elementwise_dispatch, ShaderSource};
+use crate::tensor::{check_shape, Tensor};
+
+/// The WGSL source.
+pub const SHADER: ShaderSource = ShaderSource {
+    name: "max_pool2d.wgsl",
+    source: include_str!("../../shaders/max_pool2d.wgsl"),
+    params: &[("MaxPool2dParams", std::mem::size_of::<MaxPool2dParams>())],
+};
+
+/// Mirrors `MaxPool2dParams` in the WGSL.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct MaxPool2dParams {
+    pub len: u32,
+    pub in_height: u32,
+    pub in_width: u32,
+    pub out_height: u32,
+    pub out_width: u32,
+    pub kernel_h: u32,
+    pub kernel_w: u32,
+    pub stride_h: u32,
+    pub stride_w: u32,
+    pub pad_h: u32,
+    pub pad_w: u32,
+    pub _pad0: u32,
+}
+
+/// Kernel, stride and padding, as (vertical, horizontal) pairs; floor mode, no dilation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxPool2dOptions {
+    pub kernel: (usize, usize),
+    pub stride: (usize, usize),
+    pub padding: (usize, usize),
+}
+
+impl MaxPool2dOptions {
+    /// Square kernel, stride and padding.
+    pub fn new(kernel: usize, stride: usize, padding: usize) -> Self {
+        MaxPool2dOptions {
+            kernel: (kernel, kernel),
+            stride: (stride, stride),
+            padding: (padding, padding),
+        }
+    }
+}
+
+/// The output shape, with PyTorch's rules: padding at most half the kernel, floor division.
+pub fn output_shape(input: [usize; 4], opts: &MaxPool2dOptions) -> Result<[usize; 4]> {
+    const OP: &str = "max_pool2d";
+    let [n, c, h, w] = input;
+    let (kh, kw) = opts.kernel;
+    let (sh, sw) = opts.stride;
+    let (ph, pw) = opts.padding;
+    if kh == 0 || kw == 0 || sh == 0 || sw == 0 {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "kernel {:?} and stride {:?} must be at least 1",
+                opts.kernel, opts.stride
+            ),
+        ));
+    }
+    if 2 * ph > kh || 2 * pw > kw {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "padding {:?} must be at most half the kernel {:?}",
+                opts.padding, opts.kernel
+            ),
+        ));
+    }
+    if h + 2 * ph < kh || w + 2 * pw < kw {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the {kh}x{kw} window is larger than the padded input {}x{}",
+                h + 2 * ph,
+                w + 2 * pw
+            ),
+        ));
+    }
+    Ok([n, c, (h + 2 * ph - kh) / sh + 1, (w + 2 * pw - kw) / sw + 1])
+}
+
+/// Builds the launch computing `out = max_pool2d(x)`.
+pub fn prepare(
+    ctx: &GpuContext,
+    x: &Tensor,
+    out: &Tensor,
+    opts: &MaxPool2dOptions,
+) -> Result<Dispatch> {
+    const OP: &str = "max_pool2d";
+    check_shape(ctx, OP, "the input", x.shape())?;
+    let shape = output_shape(x.shape(), opts)?;
+    if out.shape() != shape {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the output tensor has shape {:?}; this pooling produces {shape:?}",
+                out.shape()
+            ),
+        ));
+    }
+    check_distinct(OP, out, &[x])?;
+    let [_, _, h, w] = x.shape();
+    let params = MaxPool2dParams {
+        len: out.numel() as u32,
+        in_height: h as u32,
+        in_width: w as u32,
+        out_height: shape[2] as u32,
+        out_width: shape[3] as u32,
+        kernel_h: opts.kernel.0 as u32,
+        kernel_w: opts.kernel.1 as u32,
+        stride_h: opts.stride.0 as u32,
+        stride_w: opts.stride.1 as u32,
+        pad_h: opts.padding.0 as u32,
+        pad_w: opts.padding.1 as u32,
+        _pad0: 0,
+    };
+    elementwise_dispatch(
+        ctx,
+        &SHADER,
+        "max_pool2d",
+        out.numel(),
+        &params,
+        &[(0, x.binding()), (1, out.binding())],
+        2,
+    )
+}
+
+/// Runs a max pooling now and returns its output.
+pub fn max_pool2d(ctx: &GpuContext, x: &Tensor, opts: &MaxPool2dOptions) -> Result<Tensor> {
+    let out = Tensor::empty(ctx, output_shape(x.shape(), opts)?)?;
+    ctx.run(&[&prepare(ctx, x, &out, opts)?])?;
+    Ok(out)
+}

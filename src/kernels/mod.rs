@@ -1,0 +1,100 @@
+//! GPU kernels: one module per WGSL file in `shaders/`, each with its `#[repr(C)]` params
+//! struct, its shape checks, a `prepare` that builds a [`Dispatch`] (for the executor, which
+//! records many launches into one pass) and a function that runs the op at once.
+
+pub mod batch_norm;
+pub mod conv2d;
+pub mod elementwise;
+pub mod max_pool2d;
+pub mod upsample_add;
+
+use crate::error::Result;
+use crate::gpu::{grid_2d, Dispatch, GpuContext};
+use crate::tensor::Tensor;
+
+/// A WGSL file compiled into the crate.
+#[derive(Debug)]
+pub struct ShaderSource {
+    /// File name under `shaders/`.
+    pub name: &'static str,
+    /// The WGSL text.
+    pub source: &'static str,
+    /// Each params struct in the file with the byte size of its Rust twin, so a test can check
+    /// that both sides agree.
+    pub params: &'static [(&'static str, usize)],
+}
+
+/// Every shader the crate uses.
+pub const SHADERS: &[&ShaderSource] = &[
+    &conv2d::SHADER,
+    &batch_norm::SHADER,
+    &max_pool2d::SHADER,
+    &upsample_add::SHADER,
+    &elementwise::SHADER,
+];
+
+/// Workgroup size of the one-invocation-per-element kernels (the WGSL `override WG`).
+pub const ELEMENTWISE_WG: u32 = 256;
+
+/// Builds a launch of an element-wise kernel (`override WG`, one invocation per element, grid
+/// linearised as `workgroup_id.y * num_workgroups.x + workgroup_id.x`). `buffers` pairs each
+/// storage binding index with its resource; the params uniform goes at `params_binding`.
+pub(crate) fn elementwise_dispatch<P: bytemuck::Pod>(
+    ctx: &GpuContext,
+    shader: &ShaderSource,
+    entry: &'static str,
+    len: usize,
+    params: &P,
+    buffers: &[(u32, wgpu::BindingResource<'_>)],
+    params_binding: u32,
+) -> Result<Dispatch> {
+    let pipeline = ctx.pipeline(shader, entry, &[("WG", ELEMENTWISE_WG)])?;
+    let groups = (len as u64).div_ceil(ELEMENTWISE_WG as u64);
+    let max = ctx.limits().max_compute_workgroups_per_dimension;
+    let groups = u32::try_from(groups).unwrap_or(u32::MAX);
+    let workgroups = grid_2d(groups, max);
+    ctx.check_grid(entry, workgroups)?;
+    let uniform = ctx.uniform(entry, params);
+    let mut entries = buffers.to_vec();
+    entries.push((params_binding, uniform.as_entire_binding()));
+    let bind_group = ctx.bind_group(entry, &pipeline, &entries);
+    Ok(Dispatch {
+        label: entry,
+        pipeline,
+        bind_group,
+        workgroups,
+    })
+}
+
+/// Checks that two tensors have the same shape.
+pub(crate) fn check_same_shape(
+    op: &'static str,
+    a: &Tensor,
+    what_a: &str,
+    b: &Tensor,
+    what_b: &str,
+) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(crate::Error::invalid(
+            op,
+            format!(
+                "{what_a} has shape {:?} but {what_b} has shape {:?}; they must match",
+                a.shape(),
+                b.shape()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that the output does not share a buffer with an input: wgpu forbids binding one
+/// buffer as both read-only and read-write in a dispatch.
+pub(crate) fn check_distinct(op: &'static str, out: &Tensor, inputs: &[&Tensor]) -> Result<()> {
+    if inputs.iter().any(|t| t.buffer() == out.buffer()) {
+        return Err(crate::Error::invalid(
+            op,
+            "the output shares a buffer with an input; in-place ops are not supported, give the output its own tensor",
+        ));
+    }
+    Ok(())
+}

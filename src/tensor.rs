@@ -1,0 +1,177 @@
+//! GPU tensors: NCHW float32 storage buffers with their shape.
+
+use std::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+
+/// Bytes per element: every tensor is float32.
+pub const ELEMENT_BYTES: u64 = 4;
+
+/// A rank-4 NCHW float32 tensor living in a GPU storage buffer.
+///
+/// The buffer may be larger than the tensor (the executor reuses pooled buffers); the tensor
+/// always occupies its first `numel * 4` bytes. Cloning shares the buffer.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    buffer: wgpu::Buffer,
+    shape: [usize; 4],
+}
+
+/// Number of elements of an NCHW shape.
+pub fn numel(shape: [usize; 4]) -> usize {
+    shape.iter().product()
+}
+
+/// Checks that a shape has no zero dimension and that its bytes fit one storage binding.
+pub(crate) fn check_shape(
+    ctx: &GpuContext,
+    op: &'static str,
+    what: &str,
+    shape: [usize; 4],
+) -> Result<()> {
+    if shape.contains(&0) {
+        return Err(Error::invalid(
+            op,
+            format!("{what} has shape {shape:?}, with a zero dimension; every dimension must be at least 1"),
+        ));
+    }
+    let bytes = shape
+        .iter()
+        .try_fold(ELEMENT_BYTES, |acc, &d| acc.checked_mul(d as u64))
+        .unwrap_or(u64::MAX);
+    ctx.check_binding_size(op, &format!("{what} {shape:?}"), bytes)
+}
+
+impl Tensor {
+    /// Allocates an uninitialised tensor (its contents are whatever the device gives: zeros on
+    /// every wgpu backend, since wgpu clears new buffers).
+    pub fn empty(ctx: &GpuContext, shape: [usize; 4]) -> Result<Self> {
+        check_shape(ctx, "Tensor::empty", "the tensor", shape)?;
+        let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tensor"),
+            size: numel(shape) as u64 * ELEMENT_BYTES,
+            usage: Self::usage(),
+            mapped_at_creation: false,
+        });
+        Ok(Tensor { buffer, shape })
+    }
+
+    /// Uploads `data` (row-major NCHW) as a tensor of `shape`.
+    pub fn from_slice(ctx: &GpuContext, shape: [usize; 4], data: &[f32]) -> Result<Self> {
+        check_shape(ctx, "Tensor::from_slice", "the tensor", shape)?;
+        if data.len() != numel(shape) {
+            return Err(Error::invalid(
+                "Tensor::from_slice",
+                format!(
+                    "shape {shape:?} holds {} elements but the data has {}",
+                    numel(shape),
+                    data.len()
+                ),
+            ));
+        }
+        let t = Self::empty(ctx, shape)?;
+        ctx.queue()
+            .write_buffer(&t.buffer, 0, bytemuck::cast_slice(data));
+        Ok(t)
+    }
+
+    /// Wraps an existing storage buffer as a tensor of `shape`. The buffer must have
+    /// `STORAGE | COPY_SRC` usage and hold at least `numel(shape) * 4` bytes.
+    pub fn from_buffer(buffer: wgpu::Buffer, shape: [usize; 4]) -> Result<Self> {
+        let need = numel(shape) as u64 * ELEMENT_BYTES;
+        if shape.contains(&0) || buffer.size() < need {
+            return Err(Error::invalid(
+                "Tensor::from_buffer",
+                format!(
+                    "shape {shape:?} needs {need} bytes but the buffer has {}",
+                    buffer.size()
+                ),
+            ));
+        }
+        if !buffer.usage().contains(Self::usage()) {
+            return Err(Error::invalid(
+                "Tensor::from_buffer",
+                format!(
+                    "the buffer's usage is {:?}; tensors need {:?}",
+                    buffer.usage(),
+                    Self::usage()
+                ),
+            ));
+        }
+        Ok(Tensor { buffer, shape })
+    }
+
+    /// Buffer usages every tensor buffer carries.
+    pub fn usage() -> wgpu::BufferUsages {
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST
+    }
+
+    /// The NCHW shape.
+    pub fn shape(&self) -> [usize; 4] {
+        self.shape
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        numel(self.shape)
+    }
+
+    /// Bytes the tensor occupies (not the size of the buffer behind it).
+    pub fn byte_size(&self) -> u64 {
+        self.numel() as u64 * ELEMENT_BYTES
+    }
+
+    /// The buffer behind the tensor.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    /// The binding covering exactly this tensor's bytes.
+    pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: 0,
+            size: wgpu::BufferSize::new(self.byte_size()),
+        })
+    }
+
+    /// Copies the tensor to host memory, blocking until the GPU is done.
+    pub fn download(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
+        pollster::block_on(self.download_async(ctx))
+    }
+
+    /// Copies the tensor to host memory.
+    pub async fn download_async(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
+        let size = self.byte_size();
+        let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = ctx
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
+        encoder.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size);
+        ctx.queue().submit([encoder.finish()]);
+        let (tx, rx) = mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            // The receiver outlives the poll below, so a send can only fail after an error there.
+            let _ = tx.send(r);
+        });
+        ctx.wait()?;
+        rx.recv()
+            .map_err(|_| Error::Readback("the map callback never ran".into()))?
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        let view = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        let out = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+}

@@ -1,0 +1,47 @@
+//! Helpers shared by the GPU tests.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use fpn_wgpu::GpuContext;
+
+/// The one GPU context of a test binary. Every GPU test needs an adapter and none is skipped:
+/// without one this panics with the error, which names the fix.
+pub fn gpu() -> &'static GpuContext {
+    static CTX: OnceLock<GpuContext> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let ctx = GpuContext::new().unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+        eprintln!("testing on {}", ctx.adapter());
+        ctx
+    })
+}
+
+/// max |a - b| / max |b|: the error relative to the reference's scale, which is what matters
+/// for a tensor of activations (a per-element ratio explodes near zero crossings).
+pub fn max_rel_error(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    let scale = want
+        .iter()
+        .fold(0.0f64, |m, &v| m.max((v as f64).abs()))
+        .max(1e-30);
+    let mut worst = 0.0f64;
+    for (&g, &w) in got.iter().zip(want) {
+        if g.is_nan() != w.is_nan() {
+            return f64::INFINITY;
+        }
+        if !w.is_nan() {
+            worst = worst.max((g as f64 - w as f64).abs());
+        }
+    }
+    worst / scale
+}
+
+/// Asserts `max_rel_error(got, want) <= tol`, naming the case; returns the error.
+pub fn assert_close(case: &str, got: &[f32], want: &[f32], tol: f64) -> f64 {
+    let err = max_rel_error(got, want);
+    assert!(
+        err <= tol,
+        "{case}: max relative error {err:e} exceeds {tol:e}"
+    );
+    err
+}

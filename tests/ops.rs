@@ -1,0 +1,262 @@
+//! Every GPU kernel against its CPU reference on random data and awkward shapes: odd sizes, 1x1
+//! spatial, batch > 1, channel counts that are not multiples of 4/8/16, stride 2 on odd inputs,
+//! and every epilogue combination.
+
+mod common;
+
+use common::{assert_close, gpu};
+use fpn_wgpu::kernels::batch_norm::{self, BatchNormWeights};
+use fpn_wgpu::kernels::conv2d::{self, Conv2dOptions, Conv2dWeights};
+use fpn_wgpu::kernels::elementwise;
+use fpn_wgpu::kernels::max_pool2d::{self, MaxPool2dOptions};
+use fpn_wgpu::kernels::upsample_add::{self, UpsampleMode};
+use fpn_wgpu::reference;
+use fpn_wgpu::rng::SplitMix64;
+use fpn_wgpu::Tensor;
+
+const CONV_TOL: f64 = 1e-4;
+const EXACT_TOL: f64 = 1e-5;
+
+fn numel(s: [usize; 4]) -> usize {
+    s.iter().product()
+}
+
+/// One convolution case: input shape, (cout, kernel), stride, padding.
+struct ConvCase {
+    input: [usize; 4],
+    cout: usize,
+    kernel: (usize, usize),
+    stride: usize,
+    padding: usize,
+}
+
+const fn case(input: [usize; 4], cout: usize, k: usize, stride: usize, padding: usize) -> ConvCase {
+    ConvCase {
+        input,
+        cout,
+        kernel: (k, k),
+        stride,
+        padding,
+    }
+}
+
+const CONV_CASES: &[ConvCase] = &[
+    case([1, 3, 17, 23], 5, 3, 1, 1),
+    case([2, 5, 9, 11], 67, 3, 2, 1),
+    case([1, 67, 13, 7], 3, 1, 1, 0),
+    case([3, 8, 1, 1], 16, 1, 1, 0),
+    case([2, 3, 1, 1], 5, 3, 1, 1),
+    case([1, 3, 31, 29], 64, 7, 2, 3),
+    case([2, 16, 15, 15], 24, 1, 2, 0),
+    case([1, 4, 8, 8], 9, 3, 1, 0),
+    case([1, 67, 21, 19], 67, 3, 1, 1),
+    case([2, 32, 33, 35], 40, 1, 1, 0),
+    case([1, 6, 5, 4], 7, 5, 3, 2),
+    case([1, 130, 6, 10], 70, 3, 2, 1),
+];
+
+#[test]
+fn conv2d_matches_reference_with_every_epilogue() {
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(7);
+    let mut worst: f64 = 0.0;
+    let mut count = 0;
+    for (i, c) in CONV_CASES.iter().enumerate() {
+        let cin = c.input[1];
+        let w_shape = [c.cout, cin, c.kernel.0, c.kernel.1];
+        let x = rng.vec(numel(c.input), -1.0, 1.0);
+        // He-like scale keeps outputs O(1) whatever the fan-in.
+        let fan_in = (cin * c.kernel.0 * c.kernel.1) as f32;
+        let bound = (3.0 / fan_in).sqrt();
+        let w = rng.vec(numel(w_shape), -bound, bound);
+        let bias = rng.vec(c.cout, -0.5, 0.5);
+        let scale = rng.vec(c.cout, 0.5, 1.5);
+        let shift = rng.vec(c.cout, -0.5, 0.5);
+        let base = Conv2dOptions::new(c.stride, c.padding);
+        let out_shape = conv2d::output_shape(c.input, w_shape, &base).unwrap();
+        let residual = rng.vec(numel(out_shape), -1.0, 1.0);
+        let xt = Tensor::from_slice(ctx, c.input, &x).unwrap();
+        let rt = Tensor::from_slice(ctx, out_shape, &residual).unwrap();
+        // Each epilogue variant: (bias, affine, residual, relu).
+        for variant in 0..6 {
+            let (use_bias, use_affine, use_res, relu) = match variant {
+                0 => (false, false, false, false),
+                1 => (true, false, false, false),
+                2 => (false, true, false, true),
+                3 => (true, true, true, true),
+                4 => (false, true, true, false),
+                _ => (true, false, false, true),
+            };
+            let opts = base.with_relu(relu);
+            let bias_ref = use_bias.then_some(bias.as_slice());
+            let affine_ref = use_affine.then_some((scale.as_slice(), shift.as_slice()));
+            let weights = Conv2dWeights::new(ctx, w_shape, &w, bias_ref, affine_ref).unwrap();
+            let got = conv2d::conv2d(ctx, &xt, &weights, use_res.then_some(&rt), &opts)
+                .unwrap()
+                .download(ctx)
+                .unwrap();
+            let (want, shape) = reference::conv2d(
+                &x,
+                c.input,
+                &w,
+                w_shape,
+                bias_ref,
+                affine_ref,
+                use_res.then_some(residual.as_slice()),
+                &opts,
+            );
+            assert_eq!(shape, out_shape);
+            let name = format!(
+                "conv case {i} {:?} k{:?} s{} p{} cout {} variant {variant}",
+                c.input, c.kernel, c.stride, c.padding, c.cout
+            );
+            worst = worst.max(assert_close(&name, &got, &want, CONV_TOL));
+            count += 1;
+        }
+    }
+    eprintln!("conv2d: {count} cases, worst max relative error {worst:e}");
+}
+
+#[test]
+fn batch_norm_matches_reference() {
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(11);
+    let mut worst: f64 = 0.0;
+    let shapes = [[1, 3, 5, 7], [2, 67, 9, 1], [3, 5, 1, 1], [1, 64, 33, 17]];
+    for (i, &shape) in shapes.iter().enumerate() {
+        let c = shape[1];
+        let x = rng.vec(numel(shape), -3.0, 3.0);
+        let mean = rng.vec(c, -1.0, 1.0);
+        let var = rng.vec(c, 0.1, 2.0);
+        let weight = rng.vec(c, 0.5, 1.5);
+        let bias = rng.vec(c, -0.5, 0.5);
+        let bn = BatchNormWeights::new(ctx, &mean, &var, &weight, &bias, 1e-5).unwrap();
+        let xt = Tensor::from_slice(ctx, shape, &x).unwrap();
+        let got = batch_norm::batch_norm(ctx, &xt, &bn)
+            .unwrap()
+            .download(ctx)
+            .unwrap();
+        let want = reference::batch_norm(&x, shape, &mean, &var, &weight, &bias, 1e-5);
+        worst = worst.max(assert_close(
+            &format!("batch norm {i} {shape:?}"),
+            &got,
+            &want,
+            EXACT_TOL,
+        ));
+    }
+    eprintln!(
+        "batch_norm: {} cases, worst max relative error {worst:e}",
+        shapes.len()
+    );
+}
+
+#[test]
+fn max_pool2d_matches_reference() {
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(13);
+    let mut worst: f64 = 0.0;
+    let cases = [
+        ([1, 3, 17, 23], MaxPool2dOptions::new(3, 2, 1)),
+        ([2, 5, 8, 8], MaxPool2dOptions::new(3, 2, 1)),
+        ([1, 67, 1, 1], MaxPool2dOptions::new(1, 2, 0)),
+        ([2, 3, 9, 13], MaxPool2dOptions::new(1, 2, 0)),
+        ([1, 4, 7, 6], MaxPool2dOptions::new(2, 2, 0)),
+        ([1, 2, 1, 1], MaxPool2dOptions::new(3, 2, 1)),
+        (
+            [1, 3, 10, 9],
+            MaxPool2dOptions {
+                kernel: (3, 2),
+                stride: (1, 2),
+                padding: (1, 1),
+            },
+        ),
+    ];
+    for (i, (shape, opts)) in cases.iter().enumerate() {
+        // All-negative inputs: a padded zero winning the max would show at once. One NaN
+        // must win its windows, as in PyTorch.
+        let mut x = rng.vec(numel(*shape), -5.0, -0.1);
+        x[numel(*shape) / 2] = f32::NAN;
+        let xt = Tensor::from_slice(ctx, *shape, &x).unwrap();
+        let got = max_pool2d::max_pool2d(ctx, &xt, opts).unwrap();
+        let (want, want_shape) = reference::max_pool2d(&x, *shape, opts);
+        assert_eq!(got.shape(), want_shape, "max pool case {i}");
+        let got = got.download(ctx).unwrap();
+        worst = worst.max(assert_close(
+            &format!("max pool {i} {shape:?} {opts:?}"),
+            &got,
+            &want,
+            EXACT_TOL,
+        ));
+    }
+    eprintln!(
+        "max_pool2d: {} cases, worst max relative error {worst:e}",
+        cases.len()
+    );
+}
+
+#[test]
+fn upsample_add_matches_reference_for_both_modes() {
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(17);
+    let mut worst: f64 = 0.0;
+    // (coarse shape, lateral shape): 4 -> 7 and 13 -> 25 ratios, exact 2x, same size, 1x1,
+    // upsampling from 1x1, and a downsampling ratio.
+    let cases = [
+        ([1, 3, 4, 13], [1, 3, 7, 25]),
+        ([2, 5, 13, 4], [2, 5, 25, 7]),
+        ([1, 67, 10, 12], [1, 67, 20, 24]),
+        ([1, 3, 6, 6], [1, 3, 6, 6]),
+        ([3, 2, 1, 1], [3, 2, 5, 3]),
+        ([1, 4, 1, 1], [1, 4, 1, 1]),
+        ([1, 2, 7, 9], [1, 2, 4, 5]),
+        ([2, 3, 19, 29], [2, 3, 38, 57]),
+    ];
+    let mut count = 0;
+    for (i, &(xs, ys)) in cases.iter().enumerate() {
+        let x = rng.vec(numel(xs), -2.0, 2.0);
+        let y = rng.vec(numel(ys), -2.0, 2.0);
+        let xt = Tensor::from_slice(ctx, xs, &x).unwrap();
+        let yt = Tensor::from_slice(ctx, ys, &y).unwrap();
+        for mode in [UpsampleMode::Bilinear, UpsampleMode::Nearest] {
+            let got = upsample_add::upsample_add(ctx, &xt, &yt, mode)
+                .unwrap()
+                .download(ctx)
+                .unwrap();
+            let want = reference::upsample_add(&x, xs, &y, ys, mode);
+            let name = format!("upsample_add {i} {xs:?} -> {ys:?} {mode:?}");
+            worst = worst.max(assert_close(&name, &got, &want, EXACT_TOL));
+            count += 1;
+        }
+    }
+    eprintln!("upsample_add: {count} cases, worst max relative error {worst:e}");
+}
+
+#[test]
+fn relu_and_add_match_reference_and_keep_nan() {
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(19);
+    for shape in [[1, 1, 1, 1], [2, 3, 5, 7], [1, 67, 13, 1], [4, 256, 17, 9]] {
+        let mut a = rng.vec(numel(shape), -1.0, 1.0);
+        a[0] = f32::NAN;
+        let b = rng.vec(numel(shape), -1.0, 1.0);
+        let at = Tensor::from_slice(ctx, shape, &a).unwrap();
+        let bt = Tensor::from_slice(ctx, shape, &b).unwrap();
+        let r = elementwise::relu(ctx, &at).unwrap().download(ctx).unwrap();
+        assert_close(&format!("relu {shape:?}"), &r, &reference::relu(&a), 0.0);
+        assert!(r[0].is_nan(), "relu must keep NaN");
+        let s = elementwise::add(ctx, &at, &bt)
+            .unwrap()
+            .download(ctx)
+            .unwrap();
+        assert_close(&format!("add {shape:?}"), &s, &reference::add(&a, &b), 0.0);
+    }
+}
+
+#[test]
+fn tensor_round_trips_through_the_gpu() {
+    let ctx = gpu();
+    let data: Vec<f32> = (0..2 * 3 * 5 * 7).map(|i| i as f32 * 0.5 - 3.0).collect();
+    let t = Tensor::from_slice(ctx, [2, 3, 5, 7], &data).unwrap();
+    assert_eq!(t.shape(), [2, 3, 5, 7]);
+    assert_eq!(t.download(ctx).unwrap(), data);
+}

@@ -1,0 +1,75 @@
+//! Every WGSL file parses and validates with naga, every file is used by a kernel and every
+//! kernel's file exists, and each params struct has the byte size of its Rust twin.
+
+use std::collections::BTreeSet;
+
+use fpn_wgpu::kernels::SHADERS;
+
+#[test]
+fn every_shader_file_belongs_to_a_kernel_and_back() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
+    let on_disk: BTreeSet<String> = std::fs::read_dir(dir)
+        .expect("shaders/ exists")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".wgsl"))
+        .collect();
+    let registered: BTreeSet<String> = SHADERS.iter().map(|s| s.name.to_string()).collect();
+    assert_eq!(
+        on_disk, registered,
+        "shaders/ and kernels::SHADERS disagree"
+    );
+    for s in SHADERS {
+        let disk = std::fs::read_to_string(format!("{dir}/{}", s.name)).unwrap();
+        assert_eq!(
+            disk, s.source,
+            "{} differs from the compiled-in source",
+            s.name
+        );
+    }
+}
+
+#[test]
+fn every_shader_validates_and_params_match_rust() {
+    for s in SHADERS {
+        let module = naga::front::wgsl::parse_str(s.source)
+            .unwrap_or_else(|e| panic!("{}: {}", s.name, e.emit_to_string(s.source)));
+        let mut validator = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        );
+        validator
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{}: {}", s.name, e.emit_to_string(s.source)));
+        assert!(
+            !module.entry_points.is_empty(),
+            "{} has no entry point",
+            s.name
+        );
+        for &(struct_name, rust_size) in s.params {
+            let span = module
+                .types
+                .iter()
+                .find_map(|(_, ty)| match &ty.inner {
+                    naga::TypeInner::Struct { span, .. }
+                        if ty.name.as_deref() == Some(struct_name) =>
+                    {
+                        Some(*span as usize)
+                    }
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("{}: no struct {struct_name}", s.name));
+            assert_eq!(
+                span, rust_size,
+                "{}: {struct_name} is {span} bytes in WGSL, {rust_size} in Rust",
+                s.name
+            );
+            // Uniform buffers need 16-byte multiples on every backend.
+            assert_eq!(
+                span % 16,
+                0,
+                "{}: {struct_name} is not a multiple of 16 bytes",
+                s.name
+            );
+        }
+    }
+}

@@ -9,15 +9,34 @@
 //! - [`kernels`]: conv2d (with a fused affine / residual / ReLU epilogue), batch norm, max pool,
 //!   upsample-and-add, ReLU and add, each with a `prepare` for recording and a function that
 //!   runs at once;
-//! - [`reference`]: the same ops as plain CPU loops, the oracle of the tests.
+//! - [`reference`]: the same ops as plain CPU loops, the oracle of the tests;
+//! - [`graph`]: the model as a graph of ops, its rewrite passes, memory plan and executor;
+//! - [`model`]: the ResNet backbone and the FPN, reading PyTorch `state_dict` names through
+//!   [`weights`].
+//!
+//! ```no_run
+//! use fpn_wgpu::{Fpn, GpuContext, Tensor};
+//! # fn main() -> fpn_wgpu::Result<()> {
+//! let ctx = GpuContext::new()?;
+//! let fpn = Fpn::from_safetensors(&ctx, "fpn.safetensors".as_ref())?;
+//! let image = Tensor::from_slice(&ctx, [1, 3, 224, 224], &vec![0.0; 3 * 224 * 224])?;
+//! let pyramid = fpn.forward(&image)?;
+//! let p2: Vec<f32> = pyramid.get("p2").unwrap().download(&ctx)?;
+//! # let _ = p2; Ok(()) }
+//! ```
 
 pub mod error;
 pub mod gpu;
+pub mod graph;
 pub mod kernels;
+pub mod model;
 pub mod reference;
 pub mod rng;
 pub mod tensor;
+pub mod tensor_file;
+pub mod weights;
 
 pub use error::{Error, Result};
 pub use gpu::{AdapterSummary, Dispatch, GpuContext};
+pub use model::{Fpn, FpnConfig, Fusion, Pyramid};
 pub use tensor::Tensor;

@@ -1,0 +1,190 @@
+//! Graph rewrites. Each pass is a small function that reports whether it changed the graph;
+//! [`optimize`] runs them until none does. They only fuse a producer into its consumer when the
+//! producer's value has no other use, so no intermediate that someone reads disappears.
+
+use std::sync::Arc;
+
+use super::{Graph, HostConv, Op, Value};
+
+/// A pass: rewrites the graph in place and says whether anything changed.
+pub type Pass = fn(&mut Graph) -> bool;
+
+/// The passes [`optimize`] runs, with their names for reports.
+pub const PASSES: &[(&str, Pass)] = &[
+    ("fold_batch_norm", fold_batch_norm),
+    ("fuse_residual_add", fuse_residual_add),
+    ("fuse_relu", fuse_relu),
+];
+
+/// Runs every pass until none changes the graph, dropping the nodes each one makes dead.
+/// Returns the names of the passes that changed something, in the order they did.
+pub fn optimize(graph: &mut Graph) -> Vec<&'static str> {
+    let mut applied = Vec::new();
+    loop {
+        let mut changed = false;
+        for &(name, pass) in PASSES {
+            if pass(graph) {
+                // A bypassed node still lists its inputs as uses until it is gone, which would
+                // make its producer look shared to the next pass.
+                remove_dead(graph);
+                applied.push(name);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    applied
+}
+
+/// A conv whose output can absorb the next op into its epilogue: no epilogue stage that must
+/// come after the absorbed op, and no other reader of its value.
+fn absorbable_conv(graph: &Graph, uses: &[usize], v: Value) -> Option<Arc<HostConv>> {
+    let node = &graph.nodes[v];
+    match &node.op {
+        Op::Conv2d { weights, opts }
+            if !opts.relu && node.inputs.len() == 1 && uses[v] == 1 && !graph.is_output(v) =>
+        {
+            Some(weights.clone())
+        }
+        _ => None,
+    }
+}
+
+/// Redirects every use of `from` (as input or output) to `to`.
+fn replace_uses(graph: &mut Graph, from: Value, to: Value) {
+    for n in &mut graph.nodes {
+        for i in &mut n.inputs {
+            if *i == from {
+                *i = to;
+            }
+        }
+    }
+    for (_, v) in &mut graph.outputs {
+        if *v == from {
+            *v = to;
+        }
+    }
+}
+
+/// conv -> batch norm becomes one conv whose affine epilogue applies the batch norm:
+/// `scale = weight / sqrt(var + eps)`, `shift = bias - mean * scale` (computed in f64).
+pub fn fold_batch_norm(graph: &mut Graph) -> bool {
+    let mut changed = false;
+    for k in 0..graph.nodes.len() {
+        let uses = graph.use_counts();
+        let Op::BatchNorm(bn) = &graph.nodes[k].op else {
+            continue;
+        };
+        if uses[k] == 0 {
+            continue;
+        }
+        let producer = graph.nodes[k].inputs[0];
+        let Some(conv) = absorbable_conv(graph, &uses, producer) else {
+            continue;
+        };
+        let mut folded = (*conv).clone();
+        let cout = folded.shape[0];
+        let (old_scale, old_shift) = folded
+            .affine
+            .take()
+            .unwrap_or_else(|| (vec![1.0; cout], vec![0.0; cout]));
+        let mut scale = Vec::with_capacity(cout);
+        let mut shift = Vec::with_capacity(cout);
+        for c in 0..cout {
+            let s = bn.weight[c] as f64 / (bn.var[c] as f64 + bn.eps as f64).sqrt();
+            let t = bn.bias[c] as f64 - bn.mean[c] as f64 * s;
+            // (conv * s0 + t0) * s + t
+            scale.push((old_scale[c] as f64 * s) as f32);
+            shift.push((old_shift[c] as f64 * s + t) as f32);
+        }
+        folded.affine = Some((scale, shift));
+        if let Op::Conv2d { weights, .. } = &mut graph.nodes[producer].op {
+            *weights = Arc::new(folded);
+        }
+        replace_uses(graph, k, producer);
+        changed = true;
+    }
+    changed
+}
+
+/// `add(conv(x), r)` becomes a conv with `r` as its residual, when `r` is computed before the
+/// conv runs (so the fused node still sees all its inputs in execution order).
+pub fn fuse_residual_add(graph: &mut Graph) -> bool {
+    let mut changed = false;
+    for k in 0..graph.nodes.len() {
+        let uses = graph.use_counts();
+        if !matches!(graph.nodes[k].op, Op::Add) || uses[k] == 0 {
+            continue;
+        }
+        let (a, b) = (graph.nodes[k].inputs[0], graph.nodes[k].inputs[1]);
+        let fused = [(a, b), (b, a)]
+            .into_iter()
+            .find(|&(conv, res)| res < conv && absorbable_conv(graph, &uses, conv).is_some());
+        if let Some((conv, res)) = fused {
+            graph.nodes[conv].inputs.push(res);
+            replace_uses(graph, k, conv);
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// `relu(conv(x))` becomes a conv with ReLU in its epilogue (after the affine and the residual).
+pub fn fuse_relu(graph: &mut Graph) -> bool {
+    let mut changed = false;
+    for k in 0..graph.nodes.len() {
+        let uses = graph.use_counts();
+        if !matches!(graph.nodes[k].op, Op::Relu) || uses[k] == 0 {
+            continue;
+        }
+        let producer = graph.nodes[k].inputs[0];
+        let node = &graph.nodes[producer];
+        let ok = matches!(&node.op, Op::Conv2d { opts, .. } if !opts.relu)
+            && uses[producer] == 1
+            && !graph.is_output(producer);
+        if ok {
+            if let Op::Conv2d { opts, .. } = &mut graph.nodes[producer].op {
+                opts.relu = true;
+            }
+            replace_uses(graph, k, producer);
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Drops nodes whose value nobody uses (the graph input always stays) and renumbers the rest.
+pub fn remove_dead(graph: &mut Graph) {
+    // Walk backwards so that removing a consumer can make its producers dead in the same sweep.
+    let mut live = vec![false; graph.nodes.len()];
+    live[0] = true;
+    for &(_, v) in &graph.outputs {
+        live[v] = true;
+    }
+    for i in (0..graph.nodes.len()).rev() {
+        if live[i] {
+            for &j in &graph.nodes[i].inputs {
+                live[j] = true;
+            }
+        }
+    }
+    let mut new_index = vec![usize::MAX; graph.nodes.len()];
+    let mut nodes = Vec::new();
+    for (i, node) in graph.nodes.drain(..).enumerate() {
+        if live[i] {
+            new_index[i] = nodes.len();
+            nodes.push(node);
+        }
+    }
+    for n in &mut nodes {
+        for v in &mut n.inputs {
+            *v = new_index[*v];
+        }
+    }
+    for (_, v) in &mut graph.outputs {
+        *v = new_index[*v];
+    }
+    graph.nodes = nodes;
+}

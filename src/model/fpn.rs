@@ -1,0 +1,223 @@
+//! The Feature Pyramid Network: the ResNet bottom-up path, 1x1 lateral convs, the top-down path
+//! of upsample-and-add, and 3x3 smoothing, giving P2..P5 with 256 channels.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::graph::executor::{Executor, Plan};
+use crate::graph::{passes, Graph, Op, Value};
+use crate::kernels::upsample_add::UpsampleMode;
+use crate::model::config::FpnConfig;
+use crate::model::layers::Conv2d;
+use crate::model::resnet::{ResNet, EXPANSION, LAYER_WIDTHS};
+use crate::tensor::Tensor;
+use crate::tensor_file::TensorMap;
+use crate::weights::{infer_block_counts, VarBuilder, VarStore};
+
+/// Channels of every pyramid level.
+pub const PYRAMID_CHANNELS: usize = 256;
+/// Channels of the input image.
+pub const INPUT_CHANNELS: usize = 3;
+
+/// Whether the graph passes run (batch norm folded and ReLU / residual add fused into the
+/// convolutions) or every op keeps its own kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fusion {
+    #[default]
+    Fused,
+    Unfused,
+}
+
+/// The top-down path and the smoothing convs (`toplayer`, `latlayer1..3`, `smooth1..3`).
+pub struct FpnHead {
+    toplayer: Conv2d,
+    lateral: [Conv2d; 3],
+    smooth: [Conv2d; 3],
+    upsample: UpsampleMode,
+}
+
+impl FpnHead {
+    /// Reads `toplayer`, `latlayer1..3` (on C4, C3, C2) and `smooth1..3` (for P4, P3, P2).
+    pub fn new(vb: &VarBuilder, upsample: UpsampleMode) -> Self {
+        let c = |l: usize| LAYER_WIDTHS[l] * EXPANSION;
+        let p = PYRAMID_CHANNELS;
+        FpnHead {
+            toplayer: Conv2d::new(&vb.pp("toplayer"), c(3), p, 1, 1, 0, true),
+            lateral: [
+                Conv2d::new(&vb.pp("latlayer1"), c(2), p, 1, 1, 0, true),
+                Conv2d::new(&vb.pp("latlayer2"), c(1), p, 1, 1, 0, true),
+                Conv2d::new(&vb.pp("latlayer3"), c(0), p, 1, 1, 0, true),
+            ],
+            smooth: [
+                Conv2d::new(&vb.pp("smooth1"), p, p, 3, 1, 1, true),
+                Conv2d::new(&vb.pp("smooth2"), p, p, 3, 1, 1, true),
+                Conv2d::new(&vb.pp("smooth3"), p, p, 3, 1, 1, true),
+            ],
+            upsample,
+        }
+    }
+
+    /// Records the head on [C2, C3, C4, C5] and returns [P2, P3, P4, P5]. P5 is not smoothed.
+    pub fn forward(&self, g: &mut Graph, c: [Value; 4]) -> [Value; 4] {
+        let p5 = self.toplayer.forward(g, c[3]);
+        let mut merged = [0; 3]; // top-down sums at the C4, C3, C2 resolutions
+        let mut coarse = p5;
+        for (i, lat) in self.lateral.iter().enumerate() {
+            let l = lat.forward(g, c[2 - i]);
+            coarse = g.push(
+                format!("topdown{}", 4 - i),
+                Op::UpsampleAdd(self.upsample),
+                &[coarse, l],
+            );
+            merged[i] = coarse;
+        }
+        let p4 = self.smooth[0].forward(g, merged[0]);
+        let p3 = self.smooth[1].forward(g, merged[1]);
+        let p2 = self.smooth[2].forward(g, merged[2]);
+        [p2, p3, p4, p5]
+    }
+}
+
+/// The named levels of one forward, on the GPU: `p2`, `p3`, `p4`, `p5`, finest first.
+#[derive(Clone, Debug)]
+pub struct Pyramid {
+    levels: Vec<(String, Tensor)>,
+}
+
+impl Pyramid {
+    /// The level called `name` (`"p2"`..`"p5"`).
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.levels.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// Every level with its name, finest first.
+    pub fn levels(&self) -> &[(String, Tensor)] {
+        &self.levels
+    }
+
+    /// Every level's name and shape, finest first.
+    pub fn shapes(&self) -> Vec<(String, [usize; 4])> {
+        self.levels
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shape()))
+            .collect()
+    }
+}
+
+/// An FPN whose weights live on the GPU, ready to run on NCHW RGB tensors of any size and batch.
+pub struct Fpn {
+    executor: Executor,
+    config: FpnConfig,
+    origin: String,
+    passes: Vec<&'static str>,
+}
+
+impl Fpn {
+    /// Loads a PyTorch `state_dict` saved as safetensors; the block counts come from its names.
+    pub fn from_safetensors(ctx: &GpuContext, path: &Path) -> Result<Self> {
+        let store = VarStore::from_file(path)?;
+        let config = FpnConfig::with_blocks(infer_block_counts(&store.names())?);
+        Self::new(ctx, &store, config, Fusion::Fused)
+    }
+
+    /// Deterministic seeded random weights, for shape demos and benchmarks.
+    pub fn random(ctx: &GpuContext, config: FpnConfig, seed: u64) -> Result<Self> {
+        Self::new(ctx, &VarStore::random(seed), config, Fusion::Fused)
+    }
+
+    /// Builds the network from `store` with `config`, runs the graph passes unless `fusion` is
+    /// `Unfused`, and uploads the weights. Every missing, unexpected or mis-shaped tensor is
+    /// reported in one error.
+    pub fn new(
+        ctx: &GpuContext,
+        store: &VarStore,
+        config: FpnConfig,
+        fusion: Fusion,
+    ) -> Result<Self> {
+        let mut graph = Self::graph(store, config)?;
+        let passes = match fusion {
+            Fusion::Fused => passes::optimize(&mut graph),
+            Fusion::Unfused => Vec::new(),
+        };
+        Ok(Fpn {
+            executor: Executor::new(ctx, graph)?,
+            config,
+            origin: store.origin(),
+            passes,
+        })
+    }
+
+    /// The seeded random weights [`Fpn::random`] uses, as a `state_dict` by PyTorch name (to save
+    /// them as safetensors and load them elsewhere, in PyTorch for instance).
+    pub fn random_state_dict(config: FpnConfig, seed: u64) -> Result<TensorMap> {
+        let store = VarStore::random_recording(seed);
+        Self::graph(&store, config)?;
+        Ok(store.into_recorded().unwrap_or_default())
+    }
+
+    /// The unoptimised graph of the network, its weights read from `store`.
+    pub fn graph(store: &VarStore, config: FpnConfig) -> Result<Graph> {
+        config.validate()?;
+        let vb = store.root();
+        let backbone = ResNet::new(&vb, config.blocks, config.bn_eps);
+        let head = FpnHead::new(&vb, config.upsample);
+        store.finish()?;
+        let mut g = Graph::new();
+        let x = g.input();
+        let c = backbone.forward(&mut g, x);
+        let p = head.forward(&mut g, c);
+        for (i, v) in p.into_iter().enumerate() {
+            g.output(format!("p{}", i + 2), v);
+        }
+        Ok(g)
+    }
+
+    /// The configuration the network was built with.
+    pub fn config(&self) -> &FpnConfig {
+        &self.config
+    }
+
+    /// Where the weights came from (a path, or the seed).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The graph passes that changed the graph when it was built.
+    pub fn passes_applied(&self) -> &[&'static str] {
+        &self.passes
+    }
+
+    /// The executor, for memory and dispatch reports.
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
+    /// The execution plan for an input shape (built once, then cached).
+    pub fn plan(&self, input_shape: [usize; 4]) -> Result<std::sync::Arc<Plan>> {
+        self.check_input(input_shape)?;
+        self.executor.plan(input_shape)
+    }
+
+    fn check_input(&self, shape: [usize; 4]) -> Result<()> {
+        if shape[1] != INPUT_CHANNELS {
+            return Err(Error::invalid(
+                "Fpn::forward",
+                format!(
+                    "the input has {} channels (shape {shape:?}); the FPN takes RGB images of shape [N, 3, H, W]",
+                    shape[1]
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs the network on an NCHW tensor with 3 channels. The levels stay on the GPU until
+    /// downloaded; the first call for a new input shape builds its plan.
+    pub fn forward(&self, x: &Tensor) -> Result<Pyramid> {
+        self.check_input(x.shape())?;
+        Ok(Pyramid {
+            levels: self.executor.forward(x)?,
+        })
+    }
+}

@@ -1,0 +1,88 @@
+//! The layers the models are made of. Each takes its weights by name prefix at construction and
+//! records its ops into a [`Graph`] in `forward`.
+
+use std::sync::Arc;
+
+use crate::graph::{Graph, HostBatchNorm, HostConv, Op, Value};
+use crate::kernels::conv2d::Conv2dOptions;
+use crate::weights::{Init, VarBuilder};
+
+/// `nn.Conv2d` (groups = 1): `weight` [out, in, k, k] and, when it has one, `bias` [out].
+pub struct Conv2d {
+    name: String,
+    weights: Arc<HostConv>,
+    opts: Conv2dOptions,
+}
+
+impl Conv2d {
+    /// Reads `{prefix}.weight` (and `{prefix}.bias` when `bias`) from `vb`.
+    pub fn new(
+        vb: &VarBuilder,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: bool,
+    ) -> Self {
+        let shape = [cout, cin, kernel, kernel];
+        let weight = vb.get("weight", &shape, Init::Conv);
+        let bias = bias.then(|| vb.get("bias", &[cout], Init::Bias));
+        Conv2d {
+            name: vb.prefix().to_string(),
+            weights: Arc::new(HostConv {
+                shape,
+                weight,
+                bias,
+                affine: None,
+            }),
+            opts: Conv2dOptions::new(stride, padding),
+        }
+    }
+
+    /// Records the convolution of `x`.
+    pub fn forward(&self, g: &mut Graph, x: Value) -> Value {
+        g.push(
+            &self.name,
+            Op::Conv2d {
+                weights: self.weights.clone(),
+                opts: self.opts,
+            },
+            &[x],
+        )
+    }
+}
+
+/// `nn.BatchNorm2d` in eval mode: `weight`, `bias`, `running_mean`, `running_var`.
+pub struct BatchNorm2d {
+    name: String,
+    params: Arc<HostBatchNorm>,
+}
+
+impl BatchNorm2d {
+    /// Reads the four per-channel tensors under `vb`'s prefix.
+    pub fn new(vb: &VarBuilder, channels: usize, eps: f32) -> Self {
+        let c = [channels];
+        BatchNorm2d {
+            name: vb.prefix().to_string(),
+            params: Arc::new(HostBatchNorm {
+                weight: vb.get("weight", &c, Init::BnWeight),
+                bias: vb.get("bias", &c, Init::BnBias),
+                mean: vb.get("running_mean", &c, Init::BnMean),
+                var: vb.get("running_var", &c, Init::BnVar),
+                eps,
+            }),
+        }
+    }
+
+    /// Records the batch norm of `x`.
+    pub fn forward(&self, g: &mut Graph, x: Value) -> Value {
+        g.push(&self.name, Op::BatchNorm(self.params.clone()), &[x])
+    }
+}
+
+/// Records `relu(x)`, named after the op it follows.
+pub fn relu(g: &mut Graph, x: Value) -> Value {
+    let name = format!("{}.relu", g.nodes()[x].name);
+    g.push(name, Op::Relu, &[x])
+}

@@ -1,0 +1,135 @@
+//! Named host tensors in safetensors files: reading with dtype conversion, writing as float32.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// A tensor in host memory: its shape and float32 data in row-major order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    /// A tensor of `shape` holding `data`; the lengths must agree.
+    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(Error::invalid(
+                "HostTensor::new",
+                format!(
+                    "shape {shape:?} holds {n} values but {} were given",
+                    data.len()
+                ),
+            ));
+        }
+        Ok(HostTensor { shape, data })
+    }
+
+    /// The shape as NCHW, or an error naming the tensor when it is not rank 4.
+    pub fn nchw(&self, name: &str) -> Result<[usize; 4]> {
+        <[usize; 4]>::try_from(self.shape.as_slice()).map_err(|_| {
+            Error::invalid(
+                "tensor file",
+                format!(
+                    "tensor `{name}` has shape {:?} (rank {}); an NCHW tensor of rank 4 is needed",
+                    self.shape,
+                    self.shape.len()
+                ),
+            )
+        })
+    }
+}
+
+/// Tensors by name, in name order.
+pub type TensorMap = BTreeMap<String, HostTensor>;
+
+fn file_error(path: &Path, message: impl Into<String>) -> Error {
+    Error::File {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// Converts one stored tensor to f32, or returns `None` for a dtype that holds no weights.
+fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    // Stored little-endian; the chunks are exact, so the conversions cannot fail.
+    let le = |n: usize| bytes.chunks_exact(n);
+    Some(match dtype {
+        Dtype::F32 => le(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F64 => le(8)
+            .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
+            .collect(),
+        Dtype::F16 => le(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => le(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// Parses a safetensors image, converting float16, bfloat16 and float64 tensors to float32.
+/// Tensors for which `skip(name)` is true are left out whatever their dtype; any other
+/// non-float tensor is an error naming it.
+pub fn parse_tensors(bytes: &[u8], path: &Path, skip: impl Fn(&str) -> bool) -> Result<TensorMap> {
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| file_error(path, format!("not a valid safetensors file: {e}")))?;
+    let mut out = TensorMap::new();
+    for (name, view) in st.iter() {
+        if skip(name) {
+            continue;
+        }
+        let data = to_f32(view.dtype(), view.data()).ok_or_else(|| {
+            file_error(
+                path,
+                format!(
+                    "tensor `{name}` has dtype {:?}; only float32, float16, bfloat16 and float64 are supported",
+                    view.dtype()
+                ),
+            )
+        })?;
+        out.insert(
+            name.to_string(),
+            HostTensor {
+                shape: view.shape().to_vec(),
+                data,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Reads a safetensors file; see [`parse_tensors`].
+pub fn read_tensors(path: &Path, skip: impl Fn(&str) -> bool) -> Result<TensorMap> {
+    let bytes = std::fs::read(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
+    parse_tensors(&bytes, path, skip)
+}
+
+/// Writes tensors as float32 safetensors.
+pub fn write_tensors<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (&'a str, &'a HostTensor)>,
+) -> Result<()> {
+    let views = tensors
+        .into_iter()
+        .map(|(name, t)| {
+            safetensors::tensor::TensorView::new(
+                Dtype::F32,
+                t.shape.clone(),
+                bytemuck::cast_slice(&t.data),
+            )
+            .map(|v| (name, v))
+            .map_err(|e| file_error(path, format!("tensor `{name}`: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize_to_file(views, None, path)
+        .map_err(|e| file_error(path, format!("cannot write: {e}")))
+}

@@ -1,0 +1,283 @@
+//! Weights by their PyTorch `state_dict` names: a safetensors file or deterministic seeded random
+//! values, walked with name prefixes (`vb.pp("layer1").pp(0)`) the way candle's `VarBuilder` does.
+//!
+//! Problems do not stop the walk: every missing, mis-shaped or unexpected tensor is collected, and
+//! [`VarStore::finish`] reports them all in one error.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::fmt::Display;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::rng::SplitMix64;
+use crate::tensor_file::{read_tensors, HostTensor, TensorMap};
+
+/// How a tensor is initialised when the weights are seeded random values. The values are chosen
+/// so that activations stay O(1) through deep networks and every batch norm is far from identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    /// Convolution kernel: uniform in +-sqrt(3 / fan_in).
+    Conv,
+    /// Convolution bias: uniform in +-0.1.
+    Bias,
+    /// Batch norm weight (gamma): uniform in [0.5, 1.5).
+    BnWeight,
+    /// Batch norm bias (beta): uniform in +-0.2.
+    BnBias,
+    /// Batch norm running mean: uniform in +-0.2.
+    BnMean,
+    /// Batch norm running variance: uniform in [0.5, 2).
+    BnVar,
+}
+
+/// PyTorch bookkeeping entries that hold no weights.
+pub fn is_ignored(name: &str) -> bool {
+    name.ends_with("num_batches_tracked")
+}
+
+enum Source {
+    File { path: String, tensors: TensorMap },
+    Random { seed: u64 },
+}
+
+/// Where the weights come from, plus the record of what the model asked for.
+pub struct VarStore {
+    source: Source,
+    problems: RefCell<Vec<String>>,
+    used: RefCell<BTreeSet<String>>,
+    /// Every tensor handed out, kept only when asked for (to save seeded random weights).
+    recorded: Option<RefCell<TensorMap>>,
+}
+
+impl VarStore {
+    /// Loads a safetensors `state_dict`; `num_batches_tracked` entries are ignored and float16,
+    /// bfloat16 and float64 tensors are converted to float32.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let tensors = read_tensors(path, is_ignored)?;
+        Ok(Self::from_tensors(path.display().to_string(), tensors))
+    }
+
+    /// Wraps tensors already in memory; `origin` names them in errors.
+    pub fn from_tensors(origin: impl Into<String>, tensors: TensorMap) -> Self {
+        Self::new(Source::File {
+            path: origin.into(),
+            tensors,
+        })
+    }
+
+    /// Deterministic random weights: the same `seed` and name always give the same values, on
+    /// every platform, whatever order the model asks for them.
+    pub fn random(seed: u64) -> Self {
+        Self::new(Source::Random { seed })
+    }
+
+    /// Like [`VarStore::random`], and keeps every tensor handed out so that
+    /// [`VarStore::into_recorded`] can return them (to save them as a file).
+    pub fn random_recording(seed: u64) -> Self {
+        VarStore {
+            recorded: Some(RefCell::new(TensorMap::new())),
+            ..Self::random(seed)
+        }
+    }
+
+    fn new(source: Source) -> Self {
+        VarStore {
+            source,
+            problems: RefCell::new(Vec::new()),
+            used: RefCell::new(BTreeSet::new()),
+            recorded: None,
+        }
+    }
+
+    /// The root builder, with no prefix.
+    pub fn root(&self) -> VarBuilder<'_> {
+        VarBuilder {
+            store: self,
+            prefix: String::new(),
+        }
+    }
+
+    /// The names in a loaded file (empty for random weights).
+    pub fn names(&self) -> Vec<&str> {
+        match &self.source {
+            Source::File { tensors, .. } => tensors.keys().map(String::as_str).collect(),
+            Source::Random { .. } => Vec::new(),
+        }
+    }
+
+    /// Where the weights come from, for messages: a path or `seeded random (seed N)`.
+    pub fn origin(&self) -> String {
+        match &self.source {
+            Source::File { path, .. } => path.clone(),
+            Source::Random { seed } => format!("seeded random weights (seed {seed})"),
+        }
+    }
+
+    /// Ends the walk: an error listing every missing, mis-shaped and unexpected tensor, if any.
+    pub fn finish(&self) -> Result<()> {
+        let mut problems = self.problems.borrow().clone();
+        if let Source::File { tensors, .. } = &self.source {
+            let used = self.used.borrow();
+            for (name, t) in tensors {
+                if !used.contains(name) {
+                    problems.push(format!(
+                        "unexpected tensor `{name}` with shape {:?}",
+                        t.shape
+                    ));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            problems.insert(0, format!("in {}:", self.origin()));
+            Err(Error::Weights { problems })
+        }
+    }
+
+    /// The tensors handed out by a recording store, by name.
+    pub fn into_recorded(self) -> Option<TensorMap> {
+        self.recorded.map(RefCell::into_inner)
+    }
+
+    fn get(&self, name: String, shape: &[usize], init: Init) -> Vec<f32> {
+        let n: usize = shape.iter().product();
+        let data = match &self.source {
+            Source::File { tensors, .. } => match tensors.get(&name) {
+                None => {
+                    self.problems
+                        .borrow_mut()
+                        .push(format!("missing tensor `{name}`: expected shape {shape:?}"));
+                    vec![0.0; n]
+                }
+                Some(t) if t.shape != shape => {
+                    self.problems.borrow_mut().push(format!(
+                        "tensor `{name}` has shape {:?}; expected {shape:?}",
+                        t.shape
+                    ));
+                    vec![0.0; n]
+                }
+                Some(t) => t.data.clone(),
+            },
+            Source::Random { seed } => random_values(*seed, &name, shape, init),
+        };
+        if let Some(rec) = &self.recorded {
+            rec.borrow_mut().insert(
+                name.clone(),
+                HostTensor {
+                    shape: shape.to_vec(),
+                    data: data.clone(),
+                },
+            );
+        }
+        self.used.borrow_mut().insert(name);
+        data
+    }
+}
+
+/// FNV-1a of the name, mixed with the seed: each tensor gets its own stream.
+fn name_seed(seed: u64, name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for b in name.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn random_values(seed: u64, name: &str, shape: &[usize], init: Init) -> Vec<f32> {
+    let n: usize = shape.iter().product();
+    let mut rng = SplitMix64::new(name_seed(seed, name));
+    let (lo, hi) = match init {
+        Init::Conv => {
+            let fan_in: usize = shape.iter().skip(1).product();
+            let b = (3.0 / fan_in.max(1) as f64).sqrt() as f32;
+            (-b, b)
+        }
+        Init::Bias => (-0.1, 0.1),
+        Init::BnWeight => (0.5, 1.5),
+        Init::BnBias | Init::BnMean => (-0.2, 0.2),
+        Init::BnVar => (0.5, 2.0),
+    };
+    rng.vec(n, lo, hi)
+}
+
+/// A position in the weight namespace: a store plus a dotted prefix.
+#[derive(Clone)]
+pub struct VarBuilder<'a> {
+    store: &'a VarStore,
+    prefix: String,
+}
+
+impl<'a> VarBuilder<'a> {
+    /// The builder one level down: `vb.pp("layer1").pp(0)` walks to `layer1.0.`.
+    pub fn pp(&self, part: impl Display) -> VarBuilder<'a> {
+        let prefix = if self.prefix.is_empty() {
+            part.to_string()
+        } else {
+            format!("{}.{part}", self.prefix)
+        };
+        VarBuilder {
+            store: self.store,
+            prefix,
+        }
+    }
+
+    /// The dotted prefix, e.g. `layer1.0.conv1`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The full dotted name of `name` under this prefix.
+    pub fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// The tensor `name` with the expected `shape`. A missing or mis-shaped tensor is recorded
+    /// as a problem (reported by [`VarStore::finish`]) and zeros are returned in its place.
+    pub fn get(&self, name: &str, shape: &[usize], init: Init) -> Vec<f32> {
+        self.store.get(self.path(name), shape, init)
+    }
+
+    /// Whether the file has any tensor under this prefix (always false for random weights).
+    pub fn contains_prefix(&self) -> bool {
+        let p = format!("{}.", self.prefix);
+        self.store.names().iter().any(|n| n.starts_with(&p))
+    }
+}
+
+/// The number of blocks in each of `layer1`..`layer4`, read from the names of a state dict
+/// (`layer3.5.conv1.weight` means layer 3 has at least 6 blocks).
+pub fn infer_block_counts(names: &[&str]) -> Result<[usize; 4]> {
+    let mut counts = [0usize; 4];
+    for name in names {
+        let mut parts = name.split('.');
+        let (Some(layer), Some(index)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Some(l) = layer
+            .strip_prefix("layer")
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if let (1..=4, Ok(i)) = (l, index.parse::<usize>()) {
+            counts[l - 1] = counts[l - 1].max(i + 1);
+        }
+    }
+    if let Some(missing) = counts.iter().position(|&c| c == 0) {
+        return Err(Error::Weights {
+            problems: vec![format!(
+                "no tensors named `layer{}.<block>.*`: this is not a state_dict of the FPN's ResNet \
+                 backbone (expected names such as `layer1.0.conv1.weight`)",
+                missing + 1
+            )],
+        });
+    }
+    Ok(counts)
+}

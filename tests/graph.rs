@@ -1,0 +1,184 @@
+//! Graph passes and the executor on a small graph: what fuses, what must not, and that the
+//! fused, unfused and CPU-reference results agree.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{assert_close, gpu};
+use fpn_wgpu::graph::executor::Executor;
+use fpn_wgpu::graph::{passes, Graph, HostBatchNorm, HostConv, Op};
+use fpn_wgpu::kernels::conv2d::Conv2dOptions;
+use fpn_wgpu::reference;
+use fpn_wgpu::rng::SplitMix64;
+use fpn_wgpu::Tensor;
+
+const C: usize = 6;
+
+fn conv(rng: &mut SplitMix64, k: usize) -> Arc<HostConv> {
+    let shape = [C, C, k, k];
+    Arc::new(HostConv {
+        shape,
+        weight: rng.vec(C * C * k * k, -0.3, 0.3),
+        bias: Some(rng.vec(C, -0.1, 0.1)),
+        affine: None,
+    })
+}
+
+fn bn(rng: &mut SplitMix64) -> Arc<HostBatchNorm> {
+    Arc::new(HostBatchNorm {
+        mean: rng.vec(C, -0.2, 0.2),
+        var: rng.vec(C, 0.5, 2.0),
+        weight: rng.vec(C, 0.5, 1.5),
+        bias: rng.vec(C, -0.2, 0.2),
+        eps: 1e-5,
+    })
+}
+
+/// input -> conv3x3 -> bn (output "mid") -> relu -> conv1x1 -> bn -> add(input) -> relu ("out")
+fn sample_graph() -> (
+    Graph,
+    Arc<HostConv>,
+    Arc<HostBatchNorm>,
+    Arc<HostConv>,
+    Arc<HostBatchNorm>,
+) {
+    let mut rng = SplitMix64::new(42);
+    let (c1, b1, c2, b2) = (
+        conv(&mut rng, 3),
+        bn(&mut rng),
+        conv(&mut rng, 1),
+        bn(&mut rng),
+    );
+    let mut g = Graph::new();
+    let x = g.input();
+    let y = g.push(
+        "c1",
+        Op::Conv2d {
+            weights: c1.clone(),
+            opts: Conv2dOptions::new(1, 1),
+        },
+        &[x],
+    );
+    let mid = g.push("b1", Op::BatchNorm(b1.clone()), &[y]);
+    let y = g.push("r1", Op::Relu, &[mid]);
+    let y = g.push(
+        "c2",
+        Op::Conv2d {
+            weights: c2.clone(),
+            opts: Conv2dOptions::new(1, 0),
+        },
+        &[y],
+    );
+    let y = g.push("b2", Op::BatchNorm(b2.clone()), &[y]);
+    let y = g.push("add", Op::Add, &[y, x]);
+    let out = g.push("r2", Op::Relu, &[y]);
+    g.output("mid", mid);
+    g.output("out", out);
+    (g, c1, b1, c2, b2)
+}
+
+#[test]
+fn passes_fuse_what_they_may_and_keep_what_is_read() {
+    let (mut g, ..) = sample_graph();
+    let applied = passes::optimize(&mut g);
+    for pass in ["fold_batch_norm", "fuse_residual_add", "fuse_relu"] {
+        assert!(applied.contains(&pass), "{pass} not in {applied:?}");
+    }
+    let kinds: Vec<&str> = g.nodes().iter().map(|n| n.op.kind()).collect();
+    // "mid" is an output before the ReLU, so that ReLU must stay a node of its own.
+    assert_eq!(kinds, ["input", "conv2d", "relu", "conv2d"]);
+    let last = &g.nodes()[3];
+    assert_eq!(last.inputs, vec![2, 0], "the residual is the graph input");
+    assert!(matches!(&last.op, Op::Conv2d { opts, .. } if opts.relu));
+    assert!(
+        passes::optimize(&mut g).is_empty(),
+        "a second run changes nothing"
+    );
+}
+
+#[test]
+fn fused_unfused_and_reference_agree_and_plans_are_reused() {
+    let ctx = gpu();
+    let (g, c1, b1, c2, b2) = sample_graph();
+    let mut fused_graph = g.clone();
+    passes::optimize(&mut fused_graph);
+    let fused = Executor::new(ctx, fused_graph).unwrap();
+    let unfused = Executor::new(ctx, g).unwrap();
+
+    let mut rng = SplitMix64::new(3);
+    for shape in [[2, C, 9, 7], [1, C, 1, 1], [2, C, 9, 7]] {
+        let x = rng.vec(shape.iter().product(), -1.0, 1.0);
+        // CPU: the same graph, op by op.
+        let (y, s) = reference::conv2d(
+            &x,
+            shape,
+            &c1.weight,
+            c1.shape,
+            c1.bias.as_deref(),
+            None,
+            None,
+            &Conv2dOptions::new(1, 1),
+        );
+        let mid = reference::batch_norm(&y, s, &b1.mean, &b1.var, &b1.weight, &b1.bias, b1.eps);
+        let r = reference::relu(&mid);
+        let (y, s) = reference::conv2d(
+            &r,
+            s,
+            &c2.weight,
+            c2.shape,
+            c2.bias.as_deref(),
+            None,
+            None,
+            &Conv2dOptions::new(1, 0),
+        );
+        let y = reference::batch_norm(&y, s, &b2.mean, &b2.var, &b2.weight, &b2.bias, b2.eps);
+        let out = reference::relu(&reference::add(&y, &x));
+
+        let xt = Tensor::from_slice(ctx, shape, &x).unwrap();
+        for (label, ex) in [("fused", &fused), ("unfused", &unfused)] {
+            let outs = ex.forward(&xt).unwrap();
+            assert_eq!(
+                outs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                ["mid", "out"]
+            );
+            assert_close(
+                &format!("{label} mid {shape:?}"),
+                &outs[0].1.download(ctx).unwrap(),
+                &mid,
+                1e-5,
+            );
+            assert_close(
+                &format!("{label} out {shape:?}"),
+                &outs[1].1.download(ctx).unwrap(),
+                &out,
+                1e-5,
+            );
+        }
+    }
+    // The plan for a shape is built once: asking again returns the same one.
+    let a = fused.plan([2, C, 9, 7]).unwrap();
+    let b = fused.plan([2, C, 9, 7]).unwrap();
+    assert!(Arc::ptr_eq(&a, &b));
+    assert!(a.activation_bytes() >= a.activation_lower_bound());
+}
+
+#[test]
+fn outputs_of_one_forward_survive_the_next() {
+    let ctx = gpu();
+    let (mut g, ..) = sample_graph();
+    passes::optimize(&mut g);
+    let ex = Executor::new(ctx, g).unwrap();
+    let shape = [1, C, 5, 5];
+    let first_in = Tensor::from_slice(ctx, shape, &vec![0.5; C * 25]).unwrap();
+    let second_in = Tensor::from_slice(ctx, shape, &vec![-0.5; C * 25]).unwrap();
+    let first = ex.forward(&first_in).unwrap();
+    let first_values = first[1].1.download(ctx).unwrap();
+    let second = ex.forward(&second_in).unwrap();
+    assert_ne!(second[1].1.download(ctx).unwrap(), first_values);
+    assert_eq!(
+        first[1].1.download(ctx).unwrap(),
+        first_values,
+        "a later forward must not overwrite earlier outputs"
+    );
+}

@@ -7,6 +7,7 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::kernels::ShaderSource;
+use crate::signal::{drive, ready_now, signal};
 
 /// A wgpu device and queue plus what the kernels need to use them: limits, cached pipelines.
 ///
@@ -123,6 +124,7 @@ fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
 
 impl GpuContext {
     /// Picks an adapter and creates a device, blocking the thread. See [`GpuContext::new_async`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Self> {
         pollster::block_on(Self::new_async())
     }
@@ -339,7 +341,7 @@ impl GpuContext {
             },
             cache: None,
         });
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        if let Some(e) = ready_now(scope.pop()).flatten() {
             return Err(Error::Gpu {
                 op: "pipeline creation",
                 message: format!("{}:{entry}: {e}", shader.name),
@@ -401,17 +403,12 @@ impl GpuContext {
             })
     }
 
-    /// Records the dispatches into one compute pass, submits them and waits for completion,
-    /// returning any validation or out-of-memory error they raised.
-    pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
-        pollster::block_on(self.run_async(dispatches))
-    }
-
-    /// Async form of [`GpuContext::run`].
-    pub async fn run_async(&self, dispatches: &[&Dispatch]) -> Result<()> {
+    /// Records the dispatches into one compute pass and submits them, without waiting for the
+    /// GPU; returns any validation or out-of-memory error the recording raised. Reading a
+    /// result back (e.g. [`crate::Tensor::download`]) waits for it.
+    pub fn submit(&self, dispatches: &[&Dispatch]) -> Result<()> {
         let device = &self.inner.device;
-        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let scopes = ErrorScopes::push(device);
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("fpn-wgpu ops"),
         });
@@ -425,28 +422,58 @@ impl GpuContext {
             }
         }
         self.inner.queue.submit([encoder.finish()]);
-        let oom = oom.pop().await;
-        let validation = validation.pop().await;
-        if let Some(e) = oom.or(validation) {
-            let label = dispatches.first().map(|d| d.label).unwrap_or("submit");
-            return Err(Error::Gpu {
-                op: label,
-                message: e.to_string(),
-            });
-        }
-        self.wait()
+        scopes.check(dispatches.first().map(|d| d.label).unwrap_or("submit"))
     }
 
-    /// Blocks until the queue has finished all submitted work.
-    pub(crate) fn wait(&self) -> Result<()> {
-        self.inner
-            .device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map(|_| ())
-            .map_err(|e| Error::Gpu {
-                op: "waiting for the GPU",
+    /// [`GpuContext::submit`], then waits for the GPU to finish, blocking the thread; see
+    /// [`GpuContext::run_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn run(&self, dispatches: &[&Dispatch]) -> Result<()> {
+        pollster::block_on(self.run_async(dispatches))
+    }
+
+    /// [`GpuContext::submit`], then resolves when the GPU has finished.
+    pub async fn run_async(&self, dispatches: &[&Dispatch]) -> Result<()> {
+        self.submit(dispatches)?;
+        self.work_done().await;
+        Ok(())
+    }
+
+    /// Resolves when all work submitted so far has finished, without blocking the thread.
+    pub async fn work_done(&self) {
+        let (tx, rx) = signal::<()>();
+        self.inner.queue.on_submitted_work_done(move || tx.send(()));
+        drive(&self.inner.device);
+        rx.await
+    }
+}
+
+/// Validation and out-of-memory error scopes around one piece of work; wgpu's default would be
+/// a panic in the uncaptured-error handler.
+pub(crate) struct ErrorScopes {
+    validation: wgpu::ErrorScopeGuard,
+    oom: wgpu::ErrorScopeGuard,
+}
+
+impl ErrorScopes {
+    pub(crate) fn push(device: &wgpu::Device) -> Self {
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        ErrorScopes { validation, oom }
+    }
+
+    /// Pops both scopes (innermost first) and turns a captured error into [`Error::Gpu`]. In a
+    /// browser the scopes resolve later; errors there reach the uncaptured-error log instead.
+    pub(crate) fn check(self, op: &'static str) -> Result<()> {
+        let oom = ready_now(self.oom.pop()).flatten();
+        let validation = ready_now(self.validation.pop()).flatten();
+        match oom.or(validation) {
+            Some(e) => Err(Error::Gpu {
+                op,
                 message: e.to_string(),
-            })
+            }),
+            None => Ok(()),
+        }
     }
 }
 

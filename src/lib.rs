@@ -32,6 +32,7 @@ pub mod kernels;
 pub mod model;
 pub mod reference;
 pub mod rng;
+mod signal;
 pub mod tensor;
 pub mod tensor_file;
 pub mod weights;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor};
+use fpn_wgpu::tensor_file::{read_tensors, write_tensors};
 use fpn_wgpu::{Fpn, FpnConfig, Fusion, GpuContext, Tensor};
 
 #[derive(Parser)]
@@ -77,12 +77,7 @@ fn run(weights: &Path, input: &Path, output: &Path, unfused: bool) -> Result<()>
         Fpn::from_safetensors(&ctx, weights)?
     };
     let t = Tensor::from_slice(&ctx, shape, &x.data)?;
-    let pyramid = fpn.forward(&t)?;
-    let mut levels = Vec::new();
-    for (name, level) in pyramid.levels() {
-        let host = HostTensor::new(level.shape().to_vec(), level.download(&ctx)?)?;
-        levels.push((name.clone(), host));
-    }
+    let levels = fpn.forward(&t)?.download(&ctx)?;
     write_tensors(output, levels.iter().map(|(n, t)| (n.as_str(), t)))?;
     for (name, t) in &levels {
         eprintln!("{name}: {:?}", t.shape);

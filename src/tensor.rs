@@ -1,9 +1,8 @@
 //! GPU tensors: NCHW float32 storage buffers with their shape.
 
-use std::sync::mpsc;
-
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
+use crate::signal::{drive, signal};
 
 /// Bytes per element: every tensor is float32.
 pub const ELEMENT_BYTES: u64 = 4;
@@ -136,12 +135,15 @@ impl Tensor {
         })
     }
 
-    /// Copies the tensor to host memory, blocking until the GPU is done.
+    /// Copies the tensor to host memory, blocking the thread until the GPU is done. See
+    /// [`Tensor::download_async`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn download(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
         pollster::block_on(self.download_async(ctx))
     }
 
-    /// Copies the tensor to host memory.
+    /// Copies the tensor to host memory; resolves when the GPU has finished the work that writes
+    /// it, without blocking the thread.
     pub async fn download_async(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
         let size = self.byte_size();
         let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
@@ -157,19 +159,14 @@ impl Tensor {
             });
         encoder.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size);
         ctx.queue().submit([encoder.finish()]);
-        let (tx, rx) = mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
-            // The receiver outlives the poll below, so a send can only fail after an error there.
-            let _ = tx.send(r);
-        });
-        ctx.wait()?;
-        rx.recv()
-            .map_err(|_| Error::Readback("the map callback never ran".into()))?
-            .map_err(|e| Error::Readback(e.to_string()))?;
+        let (tx, rx) = signal();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| tx.send(r));
+        drive(ctx.device());
+        rx.await.map_err(|e| Error::Readback(e.to_string()))?;
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| Error::Readback(e.to_string()))?;
-        let out = bytemuck::cast_slice::<u8, f32>(&view).to_vec();
+        let out = bytemuck::pod_collect_to_vec::<u8, f32>(&view);
         drop(view);
         staging.unmap();
         Ok(out)

@@ -260,3 +260,48 @@ fn tensor_round_trips_through_the_gpu() {
     assert_eq!(t.shape(), [2, 3, 5, 7]);
     assert_eq!(t.download(ctx).unwrap(), data);
 }
+
+#[test]
+fn async_forms_do_not_block_and_agree_with_blocking_ones() {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    let ctx = pollster::block_on(fpn_wgpu::GpuContext::new_async()).unwrap();
+    let mut rng = SplitMix64::new(23);
+    let shape = [1, 64, 96, 96];
+    let x = Tensor::from_slice(&ctx, shape, &rng.vec(64 * 96 * 96, -1.0, 1.0)).unwrap();
+    let w = Conv2dWeights::new(
+        &ctx,
+        [64, 64, 3, 3],
+        &rng.vec(64 * 64 * 9, -0.1, 0.1),
+        None,
+        None,
+    )
+    .unwrap();
+    let opts = Conv2dOptions::new(1, 1);
+    let out = Tensor::empty(&ctx, shape).unwrap();
+    let d = conv2d::prepare(&ctx, &x, &w, None, &out, &opts).unwrap();
+    pollster::block_on(ctx.run_async(&[&d])).unwrap();
+    let blocking = out.download(&ctx).unwrap();
+
+    // Queue the same convolution again (hundreds of millions of FLOPs) and ask for the result:
+    // the first poll returns at once, before the GPU can be done.
+    let again = Tensor::empty(&ctx, shape).unwrap();
+    let d = conv2d::prepare(&ctx, &x, &w, None, &again, &opts).unwrap();
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        for _ in 0..4 {
+            d.record(&mut pass);
+        }
+    }
+    ctx.queue().submit([encoder.finish()]);
+    let mut fut = std::pin::pin!(again.download_async(&ctx));
+    let first = fut.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+    assert!(
+        matches!(first, Poll::Pending),
+        "download_async must not wait for the GPU"
+    );
+    let values = pollster::block_on(fut).unwrap();
+    assert_eq!(values, blocking);
+}

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use super::plan::{plan_memory, MemoryPlan};
 use super::{at_node, infer_shapes, Graph, Op, ShapeRule};
-use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, GpuContext};
+use crate::error::Result;
+use crate::gpu::{Dispatch, ErrorScopes, GpuContext};
 use crate::kernels::batch_norm::{self, BatchNormWeights};
 use crate::kernels::conv2d::{self, Conv2dOptions, Conv2dWeights};
 use crate::kernels::elementwise;
@@ -239,13 +239,12 @@ impl Executor {
     }
 
     /// Runs the graph on `input` and returns the named outputs, still on the GPU. The work is
-    /// submitted, not waited for: downloading an output waits for it.
+    /// submitted, never waited for, so this does not block: downloading an output waits for it.
     pub fn forward(&self, input: &Tensor) -> Result<Vec<(String, Tensor)>> {
         let plan = self.plan(input.shape())?;
         let ctx = &self.ctx;
         let device = ctx.device();
-        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let scopes = ErrorScopes::push(device);
         let outputs: Vec<(String, Tensor)> = plan
             .outputs
             .iter()
@@ -280,14 +279,7 @@ impl Executor {
             );
         }
         ctx.queue().submit([encoder.finish()]);
-        let oom = pollster::block_on(oom.pop());
-        let validation = pollster::block_on(validation.pop());
-        if let Some(e) = oom.or(validation) {
-            return Err(Error::Gpu {
-                op: "forward",
-                message: e.to_string(),
-            });
-        }
+        scopes.check("forward")?;
         Ok(outputs)
     }
 }

@@ -126,9 +126,9 @@ pub fn prepare(
     )
 }
 
-/// Runs a batch norm now and returns its output.
+/// Runs a batch norm now and returns its output (downloading it waits for the GPU).
 pub fn batch_norm(ctx: &GpuContext, x: &Tensor, bn: &BatchNormWeights) -> Result<Tensor> {
     let out = Tensor::empty(ctx, x.shape())?;
-    ctx.run(&[&prepare(ctx, x, bn, &out)?])?;
+    ctx.submit(&[&prepare(ctx, x, bn, &out)?])?;
     Ok(out)
 }

@@ -318,7 +318,7 @@ pub fn prepare(
     })
 }
 
-/// Runs a convolution now and returns its output.
+/// Submits a convolution now and returns its output (downloading it waits for the GPU).
 pub fn conv2d(
     ctx: &GpuContext,
     x: &Tensor,
@@ -328,6 +328,6 @@ pub fn conv2d(
 ) -> Result<Tensor> {
     let out = Tensor::empty(ctx, output_shape(x.shape(), weights.shape, opts)?)?;
     let d = prepare(ctx, x, weights, residual, &out, opts)?;
-    ctx.run(&[&d])?;
+    ctx.submit(&[&d])?;
     Ok(out)
 }

@@ -65,16 +65,16 @@ pub fn prepare_add(ctx: &GpuContext, a: &Tensor, b: &Tensor, out: &Tensor) -> Re
     )
 }
 
-/// Runs ReLU now and returns its output.
+/// Runs ReLU now and returns its output (downloading it waits for the GPU).
 pub fn relu(ctx: &GpuContext, x: &Tensor) -> Result<Tensor> {
     let out = Tensor::empty(ctx, x.shape())?;
-    ctx.run(&[&prepare_relu(ctx, x, &out)?])?;
+    ctx.submit(&[&prepare_relu(ctx, x, &out)?])?;
     Ok(out)
 }
 
-/// Runs `a + b` now and returns its output.
+/// Runs `a + b` now and returns its output (downloading it waits for the GPU).
 pub fn add(ctx: &GpuContext, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let out = Tensor::empty(ctx, a.shape())?;
-    ctx.run(&[&prepare_add(ctx, a, b, &out)?])?;
+    ctx.submit(&[&prepare_add(ctx, a, b, &out)?])?;
     Ok(out)
 }

@@ -133,9 +133,9 @@ pub fn prepare(
     )
 }
 
-/// Runs a max pooling now and returns its output.
+/// Runs a max pooling now and returns its output (downloading it waits for the GPU).
 pub fn max_pool2d(ctx: &GpuContext, x: &Tensor, opts: &MaxPool2dOptions) -> Result<Tensor> {
     let out = Tensor::empty(ctx, output_shape(x.shape(), opts)?)?;
-    ctx.run(&[&prepare(ctx, x, &out, opts)?])?;
+    ctx.submit(&[&prepare(ctx, x, &out, opts)?])?;
     Ok(out)
 }

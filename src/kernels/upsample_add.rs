@@ -90,7 +90,7 @@ pub fn prepare(
     )
 }
 
-/// Runs an upsample-and-add now and returns its output.
+/// Runs an upsample-and-add now and returns its output (downloading it waits for the GPU).
 pub fn upsample_add(
     ctx: &GpuContext,
     x: &Tensor,
@@ -98,6 +98,6 @@ pub fn upsample_add(
     mode: UpsampleMode,
 ) -> Result<Tensor> {
     let out = Tensor::empty(ctx, y.shape())?;
-    ctx.run(&[&prepare(ctx, x, y, &out, mode)?])?;
+    ctx.submit(&[&prepare(ctx, x, y, &out, mode)?])?;
     Ok(out)
 }

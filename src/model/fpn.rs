@@ -12,7 +12,7 @@ use crate::model::config::FpnConfig;
 use crate::model::layers::Conv2d;
 use crate::model::resnet::{ResNet, EXPANSION, LAYER_WIDTHS};
 use crate::tensor::Tensor;
-use crate::tensor_file::TensorMap;
+use crate::tensor_file::{HostTensor, TensorMap};
 use crate::weights::{infer_block_counts, VarBuilder, VarStore};
 
 /// Channels of every pyramid level.
@@ -102,6 +102,22 @@ impl Pyramid {
             .iter()
             .map(|(n, t)| (n.clone(), t.shape()))
             .collect()
+    }
+
+    /// Copies every level to host memory, blocking the thread; see [`Pyramid::download_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn download(&self, ctx: &GpuContext) -> Result<Vec<(String, HostTensor)>> {
+        pollster::block_on(self.download_async(ctx))
+    }
+
+    /// Copies every level to host memory without blocking the thread.
+    pub async fn download_async(&self, ctx: &GpuContext) -> Result<Vec<(String, HostTensor)>> {
+        let mut out = Vec::with_capacity(self.levels.len());
+        for (name, t) in &self.levels {
+            let data = t.download_async(ctx).await?;
+            out.push((name.clone(), HostTensor::new(t.shape().to_vec(), data)?));
+        }
+        Ok(out)
     }
 }
 
@@ -212,8 +228,9 @@ impl Fpn {
         Ok(())
     }
 
-    /// Runs the network on an NCHW tensor with 3 channels. The levels stay on the GPU until
-    /// downloaded; the first call for a new input shape builds its plan.
+    /// Runs the network on an NCHW tensor with 3 channels. It submits the work and returns at
+    /// once: the levels stay on the GPU until downloaded (which waits for them). The first call
+    /// for a new input shape builds its plan.
     pub fn forward(&self, x: &Tensor) -> Result<Pyramid> {
         self.check_input(x.shape())?;
         Ok(Pyramid {

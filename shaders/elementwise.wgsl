@@ -6,7 +6,8 @@
 //   2  out     [len]
 //   3  params  ElementwiseParams
 //
-// Grid: one invocation per element, workgroups linearised over x and y.
+// Grid: one invocation per element, workgroups linearised over x and y. Needs common.wgsl
+// before it.
 
 struct ElementwiseParams {
     len: u32,
@@ -16,14 +17,6 @@ struct ElementwiseParams {
 }
 
 override WG: u32 = 256u;
-
-// ReLU that keeps NaN, decided on the bits: GL drivers may rewrite a float comparison such as
-// `v < 0.0 ? 0.0 : v` into max(v, 0.0), which turns NaN into 0 where PyTorch keeps it.
-fn relu_keep_nan(v: f32) -> f32 {
-    let bits = bitcast<u32>(v);
-    // Negative and finite or -inf: sign set, magnitude at most that of infinity.
-    return select(v, 0.0, bits > 0x80000000u && bits <= 0xff800000u);
-}
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> y: array<f32>;

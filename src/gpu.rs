@@ -169,10 +169,12 @@ impl GpuContext {
     pub async fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
         let info = adapter.get_info();
         let limits = adapter.limits();
+        // Timestamps give the per-stage profile where the adapter has them; nothing needs them.
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("fpn-wgpu"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits: limits,
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -242,6 +244,14 @@ impl GpuContext {
     /// The limits the device was created with.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.inner.limits
+    }
+
+    /// Whether compute passes can write GPU timestamps (for per-stage profiles).
+    pub fn supports_timestamps(&self) -> bool {
+        self.inner
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
     /// The largest byte size a single storage binding (one tensor) may have on this device.

@@ -181,6 +181,22 @@ pub fn upsample_add(
     out
 }
 
+/// Zero padding of each side by (vertical, horizontal) `padding`.
+pub fn pad2d(x: &[f32], shape: [usize; 4], padding: (usize, usize)) -> (Vec<f32>, [usize; 4]) {
+    let [n, c, h, w] = shape;
+    let (ph, pw) = padding;
+    let (oh, ow) = (h + 2 * ph, w + 2 * pw);
+    let mut out = vec![0.0f32; n * c * oh * ow];
+    for plane in 0..n * c {
+        for y in 0..h {
+            for xx in 0..w {
+                out[(plane * oh + y + ph) * ow + xx + pw] = x[(plane * h + y) * w + xx];
+            }
+        }
+    }
+    (out, [n, c, oh, ow])
+}
+
 /// `max(x, 0)`, keeping NaN.
 pub fn relu(x: &[f32]) -> Vec<f32> {
     x.iter().map(|&v| if v < 0.0 { 0.0 } else { v }).collect()

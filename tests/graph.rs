@@ -82,14 +82,20 @@ fn sample_graph() -> (
 fn passes_fuse_what_they_may_and_keep_what_is_read() {
     let (mut g, ..) = sample_graph();
     let applied = passes::optimize(&mut g);
-    for pass in ["fold_batch_norm", "fuse_residual_add", "fuse_relu"] {
+    for pass in [
+        "fold_batch_norm",
+        "fuse_residual_add",
+        "fuse_relu",
+        "explicit_padding",
+    ] {
         assert!(applied.contains(&pass), "{pass} not in {applied:?}");
     }
     let kinds: Vec<&str> = g.nodes().iter().map(|n| n.op.kind()).collect();
-    // "mid" is an output before the ReLU, so that ReLU must stay a node of its own.
-    assert_eq!(kinds, ["input", "conv2d", "relu", "conv2d"]);
-    let last = &g.nodes()[3];
-    assert_eq!(last.inputs, vec![2, 0], "the residual is the graph input");
+    // "mid" is an output before the ReLU, so that ReLU must stay a node of its own; the padded
+    // 3x3 conv reads an explicitly padded copy of its input.
+    assert_eq!(kinds, ["input", "pad2d", "conv2d", "relu", "conv2d"]);
+    let last = &g.nodes()[4];
+    assert_eq!(last.inputs, vec![3, 0], "the residual is the graph input");
     assert!(matches!(&last.op, Op::Conv2d { opts, .. } if opts.relu));
     assert!(
         passes::optimize(&mut g).is_empty(),

@@ -53,6 +53,10 @@ const CONV_CASES: &[ConvCase] = &[
     case([2, 32, 33, 35], 40, 1, 1, 0),
     case([1, 6, 5, 4], 7, 5, 3, 2),
     case([1, 130, 6, 10], 70, 3, 2, 1),
+    // No padding: the bounds-free entry point, any kernel and stride.
+    case([1, 3, 37, 41], 16, 7, 2, 0),
+    case([2, 9, 15, 13], 11, 3, 2, 0),
+    case([1, 5, 3, 3], 4, 3, 1, 0),
 ];
 
 #[test]
@@ -115,6 +119,138 @@ fn conv2d_matches_reference_with_every_epilogue() {
         }
     }
     eprintln!("conv2d: {count} cases, worst max relative error {worst:e}");
+}
+
+#[test]
+fn winograd_conv2d_matches_reference() {
+    use fpn_wgpu::kernels::conv2d::ConvAlgorithm;
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(31);
+    let mut worst: f64 = 0.0;
+    let mut count = 0;
+    // 3x3 stride 1: odd and even sizes, 1x1 maps, padding 0/1/2, awkward channel counts.
+    let cases = [
+        ([1, 3, 17, 23], 5, 1),
+        ([2, 5, 9, 11], 67, 1),
+        ([1, 67, 1, 1], 3, 1),
+        ([3, 8, 4, 4], 16, 0),
+        ([1, 16, 13, 7], 9, 2),
+        ([1, 64, 25, 33], 64, 1),
+    ];
+    for (i, &(input, cout, pad)) in cases.iter().enumerate() {
+        let cin = input[1];
+        let w_shape = [cout, cin, 3, 3];
+        let x = rng.vec(numel(input), -1.0, 1.0);
+        let bound = (3.0 / (cin * 9) as f32).sqrt();
+        let w = rng.vec(numel(w_shape), -bound, bound);
+        let bias = rng.vec(cout, -0.5, 0.5);
+        let scale = rng.vec(cout, 0.5, 1.5);
+        let shift = rng.vec(cout, -0.5, 0.5);
+        let opts = Conv2dOptions::new(1, pad);
+        let out_shape = conv2d::output_shape(input, w_shape, &opts).unwrap();
+        let residual = rng.vec(numel(out_shape), -1.0, 1.0);
+        let xt = Tensor::from_slice(ctx, input, &x).unwrap();
+        let rt = Tensor::from_slice(ctx, out_shape, &residual).unwrap();
+        let affine = Some((scale.as_slice(), shift.as_slice()));
+        let weights = Conv2dWeights::with_algorithm(
+            ctx,
+            w_shape,
+            &w,
+            Some(&bias),
+            affine,
+            ConvAlgorithm::Winograd,
+        )
+        .unwrap();
+        for (use_res, relu) in [(false, false), (true, true), (false, true)] {
+            let opts = opts.with_relu(relu);
+            let res = use_res.then_some(&rt);
+            let got = conv2d::conv2d(ctx, &xt, &weights, res, &opts)
+                .unwrap()
+                .download(ctx)
+                .unwrap();
+            let res_ref = use_res.then_some(residual.as_slice());
+            let (want, _) =
+                reference::conv2d(&x, input, &w, w_shape, Some(&bias), affine, res_ref, &opts);
+            let name = format!(
+                "winograd case {i} {input:?} cout {cout} pad {pad} residual {use_res} relu {relu}"
+            );
+            worst = worst.max(assert_close(&name, &got, &want, CONV_TOL));
+            count += 1;
+        }
+    }
+    // Winograd weights refuse what they cannot compute, with an error rather than a wrong answer.
+    let w = Conv2dWeights::with_algorithm(
+        ctx,
+        [4, 3, 3, 3],
+        &[0.1; 108],
+        None,
+        None,
+        ConvAlgorithm::Winograd,
+    )
+    .unwrap();
+    let x = Tensor::from_slice(ctx, [1, 3, 8, 8], &[0.5; 192]).unwrap();
+    let e = conv2d::conv2d(ctx, &x, &w, None, &Conv2dOptions::new(2, 1)).unwrap_err();
+    assert!(e.to_string().contains("stride 1"), "{e}");
+    let e = Conv2dWeights::with_algorithm(
+        ctx,
+        [4, 3, 1, 1],
+        &[0.1; 12],
+        None,
+        None,
+        ConvAlgorithm::Winograd,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("3x3"), "{e}");
+    eprintln!("conv2d winograd: {count} cases, worst max relative error {worst:e}");
+}
+
+#[test]
+fn conv2d_adds_an_upsampled_residual_in_its_epilogue() {
+    use fpn_wgpu::kernels::conv2d::ResidualMode;
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(29);
+    let mut worst: f64 = 0.0;
+    // (input, cout, coarse size): the FPN's lateral 1x1 convs with 4 -> 7, 13 -> 25, 2x ratios.
+    let cases = [
+        ([1, 16, 7, 9], 12, [4, 5]),
+        ([2, 8, 25, 33], 5, [13, 17]),
+        ([1, 3, 10, 12], 67, [5, 6]),
+        ([1, 4, 3, 3], 8, [3, 3]),
+    ];
+    for (i, &(input, cout, [ch, cw])) in cases.iter().enumerate() {
+        let w_shape = [cout, input[1], 1, 1];
+        let x = rng.vec(numel(input), -1.0, 1.0);
+        let w = rng.vec(numel(w_shape), -0.5, 0.5);
+        let bias = rng.vec(cout, -0.5, 0.5);
+        let coarse_shape = [input[0], cout, ch, cw];
+        let coarse = rng.vec(numel(coarse_shape), -1.0, 1.0);
+        let weights = Conv2dWeights::new(ctx, w_shape, &w, Some(&bias), None).unwrap();
+        let xt = Tensor::from_slice(ctx, input, &x).unwrap();
+        let ct = Tensor::from_slice(ctx, coarse_shape, &coarse).unwrap();
+        for mode in [UpsampleMode::Bilinear, UpsampleMode::Nearest] {
+            for relu in [false, true] {
+                let opts = Conv2dOptions::new(1, 0)
+                    .with_relu(relu)
+                    .with_residual(ResidualMode::Upsampled(mode));
+                let got = conv2d::conv2d(ctx, &xt, &weights, Some(&ct), &opts).unwrap();
+                let plain = Conv2dOptions::new(1, 0);
+                let (lateral, shape) =
+                    reference::conv2d(&x, input, &w, w_shape, Some(&bias), None, None, &plain);
+                let mut want =
+                    reference::upsample_add(&coarse, coarse_shape, &lateral, shape, mode);
+                if relu {
+                    want = reference::relu(&want);
+                }
+                let got = got.download(ctx).unwrap();
+                let name = format!("upsampled residual {i} {mode:?} relu {relu}");
+                worst = worst.max(assert_close(&name, &got, &want, CONV_TOL));
+            }
+        }
+    }
+    eprintln!(
+        "conv2d upsampled residual: {} cases, worst max relative error {worst:e}",
+        cases.len() * 4
+    );
 }
 
 #[test]
@@ -249,6 +385,31 @@ fn relu_and_add_match_reference_and_keep_nan() {
             .download(ctx)
             .unwrap();
         assert_close(&format!("add {shape:?}"), &s, &reference::add(&a, &b), 0.0);
+    }
+}
+
+#[test]
+fn pad2d_matches_reference() {
+    use fpn_wgpu::kernels::pad2d;
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(37);
+    for (shape, padding) in [
+        ([1, 3, 5, 7], (1, 1)),
+        ([2, 67, 1, 1], (3, 3)),
+        ([1, 2, 4, 9], (0, 2)),
+        ([1, 1, 6, 6], (0, 0)),
+    ] {
+        let x = rng.vec(numel(shape), -1.0, 1.0);
+        let xt = Tensor::from_slice(ctx, shape, &x).unwrap();
+        let got = pad2d::pad2d(ctx, &xt, padding).unwrap();
+        let (want, want_shape) = reference::pad2d(&x, shape, padding);
+        assert_eq!(got.shape(), want_shape);
+        assert_close(
+            &format!("pad2d {shape:?} {padding:?}"),
+            &got.download(ctx).unwrap(),
+            &want,
+            0.0,
+        );
     }
 }
 

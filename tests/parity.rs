@@ -8,6 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{gpu, max_rel_error};
+use fpn_wgpu::graph::executor::Algorithms;
 use fpn_wgpu::tensor_file::{read_tensors, write_tensors};
 use fpn_wgpu::weights::{infer_block_counts, VarStore};
 use fpn_wgpu::{Fpn, FpnConfig, Fusion, Tensor};
@@ -64,8 +65,14 @@ fn check_case(name: &str) {
         "fusion removes nodes"
     );
 
+    let winograd =
+        Fpn::with_algorithms(ctx, &store, config, Fusion::Fused, Algorithms::Winograd).unwrap();
     let mut results = Vec::new();
-    for (label, fpn) in [("fused", &fused), ("unfused", &unfused)] {
+    for (label, fpn) in [
+        ("fused", &fused),
+        ("unfused", &unfused),
+        ("fused winograd", &winograd),
+    ] {
         let pyramid = fpn.forward(&x).unwrap();
         assert_eq!(pyramid.levels().len(), 4);
         // Both forms of reading back: blocking for the fused run, async for the unfused one.
@@ -91,10 +98,15 @@ fn check_case(name: &str) {
         }
         results.push(levels);
     }
-    // Fused and unfused differ only in rounding order.
-    for (f, u) in results[0].iter().zip(&results[1]) {
-        let err = max_rel_error(f, u);
-        assert!(err <= 1e-5, "{name}: fused and unfused disagree by {err:e}");
+    // The variants differ only in rounding order.
+    for other in &results[1..] {
+        for (f, u) in results[0].iter().zip(other) {
+            let err = max_rel_error(f, u);
+            assert!(
+                err <= 1e-5,
+                "{name}: the fused run and a variant disagree by {err:e}"
+            );
+        }
     }
 }
 

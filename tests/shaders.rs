@@ -13,16 +13,29 @@ fn every_shader_file_belongs_to_a_kernel_and_back() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".wgsl"))
         .collect();
-    let registered: BTreeSet<String> = SHADERS.iter().map(|s| s.name.to_string()).collect();
+    let used: BTreeSet<String> = SHADERS
+        .iter()
+        .flat_map(|s| s.parts.iter().map(|p| p.to_string()))
+        .collect();
     assert_eq!(
-        on_disk, registered,
-        "shaders/ and kernels::SHADERS disagree"
+        on_disk, used,
+        "shaders/ and the parts of kernels::SHADERS disagree"
     );
     for s in SHADERS {
-        let disk = std::fs::read_to_string(format!("{dir}/{}", s.name)).unwrap();
         assert_eq!(
-            disk, s.source,
-            "{} differs from the compiled-in source",
+            s.parts.last(),
+            Some(&s.name),
+            "{}: the kernel file comes last",
+            s.name
+        );
+        let joined: String = s
+            .parts
+            .iter()
+            .map(|p| std::fs::read_to_string(format!("{dir}/{p}")).unwrap())
+            .collect();
+        assert_eq!(
+            joined, s.source,
+            "{} differs from its files on disk",
             s.name
         );
     }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::kernels::conv2d::{self, Conv2dOptions};
 use crate::kernels::max_pool2d::{self, MaxPool2dOptions};
+use crate::kernels::pad2d;
 use crate::kernels::upsample_add::UpsampleMode;
 
 /// A value in the graph: the output of the node with this index.
@@ -44,7 +45,8 @@ pub struct HostBatchNorm {
 pub enum Op {
     /// The graph input (node 0 only).
     Input,
-    /// `relu?(conv(x) * scale + shift + residual?)`; inputs `[x]` or `[x, residual]`.
+    /// `relu?(conv(x) * scale + shift + residual?)`; inputs `[x]` or `[x, residual]`, the
+    /// residual added as `opts.residual` says (as it is, or upsampled).
     Conv2d {
         weights: Arc<HostConv>,
         opts: Conv2dOptions,
@@ -53,6 +55,8 @@ pub enum Op {
     BatchNorm(Arc<HostBatchNorm>),
     /// Max pooling; inputs `[x]`.
     MaxPool2d(MaxPool2dOptions),
+    /// Zero padding of each side by (vertical, horizontal); inputs `[x]`.
+    Pad2d((usize, usize)),
     /// `upsample(x, size of y) + y`; inputs `[x, y]`.
     UpsampleAdd(UpsampleMode),
     /// ReLU; inputs `[x]`.
@@ -69,6 +73,7 @@ impl Op {
             Op::Conv2d { .. } => "conv2d",
             Op::BatchNorm(_) => "batch_norm",
             Op::MaxPool2d(_) => "max_pool2d",
+            Op::Pad2d(_) => "pad2d",
             Op::UpsampleAdd(_) => "upsample_add",
             Op::Relu => "relu",
             Op::Add => "add",
@@ -76,12 +81,14 @@ impl Op {
     }
 }
 
-/// One op with its inputs and a name (the PyTorch module path where there is one).
+/// One op with its inputs, a name (the PyTorch module path where there is one) and the stage
+/// of the network it belongs to (for per-stage timings).
 #[derive(Clone, Debug)]
 pub struct Node {
     pub name: String,
     pub op: Op,
     pub inputs: Vec<Value>,
+    pub stage: String,
 }
 
 /// A graph of ops in execution order, with named outputs.
@@ -89,6 +96,7 @@ pub struct Node {
 pub struct Graph {
     pub(crate) nodes: Vec<Node>,
     pub(crate) outputs: Vec<(String, Value)>,
+    stage: String,
 }
 
 impl Default for Graph {
@@ -105,9 +113,16 @@ impl Graph {
                 name: "input".into(),
                 op: Op::Input,
                 inputs: vec![],
+                stage: "input".into(),
             }],
             outputs: vec![],
+            stage: String::new(),
         }
+    }
+
+    /// Labels the nodes pushed from now on as belonging to `stage` (e.g. `layer2`).
+    pub fn set_stage(&mut self, stage: impl Into<String>) {
+        self.stage = stage.into();
     }
 
     /// The graph input.
@@ -125,6 +140,7 @@ impl Graph {
             name: name.into(),
             op,
             inputs: inputs.to_vec(),
+            stage: self.stage.clone(),
         });
         self.nodes.len() - 1
     }
@@ -194,6 +210,7 @@ pub(crate) enum ShapeRule {
     Conv2d([usize; 4], Conv2dOptions),
     BatchNorm(usize),
     MaxPool2d(MaxPool2dOptions),
+    Pad2d((usize, usize)),
     UpsampleAdd,
     SameAsInput,
     SameAsBoth,
@@ -206,6 +223,7 @@ impl Op {
             Op::Conv2d { weights, opts } => ShapeRule::Conv2d(weights.shape, *opts),
             Op::BatchNorm(bn) => ShapeRule::BatchNorm(bn.mean.len()),
             Op::MaxPool2d(o) => ShapeRule::MaxPool2d(*o),
+            Op::Pad2d(pad) => ShapeRule::Pad2d(*pad),
             Op::UpsampleAdd(_) => ShapeRule::UpsampleAdd,
             Op::Relu => ShapeRule::SameAsInput,
             Op::Add => ShapeRule::SameAsBoth,
@@ -229,10 +247,10 @@ impl ShapeRule {
             ShapeRule::Input => Ok(input),
             ShapeRule::Conv2d(w, opts) => {
                 let out = conv2d::output_shape(ins[0], w, &opts)?;
-                match ins.get(1) {
-                    Some(&r) => same(out, r, "conv2d residual"),
-                    None => Ok(out),
+                if let Some(&r) = ins.get(1) {
+                    conv2d::check_residual_shape(out, r, opts.residual)?;
                 }
+                Ok(out)
             }
             ShapeRule::BatchNorm(c) => {
                 if ins[0][1] != c {
@@ -247,6 +265,7 @@ impl ShapeRule {
                 Ok(ins[0])
             }
             ShapeRule::MaxPool2d(opts) => max_pool2d::output_shape(ins[0], &opts),
+            ShapeRule::Pad2d(pad) => Ok(pad2d::output_shape(ins[0], pad)),
             ShapeRule::UpsampleAdd => {
                 let (x, y) = (ins[0], ins[1]);
                 if x[..2] != y[..2] {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::{Graph, HostConv, Op, Value};
+use crate::kernels::conv2d::ResidualMode;
 
 /// A pass: rewrites the graph in place and says whether anything changed.
 pub type Pass = fn(&mut Graph) -> bool;
@@ -13,7 +14,9 @@ pub type Pass = fn(&mut Graph) -> bool;
 pub const PASSES: &[(&str, Pass)] = &[
     ("fold_batch_norm", fold_batch_norm),
     ("fuse_residual_add", fuse_residual_add),
+    ("fuse_upsample_add", fuse_upsample_add),
     ("fuse_relu", fuse_relu),
+    ("explicit_padding", explicit_padding),
 ];
 
 /// Runs every pass until none changes the graph, dropping the nodes each one makes dead.
@@ -131,6 +134,32 @@ pub fn fuse_residual_add(graph: &mut Graph) -> bool {
     changed
 }
 
+/// `upsample_add(coarse, conv(x))` becomes a conv whose epilogue adds the upsampled coarse map,
+/// when `coarse` is computed before the conv runs.
+pub fn fuse_upsample_add(graph: &mut Graph) -> bool {
+    let mut changed = false;
+    for k in 0..graph.nodes.len() {
+        let uses = graph.use_counts();
+        let Op::UpsampleAdd(mode) = graph.nodes[k].op else {
+            continue;
+        };
+        if uses[k] == 0 {
+            continue;
+        }
+        let (coarse, lateral) = (graph.nodes[k].inputs[0], graph.nodes[k].inputs[1]);
+        if coarse >= lateral || absorbable_conv(graph, &uses, lateral).is_none() {
+            continue;
+        }
+        graph.nodes[lateral].inputs.push(coarse);
+        if let Op::Conv2d { opts, .. } = &mut graph.nodes[lateral].op {
+            opts.residual = ResidualMode::Upsampled(mode);
+        }
+        replace_uses(graph, k, lateral);
+        changed = true;
+    }
+    changed
+}
+
 /// `relu(conv(x))` becomes a conv with ReLU in its epilogue (after the affine and the residual).
 pub fn fuse_relu(graph: &mut Graph) -> bool {
     let mut changed = false;
@@ -153,6 +182,43 @@ pub fn fuse_relu(graph: &mut Graph) -> bool {
         }
     }
     changed
+}
+
+/// A padded convolution becomes a zero-padding op followed by the same convolution without
+/// padding, which runs without bounds checks per tap (the faster kernel on every adapter
+/// measured). Inserting nodes renumbers the graph.
+pub fn explicit_padding(graph: &mut Graph) -> bool {
+    let padded =
+        |n: &super::Node| matches!(&n.op, Op::Conv2d { opts, .. } if opts.padding != (0, 0));
+    if !graph.nodes.iter().any(padded) {
+        return false;
+    }
+    let mut new_index = Vec::with_capacity(graph.nodes.len());
+    let mut nodes = Vec::with_capacity(graph.nodes.len() + 8);
+    for mut node in graph.nodes.drain(..) {
+        for v in &mut node.inputs {
+            *v = new_index[*v];
+        }
+        if let Op::Conv2d { opts, .. } = &mut node.op {
+            if opts.padding != (0, 0) {
+                nodes.push(super::Node {
+                    name: format!("{}.pad", node.name),
+                    op: Op::Pad2d(opts.padding),
+                    inputs: vec![node.inputs[0]],
+                    stage: node.stage.clone(),
+                });
+                node.inputs[0] = nodes.len() - 1;
+                opts.padding = (0, 0);
+            }
+        }
+        new_index.push(nodes.len());
+        nodes.push(node);
+    }
+    for (_, v) in &mut graph.outputs {
+        *v = new_index[*v];
+    }
+    graph.nodes = nodes;
+    true
 }
 
 /// Drops nodes whose value nobody uses (the graph input always stays) and renumbers the rest.

@@ -2,9 +2,10 @@
 //! reused as soon as the value in it is dead.
 //!
 //! A value is live from the step that produces it to its last use; graph outputs stay live to
-//! the end. Slots are chosen greedily: the smallest free slot that is large enough, else the
-//! largest free slot grown to fit, else a new slot. A node's output is placed before its dead
-//! inputs are released, so an op never writes the buffer it reads.
+//! the end. Values are placed greedily, each into the smallest slot whose values' lifetimes do
+//! not overlap its own (else the largest such slot, grown; else a new one), in a few orders
+//! (largest first, longest-lived first, execution order); the plan with the smallest total wins. An op's output is live at its step, as are its inputs, so an op
+//! never writes a buffer it reads.
 
 /// Where each value lives and how large each pooled buffer is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,8 +29,7 @@ impl MemoryPlan {
 /// node `i` reads and `outputs` must survive to the end.
 pub fn plan_memory(sizes: &[u64], inputs: &[Vec<usize>], outputs: &[usize]) -> MemoryPlan {
     let n = sizes.len();
-    let end = n; // a step after the last node
-                 // The step of each value's last use; a value nobody reads dies where it is made.
+    // Lifetime of value v: steps v..=last_use[v]; a value nobody reads dies where it is made.
     let mut last_use: Vec<usize> = (0..n).collect();
     for (i, ins) in inputs.iter().enumerate() {
         for &v in ins {
@@ -37,54 +37,82 @@ pub fn plan_memory(sizes: &[u64], inputs: &[Vec<usize>], outputs: &[usize]) -> M
         }
     }
     for &v in outputs {
-        last_use[v] = end;
+        last_use[v] = n;
     }
 
-    let mut dying_at: Vec<Vec<usize>> = vec![Vec::new(); n + 1];
-    for (v, &step) in last_use.iter().enumerate() {
-        dying_at[step].push(v);
-    }
-
-    let mut slot_of = vec![usize::MAX; n];
-    let mut slot_bytes: Vec<u64> = Vec::new();
-    let mut free: Vec<usize> = Vec::new();
-    let mut live_bytes = 0u64;
-    let mut lower_bound = 0u64;
-    for step in 0..n {
-        let need = sizes[step];
-        let fit = free
-            .iter()
-            .enumerate()
-            .filter(|&(_, &s)| slot_bytes[s] >= need)
-            .min_by_key(|&(_, &s)| slot_bytes[s])
-            .map(|(i, _)| i);
-        let pick = fit.or_else(|| {
-            free.iter()
-                .enumerate()
-                .max_by_key(|&(_, &s)| slot_bytes[s])
-                .map(|(i, _)| i)
-        });
-        let slot = match pick {
-            Some(i) => free.swap_remove(i),
-            None => {
-                slot_bytes.push(0);
-                slot_bytes.len() - 1
-            }
-        };
-        slot_bytes[slot] = slot_bytes[slot].max(need);
-        slot_of[step] = slot;
-        live_bytes += need;
-        lower_bound = lower_bound.max(live_bytes);
-        for &v in &dying_at[step] {
-            free.push(slot_of[v]);
-            live_bytes -= sizes[v];
+    let mut live_at = vec![0u64; n + 1];
+    for v in 0..n {
+        for step in live_at.iter_mut().take(last_use[v] + 1).skip(v) {
+            *step += sizes[v];
         }
     }
+    let lower_bound = live_at.iter().copied().max().unwrap_or(0);
+
+    // Several orders, one rule; the smallest plan wins (planning is cheap next to a forward).
+    let life = |v: usize| last_use[v] - v;
+    let mut by_size: Vec<usize> = (0..n).collect();
+    by_size.sort_by_key(|&v| (std::cmp::Reverse(sizes[v]), v));
+    let mut by_size_then_life: Vec<usize> = (0..n).collect();
+    by_size_then_life
+        .sort_by_key(|&v| (std::cmp::Reverse(sizes[v]), std::cmp::Reverse(life(v)), v));
+    let mut by_life: Vec<usize> = (0..n).collect();
+    by_life.sort_by_key(|&v| (std::cmp::Reverse(life(v)), std::cmp::Reverse(sizes[v]), v));
+    let in_order: Vec<usize> = (0..n).collect();
+    let orders = [by_size, by_size_then_life, by_life, in_order];
+    let (slot_of, slot_bytes) = orders
+        .iter()
+        .flat_map(|order| [Fit::Best, Fit::Closest].map(|fit| assign(order, sizes, &last_use, fit)))
+        .min_by_key(|(_, bytes)| bytes.iter().sum::<u64>())
+        .unwrap_or_default();
     MemoryPlan {
         slot_of,
         slot_bytes,
         lower_bound,
     }
+}
+
+/// How [`assign`] picks among the slots free for a value's lifetime.
+#[derive(Clone, Copy)]
+enum Fit {
+    /// The smallest slot large enough, else the largest slot (grown).
+    Best,
+    /// The slot closest in size, grown if smaller.
+    Closest,
+}
+
+/// Places values in `order`, each into a slot that holds no value alive at the same time (chosen
+/// as `fit` says), else a new slot.
+fn assign(order: &[usize], sizes: &[u64], last_use: &[usize], fit: Fit) -> (Vec<usize>, Vec<u64>) {
+    let mut slot_of = vec![usize::MAX; sizes.len()];
+    let mut slot_bytes: Vec<u64> = Vec::new();
+    let mut slot_values: Vec<Vec<usize>> = Vec::new();
+    for &v in order {
+        let overlaps = |&u: &usize| v <= last_use[u] && u <= last_use[v];
+        let free: Vec<usize> = (0..slot_bytes.len())
+            .filter(|&s| !slot_values[s].iter().any(overlaps))
+            .collect();
+        let pick = match fit {
+            Fit::Best => free
+                .iter()
+                .copied()
+                .filter(|&s| slot_bytes[s] >= sizes[v])
+                .min_by_key(|&s| slot_bytes[s])
+                .or_else(|| free.iter().copied().max_by_key(|&s| slot_bytes[s])),
+            Fit::Closest => free
+                .iter()
+                .copied()
+                .min_by_key(|&s| slot_bytes[s].abs_diff(sizes[v])),
+        };
+        let slot = pick.unwrap_or_else(|| {
+            slot_bytes.push(0);
+            slot_values.push(Vec::new());
+            slot_bytes.len() - 1
+        });
+        slot_bytes[slot] = slot_bytes[slot].max(sizes[v]);
+        slot_values[slot].push(v);
+        slot_of[v] = slot;
+    }
+    (slot_of, slot_bytes)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use crate::tensor::{check_shape, Tensor};
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
     name: "batch_norm.wgsl",
+    parts: &["batch_norm.wgsl"],
     source: include_str!("../../shaders/batch_norm.wgsl"),
     params: &[("BatchNormParams", std::mem::size_of::<BatchNormParams>())],
 };

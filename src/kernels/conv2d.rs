@@ -2,13 +2,19 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
+use crate::kernels::upsample_add::UpsampleMode;
 use crate::kernels::{check_distinct, ShaderSource};
 use crate::tensor::{check_shape, Tensor};
 
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
     name: "conv2d.wgsl",
-    source: include_str!("../../shaders/conv2d.wgsl"),
+    parts: &["common.wgsl", "resample.wgsl", "conv2d.wgsl"],
+    source: concat!(
+        include_str!("../../shaders/common.wgsl"),
+        include_str!("../../shaders/resample.wgsl"),
+        include_str!("../../shaders/conv2d.wgsl")
+    ),
     params: &[("Conv2dParams", std::mem::size_of::<Conv2dParams>())],
 };
 
@@ -16,11 +22,64 @@ pub const SHADER: ShaderSource = ShaderSource {
 pub const COUT_TILE: usize = 8;
 /// Pixels per invocation (WGSL `PIX_TILE`).
 pub const PIX_TILE: usize = 8;
-/// Invocations per workgroup, all along pixels (WGSL `override WG_PIX`).
-pub const WG_PIX: u32 = 64;
+/// Invocations per workgroup (WGSL `WG_PIX * WG_CO`).
+pub const WG_SIZE: u32 = 64;
+
+/// The workgroup's shape, (invocations along pixels, along channel tiles), for a map of `plane`
+/// output pixels: all along pixels when the map fills them, otherwise only as many as the map
+/// needs (at least 8, one SIMD width of a CPU adapter) and the rest along channel tiles, so
+/// that small maps (the deep layers) do not leave most invocations idle.
+pub fn workgroup_shape(pixel_lanes: usize) -> (u32, u32) {
+    let pix_lanes = pixel_lanes.next_power_of_two().clamp(8, WG_SIZE as usize) as u32;
+    (pix_lanes, WG_SIZE / pix_lanes)
+}
+
+/// How a convolution is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvAlgorithm {
+    /// Direct convolution, any kernel and stride.
+    Direct,
+    /// Winograd F(2x2, 3x3): 3x3 kernels with stride 1, 2.25x fewer multiplies.
+    Winograd,
+}
+
+/// Winograd's G (4x3): U = G g G^T turns a 3x3 kernel into a 4x4 one.
+const WINOGRAD_G: [[f64; 3]; 4] = [
+    [1.0, 0.0, 0.0],
+    [0.5, 0.5, 0.5],
+    [0.5, -0.5, 0.5],
+    [0.0, 0.0, 1.0],
+];
+
+/// Transforms OIHW 3x3 weights to `[Cin][16][cout_pad]` (U = G g G^T per channel pair, in f64),
+/// zero padding the output channels to a multiple of [`COUT_TILE`].
+fn to_winograd(shape: [usize; 4], weight: &[f32]) -> Vec<f32> {
+    let [cout, cin, _, _] = shape;
+    let cout_pad = cout.next_multiple_of(COUT_TILE);
+    let mut out = vec![0.0f32; cin * 16 * cout_pad];
+    for co in 0..cout {
+        for ci in 0..cin {
+            let g = &weight[(co * cin + ci) * 9..(co * cin + ci + 1) * 9];
+            for r in 0..4 {
+                for k in 0..4 {
+                    let mut u = 0.0f64;
+                    for a in 0..3 {
+                        for b in 0..3 {
+                            u += WINOGRAD_G[r][a] * g[a * 3 + b] as f64 * WINOGRAD_G[k][b];
+                        }
+                    }
+                    out[(ci * 16 + r * 4 + k) * cout_pad + co] = u as f32;
+                }
+            }
+        }
+    }
+    out
+}
 
 const FLAG_RELU: u32 = 1;
 const FLAG_RESIDUAL: u32 = 2;
+const FLAG_UPSAMPLE_BILINEAR: u32 = 4;
+const FLAG_UPSAMPLE_NEAREST: u32 = 8;
 
 /// Mirrors `Conv2dParams` in the WGSL.
 #[repr(C)]
@@ -40,8 +99,23 @@ pub struct Conv2dParams {
     pub pad_h: u32,
     pub pad_w: u32,
     pub flags: u32,
+    pub res_height: u32,
+    pub res_width: u32,
+    pub res_scale_h: f32,
+    pub res_scale_w: f32,
     pub _pad0: u32,
     pub _pad1: u32,
+}
+
+/// How the epilogue adds the residual tensor, when there is one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResidualMode {
+    /// The residual has the output's shape and is added as it is (a ResNet shortcut).
+    #[default]
+    Same,
+    /// The residual is a coarser map of the output's batch and channels, resized to the output's
+    /// size first (the FPN's top-down merge: `upsample(coarse) + conv(x)`).
+    Upsampled(UpsampleMode),
 }
 
 /// Stride, zero padding and the ReLU of the epilogue. The kernel size comes from the weights.
@@ -53,6 +127,8 @@ pub struct Conv2dOptions {
     pub padding: (usize, usize),
     /// Apply ReLU after the affine epilogue and the residual add.
     pub relu: bool,
+    /// How a residual, when given, is added.
+    pub residual: ResidualMode,
 }
 
 impl Default for Conv2dOptions {
@@ -61,6 +137,7 @@ impl Default for Conv2dOptions {
             stride: (1, 1),
             padding: (0, 0),
             relu: false,
+            residual: ResidualMode::Same,
         }
     }
 }
@@ -72,12 +149,18 @@ impl Conv2dOptions {
             stride: (stride, stride),
             padding: (padding, padding),
             relu: false,
+            residual: ResidualMode::Same,
         }
     }
 
     /// The same options with ReLU on or off.
     pub fn with_relu(self, relu: bool) -> Self {
         Conv2dOptions { relu, ..self }
+    }
+
+    /// The same options with the residual added as `residual` says.
+    pub fn with_residual(self, residual: ResidualMode) -> Self {
+        Conv2dOptions { residual, ..self }
     }
 }
 
@@ -86,6 +169,7 @@ impl Conv2dOptions {
 #[derive(Debug)]
 pub struct Conv2dWeights {
     shape: [usize; 4],
+    algorithm: ConvAlgorithm,
     weights: wgpu::Buffer,
     affine: wgpu::Buffer,
 }
@@ -115,6 +199,19 @@ impl Conv2dWeights {
         weight: &[f32],
         bias: Option<&[f32]>,
         affine: Option<(&[f32], &[f32])>,
+    ) -> Result<Self> {
+        Self::with_algorithm(ctx, shape, weight, bias, affine, ConvAlgorithm::Direct)
+    }
+
+    /// Like [`Conv2dWeights::new`], with the weights laid out for `algorithm`. Winograd needs a
+    /// 3x3 kernel, and the convolutions run with these weights must have stride 1.
+    pub fn with_algorithm(
+        ctx: &GpuContext,
+        shape: [usize; 4],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        affine: Option<(&[f32], &[f32])>,
+        algorithm: ConvAlgorithm,
     ) -> Result<Self> {
         const OP: &str = "Conv2dWeights::new";
         if shape.contains(&0) {
@@ -162,10 +259,22 @@ impl Conv2dWeights {
                 scale_shift[cout_pad + co] = b * scale[co] + shift[co];
             }
         }
-        let packed = to_k_major(shape, weight);
+        let packed = match algorithm {
+            ConvAlgorithm::Direct => to_k_major(shape, weight),
+            ConvAlgorithm::Winograd if shape[2..] == [3, 3] => to_winograd(shape, weight),
+            ConvAlgorithm::Winograd => {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "Winograd F(2x2, 3x3) needs a 3x3 kernel; the weights have shape {shape:?}"
+                    ),
+                ))
+            }
+        };
         ctx.check_binding_size(OP, "the weights", packed.len() as u64 * 4)?;
         Ok(Conv2dWeights {
             shape,
+            algorithm,
             weights: ctx.storage_from("conv2d weights", &packed),
             affine: ctx.storage_from("conv2d affine", &scale_shift),
         })
@@ -176,10 +285,39 @@ impl Conv2dWeights {
         self.shape
     }
 
+    /// The algorithm the weights are laid out for.
+    pub fn algorithm(&self) -> ConvAlgorithm {
+        self.algorithm
+    }
+
     /// Bytes the weights occupy on the GPU (after padding).
     pub fn byte_size(&self) -> u64 {
         self.weights.size() + self.affine.size()
     }
+}
+
+/// Checks a residual's shape against the output's: equal for [`ResidualMode::Same`], the same
+/// batch and channels for [`ResidualMode::Upsampled`].
+pub fn check_residual_shape(
+    out: [usize; 4],
+    residual: [usize; 4],
+    mode: ResidualMode,
+) -> Result<()> {
+    let ok = match mode {
+        ResidualMode::Same => residual == out,
+        ResidualMode::Upsampled(_) => residual[..2] == out[..2],
+    };
+    if !ok {
+        let rule = match mode {
+            ResidualMode::Same => "it must match the output",
+            ResidualMode::Upsampled(_) => "it must have the batch and channels of the output",
+        };
+        return Err(Error::invalid(
+            "conv2d",
+            format!("the residual has shape {residual:?}; {rule} {out:?}"),
+        ));
+    }
+    Ok(())
 }
 
 /// The output shape of a convolution, or an error naming the offending value.
@@ -242,15 +380,7 @@ pub fn prepare(
         ));
     }
     if let Some(r) = residual {
-        if r.shape() != shape {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "the residual has shape {:?}; it must match the output {shape:?}",
-                    r.shape()
-                ),
-            ));
-        }
+        check_residual_shape(shape, r.shape(), opts.residual)?;
     }
     let mut inputs = vec![x];
     inputs.extend(residual);
@@ -258,12 +388,48 @@ pub fn prepare(
     let [n, cout, oh, ow] = shape;
     let [_, cin, kh, kw] = weights.shape;
     let pointwise = kh == 1 && kw == 1 && opts.stride == (1, 1) && opts.padding == (0, 0);
-    let entry = if pointwise { "conv2d_1x1" } else { "conv2d" };
-    let pipeline = ctx.pipeline(&SHADER, entry, &[("WG_PIX", WG_PIX)])?;
-    let pixels_per_group = WG_PIX as usize * PIX_TILE;
+    let upsample = residual.is_some() && matches!(opts.residual, ResidualMode::Upsampled(_));
+    let (entry, lanes) = match weights.algorithm {
+        ConvAlgorithm::Winograd => {
+            if opts.stride != (1, 1) || upsample {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "Winograd weights run with stride 1 and no upsampled residual (stride {:?}); \
+                         build the weights with ConvAlgorithm::Direct",
+                        opts.stride
+                    ),
+                ));
+            }
+            ("conv2d_winograd", oh.div_ceil(2) * ow.div_ceil(2))
+        }
+        ConvAlgorithm::Direct => {
+            let unpadded = opts.padding == (0, 0);
+            let entry = match (pointwise, unpadded, upsample) {
+                (true, _, false) => "conv2d_1x1",
+                (true, _, true) => "conv2d_1x1_upsample",
+                (false, true, false) => "conv2d_valid",
+                (false, true, true) => "conv2d_valid_upsample",
+                (false, false, false) => "conv2d",
+                (false, false, true) => "conv2d_upsample",
+            };
+            (entry, (oh * ow).div_ceil(PIX_TILE))
+        }
+    };
+    let (wg_pix, wg_co) = workgroup_shape(lanes);
+    let mut constants = vec![("WG_PIX", wg_pix), ("WG_CO", wg_co)];
+    if entry.starts_with("conv2d_valid") {
+        constants.extend([
+            ("KERNEL_H", kh as u32),
+            ("KERNEL_W", kw as u32),
+            ("STRIDE_H", opts.stride.0 as u32),
+            ("STRIDE_W", opts.stride.1 as u32),
+        ]);
+    }
+    let pipeline = ctx.pipeline(&SHADER, entry, &constants)?;
     let grid = [
-        u32::try_from((oh * ow).div_ceil(pixels_per_group)).unwrap_or(u32::MAX),
-        u32::try_from(cout.div_ceil(COUT_TILE)).unwrap_or(u32::MAX),
+        u32::try_from(lanes.div_ceil(wg_pix as usize)).unwrap_or(u32::MAX),
+        u32::try_from(cout.div_ceil(COUT_TILE).div_ceil(wg_co as usize)).unwrap_or(u32::MAX),
         u32::try_from(n).unwrap_or(u32::MAX),
     ];
     ctx.check_grid(OP, grid)?;
@@ -271,8 +437,14 @@ pub fn prepare(
     if opts.relu {
         flags |= FLAG_RELU;
     }
-    if residual.is_some() {
-        flags |= FLAG_RESIDUAL;
+    let (mut res_height, mut res_width) = (oh, ow);
+    if let Some(r) = residual {
+        flags |= match opts.residual {
+            ResidualMode::Same => FLAG_RESIDUAL,
+            ResidualMode::Upsampled(UpsampleMode::Bilinear) => FLAG_UPSAMPLE_BILINEAR,
+            ResidualMode::Upsampled(UpsampleMode::Nearest) => FLAG_UPSAMPLE_NEAREST,
+        };
+        [_, _, res_height, res_width] = r.shape();
     }
     let [_, _, h, w] = x.shape();
     let params = Conv2dParams {
@@ -290,6 +462,11 @@ pub fn prepare(
         pad_h: opts.padding.0 as u32,
         pad_w: opts.padding.1 as u32,
         flags,
+        res_height: res_height as u32,
+        res_width: res_width as u32,
+        // In f32, as PyTorch computes its resize scales (see upsample_add).
+        res_scale_h: res_height as f32 / oh as f32,
+        res_scale_w: res_width as f32 / ow as f32,
         _pad0: 0,
         _pad1: 0,
     };

@@ -9,7 +9,11 @@ use crate::tensor::{check_shape, Tensor};
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
     name: "elementwise.wgsl",
-    source: include_str!("../../shaders/elementwise.wgsl"),
+    parts: &["common.wgsl", "elementwise.wgsl"],
+    source: concat!(
+        include_str!("../../shaders/common.wgsl"),
+        include_str!("../../shaders/elementwise.wgsl")
+    ),
     params: &[(
         "ElementwiseParams",
         std::mem::size_of::<ElementwiseParams>(),

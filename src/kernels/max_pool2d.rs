@@ -8,6 +8,7 @@ use crate::tensor::{check_shape, Tensor};
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
     name: "max_pool2d.wgsl",
+    parts: &["max_pool2d.wgsl"],
     source: include_str!("../../shaders/max_pool2d.wgsl"),
     params: &[("MaxPool2dParams", std::mem::size_of::<MaxPool2dParams>())],
 };

@@ -6,18 +6,22 @@ pub mod batch_norm;
 pub mod conv2d;
 pub mod elementwise;
 pub mod max_pool2d;
+pub mod pad2d;
 pub mod upsample_add;
 
 use crate::error::Result;
 use crate::gpu::{grid_2d, Dispatch, GpuContext};
 use crate::tensor::Tensor;
 
-/// A WGSL file compiled into the crate.
+/// A WGSL module compiled into the crate: one kernel file, preceded by the shared snippets it
+/// uses.
 #[derive(Debug)]
 pub struct ShaderSource {
-    /// File name under `shaders/`.
+    /// The kernel's file name under `shaders/`.
     pub name: &'static str,
-    /// The WGSL text.
+    /// The files under `shaders/` the module is made of, in order (snippets, then the kernel).
+    pub parts: &'static [&'static str],
+    /// The WGSL text: the parts concatenated.
     pub source: &'static str,
     /// Each params struct in the file with the byte size of its Rust twin, so a test can check
     /// that both sides agree.
@@ -29,6 +33,7 @@ pub const SHADERS: &[&ShaderSource] = &[
     &conv2d::SHADER,
     &batch_norm::SHADER,
     &max_pool2d::SHADER,
+    &pad2d::SHADER,
     &upsample_add::SHADER,
     &elementwise::SHADER,
 ];

@@ -8,7 +8,12 @@ use crate::tensor::{check_shape, Tensor};
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
     name: "upsample_add.wgsl",
-    source: include_str!("../../shaders/upsample_add.wgsl"),
+    parts: &["common.wgsl", "resample.wgsl", "upsample_add.wgsl"],
+    source: concat!(
+        include_str!("../../shaders/common.wgsl"),
+        include_str!("../../shaders/resample.wgsl"),
+        include_str!("../../shaders/upsample_add.wgsl")
+    ),
     params: &[(
         "UpsampleAddParams",
         std::mem::size_of::<UpsampleAddParams>(),

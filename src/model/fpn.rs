@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::graph::executor::{Executor, Plan};
+use crate::graph::executor::{Algorithms, Executor, Plan};
 use crate::graph::{passes, Graph, Op, Value};
 use crate::kernels::upsample_add::UpsampleMode;
 use crate::model::config::FpnConfig;
@@ -20,8 +20,8 @@ pub const PYRAMID_CHANNELS: usize = 256;
 /// Channels of the input image.
 pub const INPUT_CHANNELS: usize = 3;
 
-/// Whether the graph passes run (batch norm folded and ReLU / residual add fused into the
-/// convolutions) or every op keeps its own kernel.
+/// Whether the graph passes run (batch norm folded, ReLU, residual and upsample-add fused into
+/// the convolutions) or every op keeps its own kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Fusion {
     #[default]
@@ -60,6 +60,7 @@ impl FpnHead {
 
     /// Records the head on [C2, C3, C4, C5] and returns [P2, P3, P4, P5]. P5 is not smoothed.
     pub fn forward(&self, g: &mut Graph, c: [Value; 4]) -> [Value; 4] {
+        g.set_stage("top-down");
         let p5 = self.toplayer.forward(g, c[3]);
         let mut merged = [0; 3]; // top-down sums at the C4, C3, C2 resolutions
         let mut coarse = p5;
@@ -72,6 +73,7 @@ impl FpnHead {
             );
             merged[i] = coarse;
         }
+        g.set_stage("smooth");
         let p4 = self.smooth[0].forward(g, merged[0]);
         let p3 = self.smooth[1].forward(g, merged[1]);
         let p2 = self.smooth[2].forward(g, merged[2]);
@@ -151,13 +153,24 @@ impl Fpn {
         config: FpnConfig,
         fusion: Fusion,
     ) -> Result<Self> {
+        Self::with_algorithms(ctx, store, config, fusion, Algorithms::Direct)
+    }
+
+    /// [`Fpn::new`] with a choice of convolution algorithms (Winograd for stride-1 3x3 convs).
+    pub fn with_algorithms(
+        ctx: &GpuContext,
+        store: &VarStore,
+        config: FpnConfig,
+        fusion: Fusion,
+        algorithms: Algorithms,
+    ) -> Result<Self> {
         let mut graph = Self::graph(store, config)?;
         let passes = match fusion {
             Fusion::Fused => passes::optimize(&mut graph),
             Fusion::Unfused => Vec::new(),
         };
         Ok(Fpn {
-            executor: Executor::new(ctx, graph)?,
+            executor: Executor::with_algorithms(ctx, graph, algorithms)?,
             config,
             origin: store.origin(),
             passes,

@@ -113,6 +113,7 @@ impl ResNet {
 
     /// Records the backbone on `x` and returns [C2, C3, C4, C5].
     pub fn forward(&self, g: &mut Graph, x: Value) -> [Value; 4] {
+        g.set_stage("stem");
         let y = self.conv1.forward(g, x);
         let y = self.bn1.forward(g, y);
         let y = relu(g, y);
@@ -123,6 +124,7 @@ impl ResNet {
         );
         let mut c = [0; 4];
         for (l, layer) in self.layers.iter().enumerate() {
+            g.set_stage(format!("layer{}", l + 1));
             for block in layer {
                 y = block.forward(g, y);
             }

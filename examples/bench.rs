@@ -1,0 +1,172 @@
+//! Benchmarks the FPN forward: wall time per forward (submit to outputs ready), effective
+//! GFLOP/s, per-stage GPU time from timestamp queries, and the memory the executor allocated.
+//! The last line is one JSON object with the same figures, for scripts.
+//!
+//! ```sh
+//! cargo run --release --example bench -- --height 600 --width 900 --batch 1 --iters 5
+//! WGPU_BACKEND=gl cargo run --release --example bench -- --height 224 --width 224
+//! ```
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() -> anyhow::Result<()> {
+    native::main()
+}
+
+// Timing a terminal program needs a blocking clock and stdout: not a browser's.
+#[cfg(target_arch = "wasm32")]
+fn main() {}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use std::time::Instant;
+
+    use anyhow::Result;
+    use clap::Parser;
+    use fpn_wgpu::graph::executor::Algorithms;
+    use fpn_wgpu::rng::SplitMix64;
+    use fpn_wgpu::weights::VarStore;
+    use fpn_wgpu::{Fpn, FpnConfig, Fusion, GpuContext, Tensor};
+
+    #[derive(Parser)]
+    #[command(about = "Time FPN forwards")]
+    struct Args {
+        #[arg(long, default_value_t = 600)]
+        height: usize,
+        #[arg(long, default_value_t = 900)]
+        width: usize,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Timed forwards after the warm-up.
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// Untimed forwards first (the first one also builds the plan).
+        #[arg(long, default_value_t = 1)]
+        warmup: usize,
+        /// Backbone preset: seed, resnet50, resnet101, resnet152.
+        #[arg(long, default_value = "seed")]
+        preset: String,
+        /// Run every op as its own kernel (no batch norm folding, no epilogue fusion).
+        #[arg(long)]
+        unfused: bool,
+        /// Use Winograd F(2x2, 3x3) for the stride-1 3x3 convolutions.
+        #[arg(long)]
+        winograd: bool,
+    }
+
+    fn mib(bytes: u64) -> f64 {
+        bytes as f64 / (1u64 << 20) as f64
+    }
+
+    pub fn main() -> Result<()> {
+        env_logger::init();
+        let args = Args::parse();
+        let ctx = GpuContext::new()?;
+        let fusion = if args.unfused {
+            Fusion::Unfused
+        } else {
+            Fusion::Fused
+        };
+        let config = FpnConfig::preset(&args.preset)?;
+        let algorithms = if args.winograd {
+            Algorithms::Winograd
+        } else {
+            Algorithms::Direct
+        };
+        let fpn = Fpn::with_algorithms(&ctx, &VarStore::random(0), config, fusion, algorithms)?;
+        let shape = [args.batch, 3, args.height, args.width];
+        let input = Tensor::from_slice(
+            &ctx,
+            shape,
+            &SplitMix64::new(1).vec(shape.iter().product(), -1.0, 1.0),
+        )?;
+
+        let plan_start = Instant::now();
+        let plan = fpn.plan(shape)?;
+        let plan_s = plan_start.elapsed().as_secs_f64();
+        for _ in 0..args.warmup {
+            fpn.forward(&input)?;
+            pollster::block_on(ctx.work_done());
+        }
+        let mut times = Vec::with_capacity(args.iters);
+        for _ in 0..args.iters.max(1) {
+            let t = Instant::now();
+            fpn.forward(&input)?;
+            pollster::block_on(ctx.work_done());
+            times.push(t.elapsed().as_secs_f64());
+        }
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        let (min, max) = (times[0], times[times.len() - 1]);
+        let gflop = plan.conv_flops() as f64 * 1e-9;
+        let (_, stages) = pollster::block_on(fpn.executor().profile_async(&input))?;
+
+        println!("adapter: {}", ctx.adapter());
+        println!(
+            "network: {} {:?}, {}, {:?} convolutions, input {shape:?}",
+            args.preset,
+            config.blocks,
+            if args.unfused { "unfused" } else { "fused" },
+            algorithms
+        );
+        println!(
+            "plan: {:.3} s, {} dispatches",
+            plan_s,
+            plan.dispatches().len()
+        );
+        println!(
+            "forward: median {median:.4} s, min {min:.4} s, max {max:.4} s over {} runs",
+            times.len()
+        );
+        println!(
+            "work: {gflop:.1} GFLOP (direct convolution), {:.1} effective GFLOP/s",
+            gflop / median
+        );
+        match &stages {
+            Some(stages) => {
+                let total: f64 = stages.iter().map(|(_, t)| t).sum();
+                println!("GPU time per stage (one profiled forward):");
+                for (name, t) in stages {
+                    println!(
+                        "  {name:<10} {:>9.1} ms  {:>5.1} %",
+                        t * 1e3,
+                        100.0 * t / total
+                    );
+                }
+            }
+            None => println!("GPU time per stage: this adapter has no timestamp queries"),
+        }
+        println!(
+            "memory: activations {:.1} MiB in {} buffers (liveness lower bound {:.1} MiB, ratio {:.2}), weights {:.1} MiB",
+            mib(plan.activation_bytes()),
+            plan.buffer_count(),
+            mib(plan.activation_lower_bound()),
+            plan.activation_bytes() as f64 / plan.activation_lower_bound() as f64,
+            mib(fpn.executor().weight_bytes()),
+        );
+
+        let stages_json = stages
+            .map(|s| {
+                let items: Vec<String> = s
+                    .iter()
+                    .map(|(n, t)| format!("\"{n}\":{:.3}", t * 1e3))
+                    .collect();
+                format!("{{{}}}", items.join(","))
+            })
+            .unwrap_or_else(|| "null".into());
+        println!(
+            "{{\"adapter\":{:?},\"backend\":\"{:?}\",\"preset\":{:?},\"fused\":{},\"algorithms\":\"{:?}\",\"input\":{:?},\"runs\":{},\"median_s\":{median:.5},\"min_s\":{min:.5},\"max_s\":{max:.5},\"gflop\":{gflop:.3},\"effective_gflops\":{:.2},\"stages_ms\":{stages_json},\"activation_bytes\":{},\"activation_lower_bound_bytes\":{},\"weight_bytes\":{}}}",
+            ctx.adapter().name,
+            ctx.adapter().backend,
+            args.preset,
+            !args.unfused,
+            algorithms,
+            shape,
+            times.len(),
+            gflop / median,
+            plan.activation_bytes(),
+            plan.activation_lower_bound(),
+            fpn.executor().weight_bytes(),
+        );
+        Ok(())
+    }
+}

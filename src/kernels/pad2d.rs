@@ -1,0 +1,81 @@
+//! Zero padding as its own op (`shaders/pad2d.wgsl`), so that the convolution after it runs
+//! without bounds checks.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Dispatch, GpuContext};
+use crate::kernels::{check_distinct, elementwise_dispatch, ShaderSource};
+use crate::tensor::{check_shape, Tensor};
+
+/// The WGSL source.
+pub const SHADER: ShaderSource = ShaderSource {
+    name: "pad2d.wgsl",
+    parts: &["pad2d.wgsl"],
+    source: include_str!("../../shaders/pad2d.wgsl"),
+    params: &[("Pad2dParams", std::mem::size_of::<Pad2dParams>())],
+};
+
+/// Mirrors `Pad2dParams` in the WGSL.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Pad2dParams {
+    pub len: u32,
+    pub in_height: u32,
+    pub in_width: u32,
+    pub pad_h: u32,
+    pub pad_w: u32,
+    pub _pad: [u32; 3],
+}
+
+/// The shape after padding each side by (vertical, horizontal) `padding`.
+pub fn output_shape(input: [usize; 4], padding: (usize, usize)) -> [usize; 4] {
+    let [n, c, h, w] = input;
+    [n, c, h + 2 * padding.0, w + 2 * padding.1]
+}
+
+/// Builds the launch computing `out = pad(x)`.
+pub fn prepare(
+    ctx: &GpuContext,
+    x: &Tensor,
+    out: &Tensor,
+    padding: (usize, usize),
+) -> Result<Dispatch> {
+    const OP: &str = "pad2d";
+    check_shape(ctx, OP, "the input", x.shape())?;
+    let shape = output_shape(x.shape(), padding);
+    check_shape(ctx, OP, "the output", shape)?;
+    if out.shape() != shape {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the output tensor has shape {:?}; this padding produces {shape:?}",
+                out.shape()
+            ),
+        ));
+    }
+    check_distinct(OP, out, &[x])?;
+    let [_, _, h, w] = x.shape();
+    let params = Pad2dParams {
+        len: out.numel() as u32,
+        in_height: h as u32,
+        in_width: w as u32,
+        pad_h: padding.0 as u32,
+        pad_w: padding.1 as u32,
+        _pad: [0; 3],
+    };
+    elementwise_dispatch(
+        ctx,
+        &SHADER,
+        "pad2d",
+        out.numel(),
+        &params,
+        &[(0, x.binding()), (1, out.binding())],
+        2,
+    )
+}
+
+/// Submits a zero padding now and returns its output (downloading it waits for the GPU).
+pub fn pad2d(ctx: &GpuContext, x: &Tensor, padding: (usize, usize)) -> Result<Tensor> {
+    let out = Tensor::empty(ctx, output_shape(x.shape(), padding))?;
+    ctx.submit(&[&prepare(ctx, x, &out, padding)?])?;
+    Ok(out)
+}

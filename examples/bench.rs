@@ -85,13 +85,13 @@ mod native {
         let plan_s = plan_start.elapsed().as_secs_f64();
         for _ in 0..args.warmup {
             fpn.forward(&input)?;
-            pollster::block_on(ctx.work_done());
+            pollster::block_on(ctx.work_done())?;
         }
         let mut times = Vec::with_capacity(args.iters);
         for _ in 0..args.iters.max(1) {
             let t = Instant::now();
             fpn.forward(&input)?;
-            pollster::block_on(ctx.work_done());
+            pollster::block_on(ctx.work_done())?;
             times.push(t.elapsed().as_secs_f64());
         }
         times.sort_by(f64::total_cmp);

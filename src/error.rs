@@ -34,18 +34,27 @@ pub enum Error {
     },
 
     /// A tensor or dispatch does not fit the device's limits.
-    #[error("{op}: {what} is {value}, above this device's limit of {limit}; {hint}")]
+    #[error("{op}: {what} is {value}, above this device's {limit_name} of {limit}; {hint}")]
     LimitExceeded {
         op: &'static str,
         what: String,
         value: u64,
+        /// The wgpu limit, e.g. `max_storage_buffer_binding_size`.
+        limit_name: &'static str,
         limit: u64,
-        hint: &'static str,
+        hint: String,
     },
 
     /// The GPU reported an error (validation, out of memory, device lost).
     #[error("the GPU reported an error during {op}: {message}")]
     Gpu { op: &'static str, message: String },
+
+    /// The GPU device was lost (driver reset, device removed, or destroyed); nothing more can
+    /// run on it.
+    #[error(
+        "the GPU device was lost ({0}); create a new GpuContext (and reload the model) to continue"
+    )]
+    DeviceLost(String),
 
     /// Reading a tensor back from the GPU failed.
     #[error("reading a tensor back from the GPU failed: {0}")]

@@ -27,6 +27,8 @@ struct Inner {
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     /// Bound in place of an optional input that an op does not use; wgpu rejects empty bindings.
     placeholder: wgpu::Buffer,
+    /// Set by wgpu's device-lost callback: later calls fail at once instead of waiting.
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -206,6 +208,13 @@ impl GpuContext {
         device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
             log::error!("uncaptured wgpu error: {e}");
         }));
+        let lost = Arc::new(Mutex::new(None));
+        let lost_flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            log::error!("the GPU device was lost ({reason:?}): {message}");
+            *lost_flag.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(format!("{reason:?}: {message}"));
+        });
         let limits = device.limits();
         let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("placeholder"),
@@ -222,8 +231,22 @@ impl GpuContext {
                 pipelines: Mutex::new(HashMap::new()),
                 modules: Mutex::new(HashMap::new()),
                 placeholder,
+                lost,
             }),
         }
+    }
+
+    /// An error if the device has been lost: every later call fails with it at once.
+    pub fn check_alive(&self) -> Result<()> {
+        // wgpu reports a loss (a destroyed device, say) from its maintenance step, which only a
+        // poll runs; a non-blocking one is cheap next to the work about to be recorded.
+        let polled = self.inner.device.poll(wgpu::PollType::Poll);
+        if let Some(why) = &*self.inner.lost.lock().unwrap_or_else(|p| p.into_inner()) {
+            return Err(Error::DeviceLost(why.clone()));
+        }
+        polled
+            .map(|_| ())
+            .map_err(|e| Error::DeviceLost(e.to_string()))
     }
 
     /// The wgpu device.
@@ -254,7 +277,8 @@ impl GpuContext {
             .contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
-    /// The largest byte size a single storage binding (one tensor) may have on this device.
+    /// The largest byte size a single storage binding (one tensor an op reads or writes) may
+    /// have on this device.
     pub fn max_binding_bytes(&self) -> u64 {
         self.inner
             .limits
@@ -266,7 +290,7 @@ impl GpuContext {
         &self.inner.placeholder
     }
 
-    /// Checks that a buffer of `bytes` fits one storage binding on this device.
+    /// Checks that a tensor of `bytes` can be bound by a kernel on this device.
     pub(crate) fn check_binding_size(
         &self,
         op: &'static str,
@@ -279,8 +303,25 @@ impl GpuContext {
                 op,
                 what: format!("the byte size of {what}"),
                 value: bytes,
+                limit_name: "max_storage_buffer_binding_size",
                 limit,
-                hint: "use a smaller input (height, width or batch)",
+                hint: "use a smaller input (height, width or batch)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that a buffer of `bytes` can be created on this device.
+    pub(crate) fn check_buffer_size(&self, op: &'static str, what: &str, bytes: u64) -> Result<()> {
+        let limit = self.inner.limits.max_buffer_size;
+        if bytes > limit {
+            return Err(Error::LimitExceeded {
+                op,
+                what: format!("the byte size of {what}"),
+                value: bytes,
+                limit_name: "max_buffer_size",
+                limit,
+                hint: "use a smaller input (height, width or batch)".into(),
             });
         }
         Ok(())
@@ -295,8 +336,9 @@ impl GpuContext {
                     op,
                     what: format!("the workgroup count along {axis}"),
                     value: n as u64,
+                    limit_name: "max_compute_workgroups_per_dimension",
                     limit: limit as u64,
-                    hint: "use a smaller input (height, width or batch)",
+                    hint: "use a smaller input (height, width or batch)".into(),
                 });
             }
         }
@@ -311,6 +353,7 @@ impl GpuContext {
         entry: &'static str,
         constants: &[(&'static str, u32)],
     ) -> Result<wgpu::ComputePipeline> {
+        self.check_alive()?;
         let key = PipelineKey {
             shader: shader.name,
             entry,
@@ -417,6 +460,7 @@ impl GpuContext {
     /// GPU; returns any validation or out-of-memory error the recording raised. Reading a
     /// result back (e.g. [`crate::Tensor::download`]) waits for it.
     pub fn submit(&self, dispatches: &[&Dispatch]) -> Result<()> {
+        self.check_alive()?;
         let device = &self.inner.device;
         let scopes = ErrorScopes::push(device);
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -445,16 +489,22 @@ impl GpuContext {
     /// [`GpuContext::submit`], then resolves when the GPU has finished.
     pub async fn run_async(&self, dispatches: &[&Dispatch]) -> Result<()> {
         self.submit(dispatches)?;
-        self.work_done().await;
-        Ok(())
+        self.work_done().await
     }
 
-    /// Resolves when all work submitted so far has finished, without blocking the thread.
-    pub async fn work_done(&self) {
-        let (tx, rx) = signal::<()>();
-        self.inner.queue.on_submitted_work_done(move || tx.send(()));
-        drive(&self.inner.device);
-        rx.await
+    /// Resolves when all work submitted so far has finished, without blocking the thread; an
+    /// error if the device is lost meanwhile.
+    pub async fn work_done(&self) -> Result<()> {
+        self.check_alive()?;
+        let (tx, rx) = signal::<Result<()>>();
+        let on_stall = tx.clone();
+        // Register before driving: the wait must cover the callback.
+        self.inner
+            .queue
+            .on_submitted_work_done(move || tx.send(Ok(())));
+        drive(&self.inner.device, on_stall);
+        rx.await?;
+        self.check_alive()
     }
 }
 

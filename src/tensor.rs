@@ -22,31 +22,42 @@ pub fn numel(shape: [usize; 4]) -> usize {
     shape.iter().product()
 }
 
-/// Checks that a shape has no zero dimension and that its bytes fit one storage binding.
-pub(crate) fn check_shape(
-    ctx: &GpuContext,
-    op: &'static str,
-    what: &str,
-    shape: [usize; 4],
-) -> Result<()> {
+fn shape_bytes(op: &'static str, what: &str, shape: [usize; 4]) -> Result<u64> {
     if shape.contains(&0) {
         return Err(Error::invalid(
             op,
             format!("{what} has shape {shape:?}, with a zero dimension; every dimension must be at least 1"),
         ));
     }
-    let bytes = shape
+    Ok(shape
         .iter()
         .try_fold(ELEMENT_BYTES, |acc, &d| acc.checked_mul(d as u64))
-        .unwrap_or(u64::MAX);
+        .unwrap_or(u64::MAX))
+}
+
+/// Checks that a shape has no zero dimension and that a kernel can bind its bytes.
+pub(crate) fn check_shape(
+    ctx: &GpuContext,
+    op: &'static str,
+    what: &str,
+    shape: [usize; 4],
+) -> Result<()> {
+    let bytes = shape_bytes(op, what, shape)?;
     ctx.check_binding_size(op, &format!("{what} {shape:?}"), bytes)
 }
 
+/// Checks that a shape has no zero dimension and that a buffer can hold its bytes.
+fn check_allocation(ctx: &GpuContext, op: &'static str, shape: [usize; 4]) -> Result<()> {
+    let bytes = shape_bytes(op, "the tensor", shape)?;
+    ctx.check_buffer_size(op, &format!("the tensor {shape:?}"), bytes)
+}
+
 impl Tensor {
-    /// Allocates an uninitialised tensor (its contents are whatever the device gives: zeros on
-    /// every wgpu backend, since wgpu clears new buffers).
+    /// Allocates a tensor (zeros: wgpu clears new buffers). It may be larger than one storage
+    /// binding (a large batch, say); such a tensor can be copied and downloaded, and ops refuse
+    /// it with [`Error::LimitExceeded`].
     pub fn empty(ctx: &GpuContext, shape: [usize; 4]) -> Result<Self> {
-        check_shape(ctx, "Tensor::empty", "the tensor", shape)?;
+        check_allocation(ctx, "Tensor::empty", shape)?;
         let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("tensor"),
             size: numel(shape) as u64 * ELEMENT_BYTES,
@@ -58,7 +69,7 @@ impl Tensor {
 
     /// Uploads `data` (row-major NCHW) as a tensor of `shape`.
     pub fn from_slice(ctx: &GpuContext, shape: [usize; 4], data: &[f32]) -> Result<Self> {
-        check_shape(ctx, "Tensor::from_slice", "the tensor", shape)?;
+        check_allocation(ctx, "Tensor::from_slice", shape)?;
         if data.len() != numel(shape) {
             return Err(Error::invalid(
                 "Tensor::from_slice",
@@ -145,6 +156,7 @@ impl Tensor {
     /// Copies the tensor to host memory; resolves when the GPU has finished the work that writes
     /// it, without blocking the thread.
     pub async fn download_async(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
+        ctx.check_alive()?;
         let size = self.byte_size();
         let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
@@ -160,9 +172,14 @@ impl Tensor {
         encoder.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size);
         ctx.queue().submit([encoder.finish()]);
         let (tx, rx) = signal();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| tx.send(r));
-        drive(ctx.device());
-        rx.await.map_err(|e| Error::Readback(e.to_string()))?;
+        let on_stall = tx.clone();
+        // Register before driving: the wait must cover the callback.
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            tx.send(r.map_err(|e| Error::Readback(e.to_string())))
+        });
+        drive(ctx.device(), on_stall);
+        rx.await?;
+        ctx.check_alive()?;
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| Error::Readback(e.to_string()))?;

@@ -76,12 +76,54 @@ fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     })
 }
 
+/// The first name that appears twice among the header's top-level keys, if any. JSON allows
+/// repeated keys; a map keeps one of them, so they are counted before any map is built.
+fn repeated_name(header: &[u8]) -> Option<String> {
+    struct Keys(Option<String>);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visitor;
+            impl<'de> serde::de::Visitor<'de> for Visitor {
+                type Value = Keys;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Keys, A::Error> {
+                    let mut seen = std::collections::HashSet::new();
+                    while let Some(key) = map.next_key::<String>()? {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        if !seen.insert(key.clone()) {
+                            return Ok(Keys(Some(key)));
+                        }
+                    }
+                    Ok(Keys(None))
+                }
+            }
+            d.deserialize_map(Visitor)
+        }
+    }
+    serde_json::from_slice::<Keys>(header)
+        .ok()
+        .and_then(|k| k.0)
+}
+
 /// Parses a safetensors image, converting float16, bfloat16 and float64 tensors to float32.
 /// Tensors for which `skip(name)` is true are left out whatever their dtype; any other
 /// non-float tensor is an error naming it.
 pub fn parse_tensors(bytes: &[u8], path: &Path, skip: impl Fn(&str) -> bool) -> Result<TensorMap> {
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| file_error(path, format!("not a valid safetensors file: {e}")))?;
+    // The parse above has checked that the header length fits the file.
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap_or([0; 8])) as usize;
+    if let Some(name) = repeated_name(&bytes[8..8 + header_len]) {
+        return Err(file_error(
+            path,
+            format!("not a valid safetensors file: the tensor name `{name}` appears twice"),
+        ));
+    }
     let mut out = TensorMap::new();
     for (name, view) in st.iter() {
         if skip(name) {

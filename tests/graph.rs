@@ -188,3 +188,73 @@ fn outputs_of_one_forward_survive_the_next() {
         "a later forward must not overwrite earlier outputs"
     );
 }
+
+#[test]
+fn fused_upsample_add_matches_the_separate_op() {
+    use fpn_wgpu::kernels::upsample_add::UpsampleMode;
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(8);
+    for mode in [UpsampleMode::Bilinear, UpsampleMode::Nearest] {
+        // coarse = conv3x3/2(x); out = upsample(coarse) + conv1x1(x): the FPN's top-down merge.
+        let mut g = Graph::new();
+        let x = g.input();
+        let down = Arc::new(HostConv {
+            shape: [C, C, 3, 3],
+            weight: rng.vec(C * C * 9, -0.3, 0.3),
+            bias: None,
+            affine: None,
+        });
+        let coarse = g.push(
+            "down",
+            Op::Conv2d {
+                weights: down,
+                opts: Conv2dOptions::new(2, 1),
+            },
+            &[x],
+        );
+        let lateral = g.push(
+            "lateral",
+            Op::Conv2d {
+                weights: conv(&mut rng, 1),
+                opts: Conv2dOptions::new(1, 0),
+            },
+            &[x],
+        );
+        let merged = g.push("merge", Op::UpsampleAdd(mode), &[coarse, lateral]);
+        g.output("out", merged);
+        let mut fused = g.clone();
+        assert!(passes::fuse_upsample_add(&mut fused));
+        passes::remove_dead(&mut fused);
+        assert!(!fused
+            .nodes()
+            .iter()
+            .any(|n| matches!(n.op, Op::UpsampleAdd(_))));
+        let xt =
+            Tensor::from_slice(ctx, [2, C, 13, 7], &rng.vec(2 * C * 13 * 7, -1.0, 1.0)).unwrap();
+        let want = Executor::new(ctx, g).unwrap().forward(&xt).unwrap()[0]
+            .1
+            .download(ctx)
+            .unwrap();
+        let got = Executor::new(ctx, fused).unwrap().forward(&xt).unwrap()[0]
+            .1
+            .download(ctx)
+            .unwrap();
+        assert_close(&format!("fused upsample-add {mode:?}"), &got, &want, 1e-5);
+    }
+}
+
+#[test]
+fn a_malformed_graph_is_an_error_not_a_panic() {
+    let mut g = Graph::new();
+    let x = g.input();
+    g.push("lonely add", Op::Add, &[x]);
+    let msg = g.shapes([1, C, 4, 4]).unwrap_err().to_string();
+    assert!(
+        msg.contains("lonely add") && msg.contains("inputs"),
+        "{msg}"
+    );
+    assert!(Executor::new(gpu(), g)
+        .unwrap()
+        .forward(&Tensor::from_slice(gpu(), [1, C, 4, 4], &[0.0; C * 16]).unwrap())
+        .is_err());
+}

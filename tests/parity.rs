@@ -131,6 +131,33 @@ fn seed_blocks_batch2_odd_size_matches_pytorch() {
     check_case("seed_batch2_45x61");
 }
 
+#[test]
+fn nan_and_infinity_in_the_input_propagate_as_in_pytorch() {
+    let ctx = gpu();
+    let path = fixture("nonfinite_64x64.safetensors");
+    let (blocks, seed) = case_metadata(&path);
+    let expected = read_tensors(&path, |_| false).unwrap();
+    let input = &expected["input"];
+    assert!(input.data.iter().any(|v| v.is_nan()) && input.data.iter().any(|v| v.is_infinite()));
+    let x = Tensor::from_slice(ctx, input.nchw("input").unwrap(), &input.data).unwrap();
+    let store = VarStore::random(seed);
+    for fusion in [Fusion::Fused, Fusion::Unfused] {
+        let fpn = Fpn::new(ctx, &store, FpnConfig::with_blocks(blocks), fusion).unwrap();
+        for (level, t) in fpn.forward(&x).unwrap().download(ctx).unwrap() {
+            let want = &expected[&level];
+            let nan = |d: &[f32]| d.iter().filter(|v| v.is_nan()).count();
+            assert_eq!(
+                nan(&t.data),
+                nan(&want.data),
+                "{level} {fusion:?}: NaN count"
+            );
+            // max_rel_error is infinite when NaN-ness differs anywhere, element by element.
+            let err = max_rel_error(&t.data, &want.data);
+            assert!(err <= PARITY_TOL, "{level} {fusion:?}: {err:e}");
+        }
+    }
+}
+
 /// PyTorch's level shapes for tiny inputs and for the seed's 600x900, from `shapes.txt`.
 fn pytorch_shapes() -> Vec<([usize; 2], Vec<[usize; 4]>)> {
     std::fs::read_to_string(fixture("shapes.txt"))

@@ -225,8 +225,10 @@ impl Executor {
         Ok(plan)
     }
 
-    fn build_plan(&self, input_shape: [usize; 4]) -> Result<Plan> {
-        let ctx = &self.ctx;
+    /// The shape of every value for `input_shape`, checked against the device's limits without
+    /// allocating anything: [`crate::Error::LimitExceeded`] names the first value too large to
+    /// bind.
+    pub fn check_limits(&self, input_shape: [usize; 4]) -> Result<Vec<[usize; 4]>> {
         let shapes = infer_shapes(
             self.nodes
                 .iter()
@@ -235,12 +237,33 @@ impl Executor {
         )?;
         for (node, &shape) in self.nodes.iter().zip(&shapes) {
             check_shape(
-                ctx,
+                &self.ctx,
                 "plan",
                 &format!("the output of `{}`", node.name),
                 shape,
             )?;
         }
+        Ok(shapes)
+    }
+
+    /// The shape of each named output for `input_shape`, without checking device limits.
+    pub fn output_shapes(&self, input_shape: [usize; 4]) -> Result<Vec<(String, [usize; 4])>> {
+        let shapes = infer_shapes(
+            self.nodes
+                .iter()
+                .map(|n| (n.name.as_str(), n.shape_rule, n.inputs.as_slice())),
+            input_shape,
+        )?;
+        Ok(self
+            .outputs
+            .iter()
+            .map(|(name, v)| (name.clone(), shapes[*v]))
+            .collect())
+    }
+
+    fn build_plan(&self, input_shape: [usize; 4]) -> Result<Plan> {
+        let ctx = &self.ctx;
+        let shapes = self.check_limits(input_shape)?;
         let sizes: Vec<u64> = shapes
             .iter()
             .map(|&s| numel(s) as u64 * ELEMENT_BYTES)
@@ -354,9 +377,12 @@ impl Executor {
         encoder.copy_buffer_to_buffer(&resolve, 0, &readback, 0, count as u64 * 8);
         self.ctx.queue().submit([encoder.finish()]);
         let (tx, rx) = signal();
-        readback.map_async(wgpu::MapMode::Read, .., move |r| tx.send(r));
-        drive(device);
-        rx.await.map_err(|e| Error::Readback(e.to_string()))?;
+        let on_stall = tx.clone();
+        readback.map_async(wgpu::MapMode::Read, .., move |r| {
+            tx.send(r.map_err(|e| Error::Readback(e.to_string())))
+        });
+        drive(device, on_stall);
+        rx.await?;
         let ticks: Vec<u64> = {
             let view = readback
                 .get_mapped_range(..)

@@ -290,6 +290,20 @@ pub(crate) fn infer_shapes<'a>(
 ) -> Result<Vec<[usize; 4]>> {
     let mut shapes: Vec<[usize; 4]> = Vec::new();
     for (name, rule, inputs) in nodes {
+        let arity = match rule {
+            ShapeRule::Input => 0..=0,
+            ShapeRule::Conv2d(..) => 1..=2,
+            ShapeRule::UpsampleAdd | ShapeRule::SameAsBoth => 2..=2,
+            _ => 1..=1,
+        };
+        if !arity.contains(&inputs.len()) || inputs.iter().any(|&i| i >= shapes.len()) {
+            return Err(Error::invalid(
+                "graph",
+                format!(
+                    "node `{name}` has inputs {inputs:?}; it takes {arity:?} inputs, each produced by an earlier node"
+                ),
+            ));
+        }
         let ins: Vec<[usize; 4]> = inputs.iter().map(|&i| shapes[i]).collect();
         shapes.push(
             rule.output_shape(&ins, input)

@@ -11,7 +11,7 @@ use crate::kernels::upsample_add::UpsampleMode;
 use crate::model::config::FpnConfig;
 use crate::model::layers::Conv2d;
 use crate::model::resnet::{ResNet, EXPANSION, LAYER_WIDTHS};
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, ELEMENT_BYTES};
 use crate::tensor_file::{HostTensor, TensorMap};
 use crate::weights::{infer_block_counts, VarBuilder, VarStore};
 
@@ -244,10 +244,117 @@ impl Fpn {
     /// Runs the network on an NCHW tensor with 3 channels. It submits the work and returns at
     /// once: the levels stay on the GPU until downloaded (which waits for them). The first call
     /// for a new input shape builds its plan.
+    ///
+    /// When the batch's tensors exceed the device's storage binding size, the batch runs in the
+    /// largest chunks that fit and the levels are assembled on the GPU; when a single image is
+    /// too large, the error names the limit and the largest input of its aspect ratio that fits.
     pub fn forward(&self, x: &Tensor) -> Result<Pyramid> {
-        self.check_input(x.shape())?;
-        Ok(Pyramid {
-            levels: self.executor.forward(x)?,
-        })
+        let shape = x.shape();
+        self.check_input(shape)?;
+        match self.executor.check_limits(shape) {
+            Ok(_) => Ok(Pyramid {
+                levels: self.executor.forward(x)?,
+            }),
+            Err(e @ Error::LimitExceeded { .. }) => {
+                let one = [1, shape[1], shape[2], shape[3]];
+                if shape[0] > 1 && self.executor.check_limits(one).is_ok() {
+                    self.forward_in_chunks(x)
+                } else {
+                    Err(self.too_large(shape, e))
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs a batch in chunks of as many images as fit, copying each chunk's levels into
+    /// batch-sized outputs (which are only copied into, so they need not fit one binding).
+    fn forward_in_chunks(&self, x: &Tensor) -> Result<Pyramid> {
+        let [n, c, h, w] = x.shape();
+        let fits = |b: usize| self.executor.check_limits([b, c, h, w]).is_ok();
+        let (mut lo, mut hi) = (1, n - 1);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        let chunk = lo;
+        let ctx = self.executor.context();
+        let levels: Vec<(String, Tensor)> = self
+            .executor
+            .output_shapes([n, c, h, w])?
+            .into_iter()
+            .map(|(name, s)| Ok((name, Tensor::empty(ctx, s)?)))
+            .collect::<Result<_>>()?;
+        let image_bytes = (c * h * w) as u64 * ELEMENT_BYTES;
+        for start in (0..n).step_by(chunk) {
+            let len = chunk.min(n - start);
+            let part = Tensor::empty(ctx, [len, c, h, w])?;
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            encoder.copy_buffer_to_buffer(
+                x.buffer(),
+                start as u64 * image_bytes,
+                part.buffer(),
+                0,
+                part.byte_size(),
+            );
+            ctx.queue().submit([encoder.finish()]);
+            let outputs = self.executor.forward(&part)?;
+            let mut encoder = ctx.device().create_command_encoder(&Default::default());
+            for ((_, full), (_, piece)) in levels.iter().zip(&outputs) {
+                let per_image = piece.byte_size() / len as u64;
+                encoder.copy_buffer_to_buffer(
+                    piece.buffer(),
+                    0,
+                    full.buffer(),
+                    start as u64 * per_image,
+                    piece.byte_size(),
+                );
+            }
+            ctx.queue().submit([encoder.finish()]);
+        }
+        Ok(Pyramid { levels })
+    }
+
+    /// The limit error for an image too large to run, with the largest size that would fit.
+    fn too_large(&self, shape: [usize; 4], e: Error) -> Error {
+        let [_, c, h, w] = shape;
+        let at = |hh: usize| [1, c, hh, (w * hh).div_ceil(h).max(1)];
+        let (mut lo, mut hi) = (0, h);
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            if self.executor.check_limits(at(mid)).is_ok() {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        let hint = if lo == 0 {
+            "no input fits this device".to_string()
+        } else {
+            let [_, _, fh, fw] = at(lo);
+            format!("downscale or tile the image: the largest input of this aspect ratio that fits is {fh}x{fw}")
+        };
+        match e {
+            Error::LimitExceeded {
+                op,
+                what,
+                value,
+                limit_name,
+                limit,
+                ..
+            } => Error::LimitExceeded {
+                op,
+                what,
+                value,
+                limit_name,
+                limit,
+                hint,
+            },
+            other => other,
+        }
     }
 }

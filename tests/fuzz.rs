@@ -1,0 +1,179 @@
+//! A property-test loop over the weight loader and the input reader: random bytes and random
+//! mutations of valid files (bit flips, truncations, splices, forged header lengths and
+//! offsets) must each give a value or an error, never a panic or a hang.
+//!
+//! CI runs it for a few seconds. For a long run:
+//! `FUZZ_SECONDS=600 cargo test --release --test fuzz -- --nocapture`
+//! (`FUZZ_SEED` picks another stream; a failure prints the seed and iteration to replay it).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fpn_wgpu::rng::SplitMix64;
+use fpn_wgpu::tensor_file::{parse_tensors, HostTensor, TensorMap};
+use fpn_wgpu::weights::{infer_block_counts, is_ignored, VarStore};
+use fpn_wgpu::{Fpn, FpnConfig};
+
+fn serialize(tensors: &TensorMap) -> Vec<u8> {
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                t.shape.clone(),
+                bytemuck::cast_slice(&t.data),
+            )
+            .unwrap();
+            (n.clone(), view)
+        })
+        .collect();
+    safetensors::serialize(views, None).unwrap()
+}
+
+/// The weights path as a user hits it: parse, infer the layout, build the model's graph (every
+/// name and shape checked). No GPU is needed for any of it.
+fn load_weights(bytes: &[u8]) {
+    let Ok(tensors) = parse_tensors(bytes, Path::new("fuzz.safetensors"), is_ignored) else {
+        return;
+    };
+    let store = VarStore::from_tensors("fuzz", tensors);
+    let Ok(blocks) = infer_block_counts(&store.names()) else {
+        return;
+    };
+    if blocks.iter().any(|&b| b > 64) {
+        return; // a forged name like layer1.99999 asks for a huge model: valid, just not small
+    }
+    let _ = Fpn::graph(&store, FpnConfig::with_blocks(blocks));
+}
+
+/// The input path of the CLI: parse, find `input`, check it is NCHW.
+fn load_input(bytes: &[u8]) {
+    if let Ok(t) = parse_tensors(bytes, Path::new("fuzz-input.safetensors"), |_| false) {
+        if let Some(x) = t.get("input") {
+            let _ = x.nchw("input");
+        }
+    }
+}
+
+fn mutate(rng: &mut SplitMix64, seed: &[u8]) -> Vec<u8> {
+    let mut b = seed.to_vec();
+    let header_end = 8 + u64::from_le_bytes(seed[..8].try_into().unwrap()) as usize;
+    // Most bugs live in the header: aim there three times in four.
+    let pos = |rng: &mut SplitMix64, len: usize| -> usize {
+        let limit = if rng.next_f32() < 0.75 {
+            header_end.min(len)
+        } else {
+            len
+        };
+        (rng.next_u64() as usize) % limit.max(1)
+    };
+    for _ in 0..1 + rng.next_u64() % 4 {
+        if b.is_empty() {
+            break;
+        }
+        match rng.next_u64() % 7 {
+            0 => {
+                let i = pos(rng, b.len());
+                b[i] ^= 1 << (rng.next_u64() % 8);
+            }
+            1 => {
+                let i = pos(rng, b.len());
+                b[i] = rng.next_u64() as u8;
+            }
+            2 => b.truncate(pos(rng, b.len())),
+            3 => {
+                let i = pos(rng, b.len());
+                let junk: Vec<u8> = (0..rng.next_u64() % 16)
+                    .map(|_| rng.next_u64() as u8)
+                    .collect();
+                b.splice(i..i, junk);
+            }
+            4 if b.len() >= 8 => {
+                let forged = match rng.next_u64() % 3 {
+                    0 => rng.next_u64(),
+                    1 => rng.next_u64() % (b.len() as u64 + 64),
+                    _ => u64::MAX - rng.next_u64() % 16,
+                };
+                b[..8].copy_from_slice(&forged.to_le_bytes());
+            }
+            4 => b.clear(),
+            5 => {
+                // Rewrite a digit run in the header: shapes and offsets go out of range.
+                let i = pos(rng, header_end.min(b.len()));
+                if b[i].is_ascii_digit() {
+                    let big = format!("{}", rng.next_u64() >> (rng.next_u64() % 64));
+                    b.splice(i..i + 1, big.into_bytes());
+                }
+            }
+            _ => {
+                let (a, c) = (pos(rng, b.len()), pos(rng, b.len()));
+                let (lo, hi) = (a.min(c), a.max(c));
+                let chunk = b[lo..hi].to_vec();
+                b.splice(hi..hi, chunk);
+            }
+        }
+    }
+    b
+}
+
+#[test]
+fn loaders_survive_random_and_mutated_files() {
+    let seconds: u64 = std::env::var("FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let stream: u64 = std::env::var("FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    let weights =
+        serialize(&Fpn::random_state_dict(FpnConfig::with_blocks([1, 1, 1, 1]), 3).unwrap());
+    // A small file with the model's names and the wrong shapes: the mis-shape path, fast.
+    let mut small = TensorMap::new();
+    for name in [
+        "conv1.weight",
+        "layer1.0.conv1.weight",
+        "layer4.0.bn3.running_var",
+        "smooth1.bias",
+    ] {
+        small.insert(
+            name.into(),
+            HostTensor::new(vec![2, 2], vec![0.5; 4]).unwrap(),
+        );
+    }
+    let small = serialize(&small);
+    let mut input = TensorMap::new();
+    input.insert(
+        "input".into(),
+        HostTensor::new(vec![1, 3, 8, 8], vec![0.25; 192]).unwrap(),
+    );
+    let input = serialize(&input);
+
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut iterations = 0u64;
+    while Instant::now() < deadline {
+        let case_seed = stream.wrapping_mul(0x9E37_79B9).wrapping_add(iterations);
+        let mut rng = SplitMix64::new(case_seed);
+        let kind = rng.next_u64() % 8;
+        let bytes = match kind {
+            0 => (0..rng.next_u64() % 256)
+                .map(|_| rng.next_u64() as u8)
+                .collect(),
+            1 => mutate(&mut rng, &weights),
+            2..=4 => mutate(&mut rng, &small),
+            _ => mutate(&mut rng, &input),
+        };
+        let result = std::panic::catch_unwind(|| {
+            load_weights(&bytes);
+            load_input(&bytes);
+        });
+        assert!(
+            result.is_ok(),
+            "panic at iteration {iterations} (FUZZ_SEED={stream}, case seed {case_seed}, kind {kind}, {} bytes)",
+            bytes.len()
+        );
+        iterations += 1;
+    }
+    eprintln!("fuzz: {iterations} cases in {seconds} s without a panic (FUZZ_SEED={stream})");
+    assert!(iterations > 0);
+}

@@ -143,19 +143,29 @@ fn tile_pixels(tile: u32, lane: u32) -> array<u32, PIX_TILE> {
     return pix;
 }
 
+// The tile an invocation owns, before accumulating: its image, first output channel and pixels,
+// and whether any of them exist. `% WG_CO` folds to 0 when WG_CO is 1, which tells the compiler
+// the channel tile (and so every weight address) is uniform across the workgroup: a broadcast,
+// not a gather.
+fn tile_start(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
+    var t: Tile;
+    t.n = wid.z;
+    t.co_base = (wid.y * WG_CO + lid.y % WG_CO) * COUT_TILE;
+    t.pix = tile_pixels(wid.x, lid.x);
+    t.live = t.pix[0] < p.out_height * p.out_width && t.co_base < p.out_channels;
+    return t;
+}
+
 // General case: any kernel size, stride and zero padding.
 fn accumulate(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
-    var t: Tile;
-    let n = wid.z;
-    // `% WG_CO` folds to 0 when WG_CO is 1, which tells the compiler the channel tile (and so
-    // every weight address) is uniform across the workgroup: a broadcast, not a gather.
-    let co_tile = wid.y * WG_CO + lid.y % WG_CO;
-    let plane = p.out_height * p.out_width;
-    let pix = tile_pixels(wid.x, lid.x);
-    t.live = pix[0] < plane && co_tile * COUT_TILE < p.out_channels;
+    var t = tile_start(wid, lid);
     if (!t.live) {
         return t;
     }
+    let n = t.n;
+    let pix = t.pix;
+    let plane = p.out_height * p.out_width;
+    let co_tile = t.co_base / COUT_TILE;
     // Top-left input coordinate of each pixel's receptive field.
     var iy0: array<i32, PIX_TILE>;
     var ix0: array<i32, PIX_TILE>;
@@ -189,9 +199,6 @@ fn accumulate(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
             }
         }
     }
-    t.n = n;
-    t.co_base = co_tile * COUT_TILE;
-    t.pix = pix;
     t.lo = acc_lo;
     t.hi = acc_hi;
     return t;
@@ -201,17 +208,14 @@ fn accumulate(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
 // checks (the graph pads explicitly before such convs; measured ~1.4x faster than the general
 // entry on llvmpipe, where a second, checked loop in the same kernel made both slower).
 fn accumulate_valid(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
-    var t: Tile;
-    let n = wid.z;
-    // `% WG_CO` folds to 0 when WG_CO is 1, which tells the compiler the channel tile (and so
-    // every weight address) is uniform across the workgroup: a broadcast, not a gather.
-    let co_tile = wid.y * WG_CO + lid.y % WG_CO;
-    let plane = p.out_height * p.out_width;
-    let pix = tile_pixels(wid.x, lid.x);
-    t.live = pix[0] < plane && co_tile * COUT_TILE < p.out_channels;
+    var t = tile_start(wid, lid);
     if (!t.live) {
         return t;
     }
+    let n = t.n;
+    let pix = t.pix;
+    let plane = p.out_height * p.out_width;
+    let co_tile = t.co_base / COUT_TILE;
     // Offset of each pixel's receptive field in an input plane.
     var base: array<u32, PIX_TILE>;
     for (var j = 0u; j < PIX_TILE; j++) {
@@ -238,9 +242,6 @@ fn accumulate_valid(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
             }
         }
     }
-    t.n = n;
-    t.co_base = co_tile * COUT_TILE;
-    t.pix = pix;
     t.lo = acc_lo;
     t.hi = acc_hi;
     return t;
@@ -248,17 +249,14 @@ fn accumulate_valid(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
 
 // 1x1 kernel, stride 1, no padding: a GEMM over channels, with no bounds checks per tap.
 fn accumulate_1x1(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
-    var t: Tile;
-    let n = wid.z;
-    // `% WG_CO` folds to 0 when WG_CO is 1, which tells the compiler the channel tile (and so
-    // every weight address) is uniform across the workgroup: a broadcast, not a gather.
-    let co_tile = wid.y * WG_CO + lid.y % WG_CO;
-    let plane = p.out_height * p.out_width;
-    let pix = tile_pixels(wid.x, lid.x);
-    t.live = pix[0] < plane && co_tile * COUT_TILE < p.out_channels;
+    var t = tile_start(wid, lid);
     if (!t.live) {
         return t;
     }
+    let n = t.n;
+    let pix = t.pix;
+    let plane = p.out_height * p.out_width;
+    let co_tile = t.co_base / COUT_TILE;
     var q: array<u32, PIX_TILE>;
     for (var j = 0u; j < PIX_TILE; j++) {
         q[j] = min(pix[j], plane - 1u);
@@ -278,9 +276,6 @@ fn accumulate_1x1(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
         }
         x_base += plane;
     }
-    t.n = n;
-    t.co_base = co_tile * COUT_TILE;
-    t.pix = pix;
     t.lo = acc_lo;
     t.hi = acc_hi;
     return t;

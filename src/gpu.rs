@@ -297,34 +297,24 @@ impl GpuContext {
         what: &str,
         bytes: u64,
     ) -> Result<()> {
-        let limit = self.max_binding_bytes();
-        if bytes > limit {
-            return Err(Error::LimitExceeded {
-                op,
-                what: format!("the byte size of {what}"),
-                value: bytes,
-                limit_name: "max_storage_buffer_binding_size",
-                limit,
-                hint: "use a smaller input (height, width or batch)".into(),
-            });
-        }
-        Ok(())
+        check_limit(
+            op,
+            what,
+            bytes,
+            "max_storage_buffer_binding_size",
+            self.max_binding_bytes(),
+        )
     }
 
     /// Checks that a buffer of `bytes` can be created on this device.
     pub(crate) fn check_buffer_size(&self, op: &'static str, what: &str, bytes: u64) -> Result<()> {
-        let limit = self.inner.limits.max_buffer_size;
-        if bytes > limit {
-            return Err(Error::LimitExceeded {
-                op,
-                what: format!("the byte size of {what}"),
-                value: bytes,
-                limit_name: "max_buffer_size",
-                limit,
-                hint: "use a smaller input (height, width or batch)".into(),
-            });
-        }
-        Ok(())
+        check_limit(
+            op,
+            what,
+            bytes,
+            "max_buffer_size",
+            self.inner.limits.max_buffer_size,
+        )
     }
 
     /// Checks a dispatch grid against the device's per-dimension workgroup limit.
@@ -535,6 +525,27 @@ impl ErrorScopes {
             None => Ok(()),
         }
     }
+}
+
+/// An error when `bytes` of `what` exceed the wgpu limit `limit_name`.
+fn check_limit(
+    op: &'static str,
+    what: &str,
+    bytes: u64,
+    limit_name: &'static str,
+    limit: u64,
+) -> Result<()> {
+    if bytes > limit {
+        return Err(Error::LimitExceeded {
+            op,
+            what: format!("the byte size of {what}"),
+            value: bytes,
+            limit_name,
+            limit,
+            hint: "use a smaller input (height, width or batch)".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Splits `n` workgroups into a 2-D grid that respects the per-dimension limit; shaders

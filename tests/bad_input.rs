@@ -2,13 +2,13 @@
 
 mod common;
 
-use common::gpu;
+use common::{gpu, small_binding_context};
 use fpn_wgpu::kernels::batch_norm::{self, BatchNormWeights};
 use fpn_wgpu::kernels::conv2d::{self, Conv2dOptions, Conv2dWeights};
 use fpn_wgpu::kernels::elementwise;
 use fpn_wgpu::kernels::max_pool2d::{self, MaxPool2dOptions};
 use fpn_wgpu::kernels::upsample_add::{self, UpsampleMode};
-use fpn_wgpu::{Error, GpuContext, Tensor};
+use fpn_wgpu::{Error, Tensor};
 
 /// Asserts the result is an error whose message contains every one of `words`.
 fn expect_err<T: std::fmt::Debug>(r: fpn_wgpu::Result<T>, words: &[&str]) -> Error {
@@ -166,26 +166,7 @@ fn other_ops_reject_mismatched_shapes() {
 #[test]
 fn a_caller_owned_device_with_small_limits_is_respected() {
     // Embedding: the caller creates the device (here with a 1 MiB binding limit) and hands it in.
-    let (device, queue) = pollster::block_on(async {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = instance
-            .request_adapter(&wgpu::RequestAdapterOptions::default())
-            .await
-            .expect("an adapter");
-        let limits = wgpu::Limits {
-            max_storage_buffer_binding_size: 1 << 20,
-            ..adapter.limits()
-        };
-        adapter
-            .request_device(&wgpu::DeviceDescriptor {
-                required_limits: limits,
-                ..Default::default()
-            })
-            .await
-            .expect("a device")
-    });
-    let ctx = GpuContext::from_device(device, queue);
+    let ctx = small_binding_context(1 << 20);
     assert_eq!(ctx.max_binding_bytes(), 1 << 20);
     // Such a tensor can exist (to be copied or downloaded), but no op binds it.
     let big = Tensor::empty(&ctx, [1, 64, 64, 65]).unwrap();

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::gpu;
+use common::{gpu, small_binding_context};
 use fpn_wgpu::rng::SplitMix64;
 use fpn_wgpu::tensor_file::parse_tensors;
 use fpn_wgpu::weights::is_ignored;
@@ -211,30 +211,6 @@ fn hostile_weight_files_are_clean_errors() {
         let err = result.expect_err(what);
         assert!(err.contains("hostile.safetensors"), "{what}: {err}");
     }
-}
-
-/// A context on a device whose storage bindings are limited to `binding` bytes.
-fn small_binding_context(binding: u64) -> GpuContext {
-    let (device, queue) = pollster::block_on(async {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = instance
-            .request_adapter(&wgpu::RequestAdapterOptions::default())
-            .await
-            .unwrap();
-        let limits = wgpu::Limits {
-            max_storage_buffer_binding_size: binding,
-            ..adapter.limits()
-        };
-        adapter
-            .request_device(&wgpu::DeviceDescriptor {
-                required_limits: limits,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-    });
-    GpuContext::from_device(device, queue)
 }
 
 #[test]

@@ -225,16 +225,20 @@ impl Executor {
         Ok(plan)
     }
 
-    /// The shape of every value for `input_shape`, checked against the device's limits without
-    /// allocating anything: [`crate::Error::LimitExceeded`] names the first value too large to
-    /// bind.
-    pub fn check_limits(&self, input_shape: [usize; 4]) -> Result<Vec<[usize; 4]>> {
-        let shapes = infer_shapes(
+    fn value_shapes(&self, input_shape: [usize; 4]) -> Result<Vec<[usize; 4]>> {
+        infer_shapes(
             self.nodes
                 .iter()
                 .map(|n| (n.name.as_str(), n.shape_rule, n.inputs.as_slice())),
             input_shape,
-        )?;
+        )
+    }
+
+    /// The shape of every value for `input_shape`, checked against the device's limits without
+    /// allocating anything: [`crate::Error::LimitExceeded`] names the first value too large to
+    /// bind.
+    pub fn check_limits(&self, input_shape: [usize; 4]) -> Result<Vec<[usize; 4]>> {
+        let shapes = self.value_shapes(input_shape)?;
         for (node, &shape) in self.nodes.iter().zip(&shapes) {
             check_shape(
                 &self.ctx,
@@ -248,12 +252,7 @@ impl Executor {
 
     /// The shape of each named output for `input_shape`, without checking device limits.
     pub fn output_shapes(&self, input_shape: [usize; 4]) -> Result<Vec<(String, [usize; 4])>> {
-        let shapes = infer_shapes(
-            self.nodes
-                .iter()
-                .map(|n| (n.name.as_str(), n.shape_rule, n.inputs.as_slice())),
-            input_shape,
-        )?;
+        let shapes = self.value_shapes(input_shape)?;
         Ok(self
             .outputs
             .iter()

@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::upsample_add::UpsampleMode;
-use crate::kernels::{check_distinct, ShaderSource};
+use crate::kernels::{check_distinct, check_output_shape, ShaderSource};
 use crate::tensor::{check_shape, Tensor};
 
 /// The WGSL source.
@@ -370,15 +370,7 @@ pub fn prepare(
     let shape = output_shape(x.shape(), weights.shape, opts)?;
     check_shape(ctx, OP, "the input", x.shape())?;
     check_shape(ctx, OP, "the output", shape)?;
-    if out.shape() != shape {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "the output tensor has shape {:?}; this convolution produces {shape:?}",
-                out.shape()
-            ),
-        ));
-    }
+    check_output_shape(OP, out, shape)?;
     if let Some(r) = residual {
         check_residual_shape(shape, r.shape(), opts.residual)?;
     }

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::{check_distinct, elementwise_dispatch, ShaderSource};
+use crate::kernels::{check_distinct, check_output_shape, elementwise_dispatch, ShaderSource};
 use crate::tensor::{check_shape, Tensor};
 
 /// The WGSL source.
@@ -98,15 +98,7 @@ pub fn prepare(
     const OP: &str = "max_pool2d";
     check_shape(ctx, OP, "the input", x.shape())?;
     let shape = output_shape(x.shape(), opts)?;
-    if out.shape() != shape {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "the output tensor has shape {:?}; this pooling produces {shape:?}",
-                out.shape()
-            ),
-        ));
-    }
+    check_output_shape(OP, out, shape)?;
     check_distinct(OP, out, &[x])?;
     let [_, _, h, w] = x.shape();
     let params = MaxPool2dParams {

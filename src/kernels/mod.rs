@@ -103,3 +103,21 @@ pub(crate) fn check_distinct(op: &'static str, out: &Tensor, inputs: &[&Tensor])
     }
     Ok(())
 }
+
+/// Checks that the output tensor has the shape the op produces.
+pub(crate) fn check_output_shape(
+    op: &'static str,
+    out: &Tensor,
+    expected: [usize; 4],
+) -> Result<()> {
+    if out.shape() != expected {
+        return Err(crate::Error::invalid(
+            op,
+            format!(
+                "the output tensor has shape {:?}; this op produces {expected:?}",
+                out.shape()
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,9 +1,9 @@
 //! Zero padding as its own op (`shaders/pad2d.wgsl`), so that the convolution after it runs
 //! without bounds checks.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::{check_distinct, elementwise_dispatch, ShaderSource};
+use crate::kernels::{check_distinct, check_output_shape, elementwise_dispatch, ShaderSource};
 use crate::tensor::{check_shape, Tensor};
 
 /// The WGSL source.
@@ -43,15 +43,7 @@ pub fn prepare(
     check_shape(ctx, OP, "the input", x.shape())?;
     let shape = output_shape(x.shape(), padding);
     check_shape(ctx, OP, "the output", shape)?;
-    if out.shape() != shape {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "the output tensor has shape {:?}; this padding produces {shape:?}",
-                out.shape()
-            ),
-        ));
-    }
+    check_output_shape(OP, out, shape)?;
     check_distinct(OP, out, &[x])?;
     let [_, _, h, w] = x.shape();
     let params = Pad2dParams {

@@ -45,3 +45,28 @@ pub fn assert_close(case: &str, got: &[f32], want: &[f32], tol: f64) -> f64 {
     );
     err
 }
+
+/// A context on a device the test creates itself (as an embedding application would), with
+/// storage bindings limited to `binding` bytes.
+pub fn small_binding_context(binding: u64) -> GpuContext {
+    let (device, queue) = pollster::block_on(async {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions::default())
+            .await
+            .unwrap();
+        let limits = wgpu::Limits {
+            max_storage_buffer_binding_size: binding,
+            ..adapter.limits()
+        };
+        adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                required_limits: limits,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    });
+    GpuContext::from_device(device, queue)
+}

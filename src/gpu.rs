@@ -249,6 +249,13 @@ impl GpuContext {
             .map_err(|e| Error::DeviceLost(e.to_string()))
     }
 
+    /// Records that the device is unusable (wgpu may report a loss late, or not at all, for a
+    /// destroyed device); every later call fails with [`Error::DeviceLost`].
+    pub(crate) fn mark_lost(&self, why: String) {
+        let mut lost = self.inner.lost.lock().unwrap_or_else(|p| p.into_inner());
+        lost.get_or_insert(why);
+    }
+
     /// The wgpu device.
     pub fn device(&self) -> &wgpu::Device {
         &self.inner.device

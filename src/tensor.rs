@@ -178,7 +178,11 @@ impl Tensor {
             tx.send(r.map_err(|e| Error::Readback(e.to_string())))
         });
         drive(ctx.device(), on_stall);
-        rx.await?;
+        if let Err(e) = rx.await {
+            // The staging buffer is ours and alive, so a failed map means the device is gone.
+            ctx.mark_lost(format!("a read-back failed: {e}"));
+            return Err(ctx.check_alive().err().unwrap_or(e));
+        }
         ctx.check_alive()?;
         let view = staging
             .get_mapped_range(..)

@@ -409,6 +409,7 @@ impl Executor {
         input: &Tensor,
         timestamps: Option<&wgpu::QuerySet>,
     ) -> Result<Vec<(String, Tensor)>> {
+        self.ctx.check_alive()?;
         let plan = self.plan(input.shape())?;
         let ctx = &self.ctx;
         let device = ctx.device();

@@ -82,6 +82,44 @@ impl AdapterSummary {
     }
 }
 
+/// An adapter wgpu can see, with what matters for running the FPN on it.
+#[derive(Clone, Debug)]
+pub struct AdapterReport {
+    /// Name, backend, device type, driver.
+    pub summary: AdapterSummary,
+    /// The adapter's limits (a context created on it requests exactly these).
+    pub limits: wgpu::Limits,
+    /// Whether it runs compute shaders at all (some GL drivers do not).
+    pub compute: bool,
+    /// Whether compute passes can write timestamps (per-stage profiles).
+    pub timestamps: bool,
+    /// Whether shaders may use f16.
+    pub shader_f16: bool,
+}
+
+/// Every adapter wgpu sees (all backends, whatever `WGPU_BACKEND` says), hardware first.
+pub async fn available_adapters() -> Vec<AdapterReport> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let mut adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+    adapters.sort_by_key(|a| adapter_rank(&a.get_info()));
+    adapters
+        .iter()
+        .map(|a| {
+            let features = a.features();
+            AdapterReport {
+                summary: AdapterSummary::from_info(&a.get_info()),
+                limits: a.limits(),
+                compute: a
+                    .get_downlevel_capabilities()
+                    .flags
+                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS),
+                timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+                shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            }
+        })
+        .collect()
+}
+
 /// One recorded kernel launch: a pipeline, its bindings and its grid. Built once, recorded into
 /// as many command encoders as needed.
 #[derive(Clone, Debug)]

@@ -39,6 +39,20 @@ enum Command {
         #[arg(long)]
         unfused: bool,
     },
+    /// List the GPU adapters wgpu sees, with the limits that matter for the FPN.
+    Info,
+    /// Print the pyramid's shapes for an input size, without running the network.
+    Shapes {
+        #[arg(long)]
+        height: usize,
+        #[arg(long)]
+        width: usize,
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Backbone preset: seed, resnet50, resnet101, resnet152 (the shapes are the same).
+        #[arg(long, default_value = "seed")]
+        preset: String,
+    },
     /// Write the deterministic seeded random weights as a safetensors state_dict.
     RandomWeights {
         /// Backbone preset: seed, resnet50, resnet101, resnet152.
@@ -116,6 +130,48 @@ fn random_weights(
     Ok(())
 }
 
+fn info() -> Result<()> {
+    let adapters = pollster::block_on(fpn_wgpu::gpu::available_adapters());
+    if adapters.is_empty() {
+        bail!(
+            "{}",
+            fpn_wgpu::Error::NoAdapter {
+                detail: String::new()
+            }
+        );
+    }
+    for (i, a) in adapters.iter().enumerate() {
+        let l = &a.limits;
+        println!("{i}: {}", a.summary);
+        println!(
+            "   compute shaders: {}, timestamps: {}, shader-f16: {}",
+            a.compute, a.timestamps, a.shader_f16
+        );
+        println!(
+            "   max storage binding {} MiB, max buffer {} MiB, workgroup storage {} KiB, \
+             workgroups per dimension {}, invocations per workgroup {}",
+            l.max_storage_buffer_binding_size >> 20,
+            l.max_buffer_size >> 20,
+            l.max_compute_workgroup_storage_size >> 10,
+            l.max_compute_workgroups_per_dimension,
+            l.max_compute_invocations_per_workgroup
+        );
+    }
+    println!("WGPU_BACKEND and WGPU_ADAPTER_NAME choose among these; by default the first that runs compute.");
+    Ok(())
+}
+
+fn shapes(height: usize, width: usize, batch: usize, preset: &str) -> Result<()> {
+    let config = FpnConfig::preset(preset)?;
+    let graph = Fpn::graph(&fpn_wgpu::weights::VarStore::random(0), config)?;
+    let values = graph.shapes([batch, 3, height, width])?;
+    println!("input [{batch}, 3, {height}, {width}]");
+    for (name, v) in graph.outputs() {
+        println!("{name}: {:?}", values[*v]);
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     env_logger::init();
     let cli = Cli::parse();
@@ -126,6 +182,13 @@ fn main() -> ExitCode {
             output,
             unfused,
         } => run(weights, input, output, *unfused),
+        Command::Info => info(),
+        Command::Shapes {
+            height,
+            width,
+            batch,
+            preset,
+        } => shapes(*height, *width, *batch, preset),
         Command::RandomWeights {
             preset,
             blocks,

@@ -99,13 +99,15 @@ impl Tensor {
                 ),
             ));
         }
-        if !buffer.usage().contains(Self::usage()) {
+        // Ops bind tensors as storage, and forwards and downloads copy out of them; only the
+        // library's own buffers are copied into.
+        let needed = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        if !buffer.usage().contains(needed) {
             return Err(Error::invalid(
                 "Tensor::from_buffer",
                 format!(
-                    "the buffer's usage is {:?}; tensors need {:?}",
-                    buffer.usage(),
-                    Self::usage()
+                    "the buffer's usage is {:?}; tensors need {needed:?}",
+                    buffer.usage()
                 ),
             ));
         }

@@ -256,6 +256,31 @@ fn cli_runs_and_reports_bad_input_in_one_line() {
         "{err}"
     );
 
+    // Shapes without running, and the adapters present.
+    let out = Command::new(env!("CARGO_BIN_EXE_fpn"))
+        .args(["shapes", "--height", "600", "--width", "900"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for level in [
+        "p2: [1, 256, 150, 225]",
+        "p3: [1, 256, 75, 113]",
+        "p4: [1, 256, 38, 57]",
+        "p5: [1, 256, 19, 29]",
+    ] {
+        assert!(text.contains(level), "{level} not in {text}");
+    }
+    let (code, err) = fpn_cli(&["shapes", "--height", "0", "--width", "5"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("zero dimension"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_fpn"))
+        .arg("info")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("max storage binding"));
+
     // Usage errors exit with 2.
     let (code, _) = fpn_cli(&["run", "--weights", w]);
     assert_eq!(code, 2);

@@ -244,6 +244,10 @@ impl ShapeRule {
             Ok(a)
         };
         match *self {
+            ShapeRule::Input if input.contains(&0) => Err(Error::invalid(
+                "input",
+                format!("the input has shape {input:?}, with a zero dimension; every dimension must be at least 1"),
+            )),
             ShapeRule::Input => Ok(input),
             ShapeRule::Conv2d(w, opts) => {
                 let out = conv2d::output_shape(ins[0], w, &opts)?;

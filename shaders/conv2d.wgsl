@@ -10,8 +10,9 @@
 //                        bounds checks (the graph pads explicitly before such convs)
 //   conv2d_1x1           1x1, stride 1, no padding: a GEMM over channels
 //   conv2d_winograd      Winograd F(2x2, 3x3), stride 1, weights pre-transformed on the host
-//   *_upsample           the same with the upsampled-residual epilogue (kept out of the others:
-//                        its code alone made a 1x1 conv 1.5x slower on llvmpipe)
+// The direct entry points take the upsampled-residual epilogue when the pipeline sets the
+// UPSAMPLE override (kept out of the others: its code alone made a 1x1 conv 1.5x slower on
+// llvmpipe).
 //
 // Bindings (read-only inputs, then the output, then parameters):
 //   0  x            [N, Cin, H, W]                    input, NCHW
@@ -72,6 +73,10 @@ override KERNEL_H: u32 = 3u;
 override KERNEL_W: u32 = 3u;
 override STRIDE_H: u32 = 1u;
 override STRIDE_W: u32 = 1u;
+// Whether the pipeline has the upsampled-residual epilogue. A constant per pipeline, so the
+// resampling code is gone from the pipelines that do not use it: its presence alone made a 1x1
+// conv 1.5x slower on llvmpipe.
+override UPSAMPLE: bool = false;
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> weights: array<vec4<f32>>;
@@ -91,9 +96,7 @@ struct Tile {
 }
 
 // Applies the epilogue to the raw sum `a` of output channel `co`, pixel `pix`, and stores it.
-// `upsample` is a constant at each call site: the upsampling code costs registers (measured: a
-// 1x1 conv ran 1.5x slower with it merely present), so only the entry points that need it
-// contain it.
+// `upsample` is a constant at each call site (UPSAMPLE, or false for Winograd).
 fn store_output(n: u32, co: u32, pix: u32, a: f32, upsample: bool) {
     let plane = p.out_height * p.out_width;
     var v = a * affine[co] + affine[p.cout_vec4 * 4u + co];
@@ -285,15 +288,7 @@ fn accumulate_1x1(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
 fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let t = accumulate(wid, lid);
     if (t.live) {
-        store_tile(t, false);
-    }
-}
-
-@compute @workgroup_size(WG_PIX, WG_CO)
-fn conv2d_upsample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let t = accumulate(wid, lid);
-    if (t.live) {
-        store_tile(t, true);
+        store_tile(t, UPSAMPLE);
     }
 }
 
@@ -301,15 +296,7 @@ fn conv2d_upsample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
 fn conv2d_valid(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let t = accumulate_valid(wid, lid);
     if (t.live) {
-        store_tile(t, false);
-    }
-}
-
-@compute @workgroup_size(WG_PIX, WG_CO)
-fn conv2d_valid_upsample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let t = accumulate_valid(wid, lid);
-    if (t.live) {
-        store_tile(t, true);
+        store_tile(t, UPSAMPLE);
     }
 }
 
@@ -317,15 +304,7 @@ fn conv2d_valid_upsample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_i
 fn conv2d_1x1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let t = accumulate_1x1(wid, lid);
     if (t.live) {
-        store_tile(t, false);
-    }
-}
-
-@compute @workgroup_size(WG_PIX, WG_CO)
-fn conv2d_1x1_upsample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let t = accumulate_1x1(wid, lid);
-    if (t.live) {
-        store_tile(t, true);
+        store_tile(t, UPSAMPLE);
     }
 }
 

@@ -396,21 +396,22 @@ pub fn prepare(
             ("conv2d_winograd", oh.div_ceil(2) * ow.div_ceil(2))
         }
         ConvAlgorithm::Direct => {
-            let unpadded = opts.padding == (0, 0);
-            let entry = match (pointwise, unpadded, upsample) {
-                (true, _, false) => "conv2d_1x1",
-                (true, _, true) => "conv2d_1x1_upsample",
-                (false, true, false) => "conv2d_valid",
-                (false, true, true) => "conv2d_valid_upsample",
-                (false, false, false) => "conv2d",
-                (false, false, true) => "conv2d_upsample",
+            let entry = if pointwise {
+                "conv2d_1x1"
+            } else if opts.padding == (0, 0) {
+                "conv2d_valid"
+            } else {
+                "conv2d"
             };
             (entry, (oh * ow).div_ceil(PIX_TILE))
         }
     };
     let (wg_pix, wg_co) = workgroup_shape(lanes);
     let mut constants = vec![("WG_PIX", wg_pix), ("WG_CO", wg_co)];
-    if entry.starts_with("conv2d_valid") {
+    if upsample {
+        constants.push(("UPSAMPLE", 1));
+    }
+    if entry == "conv2d_valid" {
         constants.extend([
             ("KERNEL_H", kh as u32),
             ("KERNEL_W", kw as u32),

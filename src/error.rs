@@ -22,7 +22,12 @@ pub enum Error {
 
     /// The adapter refused to create a device.
     #[error("the adapter `{adapter}` could not create a device: {reason}")]
-    RequestDevice { adapter: String, reason: String },
+    RequestDevice {
+        /// The adapter's name.
+        adapter: String,
+        /// Why the device was refused, as wgpu says it.
+        reason: String,
+    },
 
     /// A shape or parameter passed to an op is invalid.
     #[error("{op}: {message}")]
@@ -36,18 +41,28 @@ pub enum Error {
     /// A tensor or dispatch does not fit the device's limits.
     #[error("{op}: {what} is {value}, above this device's {limit_name} of {limit}; {hint}")]
     LimitExceeded {
+        /// The op or function that checked the limit.
         op: &'static str,
+        /// What exceeded it, e.g. `the output tensor of [1, 256, 150, 225]`.
         what: String,
+        /// Its size, in the limit's unit.
         value: u64,
         /// The wgpu limit, e.g. `max_storage_buffer_binding_size`.
         limit_name: &'static str,
+        /// The device's value of that limit.
         limit: u64,
+        /// What to do about it.
         hint: String,
     },
 
     /// The GPU reported an error (validation, out of memory, device lost).
     #[error("the GPU reported an error during {op}: {message}")]
-    Gpu { op: &'static str, message: String },
+    Gpu {
+        /// What the crate was doing.
+        op: &'static str,
+        /// wgpu's message.
+        message: String,
+    },
 
     /// The GPU device was lost (driver reset, device removed, or destroyed); nothing more can
     /// run on it.
@@ -62,7 +77,12 @@ pub enum Error {
 
     /// A weights or tensor file could not be read or parsed.
     #[error("{path}: {message}")]
-    File { path: String, message: String },
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
 
     /// The weights do not match the model: missing, unexpected or mis-shaped tensors.
     #[error("the weights do not match the model:\n{}", .problems.join("\n"))]

@@ -9,10 +9,13 @@
 //! - [`kernels`]: conv2d (with a fused affine / residual / ReLU epilogue), batch norm, max pool,
 //!   upsample-and-add, ReLU and add, each with a `prepare` for recording and a function that
 //!   runs at once;
-//! - [`reference`]: the same ops as plain CPU loops, the oracle of the tests;
+//! - [`reference`](mod@reference): the same ops as plain CPU loops, the oracle of the tests;
 //! - [`graph`]: the model as a graph of ops, its rewrite passes, memory plan and executor;
-//! - [`model`]: the ResNet backbone and the FPN, reading PyTorch `state_dict` names through
-//!   [`weights`].
+//! - [`model`]: the ResNet backbone and the FPN in two layouts (kuangliu's `fpn.py` and
+//!   torchvision's `resnet_fpn_backbone`, whole detection checkpoints included), reading PyTorch
+//!   `state_dict` names through [`weights`]; [`Checkpoint`] recognises a file's layout;
+//! - [`image_input`] and [`visualize`]: pictures in (decoded, ImageNet-normalised) and out
+//!   (per-level energy maps, an overview).
 //!
 //! ```no_run
 //! use fpn_wgpu::{Fpn, GpuContext, Tensor};
@@ -25,9 +28,12 @@
 //! # let _ = p2; Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod gpu;
 pub mod graph;
+pub mod image_input;
 pub mod kernels;
 pub mod model;
 pub mod reference;
@@ -35,9 +41,10 @@ pub mod rng;
 mod signal;
 pub mod tensor;
 pub mod tensor_file;
+pub mod visualize;
 pub mod weights;
 
 pub use error::{Error, Result};
 pub use gpu::{AdapterSummary, Dispatch, GpuContext};
-pub use model::{Fpn, FpnConfig, Fusion, Pyramid};
+pub use model::{Checkpoint, Fpn, FpnConfig, Fusion, Layout, Pyramid};
 pub use tensor::Tensor;

@@ -1,76 +1,241 @@
-//! `fpn`: run the FPN on tensors stored as safetensors, from the command line.
+//! `fpn`: run the FPN on pictures or on tensors stored as safetensors, from the command line.
 //!
 //! Exit status: 0 on success, 1 on a runtime error (one line on stderr saying why), 2 on a usage
 //! error.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
-use fpn_wgpu::tensor_file::{read_tensors, write_tensors};
-use fpn_wgpu::{Fpn, FpnConfig, Fusion, GpuContext, Tensor};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use fpn_wgpu::image_input::load_image;
+use fpn_wgpu::model::{ExtraLevels, Layout};
+use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor};
+use fpn_wgpu::visualize::{energy_picture, overview};
+use fpn_wgpu::weights::VarStore;
+use fpn_wgpu::{Checkpoint, Fpn, FpnConfig, Fusion, GpuContext, Tensor};
 
 #[derive(Parser)]
 #[command(
     name = "fpn",
     version,
-    about = "Feature Pyramid Network forward passes on the GPU (wgpu)"
+    about = "Feature Pyramid Network forward passes on the GPU (wgpu)",
+    after_help = "Environment: WGPU_BACKEND (vulkan, metal, dx12, gl) and WGPU_ADAPTER_NAME \
+                  (a substring of the adapter's name) choose the GPU; RUST_LOG=info logs more."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// Which network, when no weights file says it.
+#[derive(Args, Clone)]
+struct NetworkArgs {
+    /// Layout: seed (fpn.py: P2..P5, bilinear; the default) or torchvision
+    /// (resnet_fpn_backbone: P2..P6, nearest). With --weights, only checked against the file's.
+    #[arg(long)]
+    layout: Option<String>,
+    /// Backbone preset: seed (2 blocks per layer), resnet50, resnet101, resnet152.
+    #[arg(long, default_value = "seed", conflicts_with = "blocks")]
+    preset: String,
+    /// Block counts of layer1..layer4, e.g. 1,1,1,1 (instead of a preset).
+    #[arg(long, value_parser = parse_counts::<4>)]
+    blocks: Option<[usize; 4]>,
+    /// torchvision layout: extra levels, one of none, pool (Faster R-CNN's P6), p6p7 (RetinaNet,
+    /// P6 from P5), p6p7-c5 (RetinaNet v2, P6 from C5).
+    #[arg(long)]
+    extra: Option<String>,
+    /// torchvision layout: the backbone layers feeding the pyramid, e.g. 2,3,4 for RetinaNet.
+    #[arg(long, value_delimiter = ',')]
+    returned_layers: Option<Vec<usize>>,
+}
+
+impl NetworkArgs {
+    fn config(&self) -> Result<FpnConfig> {
+        let layout: Layout = match &self.layout {
+            Some(name) => name.parse()?,
+            None => Layout::Seed,
+        };
+        let base = match self.blocks {
+            Some(b) => FpnConfig::with_blocks(b),
+            None => FpnConfig::preset(&self.preset)?,
+        };
+        let mut config = base.with_layout(layout);
+        if let Some(extra) = &self.extra {
+            config.extra = extra.parse::<ExtraLevels>()?;
+        }
+        if let Some(layers) = &self.returned_layers {
+            config.returned = [false; 4];
+            for &l in layers {
+                if !(1..=4).contains(&l) {
+                    bail!("--returned-layers: layer {l} does not exist; choose among 1, 2, 3, 4");
+                }
+                config.returned[l - 1] = true;
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run the network on the tensor `input` of a safetensors file; write p2..p5.
+    /// Run the network on a picture or on a tensor file; write the levels (and pictures of them).
+    #[command(group(ArgGroup::new("source").required(true).args(["image", "input"])))]
     Run {
-        /// PyTorch state_dict as safetensors; the architecture is read from its names.
+        /// PyTorch state_dict as safetensors (seed or torchvision layout, or a whole torchvision
+        /// detection model); the architecture is read from its names. Without it: seeded random
+        /// weights of the network given by --layout and --preset.
+        #[arg(long, conflicts_with_all = ["preset", "blocks", "extra", "returned_layers"])]
+        weights: Option<PathBuf>,
+        /// A JPEG or PNG picture (any colour type); ImageNet-normalised RGB goes in.
+        #[arg(long, requires = "out")]
+        image: Option<PathBuf>,
+        /// With --image: downscale so that the longer side is at most this many pixels.
+        #[arg(long, requires = "image")]
+        max_size: Option<u32>,
+        /// With --image: folder for pyramid.safetensors, one PNG per level and overview.png.
+        #[arg(long, requires = "image")]
+        out: Option<PathBuf>,
+        /// A safetensors file holding one NCHW float tensor named `input` (N x 3 x H x W).
+        #[arg(long, requires = "output")]
+        input: Option<PathBuf>,
+        /// With --input: the safetensors file to write the levels to (float32, by level name).
+        #[arg(long, requires = "input")]
+        output: Option<PathBuf>,
+        /// Batch norm epsilon (default 1e-5; 0 for torchvision's COCO Faster R-CNN weights).
         #[arg(long)]
-        weights: PathBuf,
-        /// safetensors file holding one NCHW float tensor named `input` (N x 3 x H x W).
-        #[arg(long)]
-        input: PathBuf,
-        /// Where to write the levels, as float32 tensors `p2`, `p3`, `p4`, `p5`.
-        #[arg(long)]
-        output: PathBuf,
+        bn_eps: Option<f32>,
         /// Keep batch norm, ReLU and residual adds as separate kernels (for debugging).
         #[arg(long)]
         unfused: bool,
+        /// No progress or timings on stderr (errors still go there).
+        #[arg(long, short)]
+        quiet: bool,
+        #[command(flatten)]
+        network: NetworkArgs,
     },
     /// List the GPU adapters wgpu sees, with the limits that matter for the FPN.
     Info,
     /// Print the pyramid's shapes for an input size, without running the network.
     Shapes {
+        /// Input height in pixels.
         #[arg(long)]
         height: usize,
+        /// Input width in pixels.
         #[arg(long)]
         width: usize,
+        /// Images per batch.
         #[arg(long, default_value_t = 1)]
         batch: usize,
-        /// Backbone preset: seed, resnet50, resnet101, resnet152 (the shapes are the same).
-        #[arg(long, default_value = "seed")]
-        preset: String,
+        #[command(flatten)]
+        network: NetworkArgs,
     },
-    /// Write the deterministic seeded random weights as a safetensors state_dict.
+    /// Write deterministic seeded random weights as a safetensors state_dict.
     RandomWeights {
-        /// Backbone preset: seed, resnet50, resnet101, resnet152.
-        #[arg(long, default_value = "seed", conflicts_with = "blocks")]
-        preset: String,
-        /// Block counts of layer1..layer4, e.g. 1,1,1,1.
-        #[arg(long, value_parser = parse_blocks)]
-        blocks: Option<[usize; 4]>,
         /// The seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Output file.
         #[arg(long)]
         output: PathBuf,
+        #[command(flatten)]
+        network: NetworkArgs,
     },
 }
 
-fn run(weights: &Path, input: &Path, output: &Path, unfused: bool) -> Result<()> {
+/// Progress lines on stderr, unless quiet.
+struct Progress {
+    quiet: bool,
+    start: Instant,
+}
+
+impl Progress {
+    fn say(&self, message: impl std::fmt::Display) {
+        if !self.quiet {
+            eprintln!("[{:7.2} s] {message}", self.start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+struct RunArgs<'a> {
+    weights: Option<&'a Path>,
+    bn_eps: Option<f32>,
+    unfused: bool,
+    network: &'a NetworkArgs,
+    progress: Progress,
+}
+
+fn build_network(ctx: &GpuContext, args: &RunArgs) -> Result<Fpn> {
+    let fusion = if args.unfused {
+        Fusion::Unfused
+    } else {
+        Fusion::Fused
+    };
+    let (store, mut config, note) = match args.weights {
+        Some(path) => {
+            let checkpoint = Checkpoint::open(path)?;
+            let found = checkpoint.config().layout;
+            if let Some(asked) = &args.network.layout {
+                let asked: Layout = asked.parse()?;
+                if asked != found {
+                    bail!(
+                        "{}: the weights are in the {found} layout, not {asked}; drop --layout",
+                        path.display()
+                    );
+                }
+            }
+            let ignored = match checkpoint.ignored() {
+                0 => String::new(),
+                n => format!(", {n} tensors outside the backbone ignored"),
+            };
+            let config = checkpoint.config();
+            (
+                checkpoint.into_store(),
+                config,
+                format!("{}{ignored}", path.display()),
+            )
+        }
+        None => (
+            VarStore::random(0),
+            args.network.config()?,
+            "seeded random weights (seed 0)".to_string(),
+        ),
+    };
+    if let Some(eps) = args.bn_eps {
+        config.bn_eps = eps;
+    }
+    let fpn = Fpn::new(ctx, &store, config, fusion)?;
+    args.progress.say(format_args!(
+        "network: {note}: {} layout, blocks {:?}, extra levels {:?}, batch norm eps {}",
+        config.layout, config.blocks, config.extra, config.bn_eps
+    ));
+    Ok(fpn)
+}
+
+/// Runs the network on `input` and downloads the levels, reporting the time.
+fn forward(
+    ctx: &GpuContext,
+    fpn: &Fpn,
+    input: &HostTensor,
+    progress: &Progress,
+) -> Result<Vec<(String, HostTensor)>> {
+    let shape = input.nchw("input")?;
+    let started = Instant::now();
+    let x = Tensor::from_slice(ctx, shape, &input.data)?;
+    let levels = fpn.forward(&x)?.download(ctx)?;
+    progress.say(format_args!(
+        "forward on {shape:?}: {:.2} s (the first run of a size also builds its plan)",
+        started.elapsed().as_secs_f64()
+    ));
+    for (name, t) in &levels {
+        progress.say(format_args!("{name}: {:?}", t.shape));
+    }
+    Ok(levels)
+}
+
+fn run_tensor(args: &RunArgs, input: &Path, output: &Path) -> Result<()> {
     let tensors = read_tensors(input, |_| false)?;
     let Some(x) = tensors.get("input") else {
         bail!(
@@ -79,51 +244,76 @@ fn run(weights: &Path, input: &Path, output: &Path, unfused: bool) -> Result<()>
             tensors.keys().collect::<Vec<_>>()
         );
     };
-    let shape = x
-        .nchw("input")
+    x.nchw("input")
         .with_context(|| input.display().to_string())?;
     let ctx = GpuContext::new()?;
-    let fpn = if unfused {
-        let store = fpn_wgpu::weights::VarStore::from_file(weights)?;
-        let config = FpnConfig::with_blocks(fpn_wgpu::weights::infer_block_counts(&store.names())?);
-        Fpn::new(&ctx, &store, config, Fusion::Unfused)?
-    } else {
-        Fpn::from_safetensors(&ctx, weights)?
-    };
-    let t = Tensor::from_slice(&ctx, shape, &x.data)?;
-    let levels = fpn.forward(&t)?.download(&ctx)?;
+    args.progress
+        .say(format_args!("adapter: {}", ctx.adapter()));
+    let fpn = build_network(&ctx, args)?;
+    let levels = forward(&ctx, &fpn, x, &args.progress)?;
     write_tensors(output, levels.iter().map(|(n, t)| (n.as_str(), t)))?;
-    for (name, t) in &levels {
-        eprintln!("{name}: {:?}", t.shape);
-    }
+    args.progress
+        .say(format_args!("wrote {}", output.display()));
     Ok(())
 }
 
-/// Parses `a,b,c,d` into four block counts.
-fn parse_blocks(s: &str) -> Result<[usize; 4], String> {
+fn run_image(args: &RunArgs, image: &Path, max_size: Option<u32>, out: &Path) -> Result<()> {
+    let picture = load_image(image, max_size)?;
+    let (w, h) = picture.original_size;
+    args.progress.say(format_args!(
+        "image {}: {w}x{h}, network input {:?}",
+        image.display(),
+        picture.tensor.shape
+    ));
+    let ctx = GpuContext::new()?;
+    args.progress
+        .say(format_args!("adapter: {}", ctx.adapter()));
+    let fpn = build_network(&ctx, args)?;
+    let levels = forward(&ctx, &fpn, &picture.tensor, &args.progress)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let tensors_path = out.join("pyramid.safetensors");
+    write_tensors(&tensors_path, levels.iter().map(|(n, t)| (n.as_str(), t)))?;
+    let mut pictures = Vec::with_capacity(levels.len());
+    for (name, level) in &levels {
+        let p = energy_picture(level, 0)?;
+        let path = out.join(format!("{name}.png"));
+        p.save(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        pictures.push(p);
+    }
+    let overview_path = out.join("overview.png");
+    overview(&picture.rgb, &pictures)
+        .save(&overview_path)
+        .with_context(|| format!("writing {}", overview_path.display()))?;
+    let names: Vec<&str> = levels.iter().map(|(n, _)| n.as_str()).collect();
+    args.progress.say(format_args!(
+        "wrote {}, {} energy maps ({}) and {}",
+        tensors_path.display(),
+        names.len(),
+        names.join(", "),
+        overview_path.display()
+    ));
+    Ok(())
+}
+
+/// Parses `a,b,...` into N counts.
+fn parse_counts<const N: usize>(s: &str) -> Result<[usize; N], String> {
     let parts: Vec<usize> = s
         .split(',')
         .map(|p| p.trim().parse::<usize>().map_err(|e| format!("`{p}`: {e}")))
         .collect::<Result<_, _>>()?;
-    <[usize; 4]>::try_from(parts)
-        .map_err(|p| format!("expected 4 comma-separated counts, got {}", p.len()))
+    <[usize; N]>::try_from(parts)
+        .map_err(|p| format!("expected {N} comma-separated counts, got {}", p.len()))
 }
 
-fn random_weights(
-    preset: &str,
-    blocks: Option<[usize; 4]>,
-    seed: u64,
-    output: &Path,
-) -> Result<()> {
-    let config = match blocks {
-        Some(b) => FpnConfig::with_blocks(b),
-        None => FpnConfig::preset(preset)?,
-    };
+fn random_weights(network: &NetworkArgs, seed: u64, output: &Path) -> Result<()> {
+    let config = network.config()?;
     let dict = Fpn::random_state_dict(config, seed)?;
     write_tensors(output, dict.iter().map(|(n, t)| (n.as_str(), t)))?;
     eprintln!(
-        "wrote {} tensors ({:?} blocks, seed {seed}) to {}",
+        "wrote {} tensors ({} layout, {:?} blocks, seed {seed}) to {}",
         dict.len(),
+        config.layout,
         config.blocks,
         output.display()
     );
@@ -161,11 +351,14 @@ fn info() -> Result<()> {
     Ok(())
 }
 
-fn shapes(height: usize, width: usize, batch: usize, preset: &str) -> Result<()> {
-    let config = FpnConfig::preset(preset)?;
-    let graph = Fpn::graph(&fpn_wgpu::weights::VarStore::random(0), config)?;
+fn shapes(height: usize, width: usize, batch: usize, network: &NetworkArgs) -> Result<()> {
+    let config = network.config()?;
+    let graph = Fpn::graph(&VarStore::random(0), config)?;
     let values = graph.shapes([batch, 3, height, width])?;
-    println!("input [{batch}, 3, {height}, {width}]");
+    println!(
+        "input [{batch}, 3, {height}, {width}] ({} layout)",
+        config.layout
+    );
     for (name, v) in graph.outputs() {
         println!("{name}: {:?}", values[*v]);
     }
@@ -178,23 +371,47 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run {
             weights,
+            image,
+            max_size,
+            out,
             input,
             output,
+            bn_eps,
             unfused,
-        } => run(weights, input, output, *unfused),
+            quiet,
+            network,
+        } => {
+            let args = RunArgs {
+                weights: weights.as_deref(),
+                bn_eps: *bn_eps,
+                unfused: *unfused,
+                network,
+                progress: Progress {
+                    quiet: *quiet,
+                    start: Instant::now(),
+                },
+            };
+            match (image, out, input, output) {
+                (Some(image), Some(out), _, _) => run_image(&args, image, *max_size, out),
+                (_, _, Some(input), Some(output)) => run_tensor(&args, input, output),
+                // clap's groups and `requires` rule the other combinations out.
+                _ => Err(anyhow::anyhow!(
+                    "give --image and --out, or --input and --output"
+                )),
+            }
+        }
         Command::Info => info(),
         Command::Shapes {
             height,
             width,
             batch,
-            preset,
-        } => shapes(*height, *width, *batch, preset),
+            network,
+        } => shapes(*height, *width, *batch, network),
         Command::RandomWeights {
-            preset,
-            blocks,
             seed,
             output,
-        } => random_weights(preset, *blocks, *seed, output),
+            network,
+        } => random_weights(network, *seed, output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

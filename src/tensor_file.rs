@@ -10,7 +10,9 @@ use crate::error::{Error, Result};
 /// A tensor in host memory: its shape and float32 data in row-major order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostTensor {
+    /// The dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// The values; as many as the shape's product.
     pub data: Vec<f32>,
 }
 

@@ -106,6 +106,38 @@ impl VarStore {
         }
     }
 
+    /// The shape of the tensor `name` in a loaded file.
+    pub fn shape_of(&self, name: &str) -> Option<&[usize]> {
+        match &self.source {
+            Source::File { tensors, .. } => tensors.get(name).map(|t| t.shape.as_slice()),
+            Source::Random { .. } => None,
+        }
+    }
+
+    /// Renames the tensors of a loaded file: `rename` gives each name its new name, or `None` to
+    /// drop the tensor (a detection checkpoint's heads, for one). `note` is added to the origin
+    /// so that error messages say what was done. Two names mapping to one is an error.
+    pub fn map_names(self, note: &str, rename: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let (path, tensors) = match self.source {
+            Source::File { path, tensors } => (path, tensors),
+            random @ Source::Random { .. } => return Ok(Self::new(random)),
+        };
+        let mut out = TensorMap::new();
+        for (name, t) in tensors {
+            if let Some(new) = rename(&name) {
+                if out.contains_key(&new) {
+                    return Err(Error::Weights {
+                        problems: vec![format!(
+                            "in {path}: two tensors map to `{new}` ({note}); keep one of them"
+                        )],
+                    });
+                }
+                out.insert(new, t);
+            }
+        }
+        Ok(Self::from_tensors(format!("{path} ({note})"), out))
+    }
+
     /// Where the weights come from, for messages: a path or `seeded random (seed N)`.
     pub fn origin(&self) -> String {
         match &self.source {

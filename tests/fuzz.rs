@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use fpn_wgpu::rng::SplitMix64;
 use fpn_wgpu::tensor_file::{parse_tensors, HostTensor, TensorMap};
-use fpn_wgpu::weights::{infer_block_counts, is_ignored, VarStore};
-use fpn_wgpu::{Fpn, FpnConfig};
+use fpn_wgpu::weights::{is_ignored, VarStore};
+use fpn_wgpu::{Checkpoint, Fpn, FpnConfig};
 
 fn serialize(tensors: &TensorMap) -> Vec<u8> {
     let views: Vec<_> = tensors
@@ -30,20 +30,20 @@ fn serialize(tensors: &TensorMap) -> Vec<u8> {
     safetensors::serialize(views, None).unwrap()
 }
 
-/// The weights path as a user hits it: parse, infer the layout, build the model's graph (every
-/// name and shape checked). No GPU is needed for any of it.
+/// The weights path as a user hits it: parse, recognise the layout, build the model's graph
+/// (every name and shape checked). No GPU is needed for any of it.
 fn load_weights(bytes: &[u8]) {
     let Ok(tensors) = parse_tensors(bytes, Path::new("fuzz.safetensors"), is_ignored) else {
         return;
     };
-    let store = VarStore::from_tensors("fuzz", tensors);
-    let Ok(blocks) = infer_block_counts(&store.names()) else {
+    let Ok(checkpoint) = Checkpoint::from_store(VarStore::from_tensors("fuzz", tensors)) else {
         return;
     };
-    if blocks.iter().any(|&b| b > 64) {
+    let config = checkpoint.config();
+    if config.blocks.iter().any(|&b| b > 64) {
         return; // a forged name like layer1.99999 asks for a huge model: valid, just not small
     }
-    let _ = Fpn::graph(&store, FpnConfig::with_blocks(blocks));
+    let _ = Fpn::graph(checkpoint.store(), config);
 }
 
 /// The input path of the CLI: parse, find `input`, check it is NCHW.
@@ -142,6 +142,22 @@ fn loaders_survive_random_and_mutated_files() {
         );
     }
     let small = serialize(&small);
+    // The same for torchvision's names, inside a detection checkpoint; the FPN convs' input
+    // channels decide the levels, so those are shaped for real.
+    let mut small_tv = TensorMap::new();
+    for (name, shape) in [
+        ("backbone.body.conv1.weight", vec![2, 2]),
+        ("backbone.body.layer1.0.downsample.1.bias", vec![2, 2]),
+        ("backbone.body.layer4.0.conv3.weight", vec![2, 2]),
+        ("backbone.fpn.inner_blocks.0.0.weight", vec![1, 256, 1, 1]),
+        ("backbone.fpn.inner_blocks.1.weight", vec![1, 512, 1, 1]),
+        ("backbone.fpn.extra_blocks.p6.weight", vec![1, 256, 1, 1]),
+        ("rpn.head.conv.0.0.weight", vec![2, 2]),
+    ] {
+        let n = shape.iter().product();
+        small_tv.insert(name.into(), HostTensor::new(shape, vec![0.5; n]).unwrap());
+    }
+    let small_tv = serialize(&small_tv);
     let mut input = TensorMap::new();
     input.insert(
         "input".into(),
@@ -160,7 +176,8 @@ fn loaders_survive_random_and_mutated_files() {
                 .map(|_| rng.next_u64() as u8)
                 .collect(),
             1 => mutate(&mut rng, &weights),
-            2..=4 => mutate(&mut rng, &small),
+            2..=3 => mutate(&mut rng, &small),
+            4 => mutate(&mut rng, &small_tv),
             _ => mutate(&mut rng, &input),
         };
         let result = std::panic::catch_unwind(|| {

@@ -24,19 +24,28 @@ pub type Value = usize;
 /// affine applied after the bias (where a batch norm is folded).
 #[derive(Clone, Debug)]
 pub struct HostConv {
+    /// [out channels, in channels, kernel height, kernel width].
     pub shape: [usize; 4],
+    /// The kernel, OIHW row-major.
     pub weight: Vec<f32>,
+    /// One bias per output channel, added before the affine.
     pub bias: Option<Vec<f32>>,
+    /// Per output channel (scale, shift), applied after the bias: a folded batch norm.
     pub affine: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// An inference batch norm's parameters in host memory.
 #[derive(Clone, Debug)]
 pub struct HostBatchNorm {
+    /// Running mean per channel.
     pub mean: Vec<f32>,
+    /// Running variance per channel.
     pub var: Vec<f32>,
+    /// Scale (gamma) per channel.
     pub weight: Vec<f32>,
+    /// Shift (beta) per channel.
     pub bias: Vec<f32>,
+    /// Added to the variance before the square root.
     pub eps: f32,
 }
 
@@ -48,7 +57,9 @@ pub enum Op {
     /// `relu?(conv(x) * scale + shift + residual?)`; inputs `[x]` or `[x, residual]`, the
     /// residual added as `opts.residual` says (as it is, or upsampled).
     Conv2d {
+        /// Kernel, bias and epilogue affine.
         weights: Arc<HostConv>,
+        /// Stride, padding, ReLU and residual mode.
         opts: Conv2dOptions,
     },
     /// Inference batch norm; inputs `[x]`.
@@ -85,9 +96,13 @@ impl Op {
 /// of the network it belongs to (for per-stage timings).
 #[derive(Clone, Debug)]
 pub struct Node {
+    /// The PyTorch module path, or a descriptive name for ops without one.
     pub name: String,
+    /// What it computes.
     pub op: Op,
+    /// The values it reads, in the order the op expects.
     pub inputs: Vec<Value>,
+    /// The part of the network (`stem`, `layer1`, `top-down`, ...) for timings.
     pub stage: String,
 }
 

@@ -17,7 +17,7 @@ pub const SHADER: ShaderSource = ShaderSource {
 /// Mirrors `BatchNormParams` in the WGSL.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct BatchNormParams {
+pub(crate) struct BatchNormParams {
     pub len: u32,
     pub channels: u32,
     pub plane: u32,

@@ -84,7 +84,7 @@ const FLAG_UPSAMPLE_NEAREST: u32 = 8;
 /// Mirrors `Conv2dParams` in the WGSL.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct Conv2dParams {
+pub(crate) struct Conv2dParams {
     pub in_channels: u32,
     pub in_height: u32,
     pub in_width: u32,

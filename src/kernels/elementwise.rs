@@ -23,7 +23,7 @@ pub const SHADER: ShaderSource = ShaderSource {
 /// Mirrors `ElementwiseParams` in the WGSL.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct ElementwiseParams {
+pub(crate) struct ElementwiseParams {
     pub len: u32,
     pub _pad: [u32; 3],
 }

@@ -16,7 +16,7 @@ pub const SHADER: ShaderSource = ShaderSource {
 /// Mirrors `MaxPool2dParams` in the WGSL.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct MaxPool2dParams {
+pub(crate) struct MaxPool2dParams {
     pub len: u32,
     pub in_height: u32,
     pub in_width: u32,
@@ -34,8 +34,11 @@ pub struct MaxPool2dParams {
 /// Kernel, stride and padding, as (vertical, horizontal) pairs; floor mode, no dilation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MaxPool2dOptions {
+    /// Window size.
     pub kernel: (usize, usize),
+    /// Step between windows.
     pub stride: (usize, usize),
+    /// Implicit -infinity padding of each side.
     pub padding: (usize, usize),
 }
 

@@ -17,7 +17,7 @@ pub const SHADER: ShaderSource = ShaderSource {
 /// Mirrors `Pad2dParams` in the WGSL.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct Pad2dParams {
+pub(crate) struct Pad2dParams {
     pub len: u32,
     pub in_height: u32,
     pub in_width: u32,

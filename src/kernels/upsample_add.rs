@@ -23,7 +23,7 @@ pub const SHADER: ShaderSource = ShaderSource {
 /// Mirrors `UpsampleAddParams` in the WGSL.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct UpsampleAddParams {
+pub(crate) struct UpsampleAddParams {
     pub len: u32,
     pub in_height: u32,
     pub in_width: u32,

@@ -1,19 +1,22 @@
-//! The Feature Pyramid Network: the ResNet bottom-up path, 1x1 lateral convs, the top-down path
-//! of upsample-and-add, and 3x3 smoothing, giving P2..P5 with 256 channels.
+//! The Feature Pyramid Network: the ResNet bottom-up path, then the head of its layout (1x1
+//! lateral convs, the top-down path of upsample-and-add, 3x3 smoothing), giving P2..P5 with 256
+//! channels, plus P6 (and P7) in torchvision's layout.
 
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::graph::executor::{Algorithms, Executor, Plan};
-use crate::graph::{passes, Graph, Op, Value};
-use crate::kernels::upsample_add::UpsampleMode;
-use crate::model::config::FpnConfig;
-use crate::model::layers::Conv2d;
-use crate::model::resnet::{ResNet, EXPANSION, LAYER_WIDTHS};
+use crate::graph::{passes, Graph};
+use crate::model::checkpoint::Checkpoint;
+use crate::model::config::{FpnConfig, Layout};
+use crate::model::pyramid::Pyramid;
+use crate::model::resnet::ResNet;
+use crate::model::seed_head::SeedHead;
+use crate::model::torchvision_head::TorchvisionHead;
 use crate::tensor::{Tensor, ELEMENT_BYTES};
-use crate::tensor_file::{HostTensor, TensorMap};
-use crate::weights::{infer_block_counts, VarBuilder, VarStore};
+use crate::tensor_file::TensorMap;
+use crate::weights::VarStore;
 
 /// Channels of every pyramid level.
 pub const PYRAMID_CHANNELS: usize = 256;
@@ -24,103 +27,11 @@ pub const INPUT_CHANNELS: usize = 3;
 /// the convolutions) or every op keeps its own kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Fusion {
+    /// Batch norm folded into the convs; ReLU, residual adds fused into their epilogues.
     #[default]
     Fused,
+    /// Every op in its own kernel, as the network is written (for debugging and tests).
     Unfused,
-}
-
-/// The top-down path and the smoothing convs (`toplayer`, `latlayer1..3`, `smooth1..3`).
-pub struct FpnHead {
-    toplayer: Conv2d,
-    lateral: [Conv2d; 3],
-    smooth: [Conv2d; 3],
-    upsample: UpsampleMode,
-}
-
-impl FpnHead {
-    /// Reads `toplayer`, `latlayer1..3` (on C4, C3, C2) and `smooth1..3` (for P4, P3, P2).
-    pub fn new(vb: &VarBuilder, upsample: UpsampleMode) -> Self {
-        let c = |l: usize| LAYER_WIDTHS[l] * EXPANSION;
-        let p = PYRAMID_CHANNELS;
-        FpnHead {
-            toplayer: Conv2d::new(&vb.pp("toplayer"), c(3), p, 1, 1, 0, true),
-            lateral: [
-                Conv2d::new(&vb.pp("latlayer1"), c(2), p, 1, 1, 0, true),
-                Conv2d::new(&vb.pp("latlayer2"), c(1), p, 1, 1, 0, true),
-                Conv2d::new(&vb.pp("latlayer3"), c(0), p, 1, 1, 0, true),
-            ],
-            smooth: [
-                Conv2d::new(&vb.pp("smooth1"), p, p, 3, 1, 1, true),
-                Conv2d::new(&vb.pp("smooth2"), p, p, 3, 1, 1, true),
-                Conv2d::new(&vb.pp("smooth3"), p, p, 3, 1, 1, true),
-            ],
-            upsample,
-        }
-    }
-
-    /// Records the head on [C2, C3, C4, C5] and returns [P2, P3, P4, P5]. P5 is not smoothed.
-    pub fn forward(&self, g: &mut Graph, c: [Value; 4]) -> [Value; 4] {
-        g.set_stage("top-down");
-        let p5 = self.toplayer.forward(g, c[3]);
-        let mut merged = [0; 3]; // top-down sums at the C4, C3, C2 resolutions
-        let mut coarse = p5;
-        for (i, lat) in self.lateral.iter().enumerate() {
-            let l = lat.forward(g, c[2 - i]);
-            coarse = g.push(
-                format!("topdown{}", 4 - i),
-                Op::UpsampleAdd(self.upsample),
-                &[coarse, l],
-            );
-            merged[i] = coarse;
-        }
-        g.set_stage("smooth");
-        let p4 = self.smooth[0].forward(g, merged[0]);
-        let p3 = self.smooth[1].forward(g, merged[1]);
-        let p2 = self.smooth[2].forward(g, merged[2]);
-        [p2, p3, p4, p5]
-    }
-}
-
-/// The named levels of one forward, on the GPU: `p2`, `p3`, `p4`, `p5`, finest first.
-#[derive(Clone, Debug)]
-pub struct Pyramid {
-    levels: Vec<(String, Tensor)>,
-}
-
-impl Pyramid {
-    /// The level called `name` (`"p2"`..`"p5"`).
-    pub fn get(&self, name: &str) -> Option<&Tensor> {
-        self.levels.iter().find(|(n, _)| n == name).map(|(_, t)| t)
-    }
-
-    /// Every level with its name, finest first.
-    pub fn levels(&self) -> &[(String, Tensor)] {
-        &self.levels
-    }
-
-    /// Every level's name and shape, finest first.
-    pub fn shapes(&self) -> Vec<(String, [usize; 4])> {
-        self.levels
-            .iter()
-            .map(|(n, t)| (n.clone(), t.shape()))
-            .collect()
-    }
-
-    /// Copies every level to host memory, blocking the thread; see [`Pyramid::download_async`].
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn download(&self, ctx: &GpuContext) -> Result<Vec<(String, HostTensor)>> {
-        pollster::block_on(self.download_async(ctx))
-    }
-
-    /// Copies every level to host memory without blocking the thread.
-    pub async fn download_async(&self, ctx: &GpuContext) -> Result<Vec<(String, HostTensor)>> {
-        let mut out = Vec::with_capacity(self.levels.len());
-        for (name, t) in &self.levels {
-            let data = t.download_async(ctx).await?;
-            out.push((name.clone(), HostTensor::new(t.shape().to_vec(), data)?));
-        }
-        Ok(out)
-    }
 }
 
 /// An FPN whose weights live on the GPU, ready to run on NCHW RGB tensors of any size and batch.
@@ -132,11 +43,12 @@ pub struct Fpn {
 }
 
 impl Fpn {
-    /// Loads a PyTorch `state_dict` saved as safetensors; the block counts come from its names.
+    /// Loads a PyTorch `state_dict` saved as safetensors. The layout (seed or torchvision, a
+    /// whole detection model's backbone included), block counts and extra levels come from its
+    /// names and shapes; see [`Checkpoint`] to change the batch norm epsilon before building.
     pub fn from_safetensors(ctx: &GpuContext, path: &Path) -> Result<Self> {
-        let store = VarStore::from_file(path)?;
-        let config = FpnConfig::with_blocks(infer_block_counts(&store.names())?);
-        Self::new(ctx, &store, config, Fusion::Fused)
+        let checkpoint = Checkpoint::open(path)?;
+        Self::new(ctx, checkpoint.store(), checkpoint.config(), Fusion::Fused)
     }
 
     /// Deterministic seeded random weights, for shape demos and benchmarks.
@@ -189,15 +101,27 @@ impl Fpn {
     pub fn graph(store: &VarStore, config: FpnConfig) -> Result<Graph> {
         config.validate()?;
         let vb = store.root();
-        let backbone = ResNet::new(&vb, config.blocks, config.bn_eps);
-        let head = FpnHead::new(&vb, config.upsample);
-        store.finish()?;
         let mut g = Graph::new();
         let x = g.input();
-        let c = backbone.forward(&mut g, x);
-        let p = head.forward(&mut g, c);
-        for (i, v) in p.into_iter().enumerate() {
-            g.output(format!("p{}", i + 2), v);
+        let levels = match config.layout {
+            Layout::Seed => {
+                let backbone = ResNet::new(&vb, config.blocks, config.bn_eps, "shortcut");
+                let head = SeedHead::new(&vb, config.upsample);
+                store.finish()?;
+                let c = backbone.forward(&mut g, x);
+                head.forward(&mut g, c)
+            }
+            Layout::Torchvision => {
+                let backbone =
+                    ResNet::new(&vb.pp("body"), config.blocks, config.bn_eps, "downsample");
+                let head = TorchvisionHead::new(&vb.pp("fpn"), &config);
+                store.finish()?;
+                let c = backbone.forward(&mut g, x);
+                head.forward(&mut g, c)
+            }
+        };
+        for (name, v) in levels {
+            g.output(name, v);
         }
         Ok(g)
     }

@@ -7,7 +7,7 @@ use crate::graph::{Graph, HostBatchNorm, HostConv, Op, Value};
 use crate::kernels::conv2d::Conv2dOptions;
 use crate::weights::{Init, VarBuilder};
 
-/// `nn.Conv2d` (groups = 1): `weight` [out, in, k, k] and, when it has one, `bias` [out].
+/// `nn.Conv2d` (groups = 1): `weight` `[out, in, k, k]` and, when it has one, `bias` `[out]`.
 pub struct Conv2d {
     name: String,
     weights: Arc<HostConv>,

@@ -1,9 +1,16 @@
-//! The networks: layers that read their weights by PyTorch name, the ResNet backbone, the FPN.
+//! The networks: layers that read their weights by PyTorch name, the ResNet backbone, the heads
+//! of the two supported layouts, the FPN, and checkpoint layout detection.
 
+pub mod checkpoint;
 pub mod config;
 pub mod fpn;
 pub mod layers;
+pub mod pyramid;
 pub mod resnet;
+pub mod seed_head;
+pub mod torchvision_head;
 
-pub use config::FpnConfig;
-pub use fpn::{Fpn, Fusion, Pyramid};
+pub use checkpoint::Checkpoint;
+pub use config::{ExtraLevels, FpnConfig, Layout, P6Source};
+pub use fpn::{Fpn, Fusion, INPUT_CHANNELS, PYRAMID_CHANNELS};
+pub use pyramid::Pyramid;

@@ -22,13 +22,22 @@ pub struct Bottleneck {
 }
 
 impl Bottleneck {
-    /// Reads `conv1..3`, `bn1..3` and, where the shape changes, `shortcut.0` / `shortcut.1`.
-    pub fn new(vb: &VarBuilder, in_planes: usize, planes: usize, stride: usize, eps: f32) -> Self {
+    /// Reads `conv1..3`, `bn1..3` and, where the shape changes, the projection shortcut's conv
+    /// and batch norm as `{shortcut_name}.0` / `{shortcut_name}.1` (`shortcut` in the seed's names,
+    /// `downsample` in torchvision's).
+    pub fn new(
+        vb: &VarBuilder,
+        in_planes: usize,
+        planes: usize,
+        stride: usize,
+        eps: f32,
+        shortcut_name: &str,
+    ) -> Self {
         let out = EXPANSION * planes;
         let shortcut = (stride != 1 || in_planes != out).then(|| {
             (
                 Conv2d::new(
-                    &vb.pp("shortcut").pp(0),
+                    &vb.pp(shortcut_name).pp(0),
                     in_planes,
                     out,
                     1,
@@ -36,7 +45,7 @@ impl Bottleneck {
                     0,
                     false,
                 ),
-                BatchNorm2d::new(&vb.pp("shortcut").pp(1), out, eps),
+                BatchNorm2d::new(&vb.pp(shortcut_name).pp(1), out, eps),
             )
         });
         Bottleneck {
@@ -87,8 +96,9 @@ pub struct ResNet {
 pub const LAYER_WIDTHS: [usize; 4] = [64, 128, 256, 512];
 
 impl ResNet {
-    /// Reads `conv1`, `bn1` and `layer1`..`layer4` with `blocks` bottlenecks each.
-    pub fn new(vb: &VarBuilder, blocks: [usize; 4], eps: f32) -> Self {
+    /// Reads `conv1`, `bn1` and `layer1`..`layer4` with `blocks` bottlenecks each; `shortcut_name`
+    /// names the projection shortcuts (see [`Bottleneck::new`]).
+    pub fn new(vb: &VarBuilder, blocks: [usize; 4], eps: f32, shortcut_name: &str) -> Self {
         let mut in_planes = 64;
         let mut layers = Vec::with_capacity(4);
         for (l, (&width, &count)) in LAYER_WIDTHS.iter().zip(&blocks).enumerate() {
@@ -97,7 +107,14 @@ impl ResNet {
             let layer = (0..count)
                 .map(|b| {
                     let stride = if b == 0 { first_stride } else { 1 };
-                    let block = Bottleneck::new(&vb_layer.pp(b), in_planes, width, stride, eps);
+                    let block = Bottleneck::new(
+                        &vb_layer.pp(b),
+                        in_planes,
+                        width,
+                        stride,
+                        eps,
+                        shortcut_name,
+                    );
                     in_planes = width * EXPANSION;
                     block
                 })

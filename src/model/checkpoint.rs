@@ -1,0 +1,214 @@
+//! A `state_dict` with its layout recognised from the names: the seed's `fpn.py`, torchvision's
+//! `resnet_fpn_backbone`, or a whole torchvision detection model whose `backbone.` is taken and
+//! whose heads are ignored.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::model::config::{ExtraLevels, FpnConfig, P6Source};
+use crate::model::resnet::{EXPANSION, LAYER_WIDTHS};
+use crate::model::PYRAMID_CHANNELS;
+use crate::weights::{infer_block_counts, VarStore};
+
+/// Weights plus the configuration their names and shapes describe.
+pub struct Checkpoint {
+    store: VarStore,
+    config: FpnConfig,
+    ignored: usize,
+}
+
+impl Checkpoint {
+    /// Reads a safetensors `state_dict` and recognises its layout.
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::from_store(VarStore::from_file(path)?)
+    }
+
+    /// Recognises the layout of weights already loaded.
+    pub fn from_store(store: VarStore) -> Result<Self> {
+        let names: Vec<String> = store.names().iter().map(|n| n.to_string()).collect();
+        let under = |p: &str| names.iter().filter(|n| n.starts_with(p)).count();
+        if under("backbone.body.") > 0 || under("backbone.fpn.") > 0 {
+            let ignored = names.len() - under("backbone.");
+            let store = store.map_names("the `backbone.` of a detection model", |n| {
+                n.strip_prefix("backbone.").map(current_torchvision_name)
+            })?;
+            return Self::torchvision(store, ignored);
+        }
+        if under("body.") > 0 || under("fpn.") > 0 {
+            let store =
+                store.map_names("torchvision layout", |n| Some(current_torchvision_name(n)))?;
+            return Self::torchvision(store, 0);
+        }
+        if under("toplayer.") > 0 || under("latlayer") > 0 {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let config = FpnConfig::with_blocks(infer_block_counts(&names)?);
+            return Ok(Checkpoint {
+                store,
+                config,
+                ignored: 0,
+            });
+        }
+        Err(neither_layout(&store.origin(), &names))
+    }
+
+    fn torchvision(store: VarStore, ignored: usize) -> Result<Self> {
+        let body: Vec<&str> = store
+            .names()
+            .into_iter()
+            .filter_map(|n| n.strip_prefix("body."))
+            .collect();
+        let blocks = infer_block_counts(&body).map_err(|_| {
+            weights_error(
+                &store,
+                "torchvision layout without a complete ResNet under `body.` (expected names such \
+                 as `body.layer1.0.conv1.weight` for layer1..layer4)"
+                    .to_string(),
+            )
+        })?;
+        let mut config = FpnConfig::torchvision(blocks);
+        config.returned = [false; 4];
+        let mut previous: Option<usize> = None;
+        for i in 0.. {
+            let name = format!("fpn.inner_blocks.{i}.0.weight");
+            let Some(shape) = store.shape_of(&name) else {
+                break;
+            };
+            let cin = shape.get(1).copied().unwrap_or(0);
+            let Some(level) = (0..4).find(|&l| LAYER_WIDTHS[l] * EXPANSION == cin) else {
+                return Err(weights_error(
+                    &store,
+                    format!(
+                        "`{name}` has shape {shape:?}: its input channels should be those of a \
+                         ResNet bottleneck level (256, 512, 1024 or 2048)"
+                    ),
+                ));
+            };
+            if previous.is_some_and(|p| p >= level) {
+                return Err(weights_error(
+                    &store,
+                    format!(
+                        "`{name}` reads C{} after C{}: inner_blocks must go from fine to coarse",
+                        level + 2,
+                        previous.unwrap_or(0) + 2
+                    ),
+                ));
+            }
+            config.returned[level] = true;
+            previous = Some(level);
+        }
+        let Some(top) = previous else {
+            return Err(weights_error(
+                &store,
+                "torchvision layout without its FPN: no `fpn.inner_blocks.0.0.weight` (a plain \
+                 backbone has nothing to build the pyramid from)"
+                    .to_string(),
+            ));
+        };
+        if let Some(shape) = store.shape_of("fpn.extra_blocks.p6.weight") {
+            let cin = shape.get(1).copied().unwrap_or(0);
+            let c_top = LAYER_WIDTHS[top] * EXPANSION;
+            config.extra = if cin == PYRAMID_CHANNELS {
+                ExtraLevels::P6P7(P6Source::P5)
+            } else if cin == c_top {
+                ExtraLevels::P6P7(P6Source::C5)
+            } else {
+                return Err(weights_error(
+                    &store,
+                    format!(
+                        "`fpn.extra_blocks.p6.weight` has shape {shape:?}: RetinaNet's P6 reads \
+                         P5 ({PYRAMID_CHANNELS} channels) or C{} ({c_top} channels)",
+                        top + 2
+                    ),
+                ));
+            };
+        }
+        Ok(Checkpoint {
+            store,
+            config,
+            ignored,
+        })
+    }
+
+    /// The configuration the checkpoint describes (batch norm epsilon 1e-5; change it for
+    /// weights trained with another, e.g. 0 for torchvision's COCO Faster R-CNN).
+    pub fn config(&self) -> FpnConfig {
+        self.config
+    }
+
+    /// The weights, renamed to the layout's canonical names.
+    pub fn store(&self) -> &VarStore {
+        &self.store
+    }
+
+    /// The weights, to build the network from (see [`crate::Fpn::new`]).
+    pub fn into_store(self) -> VarStore {
+        self.store
+    }
+
+    /// How many tensors outside the backbone (a detection model's heads) were left out.
+    pub fn ignored(&self) -> usize {
+        self.ignored
+    }
+}
+
+/// torchvision's FPN before version 2 named its convs `inner_blocks.{i}.weight`; since then
+/// they sit inside a `Conv2dNormActivation` as `inner_blocks.{i}.0.weight`. Old names are mapped
+/// to new ones, as torchvision's own loader does.
+fn current_torchvision_name(name: &str) -> String {
+    for block in ["fpn.inner_blocks.", "fpn.layer_blocks."] {
+        if let Some(rest) = name.strip_prefix(block) {
+            if let Some((index, param)) = rest.split_once('.') {
+                if index.parse::<usize>().is_ok() && (param == "weight" || param == "bias") {
+                    return format!("{block}{index}.0.{param}");
+                }
+            }
+        }
+    }
+    name.to_string()
+}
+
+fn weights_error(store: &VarStore, problem: String) -> Error {
+    Error::Weights {
+        problems: vec![format!("in {}:", store.origin()), problem],
+    }
+}
+
+/// What was found, grouped by first name component, for a checkpoint of neither layout.
+fn neither_layout(origin: &str, names: &[String]) -> Error {
+    let mut groups: BTreeMap<&str, usize> = BTreeMap::new();
+    for n in names {
+        *groups.entry(n.split('.').next().unwrap_or(n)).or_default() += 1;
+    }
+    let found = if names.is_empty() {
+        "no tensors at all".to_string()
+    } else {
+        let mut listed: Vec<String> = groups
+            .iter()
+            .take(8)
+            .map(|(g, c)| format!("`{g}.*` ({c})"))
+            .collect();
+        if groups.len() > 8 {
+            listed.push(format!("and {} more groups", groups.len() - 8));
+        }
+        format!("{} tensors: {}", names.len(), listed.join(", "))
+    };
+    let classifier = groups.contains_key("layer1") && groups.contains_key("conv1");
+    let mut problems = vec![
+        format!("in {origin}:"),
+        "the names match no known layout. A seed FPN state_dict has `conv1.weight`, \
+         `layer1.0.conv1.weight` and `toplayer.weight`; a torchvision one (resnet_fpn_backbone) \
+         has `body.conv1.weight` and `fpn.inner_blocks.0.0.weight`, or the same under \
+         `backbone.` in a whole Faster/Mask R-CNN or RetinaNet checkpoint."
+            .to_string(),
+        format!("found {found}"),
+    ];
+    if classifier {
+        problems.push(
+            "this looks like a ResNet classifier without FPN weights: export the FPN model's \
+             state_dict instead"
+                .to_string(),
+        );
+    }
+    Error::Weights { problems }
+}

@@ -1,0 +1,358 @@
+//! Pictures in and out: decoding and normalisation, energy maps and the overview, and the
+//! `fpn run --image` command on both layouts with the bad pictures a user may hand it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::gpu;
+use fpn_wgpu::image_input::{from_picture, load_image, IMAGENET_MEAN, IMAGENET_STD};
+use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor, TensorMap};
+use fpn_wgpu::visualize::{colour_map, energy, overview};
+use fpn_wgpu::{Fpn, FpnConfig, Tensor};
+use image::{DynamicImage, GrayImage, ImageFormat, Luma, Rgb, RgbImage, Rgba, RgbaImage};
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fpn-wgpu-images-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A picture with structure at every scale: gradients plus a bright disc.
+fn test_picture(w: u32, h: u32) -> RgbImage {
+    RgbImage::from_fn(w, h, |x, y| {
+        let (dx, dy) = (x as f32 - w as f32 / 3.0, y as f32 - h as f32 / 2.0);
+        let disc = dx * dx + dy * dy < (h as f32 / 4.0).powi(2);
+        Rgb([
+            (x * 255 / w) as u8,
+            (y * 255 / h) as u8,
+            if disc { 250 } else { 20 },
+        ])
+    })
+}
+
+fn save_picture(picture: &DynamicImage, name: &str, format: ImageFormat) -> PathBuf {
+    let path = tempdir().join(name);
+    picture.save_with_format(&path, format).unwrap();
+    path
+}
+
+/// Runs the `fpn` binary; returns (exit code, stderr).
+fn fpn_cli(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fpn"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn run_image(image: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
+    let mut args = vec![
+        "run",
+        "--image",
+        image.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    fpn_cli(&args)
+}
+
+#[test]
+fn pixels_are_normalised_as_torchvision_does() {
+    let picture = test_picture(40, 36);
+    let input = from_picture(&DynamicImage::ImageRgb8(picture.clone()), None).unwrap();
+    assert_eq!(input.tensor.shape, vec![1, 3, 36, 40]);
+    for (x, y) in [(0, 0), (39, 35), (13, 18)] {
+        let px = picture.get_pixel(x, y);
+        for c in 0..3 {
+            let got = input.tensor.data[c * 36 * 40 + y as usize * 40 + x as usize];
+            let want = (px[c] as f64 / 255.0 - IMAGENET_MEAN[c] as f64) / IMAGENET_STD[c] as f64;
+            assert!((got as f64 - want).abs() < 1e-6, "{x},{y} channel {c}");
+        }
+    }
+}
+
+#[test]
+fn downscaling_keeps_the_aspect_ratio_and_small_pictures_are_refused() {
+    let picture = DynamicImage::ImageRgb8(test_picture(200, 100));
+    let input = from_picture(&picture, Some(64)).unwrap();
+    assert_eq!(input.tensor.shape, vec![1, 3, 32, 64]);
+    assert_eq!(input.original_size, (200, 100));
+    assert_eq!((input.rgb.width(), input.rgb.height()), (64, 32));
+    // Already small enough: untouched.
+    let input = from_picture(&picture, Some(500)).unwrap();
+    assert_eq!(input.tensor.shape, vec![1, 3, 100, 200]);
+
+    let msg = |r: fpn_wgpu::Result<_>| match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    };
+    let tiny = DynamicImage::ImageRgb8(test_picture(20, 40));
+    assert!(msg(from_picture(&tiny, None)).contains("20x40"));
+    // 200x100 down to a longer side of 50 would be 50x25.
+    let m = msg(from_picture(&picture, Some(50)));
+    assert!(m.contains("50x25") && m.contains("at least 32"), "{m}");
+    assert!(msg(from_picture(&picture, Some(8))).contains("max size 8"));
+}
+
+#[test]
+fn energy_is_the_channel_l2_norm_and_maps_to_a_bright_ramp() {
+    // Two images, two channels, 1x3: image 1 holds (3, 4) -> 5 at pixel 0.
+    let level = HostTensor {
+        shape: vec![2, 2, 1, 3],
+        data: vec![
+            1.0, 0.0, 0.0, 0.0, 1.0, 0.0, // image 0
+            3.0, 0.0, 2.0, 4.0, 0.0, 0.0, // image 1
+        ],
+    };
+    let (h, w, e) = energy(&level, 1).unwrap();
+    assert_eq!((h, w), (1, 3));
+    assert_eq!(e, vec![5.0, 0.0, 2.0]);
+    assert!(energy(&level, 2).is_err());
+    let picture = colour_map(1, 3, &e);
+    let brightness = |x: u32| {
+        picture
+            .get_pixel(x, 0)
+            .0
+            .iter()
+            .map(|&v| v as u32)
+            .sum::<u32>()
+    };
+    assert!(brightness(0) > brightness(2) && brightness(2) > brightness(1));
+    // A flat map and a map with NaN do not divide by zero or panic.
+    colour_map(1, 3, &[1.0, 1.0, 1.0]);
+    colour_map(1, 3, &[f32::NAN, 1.0, 2.0]);
+
+    let input = test_picture(90, 60);
+    let levels = [RgbImage::new(23, 15), RgbImage::new(12, 8)];
+    let o = overview(&input, &levels);
+    // Each panel at the input's height (60), with 8-pixel gaps around them.
+    assert_eq!(o.height(), 60 + 16);
+    assert_eq!(o.width(), 90 + 92 + 90 + 4 * 8);
+}
+
+#[test]
+fn cli_runs_a_picture_through_both_layouts_and_writes_levels_and_pictures() {
+    let dir = tempdir();
+    let picture = test_picture(96, 72);
+    let png = save_picture(
+        &DynamicImage::ImageRgb8(picture.clone()),
+        "scene.png",
+        ImageFormat::Png,
+    );
+
+    // Seed layout, seeded random weights: the levels equal the library's on the same input.
+    let out = dir.join("seed-out");
+    let (code, err) = run_image(&png, &out, &["--blocks", "1,1,1,1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("forward on [1, 3, 72, 96]"), "progress: {err}");
+    let levels = read_tensors(&out.join("pyramid.safetensors"), |_| false).unwrap();
+    assert_eq!(levels.keys().collect::<Vec<_>>(), ["p2", "p3", "p4", "p5"]);
+    let ctx = gpu();
+    let input = load_image(&png, None).unwrap();
+    let fpn = Fpn::random(ctx, FpnConfig::with_blocks([1, 1, 1, 1]), 0).unwrap();
+    let x = Tensor::from_slice(ctx, [1, 3, 72, 96], &input.tensor.data).unwrap();
+    for (name, t) in fpn.forward(&x).unwrap().download(ctx).unwrap() {
+        assert_eq!(levels[&name], t, "{name} from the CLI and from the library");
+        let png = image::open(out.join(format!("{name}.png"))).unwrap();
+        assert_eq!(
+            [png.height() as usize, png.width() as usize],
+            [t.shape[2], t.shape[3]],
+            "{name}.png at the level's resolution"
+        );
+    }
+    let overview = image::open(out.join("overview.png")).unwrap();
+    assert!(overview.width() > 5 * 96);
+
+    // torchvision layout from a weights file, as a JPEG, quiet: P2..P6, nothing on stderr.
+    let weights = dir.join("tv.safetensors");
+    let dict = Fpn::random_state_dict(FpnConfig::torchvision([1, 1, 1, 1]), 4).unwrap();
+    write_tensors(&weights, dict.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
+    let jpeg = save_picture(
+        &DynamicImage::ImageRgb8(picture),
+        "scene.jpg",
+        ImageFormat::Jpeg,
+    );
+    let out = dir.join("tv-out");
+    let w = weights.to_str().unwrap();
+    let (code, err) = run_image(&jpeg, &out, &["--weights", w, "--bn-eps", "0", "--quiet"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.is_empty(), "--quiet prints nothing: {err}");
+    let levels = read_tensors(&out.join("pyramid.safetensors"), |_| false).unwrap();
+    assert_eq!(
+        levels.keys().collect::<Vec<_>>(),
+        ["p2", "p3", "p4", "p5", "p6"]
+    );
+    assert_eq!(levels["p6"].shape, vec![1, 256, 2, 2]);
+    assert!(out.join("p6.png").exists() && out.join("overview.png").exists());
+
+    // Asking for the other layout than the file's is refused.
+    let (code, err) = run_image(&jpeg, &out, &["--weights", w, "--layout", "seed", "-q"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("torchvision layout, not seed"), "{err}");
+}
+
+#[test]
+fn cli_converts_grayscale_rgba_and_16_bit_pictures() {
+    let dir = tempdir();
+    let gray = GrayImage::from_fn(40, 33, |x, y| Luma([(x * 6 + y) as u8]));
+    let rgba = RgbaImage::from_fn(35, 40, |x, y| Rgba([x as u8 * 7, y as u8 * 6, 90, 128]));
+    let gray16 = DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(48, 32, |x, y| {
+        Luma([(x * 1000 + y * 300) as u16])
+    }));
+    for (name, picture, hw) in [
+        (
+            "gray.png",
+            DynamicImage::ImageLuma8(gray),
+            (33usize, 40usize),
+        ),
+        ("rgba.png", DynamicImage::ImageRgba8(rgba), (40, 35)),
+        ("gray16.png", gray16, (32, 48)),
+    ] {
+        let path = save_picture(&picture, name, ImageFormat::Png);
+        let out = dir.join(format!("{name}-out"));
+        let (code, err) = run_image(&path, &out, &["--blocks", "1,1,1,1", "-q"]);
+        assert_eq!(code, 0, "{name}: {err}");
+        let levels = read_tensors(&out.join("pyramid.safetensors"), |_| false).unwrap();
+        assert_eq!(
+            levels["p2"].shape,
+            vec![1, 256, hw.0.div_ceil(4), hw.1.div_ceil(4)],
+            "{name}"
+        );
+        let input = load_image(&path, None).unwrap();
+        assert_eq!(input.tensor.shape, vec![1, 3, hw.0, hw.1]);
+    }
+}
+
+/// Runs `fpn run --image` expecting exit 1 and one line on stderr containing each of `needles`.
+fn assert_refused(image: &Path, extra: &[&str], needles: &[&str]) {
+    let out = tempdir().join("refused-out");
+    let (code, err) = run_image(image, &out, &[extra, &["-q"]].concat());
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.trim().lines().count() == 1 && err.starts_with("fpn: error:"),
+        "one line: {err}"
+    );
+    for needle in needles {
+        assert!(err.contains(needle), "`{needle}` not in {err}");
+    }
+}
+
+#[test]
+fn cli_refuses_bad_pictures_and_unknown_checkpoints_with_one_line() {
+    let dir = tempdir();
+    assert_refused(&dir.join("no-such-picture.png"), &[], &["cannot open"]);
+
+    let text = dir.join("notes.png");
+    std::fs::write(&text, "this is not a picture\n").unwrap();
+    assert_refused(&text, &[], &["not a JPEG or PNG"]);
+
+    let good = save_picture(
+        &DynamicImage::ImageRgb8(test_picture(64, 64)),
+        "whole.png",
+        ImageFormat::Png,
+    );
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = dir.join("truncated.png");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    assert_refused(&truncated, &[], &["cannot decode"]);
+
+    let small = save_picture(
+        &DynamicImage::ImageRgb8(test_picture(24, 64)),
+        "small.png",
+        ImageFormat::Png,
+    );
+    assert_refused(&small, &[], &["24x64", "at least 32"]);
+    assert_refused(&good, &["--max-size", "16"], &["max size 16"]);
+
+    // A checkpoint of neither layout: what was found is listed; a ResNet classifier is named.
+    let weights = dir.join("foreign.safetensors");
+    let w = weights.to_str().unwrap();
+    for (names, needles) in [
+        (
+            &[
+                "encoder.stem.weight",
+                "encoder.block.weight",
+                "decoder.out.bias",
+            ][..],
+            &["no known layout", "`encoder.*` (2)", "`decoder.*` (1)"][..],
+        ),
+        (
+            &["conv1.weight", "layer1.0.conv1.weight", "fc.weight"][..],
+            &["ResNet classifier without FPN weights"][..],
+        ),
+    ] {
+        let tensors: TensorMap = names
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    HostTensor::new(vec![2], vec![0.0; 2]).unwrap(),
+                )
+            })
+            .collect();
+        write_tensors(&weights, tensors.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
+        assert_refused(&good, &["--weights", w], needles);
+    }
+
+    // Usage errors exit with 2: --image without --out, both sources, --max-size with --input.
+    let g = good.to_str().unwrap();
+    assert_eq!(fpn_cli(&["run", "--image", g]).0, 2);
+    assert_eq!(
+        fpn_cli(&["run", "--image", g, "--out", "x", "--input", "a", "--output", "b"]).0,
+        2
+    );
+    assert_eq!(
+        fpn_cli(&["run", "--input", "a", "--output", "b", "--max-size", "64"]).0,
+        2
+    );
+}
+
+#[test]
+fn cli_shapes_know_both_layouts() {
+    let out = Command::new(env!("CARGO_BIN_EXE_fpn"))
+        .args([
+            "shapes",
+            "--height",
+            "600",
+            "--width",
+            "900",
+            "--layout",
+            "torchvision",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("p2: [1, 256, 150, 225]") && text.contains("p6: [1, 256, 10, 15]"));
+    let out = Command::new(env!("CARGO_BIN_EXE_fpn"))
+        .args([
+            "shapes",
+            "--height",
+            "600",
+            "--width",
+            "900",
+            "--layout",
+            "torchvision",
+            "--returned-layers",
+            "2,3,4",
+            "--extra",
+            "p6p7",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("p2:") && text.contains("p7: [1, 256, 5, 8]"),
+        "{text}"
+    );
+    let (code, err) = fpn_cli(&[
+        "shapes", "--height", "9", "--width", "9", "--layout", "caffe",
+    ]);
+    assert!(code == 1 && err.contains("unknown layout `caffe`"), "{err}");
+}

@@ -9,11 +9,13 @@ pub const ELEMENT_BYTES: u64 = 4;
 
 /// A rank-4 NCHW float32 tensor living in a GPU storage buffer.
 ///
-/// The buffer may be larger than the tensor (the executor reuses pooled buffers); the tensor
-/// always occupies its first `numel * 4` bytes. Cloning shares the buffer.
+/// The buffer may be larger than the tensor: the executor places its intermediate values at
+/// offsets in pooled buffers. A tensor occupies `numel * 4` bytes from [`Tensor::offset`]
+/// (always 0 for the tensors this crate hands out). Cloning shares the buffer.
 #[derive(Clone, Debug)]
 pub struct Tensor {
     buffer: wgpu::Buffer,
+    offset: u64,
     shape: [usize; 4],
 }
 
@@ -64,7 +66,11 @@ impl Tensor {
             usage: Self::usage(),
             mapped_at_creation: false,
         });
-        Ok(Tensor { buffer, shape })
+        Ok(Tensor {
+            buffer,
+            offset: 0,
+            shape,
+        })
     }
 
     /// Uploads `data` (row-major NCHW) as a tensor of `shape`.
@@ -111,7 +117,21 @@ impl Tensor {
                 ),
             ));
         }
-        Ok(Tensor { buffer, shape })
+        Ok(Tensor {
+            buffer,
+            offset: 0,
+            shape,
+        })
+    }
+
+    /// A tensor at `offset` in a pooled buffer the caller has sized and aligned.
+    pub(crate) fn view(buffer: wgpu::Buffer, offset: u64, shape: [usize; 4]) -> Self {
+        debug_assert!(offset + numel(shape) as u64 * ELEMENT_BYTES <= buffer.size());
+        Tensor {
+            buffer,
+            offset,
+            shape,
+        }
     }
 
     /// Buffer usages every tensor buffer carries.
@@ -139,11 +159,16 @@ impl Tensor {
         &self.buffer
     }
 
+    /// Where the tensor starts in [`Tensor::buffer`], in bytes.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
     /// The binding covering exactly this tensor's bytes.
     pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: &self.buffer,
-            offset: 0,
+            offset: self.offset,
             size: wgpu::BufferSize::new(self.byte_size()),
         })
     }
@@ -171,7 +196,7 @@ impl Tensor {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("readback"),
             });
-        encoder.copy_buffer_to_buffer(&self.buffer, 0, &staging, 0, size);
+        encoder.copy_buffer_to_buffer(&self.buffer, self.offset, &staging, 0, size);
         ctx.queue().submit([encoder.finish()]);
         let (tx, rx) = signal();
         let on_stall = tx.clone();

@@ -11,7 +11,7 @@ use fpn_wgpu::graph::{passes, Graph, HostBatchNorm, HostConv, Op};
 use fpn_wgpu::kernels::conv2d::Conv2dOptions;
 use fpn_wgpu::reference;
 use fpn_wgpu::rng::SplitMix64;
-use fpn_wgpu::Tensor;
+use fpn_wgpu::{Fpn, FpnConfig, Tensor};
 
 const C: usize = 6;
 
@@ -257,4 +257,24 @@ fn a_malformed_graph_is_an_error_not_a_panic() {
         .unwrap()
         .forward(&Tensor::from_slice(gpu(), [1, C, 4, 4], &[0.0; C * 16]).unwrap())
         .is_err());
+}
+
+#[test]
+fn the_fpn_memory_plan_is_within_1_3x_of_the_liveness_lower_bound() {
+    let ctx = gpu();
+    for config in [FpnConfig::seed(), FpnConfig::torchvision([3, 4, 6, 3])] {
+        let fpn = Fpn::random(ctx, config, 0).unwrap();
+        for shape in [[1, 3, 600, 900], [1, 3, 224, 224], [2, 3, 97, 131]] {
+            let plan = fpn.plan(shape).unwrap();
+            let ratio = plan.activation_bytes() as f64 / plan.activation_lower_bound() as f64;
+            eprintln!(
+                "{:?} {shape:?}: {} bytes in {} buffers, lower bound {}, ratio {ratio:.3}",
+                config.layout,
+                plan.activation_bytes(),
+                plan.buffer_count(),
+                plan.activation_lower_bound()
+            );
+            assert!(ratio <= 1.3, "{:?} {shape:?}: ratio {ratio}", config.layout);
+        }
+    }
 }

@@ -85,7 +85,7 @@ impl Plan {
 
     /// Number of pooled buffers.
     pub fn buffer_count(&self) -> usize {
-        self.memory.slot_bytes.len()
+        self.memory.arena_bytes.len()
     }
 
     /// The kernel launches of one forward, in order.
@@ -269,10 +269,17 @@ impl Executor {
             .collect();
         let inputs: Vec<Vec<usize>> = self.nodes.iter().map(|n| n.inputs.clone()).collect();
         let outputs: Vec<usize> = self.outputs.iter().map(|&(_, v)| v).collect();
-        let memory = plan_memory(&sizes, &inputs, &outputs);
+        let limits = ctx.limits();
+        let memory = plan_memory(
+            &sizes,
+            &inputs,
+            &outputs,
+            limits.min_storage_buffer_offset_alignment as u64,
+            limits.max_buffer_size,
+        );
 
         let buffers: Vec<wgpu::Buffer> = memory
-            .slot_bytes
+            .arena_bytes
             .iter()
             .map(|&bytes| {
                 ctx.device().create_buffer(&wgpu::BufferDescriptor {
@@ -285,9 +292,12 @@ impl Executor {
             .collect();
         let values: Vec<Tensor> = shapes
             .iter()
-            .zip(&memory.slot_of)
-            .map(|(&shape, &slot)| Tensor::from_buffer(buffers[slot].clone(), shape))
-            .collect::<Result<_>>()?;
+            .enumerate()
+            .map(|(v, &shape)| {
+                let arena = &buffers[memory.arena_of[v]];
+                Tensor::view(arena.clone(), memory.offset_of[v], shape)
+            })
+            .collect();
 
         let mut dispatches = Vec::with_capacity(self.nodes.len());
         let mut stages = Vec::with_capacity(self.nodes.len());
@@ -424,9 +434,9 @@ impl Executor {
         });
         encoder.copy_buffer_to_buffer(
             input.buffer(),
-            0,
+            input.offset(),
             plan.values[0].buffer(),
-            0,
+            plan.values[0].offset(),
             input.byte_size(),
         );
         match timestamps {
@@ -464,7 +474,7 @@ impl Executor {
         for ((_, v), (_, t)) in plan.outputs.iter().zip(&outputs) {
             encoder.copy_buffer_to_buffer(
                 plan.values[*v].buffer(),
-                0,
+                plan.values[*v].offset(),
                 t.buffer(),
                 0,
                 t.byte_size(),

@@ -220,7 +220,7 @@ impl Fpn {
             let mut encoder = ctx.device().create_command_encoder(&Default::default());
             encoder.copy_buffer_to_buffer(
                 x.buffer(),
-                start as u64 * image_bytes,
+                x.offset() + start as u64 * image_bytes,
                 part.buffer(),
                 0,
                 part.byte_size(),

@@ -1,30 +1,12 @@
-// 2-D convolution (groups = 1) with a fused epilogue:
-//   out = relu?( acc * scale[co] + shift[co] + residual? )
-// A bias is folded into `shift` on the host; a batch norm into `scale` and `shift`. The residual
-// is either a tensor of the output's shape or a coarser map upsampled to the output's size (the
-// FPN's top-down merge). Needs common.wgsl and resample.wgsl before it.
+// 2-D convolution (groups = 1) with zero padding handled per tap, and Winograd F(2x2, 3x3).
+// Needs common.wgsl, resample.wgsl and conv2d_epilogue.wgsl (parameters, bindings 1-5, the
+// fused epilogue) before it. Convolutions without padding, which is every one the graph runs
+// after its explicit-padding pass, use the faster row kernels of conv2d_rows.wgsl instead.
 //
 // Entry points (the Rust wrapper picks one per convolution):
 //   conv2d               any kernel, stride and zero padding (bounds checked per tap)
-//   conv2d_valid         no padding, kernel and stride specialised by override constants: no
-//                        bounds checks (the graph pads explicitly before such convs)
-//   conv2d_1x1           1x1, stride 1, no padding: a GEMM over channels
 //   conv2d_winograd      Winograd F(2x2, 3x3), stride 1, weights pre-transformed on the host
-// The direct entry points take the upsampled-residual epilogue when the pipeline sets the
-// UPSAMPLE override (kept out of the others: its code alone made a 1x1 conv 1.5x slower on
-// llvmpipe).
-//
-// Bindings (read-only inputs, then the output, then parameters):
-//   0  x            [N, Cin, H, W]                    input, NCHW
-//   1  weights      [K][cout_pad / 4] vec4            direct: K = (ci * KH + ky) * KW + kx;
-//                                                     Winograd: K = ci * 16 + position; output
-//                                                     channels contiguous, zero padded
-//   2  affine       [2][cout_pad]                     scale, then shift
-//   3  resample_src [N, Cout, RH, RW]                 the residual, read only when a residual
-//                                                     flag is set (RH x RW = OH x OW for
-//                                                     FLAG_RESIDUAL)
-//   4  out          [N, Cout, OH, OW]
-//   5  params       Conv2dParams
+// conv2d takes the upsampled-residual epilogue when the pipeline sets the UPSAMPLE override.
 //
 // Grid: x = pixel tiles of WG_PIX * PIX_TILE (Winograd: WG_PIX 2x2 tiles), y = groups of WG_CO
 // output channel tiles, z = batch. Each invocation owns COUT_TILE output channels by PIX_TILE
@@ -32,33 +14,6 @@
 // are WG_PIX apart so that neighbouring invocations read neighbouring addresses. Small maps use
 // a small WG_PIX and put several channel tiles in one workgroup instead.
 
-struct Conv2dParams {
-    in_channels: u32,
-    in_height: u32,
-    in_width: u32,
-    out_channels: u32,
-    out_height: u32,
-    out_width: u32,
-    cout_vec4: u32,
-    kernel_h: u32,
-    kernel_w: u32,
-    stride_h: u32,
-    stride_w: u32,
-    pad_h: u32,
-    pad_w: u32,
-    flags: u32,
-    res_height: u32,
-    res_width: u32,
-    res_scale_h: f32,
-    res_scale_w: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-const FLAG_RELU: u32 = 1u;
-const FLAG_RESIDUAL: u32 = 2u;
-const FLAG_UPSAMPLE_BILINEAR: u32 = 4u;
-const FLAG_UPSAMPLE_NEAREST: u32 = 8u;
 // The register tile: two vec4s of output channels (lo, hi) by PIX_TILE pixels. Must match the
 // Rust wrapper's COUT_TILE and PIX_TILE. Kept as named vec4 variables rather than one indexed
 // array: llvmpipe then holds them in registers (measured 1.4-1.8x faster).
@@ -67,23 +22,8 @@ const PIX_TILE: u32 = 8u;
 
 override WG_PIX: u32 = 64u;
 override WG_CO: u32 = 1u;
-// The valid entry points' kernel size and stride, specialised per pipeline so the tap loops have
-// constant bounds and unroll.
-override KERNEL_H: u32 = 3u;
-override KERNEL_W: u32 = 3u;
-override STRIDE_H: u32 = 1u;
-override STRIDE_W: u32 = 1u;
-// Whether the pipeline has the upsampled-residual epilogue. A constant per pipeline, so the
-// resampling code is gone from the pipelines that do not use it: its presence alone made a 1x1
-// conv 1.5x slower on llvmpipe.
-override UPSAMPLE: bool = false;
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> weights: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> affine: array<f32>;
-@group(0) @binding(3) var<storage, read> resample_src: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
-@group(0) @binding(5) var<uniform> p: Conv2dParams;
 
 // One invocation's accumulators: channels co_base..+4 in lo, +4..+8 in hi, for pixels pix.
 struct Tile {
@@ -93,26 +33,6 @@ struct Tile {
     pix: array<u32, PIX_TILE>,
     lo: array<vec4<f32>, PIX_TILE>,
     hi: array<vec4<f32>, PIX_TILE>,
-}
-
-// Applies the epilogue to the raw sum `a` of output channel `co`, pixel `pix`, and stores it.
-// `upsample` is a constant at each call site (UPSAMPLE, or false for Winograd).
-fn store_output(n: u32, co: u32, pix: u32, a: f32, upsample: bool) {
-    let plane = p.out_height * p.out_width;
-    var v = a * affine[co] + affine[p.cout_vec4 * 4u + co];
-    let idx = (n * p.out_channels + co) * plane + pix;
-    if ((p.flags & FLAG_RESIDUAL) != 0u) {
-        v += resample_src[idx];
-    } else if (upsample && (p.flags & (FLAG_UPSAMPLE_BILINEAR | FLAG_UPSAMPLE_NEAREST)) != 0u) {
-        let res_base = (n * p.out_channels + co) * p.res_height * p.res_width;
-        v += resample(res_base, p.res_height, p.res_width, p.out_height, p.out_width,
-                      p.res_scale_h, p.res_scale_w, pix / p.out_width, pix % p.out_width,
-                      (p.flags & FLAG_UPSAMPLE_BILINEAR) != 0u);
-    }
-    if ((p.flags & FLAG_RELU) != 0u) {
-        v = relu_keep_nan(v);
-    }
-    out[idx] = v;
 }
 
 // Stores a tile through the epilogue.
@@ -207,102 +127,9 @@ fn accumulate(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
     return t;
 }
 
-// No padding, any kernel and stride: every tap lies inside the input, so there are no bounds
-// checks (the graph pads explicitly before such convs; measured ~1.4x faster than the general
-// entry on llvmpipe, where a second, checked loop in the same kernel made both slower).
-fn accumulate_valid(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
-    var t = tile_start(wid, lid);
-    if (!t.live) {
-        return t;
-    }
-    let n = t.n;
-    let pix = t.pix;
-    let plane = p.out_height * p.out_width;
-    let co_tile = t.co_base / COUT_TILE;
-    // Offset of each pixel's receptive field in an input plane.
-    var base: array<u32, PIX_TILE>;
-    for (var j = 0u; j < PIX_TILE; j++) {
-        let q = min(pix[j], plane - 1u);
-        base[j] = (q / p.out_width) * STRIDE_H * p.in_width + (q % p.out_width) * STRIDE_W;
-    }
-    var acc_lo: array<vec4<f32>, PIX_TILE>;
-    var acc_hi: array<vec4<f32>, PIX_TILE>;
-    let in_plane = p.in_height * p.in_width;
-    var w_idx = co_tile * 2u;
-    for (var ci = 0u; ci < p.in_channels; ci++) {
-        let x_base = (n * p.in_channels + ci) * in_plane;
-        for (var ky = 0u; ky < KERNEL_H; ky++) {
-            let row = x_base + ky * p.in_width;
-            for (var kx = 0u; kx < KERNEL_W; kx++) {
-                let w_lo = weights[w_idx];
-                let w_hi = weights[w_idx + 1u];
-                w_idx += p.cout_vec4;
-                for (var j = 0u; j < PIX_TILE; j++) {
-                    let v = vec4(x[row + kx + base[j]]);
-                    acc_lo[j] = fma(w_lo, v, acc_lo[j]);
-                    acc_hi[j] = fma(w_hi, v, acc_hi[j]);
-                }
-            }
-        }
-    }
-    t.lo = acc_lo;
-    t.hi = acc_hi;
-    return t;
-}
-
-// 1x1 kernel, stride 1, no padding: a GEMM over channels, with no bounds checks per tap.
-fn accumulate_1x1(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
-    var t = tile_start(wid, lid);
-    if (!t.live) {
-        return t;
-    }
-    let n = t.n;
-    let pix = t.pix;
-    let plane = p.out_height * p.out_width;
-    let co_tile = t.co_base / COUT_TILE;
-    var q: array<u32, PIX_TILE>;
-    for (var j = 0u; j < PIX_TILE; j++) {
-        q[j] = min(pix[j], plane - 1u);
-    }
-    var acc_lo: array<vec4<f32>, PIX_TILE>;
-    var acc_hi: array<vec4<f32>, PIX_TILE>;
-    var w_idx = co_tile * 2u;
-    var x_base = n * p.in_channels * plane;
-    for (var ci = 0u; ci < p.in_channels; ci++) {
-        let w_lo = weights[w_idx];
-        let w_hi = weights[w_idx + 1u];
-        w_idx += p.cout_vec4;
-        for (var j = 0u; j < PIX_TILE; j++) {
-            let v = vec4(x[x_base + q[j]]);
-            acc_lo[j] = fma(w_lo, v, acc_lo[j]);
-            acc_hi[j] = fma(w_hi, v, acc_hi[j]);
-        }
-        x_base += plane;
-    }
-    t.lo = acc_lo;
-    t.hi = acc_hi;
-    return t;
-}
-
 @compute @workgroup_size(WG_PIX, WG_CO)
 fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let t = accumulate(wid, lid);
-    if (t.live) {
-        store_tile(t, UPSAMPLE);
-    }
-}
-
-@compute @workgroup_size(WG_PIX, WG_CO)
-fn conv2d_valid(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let t = accumulate_valid(wid, lid);
-    if (t.live) {
-        store_tile(t, UPSAMPLE);
-    }
-}
-
-@compute @workgroup_size(WG_PIX, WG_CO)
-fn conv2d_1x1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let t = accumulate_1x1(wid, lid);
     if (t.live) {
         store_tile(t, UPSAMPLE);
     }

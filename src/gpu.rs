@@ -24,7 +24,7 @@ struct Inner {
     adapter: AdapterSummary,
     limits: wgpu::Limits,
     pipelines: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
-    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    modules: Mutex<HashMap<String, wgpu::ShaderModule>>,
     /// Bound in place of an optional input that an op does not use; wgpu rejects empty bindings.
     placeholder: wgpu::Buffer,
     /// Set by wgpu's device-lost callback: later calls fail at once instead of waiting.
@@ -33,7 +33,7 @@ struct Inner {
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct PipelineKey {
-    shader: &'static str,
+    shader: String,
     entry: &'static str,
     constants: Vec<(&'static str, u32)>,
 }
@@ -388,9 +388,21 @@ impl GpuContext {
         entry: &'static str,
         constants: &[(&'static str, u32)],
     ) -> Result<wgpu::ComputePipeline> {
+        self.pipeline_from(shader.name, || shader.source.to_string(), entry, constants)
+    }
+
+    /// [`GpuContext::pipeline`] for a module generated at run time: `name` identifies the
+    /// module (it must change whenever the source would), `source` makes it on first use.
+    pub(crate) fn pipeline_from(
+        &self,
+        name: &str,
+        source: impl FnOnce() -> String,
+        entry: &'static str,
+        constants: &[(&'static str, u32)],
+    ) -> Result<wgpu::ComputePipeline> {
         self.check_alive()?;
         let key = PipelineKey {
-            shader: shader.name,
+            shader: name.to_string(),
             entry,
             constants: constants.to_vec(),
         };
@@ -407,11 +419,11 @@ impl GpuContext {
         let module = {
             let mut modules = self.inner.modules.lock().unwrap_or_else(|p| p.into_inner());
             modules
-                .entry(shader.name)
+                .entry(name.to_string())
                 .or_insert_with(|| {
                     device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(shader.name),
-                        source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+                        label: Some(name),
+                        source: wgpu::ShaderSource::Wgsl(source().into()),
                     })
                 })
                 .clone()
@@ -432,7 +444,7 @@ impl GpuContext {
         if let Some(e) = ready_now(scope.pop()).flatten() {
             return Err(Error::Gpu {
                 op: "pipeline creation",
-                message: format!("{}:{entry}: {e}", shader.name),
+                message: format!("{name}:{entry}: {e}"),
             });
         }
         pipelines.insert(key, pipeline.clone());

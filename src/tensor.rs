@@ -6,6 +6,8 @@ use crate::signal::{drive, signal};
 
 /// Bytes per element: every tensor is float32.
 pub const ELEMENT_BYTES: u64 = 4;
+/// Bytes of a vec4, the unit of kernels that read tensors four values at a time.
+pub(crate) const VEC4_BYTES: u64 = 16;
 
 /// A rank-4 NCHW float32 tensor living in a GPU storage buffer.
 ///
@@ -62,7 +64,8 @@ impl Tensor {
         check_allocation(ctx, "Tensor::empty", shape)?;
         let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("tensor"),
-            size: numel(shape) as u64 * ELEMENT_BYTES,
+            // Whole vec4s, so that kernels reading the tensor as vec4s can bind all of it.
+            size: (numel(shape) as u64 * ELEMENT_BYTES).next_multiple_of(VEC4_BYTES),
             usage: Self::usage(),
             mapped_at_creation: false,
         });
@@ -171,6 +174,22 @@ impl Tensor {
             offset: self.offset,
             size: wgpu::BufferSize::new(self.byte_size()),
         })
+    }
+
+    /// The binding covering this tensor's bytes rounded up to whole vec4s, for kernels that
+    /// read it as `array<vec4<f32>>`; `None` when it does not start on a vec4 or its buffer
+    /// ends before the last vec4 does (a caller's own buffer, say).
+    pub(crate) fn vec4_binding(&self) -> Option<wgpu::BindingResource<'_>> {
+        let size = self.byte_size().next_multiple_of(VEC4_BYTES);
+        (self.offset.is_multiple_of(VEC4_BYTES) && self.offset + size <= self.buffer.size()).then(
+            || {
+                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &self.buffer,
+                    offset: self.offset,
+                    size: wgpu::BufferSize::new(size),
+                })
+            },
+        )
     }
 
     /// Copies the tensor to host memory, blocking the thread until the GPU is done. See

@@ -466,3 +466,56 @@ fn async_forms_do_not_block_and_agree_with_blocking_ones() {
     let values = pollster::block_on(fut).unwrap();
     assert_eq!(values, blocking);
 }
+
+/// The row kernel reads its input as vec4s whose alignment shifts with every row, channel and
+/// image: every width from 1 to 13 (each start offset modulo 4 and partial row tiles), both
+/// strides, pointwise convs on odd planes, a channel count that is not a multiple of the tile,
+/// and an input in a caller's buffer too short for whole vec4s (the general kernel then runs).
+#[test]
+fn row_kernel_matches_reference_at_every_alignment() {
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(21);
+    let mut worst: f64 = 0.0;
+    let mut count = 0;
+    for width in 1..=13 {
+        for (k, stride) in [(1, 1), (1, 2), (3, 1), (3, 2)] {
+            if width < k {
+                continue;
+            }
+            let input = [2, 5, 3 + width % 3, width];
+            let w_shape = [20, 5, k, k];
+            let x = rng.vec(numel(input), -1.0, 1.0);
+            let w = rng.vec(numel(w_shape), -0.5, 0.5);
+            let bias = rng.vec(20, -0.5, 0.5);
+            let opts = Conv2dOptions::new(stride, 0).with_relu(true);
+            let weights = Conv2dWeights::new(ctx, w_shape, &w, Some(&bias), None).unwrap();
+            let (want, shape) =
+                reference::conv2d(&x, input, &w, w_shape, Some(&bias), None, None, &opts);
+            // Exactly sized buffer: no room for a last partial vec4, so no vec4 binding.
+            let exact = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: (numel(input) * 4) as u64,
+                usage: Tensor::usage(),
+                mapped_at_creation: false,
+            });
+            ctx.queue()
+                .write_buffer(&exact, 0, bytemuck::cast_slice(&x));
+            for xt in [
+                Tensor::from_slice(ctx, input, &x).unwrap(),
+                Tensor::from_buffer(exact.clone(), input).unwrap(),
+            ] {
+                let got = conv2d::conv2d(ctx, &xt, &weights, None, &opts).unwrap();
+                assert_eq!(got.shape(), shape);
+                let name = format!("row kernel {input:?} k{k} s{stride}");
+                worst = worst.max(assert_close(
+                    &name,
+                    &got.download(ctx).unwrap(),
+                    &want,
+                    CONV_TOL,
+                ));
+                count += 1;
+            }
+        }
+    }
+    eprintln!("row kernel: {count} cases, worst max relative error {worst:e}");
+}

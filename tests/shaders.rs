@@ -3,7 +3,21 @@
 
 use std::collections::BTreeSet;
 
+use fpn_wgpu::kernels::conv2d_rows::{self, RowTile};
 use fpn_wgpu::kernels::SHADERS;
+
+fn validate(name: &str, source: &str) -> naga::Module {
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+    let mut validator = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    );
+    validator
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
+    module
+}
 
 #[test]
 fn every_shader_file_belongs_to_a_kernel_and_back() {
@@ -44,17 +58,10 @@ fn every_shader_file_belongs_to_a_kernel_and_back() {
 #[test]
 fn every_shader_validates_and_params_match_rust() {
     for s in SHADERS {
-        let module = naga::front::wgsl::parse_str(s.source)
-            .unwrap_or_else(|e| panic!("{}: {}", s.name, e.emit_to_string(s.source)));
-        let mut validator = naga::valid::Validator::new(
-            naga::valid::ValidationFlags::all(),
-            naga::valid::Capabilities::empty(),
-        );
-        validator
-            .validate(&module)
-            .unwrap_or_else(|e| panic!("{}: {}", s.name, e.emit_to_string(s.source)));
+        let module = validate(s.name, s.source);
+        // The row kernel's entry point is generated; the test below validates those.
         assert!(
-            !module.entry_points.is_empty(),
+            !module.entry_points.is_empty() || s.name == conv2d_rows::SHADER.name,
             "{} has no entry point",
             s.name
         );
@@ -85,4 +92,28 @@ fn every_shader_validates_and_params_match_rust() {
             );
         }
     }
+}
+
+#[test]
+fn generated_row_kernels_validate_for_every_shape_the_network_uses_and_more() {
+    let mut count = 0;
+    for kernel in [(1, 1), (3, 3), (5, 5), (7, 7), (1, 3), (3, 1)] {
+        for stride in [(1, 1), (2, 2), (3, 3), (1, 2)] {
+            for couts in [4, 8, 16] {
+                let tile = RowTile {
+                    kernel,
+                    stride,
+                    couts,
+                };
+                let module = validate(&tile.key(), &tile.module_source());
+                assert!(
+                    module.entry_points.iter().any(|e| e.name == "conv2d_rows"),
+                    "{}",
+                    tile.key()
+                );
+                count += 1;
+            }
+        }
+    }
+    assert_eq!(count, 72);
 }

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
+use crate::kernels::conv2d_rows::{couts_per_invocation, RowTile, ROW_PIXELS};
 use crate::kernels::upsample_add::UpsampleMode;
 use crate::kernels::{check_distinct, check_output_shape, ShaderSource};
 use crate::tensor::{check_shape, Tensor};
@@ -9,17 +10,26 @@ use crate::tensor::{check_shape, Tensor};
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
     name: "conv2d.wgsl",
-    parts: &["common.wgsl", "resample.wgsl", "conv2d.wgsl"],
+    parts: &[
+        "common.wgsl",
+        "resample.wgsl",
+        "conv2d_epilogue.wgsl",
+        "conv2d.wgsl",
+    ],
     source: concat!(
         include_str!("../../shaders/common.wgsl"),
         include_str!("../../shaders/resample.wgsl"),
+        include_str!("../../shaders/conv2d_epilogue.wgsl"),
         include_str!("../../shaders/conv2d.wgsl")
     ),
     params: &[("Conv2dParams", std::mem::size_of::<Conv2dParams>())],
 };
 
-/// Output channels per invocation (WGSL `COUT_TILE`); weights are padded to a multiple of it.
+/// Output channels per invocation of `conv2d.wgsl` (WGSL `COUT_TILE`).
 pub const COUT_TILE: usize = 8;
+/// Weights (and the affine) are zero padded to a multiple of this many output channels: the
+/// largest channel tile of any convolution kernel.
+pub const COUT_ALIGN: usize = 16;
 /// Pixels per invocation (WGSL `PIX_TILE`).
 pub const PIX_TILE: usize = 8;
 /// Invocations per workgroup (WGSL `WG_PIX * WG_CO`).
@@ -52,10 +62,10 @@ const WINOGRAD_G: [[f64; 3]; 4] = [
 ];
 
 /// Transforms OIHW 3x3 weights to `[Cin][16][cout_pad]` (U = G g G^T per channel pair, in f64),
-/// zero padding the output channels to a multiple of [`COUT_TILE`].
+/// zero padding the output channels to a multiple of [`COUT_ALIGN`].
 fn to_winograd(shape: [usize; 4], weight: &[f32]) -> Vec<f32> {
     let [cout, cin, _, _] = shape;
-    let cout_pad = cout.next_multiple_of(COUT_TILE);
+    let cout_pad = cout.next_multiple_of(COUT_ALIGN);
     let mut out = vec![0.0f32; cin * 16 * cout_pad];
     for co in 0..cout {
         for ci in 0..cin {
@@ -175,11 +185,11 @@ pub struct Conv2dWeights {
 }
 
 /// Reorders OIHW weights to `[K][cout_pad]` (K = input channel x kernel tap), zero padding the
-/// output channels to a multiple of [`COUT_TILE`] so the kernel loads them as vec4s.
+/// output channels to a multiple of [`COUT_ALIGN`] so the kernels load them as vec4s.
 fn to_k_major(shape: [usize; 4], weight: &[f32]) -> Vec<f32> {
     let [cout, cin, kh, kw] = shape;
     let k_len = cin * kh * kw;
-    let cout_pad = cout.next_multiple_of(COUT_TILE);
+    let cout_pad = cout.next_multiple_of(COUT_ALIGN);
     let mut out = vec![0.0f32; k_len * cout_pad];
     for co in 0..cout {
         for k in 0..k_len {
@@ -243,7 +253,7 @@ impl Conv2dWeights {
             }
             Ok(())
         };
-        let cout_pad = cout.next_multiple_of(COUT_TILE);
+        let cout_pad = cout.next_multiple_of(COUT_ALIGN);
         let mut scale_shift = vec![0.0f32; 2 * cout_pad];
         scale_shift[..cout].fill(1.0);
         if let Some(b) = bias {
@@ -379,9 +389,21 @@ pub fn prepare(
     check_distinct(OP, out, &inputs)?;
     let [n, cout, oh, ow] = shape;
     let [_, cin, kh, kw] = weights.shape;
-    let pointwise = kh == 1 && kw == 1 && opts.stride == (1, 1) && opts.padding == (0, 0);
     let upsample = residual.is_some() && matches!(opts.residual, ResidualMode::Upsampled(_));
-    let (entry, lanes) = match weights.algorithm {
+    let [_, _, h, w] = x.shape();
+    // What the kernel sees: a pointwise conv with the plain epilogue runs on the flattened
+    // plane (one long row), which fills the row tiles however narrow the map.
+    let pointwise = kh == 1 && kw == 1 && opts.stride == (1, 1) && opts.padding == (0, 0);
+    let (in_h, in_w, out_h, out_w) = if pointwise && !upsample {
+        (1, h * w, 1, oh * ow)
+    } else {
+        (h, w, oh, ow)
+    };
+    let mut constants = Vec::new();
+    if upsample {
+        constants.push(("UPSAMPLE", 1));
+    }
+    let (pipeline, label, grid) = match weights.algorithm {
         ConvAlgorithm::Winograd => {
             if opts.stride != (1, 1) || upsample {
                 return Err(Error::invalid(
@@ -393,38 +415,40 @@ pub fn prepare(
                     ),
                 ));
             }
-            ("conv2d_winograd", oh.div_ceil(2) * ow.div_ceil(2))
+            let lanes = oh.div_ceil(2) * ow.div_ceil(2);
+            let (wg_pix, wg_co) = workgroup_shape(lanes);
+            constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
+            let pipeline = ctx.pipeline(&SHADER, "conv2d_winograd", &constants)?;
+            let grid = grid_for(lanes, cout.div_ceil(COUT_TILE), n, (wg_pix, wg_co));
+            (pipeline, "conv2d_winograd", grid)
+        }
+        ConvAlgorithm::Direct if opts.padding == (0, 0) && x.vec4_binding().is_some() => {
+            let tile = RowTile {
+                kernel: (kh, kw),
+                stride: opts.stride,
+                couts: couts_per_invocation(ctx.adapter().device_type),
+            };
+            let lanes = out_h * out_w.div_ceil(ROW_PIXELS);
+            let (wg_pix, wg_co) = workgroup_shape(lanes);
+            constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
+            let pipeline = ctx.pipeline_from(
+                &tile.key(),
+                || tile.module_source(),
+                "conv2d_rows",
+                &constants,
+            )?;
+            let grid = grid_for(lanes, cout.div_ceil(tile.couts), n, (wg_pix, wg_co));
+            (pipeline, "conv2d_rows", grid)
         }
         ConvAlgorithm::Direct => {
-            let entry = if pointwise {
-                "conv2d_1x1"
-            } else if opts.padding == (0, 0) {
-                "conv2d_valid"
-            } else {
-                "conv2d"
-            };
-            (entry, (oh * ow).div_ceil(PIX_TILE))
+            let lanes = (oh * ow).div_ceil(PIX_TILE);
+            let (wg_pix, wg_co) = workgroup_shape(lanes);
+            constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
+            let pipeline = ctx.pipeline(&SHADER, "conv2d", &constants)?;
+            let grid = grid_for(lanes, cout.div_ceil(COUT_TILE), n, (wg_pix, wg_co));
+            (pipeline, "conv2d", grid)
         }
     };
-    let (wg_pix, wg_co) = workgroup_shape(lanes);
-    let mut constants = vec![("WG_PIX", wg_pix), ("WG_CO", wg_co)];
-    if upsample {
-        constants.push(("UPSAMPLE", 1));
-    }
-    if entry == "conv2d_valid" {
-        constants.extend([
-            ("KERNEL_H", kh as u32),
-            ("KERNEL_W", kw as u32),
-            ("STRIDE_H", opts.stride.0 as u32),
-            ("STRIDE_W", opts.stride.1 as u32),
-        ]);
-    }
-    let pipeline = ctx.pipeline(&SHADER, entry, &constants)?;
-    let grid = [
-        u32::try_from(lanes.div_ceil(wg_pix as usize)).unwrap_or(u32::MAX),
-        u32::try_from(cout.div_ceil(COUT_TILE).div_ceil(wg_co as usize)).unwrap_or(u32::MAX),
-        u32::try_from(n).unwrap_or(u32::MAX),
-    ];
     ctx.check_grid(OP, grid)?;
     let mut flags = 0;
     if opts.relu {
@@ -439,15 +463,14 @@ pub fn prepare(
         };
         [_, _, res_height, res_width] = r.shape();
     }
-    let [_, _, h, w] = x.shape();
     let params = Conv2dParams {
         in_channels: cin as u32,
-        in_height: h as u32,
-        in_width: w as u32,
+        in_height: in_h as u32,
+        in_width: in_w as u32,
         out_channels: cout as u32,
-        out_height: oh as u32,
-        out_width: ow as u32,
-        cout_vec4: (cout.next_multiple_of(COUT_TILE) / 4) as u32,
+        out_height: out_h as u32,
+        out_width: out_w as u32,
+        cout_vec4: (cout.next_multiple_of(COUT_ALIGN) / 4) as u32,
         kernel_h: kh as u32,
         kernel_w: kw as u32,
         stride_h: opts.stride.0 as u32,
@@ -464,6 +487,10 @@ pub fn prepare(
         _pad1: 0,
     };
     let uniform = ctx.uniform("conv2d params", &params);
+    let x_binding = match label {
+        "conv2d_rows" => x.vec4_binding().unwrap_or_else(|| x.binding()),
+        _ => x.binding(),
+    };
     let residual = match residual {
         Some(r) => r.binding(),
         None => ctx.placeholder().as_entire_binding(),
@@ -472,7 +499,7 @@ pub fn prepare(
         "conv2d",
         &pipeline,
         &[
-            (0, x.binding()),
+            (0, x_binding),
             (1, weights.weights.as_entire_binding()),
             (2, weights.affine.as_entire_binding()),
             (3, residual),
@@ -481,11 +508,22 @@ pub fn prepare(
         ],
     );
     Ok(Dispatch {
-        label: entry,
+        label,
         pipeline,
         bind_group,
         workgroups: grid,
     })
+}
+
+/// The grid of a kernel with `lanes` invocations along pixels and `channel_tiles` along output
+/// channels, in workgroups of `shape`, for a batch of `n`.
+fn grid_for(lanes: usize, channel_tiles: usize, n: usize, shape: (u32, u32)) -> [u32; 3] {
+    let count = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    [
+        count(lanes.div_ceil(shape.0 as usize)),
+        count(channel_tiles.div_ceil(shape.1 as usize)),
+        count(n),
+    ]
 }
 
 /// Submits a convolution now and returns its output (downloading it waits for the GPU).

@@ -4,6 +4,7 @@
 
 pub mod batch_norm;
 pub mod conv2d;
+pub mod conv2d_rows;
 pub mod elementwise;
 pub mod max_pool2d;
 pub mod pad2d;
@@ -31,6 +32,7 @@ pub struct ShaderSource {
 /// Every shader the crate uses.
 pub const SHADERS: &[&ShaderSource] = &[
     &conv2d::SHADER,
+    &conv2d_rows::SHADER,
     &batch_norm::SHADER,
     &max_pool2d::SHADER,
     &pad2d::SHADER,

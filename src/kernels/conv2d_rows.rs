@@ -1,0 +1,196 @@
+//! The row-tiled direct convolution: `shaders/conv2d_rows.wgsl` plus an entry point generated
+//! here, unrolled for one kernel size, stride and channel tile (see the WGSL file for why).
+
+use std::fmt::Write;
+
+use crate::kernels::conv2d::Conv2dParams;
+use crate::kernels::ShaderSource;
+
+/// Consecutive output pixels of one row per invocation.
+pub const ROW_PIXELS: usize = 8;
+
+/// The module without its generated entry point (checked by naga in the tests like every file).
+pub const SHADER: ShaderSource = ShaderSource {
+    name: "conv2d_rows.wgsl",
+    parts: &[
+        "common.wgsl",
+        "resample.wgsl",
+        "conv2d_epilogue.wgsl",
+        "conv2d_rows.wgsl",
+    ],
+    source: concat!(
+        include_str!("../../shaders/common.wgsl"),
+        include_str!("../../shaders/resample.wgsl"),
+        include_str!("../../shaders/conv2d_epilogue.wgsl"),
+        include_str!("../../shaders/conv2d_rows.wgsl")
+    ),
+    params: &[("Conv2dParams", std::mem::size_of::<Conv2dParams>())],
+};
+
+/// One specialisation of the row kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RowTile {
+    /// Kernel (height, width).
+    pub kernel: (usize, usize),
+    /// Stride (vertical, horizontal).
+    pub stride: (usize, usize),
+    /// Output channels per invocation, a multiple of 4.
+    pub couts: usize,
+}
+
+/// Output channels per invocation on an adapter of `device_type`. On a CPU adapter (llvmpipe)
+/// 16 was measured fastest (26 GFLOP/s against 25 for 8 and 18 for 4 on a 3x3 256->256 conv);
+/// on a GPU 8 keeps the accumulators of a thread at 64 floats, within the register budget that
+/// leaves room for occupancy (a preset, not measured here).
+pub fn couts_per_invocation(device_type: wgpu::DeviceType) -> usize {
+    match device_type {
+        wgpu::DeviceType::Cpu => 16,
+        _ => 8,
+    }
+}
+
+impl RowTile {
+    /// A short name for the pipeline cache and labels, e.g. `conv2d_rows_k3x3_s1x1_m16`.
+    pub fn key(&self) -> String {
+        format!(
+            "conv2d_rows_k{}x{}_s{}x{}_m{}",
+            self.kernel.0, self.kernel.1, self.stride.0, self.stride.1, self.couts
+        )
+    }
+
+    /// Input values one kernel row of an invocation's pixels spans.
+    fn span(&self) -> usize {
+        (ROW_PIXELS - 1) * self.stride.1 + self.kernel.1
+    }
+
+    /// The whole module: the static part and the generated entry point.
+    pub fn module_source(&self) -> String {
+        let mut s = String::from(SHADER.source);
+        s.push('\n');
+        s.push_str(&self.entry_source());
+        s
+    }
+
+    /// The entry point `conv2d_rows`, unrolled over kernel columns, pixels and channels.
+    pub fn entry_source(&self) -> String {
+        let (kh, kw) = self.kernel;
+        let (sh, sw) = self.stride;
+        let m4 = self.couts / 4;
+        let span = self.span();
+        // Aligned vec4s covering `span` values that start anywhere within the first one.
+        let loads = (span + 3).div_ceil(4);
+        let mut s = String::new();
+        let w = &mut s;
+        // `writeln!` into a String cannot fail.
+        let _ = writeln!(
+            w,
+            "// Generated: kernel {kh}x{kw}, stride {sh}x{sw}, {} output channels by {ROW_PIXELS} pixels.",
+            self.couts
+        );
+        let _ = writeln!(w, "@compute @workgroup_size(WG_PIX, WG_CO)");
+        let _ = writeln!(w, "fn conv2d_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{");
+        let _ = writeln!(w, "    let n = wid.z;");
+        let _ = writeln!(
+            w,
+            "    let blocks = (p.out_width + {}u) / {ROW_PIXELS}u;",
+            ROW_PIXELS - 1
+        );
+        let _ = writeln!(w, "    let lanes = blocks * p.out_height;");
+        let _ = writeln!(w, "    let gid = wid.x * WG_PIX + lid.x;");
+        // `% WG_CO` folds to 0 when WG_CO is 1: the channel tile is then uniform.
+        let _ = writeln!(w, "    let co_tile = wid.y * WG_CO + lid.y % WG_CO;");
+        let _ = writeln!(w, "    let co_base = co_tile * {}u;", self.couts);
+        let _ = writeln!(w, "    let live = gid < lanes && co_base < p.out_channels;");
+        // Dead lanes compute on a clamped position and store nothing.
+        let _ = writeln!(w, "    let g = min(gid, lanes - 1u);");
+        let _ = writeln!(w, "    let oy = g / blocks;");
+        let _ = writeln!(w, "    let ox0 = (g % blocks) * {ROW_PIXELS}u;");
+        for m in 0..m4 {
+            for j in 0..ROW_PIXELS {
+                let _ = writeln!(w, "    var a{m}_{j} = vec4<f32>(0.0);");
+            }
+        }
+        let _ = writeln!(w, "    let in_plane = p.in_height * p.in_width;");
+        let _ = writeln!(
+            w,
+            "    var xb = n * p.in_channels * in_plane + oy * {sh}u * p.in_width + ox0 * {sw}u;"
+        );
+        let _ = writeln!(w, "    var wi = co_tile * {m4}u;");
+        let _ = writeln!(w, "    for (var ci = 0u; ci < p.in_channels; ci++) {{");
+        // Kernel rows stay a loop: unrolling them too multiplies the code (and the shader
+        // compile time, seconds on llvmpipe for a 7x7 kernel) for no measured gain.
+        let _ = writeln!(w, "        for (var ky = 0u; ky < {kh}u; ky++) {{");
+        let _ = writeln!(w, "            let e = xb + ky * p.in_width;");
+        let _ = writeln!(w, "            let s = e & 3u;");
+        let _ = writeln!(w, "            let a = e >> 2u;");
+        for q in 0..loads {
+            let _ = writeln!(w, "            let q{q} = x[a + {q}u];");
+        }
+        // v_i = element e + i: component s + i of the loaded run, picked with selects.
+        let comp = |k: usize| format!("q{}[{}]", k / 4, k % 4);
+        for i in 0..span {
+            let _ = writeln!(
+                w,
+                "            let v{i} = select(select({}, {}, s == 1u), select({}, {}, s == 3u), s >= 2u);",
+                comp(i),
+                comp(i + 1),
+                comp(i + 2),
+                comp(i + 3)
+            );
+        }
+        for kx in 0..kw {
+            for m in 0..m4 {
+                let _ = writeln!(w, "            let w{kx}_{m} = weights[wi + {m}u];");
+                for j in 0..ROW_PIXELS {
+                    let _ = writeln!(
+                        w,
+                        "            a{m}_{j} = fma(w{kx}_{m}, vec4(v{}), a{m}_{j});",
+                        j * sw + kx
+                    );
+                }
+            }
+            let _ = writeln!(w, "            wi += p.cout_vec4;");
+        }
+        let _ = writeln!(w, "        }}");
+        let _ = writeln!(w, "        xb += in_plane;");
+        let _ = writeln!(w, "    }}");
+        let _ = writeln!(w, "    if (!live) {{");
+        let _ = writeln!(w, "        return;");
+        let _ = writeln!(w, "    }}");
+        let _ = writeln!(w, "    let row = oy * p.out_width + ox0;");
+        // The epilogue stays a loop over an array of the accumulators. Inlined once per value it
+        // made the shaders several times larger: a cold compile of the op tests' kernels took
+        // 50-60 s instead of 9 on llvmpipe, long enough for wgpu's GL backend to give up on its
+        // context lock in other threads. The unrolled epilogue measured 0.56 s a forward at 224x224
+        // against 0.64 for this loop, single runs on a machine whose noise is about 10%: not
+        // worth a compile that can fail.
+        let names: Vec<String> = (0..m4)
+            .flat_map(|m| (0..ROW_PIXELS).map(move |j| format!("a{m}_{j}")))
+            .collect();
+        let _ = writeln!(
+            w,
+            "    let acc = array<vec4<f32>, {}>({});",
+            names.len(),
+            names.join(", ")
+        );
+        let _ = writeln!(w, "    for (var m = 0u; m < {m4}u; m++) {{");
+        let _ = writeln!(w, "        for (var j = 0u; j < {ROW_PIXELS}u; j++) {{");
+        let _ = writeln!(w, "            if (ox0 + j >= p.out_width) {{");
+        let _ = writeln!(w, "                break;");
+        let _ = writeln!(w, "            }}");
+        let _ = writeln!(w, "            let v = acc[m * {ROW_PIXELS}u + j];");
+        let _ = writeln!(w, "            for (var c = 0u; c < 4u; c++) {{");
+        let _ = writeln!(w, "                let co = co_base + m * 4u + c;");
+        let _ = writeln!(w, "                if (co < p.out_channels) {{");
+        let _ = writeln!(
+            w,
+            "                    store_output(n, co, row + j, v[c], UPSAMPLE);"
+        );
+        let _ = writeln!(w, "                }}");
+        let _ = writeln!(w, "            }}");
+        let _ = writeln!(w, "        }}");
+        let _ = writeln!(w, "    }}");
+        let _ = writeln!(w, "}}");
+        s
+    }
+}

@@ -313,40 +313,29 @@ fn cli_refuses_bad_pictures_and_unknown_checkpoints_with_one_line() {
     );
 }
 
+/// `fpn shapes` for a 600x900 input with `extra` arguments; its stdout, after checking success.
+fn shapes_600x900(extra: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_fpn"))
+        .args(["shapes", "--height", "600", "--width", "900"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{extra:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn cli_shapes_know_both_layouts() {
-    let out = Command::new(env!("CARGO_BIN_EXE_fpn"))
-        .args([
-            "shapes",
-            "--height",
-            "600",
-            "--width",
-            "900",
-            "--layout",
-            "torchvision",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = shapes_600x900(&["--layout", "torchvision"]);
     assert!(text.contains("p2: [1, 256, 150, 225]") && text.contains("p6: [1, 256, 10, 15]"));
-    let out = Command::new(env!("CARGO_BIN_EXE_fpn"))
-        .args([
-            "shapes",
-            "--height",
-            "600",
-            "--width",
-            "900",
-            "--layout",
-            "torchvision",
-            "--returned-layers",
-            "2,3,4",
-            "--extra",
-            "p6p7",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = shapes_600x900(&[
+        "--layout",
+        "torchvision",
+        "--returned-layers",
+        "2,3,4",
+        "--extra",
+        "p6p7",
+    ]);
     assert!(
         !text.contains("p2:") && text.contains("p7: [1, 256, 5, 8]"),
         "{text}"

@@ -403,8 +403,10 @@ pub fn prepare(
     if upsample {
         constants.push(("UPSAMPLE", 1));
     }
-    let (pipeline, label, grid) = match weights.algorithm {
-        ConvAlgorithm::Winograd => {
+    // The row kernel reads the input as whole vec4s; a tensor that cannot be bound so (a
+    // caller's buffer ending mid-vec4) takes the general kernel.
+    let (pipeline, label, grid, x_binding) = match (weights.algorithm, x.vec4_binding()) {
+        (ConvAlgorithm::Winograd, _) => {
             if opts.stride != (1, 1) || upsample {
                 return Err(Error::invalid(
                     OP,
@@ -420,9 +422,9 @@ pub fn prepare(
             constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
             let pipeline = ctx.pipeline(&SHADER, "conv2d_winograd", &constants)?;
             let grid = grid_for(lanes, cout.div_ceil(COUT_TILE), n, (wg_pix, wg_co));
-            (pipeline, "conv2d_winograd", grid)
+            (pipeline, "conv2d_winograd", grid, x.binding())
         }
-        ConvAlgorithm::Direct if opts.padding == (0, 0) && x.vec4_binding().is_some() => {
+        (ConvAlgorithm::Direct, Some(vec4_input)) if opts.padding == (0, 0) => {
             let tile = RowTile {
                 kernel: (kh, kw),
                 stride: opts.stride,
@@ -438,15 +440,15 @@ pub fn prepare(
                 &constants,
             )?;
             let grid = grid_for(lanes, cout.div_ceil(tile.couts), n, (wg_pix, wg_co));
-            (pipeline, "conv2d_rows", grid)
+            (pipeline, "conv2d_rows", grid, vec4_input)
         }
-        ConvAlgorithm::Direct => {
+        (ConvAlgorithm::Direct, _) => {
             let lanes = (oh * ow).div_ceil(PIX_TILE);
             let (wg_pix, wg_co) = workgroup_shape(lanes);
             constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
             let pipeline = ctx.pipeline(&SHADER, "conv2d", &constants)?;
             let grid = grid_for(lanes, cout.div_ceil(COUT_TILE), n, (wg_pix, wg_co));
-            (pipeline, "conv2d", grid)
+            (pipeline, "conv2d", grid, x.binding())
         }
     };
     ctx.check_grid(OP, grid)?;
@@ -487,10 +489,6 @@ pub fn prepare(
         _pad1: 0,
     };
     let uniform = ctx.uniform("conv2d params", &params);
-    let x_binding = match label {
-        "conv2d_rows" => x.vec4_binding().unwrap_or_else(|| x.binding()),
-        _ => x.binding(),
-    };
     let residual = match residual {
         Some(r) => r.binding(),
         None => ctx.placeholder().as_entire_binding(),

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::model::config::{ExtraLevels, FpnConfig, P6Source};
-use crate::model::resnet::{EXPANSION, LAYER_WIDTHS};
+use crate::model::resnet::level_channels;
 use crate::model::PYRAMID_CHANNELS;
 use crate::weights::{infer_block_counts, VarStore};
 
@@ -75,7 +75,7 @@ impl Checkpoint {
                 break;
             };
             let cin = shape.get(1).copied().unwrap_or(0);
-            let Some(level) = (0..4).find(|&l| LAYER_WIDTHS[l] * EXPANSION == cin) else {
+            let Some(level) = (0..4).find(|&l| level_channels(l) == cin) else {
                 return Err(weights_error(
                     &store,
                     format!(
@@ -107,7 +107,7 @@ impl Checkpoint {
         };
         if let Some(shape) = store.shape_of("fpn.extra_blocks.p6.weight") {
             let cin = shape.get(1).copied().unwrap_or(0);
-            let c_top = LAYER_WIDTHS[top] * EXPANSION;
+            let c_top = level_channels(top);
             config.extra = if cin == PYRAMID_CHANNELS {
                 ExtraLevels::P6P7(P6Source::P5)
             } else if cin == c_top {

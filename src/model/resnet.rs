@@ -95,6 +95,11 @@ pub struct ResNet {
 /// Bottleneck width of each layer.
 pub const LAYER_WIDTHS: [usize; 4] = [64, 128, 256, 512];
 
+/// Channels of C2..C5 (`level` 0..4): each layer's bottleneck width times the expansion.
+pub fn level_channels(level: usize) -> usize {
+    LAYER_WIDTHS[level] * EXPANSION
+}
+
 impl ResNet {
     /// Reads `conv1`, `bn1` and `layer1`..`layer4` with `blocks` bottlenecks each; `shortcut_name`
     /// names the projection shortcuts (see [`Bottleneck::new`]).

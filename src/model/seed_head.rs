@@ -4,7 +4,7 @@
 use crate::graph::{Graph, Op, Value};
 use crate::kernels::upsample_add::UpsampleMode;
 use crate::model::layers::Conv2d;
-use crate::model::resnet::{EXPANSION, LAYER_WIDTHS};
+use crate::model::resnet::level_channels;
 use crate::model::PYRAMID_CHANNELS;
 use crate::weights::VarBuilder;
 
@@ -19,14 +19,13 @@ pub struct SeedHead {
 impl SeedHead {
     /// Reads `toplayer`, `latlayer1..3` (on C4, C3, C2) and `smooth1..3` (for P4, P3, P2).
     pub fn new(vb: &VarBuilder, upsample: UpsampleMode) -> Self {
-        let c = |l: usize| LAYER_WIDTHS[l] * EXPANSION;
         let p = PYRAMID_CHANNELS;
         SeedHead {
-            toplayer: Conv2d::new(&vb.pp("toplayer"), c(3), p, 1, 1, 0, true),
+            toplayer: Conv2d::new(&vb.pp("toplayer"), level_channels(3), p, 1, 1, 0, true),
             lateral: [
-                Conv2d::new(&vb.pp("latlayer1"), c(2), p, 1, 1, 0, true),
-                Conv2d::new(&vb.pp("latlayer2"), c(1), p, 1, 1, 0, true),
-                Conv2d::new(&vb.pp("latlayer3"), c(0), p, 1, 1, 0, true),
+                Conv2d::new(&vb.pp("latlayer1"), level_channels(2), p, 1, 1, 0, true),
+                Conv2d::new(&vb.pp("latlayer2"), level_channels(1), p, 1, 1, 0, true),
+                Conv2d::new(&vb.pp("latlayer3"), level_channels(0), p, 1, 1, 0, true),
             ],
             smooth: [
                 Conv2d::new(&vb.pp("smooth1"), p, p, 3, 1, 1, true),

@@ -7,7 +7,7 @@ use crate::kernels::max_pool2d::MaxPool2dOptions;
 use crate::kernels::upsample_add::UpsampleMode;
 use crate::model::config::{ExtraLevels, FpnConfig, P6Source};
 use crate::model::layers::{relu, Conv2d};
-use crate::model::resnet::{EXPANSION, LAYER_WIDTHS};
+use crate::model::resnet::level_channels;
 use crate::model::PYRAMID_CHANNELS;
 use crate::weights::VarBuilder;
 
@@ -39,7 +39,7 @@ impl TorchvisionHead {
             .into_iter()
             .enumerate()
             .map(|(i, l)| {
-                let cin = LAYER_WIDTHS[l] * EXPANSION;
+                let cin = level_channels(l);
                 (
                     l,
                     Conv2d::new(&vb.pp("inner_blocks").pp(i).pp(0), cin, p, 1, 1, 0, true),
@@ -55,7 +55,7 @@ impl TorchvisionHead {
                 let top = config.returned_levels().last().copied().unwrap_or(3);
                 let cin = match from {
                     P6Source::P5 => p,
-                    P6Source::C5 => LAYER_WIDTHS[top] * EXPANSION,
+                    P6Source::C5 => level_channels(top),
                 };
                 let vb = vb.pp("extra_blocks");
                 Extra::P6P7 {

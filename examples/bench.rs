@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo run --release --example bench -- --height 600 --width 900 --batch 1 --iters 5
 //! WGPU_BACKEND=gl cargo run --release --example bench -- --height 224 --width 224
+//! cargo run --release --example bench -- --precision f16
 //! ```
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -25,7 +26,7 @@ mod native {
     use fpn_wgpu::graph::executor::Algorithms;
     use fpn_wgpu::rng::SplitMix64;
     use fpn_wgpu::weights::VarStore;
-    use fpn_wgpu::{Fpn, FpnConfig, Fusion, GpuContext, Tensor};
+    use fpn_wgpu::{Fpn, FpnConfig, FpnOptions, Fusion, GpuContext, Precision, Tensor};
 
     #[derive(Parser)]
     #[command(about = "Time FPN forwards")]
@@ -51,6 +52,9 @@ mod native {
         /// Use Winograd F(2x2, 3x3) for the stride-1 3x3 convolutions.
         #[arg(long)]
         winograd: bool,
+        /// Storage of weights and activations: f32 or f16 (f32 sums either way).
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
     }
 
     fn mib(bytes: u64) -> f64 {
@@ -72,7 +76,12 @@ mod native {
         } else {
             Algorithms::Direct
         };
-        let fpn = Fpn::with_algorithms(&ctx, &VarStore::random(0), config, fusion, algorithms)?;
+        let options = FpnOptions {
+            fusion,
+            algorithms,
+            precision: args.precision,
+        };
+        let fpn = Fpn::with_options(&ctx, &VarStore::random(0), config, options)?;
         let shape = [args.batch, 3, args.height, args.width];
         let input = Tensor::from_slice(
             &ctx,
@@ -102,11 +111,12 @@ mod native {
 
         println!("adapter: {}", ctx.adapter());
         println!(
-            "network: {} {:?}, {}, {:?} convolutions, input {shape:?}",
+            "network: {} {:?}, {}, {:?} convolutions, {}, input {shape:?}",
             args.preset,
             config.blocks,
             if args.unfused { "unfused" } else { "fused" },
-            algorithms
+            algorithms,
+            args.precision
         );
         println!(
             "plan: {:.3} s, {} dispatches",
@@ -154,12 +164,13 @@ mod native {
             })
             .unwrap_or_else(|| "null".into());
         println!(
-            "{{\"adapter\":{:?},\"backend\":\"{:?}\",\"preset\":{:?},\"fused\":{},\"algorithms\":\"{:?}\",\"input\":{:?},\"runs\":{},\"median_s\":{median:.5},\"min_s\":{min:.5},\"max_s\":{max:.5},\"gflop\":{gflop:.3},\"effective_gflops\":{:.2},\"stages_ms\":{stages_json},\"activation_bytes\":{},\"activation_lower_bound_bytes\":{},\"weight_bytes\":{}}}",
+            "{{\"adapter\":{:?},\"backend\":\"{:?}\",\"preset\":{:?},\"fused\":{},\"algorithms\":\"{:?}\",\"precision\":\"{}\",\"input\":{:?},\"runs\":{},\"median_s\":{median:.5},\"min_s\":{min:.5},\"max_s\":{max:.5},\"gflop\":{gflop:.3},\"effective_gflops\":{:.2},\"stages_ms\":{stages_json},\"activation_bytes\":{},\"activation_lower_bound_bytes\":{},\"weight_bytes\":{}}}",
             ctx.adapter().name,
             ctx.adapter().backend,
             args.preset,
             !args.unfused,
             algorithms,
+            args.precision,
             shape,
             times.len(),
             gflop / median,

@@ -17,9 +17,9 @@ struct BatchNormParams {
 
 override WG: u32 = 256u;
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<act>;
 @group(0) @binding(1) var<storage, read> stats: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<act>;
 @group(0) @binding(3) var<uniform> p: BatchNormParams;
 
 @compute @workgroup_size(WG)
@@ -36,5 +36,5 @@ fn batch_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let bias = stats[3u * p.channels + c];
     // Centring first keeps precision when |mean| is large relative to the spread.
     let inv_std = 1.0 / sqrt(variance + p.eps);
-    out[i] = (x[i] - mean) * (inv_std * weight) + bias;
+    out[i] = act((f32(x[i]) - mean) * (inv_std * weight) + bias);
 }

@@ -23,7 +23,8 @@ const PIX_TILE: u32 = 8u;
 override WG_PIX: u32 = 64u;
 override WG_CO: u32 = 1u;
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<act>;
+@group(0) @binding(1) var<storage, read> weights: array<vec4<act>>;
 
 // One invocation's accumulators: channels co_base..+4 in lo, +4..+8 in hi, for pixels pix.
 struct Tile {
@@ -107,15 +108,15 @@ fn accumulate(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
         let x_base = (n * p.in_channels + ci) * in_plane;
         for (var ky = 0u; ky < p.kernel_h; ky++) {
             for (var kx = 0u; kx < p.kernel_w; kx++) {
-                let w_lo = weights[w_idx];
-                let w_hi = weights[w_idx + 1u];
+                let w_lo = vec4<f32>(weights[w_idx]);
+                let w_hi = vec4<f32>(weights[w_idx + 1u]);
                 w_idx += p.cout_vec4;
                 for (var j = 0u; j < PIX_TILE; j++) {
                     let iy = iy0[j] + i32(ky);
                     let ix = ix0[j] + i32(kx);
                     let inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
                     let idx = select(0u, x_base + u32(iy * w + ix), inside);
-                    let v = vec4(select(0.0, x[idx], inside));
+                    let v = vec4(select(0.0, f32(x[idx]), inside));
                     acc_lo[j] = fma(w_lo, v, acc_lo[j]);
                     acc_hi[j] = fma(w_hi, v, acc_hi[j]);
                 }
@@ -176,7 +177,7 @@ fn conv2d_winograd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
         for (var r = 0u; r < 4u; r++) {
             for (var k = 0u; k < 4u; k++) {
                 let inside = row_in[r] && col_in[k];
-                d[r][k] = select(0.0, x[x_base + row_off[r] + col[k]], inside);
+                d[r][k] = select(0.0, f32(x[x_base + row_off[r] + col[k]]), inside);
             }
         }
         // B^T d (rows), then the same across columns.
@@ -190,8 +191,8 @@ fn conv2d_winograd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocat
             let v = vec4(q.x - q.z, q.y + q.z, q.z - q.y, q.y - q.w);
             for (var k = 0u; k < 4u; k++) {
                 let t = r * 4u + k;
-                let u_lo = weights[w_idx + t * p.cout_vec4];
-                let u_hi = weights[w_idx + t * p.cout_vec4 + 1u];
+                let u_lo = vec4<f32>(weights[w_idx + t * p.cout_vec4]);
+                let u_hi = vec4<f32>(weights[w_idx + t * p.cout_vec4 + 1u]);
                 m_lo[t] = fma(u_lo, vec4(v[k]), m_lo[t]);
                 m_hi[t] = fma(u_hi, vec4(v[k]), m_hi[t]);
             }

@@ -1,14 +1,17 @@
-// What every convolution kernel shares: the parameters, the bindings other than the input (whose
-// element type differs between kernels), and the fused epilogue
+// What every convolution kernel shares: the parameters, the bindings other than the input and
+// the weights (whose types differ between kernels), and the fused epilogue
 //   out = relu?( acc * scale[co] + shift[co] + residual? )
 // A bias is folded into `shift` on the host; a batch norm into `scale` and `shift`. The residual
 // is either a tensor of the output's shape or a coarser map upsampled to the output's size (the
 // FPN's top-down merge). Needs common.wgsl and resample.wgsl before it.
 //
+// `act` (the alias the Rust side declares before the module) is the storage type of the input,
+// the weights, the residual and the output; sums are f32 whatever it is.
+//
 // Bindings:
 //   0  x            the input, NCHW, declared by each kernel
-//   1  weights      [K][cout_pad / 4] vec4            direct: K = (ci * KH + ky) * KW + kx;
-//                                                     Winograd: K = ci * 16 + position; output
+//   1  weights      [K][cout_pad], declared by each   direct: K = (ci * KH + ky) * KW + kx;
+//                   kernel (vec4s or scalars)         Winograd: K = ci * 16 + position; output
 //                                                     channels contiguous, zero padded
 //   2  affine       [2][cout_pad]                     scale, then shift
 //   3  resample_src [N, Cout, RH, RW]                 the residual, read only when a residual
@@ -50,10 +53,9 @@ const FLAG_UPSAMPLE_NEAREST: u32 = 8u;
 // conv 1.5x slower on llvmpipe.
 override UPSAMPLE: bool = false;
 
-@group(0) @binding(1) var<storage, read> weights: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> affine: array<f32>;
-@group(0) @binding(3) var<storage, read> resample_src: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read> resample_src: array<act>;
+@group(0) @binding(4) var<storage, read_write> out: array<act>;
 @group(0) @binding(5) var<uniform> p: Conv2dParams;
 
 // Applies the epilogue to the raw sum `a` of output channel `co`, pixel `pix`, and stores it.
@@ -63,7 +65,7 @@ fn store_output(n: u32, co: u32, pix: u32, a: f32, upsample: bool) {
     var v = a * affine[co] + affine[p.cout_vec4 * 4u + co];
     let idx = (n * p.out_channels + co) * plane + pix;
     if ((p.flags & FLAG_RESIDUAL) != 0u) {
-        v += resample_src[idx];
+        v += f32(resample_src[idx]);
     } else if (upsample && (p.flags & (FLAG_UPSAMPLE_BILINEAR | FLAG_UPSAMPLE_NEAREST)) != 0u) {
         let res_base = (n * p.out_channels + co) * p.res_height * p.res_width;
         v += resample(res_base, p.res_height, p.res_width, p.out_height, p.out_width,
@@ -73,5 +75,5 @@ fn store_output(n: u32, co: u32, pix: u32, a: f32, upsample: bool) {
     if ((p.flags & FLAG_RELU) != 0u) {
         v = relu_keep_nan(v);
     }
-    out[idx] = v;
+    out[idx] = act(v);
 }

@@ -19,4 +19,5 @@
 override WG_PIX: u32 = 64u;
 override WG_CO: u32 = 1u;
 
-@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(0) var<storage, read> x: array<vec4<act>>;
+@group(0) @binding(1) var<storage, read> weights: array<vec4<act>>;

@@ -18,9 +18,9 @@ struct ElementwiseParams {
 
 override WG: u32 = 256u;
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read> y: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<act>;
+@group(0) @binding(1) var<storage, read> y: array<act>;
+@group(0) @binding(2) var<storage, read_write> out: array<act>;
 @group(0) @binding(3) var<uniform> p: ElementwiseParams;
 
 @compute @workgroup_size(WG)
@@ -30,7 +30,7 @@ fn relu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (i >= p.len) {
         return;
     }
-    out[i] = relu_keep_nan(x[i]);
+    out[i] = act(relu_keep_nan(f32(x[i])));
 }
 
 @compute @workgroup_size(WG)
@@ -40,5 +40,5 @@ fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if (i >= p.len) {
         return;
     }
-    out[i] = x[i] + y[i];
+    out[i] = act(f32(x[i]) + f32(y[i]));
 }

@@ -25,8 +25,8 @@ struct MaxPool2dParams {
 
 override WG: u32 = 256u;
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<act>;
+@group(0) @binding(1) var<storage, read_write> out: array<act>;
 @group(0) @binding(2) var<uniform> p: MaxPool2dParams;
 
 @compute @workgroup_size(WG)
@@ -52,7 +52,7 @@ fn max_pool2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     var m = bitcast<f32>(0xff800000u); // -inf
     for (var y = y_start; y < y_end; y++) {
         for (var xx = x_start; xx < x_end; xx++) {
-            let v = x[base + y * p.in_width + xx];
+            let v = f32(x[base + y * p.in_width + xx]);
             // PyTorch lets a NaN win the max. The NaN test looks at the bits: `v != v` may be
             // folded away by drivers that assume no NaNs.
             let is_nan = (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
@@ -61,5 +61,5 @@ fn max_pool2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
             }
         }
     }
-    out[i] = m;
+    out[i] = act(m);
 }

@@ -21,8 +21,8 @@ struct Pad2dParams {
 
 override WG: u32 = 256u;
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<act>;
+@group(0) @binding(1) var<storage, read_write> out: array<act>;
 @group(0) @binding(2) var<uniform> p: Pad2dParams;
 
 @compute @workgroup_size(WG)
@@ -40,5 +40,5 @@ fn pad2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let xx = i32(r % out_w) - i32(p.pad_w);
     let inside = y >= 0 && y < i32(p.in_height) && xx >= 0 && xx < i32(p.in_width);
     let src = select(0u, (nc * p.in_height + u32(y)) * p.in_width + u32(xx), inside);
-    out[i] = select(0.0, x[src], inside);
+    out[i] = select(act(0.0), x[src], inside);
 }

@@ -10,11 +10,11 @@ fn resample(src_base: u32, in_h: u32, in_w: u32, out_h: u32, out_w: u32, scale_h
         let w = linear_taps(ox, in_w, scale_w);
         let row0 = src_base + h.i0 * in_w;
         let row1 = src_base + h.i1 * in_w;
-        let top = w.l0 * resample_src[row0 + w.i0] + w.l1 * resample_src[row0 + w.i1];
-        let bottom = w.l0 * resample_src[row1 + w.i0] + w.l1 * resample_src[row1 + w.i1];
+        let top = w.l0 * f32(resample_src[row0 + w.i0]) + w.l1 * f32(resample_src[row0 + w.i1]);
+        let bottom = w.l0 * f32(resample_src[row1 + w.i0]) + w.l1 * f32(resample_src[row1 + w.i1]);
         return h.l0 * top + h.l1 * bottom;
     }
     let sy = nearest_index(oy, in_h, out_h, scale_h);
     let sx = nearest_index(ox, in_w, out_w, scale_w);
-    return resample_src[src_base + sy * in_w + sx];
+    return f32(resample_src[src_base + sy * in_w + sx]);
 }

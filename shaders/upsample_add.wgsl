@@ -26,9 +26,9 @@ struct UpsampleAddParams {
 
 override WG: u32 = 256u;
 
-@group(0) @binding(0) var<storage, read> resample_src: array<f32>;
-@group(0) @binding(1) var<storage, read> y: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read> resample_src: array<act>;
+@group(0) @binding(1) var<storage, read> y: array<act>;
+@group(0) @binding(2) var<storage, read_write> out: array<act>;
 @group(0) @binding(3) var<uniform> p: UpsampleAddParams;
 
 fn upsample_add(i: u32, bilinear: bool) {
@@ -40,7 +40,7 @@ fn upsample_add(i: u32, bilinear: bool) {
     let r = i % out_plane;
     let up = resample(nc * p.in_height * p.in_width, p.in_height, p.in_width, p.out_height, p.out_width,
                       p.scale_h, p.scale_w, r / p.out_width, r % p.out_width, bilinear);
-    out[i] = up + y[i];
+    out[i] = act(up + f32(y[i]));
 }
 
 @compute @workgroup_size(WG)

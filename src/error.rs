@@ -55,6 +55,15 @@ pub enum Error {
         hint: String,
     },
 
+    /// The device lacks a feature the request needs (f16 shaders, say).
+    #[error("{op}: {message}")]
+    Unsupported {
+        /// The op or function that needed the feature.
+        op: &'static str,
+        /// Which feature is missing and what to do instead.
+        message: String,
+    },
+
     /// The GPU reported an error (validation, out of memory, device lost).
     #[error("the GPU reported an error during {op}: {message}")]
     Gpu {

@@ -7,6 +7,7 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::kernels::ShaderSource;
+use crate::precision::Precision;
 use crate::signal::{drive, ready_now, signal};
 
 /// A wgpu device and queue plus what the kernels need to use them: limits, cached pipelines.
@@ -210,8 +211,10 @@ impl GpuContext {
     pub async fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
         let info = adapter.get_info();
         let limits = adapter.limits();
-        // Timestamps give the per-stage profile where the adapter has them; nothing needs them.
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // Timestamps give the per-stage profile and f16 the half-precision path where the
+        // adapter has them; the default float32 path needs neither.
+        let features =
+            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("fpn-wgpu"),
@@ -326,6 +329,28 @@ impl GpuContext {
             .contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
+    /// Whether shaders may store and compute f16 ([`Precision::F16`] tensors and networks).
+    pub fn supports_f16(&self) -> bool {
+        self.inner
+            .device
+            .features()
+            .contains(wgpu::Features::SHADER_F16)
+    }
+
+    /// An error unless tensors of `precision` can be used on this device.
+    pub(crate) fn check_precision(&self, op: &'static str, precision: Precision) -> Result<()> {
+        if precision == Precision::F16 && !self.supports_f16() {
+            return Err(Error::Unsupported {
+                op,
+                message: format!(
+                    "f16 storage needs the SHADER_F16 feature, which the device on {:?} does not have (`fpn info` lists shader-f16 per adapter); use Precision::F32 (--precision f32) or an adapter that has it",
+                    self.inner.adapter.name
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// The largest byte size a single storage binding (one tensor an op reads or writes) may
     /// have on this device.
     pub fn max_binding_bytes(&self) -> u64 {
@@ -384,15 +409,22 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Returns the cached pipeline for a shader entry point and its override constants,
-    /// compiling it on first use.
+    /// Returns the cached pipeline for a shader entry point in `precision` and its override
+    /// constants, compiling it on first use.
     pub(crate) fn pipeline(
         &self,
         shader: &ShaderSource,
+        precision: Precision,
         entry: &'static str,
         constants: &[(&'static str, u32)],
     ) -> Result<wgpu::ComputePipeline> {
-        self.pipeline_from(shader.name, || shader.source.to_string(), entry, constants)
+        self.check_precision(entry, precision)?;
+        self.pipeline_from(
+            &format!("{}:{precision}", shader.name),
+            || shader.module(precision),
+            entry,
+            constants,
+        )
     }
 
     /// [`GpuContext::pipeline`] for a module generated at run time: `name` identifies the

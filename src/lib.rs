@@ -5,7 +5,7 @@
 //!
 //! The building blocks:
 //! - [`GpuContext`]: adapter choice, device limits, pipeline cache;
-//! - [`Tensor`]: an NCHW float32 storage buffer with its shape;
+//! - [`Tensor`]: an NCHW storage buffer with its shape, float32 or (see [`Precision`]) float16;
 //! - [`kernels`]: conv2d (with a fused affine / residual / ReLU epilogue), batch norm, max pool,
 //!   upsample-and-add, ReLU and add, each with a `prepare` for recording and a function that
 //!   runs at once;
@@ -36,6 +36,7 @@ pub mod graph;
 pub mod image_input;
 pub mod kernels;
 pub mod model;
+pub mod precision;
 pub mod reference;
 pub mod rng;
 mod signal;
@@ -46,5 +47,6 @@ pub mod weights;
 
 pub use error::{Error, Result};
 pub use gpu::{AdapterSummary, Dispatch, GpuContext};
-pub use model::{Checkpoint, Fpn, FpnConfig, Fusion, Layout, Pyramid};
+pub use model::{Checkpoint, Fpn, FpnConfig, FpnOptions, Fusion, Layout, Pyramid};
+pub use precision::Precision;
 pub use tensor::Tensor;

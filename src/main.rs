@@ -14,7 +14,7 @@ use fpn_wgpu::model::{ExtraLevels, Layout};
 use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor};
 use fpn_wgpu::visualize::{energy_picture, overview};
 use fpn_wgpu::weights::VarStore;
-use fpn_wgpu::{Checkpoint, Fpn, FpnConfig, Fusion, GpuContext, Tensor};
+use fpn_wgpu::{Checkpoint, Fpn, FpnConfig, FpnOptions, Fusion, GpuContext, Precision, Tensor};
 
 #[derive(Parser)]
 #[command(
@@ -110,6 +110,11 @@ enum Command {
         /// Keep batch norm, ReLU and residual adds as separate kernels (for debugging).
         #[arg(long)]
         unfused: bool,
+        /// Storage of weights and activations: f32 (PyTorch parity) or f16 (half the memory,
+        /// about 1e-3 relative error; needs an adapter with shader-f16, see `fpn info`). The
+        /// levels are written as float32 either way.
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
         /// No progress or timings on stderr (errors still go there).
         #[arg(long, short)]
         quiet: bool,
@@ -163,6 +168,7 @@ struct RunArgs<'a> {
     weights: Option<&'a Path>,
     bn_eps: Option<f32>,
     unfused: bool,
+    precision: Precision,
     network: &'a NetworkArgs,
     progress: Progress,
 }
@@ -206,10 +212,13 @@ fn build_network(ctx: &GpuContext, args: &RunArgs) -> Result<Fpn> {
     if let Some(eps) = args.bn_eps {
         config.bn_eps = eps;
     }
-    let fpn = Fpn::new(ctx, &store, config, fusion)?;
+    let options = FpnOptions::default()
+        .with_fusion(fusion)
+        .with_precision(args.precision);
+    let fpn = Fpn::with_options(ctx, &store, config, options)?;
     args.progress.say(format_args!(
-        "network: {note}: {} layout, blocks {:?}, extra levels {:?}, batch norm eps {}",
-        config.layout, config.blocks, config.extra, config.bn_eps
+        "network: {note}: {} layout, blocks {:?}, extra levels {:?}, batch norm eps {}, {}",
+        config.layout, config.blocks, config.extra, config.bn_eps, args.precision
     ));
     Ok(fpn)
 }
@@ -378,6 +387,7 @@ fn main() -> ExitCode {
             output,
             bn_eps,
             unfused,
+            precision,
             quiet,
             network,
         } => {
@@ -385,6 +395,7 @@ fn main() -> ExitCode {
                 weights: weights.as_deref(),
                 bn_eps: *bn_eps,
                 unfused: *unfused,
+                precision: *precision,
                 network,
                 progress: Progress {
                     quiet: *quiet,

@@ -1,24 +1,30 @@
-//! GPU tensors: NCHW float32 storage buffers with their shape.
+//! GPU tensors: NCHW storage buffers with their shape and precision (float32 unless asked).
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
+use crate::precision::Precision;
 use crate::signal::{drive, signal};
 
-/// Bytes per element: every tensor is float32.
+/// Bytes per element of a float32 tensor.
 pub const ELEMENT_BYTES: u64 = 4;
+/// Storage bindings are whole multiples of this many bytes (a WebGPU rule): an f16 tensor of an
+/// odd length is bound with one spare element.
+const BINDING_GRANULE: u64 = 4;
 /// Bytes of a vec4, the unit of kernels that read tensors four values at a time.
 pub(crate) const VEC4_BYTES: u64 = 16;
 
-/// A rank-4 NCHW float32 tensor living in a GPU storage buffer.
+/// A rank-4 NCHW tensor living in a GPU storage buffer, float32 unless made otherwise.
 ///
 /// The buffer may be larger than the tensor: the executor places its intermediate values at
-/// offsets in pooled buffers. A tensor occupies `numel * 4` bytes from [`Tensor::offset`]
-/// (always 0 for the tensors this crate hands out). Cloning shares the buffer.
+/// offsets in pooled buffers. A tensor occupies `numel * precision.bytes()` bytes from
+/// [`Tensor::offset`] (always 0 for the tensors this crate hands out). Cloning shares the
+/// buffer.
 #[derive(Clone, Debug)]
 pub struct Tensor {
     buffer: wgpu::Buffer,
     offset: u64,
     shape: [usize; 4],
+    precision: Precision,
 }
 
 /// Number of elements of an NCHW shape.
@@ -56,16 +62,29 @@ fn check_allocation(ctx: &GpuContext, op: &'static str, shape: [usize; 4]) -> Re
     ctx.check_buffer_size(op, &format!("the tensor {shape:?}"), bytes)
 }
 
+/// Bytes a buffer for a tensor of `shape` in `precision` gets: whole f32 vec4s, enough for
+/// every binding a kernel makes of it.
+pub(crate) fn padded_bytes(shape: [usize; 4], precision: Precision) -> u64 {
+    (numel(shape) as u64 * precision.bytes()).next_multiple_of(VEC4_BYTES)
+}
+
 impl Tensor {
     /// Allocates a tensor (zeros: wgpu clears new buffers). It may be larger than one storage
     /// binding (a large batch, say); such a tensor can be copied and downloaded, and ops refuse
     /// it with [`Error::LimitExceeded`].
     pub fn empty(ctx: &GpuContext, shape: [usize; 4]) -> Result<Self> {
+        Self::empty_as(ctx, shape, Precision::F32)
+    }
+
+    /// [`Tensor::empty`] stored in `precision`; f16 needs a context that
+    /// [supports it](GpuContext::supports_f16).
+    pub fn empty_as(ctx: &GpuContext, shape: [usize; 4], precision: Precision) -> Result<Self> {
         check_allocation(ctx, "Tensor::empty", shape)?;
+        ctx.check_precision("Tensor::empty", precision)?;
         let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("tensor"),
-            // Whole vec4s, so that kernels reading the tensor as vec4s can bind all of it.
-            size: (numel(shape) as u64 * ELEMENT_BYTES).next_multiple_of(VEC4_BYTES),
+            // Whole vec4s of f32, so that kernels reading the tensor as vec4s can bind all of it.
+            size: padded_bytes(shape, precision),
             usage: Self::usage(),
             mapped_at_creation: false,
         });
@@ -73,11 +92,23 @@ impl Tensor {
             buffer,
             offset: 0,
             shape,
+            precision,
         })
     }
 
-    /// Uploads `data` (row-major NCHW) as a tensor of `shape`.
+    /// Uploads `data` (row-major NCHW) as a float32 tensor of `shape`.
     pub fn from_slice(ctx: &GpuContext, shape: [usize; 4], data: &[f32]) -> Result<Self> {
+        Self::from_slice_as(ctx, shape, data, Precision::F32)
+    }
+
+    /// Uploads `data` (row-major NCHW) as a tensor of `shape` stored in `precision` (rounded to
+    /// nearest for f16).
+    pub fn from_slice_as(
+        ctx: &GpuContext,
+        shape: [usize; 4],
+        data: &[f32],
+        precision: Precision,
+    ) -> Result<Self> {
         check_allocation(ctx, "Tensor::from_slice", shape)?;
         if data.len() != numel(shape) {
             return Err(Error::invalid(
@@ -89,13 +120,15 @@ impl Tensor {
                 ),
             ));
         }
-        let t = Self::empty(ctx, shape)?;
-        ctx.queue()
-            .write_buffer(&t.buffer, 0, bytemuck::cast_slice(data));
+        let t = Self::empty_as(ctx, shape, precision)?;
+        let mut bytes = precision.encode(data);
+        // write_buffer copies whole 4-byte words.
+        bytes.resize(bytes.len().next_multiple_of(BINDING_GRANULE as usize), 0);
+        ctx.queue().write_buffer(&t.buffer, 0, &bytes);
         Ok(t)
     }
 
-    /// Wraps an existing storage buffer as a tensor of `shape`. The buffer must have
+    /// Wraps an existing storage buffer as a float32 tensor of `shape`. The buffer must have
     /// `STORAGE | COPY_SRC` usage and hold at least `numel(shape) * 4` bytes.
     pub fn from_buffer(buffer: wgpu::Buffer, shape: [usize; 4]) -> Result<Self> {
         let need = numel(shape) as u64 * ELEMENT_BYTES;
@@ -124,16 +157,24 @@ impl Tensor {
             buffer,
             offset: 0,
             shape,
+            precision: Precision::F32,
         })
     }
 
-    /// A tensor at `offset` in a pooled buffer the caller has sized and aligned.
-    pub(crate) fn view(buffer: wgpu::Buffer, offset: u64, shape: [usize; 4]) -> Self {
-        debug_assert!(offset + numel(shape) as u64 * ELEMENT_BYTES <= buffer.size());
+    /// A tensor at `offset` in a pooled buffer the caller has sized (see [`padded_bytes`]) and
+    /// aligned.
+    pub(crate) fn view(
+        buffer: wgpu::Buffer,
+        offset: u64,
+        shape: [usize; 4],
+        precision: Precision,
+    ) -> Self {
+        debug_assert!(offset + numel(shape) as u64 * precision.bytes() <= buffer.size());
         Tensor {
             buffer,
             offset,
             shape,
+            precision,
         }
     }
 
@@ -147,6 +188,11 @@ impl Tensor {
         self.shape
     }
 
+    /// How the elements are stored.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
     /// Number of elements.
     pub fn numel(&self) -> usize {
         numel(self.shape)
@@ -154,7 +200,19 @@ impl Tensor {
 
     /// Bytes the tensor occupies (not the size of the buffer behind it).
     pub fn byte_size(&self) -> u64 {
-        self.numel() as u64 * ELEMENT_BYTES
+        self.numel() as u64 * self.precision.bytes()
+    }
+
+    /// Bytes a binding or a copy of the tensor covers: [`Tensor::byte_size`] rounded up to whole
+    /// 4-byte words (an f16 tensor of odd length carries one spare element, which every buffer
+    /// this crate makes has room for).
+    pub(crate) fn word_size(&self) -> u64 {
+        let size = self.byte_size().next_multiple_of(BINDING_GRANULE);
+        if self.offset + size <= self.buffer.size() {
+            size
+        } else {
+            self.byte_size()
+        }
     }
 
     /// The buffer behind the tensor.
@@ -167,20 +225,22 @@ impl Tensor {
         self.offset
     }
 
-    /// The binding covering exactly this tensor's bytes.
+    /// The binding covering this tensor's [words](Tensor::word_size).
     pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
         wgpu::BindingResource::Buffer(wgpu::BufferBinding {
             buffer: &self.buffer,
             offset: self.offset,
-            size: wgpu::BufferSize::new(self.byte_size()),
+            size: wgpu::BufferSize::new(self.word_size()),
         })
     }
 
     /// The binding covering this tensor's bytes rounded up to whole vec4s, for kernels that
-    /// read it as `array<vec4<f32>>`; `None` when it does not start on a vec4 or its buffer
-    /// ends before the last vec4 does (a caller's own buffer, say).
+    /// read it as `array<vec4<act>>`; `None` when it does not start on a 16-byte boundary or its
+    /// buffer ends before the last vec4 does (a caller's own buffer, say).
     pub(crate) fn vec4_binding(&self) -> Option<wgpu::BindingResource<'_>> {
-        let size = self.byte_size().next_multiple_of(VEC4_BYTES);
+        let size = self
+            .byte_size()
+            .next_multiple_of(4 * self.precision.bytes());
         (self.offset.is_multiple_of(VEC4_BYTES) && self.offset + size <= self.buffer.size()).then(
             || {
                 wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -192,7 +252,8 @@ impl Tensor {
         )
     }
 
-    /// Copies the tensor to host memory, blocking the thread until the GPU is done. See
+    /// Copies the tensor to host memory (as f32 whatever its precision), blocking the thread
+    /// until the GPU is done. See
     /// [`Tensor::download_async`].
     #[cfg(not(target_arch = "wasm32"))]
     pub fn download(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
@@ -203,7 +264,7 @@ impl Tensor {
     /// it, without blocking the thread.
     pub async fn download_async(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
         ctx.check_alive()?;
-        let size = self.byte_size();
+        let size = self.word_size();
         let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size,
@@ -233,7 +294,8 @@ impl Tensor {
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| Error::Readback(e.to_string()))?;
-        let out = bytemuck::pod_collect_to_vec::<u8, f32>(&view);
+        let mut out = self.precision.decode(&view);
+        out.truncate(self.numel());
         drop(view);
         staging.unmap();
         Ok(out)

@@ -345,3 +345,43 @@ fn cli_shapes_know_both_layouts() {
     ]);
     assert!(code == 1 && err.contains("unknown layout `caffe`"), "{err}");
 }
+
+#[test]
+fn cli_runs_in_f16_where_the_adapter_has_it_and_refuses_it_clearly_elsewhere() {
+    let dir = tempdir();
+    let image = save_picture(
+        &DynamicImage::ImageRgb8(test_picture(52, 40)),
+        "precision.png",
+        ImageFormat::Png,
+    );
+    let small = ["--blocks", "1,1,1,1", "-q"];
+    let out16 = dir.join("f16-out");
+    let (code, err) = run_image(
+        &image,
+        &out16,
+        &[&small[..], &["--precision", "f16"]].concat(),
+    );
+    if common::f16_gpu().is_none() {
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("SHADER_F16") && err.contains("f32"), "{err}");
+        return;
+    }
+    assert_eq!(code, 0, "{err}");
+    let out32 = dir.join("f32-out");
+    let (code, err) = run_image(&image, &out32, &small);
+    assert_eq!(code, 0, "{err}");
+    let half = read_tensors(&out16.join("pyramid.safetensors"), |_| false).unwrap();
+    let single = read_tensors(&out32.join("pyramid.safetensors"), |_| false).unwrap();
+    assert_eq!(half.len(), 4);
+    for (name, t) in &single {
+        let err = common::max_rel_error(&half[name].data, &t.data);
+        assert!(err <= 1e-2, "{name}: f16 against f32 {err:e}");
+    }
+    let (code, err) = run_image(
+        &image,
+        &out16,
+        &[&small[..], &["--precision", "f8"]].concat(),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("f32 or f16"), "{err}");
+}

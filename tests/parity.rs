@@ -1,19 +1,21 @@
 //! The whole network against PyTorch. The fixtures (`tests/fixtures/make_fixtures.py`) hold an
 //! input and PyTorch's P2..P5 for the crate's seeded random weights; the test writes those
 //! weights as a safetensors state_dict, loads them through the file loader, runs the network fused
-//! and unfused, and compares every level.
+//! and unfused, in f32 and (where the adapter has shader-f16) f16, and compares every level.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{gpu, max_rel_error};
+use common::{f16_gpu, gpu, max_rel_error};
 use fpn_wgpu::graph::executor::Algorithms;
 use fpn_wgpu::tensor_file::{read_tensors, write_tensors};
 use fpn_wgpu::weights::{infer_block_counts, VarStore};
-use fpn_wgpu::{Fpn, FpnConfig, Fusion, Tensor};
+use fpn_wgpu::{Fpn, FpnConfig, FpnOptions, Fusion, Precision, Tensor};
 
 const PARITY_TOL: f64 = 1e-4;
+/// f16 storage against PyTorch's float32, per level.
+const F16_TOL: f64 = 1e-2;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -105,6 +107,34 @@ fn check_case(name: &str) {
             assert!(
                 err <= 1e-5,
                 "{name}: the fused run and a variant disagree by {err:e}"
+            );
+        }
+    }
+
+    let Some(ctx) = f16_gpu() else { return };
+    for fusion in [Fusion::Fused, Fusion::Unfused] {
+        let options = FpnOptions::default()
+            .with_fusion(fusion)
+            .with_precision(Precision::F16);
+        let half = Fpn::with_options(ctx, &store, config, options).unwrap();
+        for (i, (level, t)) in half
+            .forward(&x)
+            .unwrap()
+            .download(ctx)
+            .unwrap()
+            .into_iter()
+            .enumerate()
+        {
+            let want = &expected[&level];
+            assert_eq!(t.shape, want.shape, "{name} f16 {fusion:?} {level} shape");
+            let err = max_rel_error(&t.data, &want.data);
+            let vs_f32 = max_rel_error(&t.data, &results[0][i]);
+            eprintln!(
+                "{name} f16 {fusion:?} {level}: max relative error {err:.2e} (against our f32: {vs_f32:.2e})"
+            );
+            assert!(
+                err <= F16_TOL && vs_f32 <= F16_TOL,
+                "{name} f16 {fusion:?} {level}: {err:e} against PyTorch, {vs_f32:e} against f32"
             );
         }
     }

@@ -5,13 +5,15 @@ use std::collections::BTreeSet;
 
 use fpn_wgpu::kernels::conv2d_rows::{self, RowTile};
 use fpn_wgpu::kernels::SHADERS;
+use fpn_wgpu::Precision;
 
 fn validate(name: &str, source: &str) -> naga::Module {
     let module = naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
     let mut validator = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::empty(),
+        // f16 storage is what the SHADER_F16 feature grants.
+        naga::valid::Capabilities::SHADER_FLOAT16,
     );
     validator
         .validate(&module)
@@ -56,9 +58,9 @@ fn every_shader_file_belongs_to_a_kernel_and_back() {
 }
 
 #[test]
-fn every_shader_validates_and_params_match_rust() {
-    for s in SHADERS {
-        let module = validate(s.name, s.source);
+fn every_shader_validates_in_every_precision_and_params_match_rust() {
+    for (s, precision) in SHADERS.iter().flat_map(|s| Precision::ALL.map(|p| (s, p))) {
+        let module = validate(&format!("{} ({precision})", s.name), &s.module(precision));
         // The row kernel's entry point is generated; the test below validates those.
         assert!(
             !module.entry_points.is_empty() || s.name == conv2d_rows::SHADER.name,
@@ -105,15 +107,17 @@ fn generated_row_kernels_validate_for_every_shape_the_network_uses_and_more() {
                     stride,
                     couts,
                 };
-                let module = validate(&tile.key(), &tile.module_source());
-                assert!(
-                    module.entry_points.iter().any(|e| e.name == "conv2d_rows"),
-                    "{}",
-                    tile.key()
-                );
-                count += 1;
+                for precision in Precision::ALL {
+                    let module = validate(&tile.key(), &tile.module_source(precision));
+                    assert!(
+                        module.entry_points.iter().any(|e| e.name == "conv2d_rows"),
+                        "{}",
+                        tile.key()
+                    );
+                    count += 1;
+                }
             }
         }
     }
-    assert_eq!(count, 72);
+    assert_eq!(count, 144);
 }

@@ -9,11 +9,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{gpu, max_rel_error};
+use common::{f16_gpu, gpu, max_rel_error};
 use fpn_wgpu::model::{ExtraLevels, Layout};
 use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor, TensorMap};
 use fpn_wgpu::weights::VarStore;
-use fpn_wgpu::{Checkpoint, Fpn, FpnConfig, Fusion, Tensor};
+use fpn_wgpu::{Checkpoint, Fpn, FpnConfig, FpnOptions, Fusion, Precision, Tensor};
 
 const PARITY_TOL: f64 = 1e-4;
 
@@ -110,6 +110,16 @@ fn check_case(name: &str) {
             assert!(err <= PARITY_TOL, "{name} {fusion:?} {level}: {err:e}");
         }
         reference.get_or_insert(levels);
+    }
+    if let Some(ctx) = f16_gpu() {
+        let store = VarStore::from_file(&plain).unwrap();
+        let options = FpnOptions::default().with_precision(Precision::F16);
+        let half = Fpn::with_options(ctx, &store, config, options).unwrap();
+        for (level, t) in half.forward(&x).unwrap().download(ctx).unwrap() {
+            let err = max_rel_error(&t.data, &expected[&level].data);
+            eprintln!("{name} f16 {level}: max relative error {err:.2e}");
+            assert!(err <= 1e-2, "{name} f16 {level}: {err:e}");
+        }
     }
 
     // The same weights inside a whole detection model: prefixed, beside heads, old FPN names.

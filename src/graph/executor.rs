@@ -2,6 +2,10 @@
 //! built once (and cached): value shapes, pooled buffers assigned by liveness, every pipeline and
 //! bind group. A forward is then one command encoder and one submit: copy the input in, run every
 //! dispatch, copy the outputs into fresh tensors. Nothing is read back inside a forward.
+//!
+//! A graph may run in [`Precision::F16`]: its weights and values are then stored as f16 (the
+//! kernels accumulate in f32), the input is converted on the way in and the outputs come back as
+//! f32 tensors, all within the same submit.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,12 +15,14 @@ use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, ErrorScopes, GpuContext};
 use crate::kernels::batch_norm::{self, BatchNormWeights};
 use crate::kernels::conv2d::{self, Conv2dOptions, Conv2dWeights, ConvAlgorithm, ResidualMode};
+use crate::kernels::convert;
 use crate::kernels::elementwise;
 use crate::kernels::max_pool2d::{self, MaxPool2dOptions};
 use crate::kernels::pad2d;
 use crate::kernels::upsample_add::{self, UpsampleMode};
+use crate::precision::Precision;
 use crate::signal::{drive, signal};
-use crate::tensor::{check_shape, numel, Tensor, ELEMENT_BYTES};
+use crate::tensor::{check_shape, numel, padded_bytes, Tensor};
 
 /// Plans kept per executor; each holds its activation buffers, so the cache stays small.
 const PLAN_CACHE_SIZE: usize = 4;
@@ -122,6 +128,7 @@ impl Plan {
 /// A graph uploaded to the GPU, ready to run on any input shape.
 pub struct Executor {
     ctx: GpuContext,
+    precision: Precision,
     nodes: Vec<GpuNode>,
     outputs: Vec<(String, usize)>,
     weight_bytes: u64,
@@ -137,6 +144,18 @@ impl Executor {
 
     /// Uploads the graph's weights for the given choice of convolution algorithms.
     pub fn with_algorithms(ctx: &GpuContext, graph: Graph, algorithms: Algorithms) -> Result<Self> {
+        Self::with_options(ctx, graph, algorithms, Precision::F32)
+    }
+
+    /// Uploads the graph's weights for the given convolution algorithms, stored in `precision`
+    /// like the values the graph computes. [`Error::Unsupported`] if the device cannot use f16.
+    pub fn with_options(
+        ctx: &GpuContext,
+        graph: Graph,
+        algorithms: Algorithms,
+        precision: Precision,
+    ) -> Result<Self> {
+        ctx.check_precision("Executor", precision)?;
         let mut weight_bytes = 0;
         let mut nodes = Vec::with_capacity(graph.nodes.len());
         for node in graph.nodes {
@@ -154,13 +173,14 @@ impl Executor {
                     } else {
                         ConvAlgorithm::Direct
                     };
-                    let gw = Conv2dWeights::with_algorithm(
+                    let gw = Conv2dWeights::with_precision(
                         ctx,
                         w.shape,
                         &w.weight,
                         w.bias.as_deref(),
                         affine,
                         algorithm,
+                        precision,
                     )
                     .map_err(|e| at_node(&node.name, e))?;
                     weight_bytes += gw.byte_size();
@@ -189,6 +209,7 @@ impl Executor {
         }
         Ok(Executor {
             ctx: ctx.clone(),
+            precision,
             nodes,
             outputs: graph.outputs,
             weight_bytes,
@@ -199,6 +220,11 @@ impl Executor {
     /// Bytes of weights on the GPU.
     pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes
+    }
+
+    /// How weights and values are stored.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Number of nodes (kernel launches plus the input).
@@ -265,7 +291,7 @@ impl Executor {
         let shapes = self.check_limits(input_shape)?;
         let sizes: Vec<u64> = shapes
             .iter()
-            .map(|&s| numel(s) as u64 * ELEMENT_BYTES)
+            .map(|&s| padded_bytes(s, self.precision))
             .collect();
         let inputs: Vec<Vec<usize>> = self.nodes.iter().map(|n| n.inputs.clone()).collect();
         let outputs: Vec<usize> = self.outputs.iter().map(|&(_, v)| v).collect();
@@ -295,7 +321,7 @@ impl Executor {
             .enumerate()
             .map(|(v, &shape)| {
                 let arena = &buffers[memory.arena_of[v]];
-                Tensor::view(arena.clone(), memory.offset_of[v], shape)
+                Tensor::view(arena.clone(), memory.offset_of[v], shape, self.precision)
             })
             .collect();
 
@@ -429,16 +455,32 @@ impl Executor {
             .iter()
             .map(|(name, v)| Ok((name.clone(), Tensor::empty(ctx, plan.values[*v].shape())?)))
             .collect::<Result<_>>()?;
+        // Values of another precision than the caller's tensors go through conversion kernels,
+        // in passes of their own so that the stage timestamps measure the network alone.
+        let input_value = &plan.values[0];
+        let convert_in = (input.precision() != input_value.precision())
+            .then(|| convert::prepare(ctx, input, input_value))
+            .transpose()?;
+        let convert_out: Vec<Dispatch> = plan
+            .outputs
+            .iter()
+            .zip(&outputs)
+            .filter(|((_, v), _)| plan.values[*v].precision() != Precision::F32)
+            .map(|((_, v), (_, t))| convert::prepare(ctx, &plan.values[*v], t))
+            .collect::<Result<_>>()?;
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("forward"),
         });
-        encoder.copy_buffer_to_buffer(
-            input.buffer(),
-            input.offset(),
-            plan.values[0].buffer(),
-            plan.values[0].offset(),
-            input.byte_size(),
-        );
+        match &convert_in {
+            None => encoder.copy_buffer_to_buffer(
+                input.buffer(),
+                input.offset(),
+                input_value.buffer(),
+                input_value.offset(),
+                input.word_size(),
+            ),
+            Some(d) => record_pass(&mut encoder, "convert input", [d]),
+        }
         match timestamps {
             None => {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -471,7 +513,13 @@ impl Executor {
                 }
             }
         }
+        if !convert_out.is_empty() {
+            record_pass(&mut encoder, "convert outputs", &convert_out);
+        }
         for ((_, v), (_, t)) in plan.outputs.iter().zip(&outputs) {
+            if plan.values[*v].precision() != Precision::F32 {
+                continue;
+            }
             encoder.copy_buffer_to_buffer(
                 plan.values[*v].buffer(),
                 plan.values[*v].offset(),
@@ -483,5 +531,20 @@ impl Executor {
         ctx.queue().submit([encoder.finish()]);
         scopes.check("forward")?;
         Ok(outputs)
+    }
+}
+
+/// Records `dispatches` into a compute pass of their own.
+fn record_pass<'a>(
+    encoder: &mut wgpu::CommandEncoder,
+    label: &str,
+    dispatches: impl IntoIterator<Item = &'a Dispatch>,
+) {
+    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        label: Some(label),
+        timestamp_writes: None,
+    });
+    for d in dispatches {
+        d.record(&mut pass);
     }
 }

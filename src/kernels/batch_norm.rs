@@ -3,7 +3,8 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::{check_distinct, check_same_shape, elementwise_dispatch, ShaderSource};
+use crate::kernels::{check_io, check_same_shape, elementwise_dispatch, ShaderSource};
+use crate::precision::Precision;
 use crate::tensor::{check_shape, Tensor};
 
 /// The WGSL source.
@@ -12,6 +13,8 @@ pub const SHADER: ShaderSource = ShaderSource {
     parts: &["batch_norm.wgsl"],
     source: include_str!("../../shaders/batch_norm.wgsl"),
     params: &[("BatchNormParams", std::mem::size_of::<BatchNormParams>())],
+    enables: "",
+    precisions: &Precision::ALL,
 };
 
 /// Mirrors `BatchNormParams` in the WGSL.
@@ -105,7 +108,7 @@ pub fn prepare(
         ));
     }
     check_same_shape(OP, out, "the output", x, "the input")?;
-    check_distinct(OP, out, &[x])?;
+    check_io(OP, out, &[x])?;
     let params = BatchNormParams {
         len: x.numel() as u32,
         channels: c as u32,
@@ -115,6 +118,7 @@ pub fn prepare(
     elementwise_dispatch(
         ctx,
         &SHADER,
+        out.precision(),
         "batch_norm",
         x.numel(),
         &params,
@@ -129,7 +133,7 @@ pub fn prepare(
 
 /// Runs a batch norm now and returns its output (downloading it waits for the GPU).
 pub fn batch_norm(ctx: &GpuContext, x: &Tensor, bn: &BatchNormWeights) -> Result<Tensor> {
-    let out = Tensor::empty(ctx, x.shape())?;
+    let out = Tensor::empty_as(ctx, x.shape(), x.precision())?;
     ctx.submit(&[&prepare(ctx, x, bn, &out)?])?;
     Ok(out)
 }

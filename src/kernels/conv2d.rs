@@ -4,7 +4,8 @@ use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::conv2d_rows::{couts_per_invocation, RowTile, ROW_PIXELS};
 use crate::kernels::upsample_add::UpsampleMode;
-use crate::kernels::{check_distinct, check_output_shape, ShaderSource};
+use crate::kernels::{check_io, check_output_shape, ShaderSource};
+use crate::precision::Precision;
 use crate::tensor::{check_shape, Tensor};
 
 /// The WGSL source.
@@ -23,6 +24,8 @@ pub const SHADER: ShaderSource = ShaderSource {
         include_str!("../../shaders/conv2d.wgsl")
     ),
     params: &[("Conv2dParams", std::mem::size_of::<Conv2dParams>())],
+    enables: "",
+    precisions: &Precision::ALL,
 };
 
 /// Output channels per invocation of `conv2d.wgsl` (WGSL `COUT_TILE`).
@@ -180,6 +183,7 @@ impl Conv2dOptions {
 pub struct Conv2dWeights {
     shape: [usize; 4],
     algorithm: ConvAlgorithm,
+    precision: Precision,
     weights: wgpu::Buffer,
     affine: wgpu::Buffer,
 }
@@ -223,7 +227,22 @@ impl Conv2dWeights {
         affine: Option<(&[f32], &[f32])>,
         algorithm: ConvAlgorithm,
     ) -> Result<Self> {
+        Self::with_precision(ctx, shape, weight, bias, affine, algorithm, Precision::F32)
+    }
+
+    /// Like [`Conv2dWeights::with_algorithm`], with the kernel stored in `precision` (for
+    /// inputs and outputs of that precision). The epilogue's scale and shift stay f32.
+    pub fn with_precision(
+        ctx: &GpuContext,
+        shape: [usize; 4],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        affine: Option<(&[f32], &[f32])>,
+        algorithm: ConvAlgorithm,
+        precision: Precision,
+    ) -> Result<Self> {
         const OP: &str = "Conv2dWeights::new";
+        ctx.check_precision(OP, precision)?;
         if shape.contains(&0) {
             return Err(Error::invalid(
                 OP,
@@ -281,10 +300,12 @@ impl Conv2dWeights {
                 ))
             }
         };
-        ctx.check_binding_size(OP, "the weights", packed.len() as u64 * 4)?;
+        let packed = precision.encode(&packed);
+        ctx.check_binding_size(OP, "the weights", packed.len() as u64)?;
         Ok(Conv2dWeights {
             shape,
             algorithm,
+            precision,
             weights: ctx.storage_from("conv2d weights", &packed),
             affine: ctx.storage_from("conv2d affine", &scale_shift),
         })
@@ -293,6 +314,11 @@ impl Conv2dWeights {
     /// [out channels, in channels, kernel h, kernel w].
     pub fn shape(&self) -> [usize; 4] {
         self.shape
+    }
+
+    /// How the kernel is stored (the precision of the tensors it convolves).
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// The algorithm the weights are laid out for.
@@ -386,7 +412,17 @@ pub fn prepare(
     }
     let mut inputs = vec![x];
     inputs.extend(residual);
-    check_distinct(OP, out, &inputs)?;
+    check_io(OP, out, &inputs)?;
+    let precision = x.precision();
+    if weights.precision != precision {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the weights are stored in {} but the input is {}; build the weights with Conv2dWeights::with_precision({precision})",
+                weights.precision, precision
+            ),
+        ));
+    }
     let [n, cout, oh, ow] = shape;
     let [_, cin, kh, kw] = weights.shape;
     let upsample = residual.is_some() && matches!(opts.residual, ResidualMode::Upsampled(_));
@@ -420,7 +456,7 @@ pub fn prepare(
             let lanes = oh.div_ceil(2) * ow.div_ceil(2);
             let (wg_pix, wg_co) = workgroup_shape(lanes);
             constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
-            let pipeline = ctx.pipeline(&SHADER, "conv2d_winograd", &constants)?;
+            let pipeline = ctx.pipeline(&SHADER, precision, "conv2d_winograd", &constants)?;
             let grid = grid_for(lanes, cout.div_ceil(COUT_TILE), n, (wg_pix, wg_co));
             (pipeline, "conv2d_winograd", grid, x.binding())
         }
@@ -433,9 +469,10 @@ pub fn prepare(
             let lanes = out_h * out_w.div_ceil(ROW_PIXELS);
             let (wg_pix, wg_co) = workgroup_shape(lanes);
             constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
+            ctx.check_precision(OP, precision)?;
             let pipeline = ctx.pipeline_from(
-                &tile.key(),
-                || tile.module_source(),
+                &format!("{}:{precision}", tile.key()),
+                || tile.module_source(precision),
                 "conv2d_rows",
                 &constants,
             )?;
@@ -446,7 +483,7 @@ pub fn prepare(
             let lanes = (oh * ow).div_ceil(PIX_TILE);
             let (wg_pix, wg_co) = workgroup_shape(lanes);
             constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
-            let pipeline = ctx.pipeline(&SHADER, "conv2d", &constants)?;
+            let pipeline = ctx.pipeline(&SHADER, precision, "conv2d", &constants)?;
             let grid = grid_for(lanes, cout.div_ceil(COUT_TILE), n, (wg_pix, wg_co));
             (pipeline, "conv2d", grid, x.binding())
         }
@@ -532,7 +569,11 @@ pub fn conv2d(
     residual: Option<&Tensor>,
     opts: &Conv2dOptions,
 ) -> Result<Tensor> {
-    let out = Tensor::empty(ctx, output_shape(x.shape(), weights.shape, opts)?)?;
+    let out = Tensor::empty_as(
+        ctx,
+        output_shape(x.shape(), weights.shape, opts)?,
+        x.precision(),
+    )?;
     let d = prepare(ctx, x, weights, residual, &out, opts)?;
     ctx.submit(&[&d])?;
     Ok(out)

@@ -5,6 +5,7 @@ use std::fmt::Write;
 
 use crate::kernels::conv2d::Conv2dParams;
 use crate::kernels::ShaderSource;
+use crate::precision::Precision;
 
 /// Consecutive output pixels of one row per invocation.
 pub const ROW_PIXELS: usize = 8;
@@ -25,6 +26,8 @@ pub const SHADER: ShaderSource = ShaderSource {
         include_str!("../../shaders/conv2d_rows.wgsl")
     ),
     params: &[("Conv2dParams", std::mem::size_of::<Conv2dParams>())],
+    enables: "",
+    precisions: &Precision::ALL,
 };
 
 /// One specialisation of the row kernel.
@@ -63,9 +66,10 @@ impl RowTile {
         (ROW_PIXELS - 1) * self.stride.1 + self.kernel.1
     }
 
-    /// The whole module: the static part and the generated entry point.
-    pub fn module_source(&self) -> String {
-        let mut s = String::from(SHADER.source);
+    /// The whole module for tensors in `precision`: the static part and the generated entry
+    /// point.
+    pub fn module_source(&self, precision: Precision) -> String {
+        let mut s = SHADER.module(precision);
         s.push('\n');
         s.push_str(&self.entry_source());
         s
@@ -124,7 +128,7 @@ impl RowTile {
         let _ = writeln!(w, "            let s = e & 3u;");
         let _ = writeln!(w, "            let a = e >> 2u;");
         for q in 0..loads {
-            let _ = writeln!(w, "            let q{q} = x[a + {q}u];");
+            let _ = writeln!(w, "            let q{q} = vec4<f32>(x[a + {q}u]);");
         }
         // v_i = element e + i: component s + i of the loaded run, picked with selects.
         let comp = |k: usize| format!("q{}[{}]", k / 4, k % 4);
@@ -140,7 +144,10 @@ impl RowTile {
         }
         for kx in 0..kw {
             for m in 0..m4 {
-                let _ = writeln!(w, "            let w{kx}_{m} = weights[wi + {m}u];");
+                let _ = writeln!(
+                    w,
+                    "            let w{kx}_{m} = vec4<f32>(weights[wi + {m}u]);"
+                );
                 for j in 0..ROW_PIXELS {
                     let _ = writeln!(
                         w,

@@ -3,7 +3,8 @@
 
 use crate::error::Result;
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::{check_distinct, check_same_shape, elementwise_dispatch, ShaderSource};
+use crate::kernels::{check_io, check_same_shape, elementwise_dispatch, ShaderSource};
+use crate::precision::Precision;
 use crate::tensor::{check_shape, Tensor};
 
 /// The WGSL source.
@@ -18,6 +19,8 @@ pub const SHADER: ShaderSource = ShaderSource {
         "ElementwiseParams",
         std::mem::size_of::<ElementwiseParams>(),
     )],
+    enables: "",
+    precisions: &Precision::ALL,
 };
 
 /// Mirrors `ElementwiseParams` in the WGSL.
@@ -32,7 +35,7 @@ pub(crate) struct ElementwiseParams {
 pub fn prepare_relu(ctx: &GpuContext, x: &Tensor, out: &Tensor) -> Result<Dispatch> {
     check_shape(ctx, "relu", "the input", x.shape())?;
     check_same_shape("relu", out, "the output", x, "the input")?;
-    check_distinct("relu", out, &[x])?;
+    check_io("relu", out, &[x])?;
     let params = ElementwiseParams {
         len: x.numel() as u32,
         _pad: [0; 3],
@@ -40,6 +43,7 @@ pub fn prepare_relu(ctx: &GpuContext, x: &Tensor, out: &Tensor) -> Result<Dispat
     elementwise_dispatch(
         ctx,
         &SHADER,
+        out.precision(),
         "relu",
         x.numel(),
         &params,
@@ -53,7 +57,7 @@ pub fn prepare_add(ctx: &GpuContext, a: &Tensor, b: &Tensor, out: &Tensor) -> Re
     check_shape(ctx, "add", "the first input", a.shape())?;
     check_same_shape("add", b, "the second input", a, "the first input")?;
     check_same_shape("add", out, "the output", a, "the first input")?;
-    check_distinct("add", out, &[a, b])?;
+    check_io("add", out, &[a, b])?;
     let params = ElementwiseParams {
         len: a.numel() as u32,
         _pad: [0; 3],
@@ -61,6 +65,7 @@ pub fn prepare_add(ctx: &GpuContext, a: &Tensor, b: &Tensor, out: &Tensor) -> Re
     elementwise_dispatch(
         ctx,
         &SHADER,
+        out.precision(),
         "add",
         a.numel(),
         &params,
@@ -71,14 +76,14 @@ pub fn prepare_add(ctx: &GpuContext, a: &Tensor, b: &Tensor, out: &Tensor) -> Re
 
 /// Runs ReLU now and returns its output (downloading it waits for the GPU).
 pub fn relu(ctx: &GpuContext, x: &Tensor) -> Result<Tensor> {
-    let out = Tensor::empty(ctx, x.shape())?;
+    let out = Tensor::empty_as(ctx, x.shape(), x.precision())?;
     ctx.submit(&[&prepare_relu(ctx, x, &out)?])?;
     Ok(out)
 }
 
 /// Runs `a + b` now and returns its output (downloading it waits for the GPU).
 pub fn add(ctx: &GpuContext, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let out = Tensor::empty(ctx, a.shape())?;
+    let out = Tensor::empty_as(ctx, a.shape(), a.precision())?;
     ctx.submit(&[&prepare_add(ctx, a, b, &out)?])?;
     Ok(out)
 }

@@ -2,7 +2,8 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::{check_distinct, check_output_shape, elementwise_dispatch, ShaderSource};
+use crate::kernels::{check_io, check_output_shape, elementwise_dispatch, ShaderSource};
+use crate::precision::Precision;
 use crate::tensor::{check_shape, Tensor};
 
 /// The WGSL source.
@@ -11,6 +12,8 @@ pub const SHADER: ShaderSource = ShaderSource {
     parts: &["max_pool2d.wgsl"],
     source: include_str!("../../shaders/max_pool2d.wgsl"),
     params: &[("MaxPool2dParams", std::mem::size_of::<MaxPool2dParams>())],
+    enables: "",
+    precisions: &Precision::ALL,
 };
 
 /// Mirrors `MaxPool2dParams` in the WGSL.
@@ -102,7 +105,7 @@ pub fn prepare(
     check_shape(ctx, OP, "the input", x.shape())?;
     let shape = output_shape(x.shape(), opts)?;
     check_output_shape(OP, out, shape)?;
-    check_distinct(OP, out, &[x])?;
+    check_io(OP, out, &[x])?;
     let [_, _, h, w] = x.shape();
     let params = MaxPool2dParams {
         len: out.numel() as u32,
@@ -121,6 +124,7 @@ pub fn prepare(
     elementwise_dispatch(
         ctx,
         &SHADER,
+        out.precision(),
         "max_pool2d",
         out.numel(),
         &params,
@@ -131,7 +135,7 @@ pub fn prepare(
 
 /// Runs a max pooling now and returns its output (downloading it waits for the GPU).
 pub fn max_pool2d(ctx: &GpuContext, x: &Tensor, opts: &MaxPool2dOptions) -> Result<Tensor> {
-    let out = Tensor::empty(ctx, output_shape(x.shape(), opts)?)?;
+    let out = Tensor::empty_as(ctx, output_shape(x.shape(), opts)?, x.precision())?;
     ctx.submit(&[&prepare(ctx, x, &out, opts)?])?;
     Ok(out)
 }

@@ -5,6 +5,7 @@
 pub mod batch_norm;
 pub mod conv2d;
 pub mod conv2d_rows;
+pub mod convert;
 pub mod elementwise;
 pub mod max_pool2d;
 pub mod pad2d;
@@ -12,6 +13,7 @@ pub mod upsample_add;
 
 use crate::error::Result;
 use crate::gpu::{grid_2d, Dispatch, GpuContext};
+use crate::precision::Precision;
 use crate::tensor::Tensor;
 
 /// A WGSL module compiled into the crate: one kernel file, preceded by the shared snippets it
@@ -24,9 +26,27 @@ pub struct ShaderSource {
     pub parts: &'static [&'static str],
     /// The WGSL text: the parts concatenated.
     pub source: &'static str,
+    /// Extension directives the module needs beyond its precision's (`enable ...;` lines).
+    pub enables: &'static str,
+    /// The precisions the kernel is written for.
+    pub precisions: &'static [Precision],
     /// Each params struct in the file with the byte size of its Rust twin, so a test can check
     /// that both sides agree.
     pub params: &'static [(&'static str, usize)],
+}
+
+impl ShaderSource {
+    /// The module for tensors stored in `precision`: the directives, the alias that defines
+    /// `act`, then the source.
+    pub fn module(&self, precision: Precision) -> String {
+        format!(
+            "{}{}{}{}",
+            precision.wgsl_enable(),
+            self.enables,
+            precision.wgsl_alias(),
+            self.source
+        )
+    }
 }
 
 /// Every shader the crate uses.
@@ -38,6 +58,7 @@ pub const SHADERS: &[&ShaderSource] = &[
     &pad2d::SHADER,
     &upsample_add::SHADER,
     &elementwise::SHADER,
+    &convert::SHADER,
 ];
 
 /// Workgroup size of the one-invocation-per-element kernels (the WGSL `override WG`).
@@ -46,16 +67,18 @@ pub const ELEMENTWISE_WG: u32 = 256;
 /// Builds a launch of an element-wise kernel (`override WG`, one invocation per element, grid
 /// linearised as `workgroup_id.y * num_workgroups.x + workgroup_id.x`). `buffers` pairs each
 /// storage binding index with its resource; the params uniform goes at `params_binding`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn elementwise_dispatch<P: bytemuck::Pod>(
     ctx: &GpuContext,
     shader: &ShaderSource,
+    precision: Precision,
     entry: &'static str,
     len: usize,
     params: &P,
     buffers: &[(u32, wgpu::BindingResource<'_>)],
     params_binding: u32,
 ) -> Result<Dispatch> {
-    let pipeline = ctx.pipeline(shader, entry, &[("WG", ELEMENTWISE_WG)])?;
+    let pipeline = ctx.pipeline(shader, precision, entry, &[("WG", ELEMENTWISE_WG)])?;
     let groups = (len as u64).div_ceil(ELEMENTWISE_WG as u64);
     let max = ctx.limits().max_compute_workgroups_per_dimension;
     let groups = u32::try_from(groups).unwrap_or(u32::MAX);
@@ -94,9 +117,20 @@ pub(crate) fn check_same_shape(
     Ok(())
 }
 
-/// Checks that the output does not share a buffer with an input: wgpu forbids binding one
-/// buffer as both read-only and read-write in a dispatch.
-pub(crate) fn check_distinct(op: &'static str, out: &Tensor, inputs: &[&Tensor]) -> Result<()> {
+/// Checks that the output does not share a buffer with an input (wgpu forbids binding one
+/// buffer as both read-only and read-write in a dispatch) and that all of them have one
+/// precision (a kernel is compiled for one storage type).
+pub(crate) fn check_io(op: &'static str, out: &Tensor, inputs: &[&Tensor]) -> Result<()> {
+    if let Some(t) = inputs.iter().find(|t| t.precision() != out.precision()) {
+        return Err(crate::Error::invalid(
+            op,
+            format!(
+                "an input is {} but the output is {}; every tensor of an op must have one precision (convert with kernels::convert)",
+                t.precision(),
+                out.precision()
+            ),
+        ));
+    }
     if inputs.iter().any(|t| t.buffer() == out.buffer()) {
         return Err(crate::Error::invalid(
             op,

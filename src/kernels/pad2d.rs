@@ -3,7 +3,8 @@
 
 use crate::error::Result;
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::{check_distinct, check_output_shape, elementwise_dispatch, ShaderSource};
+use crate::kernels::{check_io, check_output_shape, elementwise_dispatch, ShaderSource};
+use crate::precision::Precision;
 use crate::tensor::{check_shape, Tensor};
 
 /// The WGSL source.
@@ -12,6 +13,8 @@ pub const SHADER: ShaderSource = ShaderSource {
     parts: &["pad2d.wgsl"],
     source: include_str!("../../shaders/pad2d.wgsl"),
     params: &[("Pad2dParams", std::mem::size_of::<Pad2dParams>())],
+    enables: "",
+    precisions: &Precision::ALL,
 };
 
 /// Mirrors `Pad2dParams` in the WGSL.
@@ -44,7 +47,7 @@ pub fn prepare(
     let shape = output_shape(x.shape(), padding);
     check_shape(ctx, OP, "the output", shape)?;
     check_output_shape(OP, out, shape)?;
-    check_distinct(OP, out, &[x])?;
+    check_io(OP, out, &[x])?;
     let [_, _, h, w] = x.shape();
     let params = Pad2dParams {
         len: out.numel() as u32,
@@ -57,6 +60,7 @@ pub fn prepare(
     elementwise_dispatch(
         ctx,
         &SHADER,
+        out.precision(),
         "pad2d",
         out.numel(),
         &params,
@@ -67,7 +71,7 @@ pub fn prepare(
 
 /// Submits a zero padding now and returns its output (downloading it waits for the GPU).
 pub fn pad2d(ctx: &GpuContext, x: &Tensor, padding: (usize, usize)) -> Result<Tensor> {
-    let out = Tensor::empty(ctx, output_shape(x.shape(), padding))?;
+    let out = Tensor::empty_as(ctx, output_shape(x.shape(), padding), x.precision())?;
     ctx.submit(&[&prepare(ctx, x, &out, padding)?])?;
     Ok(out)
 }

@@ -2,7 +2,8 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::{check_distinct, check_same_shape, elementwise_dispatch, ShaderSource};
+use crate::kernels::{check_io, check_same_shape, elementwise_dispatch, ShaderSource};
+use crate::precision::Precision;
 use crate::tensor::{check_shape, Tensor};
 
 /// The WGSL source.
@@ -18,6 +19,8 @@ pub const SHADER: ShaderSource = ShaderSource {
         "UpsampleAddParams",
         std::mem::size_of::<UpsampleAddParams>(),
     )],
+    enables: "",
+    precisions: &Precision::ALL,
 };
 
 /// Mirrors `UpsampleAddParams` in the WGSL.
@@ -68,7 +71,7 @@ pub fn prepare(
         ));
     }
     check_same_shape(OP, out, "the output", y, "the lateral input")?;
-    check_distinct(OP, out, &[x, y])?;
+    check_io(OP, out, &[x, y])?;
     let params = UpsampleAddParams {
         len: out.numel() as u32,
         in_height: ih as u32,
@@ -87,6 +90,7 @@ pub fn prepare(
     elementwise_dispatch(
         ctx,
         &SHADER,
+        out.precision(),
         entry,
         out.numel(),
         &params,
@@ -102,7 +106,7 @@ pub fn upsample_add(
     y: &Tensor,
     mode: UpsampleMode,
 ) -> Result<Tensor> {
-    let out = Tensor::empty(ctx, y.shape())?;
+    let out = Tensor::empty_as(ctx, y.shape(), y.precision())?;
     ctx.submit(&[&prepare(ctx, x, y, &out, mode)?])?;
     Ok(out)
 }

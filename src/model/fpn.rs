@@ -14,7 +14,8 @@ use crate::model::pyramid::Pyramid;
 use crate::model::resnet::ResNet;
 use crate::model::seed_head::SeedHead;
 use crate::model::torchvision_head::TorchvisionHead;
-use crate::tensor::{Tensor, ELEMENT_BYTES};
+use crate::precision::Precision;
+use crate::tensor::Tensor;
 use crate::tensor_file::TensorMap;
 use crate::weights::VarStore;
 
@@ -34,6 +35,30 @@ pub enum Fusion {
     Unfused,
 }
 
+/// How a network is built: graph passes, convolution algorithms and storage precision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FpnOptions {
+    /// Fused epilogues (the default) or one kernel per op.
+    pub fusion: Fusion,
+    /// Direct convolution (the default) or Winograd for stride-1 3x3 convs.
+    pub algorithms: Algorithms,
+    /// f32 (the default; PyTorch parity about 1e-6) or f16 weights and activations (f32 sums;
+    /// about 1e-3 of relative error, half the memory). Inputs and outputs are f32 either way.
+    pub precision: Precision,
+}
+
+impl FpnOptions {
+    /// The same options with weights and activations stored in `precision`.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        FpnOptions { precision, ..self }
+    }
+
+    /// The same options with the graph passes on or off.
+    pub fn with_fusion(self, fusion: Fusion) -> Self {
+        FpnOptions { fusion, ..self }
+    }
+}
+
 /// An FPN whose weights live on the GPU, ready to run on NCHW RGB tensors of any size and batch.
 pub struct Fpn {
     executor: Executor,
@@ -47,8 +72,17 @@ impl Fpn {
     /// whole detection model's backbone included), block counts and extra levels come from its
     /// names and shapes; see [`Checkpoint`] to change the batch norm epsilon before building.
     pub fn from_safetensors(ctx: &GpuContext, path: &Path) -> Result<Self> {
+        Self::from_safetensors_with(ctx, path, FpnOptions::default())
+    }
+
+    /// [`Fpn::from_safetensors`] with build options (f16 storage, say).
+    pub fn from_safetensors_with(
+        ctx: &GpuContext,
+        path: &Path,
+        options: FpnOptions,
+    ) -> Result<Self> {
         let checkpoint = Checkpoint::open(path)?;
-        Self::new(ctx, checkpoint.store(), checkpoint.config(), Fusion::Fused)
+        Self::with_options(ctx, checkpoint.store(), checkpoint.config(), options)
     }
 
     /// Deterministic seeded random weights, for shape demos and benchmarks.
@@ -65,7 +99,12 @@ impl Fpn {
         config: FpnConfig,
         fusion: Fusion,
     ) -> Result<Self> {
-        Self::with_algorithms(ctx, store, config, fusion, Algorithms::Direct)
+        Self::with_options(
+            ctx,
+            store,
+            config,
+            FpnOptions::default().with_fusion(fusion),
+        )
     }
 
     /// [`Fpn::new`] with a choice of convolution algorithms (Winograd for stride-1 3x3 convs).
@@ -76,13 +115,30 @@ impl Fpn {
         fusion: Fusion,
         algorithms: Algorithms,
     ) -> Result<Self> {
+        let options = FpnOptions {
+            fusion,
+            algorithms,
+            precision: Precision::F32,
+        };
+        Self::with_options(ctx, store, config, options)
+    }
+
+    /// Builds the network from `store` with `config` as `options` say: the graph passes unless
+    /// unfused, the convolution algorithms, and the precision the weights and activations are
+    /// stored in.
+    pub fn with_options(
+        ctx: &GpuContext,
+        store: &VarStore,
+        config: FpnConfig,
+        options: FpnOptions,
+    ) -> Result<Self> {
         let mut graph = Self::graph(store, config)?;
-        let passes = match fusion {
+        let passes = match options.fusion {
             Fusion::Fused => passes::optimize(&mut graph),
             Fusion::Unfused => Vec::new(),
         };
         Ok(Fpn {
-            executor: Executor::with_algorithms(ctx, graph, algorithms)?,
+            executor: Executor::with_options(ctx, graph, options.algorithms, options.precision)?,
             config,
             origin: store.origin(),
             passes,
@@ -124,6 +180,11 @@ impl Fpn {
             g.output(name, v);
         }
         Ok(g)
+    }
+
+    /// How the weights and activations are stored.
+    pub fn precision(&self) -> Precision {
+        self.executor.precision()
     }
 
     /// The configuration the network was built with.
@@ -194,6 +255,10 @@ impl Fpn {
     /// Runs a batch in chunks of as many images as fit, copying each chunk's levels into
     /// batch-sized outputs (which are only copied into, so they need not fit one binding).
     fn forward_in_chunks(&self, x: &Tensor) -> Result<Pyramid> {
+        let ctx = self.executor.context();
+        // Chunks are cut by byte offsets, which copies need 4-aligned: an f16 image of an odd
+        // size is not, so the input goes to f32 first.
+        let x = &crate::kernels::convert::convert(ctx, x, Precision::F32)?;
         let [n, c, h, w] = x.shape();
         let fits = |b: usize| self.executor.check_limits([b, c, h, w]).is_ok();
         let (mut lo, mut hi) = (1, n - 1);
@@ -206,14 +271,13 @@ impl Fpn {
             }
         }
         let chunk = lo;
-        let ctx = self.executor.context();
         let levels: Vec<(String, Tensor)> = self
             .executor
             .output_shapes([n, c, h, w])?
             .into_iter()
             .map(|(name, s)| Ok((name, Tensor::empty(ctx, s)?)))
             .collect::<Result<_>>()?;
-        let image_bytes = (c * h * w) as u64 * ELEMENT_BYTES;
+        let image_bytes = (c * h * w) as u64 * Precision::F32.bytes();
         for start in (0..n).step_by(chunk) {
             let len = chunk.min(n - start);
             let part = Tensor::empty(ctx, [len, c, h, w])?;

@@ -12,5 +12,5 @@ pub mod torchvision_head;
 
 pub use checkpoint::Checkpoint;
 pub use config::{ExtraLevels, FpnConfig, Layout, P6Source};
-pub use fpn::{Fpn, Fusion, INPUT_CHANNELS, PYRAMID_CHANNELS};
+pub use fpn::{Fpn, FpnOptions, Fusion, INPUT_CHANNELS, PYRAMID_CHANNELS};
 pub use pyramid::Pyramid;

@@ -70,3 +70,25 @@ pub fn small_binding_context(binding: u64) -> GpuContext {
     });
     GpuContext::from_device(device, queue)
 }
+
+/// The context for f16 tests, or `None` on an adapter without shader-f16 (wgpu's GL backend),
+/// after checking that f16 is refused there with an error that says why. lavapipe has
+/// shader-f16, so the f16 tests always run in CI's Vulkan pass: this asserts that they do.
+pub fn f16_gpu() -> Option<&'static GpuContext> {
+    let ctx = gpu();
+    if ctx.supports_f16() {
+        return Some(ctx);
+    }
+    let adapter = ctx.adapter();
+    assert!(
+        !(adapter.backend == wgpu::Backend::Vulkan && adapter.device_type == wgpu::DeviceType::Cpu),
+        "lavapipe has shader-f16, so the context must have been created with it"
+    );
+    let e = fpn_wgpu::Tensor::empty_as(ctx, [1, 1, 1, 1], fpn_wgpu::Precision::F16).unwrap_err();
+    assert!(
+        matches!(e, fpn_wgpu::Error::Unsupported { .. }) && e.to_string().contains("SHADER_F16"),
+        "{e}"
+    );
+    eprintln!("{adapter}: no shader-f16; checked that f16 is refused ({e}) and ran no f16 kernels");
+    None
+}

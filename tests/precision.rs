@@ -1,0 +1,276 @@
+//! f16 storage: every kernel against the CPU reference run on the same f16-rounded data, the
+//! conversions in and out, the executor's memory, and the errors for mixed precisions. The
+//! whole network's f16 parity with PyTorch is checked beside the f32 one (`parity.rs`,
+//! `torchvision.rs`).
+//!
+//! A kernel that reads f16 and sums in f32 differs from the f64 reference on the same rounded
+//! inputs only by the rounding of its output to f16 (2^-11 of the value) and f32 summation
+//! order, hence the tolerance.
+
+mod common;
+
+use common::{assert_close, f16_gpu};
+use fpn_wgpu::kernels::batch_norm::{self, BatchNormWeights};
+use fpn_wgpu::kernels::conv2d::{self, Conv2dOptions, Conv2dWeights, ConvAlgorithm, ResidualMode};
+use fpn_wgpu::kernels::convert;
+use fpn_wgpu::kernels::elementwise;
+use fpn_wgpu::kernels::max_pool2d::{self, MaxPool2dOptions};
+use fpn_wgpu::kernels::pad2d;
+use fpn_wgpu::kernels::upsample_add::{self, UpsampleMode};
+use fpn_wgpu::reference;
+use fpn_wgpu::rng::SplitMix64;
+use fpn_wgpu::{Error, Fpn, FpnConfig, FpnOptions, Precision, Tensor};
+
+const F16: Precision = Precision::F16;
+/// The output's rounding to f16 (4.9e-4 of the value) plus f32 summation over long sums.
+const F16_TOL: f64 = 1e-3;
+
+fn numel(s: [usize; 4]) -> usize {
+    s.iter().product()
+}
+
+/// Random values already rounded to f16, so that the reference sees what the GPU reads.
+fn rounded(rng: &mut SplitMix64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    rng.vec(n, lo, hi)
+        .into_iter()
+        .map(|v| F16.round(v))
+        .collect()
+}
+
+#[test]
+fn f16_tensors_round_trip_and_convert_on_the_gpu() {
+    let Some(ctx) = f16_gpu() else { return };
+    let mut rng = SplitMix64::new(3);
+    // Odd lengths: bindings of f16 tensors are padded to whole words.
+    for shape in [[1, 1, 1, 1], [1, 3, 5, 7], [2, 3, 1, 1]] {
+        let x = rng.vec(numel(shape), -70000.0, 70000.0);
+        let half = Tensor::from_slice_as(ctx, shape, &x, F16).unwrap();
+        assert_eq!(half.precision(), F16);
+        assert_eq!(half.byte_size(), numel(shape) as u64 * 2);
+        let want: Vec<f32> = x.iter().map(|&v| F16.round(v)).collect();
+        assert_eq!(half.download(ctx).unwrap(), want, "{shape:?} upload");
+        // GPU conversion both ways: f32 -> f16 rounds as the host does (inf beyond 65504).
+        let single = Tensor::from_slice(ctx, shape, &x).unwrap();
+        let on_gpu = convert::convert(ctx, &single, F16).unwrap();
+        assert_eq!(on_gpu.download(ctx).unwrap(), want, "{shape:?} to f16");
+        let back = convert::convert(ctx, &on_gpu, Precision::F32).unwrap();
+        assert_eq!(back.precision(), Precision::F32);
+        assert_eq!(back.download(ctx).unwrap(), want, "{shape:?} to f32");
+    }
+}
+
+#[test]
+fn f16_convolutions_match_the_reference() {
+    let Some(ctx) = f16_gpu() else { return };
+    let mut rng = SplitMix64::new(17);
+    let mut worst: f64 = 0.0;
+    // (input, cout, kernel, stride, padding, algorithm): the row kernel (no padding), the
+    // bounds-checked one (padding), a pointwise conv, Winograd.
+    let cases = [
+        ([1, 3, 17, 23], 5, 3, 1, 1, ConvAlgorithm::Direct),
+        ([2, 5, 9, 11], 67, 3, 2, 1, ConvAlgorithm::Direct),
+        ([1, 67, 13, 7], 3, 1, 1, 0, ConvAlgorithm::Direct),
+        ([1, 9, 15, 13], 20, 3, 2, 0, ConvAlgorithm::Direct),
+        ([1, 3, 37, 41], 16, 7, 2, 0, ConvAlgorithm::Direct),
+        ([1, 16, 13, 7], 9, 3, 1, 1, ConvAlgorithm::Winograd),
+    ];
+    for (i, &(input, cout, k, stride, pad, algorithm)) in cases.iter().enumerate() {
+        let w_shape = [cout, input[1], k, k];
+        let x = rounded(&mut rng, numel(input), -1.0, 1.0);
+        let bound = (3.0 / (input[1] * k * k) as f32).sqrt();
+        let w = rounded(&mut rng, numel(w_shape), -bound, bound);
+        let bias = rng.vec(cout, -0.5, 0.5);
+        let opts = Conv2dOptions::new(stride, pad);
+        let out_shape = conv2d::output_shape(input, w_shape, &opts).unwrap();
+        let residual = rounded(&mut rng, numel(out_shape), -1.0, 1.0);
+        let weights =
+            Conv2dWeights::with_precision(ctx, w_shape, &w, Some(&bias), None, algorithm, F16)
+                .unwrap();
+        assert_eq!(weights.precision(), F16);
+        let xt = Tensor::from_slice_as(ctx, input, &x, F16).unwrap();
+        let rt = Tensor::from_slice_as(ctx, out_shape, &residual, F16).unwrap();
+        for (use_res, relu) in [(false, false), (true, true)] {
+            let opts = opts.with_relu(relu);
+            let got = conv2d::conv2d(ctx, &xt, &weights, use_res.then_some(&rt), &opts).unwrap();
+            assert_eq!(got.precision(), F16);
+            let res_ref = use_res.then_some(residual.as_slice());
+            let (want, _) =
+                reference::conv2d(&x, input, &w, w_shape, Some(&bias), None, res_ref, &opts);
+            let name = format!(
+                "f16 conv {i} {input:?} k{k} s{stride} p{pad} {algorithm:?} residual {use_res}"
+            );
+            // Winograd's transformed weights are rounded to f16 too: a little more error.
+            let tol = match algorithm {
+                ConvAlgorithm::Winograd => 3.0 * F16_TOL,
+                ConvAlgorithm::Direct => F16_TOL,
+            };
+            let got = got.download(ctx).unwrap();
+            worst = worst.max(assert_close(&name, &got, &want, tol));
+        }
+    }
+    // The FPN's lateral merge: a 1x1 conv with an upsampled coarse map in its epilogue.
+    let (input, cout, coarse_shape) = ([2, 8, 25, 33], 5, [2, 5, 13, 17]);
+    let w_shape = [cout, input[1], 1, 1];
+    let x = rounded(&mut rng, numel(input), -1.0, 1.0);
+    let w = rounded(&mut rng, numel(w_shape), -0.5, 0.5);
+    let coarse = rounded(&mut rng, numel(coarse_shape), -1.0, 1.0);
+    let weights =
+        Conv2dWeights::with_precision(ctx, w_shape, &w, None, None, ConvAlgorithm::Direct, F16)
+            .unwrap();
+    let xt = Tensor::from_slice_as(ctx, input, &x, F16).unwrap();
+    let ct = Tensor::from_slice_as(ctx, coarse_shape, &coarse, F16).unwrap();
+    for mode in [UpsampleMode::Bilinear, UpsampleMode::Nearest] {
+        let opts = Conv2dOptions::new(1, 0).with_residual(ResidualMode::Upsampled(mode));
+        let got = conv2d::conv2d(ctx, &xt, &weights, Some(&ct), &opts)
+            .unwrap()
+            .download(ctx)
+            .unwrap();
+        let plain = Conv2dOptions::new(1, 0);
+        let (lateral, shape) = reference::conv2d(&x, input, &w, w_shape, None, None, None, &plain);
+        let want = reference::upsample_add(&coarse, coarse_shape, &lateral, shape, mode);
+        worst = worst.max(assert_close(
+            &format!("f16 upsampled residual {mode:?}"),
+            &got,
+            &want,
+            F16_TOL,
+        ));
+    }
+    eprintln!("f16 conv2d: worst max relative error {worst:e}");
+}
+
+#[test]
+fn f16_element_wise_kernels_match_the_reference() {
+    let Some(ctx) = f16_gpu() else { return };
+    let mut rng = SplitMix64::new(23);
+    let shape = [2, 5, 9, 7];
+    let n = numel(shape);
+    let x = rounded(&mut rng, n, -3.0, 3.0);
+    let y = rounded(&mut rng, n, -3.0, 3.0);
+    let xt = Tensor::from_slice_as(ctx, shape, &x, F16).unwrap();
+    let yt = Tensor::from_slice_as(ctx, shape, &y, F16).unwrap();
+    let check = |name: &str, got: Tensor, want: &[f32]| {
+        assert_eq!(got.precision(), F16, "{name}");
+        let got = got.download(ctx).unwrap();
+        assert_close(name, &got, want, F16_TOL);
+    };
+
+    check(
+        "relu",
+        elementwise::relu(ctx, &xt).unwrap(),
+        &reference::relu(&x),
+    );
+    check(
+        "add",
+        elementwise::add(ctx, &xt, &yt).unwrap(),
+        &reference::add(&x, &y),
+    );
+
+    let c = shape[1];
+    let (mean, var) = (rng.vec(c, -1.0, 1.0), rng.vec(c, 0.1, 2.0));
+    let (weight, bias) = (rng.vec(c, 0.5, 1.5), rng.vec(c, -0.5, 0.5));
+    let bn = BatchNormWeights::new(ctx, &mean, &var, &weight, &bias, 1e-5).unwrap();
+    check(
+        "batch norm",
+        batch_norm::batch_norm(ctx, &xt, &bn).unwrap(),
+        &reference::batch_norm(&x, shape, &mean, &var, &weight, &bias, 1e-5),
+    );
+
+    let opts = MaxPool2dOptions::new(3, 2, 1);
+    let (want, _) = reference::max_pool2d(&x, shape, &opts);
+    check(
+        "max pool",
+        max_pool2d::max_pool2d(ctx, &xt, &opts).unwrap(),
+        &want,
+    );
+
+    let (want, _) = reference::pad2d(&x, shape, (1, 2));
+    check("pad", pad2d::pad2d(ctx, &xt, (1, 2)).unwrap(), &want);
+
+    let fine = [2, 5, 17, 13];
+    let lateral = rounded(&mut rng, numel(fine), -1.0, 1.0);
+    let lt = Tensor::from_slice_as(ctx, fine, &lateral, F16).unwrap();
+    for mode in [UpsampleMode::Bilinear, UpsampleMode::Nearest] {
+        check(
+            &format!("upsample add {mode:?}"),
+            upsample_add::upsample_add(ctx, &xt, &lt, mode).unwrap(),
+            &reference::upsample_add(&x, shape, &lateral, fine, mode),
+        );
+    }
+}
+
+#[test]
+fn f16_network_halves_memory_and_takes_inputs_of_either_precision() {
+    let Some(ctx) = f16_gpu() else { return };
+    let config = FpnConfig::with_blocks([1, 1, 1, 1]);
+    let single = Fpn::random(ctx, config, 5).unwrap();
+    let options = FpnOptions::default().with_precision(F16);
+    let half = Fpn::with_options(
+        ctx,
+        &fpn_wgpu::weights::VarStore::random(5),
+        config,
+        options,
+    )
+    .unwrap();
+    assert_eq!(half.precision(), F16);
+
+    let shape = [1, 3, 45, 61];
+    let ratio = |a: u64, b: u64| a as f64 / b as f64;
+    let (p16, p32) = (half.plan(shape).unwrap(), single.plan(shape).unwrap());
+    let act = ratio(p16.activation_bytes(), p32.activation_bytes());
+    let weights = ratio(
+        half.executor().weight_bytes(),
+        single.executor().weight_bytes(),
+    );
+    eprintln!("f16 / f32 bytes: activations {act:.3}, weights {weights:.3}");
+    assert!((0.45..=0.56).contains(&act), "activations {act}");
+    // The epilogue's scale and shift stay f32.
+    assert!((0.5..=0.52).contains(&weights), "weights {weights}");
+
+    let data = SplitMix64::new(9).vec(numel(shape), -1.0, 1.0);
+    let rounded_data: Vec<f32> = data.iter().map(|&v| F16.round(v)).collect();
+    let x32 = Tensor::from_slice(ctx, shape, &data).unwrap();
+    let x16 = Tensor::from_slice_as(ctx, shape, &data, F16).unwrap();
+    let x32_rounded = Tensor::from_slice(ctx, shape, &rounded_data).unwrap();
+    // An f16 input goes straight into an f16 network; an f32 one is converted on the GPU; both
+    // must give the same levels, in f32 tensors.
+    let a = half.forward(&x16).unwrap().download(ctx).unwrap();
+    let b = half.forward(&x32).unwrap().download(ctx).unwrap();
+    for ((name, ta), (_, tb)) in a.iter().zip(&b) {
+        assert_eq!(ta.data, tb.data, "{name}: f16 and f32 inputs");
+    }
+    for (_, t) in half.forward(&x32).unwrap().levels() {
+        assert_eq!(t.precision(), Precision::F32);
+    }
+    // An f32 network takes an f16 input too (converted up, exactly).
+    let c = single.forward(&x16).unwrap().download(ctx).unwrap();
+    let d = single.forward(&x32_rounded).unwrap().download(ctx).unwrap();
+    for ((name, tc), (_, td)) in c.iter().zip(&d) {
+        assert_eq!(tc.data, td.data, "{name}: f32 network on an f16 input");
+        let f16_level = &a.iter().find(|(n, _)| n == name).unwrap().1;
+        assert_close(name, &f16_level.data, &td.data, 1e-2);
+    }
+}
+
+#[test]
+fn mixed_precisions_in_one_op_are_refused_with_the_fix() {
+    let Some(ctx) = f16_gpu() else { return };
+    let x16 = Tensor::from_slice_as(ctx, [1, 2, 4, 4], &[0.5; 32], F16).unwrap();
+    let x32 = Tensor::from_slice(ctx, [1, 2, 4, 4], &[0.5; 32]).unwrap();
+    let e = elementwise::add(ctx, &x16, &x32).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    assert!(e.to_string().contains("precision"), "{e}");
+
+    let w = Conv2dWeights::new(ctx, [3, 2, 1, 1], &[0.1; 6], None, None).unwrap();
+    let e = conv2d::conv2d(ctx, &x16, &w, None, &Conv2dOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("with_precision"), "{e}");
+}
+
+#[test]
+fn precision_names_parse_and_print() {
+    for p in Precision::ALL {
+        assert_eq!(p.to_string().parse::<Precision>().unwrap(), p);
+    }
+    assert_eq!("half".parse::<Precision>().unwrap(), F16);
+    let e = "f8".parse::<Precision>().unwrap_err();
+    assert!(e.contains("f32 or f16"), "{e}");
+}

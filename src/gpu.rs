@@ -1,7 +1,7 @@
 //! The GPU context: adapter choice, device limits, the pipeline cache and command submission.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use wgpu::util::DeviceExt;
 
@@ -31,6 +31,62 @@ struct Inner {
     placeholder: wgpu::Buffer,
     /// Set by wgpu's device-lost callback: later calls fail at once instead of waiting.
     lost: Arc<Mutex<Option<String>>>,
+    /// Cooperative matrices, where the device was created with them.
+    cooperative_matrix: Option<CooperativeMatrixSupport>,
+    /// Whether the cooperative-matrix kernel passed its check on this device (run once).
+    cooperative_matrix_verified: OnceLock<bool>,
+}
+
+/// What the device offers for cooperative matrices (tensor cores), as the convolution kernel
+/// needs them: 16x16x16 multiplies of f16 into f32, run by subgroups of one fixed size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CooperativeMatrixSupport {
+    /// Lanes per subgroup (32 on NVIDIA).
+    pub subgroup_size: u32,
+}
+
+/// Set to `0` to create devices without cooperative matrices (wgpu has them as an experimental
+/// feature), so that f16 networks use the portable kernels.
+pub const COOPERATIVE_MATRIX_ENV: &str = "FPN_COOPERATIVE_MATRIX";
+
+/// The cooperative-matrix support the kernel can use on `adapter`, if any.
+fn cooperative_matrix_support(adapter: &wgpu::Adapter) -> Option<CooperativeMatrixSupport> {
+    let needed = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
+    if !adapter.features().contains(needed)
+        || std::env::var(COOPERATIVE_MATRIX_ENV).is_ok_and(|v| v == "0")
+    {
+        return None;
+    }
+    let fits = adapter.cooperative_matrix_properties().iter().any(|p| {
+        (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+            && p.ab_type == wgpu::CooperativeScalarType::F16
+            && p.cr_type == wgpu::CooperativeScalarType::F32
+    });
+    let info = adapter.get_info();
+    (fits && info.subgroup_min_size == info.subgroup_max_size).then_some(CooperativeMatrixSupport {
+        subgroup_size: info.subgroup_max_size,
+    })
+}
+
+/// The adapter's cooperative-matrix configurations, e.g. `16x16x16 f16->f32`.
+fn cooperative_matrix_configs(adapter: &wgpu::Adapter) -> Vec<String> {
+    if !adapter
+        .features()
+        .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+    {
+        return Vec::new();
+    }
+    adapter
+        .cooperative_matrix_properties()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}x{}x{} {:?}->{:?}",
+                p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type
+            )
+            .to_lowercase()
+        })
+        .collect()
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -97,6 +153,9 @@ pub struct AdapterReport {
     pub timestamps: bool,
     /// Whether shaders may use f16.
     pub shader_f16: bool,
+    /// Cooperative matrix configurations (M x N x K, operand -> accumulator types); empty
+    /// without the feature.
+    pub cooperative_matrix: Vec<String>,
 }
 
 /// Every adapter wgpu sees (all backends, whatever `WGPU_BACKEND` says), hardware first.
@@ -117,6 +176,7 @@ pub async fn available_adapters() -> Vec<AdapterReport> {
                     .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS),
                 timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
                 shader_f16: features.contains(wgpu::Features::SHADER_F16),
+                cooperative_matrix: cooperative_matrix_configs(a),
             }
         })
         .collect()
@@ -213,14 +273,26 @@ impl GpuContext {
         let limits = adapter.limits();
         // Timestamps give the per-stage profile and f16 the half-precision path where the
         // adapter has them; the default float32 path needs neither.
-        let features =
+        let mut features =
             adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16);
+        let cooperative_matrix = cooperative_matrix_support(adapter);
+        let experimental = match cooperative_matrix {
+            Some(_) => {
+                features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+                // SAFETY: wgpu asks the caller to accept that its experimental features may
+                // still have bugs. The only use is the f16 convolution kernel, which is checked
+                // against the portable kernel on this device before any network uses it
+                // (`conv2d_coop::verified`); FPN_COOPERATIVE_MATRIX=0 leaves it off.
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            }
+            None => wgpu::ExperimentalFeatures::disabled(),
+        };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("fpn-wgpu"),
                 required_features: features,
                 required_limits: limits,
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                experimental_features: experimental,
                 memory_hints: wgpu::MemoryHints::Performance,
                 trace: wgpu::Trace::Off,
             })
@@ -229,11 +301,17 @@ impl GpuContext {
                 adapter: info.name.clone(),
                 reason: e.to_string(),
             })?;
-        Ok(Self::build(device, queue, AdapterSummary::from_info(&info)))
+        Ok(Self::build(
+            device,
+            queue,
+            AdapterSummary::from_info(&info),
+            cooperative_matrix,
+        ))
     }
 
     /// Wraps a device and queue that the caller already owns (a renderer's or a game engine's).
-    /// The kernels then respect that device's limits, whatever they are.
+    /// The kernels then respect that device's limits, whatever they are. Cooperative matrices
+    /// are not used on such a device: its adapter's configurations are not known here.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         let adapter = AdapterSummary {
             name: "caller-provided device".into(),
@@ -241,10 +319,15 @@ impl GpuContext {
             device_type: wgpu::DeviceType::Other,
             driver: String::new(),
         };
-        Self::build(device, queue, adapter)
+        Self::build(device, queue, adapter, None)
     }
 
-    fn build(device: wgpu::Device, queue: wgpu::Queue, adapter: AdapterSummary) -> Self {
+    fn build(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        adapter: AdapterSummary,
+        cooperative_matrix: Option<CooperativeMatrixSupport>,
+    ) -> Self {
         if adapter.backend == wgpu::Backend::Gl {
             keep_until_exit(&device);
         }
@@ -277,6 +360,8 @@ impl GpuContext {
                 modules: Mutex::new(HashMap::new()),
                 placeholder,
                 lost,
+                cooperative_matrix,
+                cooperative_matrix_verified: OnceLock::new(),
             }),
         }
     }
@@ -349,6 +434,36 @@ impl GpuContext {
             });
         }
         Ok(())
+    }
+
+    /// Cooperative matrices (tensor cores) as the device offers them, if it was created with
+    /// them: see [`crate::kernels::conv2d_coop`].
+    pub fn cooperative_matrix(&self) -> Option<CooperativeMatrixSupport> {
+        self.inner.cooperative_matrix
+    }
+
+    /// Runs `check` (the error of the cooperative-matrix kernel against the portable one) the
+    /// first time it is asked on this context; true when it ran and agreed within 1e-2.
+    pub(crate) fn cooperative_matrix_verified(
+        &self,
+        check: fn(&GpuContext) -> Result<f64>,
+    ) -> bool {
+        *self.inner.cooperative_matrix_verified.get_or_init(|| {
+            match check(self) {
+                Ok(err) if err <= 1e-2 => {
+                    log::info!("cooperative-matrix convolutions agree with the direct kernel ({err:.1e}); f16 networks use them");
+                    true
+                }
+                Ok(err) => {
+                    log::warn!("cooperative-matrix convolutions disagree with the direct kernel ({err:e}); f16 networks use the direct kernels");
+                    false
+                }
+                Err(e) => {
+                    log::warn!("cooperative-matrix convolutions failed their check ({e}); f16 networks use the direct kernels");
+                    false
+                }
+            }
+        })
     }
 
     /// The largest byte size a single storage binding (one tensor an op reads or writes) may

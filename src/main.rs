@@ -121,8 +121,24 @@ enum Command {
         #[command(flatten)]
         network: NetworkArgs,
     },
-    /// List the GPU adapters wgpu sees, with the limits that matter for the FPN.
-    Info,
+    /// List the GPU adapters wgpu sees, with the limits that matter for the FPN; with
+    /// --kernels, also the kernel each op of the network runs on the adapter that would be used.
+    Info {
+        /// Plan the network (seeded weights) on the chosen adapter and list each op's kernel.
+        #[arg(long)]
+        kernels: bool,
+        /// With --kernels: the input height to plan for.
+        #[arg(long, default_value_t = 224, requires = "kernels")]
+        height: usize,
+        /// With --kernels: the input width to plan for.
+        #[arg(long, default_value_t = 224, requires = "kernels")]
+        width: usize,
+        /// With --kernels: f32 or f16.
+        #[arg(long, default_value = "f32", requires = "kernels")]
+        precision: Precision,
+        #[command(flatten)]
+        network: NetworkArgs,
+    },
     /// Print the pyramid's shapes for an input size, without running the network.
     Shapes {
         /// Input height in pixels.
@@ -343,8 +359,14 @@ fn info() -> Result<()> {
         let l = &a.limits;
         println!("{i}: {}", a.summary);
         println!(
-            "   compute shaders: {}, timestamps: {}, shader-f16: {}",
-            a.compute, a.timestamps, a.shader_f16
+            "   compute shaders: {}, timestamps: {}, shader-f16: {}, cooperative matrices: {}",
+            a.compute,
+            a.timestamps,
+            a.shader_f16,
+            match a.cooperative_matrix.is_empty() {
+                true => "none".to_string(),
+                false => a.cooperative_matrix.join(", "),
+            }
         );
         println!(
             "   max storage binding {} MiB, max buffer {} MiB, workgroup storage {} KiB, \
@@ -357,6 +379,41 @@ fn info() -> Result<()> {
         );
     }
     println!("WGPU_BACKEND and WGPU_ADAPTER_NAME choose among these; by default the first that runs compute.");
+    Ok(())
+}
+
+/// Plans the network for `shape` on the adapter `GpuContext::new` picks and prints the kernel
+/// of every launch, then how many launches each kernel has.
+fn kernel_report(network: &NetworkArgs, shape: [usize; 4], precision: Precision) -> Result<()> {
+    let ctx = GpuContext::new()?;
+    let options = FpnOptions::default().with_precision(precision);
+    let fpn = Fpn::with_options(&ctx, &VarStore::random(0), network.config()?, options)?;
+    let plan = fpn.plan(shape)?;
+    println!(
+        "\nkernels on {} for {shape:?} in {precision}:",
+        ctx.adapter()
+    );
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for (node, kernel) in plan.kernels() {
+        println!("   {node:<28} {kernel}");
+        match counts.iter_mut().find(|(k, _)| *k == kernel) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((kernel, 1)),
+        }
+    }
+    let summary: Vec<String> = counts.iter().map(|(k, c)| format!("{k} x{c}")).collect();
+    println!(
+        "   {} launches: {}",
+        plan.dispatches().len(),
+        summary.join(", ")
+    );
+    match ctx.cooperative_matrix() {
+        Some(c) => println!(
+            "   cooperative matrices: yes (subgroup size {}); used by f16 networks when their check passes",
+            c.subgroup_size
+        ),
+        None => println!("   cooperative matrices: not on this device"),
+    }
     Ok(())
 }
 
@@ -411,7 +468,16 @@ fn main() -> ExitCode {
                 )),
             }
         }
-        Command::Info => info(),
+        Command::Info {
+            kernels,
+            height,
+            width,
+            precision,
+            network,
+        } => info().and_then(|()| match kernels {
+            true => kernel_report(network, [1, 3, *height, *width], *precision),
+            false => Ok(()),
+        }),
         Command::Shapes {
             height,
             width,

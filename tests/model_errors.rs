@@ -283,6 +283,31 @@ fn cli_runs_and_reports_bad_input_in_one_line() {
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("max storage binding"));
+    // Which kernel each op runs: the row-tiled convolutions on the software adapters.
+    let out = Command::new(env!("CARGO_BIN_EXE_fpn"))
+        .args([
+            "info",
+            "--kernels",
+            "--blocks",
+            "1,1,1,1",
+            "--height",
+            "40",
+            "--width",
+            "48",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("layer1.0.conv1") && text.contains("conv2d_rows"),
+        "{text}"
+    );
+    assert!(text.contains("cooperative matrices:"), "{text}");
 
     // Usage errors exit with 2.
     let (code, _) = fpn_cli(&["run", "--weights", w]);

@@ -102,7 +102,7 @@ fn f16_convolutions_match_the_reference() {
             // Winograd's transformed weights are rounded to f16 too: a little more error.
             let tol = match algorithm {
                 ConvAlgorithm::Winograd => 3.0 * F16_TOL,
-                ConvAlgorithm::Direct => F16_TOL,
+                _ => F16_TOL,
             };
             let got = got.download(ctx).unwrap();
             worst = worst.max(assert_close(&name, &got, &want, tol));
@@ -273,4 +273,113 @@ fn precision_names_parse_and_print() {
     assert_eq!("half".parse::<Precision>().unwrap(), F16);
     let e = "f8".parse::<Precision>().unwrap_err();
     assert!(e.contains("f32 or f16"), "{e}");
+}
+
+/// The one test that needs hardware CI lacks: cooperative matrices (tensor cores). Where the
+/// device has them, every convolution shape class runs on them against the CPU reference, the
+/// kernel must have passed its own check, and an f16 network must use it.
+#[test]
+fn cooperative_matrix_convolutions_match_the_reference_where_the_device_has_them() {
+    use fpn_wgpu::kernels::conv2d_coop;
+    let Some(ctx) = f16_gpu() else { return };
+    if conv2d_coop::subgroup_size(ctx).is_none() {
+        eprintln!(
+            "SKIPPED: {} has no cooperative matrices (wgpu's EXPERIMENTAL_COOPERATIVE_MATRIX with 16x16x16 f16 -> f32 and a fixed subgroup size); this test runs on GPUs that have them",
+            ctx.adapter()
+        );
+        return;
+    }
+    assert!(
+        conv2d_coop::verified(ctx),
+        "the kernel failed its check on this device (see the log)"
+    );
+    let mut rng = SplitMix64::new(41);
+    let mut worst: f64 = 0.0;
+    // The network's shape classes and the block edges: 7x7/2 stem, 3x3 pad 1 (stride 1 and 2),
+    // 1x1, channel counts and K off the 16 and 64 grids, pixel counts off the block.
+    let cases = [
+        ([1, 3, 37, 41], 64, 7, 2, 3),
+        ([2, 20, 9, 11], 70, 3, 1, 1),
+        ([1, 64, 30, 34], 64, 3, 2, 1),
+        ([1, 130, 13, 7], 256, 1, 1, 0),
+        ([1, 33, 13, 17], 19, 1, 2, 0),
+    ];
+    for (i, &(input, cout, k, stride, pad)) in cases.iter().enumerate() {
+        let w_shape = [cout, input[1], k, k];
+        let x = rounded(&mut rng, numel(input), -1.0, 1.0);
+        let bound = (3.0 / (input[1] * k * k) as f32).sqrt();
+        let w = rounded(&mut rng, numel(w_shape), -bound, bound);
+        let bias = rng.vec(cout, -0.5, 0.5);
+        let opts = Conv2dOptions::new(stride, pad).with_relu(true);
+        let out_shape = conv2d::output_shape(input, w_shape, &opts).unwrap();
+        let residual = rounded(&mut rng, numel(out_shape), -1.0, 1.0);
+        let weights = Conv2dWeights::with_precision(
+            ctx,
+            w_shape,
+            &w,
+            Some(&bias),
+            None,
+            ConvAlgorithm::CooperativeMatrix,
+            F16,
+        )
+        .unwrap();
+        let xt = Tensor::from_slice_as(ctx, input, &x, F16).unwrap();
+        let rt = Tensor::from_slice_as(ctx, out_shape, &residual, F16).unwrap();
+        let got = conv2d::conv2d(ctx, &xt, &weights, Some(&rt), &opts)
+            .unwrap()
+            .download(ctx)
+            .unwrap();
+        let (want, _) = reference::conv2d(
+            &x,
+            input,
+            &w,
+            w_shape,
+            Some(&bias),
+            None,
+            Some(&residual),
+            &opts,
+        );
+        worst = worst.max(assert_close(
+            &format!("coop conv {i}"),
+            &got,
+            &want,
+            F16_TOL,
+        ));
+    }
+    eprintln!("cooperative-matrix conv2d: worst max relative error {worst:e}");
+
+    let config = FpnConfig::with_blocks([1, 1, 1, 1]);
+    let options = FpnOptions::default().with_precision(F16);
+    let fpn = Fpn::with_options(
+        ctx,
+        &fpn_wgpu::weights::VarStore::random(2),
+        config,
+        options,
+    )
+    .unwrap();
+    let plan = fpn.plan([1, 3, 64, 64]).unwrap();
+    assert!(
+        plan.kernels().iter().any(|(_, k)| *k == "conv2d_coop"),
+        "an f16 network uses the cooperative-matrix kernel"
+    );
+}
+
+#[test]
+fn cooperative_matrix_weights_are_refused_where_they_cannot_run() {
+    let ctx = common::gpu();
+    if fpn_wgpu::kernels::conv2d_coop::subgroup_size(ctx).is_some() {
+        return;
+    }
+    let e = Conv2dWeights::with_precision(
+        ctx,
+        [4, 3, 1, 1],
+        &[0.1; 12],
+        None,
+        None,
+        ConvAlgorithm::CooperativeMatrix,
+        Precision::F32,
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    assert!(e.to_string().contains("ConvAlgorithm::Direct"), "{e}");
 }

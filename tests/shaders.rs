@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use fpn_wgpu::kernels::conv2d_coop::{self, CoopTile};
 use fpn_wgpu::kernels::conv2d_rows::{self, RowTile};
 use fpn_wgpu::kernels::SHADERS;
 use fpn_wgpu::Precision;
@@ -12,8 +13,9 @@ fn validate(name: &str, source: &str) -> naga::Module {
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(source)));
     let mut validator = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
-        // f16 storage is what the SHADER_F16 feature grants.
-        naga::valid::Capabilities::SHADER_FLOAT16,
+        // f16 storage and cooperative matrices: what SHADER_F16 and
+        // EXPERIMENTAL_COOPERATIVE_MATRIX grant.
+        naga::valid::Capabilities::SHADER_FLOAT16 | naga::valid::Capabilities::COOPERATIVE_MATRIX,
     );
     validator
         .validate(&module)
@@ -59,11 +61,16 @@ fn every_shader_file_belongs_to_a_kernel_and_back() {
 
 #[test]
 fn every_shader_validates_in_every_precision_and_params_match_rust() {
-    for (s, precision) in SHADERS.iter().flat_map(|s| Precision::ALL.map(|p| (s, p))) {
+    for (s, &precision) in SHADERS
+        .iter()
+        .flat_map(|s| s.precisions.iter().map(move |p| (s, p)))
+    {
         let module = validate(&format!("{} ({precision})", s.name), &s.module(precision));
-        // The row kernel's entry point is generated; the test below validates those.
+        // The row and cooperative-matrix kernels' entry points are generated; the tests below
+        // validate those.
+        let generated = [conv2d_rows::SHADER.name, conv2d_coop::SHADER.name];
         assert!(
-            !module.entry_points.is_empty() || s.name == conv2d_rows::SHADER.name,
+            !module.entry_points.is_empty() || generated.contains(&s.name),
             "{} has no entry point",
             s.name
         );
@@ -120,4 +127,44 @@ fn generated_row_kernels_validate_for_every_shape_the_network_uses_and_more() {
         }
     }
     assert_eq!(count, 144);
+}
+
+/// The cooperative-matrix kernel cannot run on CI's adapters; naga's WGSL front end, validator
+/// and SPIR-V writer (what wgpu's Vulkan backend runs on it) must all accept it, for the block
+/// shapes a tuning would try.
+#[test]
+fn generated_cooperative_matrix_kernels_validate_and_compile_to_spirv() {
+    for (m_tiles, n_tiles) in [(4, 4), (2, 4), (4, 2), (1, 1)] {
+        let tile = CoopTile { m_tiles, n_tiles };
+        let module = validate(&tile.key(), &tile.module_source());
+        let mut validator = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        );
+        let info = validator.validate(&module).unwrap();
+        let entry = Some((naga::ShaderStage::Compute, "conv2d_coop"));
+        let constants = [("SG".to_string(), 32.0), ("UPSAMPLE".to_string(), 1.0)]
+            .into_iter()
+            .collect();
+        let (module, info) =
+            naga::back::pipeline_constants::process_overrides(&module, &info, entry, &constants)
+                .unwrap_or_else(|e| panic!("{}: {e}", tile.key()));
+        let words = naga::back::spv::write_vec(
+            &module,
+            &info,
+            &naga::back::spv::Options::default(),
+            Some(&naga::back::spv::PipelineOptions {
+                shader_stage: naga::ShaderStage::Compute,
+                entry_point: "conv2d_coop".into(),
+            }),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", tile.key()));
+        assert!(words.len() > 1000, "{}", tile.key());
+        assert!(
+            tile.workgroup_bytes() <= 48 * 1024,
+            "{}: {} bytes of workgroup memory",
+            tile.key(),
+            tile.workgroup_bytes()
+        );
+    }
 }

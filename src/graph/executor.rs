@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, ErrorScopes, GpuContext};
 use crate::kernels::batch_norm::{self, BatchNormWeights};
 use crate::kernels::conv2d::{self, Conv2dOptions, Conv2dWeights, ConvAlgorithm, ResidualMode};
+use crate::kernels::conv2d_coop;
 use crate::kernels::convert;
 use crate::kernels::elementwise;
 use crate::kernels::max_pool2d::{self, MaxPool2dOptions};
@@ -68,6 +69,8 @@ pub struct Plan {
     dispatches: Vec<Dispatch>,
     /// The stage of each dispatch, parallel to `dispatches`.
     stages: Vec<String>,
+    /// The node of each dispatch, parallel to `dispatches`.
+    names: Vec<String>,
     outputs: Vec<(String, usize)>,
     memory: MemoryPlan,
     flops: u64,
@@ -103,6 +106,15 @@ impl Plan {
     /// (2 per multiply-add); the convolutions' work, which is nearly all of it.
     pub fn conv_flops(&self) -> u64 {
         self.flops
+    }
+
+    /// Each launch as (node name, kernel): which kernel each op runs on this device.
+    pub fn kernels(&self) -> Vec<(&str, &str)> {
+        self.names
+            .iter()
+            .zip(&self.dispatches)
+            .map(|(n, d)| (n.as_str(), d.label()))
+            .collect()
     }
 
     /// The stages in execution order, each once.
@@ -156,6 +168,8 @@ impl Executor {
         precision: Precision,
     ) -> Result<Self> {
         ctx.check_precision("Executor", precision)?;
+        // Tensor cores where the device has them and the kernel passed its check there.
+        let cooperative = precision == Precision::F16 && conv2d_coop::verified(ctx);
         let mut weight_bytes = 0;
         let mut nodes = Vec::with_capacity(graph.nodes.len());
         for node in graph.nodes {
@@ -168,7 +182,9 @@ impl Executor {
                         && w.shape[2..] == [3, 3]
                         && opts.stride == (1, 1)
                         && !matches!(opts.residual, ResidualMode::Upsampled(_));
-                    let algorithm = if winograd {
+                    let algorithm = if cooperative {
+                        ConvAlgorithm::CooperativeMatrix
+                    } else if winograd {
                         ConvAlgorithm::Winograd
                     } else {
                         ConvAlgorithm::Direct
@@ -327,6 +343,7 @@ impl Executor {
 
         let mut dispatches = Vec::with_capacity(self.nodes.len());
         let mut stages = Vec::with_capacity(self.nodes.len());
+        let mut names = Vec::with_capacity(self.nodes.len());
         let mut flops = 0u64;
         for (i, node) in self.nodes.iter().enumerate() {
             if let GpuOp::Conv2d(w, _) = &node.op {
@@ -355,12 +372,14 @@ impl Executor {
             .map_err(|e| at_node(&node.name, e))?;
             dispatches.push(d);
             stages.push(node.stage.clone());
+            names.push(node.name.clone());
         }
         Ok(Plan {
             input_shape,
             values,
             dispatches,
             stages,
+            names,
             outputs: self.outputs.clone(),
             memory,
             flops,

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
+use crate::kernels::conv2d_coop as coop;
 use crate::kernels::conv2d_rows::{couts_per_invocation, RowTile, ROW_PIXELS};
 use crate::kernels::upsample_add::UpsampleMode;
 use crate::kernels::{check_io, check_output_shape, ShaderSource};
@@ -54,6 +55,20 @@ pub enum ConvAlgorithm {
     Direct,
     /// Winograd F(2x2, 3x3): 3x3 kernels with stride 1, 2.25x fewer multiplies.
     Winograd,
+    /// Implicit GEMM on cooperative matrices (tensor cores): f16 only, on devices with
+    /// [`GpuContext::cooperative_matrix`]; see [`crate::kernels::conv2d_coop`].
+    CooperativeMatrix,
+}
+
+impl ConvAlgorithm {
+    /// Output channels the weights are padded to a multiple of: a whole channel tile of every
+    /// kernel, or a whole block of the cooperative-matrix one.
+    fn cout_align(self) -> usize {
+        match self {
+            ConvAlgorithm::Direct | ConvAlgorithm::Winograd => COUT_ALIGN,
+            ConvAlgorithm::CooperativeMatrix => coop::DEFAULT_TILE.block_channels(),
+        }
+    }
 }
 
 /// Winograd's G (4x3): U = G g G^T turns a 3x3 kernel into a 4x4 one.
@@ -184,17 +199,19 @@ pub struct Conv2dWeights {
     shape: [usize; 4],
     algorithm: ConvAlgorithm,
     precision: Precision,
+    /// Output channels after padding: the row length of the weights and of the affine.
+    cout_pad: usize,
     weights: wgpu::Buffer,
     affine: wgpu::Buffer,
 }
 
 /// Reorders OIHW weights to `[K][cout_pad]` (K = input channel x kernel tap), zero padding the
-/// output channels to a multiple of [`COUT_ALIGN`] so the kernels load them as vec4s.
-fn to_k_major(shape: [usize; 4], weight: &[f32]) -> Vec<f32> {
+/// output channels to `cout_pad` (so the kernels load them as vec4s, or as whole blocks) and K
+/// to a multiple of `k_align` (whole steps of the cooperative-matrix kernel).
+fn to_k_major(shape: [usize; 4], weight: &[f32], cout_pad: usize, k_align: usize) -> Vec<f32> {
     let [cout, cin, kh, kw] = shape;
     let k_len = cin * kh * kw;
-    let cout_pad = cout.next_multiple_of(COUT_ALIGN);
-    let mut out = vec![0.0f32; k_len * cout_pad];
+    let mut out = vec![0.0f32; k_len.next_multiple_of(k_align) * cout_pad];
     for co in 0..cout {
         for k in 0..k_len {
             out[k * cout_pad + co] = weight[co * k_len + k];
@@ -272,7 +289,18 @@ impl Conv2dWeights {
             }
             Ok(())
         };
-        let cout_pad = cout.next_multiple_of(COUT_ALIGN);
+        if algorithm == ConvAlgorithm::CooperativeMatrix
+            && (precision != Precision::F16 || coop::subgroup_size(ctx).is_none())
+        {
+            return Err(Error::Unsupported {
+                op: OP,
+                message: format!(
+                    "cooperative-matrix weights need f16 (asked: {precision}) and a device with 16x16x16 f16 cooperative matrices (this one: {}); use ConvAlgorithm::Direct",
+                    if ctx.cooperative_matrix().is_some() { "yes, but too little workgroup memory" } else { "no" }
+                ),
+            });
+        }
+        let cout_pad = cout.next_multiple_of(algorithm.cout_align());
         let mut scale_shift = vec![0.0f32; 2 * cout_pad];
         scale_shift[..cout].fill(1.0);
         if let Some(b) = bias {
@@ -289,7 +317,8 @@ impl Conv2dWeights {
             }
         }
         let packed = match algorithm {
-            ConvAlgorithm::Direct => to_k_major(shape, weight),
+            ConvAlgorithm::Direct => to_k_major(shape, weight, cout_pad, 1),
+            ConvAlgorithm::CooperativeMatrix => to_k_major(shape, weight, cout_pad, coop::MATRIX),
             ConvAlgorithm::Winograd if shape[2..] == [3, 3] => to_winograd(shape, weight),
             ConvAlgorithm::Winograd => {
                 return Err(Error::invalid(
@@ -306,6 +335,7 @@ impl Conv2dWeights {
             shape,
             algorithm,
             precision,
+            cout_pad,
             weights: ctx.storage_from("conv2d weights", &packed),
             affine: ctx.storage_from("conv2d affine", &scale_shift),
         })
@@ -460,6 +490,25 @@ pub fn prepare(
             let grid = grid_for(lanes, cout.div_ceil(COUT_TILE), n, (wg_pix, wg_co));
             (pipeline, "conv2d_winograd", grid, x.binding())
         }
+        (ConvAlgorithm::CooperativeMatrix, _) => {
+            // Checked when the weights were made; the context is the same.
+            let sg = coop::subgroup_size(ctx).unwrap_or(32);
+            let tile = coop::DEFAULT_TILE;
+            constants.push(("SG", sg));
+            let pipeline = ctx.pipeline_from(
+                &tile.key(),
+                || tile.module_source(),
+                "conv2d_coop",
+                &constants,
+            )?;
+            let count = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+            let grid = [
+                count((oh * ow).div_ceil(tile.block_pixels())),
+                count(cout.div_ceil(tile.block_channels())),
+                count(n),
+            ];
+            (pipeline, "conv2d_coop", grid, x.binding())
+        }
         (ConvAlgorithm::Direct, Some(vec4_input)) if opts.padding == (0, 0) => {
             let tile = RowTile {
                 kernel: (kh, kw),
@@ -509,7 +558,7 @@ pub fn prepare(
         out_channels: cout as u32,
         out_height: out_h as u32,
         out_width: out_w as u32,
-        cout_vec4: (cout.next_multiple_of(COUT_ALIGN) / 4) as u32,
+        cout_vec4: (weights.cout_pad / 4) as u32,
         kernel_h: kh as u32,
         kernel_w: kw as u32,
         stride_h: opts.stride.0 as u32,

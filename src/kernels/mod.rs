@@ -4,6 +4,7 @@
 
 pub mod batch_norm;
 pub mod conv2d;
+pub mod conv2d_coop;
 pub mod conv2d_rows;
 pub mod convert;
 pub mod elementwise;
@@ -53,6 +54,7 @@ impl ShaderSource {
 pub const SHADERS: &[&ShaderSource] = &[
     &conv2d::SHADER,
     &conv2d_rows::SHADER,
+    &conv2d_coop::SHADER,
     &batch_norm::SHADER,
     &max_pool2d::SHADER,
     &pad2d::SHADER,

@@ -6,6 +6,7 @@
 //! cargo run --release --example bench -- --height 600 --width 900 --batch 1 --iters 5
 //! WGPU_BACKEND=gl cargo run --release --example bench -- --height 224 --width 224
 //! cargo run --release --example bench -- --precision f16
+//! cargo run --release --example bench -- --height 224 --width 224 --per-op   # one line per launch
 //! ```
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -23,7 +24,7 @@ mod native {
 
     use anyhow::Result;
     use clap::Parser;
-    use fpn_wgpu::graph::executor::Algorithms;
+    use fpn_wgpu::graph::executor::{Algorithms, Granularity};
     use fpn_wgpu::rng::SplitMix64;
     use fpn_wgpu::weights::VarStore;
     use fpn_wgpu::{Fpn, FpnConfig, FpnOptions, Fusion, GpuContext, Precision, Tensor};
@@ -55,6 +56,9 @@ mod native {
         /// Storage of weights and activations: f32 or f16 (f32 sums either way).
         #[arg(long, default_value = "f32")]
         precision: Precision,
+        /// Also time every kernel launch on its own (GPU timestamps) and list them, slowest first.
+        #[arg(long)]
+        per_op: bool,
     }
 
     fn mib(bytes: u64) -> f64 {
@@ -107,7 +111,8 @@ mod native {
         let median = times[times.len() / 2];
         let (min, max) = (times[0], times[times.len() - 1]);
         let gflop = plan.conv_flops() as f64 * 1e-9;
-        let (_, stages) = pollster::block_on(fpn.executor().profile_async(&input))?;
+        let executor = fpn.executor();
+        let (_, stages) = pollster::block_on(executor.profile_async(&input, Granularity::Stages))?;
 
         println!("adapter: {}", ctx.adapter());
         println!(
@@ -144,6 +149,26 @@ mod native {
                 }
             }
             None => println!("GPU time per stage: this adapter has no timestamp queries"),
+        }
+        if args.per_op {
+            match pollster::block_on(executor.profile_async(&input, Granularity::Ops))?.1 {
+                Some(ops) => {
+                    let mut rows: Vec<(&(String, f64), u64)> = ops
+                        .iter()
+                        .zip(plan.dispatch_flops().iter().copied())
+                        .collect();
+                    rows.sort_by(|a, b| b.0 .1.total_cmp(&a.0 .1));
+                    println!("GPU time per launch (one profiled forward, slowest first):");
+                    for ((label, t), flops) in rows {
+                        let rate = match flops {
+                            0 => String::new(),
+                            f => format!("{:>6.1} GFLOP/s", f as f64 * 1e-9 / t),
+                        };
+                        println!("  {label:<40} {:>9.2} ms  {rate}", t * 1e3);
+                    }
+                }
+                None => println!("GPU time per launch: this adapter has no timestamp queries"),
+            }
         }
         println!(
             "memory: activations {:.1} MiB in {} buffers (liveness lower bound {:.1} MiB, ratio {:.2}), weights {:.1} MiB",

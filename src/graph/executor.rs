@@ -7,6 +7,7 @@
 //! kernels accumulate in f32), the input is converted on the way in and the outputs come back as
 //! f32 tensors, all within the same submit.
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use super::plan::{plan_memory, MemoryPlan};
@@ -41,6 +42,19 @@ pub enum Algorithms {
     Winograd,
 }
 
+/// A label and the range of a plan's dispatches timed together.
+type TimedGroup = (String, Range<usize>);
+
+/// How finely [`Executor::profile_async`] times a forward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Granularity {
+    /// One time per stage of the network (`stem`, `layer1`, ..., `smooth`).
+    #[default]
+    Stages,
+    /// One time per kernel launch: for tuning (each launch gets its own compute pass).
+    Ops,
+}
+
 /// An op with its weights on the GPU.
 enum GpuOp {
     Input,
@@ -71,6 +85,8 @@ pub struct Plan {
     stages: Vec<String>,
     /// The node of each dispatch, parallel to `dispatches`.
     names: Vec<String>,
+    /// The direct-convolution FLOPs of each dispatch (0 for ops that are not convolutions).
+    dispatch_flops: Vec<u64>,
     outputs: Vec<(String, usize)>,
     memory: MemoryPlan,
     flops: u64,
@@ -108,6 +124,11 @@ impl Plan {
         self.flops
     }
 
+    /// The FLOPs of each launch as [`Plan::conv_flops`] counts them (0 for the other ops).
+    pub fn dispatch_flops(&self) -> &[u64] {
+        &self.dispatch_flops
+    }
+
     /// Each launch as (node name, kernel): which kernel each op runs on this device.
     pub fn kernels(&self) -> Vec<(&str, &str)> {
         self.names
@@ -115,6 +136,29 @@ impl Plan {
             .zip(&self.dispatches)
             .map(|(n, d)| (n.as_str(), d.label()))
             .collect()
+    }
+
+    /// Consecutive launches timed together: per stage (`stem`, `layer1`, ...) or per op
+    /// (`layer1.0.conv2 conv2d_rows`), as (label, range of [`Plan::dispatches`]).
+    pub fn groups(&self, granularity: Granularity) -> Vec<(String, Range<usize>)> {
+        match granularity {
+            Granularity::Ops => self
+                .kernels()
+                .into_iter()
+                .enumerate()
+                .map(|(i, (node, kernel))| (format!("{node} {kernel}"), i..i + 1))
+                .collect(),
+            Granularity::Stages => {
+                let mut out: Vec<(String, Range<usize>)> = Vec::new();
+                for (i, s) in self.stages.iter().enumerate() {
+                    match out.last_mut() {
+                        Some((last, range)) if last == s => range.end = i + 1,
+                        _ => out.push((s.clone(), i..i + 1)),
+                    }
+                }
+                out
+            }
+        }
     }
 
     /// The stages in execution order, each once.
@@ -344,12 +388,15 @@ impl Executor {
         let mut dispatches = Vec::with_capacity(self.nodes.len());
         let mut stages = Vec::with_capacity(self.nodes.len());
         let mut names = Vec::with_capacity(self.nodes.len());
-        let mut flops = 0u64;
+        let mut dispatch_flops = Vec::with_capacity(self.nodes.len());
         for (i, node) in self.nodes.iter().enumerate() {
-            if let GpuOp::Conv2d(w, _) = &node.op {
-                let [_, cin, kh, kw] = w.shape();
-                flops += 2 * (numel(shapes[i]) * cin * kh * kw) as u64;
-            }
+            let node_flops = match &node.op {
+                GpuOp::Conv2d(w, _) => {
+                    let [_, cin, kh, kw] = w.shape();
+                    2 * (numel(shapes[i]) * cin * kh * kw) as u64
+                }
+                _ => 0,
+            };
             let x = |k: usize| &values[node.inputs[k]];
             let out = &values[i];
             let d = match &node.op {
@@ -373,6 +420,7 @@ impl Executor {
             dispatches.push(d);
             stages.push(node.stage.clone());
             names.push(node.name.clone());
+            dispatch_flops.push(node_flops);
         }
         Ok(Plan {
             input_shape,
@@ -380,9 +428,10 @@ impl Executor {
             dispatches,
             stages,
             names,
+            flops: dispatch_flops.iter().sum(),
+            dispatch_flops,
             outputs: self.outputs.clone(),
             memory,
-            flops,
         })
     }
 
@@ -392,26 +441,28 @@ impl Executor {
         self.submit(input, None)
     }
 
-    /// Runs one forward with a GPU timestamp around each stage and returns the outputs and the
-    /// GPU time of each stage in seconds, in execution order; `None` for the times when the
-    /// adapter has no timestamp queries. Waits for the GPU.
+    /// Runs one forward with a GPU timestamp around each stage (or each launch, as
+    /// `granularity` says) and returns the outputs and the GPU time of each in seconds, in
+    /// execution order; `None` for the times when the adapter has no timestamp queries. Waits
+    /// for the GPU.
     pub async fn profile_async(
         &self,
         input: &Tensor,
+        granularity: Granularity,
     ) -> Result<(Vec<(String, Tensor)>, Option<Vec<(String, f64)>>)> {
         if !self.ctx.supports_timestamps() {
             return Ok((self.forward(input)?, None));
         }
         let plan = self.plan(input.shape())?;
-        let stages = plan.stages();
-        let count = 2 * stages.len() as u32;
+        let groups = plan.groups(granularity);
+        let count = 2 * groups.len() as u32;
         let device = self.ctx.device();
         let queries = device.create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("stage timestamps"),
             ty: wgpu::QueryType::Timestamp,
             count,
         });
-        let outputs = self.submit(input, Some(&queries))?;
+        let outputs = self.submit(input, Some((&queries, &groups)))?;
         let resolve = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("timestamps"),
             size: count as u64 * 8,
@@ -445,24 +496,24 @@ impl Executor {
         };
         readback.unmap();
         let period_ns = self.ctx.queue().get_timestamp_period() as f64;
-        let times = stages
-            .iter()
+        let times = groups
+            .into_iter()
             .enumerate()
-            .map(|(i, s)| {
+            .map(|(i, (label, _))| {
                 let dt = ticks[2 * i + 1].saturating_sub(ticks[2 * i]);
-                (s.to_string(), dt as f64 * period_ns * 1e-9)
+                (label, dt as f64 * period_ns * 1e-9)
             })
             .collect();
         Ok((outputs, Some(times)))
     }
 
     /// Records and submits one forward: copy the input in, every dispatch (one compute pass, or
-    /// one per stage with timestamps around each when `timestamps` is given), copy the outputs
+    /// one per group with timestamps around each when `timestamps` is given), copy the outputs
     /// into fresh tensors.
     fn submit(
         &self,
         input: &Tensor,
-        timestamps: Option<&wgpu::QuerySet>,
+        timestamps: Option<(&wgpu::QuerySet, &[TimedGroup])>,
     ) -> Result<Vec<(String, Tensor)>> {
         self.ctx.check_alive()?;
         let plan = self.plan(input.shape())?;
@@ -510,25 +561,19 @@ impl Executor {
                     d.record(&mut pass);
                 }
             }
-            Some(query_set) => {
-                let mut start = 0;
-                for (i, stage) in plan.stages().iter().enumerate() {
-                    let len = plan.stages[start..]
-                        .iter()
-                        .take_while(|s| s == stage)
-                        .count();
+            Some((query_set, groups)) => {
+                for (i, (label, range)) in groups.iter().enumerate() {
                     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some(stage),
+                        label: Some(label),
                         timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
                             query_set,
                             beginning_of_pass_write_index: Some(2 * i as u32),
                             end_of_pass_write_index: Some(2 * i as u32 + 1),
                         }),
                     });
-                    for d in &plan.dispatches[start..start + len] {
+                    for d in &plan.dispatches[range.clone()] {
                         d.record(&mut pass);
                     }
-                    start += len;
                 }
             }
         }

@@ -165,39 +165,55 @@ impl RowTile {
         let _ = writeln!(w, "        return;");
         let _ = writeln!(w, "    }}");
         let _ = writeln!(w, "    let row = oy * p.out_width + ox0;");
-        // The epilogue stays a loop over an array of the accumulators. Inlined once per value it
-        // made the shaders several times larger: a cold compile of the op tests' kernels took
-        // 50-60 s instead of 9 on llvmpipe, long enough for wgpu's GL backend to give up on its
-        // context lock in other threads. The unrolled epilogue measured 0.56 s a forward at 224x224
-        // against 0.64 for this loop, single runs on a machine whose noise is about 10%: not
-        // worth a compile that can fail.
-        let names: Vec<String> = (0..m4)
-            .flat_map(|m| (0..ROW_PIXELS).map(move |j| format!("a{m}_{j}")))
-            .collect();
-        let _ = writeln!(
-            w,
-            "    let acc = array<vec4<f32>, {}>({});",
-            names.len(),
-            names.join(", ")
-        );
-        let _ = writeln!(w, "    for (var m = 0u; m < {m4}u; m++) {{");
-        let _ = writeln!(w, "        for (var j = 0u; j < {ROW_PIXELS}u; j++) {{");
-        let _ = writeln!(w, "            if (ox0 + j >= p.out_width) {{");
-        let _ = writeln!(w, "                break;");
-        let _ = writeln!(w, "            }}");
-        let _ = writeln!(w, "            let v = acc[m * {ROW_PIXELS}u + j];");
-        let _ = writeln!(w, "            for (var c = 0u; c < 4u; c++) {{");
-        let _ = writeln!(w, "                let co = co_base + m * 4u + c;");
-        let _ = writeln!(w, "                if (co < p.out_channels) {{");
-        let _ = writeln!(
-            w,
-            "                    store_output(n, co, row + j, v[c], UPSAMPLE);"
-        );
-        let _ = writeln!(w, "                }}");
-        let _ = writeln!(w, "            }}");
+        // The epilogue loops over the 8 pixels; each pixel's accumulators are picked from the
+        // named variables with a tree of selects on the loop index, and the channels are
+        // unrolled. Indexing an array of the accumulators instead (the former epilogue) compiles,
+        // on lavapipe, to per-lane scratch memory: a 1x1 64->256 conv at 150x225 ran at 7.8
+        // GFLOP/s that way and 18.1 this way (GL: 19.1 and 19.6; 3x3 256->256: 27.6 -> 30.9 on
+        // Vulkan, 32.6 -> 34.2 on GL). Unrolling the pixels as well was slower (15.5) and made
+        // the shaders several times larger: a cold compile of the op tests' kernels took 50-60 s
+        // instead of 9 on llvmpipe, long enough for wgpu's GL backend to give up on its context
+        // lock in other threads.
+        let _ = writeln!(w, "    for (var j = 0u; j < {ROW_PIXELS}u; j++) {{");
+        let _ = writeln!(w, "        if (ox0 + j >= p.out_width) {{");
+        let _ = writeln!(w, "            break;");
         let _ = writeln!(w, "        }}");
+        for m in 0..m4 {
+            let _ = writeln!(
+                w,
+                "        let v{m} = {};",
+                select_tree(&format!("a{m}_"), ROW_PIXELS)
+            );
+            for c in 0..4 {
+                let co = m * 4 + c;
+                let _ = writeln!(w, "        if (co_base + {co}u < p.out_channels) {{");
+                let _ = writeln!(
+                    w,
+                    "            store_output(n, co_base + {co}u, row + j, v{m}[{c}], UPSAMPLE);"
+                );
+                let _ = writeln!(w, "        }}");
+            }
+        }
         let _ = writeln!(w, "    }}");
         let _ = writeln!(w, "}}");
         s
     }
+}
+
+/// A WGSL expression choosing `{prefix}{j}` among `{prefix}0 .. {prefix}{count - 1}` by the
+/// bits of `j`: a balanced tree of selects (`count` a power of two).
+fn select_tree(prefix: &str, count: usize) -> String {
+    fn node(prefix: &str, lo: usize, len: usize) -> String {
+        if len == 1 {
+            return format!("{prefix}{lo}");
+        }
+        let half = len / 2;
+        format!(
+            "select({}, {}, (j & {half}u) != 0u)",
+            node(prefix, lo, half),
+            node(prefix, lo + half, half)
+        )
+    }
+    debug_assert!(count.is_power_of_two());
+    node(prefix, 0, count)
 }

@@ -7,6 +7,7 @@
 //! WGPU_BACKEND=gl cargo run --release --example bench -- --height 224 --width 224
 //! cargo run --release --example bench -- --precision f16
 //! cargo run --release --example bench -- --height 224 --width 224 --per-op   # one line per launch
+//! cargo run --release --example bench -- --suite   # batch 1 and 8, 600x900 and 224x224, f32 and f16
 //! ```
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -29,7 +30,7 @@ mod native {
     use fpn_wgpu::weights::VarStore;
     use fpn_wgpu::{Fpn, FpnConfig, FpnOptions, Fusion, GpuContext, Precision, Tensor};
 
-    #[derive(Parser)]
+    #[derive(Parser, Clone)]
     #[command(about = "Time FPN forwards")]
     struct Args {
         #[arg(long, default_value_t = 600)]
@@ -59,6 +60,10 @@ mod native {
         /// Also time every kernel launch on its own (GPU timestamps) and list them, slowest first.
         #[arg(long)]
         per_op: bool,
+        /// Run every combination of batch 1 and 8, 600x900 and 224x224, f32 and f16 (where the
+        /// adapter has it), each reported as a single run would be; for GPUs.
+        #[arg(long)]
+        suite: bool,
     }
 
     fn mib(bytes: u64) -> f64 {
@@ -69,6 +74,35 @@ mod native {
         env_logger::init();
         let args = Args::parse();
         let ctx = GpuContext::new()?;
+        if !args.suite {
+            return run(&ctx, &args);
+        }
+        let mut precisions = vec![Precision::F32];
+        if ctx.supports_f16() {
+            precisions.push(Precision::F16);
+        } else {
+            println!("{}: no shader-f16, the suite runs f32 only", ctx.adapter());
+        }
+        for precision in precisions {
+            for (height, width) in [(600, 900), (224, 224)] {
+                for batch in [1, 8] {
+                    let one = Args {
+                        precision,
+                        height,
+                        width,
+                        batch,
+                        ..args.clone()
+                    };
+                    run(&ctx, &one)?;
+                    println!();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the network, times it and prints the report for one configuration.
+    fn run(ctx: &GpuContext, args: &Args) -> Result<()> {
         let fusion = if args.unfused {
             Fusion::Unfused
         } else {
@@ -85,10 +119,10 @@ mod native {
             algorithms,
             precision: args.precision,
         };
-        let fpn = Fpn::with_options(&ctx, &VarStore::random(0), config, options)?;
+        let fpn = Fpn::with_options(ctx, &VarStore::random(0), config, options)?;
         let shape = [args.batch, 3, args.height, args.width];
         let input = Tensor::from_slice(
-            &ctx,
+            ctx,
             shape,
             &SplitMix64::new(1).vec(shape.iter().product(), -1.0, 1.0),
         )?;
@@ -96,9 +130,12 @@ mod native {
         let plan_start = Instant::now();
         let plan = fpn.plan(shape)?;
         let plan_s = plan_start.elapsed().as_secs_f64();
+        let mut first_s = None;
         for _ in 0..args.warmup {
+            let t = Instant::now();
             fpn.forward(&input)?;
             pollster::block_on(ctx.work_done())?;
+            first_s.get_or_insert(plan_s + t.elapsed().as_secs_f64());
         }
         let mut times = Vec::with_capacity(args.iters);
         for _ in 0..args.iters.max(1) {
@@ -124,9 +161,10 @@ mod native {
             args.precision
         );
         println!(
-            "plan: {:.3} s, {} dispatches",
+            "plan: {:.3} s, {} dispatches; first forward (plan, pipelines and one forward): {}",
             plan_s,
-            plan.dispatches().len()
+            plan.dispatches().len(),
+            first_s.map_or("not run (--warmup 0)".to_string(), |t| format!("{t:.3} s"))
         );
         println!(
             "forward: median {median:.4} s, min {min:.4} s, max {max:.4} s over {} runs",
@@ -189,7 +227,7 @@ mod native {
             })
             .unwrap_or_else(|| "null".into());
         println!(
-            "{{\"adapter\":{:?},\"backend\":\"{:?}\",\"preset\":{:?},\"fused\":{},\"algorithms\":\"{:?}\",\"precision\":\"{}\",\"input\":{:?},\"runs\":{},\"median_s\":{median:.5},\"min_s\":{min:.5},\"max_s\":{max:.5},\"gflop\":{gflop:.3},\"effective_gflops\":{:.2},\"stages_ms\":{stages_json},\"activation_bytes\":{},\"activation_lower_bound_bytes\":{},\"weight_bytes\":{}}}",
+            "{{\"adapter\":{:?},\"backend\":\"{:?}\",\"preset\":{:?},\"fused\":{},\"algorithms\":\"{:?}\",\"precision\":\"{}\",\"input\":{:?},\"first_forward_s\":{},\"runs\":{},\"median_s\":{median:.5},\"min_s\":{min:.5},\"max_s\":{max:.5},\"gflop\":{gflop:.3},\"effective_gflops\":{:.2},\"stages_ms\":{stages_json},\"activation_bytes\":{},\"activation_lower_bound_bytes\":{},\"weight_bytes\":{}}}",
             ctx.adapter().name,
             ctx.adapter().backend,
             args.preset,
@@ -197,6 +235,7 @@ mod native {
             algorithms,
             args.precision,
             shape,
+            first_s.map_or("null".to_string(), |t| format!("{t:.4}")),
             times.len(),
             gflop / median,
             plan.activation_bytes(),

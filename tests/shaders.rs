@@ -108,11 +108,12 @@ fn generated_row_kernels_validate_for_every_shape_the_network_uses_and_more() {
     let mut count = 0;
     for kernel in [(1, 1), (3, 3), (5, 5), (7, 7), (1, 3), (3, 1)] {
         for stride in [(1, 1), (2, 2), (3, 3), (1, 2)] {
-            for couts in [4, 8, 16] {
+            for (couts, pixels) in [(4, 8), (8, 8), (16, 8), (16, 16)] {
                 let tile = RowTile {
                     kernel,
                     stride,
                     couts,
+                    pixels,
                 };
                 for precision in Precision::ALL {
                     let module = validate(&tile.key(), &tile.module_source(precision));
@@ -126,7 +127,7 @@ fn generated_row_kernels_validate_for_every_shape_the_network_uses_and_more() {
             }
         }
     }
-    assert_eq!(count, 144);
+    assert_eq!(count, 192);
 }
 
 /// The cooperative-matrix kernel cannot run on CI's adapters; naga's WGSL front end, validator

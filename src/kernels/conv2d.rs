@@ -3,7 +3,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::conv2d_coop as coop;
-use crate::kernels::conv2d_rows::{couts_per_invocation, RowTile, ROW_PIXELS};
+use crate::kernels::conv2d_rows::RowTile;
 use crate::kernels::upsample_add::UpsampleMode;
 use crate::kernels::{check_io, check_output_shape, ShaderSource};
 use crate::precision::Precision;
@@ -535,12 +535,8 @@ pub fn prepare(
             (pipeline, "conv2d_coop", grid, x.binding())
         }
         (ConvAlgorithm::Direct, Some(vec4_input)) if opts.padding == (0, 0) => {
-            let tile = RowTile {
-                kernel: (kh, kw),
-                stride: opts.stride,
-                couts: couts_per_invocation(device_type),
-            };
-            let lanes = out_h * out_w.div_ceil(ROW_PIXELS);
+            let tile = RowTile::choose((kh, kw), opts.stride, out_w, device_type);
+            let lanes = out_h * out_w.div_ceil(tile.pixels);
             let (wg_pix, wg_co) = workgroup_shape(lanes, cout.div_ceil(tile.couts), device_type);
             constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
             ctx.check_precision(OP, precision)?;

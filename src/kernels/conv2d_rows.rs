@@ -7,9 +7,6 @@ use crate::kernels::conv2d::Conv2dParams;
 use crate::kernels::ShaderSource;
 use crate::precision::Precision;
 
-/// Consecutive output pixels of one row per invocation.
-pub const ROW_PIXELS: usize = 8;
-
 /// The module without its generated entry point (checked by naga in the tests like every file).
 pub const SHADER: ShaderSource = ShaderSource {
     name: "conv2d_rows.wgsl",
@@ -39,31 +36,50 @@ pub struct RowTile {
     pub stride: (usize, usize),
     /// Output channels per invocation, a multiple of 4.
     pub couts: usize,
-}
-
-/// Output channels per invocation on an adapter of `device_type`. On a CPU adapter (llvmpipe)
-/// 16 was measured fastest (26 GFLOP/s against 25 for 8 and 18 for 4 on a 3x3 256->256 conv);
-/// on a GPU 8 keeps the accumulators of a thread at 64 floats, within the register budget that
-/// leaves room for occupancy (a preset, not measured here).
-pub fn couts_per_invocation(device_type: wgpu::DeviceType) -> usize {
-    match device_type {
-        wgpu::DeviceType::Cpu => 16,
-        _ => 8,
-    }
+    /// Consecutive output pixels of one row per invocation, a power of two.
+    pub pixels: usize,
 }
 
 impl RowTile {
-    /// A short name for the pipeline cache and labels, e.g. `conv2d_rows_k3x3_s1x1_m16`.
+    /// The tile for a convolution of `kernel` and `stride` whose output rows are `out_width`
+    /// wide, on an adapter of `device_type`.
+    ///
+    /// On a CPU adapter (llvmpipe) 16 pixels by 16 channels: on a 3x3 256->256 conv at 150x225
+    /// on lavapipe it ran at 43.1 GFLOP/s against 31.3 for 8 x 16, 34.4 for 16 x 8, 40.8 for 32
+    /// x 8 and 28.7 for 32 x 16 (the accumulators outgrow what the core keeps close); rows
+    /// narrower than 16 take 8 pixels, which wastes fewer lanes. On a GPU 8 x 8 keeps a
+    /// thread's accumulators at 64 floats, within the register budget that leaves room for
+    /// occupancy (a preset, not measured here).
+    pub fn choose(
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        out_width: usize,
+        device_type: wgpu::DeviceType,
+    ) -> Self {
+        let (couts, pixels) = match device_type {
+            wgpu::DeviceType::Cpu if out_width >= 16 => (16, 16),
+            wgpu::DeviceType::Cpu => (16, 8),
+            _ => (8, 8),
+        };
+        RowTile {
+            kernel,
+            stride,
+            couts,
+            pixels,
+        }
+    }
+
+    /// A short name for the pipeline cache and labels, e.g. `conv2d_rows_k3x3_s1x1_m16_p16`.
     pub fn key(&self) -> String {
         format!(
-            "conv2d_rows_k{}x{}_s{}x{}_m{}",
-            self.kernel.0, self.kernel.1, self.stride.0, self.stride.1, self.couts
+            "conv2d_rows_k{}x{}_s{}x{}_m{}_p{}",
+            self.kernel.0, self.kernel.1, self.stride.0, self.stride.1, self.couts, self.pixels
         )
     }
 
     /// Input values one kernel row of an invocation's pixels spans.
     fn span(&self) -> usize {
-        (ROW_PIXELS - 1) * self.stride.1 + self.kernel.1
+        (self.pixels - 1) * self.stride.1 + self.kernel.1
     }
 
     /// The whole module for tensors in `precision`: the static part and the generated entry
@@ -88,16 +104,17 @@ impl RowTile {
         // `writeln!` into a String cannot fail.
         let _ = writeln!(
             w,
-            "// Generated: kernel {kh}x{kw}, stride {sh}x{sw}, {} output channels by {ROW_PIXELS} pixels.",
-            self.couts
+            "// Generated: kernel {kh}x{kw}, stride {sh}x{sw}, {} output channels by {} pixels.",
+            self.couts, self.pixels
         );
         let _ = writeln!(w, "@compute @workgroup_size(WG_PIX, WG_CO)");
         let _ = writeln!(w, "fn conv2d_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{");
         let _ = writeln!(w, "    let n = wid.z;");
         let _ = writeln!(
             w,
-            "    let blocks = (p.out_width + {}u) / {ROW_PIXELS}u;",
-            ROW_PIXELS - 1
+            "    let blocks = (p.out_width + {}u) / {}u;",
+            self.pixels - 1,
+            self.pixels
         );
         let _ = writeln!(w, "    let lanes = blocks * p.out_height;");
         let _ = writeln!(w, "    let gid = wid.x * WG_PIX + lid.x;");
@@ -108,9 +125,9 @@ impl RowTile {
         // Dead lanes compute on a clamped position and store nothing.
         let _ = writeln!(w, "    let g = min(gid, lanes - 1u);");
         let _ = writeln!(w, "    let oy = g / blocks;");
-        let _ = writeln!(w, "    let ox0 = (g % blocks) * {ROW_PIXELS}u;");
+        let _ = writeln!(w, "    let ox0 = (g % blocks) * {}u;", self.pixels);
         for m in 0..m4 {
-            for j in 0..ROW_PIXELS {
+            for j in 0..self.pixels {
                 let _ = writeln!(w, "    var a{m}_{j} = vec4<f32>(0.0);");
             }
         }
@@ -148,7 +165,7 @@ impl RowTile {
                     w,
                     "            let w{kx}_{m} = vec4<f32>(weights[wi + {m}u]);"
                 );
-                for j in 0..ROW_PIXELS {
+                for j in 0..self.pixels {
                     let _ = writeln!(
                         w,
                         "            a{m}_{j} = fma(w{kx}_{m}, vec4(v{}), a{m}_{j});",
@@ -174,7 +191,7 @@ impl RowTile {
         // the shaders several times larger: a cold compile of the op tests' kernels took 50-60 s
         // instead of 9 on llvmpipe, long enough for wgpu's GL backend to give up on its context
         // lock in other threads.
-        let _ = writeln!(w, "    for (var j = 0u; j < {ROW_PIXELS}u; j++) {{");
+        let _ = writeln!(w, "    for (var j = 0u; j < {}u; j++) {{", self.pixels);
         let _ = writeln!(w, "        if (ox0 + j >= p.out_width) {{");
         let _ = writeln!(w, "            break;");
         let _ = writeln!(w, "        }}");
@@ -182,7 +199,7 @@ impl RowTile {
             let _ = writeln!(
                 w,
                 "        let v{m} = {};",
-                select_tree(&format!("a{m}_"), ROW_PIXELS)
+                select_tree(&format!("a{m}_"), self.pixels)
             );
             for c in 0..4 {
                 let co = m * 4 + c;

@@ -163,13 +163,10 @@ impl Plan {
 
     /// The stages in execution order, each once.
     pub fn stages(&self) -> Vec<&str> {
-        let mut out: Vec<&str> = Vec::new();
-        for s in &self.stages {
-            if out.last() != Some(&s.as_str()) {
-                out.push(s);
-            }
-        }
-        out
+        self.groups(Granularity::Stages)
+            .into_iter()
+            .map(|(_, range)| self.stages[range.start].as_str())
+            .collect()
     }
 
     /// The shape of each named output.

@@ -328,6 +328,7 @@ impl GpuContext {
         adapter: AdapterSummary,
         cooperative_matrix: Option<CooperativeMatrixSupport>,
     ) -> Self {
+        #[cfg(not(target_arch = "wasm32"))]
         if adapter.backend == wgpu::Backend::Gl {
             keep_until_exit(&device);
         }
@@ -710,6 +711,8 @@ impl GpuContext {
 /// it down unloads Mesa's driver while a handler the driver registered still waits to run at
 /// exit: about one process in twenty then died with SIGSEGV after `main` returned, when several
 /// ran at once on llvmpipe (none in 200 runs with the device kept). Rust never drops statics.
+/// Native only: a browser's WebGL has no driver to unload (and its devices are not `Send`).
+#[cfg(not(target_arch = "wasm32"))]
 fn keep_until_exit(device: &wgpu::Device) {
     static KEPT: Mutex<Vec<wgpu::Device>> = Mutex::new(Vec::new());
     KEPT.lock()

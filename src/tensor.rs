@@ -121,10 +121,17 @@ impl Tensor {
             ));
         }
         let t = Self::empty_as(ctx, shape, precision)?;
-        let mut bytes = precision.encode(data);
-        // write_buffer copies whole 4-byte words.
-        bytes.resize(bytes.len().next_multiple_of(BINDING_GRANULE as usize), 0);
-        ctx.queue().write_buffer(&t.buffer, 0, &bytes);
+        match precision {
+            Precision::F32 => ctx
+                .queue()
+                .write_buffer(&t.buffer, 0, bytemuck::cast_slice(data)),
+            _ => {
+                let mut bytes = precision.encode(data);
+                // write_buffer copies whole 4-byte words.
+                bytes.resize(bytes.len().next_multiple_of(BINDING_GRANULE as usize), 0);
+                ctx.queue().write_buffer(&t.buffer, 0, &bytes);
+            }
+        }
         Ok(t)
     }
 

@@ -526,12 +526,10 @@ pub fn prepare(
                 "conv2d_coop",
                 &constants,
             )?;
-            let count = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
-            let grid = [
-                count((oh * ow).div_ceil(tile.block_pixels())),
-                count(cout.div_ceil(tile.block_channels())),
-                count(n),
-            ];
+            // One workgroup (one subgroup) per block of pixels by channels.
+            let pixel_blocks = (oh * ow).div_ceil(tile.block_pixels());
+            let channel_blocks = cout.div_ceil(tile.block_channels());
+            let grid = grid_for(pixel_blocks, channel_blocks, n, (1, 1));
             (pipeline, "conv2d_coop", grid, x.binding())
         }
         (ConvAlgorithm::Direct, Some(vec4_input)) if opts.padding == (0, 0) => {

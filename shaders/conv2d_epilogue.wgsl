@@ -68,7 +68,7 @@ fn store_output(n: u32, co: u32, pix: u32, a: f32, upsample: bool) {
         v += f32(resample_src[idx]);
     } else if (upsample && (p.flags & (FLAG_UPSAMPLE_BILINEAR | FLAG_UPSAMPLE_NEAREST)) != 0u) {
         let res_base = (n * p.out_channels + co) * p.res_height * p.res_width;
-        v += resample(res_base, p.res_height, p.res_width, p.out_height, p.out_width,
+        v += resample(res_base, 1u, p.res_height, p.res_width, p.out_height, p.out_width,
                       p.res_scale_h, p.res_scale_w, pix / p.out_width, pix % p.out_width,
                       (p.flags & FLAG_UPSAMPLE_BILINEAR) != 0u);
     }

@@ -1,12 +1,13 @@
 // 2-D max pooling with PyTorch semantics (floor mode): padded positions never win the max,
-// and a NaN in the window propagates.
+// and a NaN in the window propagates. Either layout (both tensors in the same one); needs
+// layout.wgsl before it.
 //
 // Bindings:
 //   0  x       [N, C, H, W]
 //   1  out     [N, C, OH, OW]
 //   2  params  MaxPool2dParams
 //
-// Grid: one invocation per output element, workgroups linearised over x and y.
+// Grid: one invocation per element of the output's storage, workgroups linearised over x and y.
 
 struct MaxPool2dParams {
     len: u32,
@@ -20,7 +21,11 @@ struct MaxPool2dParams {
     stride_w: u32,
     pad_h: u32,
     pad_w: u32,
+    channels: u32,
+    channels_last: u32,
     _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 override WG: u32 = 256u;
@@ -36,11 +41,9 @@ fn max_pool2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if (i >= p.len) {
         return;
     }
-    let out_plane = p.out_height * p.out_width;
-    let nc = i / out_plane;
-    let r = i % out_plane;
-    let oy = r / p.out_width;
-    let ox = r % p.out_width;
+    var pos = position(i, p.channels, p.out_height, p.out_width, p.channels_last);
+    let oy = pos.y;
+    let ox = pos.x;
     // Clip the window to the input: padding contributes nothing.
     let y0 = i32(oy * p.stride_h) - i32(p.pad_h);
     let x0 = i32(ox * p.stride_w) - i32(p.pad_w);
@@ -48,11 +51,12 @@ fn max_pool2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let x_start = u32(max(x0, 0));
     let y_end = u32(min(y0 + i32(p.kernel_h), i32(p.in_height)));
     let x_end = u32(min(x0 + i32(p.kernel_w), i32(p.in_width)));
-    let base = nc * p.in_height * p.in_width;
     var m = bitcast<f32>(0xff800000u); // -inf
     for (var y = y_start; y < y_end; y++) {
         for (var xx = x_start; xx < x_end; xx++) {
-            let v = f32(x[base + y * p.in_width + xx]);
+            pos.y = y;
+            pos.x = xx;
+            let v = f32(x[storage_index(pos, p.channels, p.in_height, p.in_width, p.channels_last)]);
             // PyTorch lets a NaN win the max. The NaN test looks at the bits: `v != v` may be
             // folded away by drivers that assume no NaNs.
             let is_nan = (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;

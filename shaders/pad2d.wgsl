@@ -1,12 +1,13 @@
 // Zero padding: out[n, c, y, x] = x[n, c, y - pad_h, x - pad_w] inside the input, 0 outside.
-// Lets the convolutions that follow run without bounds checks per tap.
+// Lets the convolutions that follow run without bounds checks per tap. Either layout (both
+// tensors in the same one); needs layout.wgsl before it.
 //
 // Bindings:
 //   0  x       [N, C, H, W]
 //   1  out     [N, C, H + 2 * pad_h, W + 2 * pad_w]
 //   2  params  Pad2dParams
 //
-// Grid: one invocation per output element, workgroups linearised over x and y.
+// Grid: one invocation per element of the output's storage, workgroups linearised over x and y.
 
 struct Pad2dParams {
     len: u32,
@@ -14,9 +15,9 @@ struct Pad2dParams {
     in_width: u32,
     pad_h: u32,
     pad_w: u32,
+    channels: u32,
+    channels_last: u32,
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 override WG: u32 = 256u;
@@ -32,13 +33,14 @@ fn pad2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     if (i >= p.len) {
         return;
     }
+    let out_h = p.in_height + 2u * p.pad_h;
     let out_w = p.in_width + 2u * p.pad_w;
-    let out_plane = (p.in_height + 2u * p.pad_h) * out_w;
-    let nc = i / out_plane;
-    let r = i % out_plane;
-    let y = i32(r / out_w) - i32(p.pad_h);
-    let xx = i32(r % out_w) - i32(p.pad_w);
+    var pos = position(i, p.channels, out_h, out_w, p.channels_last);
+    let y = i32(pos.y) - i32(p.pad_h);
+    let xx = i32(pos.x) - i32(p.pad_w);
     let inside = y >= 0 && y < i32(p.in_height) && xx >= 0 && xx < i32(p.in_width);
-    let src = select(0u, (nc * p.in_height + u32(y)) * p.in_width + u32(xx), inside);
-    out[i] = select(act(0.0), x[src], inside);
+    pos.y = u32(max(y, 0));
+    pos.x = u32(max(xx, 0));
+    let src = storage_index(pos, p.channels, p.in_height, p.in_width, p.channels_last);
+    out[i] = select(act(0.0), x[select(0u, src, inside)], inside);
 }

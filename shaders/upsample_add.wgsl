@@ -2,8 +2,8 @@
 //   bilinear_add: mode='bilinear', align_corners=False (half-pixel centres, source clamped
 //                 at zero, second tap clamped at the border), any size ratio;
 //   nearest_add:  mode='nearest' (source index floor(dst * in/out), clamped).
-// Scales are in/out computed in f32 on the host, as PyTorch does. Needs common.wgsl and
-// resample.wgsl before it.
+// Scales are in/out computed in f32 on the host, as PyTorch does. Either layout (all three
+// tensors in the same one). Needs common.wgsl and resample.wgsl before it.
 //
 // Bindings:
 //   0  resample_src  [N, C, IH, IW]   the coarser map
@@ -11,7 +11,7 @@
 //   2  out           [N, C, OH, OW]
 //   3  params        UpsampleAddParams
 //
-// Grid: one invocation per output element, workgroups linearised over x and y.
+// Grid: one invocation per element of the output's storage, workgroups linearised over x and y.
 
 struct UpsampleAddParams {
     len: u32,
@@ -21,7 +21,8 @@ struct UpsampleAddParams {
     out_width: u32,
     scale_h: f32,
     scale_w: f32,
-    _pad0: u32,
+    // 0 for NCHW, the padded channel count for channels-last.
+    channels_last: u32,
 }
 
 override WG: u32 = 256u;
@@ -35,11 +36,24 @@ fn upsample_add(i: u32, bilinear: bool) {
     if (i >= p.len) {
         return;
     }
-    let out_plane = p.out_height * p.out_width;
-    let nc = i / out_plane;
-    let r = i % out_plane;
-    let up = resample(nc * p.in_height * p.in_width, p.in_height, p.in_width, p.out_height, p.out_width,
-                      p.scale_h, p.scale_w, r / p.out_width, r % p.out_width, bilinear);
+    let cl = p.channels_last;
+    // The coarse plane's start and pixel step, and the output pixel, in either layout.
+    var base: u32;
+    var step = 1u;
+    var pix: u32;
+    if (cl == 0u) {
+        let out_plane = p.out_height * p.out_width;
+        base = i / out_plane * p.in_height * p.in_width;
+        pix = i % out_plane;
+    } else {
+        let all = i / cl;
+        let n = all / (p.out_height * p.out_width);
+        base = n * p.in_height * p.in_width * cl + i % cl;
+        step = cl;
+        pix = all % (p.out_height * p.out_width);
+    }
+    let up = resample(base, step, p.in_height, p.in_width, p.out_height, p.out_width,
+                      p.scale_h, p.scale_w, pix / p.out_width, pix % p.out_width, bilinear);
     out[i] = act(up + f32(y[i]));
 }
 

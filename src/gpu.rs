@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
-use crate::kernels::ShaderSource;
 use crate::precision::Precision;
 use crate::signal::{drive, ready_now, signal};
 
@@ -38,10 +37,12 @@ struct Inner {
 }
 
 /// What the device offers for cooperative matrices (tensor cores), as the convolution kernel
-/// needs them: 16x16x16 multiplies of f16 into f32, run by subgroups of one fixed size.
+/// needs them: square f16 multiplies into f32, run by subgroups of one fixed size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CooperativeMatrixSupport {
-    /// Lanes per subgroup (32 on NVIDIA).
+    /// The side of the matrices (M = N = K): 16 on NVIDIA, 8 on Mesa's lavapipe and Apple.
+    pub side: u32,
+    /// Lanes per subgroup (32 on NVIDIA, 8 on lavapipe).
     pub subgroup_size: u32,
 }
 
@@ -49,7 +50,11 @@ pub struct CooperativeMatrixSupport {
 /// feature), so that f16 networks use the portable kernels.
 pub const COOPERATIVE_MATRIX_ENV: &str = "FPN_COOPERATIVE_MATRIX";
 
-/// The cooperative-matrix support the kernel can use on `adapter`, if any.
+/// The matrix sides the convolution kernel is written for, most preferred first.
+const COOPERATIVE_MATRIX_SIDES: [u32; 2] = [16, 8];
+
+/// The cooperative-matrix support the kernel can use on `adapter`, if any: the largest square
+/// f16 -> f32 configuration it lists, with one fixed subgroup size.
 fn cooperative_matrix_support(adapter: &wgpu::Adapter) -> Option<CooperativeMatrixSupport> {
     let needed = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
     if !adapter.features().contains(needed)
@@ -57,13 +62,17 @@ fn cooperative_matrix_support(adapter: &wgpu::Adapter) -> Option<CooperativeMatr
     {
         return None;
     }
-    let fits = adapter.cooperative_matrix_properties().iter().any(|p| {
-        (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
-            && p.ab_type == wgpu::CooperativeScalarType::F16
-            && p.cr_type == wgpu::CooperativeScalarType::F32
-    });
+    let properties = adapter.cooperative_matrix_properties();
+    let side = COOPERATIVE_MATRIX_SIDES.into_iter().find(|&side| {
+        properties.iter().any(|p| {
+            (p.m_size, p.n_size, p.k_size) == (side, side, side)
+                && p.ab_type == wgpu::CooperativeScalarType::F16
+                && p.cr_type == wgpu::CooperativeScalarType::F32
+        })
+    })?;
     let info = adapter.get_info();
-    (fits && info.subgroup_min_size == info.subgroup_max_size).then_some(CooperativeMatrixSupport {
+    (info.subgroup_min_size == info.subgroup_max_size).then_some(CooperativeMatrixSupport {
+        side,
         subgroup_size: info.subgroup_max_size,
     })
 }
@@ -190,9 +199,38 @@ pub struct Dispatch {
     pub(crate) pipeline: wgpu::ComputePipeline,
     pub(crate) bind_group: wgpu::BindGroup,
     pub(crate) workgroups: [u32; 3],
+    /// How the kernel was configured for this launch (block, split), for reports; may be empty.
+    pub(crate) config: String,
 }
 
 impl Dispatch {
+    /// A launch of `pipeline` over `workgroups`.
+    pub(crate) fn new(
+        label: &'static str,
+        pipeline: wgpu::ComputePipeline,
+        bind_group: wgpu::BindGroup,
+        workgroups: [u32; 3],
+    ) -> Self {
+        Dispatch {
+            label,
+            pipeline,
+            bind_group,
+            workgroups,
+            config: String::new(),
+        }
+    }
+
+    /// The same launch, described by `config` in reports.
+    pub(crate) fn with_config(self, config: String) -> Self {
+        Dispatch { config, ..self }
+    }
+
+    /// How the kernel was configured for this launch (e.g. `block 4x4, split 2, 16x16
+    /// matrices`), or "" where there is nothing to say.
+    pub fn config(&self) -> &str {
+        &self.config
+    }
+
     /// Records this launch into a compute pass.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_pipeline(&self.pipeline);
@@ -282,7 +320,7 @@ impl GpuContext {
                 // SAFETY: wgpu asks the caller to accept that its experimental features may
                 // still have bugs. The only use is the f16 convolution kernel, which is checked
                 // against the portable kernel on this device before any network uses it
-                // (`conv2d_coop::verified`); FPN_COOPERATIVE_MATRIX=0 leaves it off.
+                // (`conv2d::coop::verified`); FPN_COOPERATIVE_MATRIX=0 leaves it off.
                 unsafe { wgpu::ExperimentalFeatures::enabled() }
             }
             None => wgpu::ExperimentalFeatures::disabled(),
@@ -438,7 +476,7 @@ impl GpuContext {
     }
 
     /// Cooperative matrices (tensor cores) as the device offers them, if it was created with
-    /// them: see [`crate::kernels::conv2d_coop`].
+    /// them: see [`crate::kernels::conv2d::coop`].
     pub fn cooperative_matrix(&self) -> Option<CooperativeMatrixSupport> {
         self.inner.cooperative_matrix
     }
@@ -525,26 +563,9 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Returns the cached pipeline for a shader entry point in `precision` and its override
-    /// constants, compiling it on first use.
-    pub(crate) fn pipeline(
-        &self,
-        shader: &ShaderSource,
-        precision: Precision,
-        entry: &'static str,
-        constants: &[(&'static str, u32)],
-    ) -> Result<wgpu::ComputePipeline> {
-        self.check_precision(entry, precision)?;
-        self.pipeline_from(
-            &format!("{}:{precision}", shader.name),
-            || shader.module(precision),
-            entry,
-            constants,
-        )
-    }
-
-    /// [`GpuContext::pipeline`] for a module generated at run time: `name` identifies the
-    /// module (it must change whenever the source would), `source` makes it on first use.
+    /// Returns the cached pipeline for an entry point of a WGSL module and its override
+    /// constants, compiling it on first use: `name` identifies the module (it must change
+    /// whenever the source would), `source` makes it on first use.
     pub(crate) fn pipeline_from(
         &self,
         name: &str,
@@ -601,6 +622,16 @@ impl GpuContext {
         }
         pipelines.insert(key, pipeline.clone());
         Ok(pipeline)
+    }
+
+    /// Creates a storage buffer of `bytes` zeros (for scratch space kernels write and read).
+    pub(crate) fn storage_zeroed(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
     }
 
     /// Creates a uniform buffer holding one params struct.

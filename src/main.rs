@@ -390,12 +390,13 @@ fn kernel_report(network: &NetworkArgs, shape: [usize; 4], precision: Precision)
     let fpn = Fpn::with_options(&ctx, &VarStore::random(0), network.config()?, options)?;
     let plan = fpn.plan(shape)?;
     println!(
-        "\nkernels on {} for {shape:?} in {precision}:",
-        ctx.adapter()
+        "\nkernels on {} for {shape:?} in {precision}, values stored {:?}:",
+        ctx.adapter(),
+        fpn.executor().layout()
     );
     let mut counts: Vec<(&str, usize)> = Vec::new();
-    for (node, kernel) in plan.kernels() {
-        println!("   {node:<28} {kernel}");
+    for (node, kernel, config) in plan.launches() {
+        println!("   {node:<28} {kernel:<20} {config}");
         match counts.iter_mut().find(|(k, _)| *k == kernel) {
             Some((_, c)) => *c += 1,
             None => counts.push((kernel, 1)),
@@ -409,8 +410,8 @@ fn kernel_report(network: &NetworkArgs, shape: [usize; 4], precision: Precision)
     );
     match ctx.cooperative_matrix() {
         Some(c) => println!(
-            "   cooperative matrices: yes (subgroup size {}); used by f16 networks when their check passes",
-            c.subgroup_size
+            "   cooperative matrices: yes ({0}x{0}x{0} f16 -> f32, subgroup size {1}); used by f16 networks when their check passes",
+            c.side, c.subgroup_size
         ),
         None => println!("   cooperative matrices: not on this device"),
     }

@@ -1,4 +1,5 @@
-//! GPU tensors: NCHW storage buffers with their shape and precision (float32 unless asked).
+//! GPU tensors: storage buffers with their NCHW shape, precision (float32 unless asked) and
+//! layout (NCHW unless asked).
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
@@ -25,6 +26,99 @@ pub struct Tensor {
     offset: u64,
     shape: [usize; 4],
     precision: Precision,
+    layout: MemoryFormat,
+}
+
+/// Channels of a [`MemoryFormat::ChannelsLast`] tensor are zero padded to a multiple of this: whole
+/// 16-wide (or 8-wide) matrix tiles of the cooperative-matrix convolution.
+pub const CHANNELS_LAST_ALIGN: usize = 16;
+
+/// How a tensor's elements are ordered in its buffer. The shape is always given as NCHW.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum MemoryFormat {
+    /// Row-major `[N][C][H][W]`: what the library takes and returns.
+    #[default]
+    Nchw,
+    /// Channels-last, row-major `[N][H][W][C']` with `C'` the channel count rounded up to a
+    /// multiple of [`CHANNELS_LAST_ALIGN`]; the padding channels hold zeros. The tensor-core
+    /// convolutions read a tile of pixels by channels of it as one strided matrix.
+    ChannelsLast,
+}
+
+impl MemoryFormat {
+    /// The distance between two pixels' values of one channel, in elements: 1 for NCHW, the
+    /// padded channel count for channels-last.
+    pub fn pixel_stride(self, channels: usize) -> usize {
+        match self {
+            MemoryFormat::Nchw => 1,
+            MemoryFormat::ChannelsLast => channels.next_multiple_of(CHANNELS_LAST_ALIGN),
+        }
+    }
+
+    /// Elements the storage of `shape` holds (padding channels included).
+    pub fn storage_len(self, shape: [usize; 4]) -> usize {
+        let [n, c, h, w] = shape;
+        match self {
+            MemoryFormat::Nchw => n * c * h * w,
+            MemoryFormat::ChannelsLast => n * h * w * self.pixel_stride(c),
+        }
+    }
+
+    /// The storage index of element (n, c, y, x) of `shape`.
+    pub fn index(self, shape: [usize; 4], [n, c, y, x]: [usize; 4]) -> usize {
+        let [_, cs, h, w] = shape;
+        match self {
+            MemoryFormat::Nchw => ((n * cs + c) * h + y) * w + x,
+            MemoryFormat::ChannelsLast => ((n * h + y) * w + x) * self.pixel_stride(cs) + c,
+        }
+    }
+
+    /// The value `params.channels_last` of the kernels that take either layout: 0 for NCHW, the
+    /// padded channel count for channels-last.
+    pub(crate) fn wgsl_flag(self, channels: usize) -> u32 {
+        match self {
+            MemoryFormat::Nchw => 0,
+            MemoryFormat::ChannelsLast => self.pixel_stride(channels) as u32,
+        }
+    }
+
+    /// `data` (row-major NCHW of `shape`) reordered into this layout's storage.
+    pub fn from_nchw(self, shape: [usize; 4], data: &[f32]) -> Vec<f32> {
+        if self == MemoryFormat::Nchw {
+            return data.to_vec();
+        }
+        let mut out = vec![0.0; self.storage_len(shape)];
+        let mut i = 0;
+        for n in 0..shape[0] {
+            for c in 0..shape[1] {
+                for y in 0..shape[2] {
+                    for x in 0..shape[3] {
+                        out[self.index(shape, [n, c, y, x])] = data[i];
+                        i += 1;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// This layout's storage of `shape` reordered to row-major NCHW.
+    pub fn to_nchw(self, shape: [usize; 4], storage: &[f32]) -> Vec<f32> {
+        if self == MemoryFormat::Nchw {
+            return storage[..numel(shape)].to_vec();
+        }
+        let mut out = Vec::with_capacity(numel(shape));
+        for n in 0..shape[0] {
+            for c in 0..shape[1] {
+                for y in 0..shape[2] {
+                    for x in 0..shape[3] {
+                        out.push(storage[self.index(shape, [n, c, y, x])]);
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Number of elements of an NCHW shape.
@@ -32,14 +126,20 @@ pub fn numel(shape: [usize; 4]) -> usize {
     shape.iter().product()
 }
 
-fn shape_bytes(op: &'static str, what: &str, shape: [usize; 4]) -> Result<u64> {
+fn shape_bytes(
+    op: &'static str,
+    what: &str,
+    shape: [usize; 4],
+    layout: MemoryFormat,
+) -> Result<u64> {
     if shape.contains(&0) {
         return Err(Error::invalid(
             op,
             format!("{what} has shape {shape:?}, with a zero dimension; every dimension must be at least 1"),
         ));
     }
-    Ok(shape
+    let [n, c, h, w] = shape;
+    Ok([n, layout.pixel_stride(c).max(c), h, w]
         .iter()
         .try_fold(ELEMENT_BYTES, |acc, &d| acc.checked_mul(d as u64))
         .unwrap_or(u64::MAX))
@@ -52,20 +152,36 @@ pub(crate) fn check_shape(
     what: &str,
     shape: [usize; 4],
 ) -> Result<()> {
-    let bytes = shape_bytes(op, what, shape)?;
+    check_shape_in(ctx, op, what, shape, MemoryFormat::Nchw)
+}
+
+/// [`check_shape`] for a tensor stored in `layout`.
+pub(crate) fn check_shape_in(
+    ctx: &GpuContext,
+    op: &'static str,
+    what: &str,
+    shape: [usize; 4],
+    layout: MemoryFormat,
+) -> Result<()> {
+    let bytes = shape_bytes(op, what, shape, layout)?;
     ctx.check_binding_size(op, &format!("{what} {shape:?}"), bytes)
 }
 
 /// Checks that a shape has no zero dimension and that a buffer can hold its bytes.
-fn check_allocation(ctx: &GpuContext, op: &'static str, shape: [usize; 4]) -> Result<()> {
-    let bytes = shape_bytes(op, "the tensor", shape)?;
+fn check_allocation(
+    ctx: &GpuContext,
+    op: &'static str,
+    shape: [usize; 4],
+    layout: MemoryFormat,
+) -> Result<()> {
+    let bytes = shape_bytes(op, "the tensor", shape, layout)?;
     ctx.check_buffer_size(op, &format!("the tensor {shape:?}"), bytes)
 }
 
-/// Bytes a buffer for a tensor of `shape` in `precision` gets: whole f32 vec4s, enough for
-/// every binding a kernel makes of it.
-pub(crate) fn padded_bytes(shape: [usize; 4], precision: Precision) -> u64 {
-    (numel(shape) as u64 * precision.bytes()).next_multiple_of(VEC4_BYTES)
+/// Bytes a buffer for a tensor of `shape` in `precision` and `layout` gets: whole f32 vec4s,
+/// enough for every binding a kernel makes of it.
+pub(crate) fn padded_bytes(shape: [usize; 4], precision: Precision, layout: MemoryFormat) -> u64 {
+    (layout.storage_len(shape) as u64 * precision.bytes()).next_multiple_of(VEC4_BYTES)
 }
 
 impl Tensor {
@@ -79,12 +195,34 @@ impl Tensor {
     /// [`Tensor::empty`] stored in `precision`; f16 needs a context that
     /// [supports it](GpuContext::supports_f16).
     pub fn empty_as(ctx: &GpuContext, shape: [usize; 4], precision: Precision) -> Result<Self> {
-        check_allocation(ctx, "Tensor::empty", shape)?;
+        Self::empty_with(ctx, shape, precision, MemoryFormat::Nchw)
+    }
+
+    /// [`Tensor::empty_as`] stored in `layout`.
+    pub fn empty_with(
+        ctx: &GpuContext,
+        shape: [usize; 4],
+        precision: Precision,
+        layout: MemoryFormat,
+    ) -> Result<Self> {
+        Self::empty_with_slack(ctx, shape, precision, layout, 0)
+    }
+
+    /// [`Tensor::empty_with`] with `slack` spare bytes after the tensor, which kernels that
+    /// read past a tensor's end (and never use what they read there) need.
+    pub(crate) fn empty_with_slack(
+        ctx: &GpuContext,
+        shape: [usize; 4],
+        precision: Precision,
+        layout: MemoryFormat,
+        slack: u64,
+    ) -> Result<Self> {
+        check_allocation(ctx, "Tensor::empty", shape, layout)?;
         ctx.check_precision("Tensor::empty", precision)?;
         let buffer = ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("tensor"),
             // Whole vec4s of f32, so that kernels reading the tensor as vec4s can bind all of it.
-            size: padded_bytes(shape, precision),
+            size: padded_bytes(shape, precision, layout) + slack.next_multiple_of(VEC4_BYTES),
             usage: Self::usage(),
             mapped_at_creation: false,
         });
@@ -93,6 +231,7 @@ impl Tensor {
             offset: 0,
             shape,
             precision,
+            layout,
         })
     }
 
@@ -109,7 +248,19 @@ impl Tensor {
         data: &[f32],
         precision: Precision,
     ) -> Result<Self> {
-        check_allocation(ctx, "Tensor::from_slice", shape)?;
+        Self::from_slice_with(ctx, shape, data, precision, MemoryFormat::Nchw)
+    }
+
+    /// Uploads `data` (row-major NCHW, whatever `layout` is) as a tensor of `shape` stored in
+    /// `precision` and `layout`.
+    pub fn from_slice_with(
+        ctx: &GpuContext,
+        shape: [usize; 4],
+        data: &[f32],
+        precision: Precision,
+        layout: MemoryFormat,
+    ) -> Result<Self> {
+        check_allocation(ctx, "Tensor::from_slice", shape, layout)?;
         if data.len() != numel(shape) {
             return Err(Error::invalid(
                 "Tensor::from_slice",
@@ -120,7 +271,15 @@ impl Tensor {
                 ),
             ));
         }
-        let t = Self::empty_as(ctx, shape, precision)?;
+        let t = Self::empty_with(ctx, shape, precision, layout)?;
+        let stored;
+        let data = match layout {
+            MemoryFormat::Nchw => data,
+            MemoryFormat::ChannelsLast => {
+                stored = layout.from_nchw(shape, data);
+                &stored
+            }
+        };
         match precision {
             Precision::F32 => ctx
                 .queue()
@@ -165,6 +324,7 @@ impl Tensor {
             offset: 0,
             shape,
             precision: Precision::F32,
+            layout: MemoryFormat::Nchw,
         })
     }
 
@@ -175,13 +335,17 @@ impl Tensor {
         offset: u64,
         shape: [usize; 4],
         precision: Precision,
+        layout: MemoryFormat,
     ) -> Self {
-        debug_assert!(offset + numel(shape) as u64 * precision.bytes() <= buffer.size());
+        debug_assert!(
+            offset + layout.storage_len(shape) as u64 * precision.bytes() <= buffer.size()
+        );
         Tensor {
             buffer,
             offset,
             shape,
             precision,
+            layout,
         }
     }
 
@@ -200,14 +364,25 @@ impl Tensor {
         self.precision
     }
 
+    /// How the elements are ordered in the buffer.
+    pub fn layout(&self) -> MemoryFormat {
+        self.layout
+    }
+
     /// Number of elements.
     pub fn numel(&self) -> usize {
         numel(self.shape)
     }
 
+    /// Elements the storage holds: [`Tensor::numel`], plus the padding channels of a
+    /// channels-last tensor.
+    pub fn storage_len(&self) -> usize {
+        self.layout.storage_len(self.shape)
+    }
+
     /// Bytes the tensor occupies (not the size of the buffer behind it).
     pub fn byte_size(&self) -> u64 {
-        self.numel() as u64 * self.precision.bytes()
+        self.storage_len() as u64 * self.precision.bytes()
     }
 
     /// Bytes a binding or a copy of the tensor covers: [`Tensor::byte_size`] rounded up to whole
@@ -259,7 +434,25 @@ impl Tensor {
         )
     }
 
-    /// Copies the tensor to host memory (as f32 whatever its precision), blocking the thread
+    /// The binding from the tensor's start to the end of its buffer (at most `max_bytes`), for
+    /// kernels that read past the tensor's last element.
+    pub(crate) fn binding_to_end(&self, max_bytes: u64) -> wgpu::BindingResource<'_> {
+        let size =
+            (self.buffer.size() - self.offset).min(max_bytes) / BINDING_GRANULE * BINDING_GRANULE;
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(size),
+        })
+    }
+
+    /// Bytes from the tensor's start to the end of its buffer.
+    pub(crate) fn bytes_to_end(&self) -> u64 {
+        self.buffer.size() - self.offset
+    }
+
+    /// Copies the tensor to host memory (as NCHW f32, whatever its precision and layout),
+    /// blocking the thread
     /// until the GPU is done. See
     /// [`Tensor::download_async`].
     #[cfg(not(target_arch = "wasm32"))]
@@ -302,9 +495,9 @@ impl Tensor {
             .get_mapped_range(..)
             .map_err(|e| Error::Readback(e.to_string()))?;
         let mut out = self.precision.decode(&view);
-        out.truncate(self.numel());
+        out.truncate(self.storage_len());
         drop(view);
         staging.unmap();
-        Ok(out)
+        Ok(self.layout.to_nchw(self.shape, &out))
     }
 }

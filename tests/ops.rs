@@ -441,14 +441,18 @@ fn async_forms_do_not_block_and_agree_with_blocking_ones() {
     .unwrap();
     let opts = Conv2dOptions::new(1, 1);
     let out = Tensor::empty(&ctx, shape).unwrap();
-    let d = conv2d::prepare(&ctx, &x, &w, None, &out, &opts).unwrap();
+    let d = conv2d::prepare(&ctx, &x, &w, None, &out, &opts)
+        .unwrap()
+        .remove(0);
     pollster::block_on(ctx.run_async(&[&d])).unwrap();
     let blocking = out.download(&ctx).unwrap();
 
     // Queue the same convolution again (hundreds of millions of FLOPs) and ask for the result:
     // the first poll returns at once, before the GPU can be done.
     let again = Tensor::empty(&ctx, shape).unwrap();
-    let d = conv2d::prepare(&ctx, &x, &w, None, &again, &opts).unwrap();
+    let d = conv2d::prepare(&ctx, &x, &w, None, &again, &opts)
+        .unwrap()
+        .remove(0);
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
     {
         let mut pass = encoder.begin_compute_pass(&Default::default());

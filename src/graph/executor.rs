@@ -15,8 +15,7 @@ use super::{at_node, infer_shapes, Graph, Op, ShapeRule};
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, ErrorScopes, GpuContext};
 use crate::kernels::batch_norm::{self, BatchNormWeights};
-use crate::kernels::conv2d::{self, Conv2dOptions, Conv2dWeights, ConvAlgorithm, ResidualMode};
-use crate::kernels::conv2d_coop;
+use crate::kernels::conv2d::{self, coop, select, Conv2dOptions, Conv2dWeights, ConvAlgorithm};
 use crate::kernels::convert;
 use crate::kernels::elementwise;
 use crate::kernels::max_pool2d::{self, MaxPool2dOptions};
@@ -24,7 +23,7 @@ use crate::kernels::pad2d;
 use crate::kernels::upsample_add::{self, UpsampleMode};
 use crate::precision::Precision;
 use crate::signal::{drive, signal};
-use crate::tensor::{check_shape, numel, padded_bytes, Tensor};
+use crate::tensor::{check_shape_in, numel, padded_bytes, MemoryFormat, Tensor};
 
 /// Plans kept per executor; each holds its activation buffers, so the cache stays small.
 const PLAN_CACHE_SIZE: usize = 4;
@@ -89,6 +88,8 @@ pub struct Plan {
     dispatch_flops: Vec<u64>,
     outputs: Vec<(String, usize)>,
     memory: MemoryPlan,
+    /// Scratch for split-K partial sums, shared by the plan's launches.
+    _partials: Option<wgpu::Buffer>,
     flops: u64,
 }
 
@@ -138,6 +139,16 @@ impl Plan {
             .collect()
     }
 
+    /// Each launch as (node name, kernel, configuration): the kernel's block and split where
+    /// it has them (see [`Dispatch::config`]).
+    pub fn launches(&self) -> Vec<(&str, &str, &str)> {
+        self.names
+            .iter()
+            .zip(&self.dispatches)
+            .map(|(n, d)| (n.as_str(), d.label(), d.config()))
+            .collect()
+    }
+
     /// Consecutive launches timed together: per stage (`stem`, `layer1`, ...) or per op
     /// (`layer1.0.conv2 conv2d_rows`), as (label, range of [`Plan::dispatches`]).
     pub fn groups(&self, granularity: Granularity) -> Vec<(String, Range<usize>)> {
@@ -182,6 +193,7 @@ impl Plan {
 pub struct Executor {
     ctx: GpuContext,
     precision: Precision,
+    layout: MemoryFormat,
     nodes: Vec<GpuNode>,
     outputs: Vec<(String, usize)>,
     weight_bytes: u64,
@@ -209,8 +221,16 @@ impl Executor {
         precision: Precision,
     ) -> Result<Self> {
         ctx.check_precision("Executor", precision)?;
-        // Tensor cores where the device has them and the kernel passed its check there.
-        let cooperative = precision == Precision::F16 && conv2d_coop::verified(ctx);
+        // Tensor cores where the device has them, the kernel passed its check there and every
+        // op of the graph takes the channels-last values they need.
+        let cooperative = precision == Precision::F16
+            && graph.nodes.iter().all(|n| takes_channels_last(&n.op))
+            && coop::verified(ctx);
+        let layout = if cooperative {
+            MemoryFormat::ChannelsLast
+        } else {
+            MemoryFormat::Nchw
+        };
         let mut weight_bytes = 0;
         let mut nodes = Vec::with_capacity(graph.nodes.len());
         for node in graph.nodes {
@@ -219,17 +239,13 @@ impl Executor {
                 Op::Input => GpuOp::Input,
                 Op::Conv2d { weights: w, opts } => {
                     let affine = w.affine.as_ref().map(|(s, t)| (s.as_slice(), t.as_slice()));
-                    let winograd = algorithms == Algorithms::Winograd
-                        && w.shape[2..] == [3, 3]
-                        && opts.stride == (1, 1)
-                        && !matches!(opts.residual, ResidualMode::Upsampled(_));
-                    let algorithm = if cooperative {
-                        ConvAlgorithm::CooperativeMatrix
-                    } else if winograd {
-                        ConvAlgorithm::Winograd
-                    } else {
-                        ConvAlgorithm::Direct
-                    };
+                    let algorithm = select::algorithm(
+                        w.shape,
+                        &opts,
+                        precision,
+                        cooperative,
+                        algorithms == Algorithms::Winograd,
+                    );
                     let gw = Conv2dWeights::with_precision(
                         ctx,
                         w.shape,
@@ -267,6 +283,7 @@ impl Executor {
         Ok(Executor {
             ctx: ctx.clone(),
             precision,
+            layout,
             nodes,
             outputs: graph.outputs,
             weight_bytes,
@@ -282,6 +299,12 @@ impl Executor {
     /// How weights and values are stored.
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// How the values are stored: channels-last where the convolutions run on cooperative
+    /// matrices, NCHW otherwise.
+    pub fn layout(&self) -> MemoryFormat {
+        self.layout
     }
 
     /// Number of nodes (kernel launches plus the input).
@@ -323,11 +346,12 @@ impl Executor {
     pub fn check_limits(&self, input_shape: [usize; 4]) -> Result<Vec<[usize; 4]>> {
         let shapes = self.value_shapes(input_shape)?;
         for (node, &shape) in self.nodes.iter().zip(&shapes) {
-            check_shape(
+            check_shape_in(
                 &self.ctx,
                 "plan",
                 &format!("the output of `{}`", node.name),
                 shape,
+                self.layout,
             )?;
         }
         Ok(shapes)
@@ -348,18 +372,45 @@ impl Executor {
         let shapes = self.check_limits(input_shape)?;
         let sizes: Vec<u64> = shapes
             .iter()
-            .map(|&s| padded_bytes(s, self.precision))
+            .map(|&s| padded_bytes(s, self.precision, self.layout))
             .collect();
         let inputs: Vec<Vec<usize>> = self.nodes.iter().map(|n| n.inputs.clone()).collect();
         let outputs: Vec<usize> = self.outputs.iter().map(|&(_, v)| v).collect();
         let limits = ctx.limits();
-        let memory = plan_memory(
+        let mut memory = plan_memory(
             &sizes,
             &inputs,
             &outputs,
             limits.min_storage_buffer_offset_alignment as u64,
             limits.max_buffer_size,
         );
+        // Cooperative-matrix convolutions: each one's block and split, the room their last
+        // tiles read past a value's end (left after every arena, since any value may end one),
+        // and one buffer for the split-K partial sums, reused by every launch.
+        let mut choices = vec![None; self.nodes.len()];
+        let (mut slack, mut partial_bytes) = (0u64, 0u64);
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let GpuOp::Conv2d(w, o) = &node.op {
+                if w.algorithm() != ConvAlgorithm::CooperativeMatrix {
+                    continue;
+                }
+                let x = shapes[node.inputs[0]];
+                let choice = select::coop_choice(ctx, x, w.shape(), o)
+                    .map_err(|e| at_node(&node.name, e))?;
+                let side = coop::support(ctx).map_or(16, |s| s.side);
+                let read = coop::input_bytes_read(x, w.shape(), o.stride, side);
+                slack = slack.max(read.saturating_sub(sizes[node.inputs[0]]));
+                partial_bytes =
+                    partial_bytes.max(coop::partial_bytes(shapes[i], w.cout_pad(), choice, side));
+                choices[i] = Some(choice);
+            }
+        }
+        let slack = slack.next_multiple_of(16);
+        for bytes in &mut memory.arena_bytes {
+            *bytes += slack;
+        }
+        let partials =
+            (partial_bytes > 0).then(|| ctx.storage_zeroed("split-K partial sums", partial_bytes));
 
         let buffers: Vec<wgpu::Buffer> = memory
             .arena_bytes
@@ -378,7 +429,13 @@ impl Executor {
             .enumerate()
             .map(|(v, &shape)| {
                 let arena = &buffers[memory.arena_of[v]];
-                Tensor::view(arena.clone(), memory.offset_of[v], shape, self.precision)
+                Tensor::view(
+                    arena.clone(),
+                    memory.offset_of[v],
+                    shape,
+                    self.precision,
+                    self.layout,
+                )
             })
             .collect();
 
@@ -396,28 +453,35 @@ impl Executor {
             };
             let x = |k: usize| &values[node.inputs[k]];
             let out = &values[i];
-            let d = match &node.op {
+            let launches = match &node.op {
                 GpuOp::Input => continue,
-                GpuOp::Conv2d(w, o) => conv2d::prepare(
+                GpuOp::Conv2d(w, o) => conv2d::prepare_with(
                     ctx,
                     x(0),
                     w,
                     node.inputs.get(1).map(|&r| &values[r]),
                     out,
                     o,
+                    choices[i],
+                    partials.as_ref(),
                 ),
-                GpuOp::BatchNorm(bn) => batch_norm::prepare(ctx, x(0), bn, out),
-                GpuOp::MaxPool2d(o) => max_pool2d::prepare(ctx, x(0), out, o),
-                GpuOp::Pad2d(pad) => pad2d::prepare(ctx, x(0), out, *pad),
-                GpuOp::UpsampleAdd(m) => upsample_add::prepare(ctx, x(0), x(1), out, *m),
-                GpuOp::Relu => elementwise::prepare_relu(ctx, x(0), out),
-                GpuOp::Add => elementwise::prepare_add(ctx, x(0), x(1), out),
+                GpuOp::BatchNorm(bn) => batch_norm::prepare(ctx, x(0), bn, out).map(|d| vec![d]),
+                GpuOp::MaxPool2d(o) => max_pool2d::prepare(ctx, x(0), out, o).map(|d| vec![d]),
+                GpuOp::Pad2d(pad) => pad2d::prepare(ctx, x(0), out, *pad).map(|d| vec![d]),
+                GpuOp::UpsampleAdd(m) => {
+                    upsample_add::prepare(ctx, x(0), x(1), out, *m).map(|d| vec![d])
+                }
+                GpuOp::Relu => elementwise::prepare_relu(ctx, x(0), out).map(|d| vec![d]),
+                GpuOp::Add => elementwise::prepare_add(ctx, x(0), x(1), out).map(|d| vec![d]),
             }
             .map_err(|e| at_node(&node.name, e))?;
-            dispatches.push(d);
-            stages.push(node.stage.clone());
-            names.push(node.name.clone());
-            dispatch_flops.push(node_flops);
+            // A split-K convolution is two launches; its FLOPs count on the first.
+            for (k, d) in launches.into_iter().enumerate() {
+                dispatches.push(d);
+                stages.push(node.stage.clone());
+                names.push(node.name.clone());
+                dispatch_flops.push(if k == 0 { node_flops } else { 0 });
+            }
         }
         Ok(Plan {
             input_shape,
@@ -429,6 +493,7 @@ impl Executor {
             dispatch_flops,
             outputs: self.outputs.clone(),
             memory,
+            _partials: partials,
         })
     }
 
@@ -525,14 +590,16 @@ impl Executor {
         // Values of another precision than the caller's tensors go through conversion kernels,
         // in passes of their own so that the stage timestamps measure the network alone.
         let input_value = &plan.values[0];
-        let convert_in = (input.precision() != input_value.precision())
+        let stored_as = |t: &Tensor| (t.precision(), t.layout());
+        let convert_in = (stored_as(input) != stored_as(input_value))
             .then(|| convert::prepare(ctx, input, input_value))
             .transpose()?;
+        let boundary = (Precision::F32, MemoryFormat::Nchw);
         let convert_out: Vec<Dispatch> = plan
             .outputs
             .iter()
             .zip(&outputs)
-            .filter(|((_, v), _)| plan.values[*v].precision() != Precision::F32)
+            .filter(|((_, v), _)| stored_as(&plan.values[*v]) != boundary)
             .map(|((_, v), (_, t))| convert::prepare(ctx, &plan.values[*v], t))
             .collect::<Result<_>>()?;
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -578,7 +645,7 @@ impl Executor {
             record_pass(&mut encoder, "convert outputs", &convert_out);
         }
         for ((_, v), (_, t)) in plan.outputs.iter().zip(&outputs) {
-            if plan.values[*v].precision() != Precision::F32 {
+            if stored_as(&plan.values[*v]) != boundary {
                 continue;
             }
             encoder.copy_buffer_to_buffer(
@@ -607,5 +674,17 @@ fn record_pass<'a>(
     });
     for d in dispatches {
         d.record(&mut pass);
+    }
+}
+
+/// Whether an op has a kernel for channels-last values (the cooperative-matrix convolutions
+/// read padded inputs, so a convolution must have had its padding made explicit).
+fn takes_channels_last(op: &Op) -> bool {
+    match op {
+        Op::Input | Op::MaxPool2d(_) | Op::Pad2d(_) | Op::UpsampleAdd(_) | Op::Relu | Op::Add => {
+            true
+        }
+        Op::Conv2d { opts, .. } => opts.padding == (0, 0),
+        Op::BatchNorm(_) => false,
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::{check_io, check_same_shape, elementwise_dispatch, ShaderSource};
+use crate::kernels::{check_io, check_nchw, check_same_shape, elementwise_dispatch, ShaderSource};
 use crate::precision::Precision;
 use crate::tensor::{check_shape, Tensor};
 
@@ -109,6 +109,7 @@ pub fn prepare(
     }
     check_same_shape(OP, out, "the output", x, "the input")?;
     check_io(OP, out, &[x])?;
+    check_nchw(OP, out)?;
     let params = BatchNormParams {
         len: x.numel() as u32,
         channels: c as u32,

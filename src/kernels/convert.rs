@@ -1,17 +1,20 @@
-//! Precision conversion (`shaders/convert.wgsl`): how f32 tensors enter and leave a network that
-//! stores its activations in f16.
+//! Precision and layout conversion (`shaders/convert.wgsl`): how f32 NCHW tensors enter and
+//! leave a network that stores its activations in f16 or channels-last.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::{check_same_shape, elementwise_dispatch, ShaderSource};
 use crate::precision::Precision;
-use crate::tensor::{check_shape, Tensor};
+use crate::tensor::{check_shape_in, MemoryFormat, Tensor};
 
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
     name: "convert.wgsl",
-    parts: &["convert.wgsl"],
-    source: include_str!("../../shaders/convert.wgsl"),
+    parts: &["layout.wgsl", "convert.wgsl"],
+    source: concat!(
+        include_str!("../../shaders/layout.wgsl"),
+        include_str!("../../shaders/convert.wgsl")
+    ),
     params: &[("ConvertParams", std::mem::size_of::<ConvertParams>())],
     enables: "",
     precisions: &Precision::ALL,
@@ -22,14 +25,20 @@ pub const SHADER: ShaderSource = ShaderSource {
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct ConvertParams {
     pub len: u32,
-    pub _pad: [u32; 3],
+    pub channels: u32,
+    pub height: u32,
+    pub width: u32,
+    pub src_cl: u32,
+    pub dst_cl: u32,
+    pub _pad: [u32; 2],
 }
 
-/// Builds the launch writing `x` into `out` in `out`'s precision; one of the two must be f32
-/// (the only precisions are f32 and f16).
+/// Builds the launch writing `x` into `out` in `out`'s precision and layout; when the
+/// precisions differ one of them must be f32 (the only precisions are f32 and f16).
 pub fn prepare(ctx: &GpuContext, x: &Tensor, out: &Tensor) -> Result<Dispatch> {
     const OP: &str = "convert";
-    check_shape(ctx, OP, "the input", x.shape())?;
+    check_shape_in(ctx, OP, "the input", x.shape(), x.layout())?;
+    check_shape_in(ctx, OP, "the output", out.shape(), out.layout())?;
     check_same_shape(OP, out, "the output", x, "the input")?;
     if x.buffer() == out.buffer() {
         return Err(Error::invalid(
@@ -37,11 +46,20 @@ pub fn prepare(ctx: &GpuContext, x: &Tensor, out: &Tensor) -> Result<Dispatch> {
             "the output shares a buffer with the input; give the output its own tensor",
         ));
     }
+    let [_, c, h, w] = x.shape();
     let params = ConvertParams {
-        len: x.numel() as u32,
-        _pad: [0; 3],
+        len: out.storage_len() as u32,
+        channels: c as u32,
+        height: h as u32,
+        width: w as u32,
+        src_cl: x.layout().wgsl_flag(c),
+        dst_cl: out.layout().wgsl_flag(c),
+        _pad: [0; 2],
     };
     let (entry, precision, bindings) = match (x.precision(), out.precision()) {
+        (a, b) if a == b && a != Precision::F32 => {
+            ("relayout", a, [(2, x.binding()), (1, out.binding())])
+        }
         (Precision::F32, p) => ("to_act", p, [(0, x.binding()), (1, out.binding())]),
         (p, Precision::F32) => ("to_f32", p, [(2, x.binding()), (3, out.binding())]),
         (a, b) => {
@@ -56,7 +74,7 @@ pub fn prepare(ctx: &GpuContext, x: &Tensor, out: &Tensor) -> Result<Dispatch> {
         &SHADER,
         precision,
         entry,
-        x.numel(),
+        out.storage_len(),
         &params,
         &bindings,
         4,
@@ -66,10 +84,21 @@ pub fn prepare(ctx: &GpuContext, x: &Tensor, out: &Tensor) -> Result<Dispatch> {
 /// Converts `x` to `precision` now and returns the new tensor (downloading it waits for the
 /// GPU); a tensor already in `precision` is returned as it is.
 pub fn convert(ctx: &GpuContext, x: &Tensor, precision: Precision) -> Result<Tensor> {
-    if x.precision() == precision {
+    convert_to(ctx, x, precision, x.layout())
+}
+
+/// Converts `x` to `precision` and `layout` now and returns the new tensor; a tensor already
+/// stored so is returned as it is.
+pub fn convert_to(
+    ctx: &GpuContext,
+    x: &Tensor,
+    precision: Precision,
+    layout: MemoryFormat,
+) -> Result<Tensor> {
+    if x.precision() == precision && x.layout() == layout {
         return Ok(x.clone());
     }
-    let out = Tensor::empty_as(ctx, x.shape(), precision)?;
+    let out = Tensor::empty_with(ctx, x.shape(), precision, layout)?;
     ctx.submit(&[&prepare(ctx, x, &out)?])?;
     Ok(out)
 }

@@ -37,7 +37,7 @@ pub fn prepare_relu(ctx: &GpuContext, x: &Tensor, out: &Tensor) -> Result<Dispat
     check_same_shape("relu", out, "the output", x, "the input")?;
     check_io("relu", out, &[x])?;
     let params = ElementwiseParams {
-        len: x.numel() as u32,
+        len: x.storage_len() as u32,
         _pad: [0; 3],
     };
     elementwise_dispatch(
@@ -45,7 +45,7 @@ pub fn prepare_relu(ctx: &GpuContext, x: &Tensor, out: &Tensor) -> Result<Dispat
         &SHADER,
         out.precision(),
         "relu",
-        x.numel(),
+        x.storage_len(),
         &params,
         &[(0, x.binding()), (2, out.binding())],
         3,
@@ -59,7 +59,7 @@ pub fn prepare_add(ctx: &GpuContext, a: &Tensor, b: &Tensor, out: &Tensor) -> Re
     check_same_shape("add", out, "the output", a, "the first input")?;
     check_io("add", out, &[a, b])?;
     let params = ElementwiseParams {
-        len: a.numel() as u32,
+        len: a.storage_len() as u32,
         _pad: [0; 3],
     };
     elementwise_dispatch(
@@ -67,7 +67,7 @@ pub fn prepare_add(ctx: &GpuContext, a: &Tensor, b: &Tensor, out: &Tensor) -> Re
         &SHADER,
         out.precision(),
         "add",
-        a.numel(),
+        a.storage_len(),
         &params,
         &[(0, a.binding()), (1, b.binding()), (2, out.binding())],
         3,
@@ -76,14 +76,14 @@ pub fn prepare_add(ctx: &GpuContext, a: &Tensor, b: &Tensor, out: &Tensor) -> Re
 
 /// Runs ReLU now and returns its output (downloading it waits for the GPU).
 pub fn relu(ctx: &GpuContext, x: &Tensor) -> Result<Tensor> {
-    let out = Tensor::empty_as(ctx, x.shape(), x.precision())?;
+    let out = Tensor::empty_with(ctx, x.shape(), x.precision(), x.layout())?;
     ctx.submit(&[&prepare_relu(ctx, x, &out)?])?;
     Ok(out)
 }
 
 /// Runs `a + b` now and returns its output (downloading it waits for the GPU).
 pub fn add(ctx: &GpuContext, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let out = Tensor::empty_as(ctx, a.shape(), a.precision())?;
+    let out = Tensor::empty_with(ctx, a.shape(), a.precision(), a.layout())?;
     ctx.submit(&[&prepare_add(ctx, a, b, &out)?])?;
     Ok(out)
 }

@@ -4,13 +4,16 @@ use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::{check_io, check_output_shape, elementwise_dispatch, ShaderSource};
 use crate::precision::Precision;
-use crate::tensor::{check_shape, Tensor};
+use crate::tensor::{check_shape_in, Tensor};
 
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
     name: "max_pool2d.wgsl",
-    parts: &["max_pool2d.wgsl"],
-    source: include_str!("../../shaders/max_pool2d.wgsl"),
+    parts: &["layout.wgsl", "max_pool2d.wgsl"],
+    source: concat!(
+        include_str!("../../shaders/layout.wgsl"),
+        include_str!("../../shaders/max_pool2d.wgsl")
+    ),
     params: &[("MaxPool2dParams", std::mem::size_of::<MaxPool2dParams>())],
     enables: "",
     precisions: &Precision::ALL,
@@ -31,7 +34,9 @@ pub(crate) struct MaxPool2dParams {
     pub stride_w: u32,
     pub pad_h: u32,
     pub pad_w: u32,
-    pub _pad0: u32,
+    pub channels: u32,
+    pub channels_last: u32,
+    pub _pad: [u32; 3],
 }
 
 /// Kernel, stride and padding, as (vertical, horizontal) pairs; floor mode, no dilation.
@@ -102,13 +107,13 @@ pub fn prepare(
     opts: &MaxPool2dOptions,
 ) -> Result<Dispatch> {
     const OP: &str = "max_pool2d";
-    check_shape(ctx, OP, "the input", x.shape())?;
+    check_shape_in(ctx, OP, "the input", x.shape(), x.layout())?;
     let shape = output_shape(x.shape(), opts)?;
     check_output_shape(OP, out, shape)?;
     check_io(OP, out, &[x])?;
-    let [_, _, h, w] = x.shape();
+    let [_, c, h, w] = x.shape();
     let params = MaxPool2dParams {
-        len: out.numel() as u32,
+        len: out.storage_len() as u32,
         in_height: h as u32,
         in_width: w as u32,
         out_height: shape[2] as u32,
@@ -119,14 +124,16 @@ pub fn prepare(
         stride_w: opts.stride.1 as u32,
         pad_h: opts.padding.0 as u32,
         pad_w: opts.padding.1 as u32,
-        _pad0: 0,
+        channels: c as u32,
+        channels_last: x.layout().wgsl_flag(c),
+        _pad: [0; 3],
     };
     elementwise_dispatch(
         ctx,
         &SHADER,
         out.precision(),
         "max_pool2d",
-        out.numel(),
+        out.storage_len(),
         &params,
         &[(0, x.binding()), (1, out.binding())],
         2,
@@ -135,7 +142,12 @@ pub fn prepare(
 
 /// Runs a max pooling now and returns its output (downloading it waits for the GPU).
 pub fn max_pool2d(ctx: &GpuContext, x: &Tensor, opts: &MaxPool2dOptions) -> Result<Tensor> {
-    let out = Tensor::empty_as(ctx, output_shape(x.shape(), opts)?, x.precision())?;
+    let out = Tensor::empty_with(
+        ctx,
+        output_shape(x.shape(), opts)?,
+        x.precision(),
+        x.layout(),
+    )?;
     ctx.submit(&[&prepare(ctx, x, &out, opts)?])?;
     Ok(out)
 }

@@ -4,8 +4,6 @@
 
 pub mod batch_norm;
 pub mod conv2d;
-pub mod conv2d_coop;
-pub mod conv2d_rows;
 pub mod convert;
 pub mod elementwise;
 pub mod max_pool2d;
@@ -15,7 +13,7 @@ pub mod upsample_add;
 use crate::error::Result;
 use crate::gpu::{grid_2d, Dispatch, GpuContext};
 use crate::precision::Precision;
-use crate::tensor::Tensor;
+use crate::tensor::{MemoryFormat, Tensor};
 
 /// A WGSL module compiled into the crate: one kernel file, preceded by the shared snippets it
 /// uses.
@@ -52,9 +50,9 @@ impl ShaderSource {
 
 /// Every shader the crate uses.
 pub const SHADERS: &[&ShaderSource] = &[
-    &conv2d::SHADER,
-    &conv2d_rows::SHADER,
-    &conv2d_coop::SHADER,
+    &conv2d::direct::SHADER,
+    &conv2d::rows::SHADER,
+    &conv2d::coop::SHADER,
     &batch_norm::SHADER,
     &max_pool2d::SHADER,
     &pad2d::SHADER,
@@ -62,6 +60,24 @@ pub const SHADERS: &[&ShaderSource] = &[
     &elementwise::SHADER,
     &convert::SHADER,
 ];
+
+/// Returns the context's cached pipeline for a shader entry point in `precision` and its
+/// override constants, compiling it on first use.
+pub(crate) fn pipeline(
+    ctx: &GpuContext,
+    shader: &ShaderSource,
+    precision: Precision,
+    entry: &'static str,
+    constants: &[(&'static str, u32)],
+) -> Result<wgpu::ComputePipeline> {
+    ctx.check_precision(entry, precision)?;
+    ctx.pipeline_from(
+        &format!("{}:{precision}", shader.name),
+        || shader.module(precision),
+        entry,
+        constants,
+    )
+}
 
 /// Workgroup size of the one-invocation-per-element kernels (the WGSL `override WG`).
 pub const ELEMENTWISE_WG: u32 = 256;
@@ -80,7 +96,7 @@ pub(crate) fn elementwise_dispatch<P: bytemuck::Pod>(
     buffers: &[(u32, wgpu::BindingResource<'_>)],
     params_binding: u32,
 ) -> Result<Dispatch> {
-    let pipeline = ctx.pipeline(shader, precision, entry, &[("WG", ELEMENTWISE_WG)])?;
+    let pipeline = pipeline(ctx, shader, precision, entry, &[("WG", ELEMENTWISE_WG)])?;
     let groups = (len as u64).div_ceil(ELEMENTWISE_WG as u64);
     let max = ctx.limits().max_compute_workgroups_per_dimension;
     let groups = u32::try_from(groups).unwrap_or(u32::MAX);
@@ -90,12 +106,7 @@ pub(crate) fn elementwise_dispatch<P: bytemuck::Pod>(
     let mut entries = buffers.to_vec();
     entries.push((params_binding, uniform.as_entire_binding()));
     let bind_group = ctx.bind_group(entry, &pipeline, &entries);
-    Ok(Dispatch {
-        label: entry,
-        pipeline,
-        bind_group,
-        workgroups,
-    })
+    Ok(Dispatch::new(entry, pipeline, bind_group, workgroups))
 }
 
 /// Checks that two tensors have the same shape.
@@ -121,8 +132,18 @@ pub(crate) fn check_same_shape(
 
 /// Checks that the output does not share a buffer with an input (wgpu forbids binding one
 /// buffer as both read-only and read-write in a dispatch) and that all of them have one
-/// precision (a kernel is compiled for one storage type).
+/// precision (a kernel is compiled for one storage type) and one layout.
 pub(crate) fn check_io(op: &'static str, out: &Tensor, inputs: &[&Tensor]) -> Result<()> {
+    if let Some(t) = inputs.iter().find(|t| t.layout() != out.layout()) {
+        return Err(crate::Error::invalid(
+            op,
+            format!(
+                "an input is stored {:?} but the output {:?}; every tensor of an op must have one layout (convert with kernels::convert::convert_to)",
+                t.layout(),
+                out.layout()
+            ),
+        ));
+    }
     if let Some(t) = inputs.iter().find(|t| t.precision() != out.precision()) {
         return Err(crate::Error::invalid(
             op,
@@ -137,6 +158,20 @@ pub(crate) fn check_io(op: &'static str, out: &Tensor, inputs: &[&Tensor]) -> Re
         return Err(crate::Error::invalid(
             op,
             "the output shares a buffer with an input; in-place ops are not supported, give the output its own tensor",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a kernel written for NCHW tensors is given one.
+pub(crate) fn check_nchw(op: &'static str, t: &Tensor) -> Result<()> {
+    if t.layout() != MemoryFormat::Nchw {
+        return Err(crate::Error::invalid(
+            op,
+            format!(
+                "this kernel takes NCHW tensors but was given a {:?} one; convert it with kernels::convert::convert_to",
+                t.layout()
+            ),
         ));
     }
     Ok(())

@@ -5,13 +5,16 @@ use crate::error::Result;
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::{check_io, check_output_shape, elementwise_dispatch, ShaderSource};
 use crate::precision::Precision;
-use crate::tensor::{check_shape, Tensor};
+use crate::tensor::{check_shape_in, Tensor};
 
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
     name: "pad2d.wgsl",
-    parts: &["pad2d.wgsl"],
-    source: include_str!("../../shaders/pad2d.wgsl"),
+    parts: &["layout.wgsl", "pad2d.wgsl"],
+    source: concat!(
+        include_str!("../../shaders/layout.wgsl"),
+        include_str!("../../shaders/pad2d.wgsl")
+    ),
     params: &[("Pad2dParams", std::mem::size_of::<Pad2dParams>())],
     enables: "",
     precisions: &Precision::ALL,
@@ -26,7 +29,9 @@ pub(crate) struct Pad2dParams {
     pub in_width: u32,
     pub pad_h: u32,
     pub pad_w: u32,
-    pub _pad: [u32; 3],
+    pub channels: u32,
+    pub channels_last: u32,
+    pub _pad: u32,
 }
 
 /// The shape after padding each side by (vertical, horizontal) `padding`.
@@ -43,26 +48,28 @@ pub fn prepare(
     padding: (usize, usize),
 ) -> Result<Dispatch> {
     const OP: &str = "pad2d";
-    check_shape(ctx, OP, "the input", x.shape())?;
+    check_shape_in(ctx, OP, "the input", x.shape(), x.layout())?;
     let shape = output_shape(x.shape(), padding);
-    check_shape(ctx, OP, "the output", shape)?;
+    check_shape_in(ctx, OP, "the output", shape, out.layout())?;
     check_output_shape(OP, out, shape)?;
     check_io(OP, out, &[x])?;
-    let [_, _, h, w] = x.shape();
+    let [_, c, h, w] = x.shape();
     let params = Pad2dParams {
-        len: out.numel() as u32,
+        len: out.storage_len() as u32,
         in_height: h as u32,
         in_width: w as u32,
         pad_h: padding.0 as u32,
         pad_w: padding.1 as u32,
-        _pad: [0; 3],
+        channels: c as u32,
+        channels_last: x.layout().wgsl_flag(c),
+        _pad: 0,
     };
     elementwise_dispatch(
         ctx,
         &SHADER,
         out.precision(),
         "pad2d",
-        out.numel(),
+        out.storage_len(),
         &params,
         &[(0, x.binding()), (1, out.binding())],
         2,
@@ -71,7 +78,12 @@ pub fn prepare(
 
 /// Submits a zero padding now and returns its output (downloading it waits for the GPU).
 pub fn pad2d(ctx: &GpuContext, x: &Tensor, padding: (usize, usize)) -> Result<Tensor> {
-    let out = Tensor::empty_as(ctx, output_shape(x.shape(), padding), x.precision())?;
+    let out = Tensor::empty_with(
+        ctx,
+        output_shape(x.shape(), padding),
+        x.precision(),
+        x.layout(),
+    )?;
     ctx.submit(&[&prepare(ctx, x, &out, padding)?])?;
     Ok(out)
 }

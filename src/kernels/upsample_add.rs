@@ -34,7 +34,7 @@ pub(crate) struct UpsampleAddParams {
     pub out_width: u32,
     pub scale_h: f32,
     pub scale_w: f32,
-    pub _pad0: u32,
+    pub channels_last: u32,
 }
 
 /// How the coarser map is resized, with PyTorch's `F.interpolate(x, size=...)` semantics.
@@ -73,7 +73,7 @@ pub fn prepare(
     check_same_shape(OP, out, "the output", y, "the lateral input")?;
     check_io(OP, out, &[x, y])?;
     let params = UpsampleAddParams {
-        len: out.numel() as u32,
+        len: out.storage_len() as u32,
         in_height: ih as u32,
         in_width: iw as u32,
         out_height: oh as u32,
@@ -81,7 +81,7 @@ pub fn prepare(
         // PyTorch divides in f32: the same rounding here keeps nearest indices identical.
         scale_h: ih as f32 / oh as f32,
         scale_w: iw as f32 / ow as f32,
-        _pad0: 0,
+        channels_last: out.layout().wgsl_flag(c),
     };
     let entry = match mode {
         UpsampleMode::Bilinear => "bilinear_add",
@@ -92,7 +92,7 @@ pub fn prepare(
         &SHADER,
         out.precision(),
         entry,
-        out.numel(),
+        out.storage_len(),
         &params,
         &[(0, x.binding()), (1, y.binding()), (2, out.binding())],
         3,
@@ -106,7 +106,7 @@ pub fn upsample_add(
     y: &Tensor,
     mode: UpsampleMode,
 ) -> Result<Tensor> {
-    let out = Tensor::empty_as(ctx, y.shape(), y.precision())?;
+    let out = Tensor::empty_with(ctx, y.shape(), y.precision(), y.layout())?;
     ctx.submit(&[&prepare(ctx, x, y, &out, mode)?])?;
     Ok(out)
 }

@@ -17,10 +17,10 @@ pub const SHADER: ShaderSource = ShaderSource {
         "conv2d_rows.wgsl",
     ],
     source: concat!(
-        include_str!("../../shaders/common.wgsl"),
-        include_str!("../../shaders/resample.wgsl"),
-        include_str!("../../shaders/conv2d_epilogue.wgsl"),
-        include_str!("../../shaders/conv2d_rows.wgsl")
+        include_str!("../../../shaders/common.wgsl"),
+        include_str!("../../../shaders/resample.wgsl"),
+        include_str!("../../../shaders/conv2d_epilogue.wgsl"),
+        include_str!("../../../shaders/conv2d_rows.wgsl")
     ),
     params: &[("Conv2dParams", std::mem::size_of::<Conv2dParams>())],
     enables: "",

@@ -1,76 +1,25 @@
-//! 2-D convolution with a fused epilogue (`shaders/conv2d.wgsl`).
+//! 2-D convolution with a fused epilogue: the options, the parameters and the weights every
+//! kernel shares, and [`prepare`], which hands a convolution to the kernel [`select`] picks:
+//! [`direct`] (NCHW: direct, row-tiled, Winograd) or [`coop`] (channels-last, cooperative
+//! matrices).
+
+pub mod coop;
+pub mod direct;
+pub mod rows;
+pub mod select;
+
+pub use coop::CoopChoice;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::conv2d_coop as coop;
-use crate::kernels::conv2d_rows::RowTile;
+use crate::kernels::pad2d;
 use crate::kernels::upsample_add::UpsampleMode;
-use crate::kernels::{check_io, check_output_shape, ShaderSource};
 use crate::precision::Precision;
-use crate::tensor::{check_shape, Tensor};
+use crate::tensor::{padded_bytes, Tensor};
 
-/// The WGSL source.
-pub const SHADER: ShaderSource = ShaderSource {
-    name: "conv2d.wgsl",
-    parts: &[
-        "common.wgsl",
-        "resample.wgsl",
-        "conv2d_epilogue.wgsl",
-        "conv2d.wgsl",
-    ],
-    source: concat!(
-        include_str!("../../shaders/common.wgsl"),
-        include_str!("../../shaders/resample.wgsl"),
-        include_str!("../../shaders/conv2d_epilogue.wgsl"),
-        include_str!("../../shaders/conv2d.wgsl")
-    ),
-    params: &[("Conv2dParams", std::mem::size_of::<Conv2dParams>())],
-    enables: "",
-    precisions: &Precision::ALL,
-};
-
-/// Output channels per invocation of `conv2d.wgsl` (WGSL `COUT_TILE`).
-pub const COUT_TILE: usize = 8;
 /// Weights (and the affine) are zero padded to a multiple of this many output channels: the
-/// largest channel tile of any convolution kernel.
+/// largest channel tile of the NCHW kernels.
 pub const COUT_ALIGN: usize = 16;
-/// Pixels per invocation (WGSL `PIX_TILE`).
-pub const PIX_TILE: usize = 8;
-/// Invocations per workgroup (WGSL `WG_PIX * WG_CO`).
-pub const WG_SIZE: u32 = 64;
-
-/// Channel tiles a workgroup spans on a CPU adapter when the layer has that many.
-///
-/// llvmpipe runs a workgroup's invocations one SIMD batch after another on one thread, so the
-/// batches that share pixels reuse the input from that core's cache: measured on lavapipe, 8
-/// channel tiles by 8 pixel lanes against 64 pixel lanes took a 1x1 256->256 conv at 150x225
-/// from 9.8 to 16.4 GFLOP/s, 2048->256 at 19x29 from 13.7 to 24.1, a 3x3 256->256 from 25.5 to
-/// 27.5; 64-channel layers (4 tiles) did best with 16 x 4 (3x3 64->64: 19.2 -> 24.1).
-pub const CPU_CHANNEL_LANES: usize = 8;
-
-/// The workgroup's shape, (invocations along pixels, along channel tiles), for `pixel_lanes`
-/// invocations' worth of pixels and `channel_tiles` channel tiles on an adapter of
-/// `device_type`. On a CPU adapter up to [`CPU_CHANNEL_LANES`] lanes go along channel tiles
-/// (see there); on a GPU all go along pixels. Either way a map too small to fill the pixel lanes
-/// gets only as many as it needs (at least 8, one SIMD width of a CPU adapter) and the rest go
-/// along channel tiles, so that the deep layers do not leave most invocations idle.
-pub fn workgroup_shape(
-    pixel_lanes: usize,
-    channel_tiles: usize,
-    device_type: wgpu::DeviceType,
-) -> (u32, u32) {
-    let channel_lanes = match device_type {
-        wgpu::DeviceType::Cpu => {
-            // The largest power of two not above the tile count: no lane without a tile.
-            let pow2 = 1usize << channel_tiles.max(1).ilog2();
-            pow2.min(CPU_CHANNEL_LANES)
-        }
-        _ => 1,
-    };
-    let most_pixels = (WG_SIZE as usize / channel_lanes).max(8);
-    let pix_lanes = pixel_lanes.next_power_of_two().clamp(8, most_pixels) as u32;
-    (pix_lanes, WG_SIZE / pix_lanes)
-}
 
 /// How a convolution is computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,7 +29,7 @@ pub enum ConvAlgorithm {
     /// Winograd F(2x2, 3x3): 3x3 kernels with stride 1, 2.25x fewer multiplies.
     Winograd,
     /// Implicit GEMM on cooperative matrices (tensor cores): f16 only, on devices with
-    /// [`GpuContext::cooperative_matrix`]; see [`crate::kernels::conv2d_coop`].
+    /// [`GpuContext::cooperative_matrix`]; see [`coop`].
     CooperativeMatrix,
 }
 
@@ -90,7 +39,7 @@ impl ConvAlgorithm {
     fn cout_align(self) -> usize {
         match self {
             ConvAlgorithm::Direct | ConvAlgorithm::Winograd => COUT_ALIGN,
-            ConvAlgorithm::CooperativeMatrix => coop::DEFAULT_TILE.block_channels(),
+            ConvAlgorithm::CooperativeMatrix => coop::COUT_ALIGN,
         }
     }
 }
@@ -230,12 +179,11 @@ pub struct Conv2dWeights {
 }
 
 /// Reorders OIHW weights to `[K][cout_pad]` (K = input channel x kernel tap), zero padding the
-/// output channels to `cout_pad` (so the kernels load them as vec4s, or as whole blocks) and K
-/// to a multiple of `k_align` (whole steps of the cooperative-matrix kernel).
-fn to_k_major(shape: [usize; 4], weight: &[f32], cout_pad: usize, k_align: usize) -> Vec<f32> {
+/// output channels to `cout_pad` (so the kernels load them as vec4s).
+fn to_k_major(shape: [usize; 4], weight: &[f32], cout_pad: usize) -> Vec<f32> {
     let [cout, cin, kh, kw] = shape;
     let k_len = cin * kh * kw;
-    let mut out = vec![0.0f32; k_len.next_multiple_of(k_align) * cout_pad];
+    let mut out = vec![0.0f32; k_len * cout_pad];
     for co in 0..cout {
         for k in 0..k_len {
             out[k * cout_pad + co] = weight[co * k_len + k];
@@ -314,12 +262,12 @@ impl Conv2dWeights {
             Ok(())
         };
         if algorithm == ConvAlgorithm::CooperativeMatrix
-            && (precision != Precision::F16 || coop::subgroup_size(ctx).is_none())
+            && (precision != Precision::F16 || coop::support(ctx).is_none())
         {
             return Err(Error::Unsupported {
                 op: OP,
                 message: format!(
-                    "cooperative-matrix weights need f16 (asked: {precision}) and a device with 16x16x16 f16 cooperative matrices (this one: {}); use ConvAlgorithm::Direct",
+                    "cooperative-matrix weights need f16 (asked: {precision}) and a device with 16x16x16 or 8x8x8 f16 -> f32 cooperative matrices (this one: {}); use ConvAlgorithm::Direct",
                     if ctx.cooperative_matrix().is_some() { "yes, but too little workgroup memory" } else { "no" }
                 ),
             });
@@ -341,8 +289,8 @@ impl Conv2dWeights {
             }
         }
         let packed = match algorithm {
-            ConvAlgorithm::Direct => to_k_major(shape, weight, cout_pad, 1),
-            ConvAlgorithm::CooperativeMatrix => to_k_major(shape, weight, cout_pad, coop::MATRIX),
+            ConvAlgorithm::Direct => to_k_major(shape, weight, cout_pad),
+            ConvAlgorithm::CooperativeMatrix => coop::to_tap_major(shape, weight),
             ConvAlgorithm::Winograd if shape[2..] == [3, 3] => to_winograd(shape, weight),
             ConvAlgorithm::Winograd => {
                 return Err(Error::invalid(
@@ -378,6 +326,11 @@ impl Conv2dWeights {
     /// The algorithm the weights are laid out for.
     pub fn algorithm(&self) -> ConvAlgorithm {
         self.algorithm
+    }
+
+    /// Output channels after padding: the row length of the weights and of the affine.
+    pub fn cout_pad(&self) -> usize {
+        self.cout_pad
     }
 
     /// Bytes the weights occupy on the GPU (after padding).
@@ -447,7 +400,9 @@ pub fn output_shape(
     Ok([n, cout, oh, ow])
 }
 
-/// Builds the launch computing `out = relu?(conv(x) * scale + shift + residual?)`.
+/// The launches computing `out = relu?(conv(x) * scale + shift + residual?)`: one, or two for a
+/// split-K cooperative-matrix convolution. The kernel, its block and its split are chosen as
+/// [`select`] says for this device.
 pub fn prepare(
     ctx: &GpuContext,
     x: &Tensor,
@@ -455,178 +410,34 @@ pub fn prepare(
     residual: Option<&Tensor>,
     out: &Tensor,
     opts: &Conv2dOptions,
-) -> Result<Dispatch> {
-    const OP: &str = "conv2d";
-    let shape = output_shape(x.shape(), weights.shape, opts)?;
-    check_shape(ctx, OP, "the input", x.shape())?;
-    check_shape(ctx, OP, "the output", shape)?;
-    check_output_shape(OP, out, shape)?;
-    if let Some(r) = residual {
-        check_residual_shape(shape, r.shape(), opts.residual)?;
-    }
-    let mut inputs = vec![x];
-    inputs.extend(residual);
-    check_io(OP, out, &inputs)?;
-    let precision = x.precision();
-    if weights.precision != precision {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "the weights are stored in {} but the input is {}; build the weights with Conv2dWeights::with_precision({precision})",
-                weights.precision, precision
-            ),
-        ));
-    }
-    let [n, cout, oh, ow] = shape;
-    let [_, cin, kh, kw] = weights.shape;
-    let upsample = residual.is_some() && matches!(opts.residual, ResidualMode::Upsampled(_));
-    let [_, _, h, w] = x.shape();
-    // What the kernel sees: a pointwise conv with the plain epilogue runs on the flattened
-    // plane (one long row), which fills the row tiles however narrow the map.
-    let pointwise = kh == 1 && kw == 1 && opts.stride == (1, 1) && opts.padding == (0, 0);
-    let (in_h, in_w, out_h, out_w) = if pointwise && !upsample {
-        (1, h * w, 1, oh * ow)
-    } else {
-        (h, w, oh, ow)
-    };
-    let device_type = ctx.adapter().device_type;
-    let mut constants = Vec::new();
-    if upsample {
-        constants.push(("UPSAMPLE", 1));
-    }
-    // The row kernel reads the input as whole vec4s; a tensor that cannot be bound so (a
-    // caller's buffer ending mid-vec4) takes the general kernel.
-    let (pipeline, label, grid, x_binding) = match (weights.algorithm, x.vec4_binding()) {
-        (ConvAlgorithm::Winograd, _) => {
-            if opts.stride != (1, 1) || upsample {
-                return Err(Error::invalid(
-                    OP,
-                    format!(
-                        "Winograd weights run with stride 1 and no upsampled residual (stride {:?}); \
-                         build the weights with ConvAlgorithm::Direct",
-                        opts.stride
-                    ),
-                ));
-            }
-            let lanes = oh.div_ceil(2) * ow.div_ceil(2);
-            let (wg_pix, wg_co) = workgroup_shape(lanes, cout.div_ceil(COUT_TILE), device_type);
-            constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
-            let pipeline = ctx.pipeline(&SHADER, precision, "conv2d_winograd", &constants)?;
-            let grid = grid_for(lanes, cout.div_ceil(COUT_TILE), n, (wg_pix, wg_co));
-            (pipeline, "conv2d_winograd", grid, x.binding())
-        }
-        (ConvAlgorithm::CooperativeMatrix, _) => {
-            // Checked when the weights were made; the context is the same.
-            let sg = coop::subgroup_size(ctx).unwrap_or(32);
-            let tile = coop::DEFAULT_TILE;
-            constants.push(("SG", sg));
-            let pipeline = ctx.pipeline_from(
-                &tile.key(),
-                || tile.module_source(),
-                "conv2d_coop",
-                &constants,
-            )?;
-            // One workgroup (one subgroup) per block of pixels by channels.
-            let pixel_blocks = (oh * ow).div_ceil(tile.block_pixels());
-            let channel_blocks = cout.div_ceil(tile.block_channels());
-            let grid = grid_for(pixel_blocks, channel_blocks, n, (1, 1));
-            (pipeline, "conv2d_coop", grid, x.binding())
-        }
-        (ConvAlgorithm::Direct, Some(vec4_input)) if opts.padding == (0, 0) => {
-            let tile = RowTile::choose((kh, kw), opts.stride, out_w, device_type);
-            let lanes = out_h * out_w.div_ceil(tile.pixels);
-            let (wg_pix, wg_co) = workgroup_shape(lanes, cout.div_ceil(tile.couts), device_type);
-            constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
-            ctx.check_precision(OP, precision)?;
-            let pipeline = ctx.pipeline_from(
-                &format!("{}:{precision}", tile.key()),
-                || tile.module_source(precision),
-                "conv2d_rows",
-                &constants,
-            )?;
-            let grid = grid_for(lanes, cout.div_ceil(tile.couts), n, (wg_pix, wg_co));
-            (pipeline, "conv2d_rows", grid, vec4_input)
-        }
-        (ConvAlgorithm::Direct, _) => {
-            let lanes = (oh * ow).div_ceil(PIX_TILE);
-            let (wg_pix, wg_co) = workgroup_shape(lanes, cout.div_ceil(COUT_TILE), device_type);
-            constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
-            let pipeline = ctx.pipeline(&SHADER, precision, "conv2d", &constants)?;
-            let grid = grid_for(lanes, cout.div_ceil(COUT_TILE), n, (wg_pix, wg_co));
-            (pipeline, "conv2d", grid, x.binding())
-        }
-    };
-    ctx.check_grid(OP, grid)?;
-    let mut flags = 0;
-    if opts.relu {
-        flags |= FLAG_RELU;
-    }
-    let (mut res_height, mut res_width) = (oh, ow);
-    if let Some(r) = residual {
-        flags |= match opts.residual {
-            ResidualMode::Same => FLAG_RESIDUAL,
-            ResidualMode::Upsampled(UpsampleMode::Bilinear) => FLAG_UPSAMPLE_BILINEAR,
-            ResidualMode::Upsampled(UpsampleMode::Nearest) => FLAG_UPSAMPLE_NEAREST,
-        };
-        [_, _, res_height, res_width] = r.shape();
-    }
-    let params = Conv2dParams {
-        in_channels: cin as u32,
-        in_height: in_h as u32,
-        in_width: in_w as u32,
-        out_channels: cout as u32,
-        out_height: out_h as u32,
-        out_width: out_w as u32,
-        cout_vec4: (weights.cout_pad / 4) as u32,
-        kernel_h: kh as u32,
-        kernel_w: kw as u32,
-        stride_h: opts.stride.0 as u32,
-        stride_w: opts.stride.1 as u32,
-        pad_h: opts.padding.0 as u32,
-        pad_w: opts.padding.1 as u32,
-        flags,
-        res_height: res_height as u32,
-        res_width: res_width as u32,
-        // In f32, as PyTorch computes its resize scales (see upsample_add).
-        res_scale_h: res_height as f32 / oh as f32,
-        res_scale_w: res_width as f32 / ow as f32,
-        _pad0: 0,
-        _pad1: 0,
-    };
-    let uniform = ctx.uniform("conv2d params", &params);
-    let residual = match residual {
-        Some(r) => r.binding(),
-        None => ctx.placeholder().as_entire_binding(),
-    };
-    let bind_group = ctx.bind_group(
-        "conv2d",
-        &pipeline,
-        &[
-            (0, x_binding),
-            (1, weights.weights.as_entire_binding()),
-            (2, weights.affine.as_entire_binding()),
-            (3, residual),
-            (4, out.binding()),
-            (5, uniform.as_entire_binding()),
-        ],
-    );
-    Ok(Dispatch {
-        label,
-        pipeline,
-        bind_group,
-        workgroups: grid,
-    })
+) -> Result<Vec<Dispatch>> {
+    prepare_with(ctx, x, weights, residual, out, opts, None, None)
 }
 
-/// The grid of a kernel with `lanes` invocations along pixels and `channel_tiles` along output
-/// channels, in workgroups of `shape`, for a batch of `n`.
-fn grid_for(lanes: usize, channel_tiles: usize, n: usize, shape: (u32, u32)) -> [u32; 3] {
-    let count = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
-    [
-        count(lanes.div_ceil(shape.0 as usize)),
-        count(channel_tiles.div_ceil(shape.1 as usize)),
-        count(n),
-    ]
+/// [`prepare`] with a cooperative-matrix `choice` (block and split; `None`: as [`select`] says)
+/// and the buffer for split-K partial sums (`None`: one of its own), both ignored by the other
+/// algorithms.
+#[allow(clippy::too_many_arguments)]
+pub fn prepare_with(
+    ctx: &GpuContext,
+    x: &Tensor,
+    weights: &Conv2dWeights,
+    residual: Option<&Tensor>,
+    out: &Tensor,
+    opts: &Conv2dOptions,
+    choice: Option<CoopChoice>,
+    partials: Option<&wgpu::Buffer>,
+) -> Result<Vec<Dispatch>> {
+    match weights.algorithm {
+        ConvAlgorithm::CooperativeMatrix => {
+            let choice = match choice {
+                Some(c) => c,
+                None => select::coop_choice(ctx, x.shape(), weights.shape, opts)?,
+            };
+            coop::prepare(ctx, x, weights, residual, out, opts, choice, partials)
+        }
+        _ => Ok(vec![direct::prepare(ctx, x, weights, residual, out, opts)?]),
+    }
 }
 
 /// Submits a convolution now and returns its output (downloading it waits for the GPU).
@@ -637,39 +448,48 @@ pub fn conv2d(
     residual: Option<&Tensor>,
     opts: &Conv2dOptions,
 ) -> Result<Tensor> {
-    let out = Tensor::empty_as(
-        ctx,
-        output_shape(x.shape(), weights.shape, opts)?,
-        x.precision(),
-    )?;
-    let d = prepare(ctx, x, weights, residual, &out, opts)?;
-    ctx.submit(&[&d])?;
-    Ok(out)
+    conv2d_with(ctx, x, weights, residual, opts, None)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::{workgroup_shape, CPU_CHANNEL_LANES, WG_SIZE};
-    use wgpu::DeviceType::{Cpu, DiscreteGpu};
-
-    #[test]
-    fn workgroups_span_channels_on_cpus_and_pixels_on_gpus() {
-        // (pixel lanes, channel tiles, device) -> shape
-        let cases = [
-            (4219, 16, Cpu, (8, 8)),
-            (4219, 4, Cpu, (16, 4)),
-            (4219, 6, Cpu, (16, 4)),
-            (4219, 1, Cpu, (64, 1)),
-            (3, 128, Cpu, (8, 8)),
-            (4219, 16, DiscreteGpu, (64, 1)),
-            (20, 16, DiscreteGpu, (32, 2)),
-            (1, 1, DiscreteGpu, (8, 8)),
-        ];
-        for (pixels, tiles, device, want) in cases {
-            let got = workgroup_shape(pixels, tiles, device);
-            assert_eq!(got, want, "{pixels} pixel lanes, {tiles} tiles, {device:?}");
-            assert_eq!(got.0 * got.1, WG_SIZE);
-            assert!(got.0 >= 8 && got.1 as usize <= CPU_CHANNEL_LANES.max(WG_SIZE as usize / 8));
-        }
+/// [`conv2d`] with a cooperative-matrix `choice` (ignored by the other algorithms). A
+/// cooperative-matrix convolution with padding pads its input first, into a tensor with the
+/// room after it that the kernel reads.
+pub fn conv2d_with(
+    ctx: &GpuContext,
+    x: &Tensor,
+    weights: &Conv2dWeights,
+    residual: Option<&Tensor>,
+    opts: &Conv2dOptions,
+    choice: Option<CoopChoice>,
+) -> Result<Tensor> {
+    let shape = output_shape(x.shape(), weights.shape, opts)?;
+    let out = Tensor::empty_with(ctx, shape, x.precision(), x.layout())?;
+    if weights.algorithm != ConvAlgorithm::CooperativeMatrix {
+        let d = direct::prepare(ctx, x, weights, residual, &out, opts)?;
+        ctx.submit(&[&d])?;
+        return Ok(out);
     }
+    let side = coop::support(ctx).map_or(16, |s| s.side);
+    let padded_shape = pad2d::output_shape(x.shape(), opts.padding);
+    let read = coop::input_bytes_read(padded_shape, weights.shape, opts.stride, side);
+    let mut launches = Vec::new();
+    let unpadded = Conv2dOptions {
+        padding: (0, 0),
+        ..*opts
+    };
+    let staged;
+    let input = if opts.padding != (0, 0) || x.bytes_to_end() < read {
+        let layout = x.layout();
+        let slack = read.saturating_sub(padded_bytes(padded_shape, x.precision(), layout));
+        staged = Tensor::empty_with_slack(ctx, padded_shape, x.precision(), layout, slack)?;
+        launches.push(pad2d::prepare(ctx, x, &staged, opts.padding)?);
+        &staged
+    } else {
+        x
+    };
+    launches.extend(prepare_with(
+        ctx, input, weights, residual, &out, &unpadded, choice, None,
+    )?);
+    ctx.submit(&launches.iter().collect::<Vec<_>>())?;
+    Ok(out)
 }

@@ -1,0 +1,268 @@
+//! The NCHW convolution kernels: direct (`shaders/conv2d.wgsl`, any kernel and stride), the
+//! row-tiled kernels generated per kernel size ([`super::rows`]) and Winograd F(2x2, 3x3).
+
+use super::rows::RowTile;
+use super::{
+    check_residual_shape, output_shape, Conv2dOptions, Conv2dParams, Conv2dWeights, ConvAlgorithm,
+    ResidualMode, FLAG_RELU, FLAG_RESIDUAL, FLAG_UPSAMPLE_BILINEAR, FLAG_UPSAMPLE_NEAREST,
+};
+use crate::error::{Error, Result};
+use crate::gpu::{Dispatch, GpuContext};
+use crate::kernels::upsample_add::UpsampleMode;
+use crate::kernels::{check_io, check_nchw, check_output_shape, pipeline, ShaderSource};
+use crate::precision::Precision;
+use crate::tensor::{check_shape, Tensor};
+
+/// The WGSL source.
+pub const SHADER: ShaderSource = ShaderSource {
+    name: "conv2d.wgsl",
+    parts: &[
+        "common.wgsl",
+        "resample.wgsl",
+        "conv2d_epilogue.wgsl",
+        "conv2d.wgsl",
+    ],
+    source: concat!(
+        include_str!("../../../shaders/common.wgsl"),
+        include_str!("../../../shaders/resample.wgsl"),
+        include_str!("../../../shaders/conv2d_epilogue.wgsl"),
+        include_str!("../../../shaders/conv2d.wgsl")
+    ),
+    params: &[("Conv2dParams", std::mem::size_of::<Conv2dParams>())],
+    enables: "",
+    precisions: &Precision::ALL,
+};
+
+/// Output channels per invocation of `conv2d.wgsl` (WGSL `COUT_TILE`).
+pub const COUT_TILE: usize = 8;
+/// Pixels per invocation (WGSL `PIX_TILE`).
+pub const PIX_TILE: usize = 8;
+/// Invocations per workgroup (WGSL `WG_PIX * WG_CO`).
+pub const WG_SIZE: u32 = 64;
+
+/// Channel tiles a workgroup spans on a CPU adapter when the layer has that many.
+///
+/// llvmpipe runs a workgroup's invocations one SIMD batch after another on one thread, so the
+/// batches that share pixels reuse the input from that core's cache: measured on lavapipe, 8
+/// channel tiles by 8 pixel lanes against 64 pixel lanes took a 1x1 256->256 conv at 150x225
+/// from 9.8 to 16.4 GFLOP/s, 2048->256 at 19x29 from 13.7 to 24.1, a 3x3 256->256 from 25.5 to
+/// 27.5; 64-channel layers (4 tiles) did best with 16 x 4 (3x3 64->64: 19.2 -> 24.1).
+pub const CPU_CHANNEL_LANES: usize = 8;
+
+/// The workgroup's shape, (invocations along pixels, along channel tiles), for `pixel_lanes`
+/// invocations' worth of pixels and `channel_tiles` channel tiles on an adapter of
+/// `device_type`. On a CPU adapter up to [`CPU_CHANNEL_LANES`] lanes go along channel tiles
+/// (see there); on a GPU all go along pixels. Either way a map too small to fill the pixel lanes
+/// gets only as many as it needs (at least 8, one SIMD width of a CPU adapter) and the rest go
+/// along channel tiles, so that the deep layers do not leave most invocations idle.
+pub fn workgroup_shape(
+    pixel_lanes: usize,
+    channel_tiles: usize,
+    device_type: wgpu::DeviceType,
+) -> (u32, u32) {
+    let channel_lanes = match device_type {
+        wgpu::DeviceType::Cpu => {
+            // The largest power of two not above the tile count: no lane without a tile.
+            let pow2 = 1usize << channel_tiles.max(1).ilog2();
+            pow2.min(CPU_CHANNEL_LANES)
+        }
+        _ => 1,
+    };
+    let most_pixels = (WG_SIZE as usize / channel_lanes).max(8);
+    let pix_lanes = pixel_lanes.next_power_of_two().clamp(8, most_pixels) as u32;
+    (pix_lanes, WG_SIZE / pix_lanes)
+}
+
+/// Builds the launch of an NCHW kernel computing `out = relu?(conv(x) * scale + shift + residual?)`.
+pub(super) fn prepare(
+    ctx: &GpuContext,
+    x: &Tensor,
+    weights: &Conv2dWeights,
+    residual: Option<&Tensor>,
+    out: &Tensor,
+    opts: &Conv2dOptions,
+) -> Result<Dispatch> {
+    const OP: &str = "conv2d";
+    let shape = output_shape(x.shape(), weights.shape, opts)?;
+    check_shape(ctx, OP, "the input", x.shape())?;
+    check_shape(ctx, OP, "the output", shape)?;
+    check_output_shape(OP, out, shape)?;
+    if let Some(r) = residual {
+        check_residual_shape(shape, r.shape(), opts.residual)?;
+    }
+    let mut inputs = vec![x];
+    inputs.extend(residual);
+    check_io(OP, out, &inputs)?;
+    check_nchw(OP, out)?;
+    let precision = x.precision();
+    if weights.precision != precision {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the weights are stored in {} but the input is {}; build the weights with Conv2dWeights::with_precision({precision})",
+                weights.precision, precision
+            ),
+        ));
+    }
+    let [n, cout, oh, ow] = shape;
+    let [_, cin, kh, kw] = weights.shape;
+    let upsample = residual.is_some() && matches!(opts.residual, ResidualMode::Upsampled(_));
+    let [_, _, h, w] = x.shape();
+    // What the kernel sees: a pointwise conv with the plain epilogue runs on the flattened
+    // plane (one long row), which fills the row tiles however narrow the map.
+    let pointwise = kh == 1 && kw == 1 && opts.stride == (1, 1) && opts.padding == (0, 0);
+    let (in_h, in_w, out_h, out_w) = if pointwise && !upsample {
+        (1, h * w, 1, oh * ow)
+    } else {
+        (h, w, oh, ow)
+    };
+    let device_type = ctx.adapter().device_type;
+    let mut constants = Vec::new();
+    if upsample {
+        constants.push(("UPSAMPLE", 1));
+    }
+    // The row kernel reads the input as whole vec4s; a tensor that cannot be bound so (a
+    // caller's buffer ending mid-vec4) takes the general kernel.
+    let (pipeline, label, grid, x_binding) = match (weights.algorithm, x.vec4_binding()) {
+        (ConvAlgorithm::Winograd, _) => {
+            if opts.stride != (1, 1) || upsample {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "Winograd weights run with stride 1 and no upsampled residual (stride {:?}); \
+                         build the weights with ConvAlgorithm::Direct",
+                        opts.stride
+                    ),
+                ));
+            }
+            let lanes = oh.div_ceil(2) * ow.div_ceil(2);
+            let (wg_pix, wg_co) = workgroup_shape(lanes, cout.div_ceil(COUT_TILE), device_type);
+            constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
+            let pipeline = pipeline(ctx, &SHADER, precision, "conv2d_winograd", &constants)?;
+            let grid = grid_for(lanes, cout.div_ceil(COUT_TILE), n, (wg_pix, wg_co));
+            (pipeline, "conv2d_winograd", grid, x.binding())
+        }
+        (ConvAlgorithm::CooperativeMatrix, _) => {
+            return Err(Error::invalid(
+                OP,
+                "cooperative-matrix weights run through conv2d::prepare, which hands them to the channels-last kernel",
+            ))
+        }
+        (ConvAlgorithm::Direct, Some(vec4_input)) if opts.padding == (0, 0) => {
+            let tile = RowTile::choose((kh, kw), opts.stride, out_w, device_type);
+            let lanes = out_h * out_w.div_ceil(tile.pixels);
+            let (wg_pix, wg_co) = workgroup_shape(lanes, cout.div_ceil(tile.couts), device_type);
+            constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
+            ctx.check_precision(OP, precision)?;
+            let pipeline = ctx.pipeline_from(
+                &format!("{}:{precision}", tile.key()),
+                || tile.module_source(precision),
+                "conv2d_rows",
+                &constants,
+            )?;
+            let grid = grid_for(lanes, cout.div_ceil(tile.couts), n, (wg_pix, wg_co));
+            (pipeline, "conv2d_rows", grid, vec4_input)
+        }
+        (ConvAlgorithm::Direct, _) => {
+            let lanes = (oh * ow).div_ceil(PIX_TILE);
+            let (wg_pix, wg_co) = workgroup_shape(lanes, cout.div_ceil(COUT_TILE), device_type);
+            constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
+            let pipeline = pipeline(ctx, &SHADER, precision, "conv2d", &constants)?;
+            let grid = grid_for(lanes, cout.div_ceil(COUT_TILE), n, (wg_pix, wg_co));
+            (pipeline, "conv2d", grid, x.binding())
+        }
+    };
+    ctx.check_grid(OP, grid)?;
+    let mut flags = 0;
+    if opts.relu {
+        flags |= FLAG_RELU;
+    }
+    let (mut res_height, mut res_width) = (oh, ow);
+    if let Some(r) = residual {
+        flags |= match opts.residual {
+            ResidualMode::Same => FLAG_RESIDUAL,
+            ResidualMode::Upsampled(UpsampleMode::Bilinear) => FLAG_UPSAMPLE_BILINEAR,
+            ResidualMode::Upsampled(UpsampleMode::Nearest) => FLAG_UPSAMPLE_NEAREST,
+        };
+        [_, _, res_height, res_width] = r.shape();
+    }
+    let params = Conv2dParams {
+        in_channels: cin as u32,
+        in_height: in_h as u32,
+        in_width: in_w as u32,
+        out_channels: cout as u32,
+        out_height: out_h as u32,
+        out_width: out_w as u32,
+        cout_vec4: (weights.cout_pad / 4) as u32,
+        kernel_h: kh as u32,
+        kernel_w: kw as u32,
+        stride_h: opts.stride.0 as u32,
+        stride_w: opts.stride.1 as u32,
+        pad_h: opts.padding.0 as u32,
+        pad_w: opts.padding.1 as u32,
+        flags,
+        res_height: res_height as u32,
+        res_width: res_width as u32,
+        // In f32, as PyTorch computes its resize scales (see upsample_add).
+        res_scale_h: res_height as f32 / oh as f32,
+        res_scale_w: res_width as f32 / ow as f32,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    let uniform = ctx.uniform("conv2d params", &params);
+    let residual = match residual {
+        Some(r) => r.binding(),
+        None => ctx.placeholder().as_entire_binding(),
+    };
+    let bind_group = ctx.bind_group(
+        "conv2d",
+        &pipeline,
+        &[
+            (0, x_binding),
+            (1, weights.weights.as_entire_binding()),
+            (2, weights.affine.as_entire_binding()),
+            (3, residual),
+            (4, out.binding()),
+            (5, uniform.as_entire_binding()),
+        ],
+    );
+    Ok(Dispatch::new(label, pipeline, bind_group, grid))
+}
+
+/// The grid of a kernel with `lanes` invocations along pixels and `channel_tiles` along output
+/// channels, in workgroups of `shape`, for a batch of `n`.
+fn grid_for(lanes: usize, channel_tiles: usize, n: usize, shape: (u32, u32)) -> [u32; 3] {
+    let count = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    [
+        count(lanes.div_ceil(shape.0 as usize)),
+        count(channel_tiles.div_ceil(shape.1 as usize)),
+        count(n),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{workgroup_shape, CPU_CHANNEL_LANES, WG_SIZE};
+    use wgpu::DeviceType::{Cpu, DiscreteGpu};
+
+    #[test]
+    fn workgroups_span_channels_on_cpus_and_pixels_on_gpus() {
+        // (pixel lanes, channel tiles, device) -> shape
+        let cases = [
+            (4219, 16, Cpu, (8, 8)),
+            (4219, 4, Cpu, (16, 4)),
+            (4219, 6, Cpu, (16, 4)),
+            (4219, 1, Cpu, (64, 1)),
+            (3, 128, Cpu, (8, 8)),
+            (4219, 16, DiscreteGpu, (64, 1)),
+            (20, 16, DiscreteGpu, (32, 2)),
+            (1, 1, DiscreteGpu, (8, 8)),
+        ];
+        for (pixels, tiles, device, want) in cases {
+            let got = workgroup_shape(pixels, tiles, device);
+            assert_eq!(got, want, "{pixels} pixel lanes, {tiles} tiles, {device:?}");
+            assert_eq!(got.0 * got.1, WG_SIZE);
+            assert!(got.0 >= 8 && got.1 as usize <= CPU_CHANNEL_LANES.max(WG_SIZE as usize / 8));
+        }
+    }
+}

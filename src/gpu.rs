@@ -44,6 +44,9 @@ pub struct CooperativeMatrixSupport {
     pub side: u32,
     /// Lanes per subgroup (32 on NVIDIA, 8 on lavapipe).
     pub subgroup_size: u32,
+    /// Whether shaders can read their subgroup's id (wgpu's `SUBGROUP` feature), which blocks
+    /// of several subgroups need.
+    pub subgroup_ids: bool,
 }
 
 /// Set to `0` to create devices without cooperative matrices (wgpu has them as an experimental
@@ -74,6 +77,7 @@ fn cooperative_matrix_support(adapter: &wgpu::Adapter) -> Option<CooperativeMatr
     (info.subgroup_min_size == info.subgroup_max_size).then_some(CooperativeMatrixSupport {
         side,
         subgroup_size: info.subgroup_max_size,
+        subgroup_ids: adapter.features().contains(wgpu::Features::SUBGROUP),
     })
 }
 
@@ -315,8 +319,11 @@ impl GpuContext {
             adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16);
         let cooperative_matrix = cooperative_matrix_support(adapter);
         let experimental = match cooperative_matrix {
-            Some(_) => {
+            Some(support) => {
                 features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+                if support.subgroup_ids {
+                    features |= wgpu::Features::SUBGROUP;
+                }
                 // SAFETY: wgpu asks the caller to accept that its experimental features may
                 // still have bugs. The only use is the f16 convolution kernel, which is checked
                 // against the portable kernel on this device before any network uses it

@@ -1,11 +1,39 @@
 //! Plain CPU implementations of every GPU op: simple loops, f64 accumulation. They are the oracle
 //! the kernel tests compare against, and a readable statement of each op's semantics.
 //!
-//! Tensors are `(data, [n, c, h, w])` in row-major NCHW order.
+//! Tensors are `(data, [n, c, h, w])` in row-major NCHW order. The module shares no code and no
+//! types with the kernels it checks: its own small specs say what to compute.
 
-use crate::kernels::conv2d::Conv2dOptions;
-use crate::kernels::max_pool2d::MaxPool2dOptions;
-use crate::kernels::upsample_add::UpsampleMode;
+/// Stride, zero padding and the closing ReLU of a convolution.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConvSpec {
+    /// (vertical, horizontal) stride, each at least 1.
+    pub stride: (usize, usize),
+    /// (vertical, horizontal) zero padding on each side.
+    pub padding: (usize, usize),
+    /// ReLU after everything else.
+    pub relu: bool,
+}
+
+/// The window of a max pooling: size, stride and padding, each (vertical, horizontal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSpec {
+    /// Window size.
+    pub kernel: (usize, usize),
+    /// Stride.
+    pub stride: (usize, usize),
+    /// Padding on each side (never wins the max).
+    pub padding: (usize, usize),
+}
+
+/// How [`upsample_add`] resizes: PyTorch's `F.interpolate` modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resize {
+    /// `mode='bilinear', align_corners=False`.
+    Bilinear,
+    /// `mode='nearest'`.
+    Nearest,
+}
 
 /// `relu?((conv(x, weight) + bias) * scale + shift + residual)`, with `weight` in OIHW layout.
 #[allow(clippy::too_many_arguments)]
@@ -17,7 +45,7 @@ pub fn conv2d(
     bias: Option<&[f32]>,
     affine: Option<(&[f32], &[f32])>,
     residual: Option<&[f32]>,
-    opts: &Conv2dOptions,
+    opts: &ConvSpec,
 ) -> (Vec<f32>, [usize; 4]) {
     let [n, cin, h, w] = x_shape;
     let [cout, _, kh, kw] = w_shape;
@@ -92,7 +120,7 @@ pub fn batch_norm(
 }
 
 /// Max pooling in floor mode; padding never wins and NaN propagates, as in PyTorch.
-pub fn max_pool2d(x: &[f32], shape: [usize; 4], opts: &MaxPool2dOptions) -> (Vec<f32>, [usize; 4]) {
+pub fn max_pool2d(x: &[f32], shape: [usize; 4], opts: &PoolSpec) -> (Vec<f32>, [usize; 4]) {
     let [n, c, h, w] = shape;
     let (kh, kw) = opts.kernel;
     let (sh, sw) = opts.stride;
@@ -153,7 +181,7 @@ pub fn upsample_add(
     x_shape: [usize; 4],
     y: &[f32],
     y_shape: [usize; 4],
-    mode: UpsampleMode,
+    mode: Resize,
 ) -> Vec<f32> {
     let [_, _, ih, iw] = x_shape;
     let [n, c, oh, ow] = y_shape;
@@ -163,14 +191,14 @@ pub fn upsample_add(
         for oy in 0..oh {
             for ox in 0..ow {
                 let up = match mode {
-                    UpsampleMode::Bilinear => {
+                    Resize::Bilinear => {
                         let (y0, y1, ly0, ly1) = linear_taps(oy, ih, oh);
                         let (x0, x1, lx0, lx1) = linear_taps(ox, iw, ow);
                         let at = |yy: usize, xx: usize| src[yy * iw + xx] as f64;
                         ly0 * (lx0 * at(y0, x0) + lx1 * at(y0, x1))
                             + ly1 * (lx0 * at(y1, x0) + lx1 * at(y1, x1))
                     }
-                    UpsampleMode::Nearest => {
+                    Resize::Nearest => {
                         src[nearest_index(oy, ih, oh) * iw + nearest_index(ox, iw, ow)] as f64
                     }
                 };

@@ -124,7 +124,7 @@ fn fused_unfused_and_reference_agree_and_plans_are_reused() {
             c1.bias.as_deref(),
             None,
             None,
-            &Conv2dOptions::new(1, 1),
+            &common::conv_spec(&Conv2dOptions::new(1, 1)),
         );
         let mid = reference::batch_norm(&y, s, &b1.mean, &b1.var, &b1.weight, &b1.bias, b1.eps);
         let r = reference::relu(&mid);
@@ -136,7 +136,7 @@ fn fused_unfused_and_reference_agree_and_plans_are_reused() {
             c2.bias.as_deref(),
             None,
             None,
-            &Conv2dOptions::new(1, 0),
+            &common::conv_spec(&Conv2dOptions::new(1, 0)),
         );
         let y = reference::batch_norm(&y, s, &b2.mean, &b2.var, &b2.weight, &b2.bias, b2.eps);
         let out = reference::relu(&reference::add(&y, &x));

@@ -107,7 +107,7 @@ fn conv2d_matches_reference_with_every_epilogue() {
                 bias_ref,
                 affine_ref,
                 use_res.then_some(residual.as_slice()),
-                &opts,
+                &common::conv_spec(&opts),
             );
             assert_eq!(shape, out_shape);
             let name = format!(
@@ -169,8 +169,16 @@ fn winograd_conv2d_matches_reference() {
                 .download(ctx)
                 .unwrap();
             let res_ref = use_res.then_some(residual.as_slice());
-            let (want, _) =
-                reference::conv2d(&x, input, &w, w_shape, Some(&bias), affine, res_ref, &opts);
+            let (want, _) = reference::conv2d(
+                &x,
+                input,
+                &w,
+                w_shape,
+                Some(&bias),
+                affine,
+                res_ref,
+                &common::conv_spec(&opts),
+            );
             let name = format!(
                 "winograd case {i} {input:?} cout {cout} pad {pad} residual {use_res} relu {relu}"
             );
@@ -234,10 +242,23 @@ fn conv2d_adds_an_upsampled_residual_in_its_epilogue() {
                     .with_residual(ResidualMode::Upsampled(mode));
                 let got = conv2d::conv2d(ctx, &xt, &weights, Some(&ct), &opts).unwrap();
                 let plain = Conv2dOptions::new(1, 0);
-                let (lateral, shape) =
-                    reference::conv2d(&x, input, &w, w_shape, Some(&bias), None, None, &plain);
-                let mut want =
-                    reference::upsample_add(&coarse, coarse_shape, &lateral, shape, mode);
+                let (lateral, shape) = reference::conv2d(
+                    &x,
+                    input,
+                    &w,
+                    w_shape,
+                    Some(&bias),
+                    None,
+                    None,
+                    &common::conv_spec(&plain),
+                );
+                let mut want = reference::upsample_add(
+                    &coarse,
+                    coarse_shape,
+                    &lateral,
+                    shape,
+                    common::resize(mode),
+                );
                 if relu {
                     want = reference::relu(&want);
                 }
@@ -314,7 +335,7 @@ fn max_pool2d_matches_reference() {
         x[numel(*shape) / 2] = f32::NAN;
         let xt = Tensor::from_slice(ctx, *shape, &x).unwrap();
         let got = max_pool2d::max_pool2d(ctx, &xt, opts).unwrap();
-        let (want, want_shape) = reference::max_pool2d(&x, *shape, opts);
+        let (want, want_shape) = reference::max_pool2d(&x, *shape, &common::pool_spec(opts));
         assert_eq!(got.shape(), want_shape, "max pool case {i}");
         let got = got.download(ctx).unwrap();
         worst = worst.max(assert_close(
@@ -358,7 +379,7 @@ fn upsample_add_matches_reference_for_both_modes() {
                 .unwrap()
                 .download(ctx)
                 .unwrap();
-            let want = reference::upsample_add(&x, xs, &y, ys, mode);
+            let want = reference::upsample_add(&x, xs, &y, ys, common::resize(mode));
             let name = format!("upsample_add {i} {xs:?} -> {ys:?} {mode:?}");
             worst = worst.max(assert_close(&name, &got, &want, EXACT_TOL));
             count += 1;
@@ -494,8 +515,16 @@ fn row_kernel_matches_reference_at_every_alignment() {
             let bias = rng.vec(20, -0.5, 0.5);
             let opts = Conv2dOptions::new(stride, 0).with_relu(true);
             let weights = Conv2dWeights::new(ctx, w_shape, &w, Some(&bias), None).unwrap();
-            let (want, shape) =
-                reference::conv2d(&x, input, &w, w_shape, Some(&bias), None, None, &opts);
+            let (want, shape) = reference::conv2d(
+                &x,
+                input,
+                &w,
+                w_shape,
+                Some(&bias),
+                None,
+                None,
+                &common::conv_spec(&opts),
+            );
             // Exactly sized buffer: no room for a last partial vec4, so no vec4 binding.
             let exact = ctx.device().create_buffer(&wgpu::BufferDescriptor {
                 label: None,

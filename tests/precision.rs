@@ -97,8 +97,16 @@ fn f16_convolutions_match_the_reference() {
             let got = conv2d::conv2d(ctx, &xt, &weights, use_res.then_some(&rt), &opts).unwrap();
             assert_eq!(got.precision(), F16);
             let res_ref = use_res.then_some(residual.as_slice());
-            let (want, _) =
-                reference::conv2d(&x, input, &w, w_shape, Some(&bias), None, res_ref, &opts);
+            let (want, _) = reference::conv2d(
+                &x,
+                input,
+                &w,
+                w_shape,
+                Some(&bias),
+                None,
+                res_ref,
+                &common::conv_spec(&opts),
+            );
             let name = format!(
                 "f16 conv {i} {input:?} k{k} s{stride} p{pad} {algorithm:?} residual {use_res}"
             );
@@ -129,8 +137,18 @@ fn f16_convolutions_match_the_reference() {
             .download(ctx)
             .unwrap();
         let plain = Conv2dOptions::new(1, 0);
-        let (lateral, shape) = reference::conv2d(&x, input, &w, w_shape, None, None, None, &plain);
-        let want = reference::upsample_add(&coarse, coarse_shape, &lateral, shape, mode);
+        let (lateral, shape) = reference::conv2d(
+            &x,
+            input,
+            &w,
+            w_shape,
+            None,
+            None,
+            None,
+            &common::conv_spec(&plain),
+        );
+        let want =
+            reference::upsample_add(&coarse, coarse_shape, &lateral, shape, common::resize(mode));
         worst = worst.max(assert_close(
             &format!("f16 upsampled residual {mode:?}"),
             &got,
@@ -179,7 +197,7 @@ fn f16_element_wise_kernels_match_the_reference() {
     );
 
     let opts = MaxPool2dOptions::new(3, 2, 1);
-    let (want, _) = reference::max_pool2d(&x, shape, &opts);
+    let (want, _) = reference::max_pool2d(&x, shape, &common::pool_spec(&opts));
     check(
         "max pool",
         max_pool2d::max_pool2d(ctx, &xt, &opts).unwrap(),
@@ -196,7 +214,7 @@ fn f16_element_wise_kernels_match_the_reference() {
         check(
             &format!("upsample add {mode:?}"),
             upsample_add::upsample_add(ctx, &xt, &lt, mode).unwrap(),
-            &reference::upsample_add(&x, shape, &lateral, fine, mode),
+            &reference::upsample_add(&x, shape, &lateral, fine, common::resize(mode)),
         );
     }
 }
@@ -332,6 +350,7 @@ fn cooperative_matrix_convolutions_match_the_reference_for_every_block_and_split
     let mut rng = SplitMix64::new(41);
     let mut worst: f64 = 0.0;
     let mut runs = 0;
+    let mut staged_runs = 0;
     // The network's shape classes and the block edges: 7x7/2 stem on 3 channels, 3x3 pad 1
     // (stride 1 and 2), 1x1, channel counts off the matrix and block grids, rows narrower
     // than a segment, a batch of 2; each with a residual as it is or upsampled.
@@ -354,6 +373,17 @@ fn cooperative_matrix_convolutions_match_the_reference_for_every_block_and_split
             2,
             0,
             ResidualMode::Upsampled(UpsampleMode::Nearest),
+        ),
+        // Wide enough for the staged block (whole k steps of input channels, a whole block of
+        // output channels), a map that is not a whole number of blocks, both residual kinds.
+        ([2, 64, 19, 23], 130, 3, 1, 1, ResidualMode::Same),
+        (
+            [1, 128, 9, 30],
+            256,
+            1,
+            1,
+            0,
+            ResidualMode::Upsampled(UpsampleMode::Bilinear),
         ),
     ];
     for (i, &(input, cout, k, stride, pad, residual_mode)) in cases.iter().enumerate() {
@@ -385,14 +415,28 @@ fn cooperative_matrix_convolutions_match_the_reference_for_every_block_and_split
                 Some(&bias),
                 None,
                 Some(&residual),
-                &opts,
+                &common::conv_spec(&opts),
             ),
             ResidualMode::Upsampled(mode) => {
                 // ReLU comes after the add: the reference conv runs without it.
                 let plain = opts.with_relu(false);
-                let (conv, shape) =
-                    reference::conv2d(&x, input, &w, w_shape, Some(&bias), None, None, &plain);
-                let up = reference::upsample_add(&residual, res_shape, &conv, shape, mode);
+                let (conv, shape) = reference::conv2d(
+                    &x,
+                    input,
+                    &w,
+                    w_shape,
+                    Some(&bias),
+                    None,
+                    None,
+                    &common::conv_spec(&plain),
+                );
+                let up = reference::upsample_add(
+                    &residual,
+                    res_shape,
+                    &conv,
+                    shape,
+                    common::resize(mode),
+                );
                 let relu = up.into_iter().map(|v| v.max(0.0)).collect();
                 (relu, shape)
             }
@@ -410,26 +454,37 @@ fn cooperative_matrix_convolutions_match_the_reference_for_every_block_and_split
         let xt = Tensor::from_slice_with(ctx, input, &x, F16, cl).unwrap();
         let rt = Tensor::from_slice_with(ctx, res_shape, &residual, F16, cl).unwrap();
         let steps = coop::steps(w_shape, side);
-        for tile in coop::TILES {
-            for split in [1, 2, 3, steps] {
-                let choice = CoopChoice { tile, split };
-                let got = conv2d::conv2d_with(ctx, &xt, &weights, Some(&rt), &opts, Some(choice))
-                    .unwrap();
-                assert_eq!(got.layout(), cl);
-                let got = got.download(ctx).unwrap();
-                worst = worst.max(assert_close(
-                    &format!("coop conv {i}, {choice}"),
-                    &got,
-                    &want,
-                    F16_TOL,
-                ));
-                runs += 1;
-            }
+        let mut choices: Vec<CoopChoice> = coop::TILES
+            .iter()
+            .flat_map(|&tile| [1, 2, 3, steps].map(|split| CoopChoice::direct(tile, split)))
+            .collect();
+        let staged = coop::staged_block(ctx).filter(|&b| coop::staged_fits(b, w_shape));
+        if staged.is_some() {
+            choices.push(CoopChoice::STAGED);
+            staged_runs += 1;
+        }
+        for choice in choices {
+            let got =
+                conv2d::conv2d_with(ctx, &xt, &weights, Some(&rt), &opts, Some(choice)).unwrap();
+            assert_eq!(got.layout(), cl);
+            let got = got.download(ctx).unwrap();
+            worst = worst.max(assert_close(
+                &format!("coop conv {i}, {choice}"),
+                &got,
+                &want,
+                F16_TOL,
+            ));
+            runs += 1;
         }
     }
     eprintln!(
-        "cooperative-matrix conv2d ({side}x{side} matrices): {runs} runs, worst max relative error {worst:e}"
+        "cooperative-matrix conv2d ({side}x{side} matrices): {runs} runs ({staged_runs} staged), worst max relative error {worst:e}"
     );
+    // The staged block runs wherever the device reports subgroup ids (lavapipe 26 and NVIDIA
+    // do), at least on the cases made wide enough for it.
+    if coop::support(ctx).unwrap().subgroup_ids {
+        assert!(staged_runs >= 2, "the staged block ran on the wide cases");
+    }
 }
 
 /// An f16 network on a device with cooperative matrices stores its values channels-last, runs

@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use fpn_wgpu::kernels::conv2d::coop::{self, TILES};
+use fpn_wgpu::kernels::conv2d::coop_staged::StagedBlock;
 use fpn_wgpu::kernels::conv2d::rows::{self, RowTile};
 use fpn_wgpu::kernels::SHADERS;
 use fpn_wgpu::Precision;
@@ -15,7 +16,10 @@ fn validate(name: &str, source: &str) -> naga::Module {
         naga::valid::ValidationFlags::all(),
         // f16 storage and cooperative matrices: what SHADER_F16 and
         // EXPERIMENTAL_COOPERATIVE_MATRIX grant.
-        naga::valid::Capabilities::SHADER_FLOAT16 | naga::valid::Capabilities::COOPERATIVE_MATRIX,
+        naga::valid::Capabilities::SHADER_FLOAT16
+            | naga::valid::Capabilities::COOPERATIVE_MATRIX
+            | naga::valid::Capabilities::SUBGROUP
+            | naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
     );
     validator
         .validate(&module)
@@ -136,46 +140,64 @@ fn generated_row_kernels_validate_for_every_shape_the_network_uses_and_more() {
 #[test]
 fn generated_cooperative_matrix_kernels_validate_and_compile_to_spirv() {
     let mut count = 0;
-    for side in [8, 16] {
+    // (module name, source, its entry points, workgroup-memory bytes, the device's limit)
+    let mut modules = Vec::new();
+    for (side, subgroup) in [(8, 8), (16, 32)] {
+        // NVIDIA allows 48 KiB of workgroup memory; lavapipe 32 KiB.
+        let limit = if side == 8 { 32 * 1024 } else { 48 * 1024 };
         for tile in TILES {
-            let name = tile.key(side);
-            let module = validate(&name, &tile.module_source(side));
-            let mut validator = naga::valid::Validator::new(
-                naga::valid::ValidationFlags::all(),
-                naga::valid::Capabilities::all(),
-            );
-            let info = validator.validate(&module).unwrap();
-            for entry in ["conv2d_coop", "conv2d_coop_partial", "conv2d_coop_reduce"] {
-                let stage = Some((naga::ShaderStage::Compute, entry));
-                let constants = [("SG".to_string(), 32.0), ("UPSAMPLE".to_string(), 1.0)]
-                    .into_iter()
-                    .collect();
-                let (module, info) = naga::back::pipeline_constants::process_overrides(
-                    &module, &info, stage, &constants,
-                )
-                .unwrap_or_else(|e| panic!("{name} {entry}: {e}"));
-                let words = naga::back::spv::write_vec(
-                    &module,
-                    &info,
-                    &naga::back::spv::Options::default(),
-                    Some(&naga::back::spv::PipelineOptions {
-                        shader_stage: naga::ShaderStage::Compute,
-                        entry_point: entry.into(),
-                    }),
-                )
-                .unwrap_or_else(|e| panic!("{name} {entry}: {e}"));
-                assert!(words.len() > 500, "{name} {entry}");
-                count += 1;
-            }
-            // NVIDIA allows 48 KiB of workgroup memory; lavapipe 32 KiB.
-            let limit = if side == 8 { 32 * 1024 } else { 48 * 1024 };
-            assert!(
-                tile.workgroup_bytes(side) <= limit,
-                "{name}: {} bytes of workgroup memory",
-                tile.workgroup_bytes(side)
-            );
+            modules.push((
+                tile.key(side),
+                tile.module_source(side),
+                vec!["conv2d_coop", "conv2d_coop_partial", "conv2d_coop_reduce"],
+                tile.workgroup_bytes(side),
+                limit,
+            ));
         }
+        let staged = StagedBlock {
+            side: side as usize,
+            subgroup,
+        };
+        assert!(staged.loads_evenly(), "{}", staged.key());
+        modules.push((
+            staged.key(),
+            staged.module_source(),
+            vec!["conv2d_coop_staged"],
+            staged.workgroup_bytes(),
+            limit,
+        ));
     }
-    assert_eq!(count, 2 * TILES.len() * 3);
+    for (name, source, entries, bytes, limit) in modules {
+        let module = validate(&name, &source);
+        let mut validator = naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::all(),
+        );
+        let info = validator.validate(&module).unwrap();
+        for entry in entries {
+            let stage = Some((naga::ShaderStage::Compute, entry));
+            let constants = [("SG".to_string(), 32.0), ("UPSAMPLE".to_string(), 1.0)]
+                .into_iter()
+                .collect();
+            let (module, info) = naga::back::pipeline_constants::process_overrides(
+                &module, &info, stage, &constants,
+            )
+            .unwrap_or_else(|e| panic!("{name} {entry}: {e}"));
+            let words = naga::back::spv::write_vec(
+                &module,
+                &info,
+                &naga::back::spv::Options::default(),
+                Some(&naga::back::spv::PipelineOptions {
+                    shader_stage: naga::ShaderStage::Compute,
+                    entry_point: entry.into(),
+                }),
+            )
+            .unwrap_or_else(|e| panic!("{name} {entry}: {e}"));
+            assert!(words.len() > 500, "{name} {entry}");
+            count += 1;
+        }
+        assert!(bytes <= limit, "{name}: {bytes} bytes of workgroup memory");
+    }
+    assert_eq!(count, 2 * (TILES.len() * 3 + 1));
     assert_eq!(coop::SHADER.precisions, &[Precision::F16]);
 }

@@ -92,3 +92,35 @@ pub fn f16_gpu() -> Option<&'static GpuContext> {
     eprintln!("{adapter}: no shader-f16; checked that f16 is refused ({e}) and ran no f16 kernels");
     None
 }
+
+/// The reference's spec of the convolution `opts` describes (the residual is passed apart).
+pub fn conv_spec(opts: &fpn_wgpu::kernels::conv2d::Conv2dOptions) -> fpn_wgpu::reference::ConvSpec {
+    fpn_wgpu::reference::ConvSpec {
+        stride: opts.stride,
+        padding: opts.padding,
+        relu: opts.relu,
+    }
+}
+
+/// The reference's spec of the pooling `opts` describes.
+pub fn pool_spec(
+    opts: &fpn_wgpu::kernels::max_pool2d::MaxPool2dOptions,
+) -> fpn_wgpu::reference::PoolSpec {
+    fpn_wgpu::reference::PoolSpec {
+        kernel: opts.kernel,
+        stride: opts.stride,
+        padding: opts.padding,
+    }
+}
+
+/// The reference's name for an upsampling mode.
+pub fn resize(mode: fpn_wgpu::kernels::upsample_add::UpsampleMode) -> fpn_wgpu::reference::Resize {
+    match mode {
+        fpn_wgpu::kernels::upsample_add::UpsampleMode::Bilinear => {
+            fpn_wgpu::reference::Resize::Bilinear
+        }
+        fpn_wgpu::kernels::upsample_add::UpsampleMode::Nearest => {
+            fpn_wgpu::reference::Resize::Nearest
+        }
+    }
+}

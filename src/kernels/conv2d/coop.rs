@@ -9,6 +9,7 @@
 
 use std::fmt::Write;
 
+use super::coop_staged::StagedBlock;
 use super::{
     check_residual_shape, output_shape, Conv2dOptions, Conv2dWeights, ResidualMode, FLAG_RELU,
     FLAG_RESIDUAL, FLAG_UPSAMPLE_BILINEAR, FLAG_UPSAMPLE_NEAREST,
@@ -35,8 +36,8 @@ pub const SHADER: ShaderSource = ShaderSource {
 };
 
 /// Output channels of the weights (and of the affine) are zero padded to a multiple of this:
-/// the widest block, 4 tiles of 16.
-pub const COUT_ALIGN: usize = 64;
+/// the widest block, the staged one's 128.
+pub const COUT_ALIGN: usize = 128;
 
 /// Mirrors `CoopConvParams` in the WGSL.
 #[repr(C)]
@@ -99,23 +100,52 @@ pub const TILES: [CoopTile; 3] = [
 /// The largest split-K factor the selection picks.
 pub const MAX_SPLIT: usize = 8;
 
+/// Which kernel computes a block of the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CoopBlock {
+    /// One subgroup per block, matrices loaded straight from storage; any split-K.
+    Direct(CoopTile),
+    /// Eight subgroups per block, staged in double-buffered workgroup memory
+    /// ([`super::coop_staged`]); no split-K.
+    Staged,
+}
+
 /// How one convolution runs on cooperative matrices: the block and the split-K factor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CoopChoice {
-    /// The block each subgroup computes.
-    pub tile: CoopTile,
+    /// The kernel and block.
+    pub block: CoopBlock,
     /// Parts the k steps are split into (1: no split-K). Each part stores f32 partial sums,
     /// which a second launch adds up before the epilogue.
     pub split: usize,
 }
 
+impl CoopChoice {
+    /// A direct-load block with split-K factor `split`.
+    pub fn direct(tile: CoopTile, split: usize) -> Self {
+        CoopChoice {
+            block: CoopBlock::Direct(tile),
+            split,
+        }
+    }
+
+    /// The staged block.
+    pub const STAGED: CoopChoice = CoopChoice {
+        block: CoopBlock::Staged,
+        split: 1,
+    };
+}
+
 impl std::fmt::Display for CoopChoice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "block {}x{}, split {}",
-            self.tile.m_tiles, self.tile.n_tiles, self.split
-        )
+        match self.block {
+            CoopBlock::Direct(t) => write!(
+                f,
+                "direct {}x{}, split {}",
+                t.m_tiles, t.n_tiles, self.split
+            ),
+            CoopBlock::Staged => write!(f, "staged, split {}", self.split),
+        }
     }
 }
 
@@ -279,6 +309,29 @@ pub fn support(ctx: &GpuContext) -> Option<CooperativeMatrixSupport> {
         .then_some(support)
 }
 
+/// The staged block on this device, where it can run: the device reports subgroup ids, the
+/// block's workgroup memory fits and its loads divide evenly among the invocations.
+pub fn staged_block(ctx: &GpuContext) -> Option<StagedBlock> {
+    let support = support(ctx)?;
+    let block = StagedBlock {
+        side: support.side as usize,
+        subgroup: support.subgroup_size as usize,
+    };
+    let limits = ctx.limits();
+    (support.subgroup_ids
+        && block.loads_evenly()
+        && block.workgroup_bytes() <= limits.max_compute_workgroup_storage_size
+        && block.invocations() as u32 <= limits.max_compute_invocations_per_workgroup)
+        .then_some(block)
+}
+
+/// Whether the staged block can compute a convolution with weights of `w_shape`: whole k
+/// steps of input channels, and output channels that fill at least one block.
+pub fn staged_fits(block: StagedBlock, w_shape: [usize; 4]) -> bool {
+    padded_cin(w_shape[1]).is_multiple_of(block.step_channels())
+        && w_shape[0] >= block.block_channels()
+}
+
 /// Whether convolutions of an f16 network run on cooperative matrices on this device: it can
 /// run the kernel and the kernel agreed with the direct one on test convolutions run there
 /// (checked once per context; a disagreement or an error is logged and the direct kernels are
@@ -309,7 +362,8 @@ pub(super) fn to_tap_major(shape: [usize; 4], weight: &[f32]) -> Vec<f32> {
     out
 }
 
-/// The k steps of a convolution with weights of `shape`: taps times input-channel chunks.
+/// The k steps of a convolution with weights of `shape` in direct-load blocks: taps times
+/// input-channel chunks of the matrix side.
 pub fn steps(shape: [usize; 4], side: u32) -> usize {
     let [_, cin, kh, kw] = shape;
     kh * kw * padded_cin(cin) / side as usize
@@ -321,14 +375,14 @@ fn segments(out_shape: [usize; 4], side: u32) -> (usize, usize) {
     (per_row, per_row * out_shape[2])
 }
 
-/// The grid of the convolution launch: (segment blocks, channel blocks, batch x splits).
-fn grid(out_shape: [usize; 4], choice: CoopChoice, side: u32) -> [usize; 3] {
+/// The grid of a direct-load launch: (segment blocks, channel blocks, batch x splits).
+fn grid(out_shape: [usize; 4], tile: CoopTile, split: usize, side: u32) -> [usize; 3] {
     let (_, total) = segments(out_shape, side);
-    let channel_blocks = padded_cin(out_shape[1]).div_ceil(choice.tile.n_tiles * side as usize);
+    let channel_blocks = padded_cin(out_shape[1]).div_ceil(tile.n_tiles * side as usize);
     [
-        total.div_ceil(choice.tile.m_tiles),
+        total.div_ceil(tile.m_tiles),
         channel_blocks,
-        out_shape[0] * choice.split,
+        out_shape[0] * split,
     ]
 }
 
@@ -355,11 +409,14 @@ pub fn input_bytes_read(
 
 /// Bytes of the f32 partial sums of a split-K launch (0 without split-K).
 pub fn partial_bytes(out_shape: [usize; 4], cout_pad: usize, choice: CoopChoice, side: u32) -> u64 {
+    let CoopBlock::Direct(tile) = choice.block else {
+        return 0;
+    };
     if choice.split <= 1 {
         return 0;
     }
-    let [grid_x, _, _] = grid(out_shape, choice, side);
-    let slots = grid_x * choice.tile.m_tiles * side as usize;
+    let [grid_x, _, _] = grid(out_shape, tile, choice.split, side);
+    let slots = grid_x * tile.m_tiles * side as usize;
     (choice.split * out_shape[0] * slots * cout_pad * 4) as u64
 }
 
@@ -429,20 +486,45 @@ pub fn prepare(
     };
     let side = support.side;
     let shape = check_tensors(ctx, x, weights, residual, out, opts)?;
-    if !TILES.contains(&choice.tile) || choice.split == 0 {
-        return Err(Error::invalid(
-            OP,
-            format!("{choice} is not a block the kernel is generated for (see coop::TILES) with a split of at least 1"),
-        ));
-    }
     let [n, cout, oh, ow] = shape;
     let [_, cin, _, kw] = weights.shape;
     let [_, _, h, w] = x.shape();
-    let steps = steps(weights.shape, side);
-    let split = choice.split.min(steps);
-    let choice = CoopChoice { split, ..choice };
+    // The block's k steps and grid, and what of the input it reads.
+    let (steps, split, tile, grid, read) = match choice.block {
+        CoopBlock::Direct(tile) if TILES.contains(&tile) && choice.split > 0 => {
+            let steps = steps(weights.shape, side);
+            let split = choice.split.min(steps);
+            let grid = grid(shape, tile, split, side);
+            let read = input_bytes_read(x.shape(), weights.shape, opts.stride, side);
+            (steps, split, Some(tile), grid, read)
+        }
+        CoopBlock::Staged if choice.split == 1 => {
+            let block = staged_block(ctx).filter(|&b| staged_fits(b, weights.shape));
+            let Some(block) = block else {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "the staged block cannot run weights of shape {:?} on this device (it needs subgroup ids, input channels in whole steps and a whole block of output channels); use CoopChoice::direct",
+                        weights.shape
+                    ),
+                ));
+            };
+            let steps = kw * weights.shape[2] * padded_cin(cin) / block.step_channels();
+            let grid = [
+                (oh * ow).div_ceil(block.block_pixels()),
+                weights.cout_pad.div_ceil(block.block_channels()),
+                n,
+            ];
+            (steps, 1, None, grid, x.byte_size())
+        }
+        _ => {
+            return Err(Error::invalid(
+                OP,
+                format!("{choice} is not a block the kernel is generated for (coop::TILES with a split of at least 1, or the staged block with split 1)"),
+            ))
+        }
+    };
     let steps_per_split = steps.div_ceil(split);
-    let read = input_bytes_read(x.shape(), weights.shape, opts.stride, side);
     let max_binding = ctx.max_binding_bytes();
     if x.bytes_to_end() < read || read > max_binding {
         return Err(Error::invalid(
@@ -468,8 +550,8 @@ pub fn prepare(
         [_, _, res_height, res_width] = r.shape();
     }
     let (per_row, total) = segments(shape, side);
-    let grid = grid(shape, choice, side);
     let count = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    let part_image = grid[0] * tile.map_or(0, |t| t.m_tiles) * side as usize;
     let grid = [count(grid[0]), count(grid[1]), count(grid[2])];
     ctx.check_grid(OP, grid)?;
     let out_cl = MemoryFormat::ChannelsLast.pixel_stride(cout);
@@ -487,7 +569,7 @@ pub fn prepare(
         stride_w: opts.stride.1 as u32,
         segments: per_row as u32,
         total_segments: total as u32,
-        part_image: (grid[0] as usize * choice.tile.m_tiles * side as usize) as u32,
+        part_image: part_image as u32,
         steps: steps as u32,
         steps_per_split: steps_per_split as u32,
         splits: split as u32,
@@ -502,21 +584,49 @@ pub fn prepare(
         part_row: (per_row * side as usize) as u32,
     };
     let uniform = ctx.uniform("conv2d_coop params", &params);
-    let tile = choice.tile;
-    let module = tile.key(side);
     let mut constants = vec![("SG", support.subgroup_size)];
     if upsample {
         constants.push(("UPSAMPLE", 1));
     }
-    let pipeline = |entry: &'static str, constants: &[(&'static str, u32)]| {
-        ctx.pipeline_from(&module, || tile.module_source(side), entry, constants)
-    };
-    let x_binding = x.binding_to_end(read);
     let residual_binding = match residual {
         Some(r) => r.binding(),
         None => ctx.placeholder().as_entire_binding(),
     };
     let config = format!("{choice}, {side}x{side} matrices");
+    let Some(tile) = tile else {
+        // The staged block: already checked to exist on this device.
+        let block = staged_block(ctx).ok_or_else(|| Error::invalid(OP, "no staged block"))?;
+        let p = ctx.pipeline_from(
+            &block.key(),
+            || block.module_source(),
+            "conv2d_coop_staged",
+            &constants,
+        )?;
+        let bind_group = ctx.bind_group(
+            "conv2d_coop_staged",
+            &p,
+            &[
+                (2, weights.affine.as_entire_binding()),
+                (3, residual_binding),
+                (4, out.binding()),
+                (5, uniform.as_entire_binding()),
+                (7, x.binding()),
+                (8, weights.weights.as_entire_binding()),
+            ],
+        );
+        return Ok(vec![Dispatch::new(
+            "conv2d_coop_staged",
+            p,
+            bind_group,
+            grid,
+        )
+        .with_config(config)]);
+    };
+    let module = tile.key(side);
+    let pipeline = |entry: &'static str, constants: &[(&'static str, u32)]| {
+        ctx.pipeline_from(&module, || tile.module_source(side), entry, constants)
+    };
+    let x_binding = x.binding_to_end(read);
     if split == 1 {
         let p = pipeline("conv2d_coop", &constants)?;
         let bind_group = ctx.bind_group(
@@ -609,10 +719,16 @@ fn self_check(ctx: &GpuContext) -> Result<f64> {
     let f16 = Precision::F16;
     let mut rng = SplitMix64::new(11);
     let mut worst = 0.0f64;
+    // Split 0 stands for the staged block, checked where the device can run it.
+    let staged = staged_block(ctx).is_some();
     for (input, cout, k, stride, pad, split) in [
         ([2, 20, 9, 11], 70, 3, 1, 1, 1),
         ([1, 33, 13, 17], 19, 1, 2, 0, 2),
+        ([1, 64, 11, 13], 130, 3, 1, 1, 0),
     ] {
+        if split == 0 && !staged {
+            continue;
+        }
         let w_shape = [cout, input[1], k, k];
         let w = rng.vec(w_shape.iter().product(), -0.2, 0.2);
         let bias = rng.vec(cout, -0.5, 0.5);
@@ -625,9 +741,9 @@ fn self_check(ctx: &GpuContext) -> Result<f64> {
                 Conv2dWeights::with_precision(ctx, w_shape, &w, Some(&bias), None, algorithm, f16)?;
             let x = Tensor::from_slice_with(ctx, input, &x, f16, layout)?;
             let r = Tensor::from_slice_with(ctx, out_shape, &residual, f16, layout)?;
-            let choice = CoopChoice {
-                tile: TILES[0],
-                split,
+            let choice = match split {
+                0 => CoopChoice::STAGED,
+                s => CoopChoice::direct(TILES[0], s),
             };
             conv2d_with(ctx, &x, &weights, Some(&r), &opts, Some(choice))?.download(ctx)
         };

@@ -4,6 +4,7 @@
 //! matrices).
 
 pub mod coop;
+pub mod coop_staged;
 pub mod direct;
 pub mod rows;
 pub mod select;

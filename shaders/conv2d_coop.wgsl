@@ -31,7 +31,7 @@
 //   2  affine    [2][w_stride]  scale, then shift                epilogue
 //   3  resample_src  the residual, [N][OH][OW][out_cl], or the   epilogue
 //                    coarse map, [N][res_height][res_width][out_cl]
-//   4  out       [N][OH][OW][out_cl]                             epilogue
+//   4  out       [N][OH + 2 top][OW + 2 left][out_cl]            epilogue
 //   5  params    CoopConvParams
 //   6  partials  [splits][N][seg_slots * S][w_stride], f32       split-K
 //
@@ -67,6 +67,12 @@ struct CoopConvParams {
     len: u32,
     // Pixels per row in the partials: the segments times S.
     part_row: u32,
+    // The output tensor's rows and row length, and where the convolution's pixels start in it:
+    // a zero halo of out_top rows and out_left columns surrounds them (zero for no halo).
+    out_rows: u32,
+    out_pitch: u32,
+    out_top: u32,
+    out_left: u32,
 }
 
 // The epilogue's flags: the same bits as conv2d_epilogue.wgsl's.
@@ -94,6 +100,52 @@ fn segment_origin(n: u32, row: u32, col: u32) -> u32 {
     return ((n * p.in_height + row * p.stride_h) * p.in_width + col * p.stride_w) * p.in_cl;
 }
 
+// The output element of channel `co` at (oy, ox) of image n, in the tensor with the halo, where
+// oy and ox may reach into the halo (down to -out_top, -out_left).
+fn out_index(n: u32, oy: i32, ox: i32, co: u32) -> u32 {
+    let row = u32(i32(n * p.out_rows + p.out_top) + oy);
+    return (row * p.out_pitch + u32(i32(p.out_left) + ox)) * p.out_cl + co;
+}
+
+// Zeros the halo cells that pixel (oy, ox) is the nearest to: the pixels of the first and last
+// out_top rows and out_left columns write the halo out_top rows or out_left columns beyond them,
+// corners included, so that one launch leaves the whole tensor written. That covers the halo
+// when the map has at least out_top rows and out_left columns (every map, for a halo of 1).
+fn write_halo(n: u32, oy: u32, ox: u32, co: u32) {
+    let top = i32(p.out_top);
+    let left = i32(p.out_left);
+    let y = i32(oy);
+    let x = i32(ox);
+    let up = y < top;
+    let down = y >= i32(p.out_height) - top;
+    let west = x < left;
+    let east = x >= i32(p.out_width) - left;
+    if (up) {
+        out[out_index(n, y - top, x, co)] = act(0.0);
+    }
+    if (down) {
+        out[out_index(n, y + top, x, co)] = act(0.0);
+    }
+    if (west) {
+        out[out_index(n, y, x - left, co)] = act(0.0);
+    }
+    if (east) {
+        out[out_index(n, y, x + left, co)] = act(0.0);
+    }
+    if (up && west) {
+        out[out_index(n, y - top, x - left, co)] = act(0.0);
+    }
+    if (up && east) {
+        out[out_index(n, y - top, x + left, co)] = act(0.0);
+    }
+    if (down && west) {
+        out[out_index(n, y + top, x - left, co)] = act(0.0);
+    }
+    if (down && east) {
+        out[out_index(n, y + top, x + left, co)] = act(0.0);
+    }
+}
+
 // Applies the epilogue to the raw sum `acc` of output channel `co` at (n, oy, ox) and stores it.
 fn epilogue(n: u32, oy: u32, ox: u32, co: u32, acc: f32) {
     var v = acc * affine[co] + affine[p.w_stride + co];
@@ -109,7 +161,10 @@ fn epilogue(n: u32, oy: u32, ox: u32, co: u32, acc: f32) {
     if ((p.flags & COOP_RELU) != 0u) {
         v = relu_keep_nan(v);
     }
-    out[pix * p.out_cl + co] = act(v);
+    out[out_index(n, i32(oy), i32(ox), co)] = act(v);
+    if (p.out_top + p.out_left != 0u) {
+        write_halo(n, oy, ox, co);
+    }
 }
 
 @compute @workgroup_size(WG)

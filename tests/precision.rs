@@ -476,6 +476,35 @@ fn cooperative_matrix_convolutions_match_the_reference_for_every_block_and_split
             ));
             runs += 1;
         }
+        // The output written inside a zero halo, as the next convolution's padded input: the
+        // halo must be zeros even where the buffer held something else.
+        let halo = opts.with_out_padding((1, 1));
+        let (want_padded, padded_shape) = reference::pad2d(&want, out_shape, (1, 1));
+        let mut halo_choices = vec![
+            CoopChoice::direct(coop::TILES[0], 1),
+            CoopChoice::direct(coop::TILES[1], 2),
+        ];
+        if staged.is_some() {
+            halo_choices.push(CoopChoice::STAGED);
+        }
+        for choice in halo_choices {
+            let out = Tensor::from_slice_with(
+                ctx,
+                padded_shape,
+                &vec![7.0; numel(padded_shape)],
+                F16,
+                cl,
+            )
+            .unwrap();
+            conv2d::conv2d_into(ctx, &xt, &weights, Some(&rt), &out, &halo, Some(choice)).unwrap();
+            worst = worst.max(assert_close(
+                &format!("coop conv {i} into a halo, {choice}"),
+                &out.download(ctx).unwrap(),
+                &want_padded,
+                F16_TOL,
+            ));
+            runs += 1;
+        }
     }
     eprintln!(
         "cooperative-matrix conv2d ({side}x{side} matrices): {runs} runs ({staged_runs} staged), worst max relative error {worst:e}"
@@ -516,6 +545,19 @@ fn f16_networks_run_their_convolutions_on_cooperative_matrices() {
         );
     }
     let fpn32 = Fpn::with_options(ctx, &weights, config, FpnOptions::default()).unwrap();
+    // The bottleneck's 3x3 convs read inputs their producers wrote inside a zero halo: fewer
+    // padding launches than the NCHW plan has.
+    let pads = |launches: Vec<(&str, &str, &str)>| {
+        launches.iter().filter(|(_, k, _)| *k == "pad2d").count()
+    };
+    let (pads16, pads32) = (
+        pads(plan.launches()),
+        pads(fpn32.plan(shape).unwrap().launches()),
+    );
+    assert!(
+        pads16 + 4 <= pads32,
+        "{pads16} padding launches against {pads32}"
+    );
     let mut rng = SplitMix64::new(8);
     let x = Tensor::from_slice(ctx, shape, &rng.vec(numel(shape), -1.0, 1.0)).unwrap();
     let got = fpn16.forward(&x).unwrap();

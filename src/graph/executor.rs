@@ -231,6 +231,10 @@ impl Executor {
         } else {
             MemoryFormat::Nchw
         };
+        let mut graph = graph;
+        if cooperative && super::passes::halo_into_producer(&mut graph) {
+            super::passes::remove_dead(&mut graph);
+        }
         let mut weight_bytes = 0;
         let mut nodes = Vec::with_capacity(graph.nodes.len());
         for node in graph.nodes {

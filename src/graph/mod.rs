@@ -265,11 +265,11 @@ impl ShapeRule {
             )),
             ShapeRule::Input => Ok(input),
             ShapeRule::Conv2d(w, opts) => {
-                let out = conv2d::output_shape(ins[0], w, &opts)?;
                 if let Some(&r) = ins.get(1) {
+                    let out = conv2d::conv_shape(ins[0], w, &opts)?;
                     conv2d::check_residual_shape(out, r, opts.residual)?;
                 }
-                Ok(out)
+                conv2d::output_shape(ins[0], w, &opts)
             }
             ShapeRule::BatchNorm(c) => {
                 if ins[0][1] != c {

@@ -225,6 +225,38 @@ pub fn explicit_padding(graph: &mut Graph) -> bool {
     true
 }
 
+/// `pad2d(conv(x))` becomes a conv that writes its output inside a zero halo
+/// ([`Conv2dOptions::out_padding`](crate::kernels::conv2d::Conv2dOptions)), when the conv's
+/// value has no other reader: the padded input of the next convolution without a padding
+/// launch. Halos of at most one pixel, which every map has room to write.
+///
+/// Not in [`PASSES`]: only the channels-last (cooperative-matrix) kernels write halos, so the
+/// executor runs it on graphs it stores channels-last. Returns whether anything changed; the
+/// padding nodes it bypasses are left for [`remove_dead`].
+pub fn halo_into_producer(graph: &mut Graph) -> bool {
+    let mut changed = false;
+    for k in 0..graph.nodes.len() {
+        let uses = graph.use_counts();
+        let Op::Pad2d(pad) = graph.nodes[k].op else {
+            continue;
+        };
+        let v = graph.nodes[k].inputs[0];
+        if uses[k] == 0 || uses[v] != 1 || graph.is_output(v) || pad.0 > 1 || pad.1 > 1 {
+            continue;
+        }
+        let Op::Conv2d { opts, .. } = &mut graph.nodes[v].op else {
+            continue;
+        };
+        if opts.out_padding != (0, 0) {
+            continue;
+        }
+        opts.out_padding = pad;
+        replace_uses(graph, k, v);
+        changed = true;
+    }
+    changed
+}
+
 /// Drops nodes whose value nobody uses (the graph input always stays) and renumbers the rest.
 pub fn remove_dead(graph: &mut Graph) {
     // Walk backwards so that removing a consumer can make its producers dead in the same sweep.

@@ -11,8 +11,8 @@ use std::fmt::Write;
 
 use super::coop_staged::StagedBlock;
 use super::{
-    check_residual_shape, output_shape, Conv2dOptions, Conv2dWeights, ResidualMode, FLAG_RELU,
-    FLAG_RESIDUAL, FLAG_UPSAMPLE_BILINEAR, FLAG_UPSAMPLE_NEAREST,
+    check_residual_shape, conv_shape, output_shape, Conv2dOptions, Conv2dWeights, ResidualMode,
+    FLAG_RELU, FLAG_RESIDUAL, FLAG_UPSAMPLE_BILINEAR, FLAG_UPSAMPLE_NEAREST,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, CooperativeMatrixSupport, Dispatch, GpuContext};
@@ -67,6 +67,10 @@ pub(crate) struct CoopConvParams {
     pub res_scale_w: f32,
     pub len: u32,
     pub part_row: u32,
+    pub out_rows: u32,
+    pub out_pitch: u32,
+    pub out_top: u32,
+    pub out_left: u32,
 }
 
 /// A block shape: `m_tiles` row segments of `side` pixels by `n_tiles * side` output channels
@@ -430,10 +434,11 @@ fn check_tensors(
     opts: &Conv2dOptions,
 ) -> Result<[usize; 4]> {
     const OP: &str = "conv2d";
-    let shape = output_shape(x.shape(), weights.shape, opts)?;
+    let written = output_shape(x.shape(), weights.shape, opts)?;
+    let shape = conv_shape(x.shape(), weights.shape, opts)?;
     check_shape_in(ctx, OP, "the input", x.shape(), x.layout())?;
-    check_shape_in(ctx, OP, "the output", shape, out.layout())?;
-    check_output_shape(OP, out, shape)?;
+    check_shape_in(ctx, OP, "the output", written, out.layout())?;
+    check_output_shape(OP, out, written)?;
     if let Some(r) = residual {
         check_residual_shape(shape, r.shape(), opts.residual)?;
     }
@@ -489,6 +494,15 @@ pub fn prepare(
     let [n, cout, oh, ow] = shape;
     let [_, cin, _, kw] = weights.shape;
     let [_, _, h, w] = x.shape();
+    if opts.out_padding.0 > oh || opts.out_padding.1 > ow {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "an output halo of {:?} is wider than the {oh}x{ow} map that writes it; pad the output with kernels::pad2d",
+                opts.out_padding
+            ),
+        ));
+    }
     // The block's k steps and grid, and what of the input it reads.
     let (steps, split, tile, grid, read) = match choice.block {
         CoopBlock::Direct(tile) if TILES.contains(&tile) && choice.split > 0 => {
@@ -582,6 +596,10 @@ pub fn prepare(
         res_scale_w: res_width as f32 / ow as f32,
         len: len as u32,
         part_row: (per_row * side as usize) as u32,
+        out_rows: (oh + 2 * opts.out_padding.0) as u32,
+        out_pitch: (ow + 2 * opts.out_padding.1) as u32,
+        out_top: opts.out_padding.0 as u32,
+        out_left: opts.out_padding.1 as u32,
     };
     let uniform = ctx.uniform("conv2d_coop params", &params);
     let mut constants = vec![("SG", support.subgroup_size)];

@@ -83,6 +83,15 @@ pub(super) fn prepare(
     opts: &Conv2dOptions,
 ) -> Result<Dispatch> {
     const OP: &str = "conv2d";
+    if opts.out_padding != (0, 0) {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the NCHW kernels write no output halo (out_padding {:?}); pad the output with kernels::pad2d",
+                opts.out_padding
+            ),
+        ));
+    }
     let shape = output_shape(x.shape(), weights.shape, opts)?;
     check_shape(ctx, OP, "the input", x.shape())?;
     check_shape(ctx, OP, "the output", shape)?;

@@ -131,6 +131,10 @@ pub struct Conv2dOptions {
     pub relu: bool,
     /// How a residual, when given, is added.
     pub residual: ResidualMode,
+    /// A zero halo of (vertical, horizontal) pixels around the output, written by the
+    /// convolution itself: the padded input of the next convolution, made without a padding
+    /// launch. Channels-last (cooperative-matrix) kernels only.
+    pub out_padding: (usize, usize),
 }
 
 impl Default for Conv2dOptions {
@@ -140,6 +144,7 @@ impl Default for Conv2dOptions {
             padding: (0, 0),
             relu: false,
             residual: ResidualMode::Same,
+            out_padding: (0, 0),
         }
     }
 }
@@ -152,6 +157,7 @@ impl Conv2dOptions {
             padding: (padding, padding),
             relu: false,
             residual: ResidualMode::Same,
+            out_padding: (0, 0),
         }
     }
 
@@ -163,6 +169,14 @@ impl Conv2dOptions {
     /// The same options with the residual added as `residual` says.
     pub fn with_residual(self, residual: ResidualMode) -> Self {
         Conv2dOptions { residual, ..self }
+    }
+
+    /// The same options with a zero halo of `out_padding` around the output.
+    pub fn with_out_padding(self, out_padding: (usize, usize)) -> Self {
+        Conv2dOptions {
+            out_padding,
+            ..self
+        }
     }
 }
 
@@ -364,8 +378,21 @@ pub fn check_residual_shape(
     Ok(())
 }
 
-/// The output shape of a convolution, or an error naming the offending value.
+/// The shape of the tensor a convolution writes: the convolution's own output, plus the
+/// halo of [`Conv2dOptions::out_padding`]; or an error naming the offending value.
 pub fn output_shape(
+    input: [usize; 4],
+    weight: [usize; 4],
+    opts: &Conv2dOptions,
+) -> Result<[usize; 4]> {
+    let [n, c, h, w] = conv_shape(input, weight, opts)?;
+    let (ph, pw) = opts.out_padding;
+    Ok([n, c, h + 2 * ph, w + 2 * pw])
+}
+
+/// The shape of a convolution's output without its halo (what a residual must match), or an
+/// error naming the offending value.
+pub fn conv_shape(
     input: [usize; 4],
     weight: [usize; 4],
     opts: &Conv2dOptions,
@@ -452,9 +479,7 @@ pub fn conv2d(
     conv2d_with(ctx, x, weights, residual, opts, None)
 }
 
-/// [`conv2d`] with a cooperative-matrix `choice` (ignored by the other algorithms). A
-/// cooperative-matrix convolution with padding pads its input first, into a tensor with the
-/// room after it that the kernel reads.
+/// [`conv2d`] with a cooperative-matrix `choice` (ignored by the other algorithms).
 pub fn conv2d_with(
     ctx: &GpuContext,
     x: &Tensor,
@@ -465,10 +490,27 @@ pub fn conv2d_with(
 ) -> Result<Tensor> {
     let shape = output_shape(x.shape(), weights.shape, opts)?;
     let out = Tensor::empty_with(ctx, shape, x.precision(), x.layout())?;
+    conv2d_into(ctx, x, weights, residual, &out, opts, choice)?;
+    Ok(out)
+}
+
+/// Submits a convolution into `out` now, with a cooperative-matrix `choice` (ignored by the
+/// other algorithms). A cooperative-matrix convolution with padding pads its input first, into
+/// a tensor with the room after it that the kernel reads.
+pub fn conv2d_into(
+    ctx: &GpuContext,
+    x: &Tensor,
+    weights: &Conv2dWeights,
+    residual: Option<&Tensor>,
+    out: &Tensor,
+    opts: &Conv2dOptions,
+    choice: Option<CoopChoice>,
+) -> Result<()> {
+    // The shapes are checked before anything below sizes buffers from them.
+    output_shape(x.shape(), weights.shape, opts)?;
     if weights.algorithm != ConvAlgorithm::CooperativeMatrix {
-        let d = direct::prepare(ctx, x, weights, residual, &out, opts)?;
-        ctx.submit(&[&d])?;
-        return Ok(out);
+        let d = direct::prepare(ctx, x, weights, residual, out, opts)?;
+        return ctx.submit(&[&d]);
     }
     let side = coop::support(ctx).map_or(16, |s| s.side);
     let padded_shape = pad2d::output_shape(x.shape(), opts.padding);
@@ -489,8 +531,7 @@ pub fn conv2d_with(
         x
     };
     launches.extend(prepare_with(
-        ctx, input, weights, residual, &out, &unpadded, choice, None,
+        ctx, input, weights, residual, out, &unpadded, choice, None,
     )?);
-    ctx.submit(&launches.iter().collect::<Vec<_>>())?;
-    Ok(out)
+    ctx.submit(&launches.iter().collect::<Vec<_>>())
 }

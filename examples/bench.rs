@@ -57,6 +57,10 @@ mod native {
         /// Storage of weights and activations: f32 or f16 (f32 sums either way).
         #[arg(long, default_value = "f32")]
         precision: Precision,
+        /// How convolutions get their kernel configuration: auto (FPN_TUNE, else timed on GPUs
+        /// and cached), off (presets), cache or full. The plan time includes the tuning.
+        #[arg(long, default_value = "auto")]
+        tune: fpn_wgpu::Tuning,
         /// Also time every kernel launch on its own (GPU timestamps) and list them, slowest first.
         #[arg(long)]
         per_op: bool,
@@ -102,6 +106,11 @@ mod native {
     }
 
     /// Builds the network, times it and prints the report for one configuration.
+    /// The tuning mode the network's executor resolved to on this device.
+    fn executor_tuning(fpn: &Fpn) -> fpn_wgpu::Tuning {
+        fpn.executor().tuning()
+    }
+
     fn run(ctx: &GpuContext, args: &Args) -> Result<()> {
         let fusion = if args.unfused {
             Fusion::Unfused
@@ -118,6 +127,7 @@ mod native {
             fusion,
             algorithms,
             precision: args.precision,
+            tuning: args.tune,
         };
         let fpn = Fpn::with_options(ctx, &VarStore::random(0), config, options)?;
         let shape = [args.batch, 3, args.height, args.width];
@@ -138,13 +148,19 @@ mod native {
             first_s.get_or_insert(plan_s + t.elapsed().as_secs_f64());
         }
         let mut times = Vec::with_capacity(args.iters);
+        // The CPU's part of a forward: recording every launch and submitting (forward returns
+        // without waiting for the GPU).
+        let mut encode = Vec::with_capacity(args.iters);
         for _ in 0..args.iters.max(1) {
             let t = Instant::now();
             fpn.forward(&input)?;
+            encode.push(t.elapsed().as_secs_f64());
             pollster::block_on(ctx.work_done())?;
             times.push(t.elapsed().as_secs_f64());
         }
         times.sort_by(f64::total_cmp);
+        encode.sort_by(f64::total_cmp);
+        let encode_ms = encode[encode.len() / 2] * 1e3;
         let median = times[times.len() / 2];
         let (min, max) = (times[0], times[times.len() - 1]);
         let gflop = plan.conv_flops() as f64 * 1e-9;
@@ -161,11 +177,13 @@ mod native {
             args.precision
         );
         println!(
-            "plan: {:.3} s, {} dispatches; first forward (plan, pipelines and one forward): {}",
+            "plan: {:.3} s (tuning: {:?}), {} dispatches; first forward (plan, pipelines and one forward): {}",
             plan_s,
+            executor_tuning(&fpn),
             plan.dispatches().len(),
             first_s.map_or("not run (--warmup 0)".to_string(), |t| format!("{t:.3} s"))
         );
+        println!("CPU time to record and submit a forward: median {encode_ms:.3} ms");
         println!(
             "forward: median {median:.4} s, min {min:.4} s, max {max:.4} s over {} runs",
             times.len()
@@ -227,7 +245,7 @@ mod native {
             })
             .unwrap_or_else(|| "null".into());
         println!(
-            "{{\"adapter\":{:?},\"backend\":\"{:?}\",\"preset\":{:?},\"fused\":{},\"algorithms\":\"{:?}\",\"precision\":\"{}\",\"input\":{:?},\"first_forward_s\":{},\"runs\":{},\"median_s\":{median:.5},\"min_s\":{min:.5},\"max_s\":{max:.5},\"gflop\":{gflop:.3},\"effective_gflops\":{:.2},\"stages_ms\":{stages_json},\"activation_bytes\":{},\"activation_lower_bound_bytes\":{},\"weight_bytes\":{}}}",
+            "{{\"adapter\":{:?},\"backend\":\"{:?}\",\"preset\":{:?},\"fused\":{},\"algorithms\":\"{:?}\",\"precision\":\"{}\",\"input\":{:?},\"tuning\":\"{:?}\",\"plan_s\":{plan_s:.4},\"first_forward_s\":{},\"encode_ms\":{encode_ms:.4},\"runs\":{},\"median_s\":{median:.5},\"min_s\":{min:.5},\"max_s\":{max:.5},\"gflop\":{gflop:.3},\"effective_gflops\":{:.2},\"stages_ms\":{stages_json},\"activation_bytes\":{},\"activation_lower_bound_bytes\":{},\"weight_bytes\":{}}}",
             ctx.adapter().name,
             ctx.adapter().backend,
             args.preset,
@@ -235,6 +253,7 @@ mod native {
             algorithms,
             args.precision,
             shape,
+            executor_tuning(&fpn),
             first_s.map_or("null".to_string(), |t| format!("{t:.4}")),
             times.len(),
             gflop / median,

@@ -39,8 +39,9 @@ struct Conv2dParams {
     res_width: u32,
     res_scale_h: f32,
     res_scale_w: f32,
-    _pad0: u32,
-    _pad1: u32,
+    // Split-K parts over the input channels (row kernel; 1 elsewhere) and the batch size.
+    splits: u32,
+    batch: u32,
 }
 
 const FLAG_RELU: u32 = 1u;

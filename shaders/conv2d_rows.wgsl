@@ -13,11 +13,40 @@
 //
 // A pointwise conv with the plain epilogue runs on the flattened plane: one row of H * W pixels.
 //
+// Split-K: with p.splits > 1 the input channels are split into that many parts; the generated
+// entry `conv2d_rows_partial` stores each part's raw sums in `partials` ([splits][N][Cout][OH *
+// OW], f32) and `conv2d_rows_reduce` below adds them up and applies the epilogue. Small maps
+// need it to fill a GPU: without it a layer4 conv at 19x29 runs a few dozen workgroups.
+//
 // Grid: x = row tiles (output rows x ceil(OW / 8)) over WG_PIX lanes, y = groups of WG_CO
-// channel tiles of M, z = batch.
+// channel tiles of M, z = batch x splits (split-minor). conv2d_rows_reduce: one invocation per
+// output element, workgroups of REDUCE_WG linearised over x and y.
 
 override WG_PIX: u32 = 64u;
 override WG_CO: u32 = 1u;
 
 @group(0) @binding(0) var<storage, read> x: array<vec4<act>>;
 @group(0) @binding(1) var<storage, read> weights: array<vec4<act>>;
+
+@group(0) @binding(6) var<storage, read_write> partials: array<f32>;
+
+const REDUCE_WG: u32 = 256u;
+
+@compute @workgroup_size(REDUCE_WG)
+fn conv2d_rows_reduce(@builtin(workgroup_id) wid: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let plane = p.out_height * p.out_width;
+    let per_image = p.out_channels * plane;
+    let i = (wid.y * nwg.x + wid.x) * REDUCE_WG + lid;
+    if (i >= p.batch * per_image) {
+        return;
+    }
+    let n = i / per_image;
+    let r = i % per_image;
+    var sum = 0.0;
+    for (var s = 0u; s < p.splits; s++) {
+        sum += partials[(s * p.batch + n) * per_image + r];
+    }
+    store_output(n, r / plane, r % plane, sum, UPSAMPLE);
+}

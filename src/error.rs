@@ -84,7 +84,8 @@ pub enum Error {
     #[error("reading a tensor back from the GPU failed: {0}")]
     Readback(String),
 
-    /// A weights or tensor file could not be read or parsed.
+    /// A file could not be read, parsed or written: weights, tensors, pictures, the tuning
+    /// cache.
     #[error("{path}: {message}")]
     File {
         /// The file.

@@ -631,6 +631,50 @@ impl GpuContext {
         Ok(pipeline)
     }
 
+    /// Resolves the first `count` timestamps of `queries` (written by work already submitted)
+    /// and reads them back: the ticks, and the seconds a tick lasts.
+    pub(crate) async fn read_timestamps(
+        &self,
+        queries: &wgpu::QuerySet,
+        count: u32,
+    ) -> Result<(Vec<u64>, f64)> {
+        let device = &self.inner.device;
+        let bytes = count as u64 * 8;
+        let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let readback = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("timestamps readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("timestamps"),
+        });
+        encoder.resolve_query_set(queries, 0..count, &resolve, 0);
+        encoder.copy_buffer_to_buffer(&resolve, 0, &readback, 0, bytes);
+        self.inner.queue.submit([encoder.finish()]);
+        let (tx, rx) = signal();
+        let on_stall = tx.clone();
+        readback.map_async(wgpu::MapMode::Read, .., move |r| {
+            tx.send(r.map_err(|e| Error::Readback(e.to_string())))
+        });
+        drive(device, on_stall);
+        rx.await?;
+        let ticks: Vec<u64> = {
+            let view = readback
+                .get_mapped_range(..)
+                .map_err(|e| Error::Readback(e.to_string()))?;
+            bytemuck::pod_collect_to_vec(&view)
+        };
+        readback.unmap();
+        Ok((ticks, self.inner.queue.get_timestamp_period() as f64 * 1e-9))
+    }
+
     /// Creates a storage buffer of `bytes` zeros (for scratch space kernels write and read).
     pub(crate) fn storage_zeroed(&self, label: &str, bytes: u64) -> wgpu::Buffer {
         self.inner.device.create_buffer(&wgpu::BufferDescriptor {

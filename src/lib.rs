@@ -47,6 +47,7 @@ pub mod weights;
 
 pub use error::{Error, Result};
 pub use gpu::{AdapterSummary, Dispatch, GpuContext};
+pub use graph::tune::Tuning;
 pub use model::{Checkpoint, Fpn, FpnConfig, FpnOptions, Fusion, Layout, Pyramid};
 pub use precision::Precision;
 pub use tensor::Tensor;

@@ -121,6 +121,116 @@ fn conv2d_matches_reference_with_every_epilogue() {
     eprintln!("conv2d: {count} cases, worst max relative error {worst:e}");
 }
 
+/// Split-K on the row kernel: the input channels in 2, 3 or 7 parts (evenly and not, more parts
+/// than some layers have channels for), their partial sums reduced before every epilogue,
+/// against the reference; the launches name their split.
+#[test]
+fn split_k_row_convolutions_match_the_reference() {
+    // The adapter's own context (CPU tiles), and one made from a device the caller owns, whose
+    // adapter type is unknown (GPU tiles: 8 pixels by 8 channels).
+    let own = common::small_binding_context(64 << 20);
+    for ctx in [gpu(), &own] {
+        split_k_cases(ctx);
+    }
+}
+
+fn split_k_cases(ctx: &fpn_wgpu::GpuContext) {
+    use fpn_wgpu::kernels::conv2d::{KernelChoice, ResidualMode};
+    use fpn_wgpu::kernels::upsample_add::UpsampleMode;
+    let mut rng = SplitMix64::new(13);
+    let mut worst: f64 = 0.0;
+    let mut count = 0;
+    // (input, cout, kernel, stride, residual): a 3x3 on a padded map, a stride-2 1x1, a
+    // pointwise conv on a flattened plane with an upsampled residual, a batch of 2.
+    let cases = [
+        ([1, 48, 13, 17], 24, 3, 1, Some(ResidualMode::Same)),
+        ([2, 33, 12, 9], 20, 1, 2, None),
+        (
+            [1, 64, 7, 11],
+            40,
+            1,
+            1,
+            Some(ResidualMode::Upsampled(UpsampleMode::Bilinear)),
+        ),
+        (
+            [1, 5, 6, 6],
+            8,
+            3,
+            1,
+            Some(ResidualMode::Upsampled(UpsampleMode::Nearest)),
+        ),
+    ];
+    for (i, (input, cout, k, stride, residual)) in cases.into_iter().enumerate() {
+        let w_shape = [cout, input[1], k, k];
+        let x = rng.vec(numel(input), -1.0, 1.0);
+        let bound = (3.0 / (input[1] * k * k) as f32).sqrt();
+        let w = rng.vec(numel(w_shape), -bound, bound);
+        let bias = rng.vec(cout, -0.5, 0.5);
+        let mut opts = Conv2dOptions::new(stride, 0).with_relu(true);
+        let out_shape = conv2d::output_shape(input, w_shape, &opts).unwrap();
+        let res_shape = match residual {
+            Some(ResidualMode::Upsampled(_)) => [
+                out_shape[0],
+                cout,
+                out_shape[2].div_ceil(2),
+                out_shape[3].div_ceil(2),
+            ],
+            _ => out_shape,
+        };
+        let r = rng.vec(numel(res_shape), -1.0, 1.0);
+        let (conv, _) = reference::conv2d(
+            &x,
+            input,
+            &w,
+            w_shape,
+            Some(&bias),
+            None,
+            (residual == Some(ResidualMode::Same)).then_some(r.as_slice()),
+            &common::conv_spec(&opts.with_relu(false)),
+        );
+        let summed = match residual {
+            Some(ResidualMode::Upsampled(mode)) => {
+                reference::upsample_add(&r, res_shape, &conv, out_shape, common::resize(mode))
+            }
+            _ => conv,
+        };
+        let want: Vec<f32> = summed.iter().map(|&v| v.max(0.0)).collect();
+        if let Some(mode) = residual {
+            opts = opts.with_residual(mode);
+        }
+        let weights = Conv2dWeights::new(ctx, w_shape, &w, Some(&bias), None).unwrap();
+        let xt = Tensor::from_slice(ctx, input, &x).unwrap();
+        let rt = Tensor::from_slice(ctx, res_shape, &r).unwrap();
+        let res = residual.map(|_| &rt);
+        for split in [1, 2, 3, 7] {
+            let choice = KernelChoice::Nchw { split };
+            let out = Tensor::empty(ctx, out_shape).unwrap();
+            let launches =
+                conv2d::prepare_with(ctx, &xt, &weights, res, &out, &opts, Some(choice), None)
+                    .unwrap();
+            let split_used = split.min(input[1]);
+            assert_eq!(launches.len(), if split_used > 1 { 2 } else { 1 });
+            if split_used > 1 {
+                assert_eq!(launches[0].label(), "conv2d_rows_partial");
+                assert_eq!(launches[0].config(), format!("split {split_used}"));
+            }
+            ctx.run(&launches.iter().collect::<Vec<_>>()).unwrap();
+            let got = out.download(ctx).unwrap();
+            worst = worst.max(assert_close(
+                &format!("split-K case {i}, split {split}"),
+                &got,
+                &want,
+                CONV_TOL,
+            ));
+            count += 1;
+        }
+    }
+    eprintln!(
+        "split-K row convolutions on {}: {count} runs, worst max relative error {worst:e}",
+        ctx.adapter()
+    );
+}
+
 #[test]
 fn winograd_conv2d_matches_reference() {
     use fpn_wgpu::kernels::conv2d::ConvAlgorithm;

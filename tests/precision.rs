@@ -465,7 +465,8 @@ fn cooperative_matrix_convolutions_match_the_reference_for_every_block_and_split
         }
         for choice in choices {
             let got =
-                conv2d::conv2d_with(ctx, &xt, &weights, Some(&rt), &opts, Some(choice)).unwrap();
+                conv2d::conv2d_with(ctx, &xt, &weights, Some(&rt), &opts, Some(choice.into()))
+                    .unwrap();
             assert_eq!(got.layout(), cl);
             let got = got.download(ctx).unwrap();
             worst = worst.max(assert_close(
@@ -496,7 +497,16 @@ fn cooperative_matrix_convolutions_match_the_reference_for_every_block_and_split
                 cl,
             )
             .unwrap();
-            conv2d::conv2d_into(ctx, &xt, &weights, Some(&rt), &out, &halo, Some(choice)).unwrap();
+            conv2d::conv2d_into(
+                ctx,
+                &xt,
+                &weights,
+                Some(&rt),
+                &out,
+                &halo,
+                Some(choice.into()),
+            )
+            .unwrap();
             worst = worst.max(assert_close(
                 &format!("coop conv {i} into a halo, {choice}"),
                 &out.download(ctx).unwrap(),

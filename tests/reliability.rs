@@ -227,7 +227,9 @@ fn a_batch_too_large_for_one_binding_runs_in_chunks() {
     let data = SplitMix64::new(4).vec(12 * per_image, -1.0, 1.0);
     let x = Tensor::from_slice(&ctx, shape, &data).unwrap();
     let batch = fpn.forward(&x).unwrap().download(&ctx).unwrap();
-    // Images on both sides of the chunk boundary equal their own single-image forwards.
+    // Images on both sides of the chunk boundary equal their own single-image forwards, to
+    // float rounding: on a GPU (this context's adapter type is unknown, so it counts as one) a
+    // batch's small maps may split their sums differently (split-K) than one image's.
     for i in [0, 9, 10, 11] {
         let one = Tensor::from_slice(
             &ctx,
@@ -239,11 +241,8 @@ fn a_batch_too_large_for_one_binding_runs_in_chunks() {
         for ((name, b), (_, s)) in batch.iter().zip(&single) {
             assert_eq!(b.shape[0], 12);
             let n = s.data.len();
-            assert_eq!(
-                &b.data[i * n..(i + 1) * n],
-                &s.data[..],
-                "image {i}, level {name}"
-            );
+            let err = common::max_rel_error(&b.data[i * n..(i + 1) * n], &s.data);
+            assert!(err <= 1e-5, "image {i}, level {name}: {err:e}");
         }
     }
 }

@@ -9,20 +9,21 @@
 
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::plan::{plan_memory, MemoryPlan};
+use super::tune::{self, Source, TuneCache, Tuning, TUNE_BUDGET_S};
 use super::{at_node, infer_shapes, Graph, Op, ShapeRule};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gpu::{Dispatch, ErrorScopes, GpuContext};
 use crate::kernels::batch_norm::{self, BatchNormWeights};
-use crate::kernels::conv2d::{self, coop, select, Conv2dOptions, Conv2dWeights, ConvAlgorithm};
+use crate::kernels::conv2d::{self, coop, select, Conv2dOptions, Conv2dWeights, KernelChoice};
 use crate::kernels::convert;
 use crate::kernels::elementwise;
 use crate::kernels::max_pool2d::{self, MaxPool2dOptions};
 use crate::kernels::pad2d;
 use crate::kernels::upsample_add::{self, UpsampleMode};
 use crate::precision::Precision;
-use crate::signal::{drive, signal};
 use crate::tensor::{check_shape_in, numel, padded_bytes, MemoryFormat, Tensor};
 
 /// Plans kept per executor; each holds its activation buffers, so the cache stays small.
@@ -194,6 +195,8 @@ pub struct Executor {
     ctx: GpuContext,
     precision: Precision,
     layout: MemoryFormat,
+    /// How convolutions get their kernel configuration (resolved for the device).
+    tuning: Tuning,
     nodes: Vec<GpuNode>,
     outputs: Vec<(String, usize)>,
     weight_bytes: u64,
@@ -213,7 +216,7 @@ impl Executor {
     }
 
     /// Uploads the graph's weights for the given convolution algorithms, stored in `precision`
-    /// like the values the graph computes. [`Error::Unsupported`] if the device cannot use f16.
+    /// like the values the graph computes. [`crate::Error::Unsupported`] if the device cannot use f16.
     pub fn with_options(
         ctx: &GpuContext,
         graph: Graph,
@@ -288,6 +291,7 @@ impl Executor {
             ctx: ctx.clone(),
             precision,
             layout,
+            tuning: Tuning::Off,
             nodes,
             outputs: graph.outputs,
             weight_bytes,
@@ -303,6 +307,19 @@ impl Executor {
     /// How weights and values are stored.
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// The same executor with convolutions configured as `tuning` says (see [`Tuning`]; the
+    /// executors this module makes use the presets). Plans already built keep theirs.
+    pub fn with_tuning(mut self, tuning: Tuning) -> Self {
+        self.tuning = tuning.resolve(&self.ctx);
+        self
+    }
+
+    /// How convolutions get their kernel configuration on this device: [`Tuning::Off`] (the
+    /// presets), [`Tuning::Cache`] or [`Tuning::Full`].
+    pub fn tuning(&self) -> Tuning {
+        self.tuning
     }
 
     /// How the values are stored: channels-last where the convolutions run on cooperative
@@ -388,26 +405,55 @@ impl Executor {
             limits.min_storage_buffer_offset_alignment as u64,
             limits.max_buffer_size,
         );
-        // Cooperative-matrix convolutions: each one's block and split, the room their last
-        // tiles read past a value's end (left after every arena, since any value may end one),
-        // and one buffer for the split-K partial sums, reused by every launch.
+        // Each convolution's kernel configuration: the preset, or the tuning cache's, or (to be
+        // timed below) each candidate. Buffers are sized for all of them: the room the
+        // cooperative-matrix kernels' last tiles read past a value's end (left after every
+        // arena, since any value may end one) and one buffer for the split-K partial sums,
+        // reused by every launch.
+        let mut cache = (self.tuning != Tuning::Off).then(TuneCache::load);
         let mut choices = vec![None; self.nodes.len()];
+        let mut sources = vec![Source::Preset; self.nodes.len()];
+        let mut to_time: Vec<(usize, String, Vec<KernelChoice>, Vec<usize>)> = Vec::new();
         let (mut slack, mut partial_bytes) = (0u64, 0u64);
         for (i, node) in self.nodes.iter().enumerate() {
-            if let GpuOp::Conv2d(w, o) = &node.op {
-                if w.algorithm() != ConvAlgorithm::CooperativeMatrix {
-                    continue;
+            let GpuOp::Conv2d(w, o) = &node.op else {
+                continue;
+            };
+            let at = |e| at_node(&node.name, e);
+            let x = shapes[node.inputs[0]];
+            let side = coop::support(ctx).map_or(16, |s| s.side);
+            let partial_bytes_of = |c: KernelChoice| match c {
+                KernelChoice::Coop(c) => coop::partial_bytes(shapes[i], w.cout_pad(), c, side),
+                KernelChoice::Nchw { split } => conv2d::direct::partial_bytes(shapes[i], split),
+            };
+            let mut choice = select::choice(ctx, x, w, o).map_err(at)?;
+            let mut considered = vec![choice];
+            if let Some(cache) = &cache {
+                // Candidates whose partial sums could not be bound are never tried.
+                let mut candidates = select::candidates(ctx, x, w, o).map_err(at)?;
+                candidates.retain(|&c| partial_bytes_of(c) <= ctx.max_binding_bytes());
+                let key = tune::key(ctx, self.precision, self.layout, x, w, o);
+                if let Some(cached) = cache.get(&key, &candidates) {
+                    choice = cached;
+                    sources[i] = Source::Cache;
+                    considered = vec![cached];
+                } else if self.tuning == Tuning::Full && candidates.len() > 1 {
+                    // Convolutions of one shape are timed once and share the result.
+                    match to_time.iter_mut().find(|(_, k, _, _)| *k == key) {
+                        Some((_, _, _, same)) => same.push(i),
+                        None => to_time.push((i, key, candidates.clone(), Vec::new())),
+                    }
+                    considered = candidates;
                 }
-                let x = shapes[node.inputs[0]];
-                let choice = select::coop_choice(ctx, x, w.shape(), o)
-                    .map_err(|e| at_node(&node.name, e))?;
-                let side = coop::support(ctx).map_or(16, |s| s.side);
-                let read = coop::input_bytes_read(x, w.shape(), o.stride, side);
-                slack = slack.max(read.saturating_sub(sizes[node.inputs[0]]));
-                partial_bytes =
-                    partial_bytes.max(coop::partial_bytes(shapes[i], w.cout_pad(), choice, side));
-                choices[i] = Some(choice);
             }
+            for c in considered {
+                if let KernelChoice::Coop(_) = c {
+                    let read = coop::input_bytes_read(x, w.shape(), o.stride, side);
+                    slack = slack.max(read.saturating_sub(sizes[node.inputs[0]]));
+                }
+                partial_bytes = partial_bytes.max(partial_bytes_of(c));
+            }
+            choices[i] = Some(choice);
         }
         let slack = slack.next_multiple_of(16);
         for bytes in &mut memory.arena_bytes {
@@ -442,6 +488,65 @@ impl Executor {
                 )
             })
             .collect();
+
+        if !to_time.is_empty() {
+            // Candidates are prepared (their pipelines built, the slow part) until the budget
+            // runs out; the convolutions left keep their presets and stay out of the cache.
+            let start = Instant::now();
+            let mut trials = Vec::new();
+            let mut timed = Vec::new();
+            for (i, key, candidates, same) in to_time {
+                if start.elapsed().as_secs_f64() > TUNE_BUDGET_S {
+                    log::info!("tuning budget of {TUNE_BUDGET_S} s spent; the remaining convolutions keep their presets");
+                    break;
+                }
+                let node = &self.nodes[i];
+                let GpuOp::Conv2d(w, o) = &node.op else {
+                    continue;
+                };
+                let residual = node.inputs.get(1).map(|&r| &values[r]);
+                let x = &values[node.inputs[0]];
+                let prepared = candidates
+                    .into_iter()
+                    .filter_map(|c| {
+                        conv2d::prepare_with(
+                            ctx,
+                            x,
+                            w,
+                            residual,
+                            &values[i],
+                            o,
+                            Some(c),
+                            partials.as_ref(),
+                        )
+                        .map_err(|e| log::debug!("`{}`: candidate {c} skipped: {e}", node.name))
+                        .ok()
+                        .map(|launches| (c, launches))
+                    })
+                    .collect();
+                trials.push(tune::Trial {
+                    candidates: prepared,
+                });
+                timed.push((i, key, same));
+            }
+            let best = tune::time_trials(ctx, &trials)?;
+            for ((i, key, same), best) in timed.into_iter().zip(best) {
+                if let Some((choice, secs)) = best {
+                    log::debug!("`{}`: {choice} ({:.1} us)", self.nodes[i].name, secs * 1e6);
+                    for j in std::iter::once(i).chain(same) {
+                        choices[j] = Some(choice);
+                        sources[j] = Source::Tuned;
+                    }
+                    if let Some(cache) = &mut cache {
+                        cache.insert(key, choice);
+                    }
+                }
+            }
+            log::info!("tuned in {:.2} s", start.elapsed().as_secs_f64());
+            if let Some(Err(e)) = cache.as_ref().map(TuneCache::save) {
+                log::warn!("{e}");
+            }
+        }
 
         let mut dispatches = Vec::with_capacity(self.nodes.len());
         let mut stages = Vec::with_capacity(self.nodes.len());
@@ -480,7 +585,14 @@ impl Executor {
             }
             .map_err(|e| at_node(&node.name, e))?;
             // A split-K convolution is two launches; its FLOPs count on the first.
-            for (k, d) in launches.into_iter().enumerate() {
+            for (k, mut d) in launches.into_iter().enumerate() {
+                if choices[i].is_some() {
+                    let config = match d.config() {
+                        "" => sources[i].to_string(),
+                        c => format!("{c}; {}", sources[i]),
+                    };
+                    d = d.with_config(config);
+                }
                 dispatches.push(d);
                 stages.push(node.stage.clone());
                 names.push(node.name.clone());
@@ -529,45 +641,13 @@ impl Executor {
             count,
         });
         let outputs = self.submit(input, Some((&queries, &groups)))?;
-        let resolve = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("timestamps"),
-            size: count as u64 * 8,
-            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        let readback = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("timestamps readback"),
-            size: count as u64 * 8,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("timestamps"),
-        });
-        encoder.resolve_query_set(&queries, 0..count, &resolve, 0);
-        encoder.copy_buffer_to_buffer(&resolve, 0, &readback, 0, count as u64 * 8);
-        self.ctx.queue().submit([encoder.finish()]);
-        let (tx, rx) = signal();
-        let on_stall = tx.clone();
-        readback.map_async(wgpu::MapMode::Read, .., move |r| {
-            tx.send(r.map_err(|e| Error::Readback(e.to_string())))
-        });
-        drive(device, on_stall);
-        rx.await?;
-        let ticks: Vec<u64> = {
-            let view = readback
-                .get_mapped_range(..)
-                .map_err(|e| Error::Readback(e.to_string()))?;
-            bytemuck::pod_collect_to_vec(&view)
-        };
-        readback.unmap();
-        let period_ns = self.ctx.queue().get_timestamp_period() as f64;
+        let (ticks, tick_s) = self.ctx.read_timestamps(&queries, count).await?;
         let times = groups
             .into_iter()
             .enumerate()
             .map(|(i, (label, _))| {
                 let dt = ticks[2 * i + 1].saturating_sub(ticks[2 * i]);
-                (label, dt as f64 * period_ns * 1e-9)
+                (label, dt as f64 * tick_s)
             })
             .collect();
         Ok((outputs, Some(times)))

@@ -8,6 +8,7 @@
 pub mod executor;
 pub mod passes;
 pub mod plan;
+pub mod tune;
 
 use std::sync::Arc;
 

@@ -7,6 +7,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::graph::executor::{Algorithms, Executor, Plan};
+use crate::graph::tune::Tuning;
 use crate::graph::{passes, Graph};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{FpnConfig, Layout};
@@ -45,12 +46,21 @@ pub struct FpnOptions {
     /// f32 (the default; PyTorch parity about 1e-6) or f16 weights and activations (f32 sums;
     /// about 1e-3 of relative error, half the memory). Inputs and outputs are f32 either way.
     pub precision: Precision,
+    /// How each convolution's kernel configuration is picked: by default timed on GPUs at plan
+    /// time and cached on disk, presets on CPU adapters; `FPN_TUNE=off|cache|full` overrides
+    /// the default. See [`Tuning`].
+    pub tuning: Tuning,
 }
 
 impl FpnOptions {
     /// The same options with weights and activations stored in `precision`.
     pub fn with_precision(self, precision: Precision) -> Self {
         FpnOptions { precision, ..self }
+    }
+
+    /// The same options with convolutions configured as `tuning` says.
+    pub fn with_tuning(self, tuning: Tuning) -> Self {
+        FpnOptions { tuning, ..self }
     }
 
     /// The same options with the graph passes on or off.
@@ -118,7 +128,7 @@ impl Fpn {
         let options = FpnOptions {
             fusion,
             algorithms,
-            precision: Precision::F32,
+            ..FpnOptions::default()
         };
         Self::with_options(ctx, store, config, options)
     }
@@ -138,7 +148,8 @@ impl Fpn {
             Fusion::Unfused => Vec::new(),
         };
         Ok(Fpn {
-            executor: Executor::with_options(ctx, graph, options.algorithms, options.precision)?,
+            executor: Executor::with_options(ctx, graph, options.algorithms, options.precision)?
+                .with_tuning(options.tuning),
             config,
             origin: store.origin(),
             passes,

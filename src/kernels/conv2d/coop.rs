@@ -11,12 +11,11 @@ use std::fmt::Write;
 
 use super::coop_staged::StagedBlock;
 use super::{
-    check_residual_shape, conv_shape, output_shape, Conv2dOptions, Conv2dWeights, ResidualMode,
-    FLAG_RELU, FLAG_RESIDUAL, FLAG_UPSAMPLE_BILINEAR, FLAG_UPSAMPLE_NEAREST,
+    check_residual_shape, conv_shape, epilogue_flags, output_shape, Conv2dOptions, Conv2dWeights,
+    Partials, ResidualMode,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, CooperativeMatrixSupport, Dispatch, GpuContext};
-use crate::kernels::upsample_add::UpsampleMode;
 use crate::kernels::{check_io, check_output_shape, ShaderSource, ELEMENTWISE_WG};
 use crate::precision::Precision;
 use crate::tensor::{check_shape_in, MemoryFormat, Tensor};
@@ -400,12 +399,13 @@ pub fn input_bytes_read(
 ) -> u64 {
     let [n, cin, h, w] = x_shape;
     let [_, _, kh, kw] = w_shape;
-    let oh = (h - kh) / stride.0 + 1;
-    let ow = (w - kw) / stride.1 + 1;
+    // Saturating: the shapes are checked before any launch, this only sizes buffers.
+    let oh = h.saturating_sub(kh) / stride.0.max(1) + 1;
+    let ow = w.saturating_sub(kw) / stride.1.max(1) + 1;
     let (per_row, _) = segments([n, 0, oh, ow], side);
     // The last element read: image n - 1, the last output row's last tap row, the last pixel
     // of its last segment under the last tap column, the last channel.
-    let row = (n - 1) * h + (oh - 1) * stride.0 + kh - 1;
+    let row = n.saturating_sub(1) * h + oh.saturating_sub(1) * stride.0 + kh - 1;
     let col = (per_row * side as usize - 1) * stride.1 + kw - 1;
     let end = ((row * w + col) * padded_cin(cin) + padded_cin(cin)) as u64;
     end.max(MemoryFormat::ChannelsLast.storage_len(x_shape) as u64) * Precision::F16.bytes()
@@ -550,19 +550,7 @@ pub fn prepare(
         ));
     }
     let upsample = residual.is_some() && matches!(opts.residual, ResidualMode::Upsampled(_));
-    let mut flags = 0;
-    if opts.relu {
-        flags |= FLAG_RELU;
-    }
-    let (mut res_height, mut res_width) = (oh, ow);
-    if let Some(r) = residual {
-        flags |= match opts.residual {
-            ResidualMode::Same => FLAG_RESIDUAL,
-            ResidualMode::Upsampled(UpsampleMode::Bilinear) => FLAG_UPSAMPLE_BILINEAR,
-            ResidualMode::Upsampled(UpsampleMode::Nearest) => FLAG_UPSAMPLE_NEAREST,
-        };
-        [_, _, res_height, res_width] = r.shape();
-    }
+    let (flags, res_height, res_width) = epilogue_flags(opts, residual, oh, ow);
     let (per_row, total) = segments(shape, side);
     let count = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
     let part_image = grid[0] * tile.map_or(0, |t| t.m_tiles) * side as usize;
@@ -664,31 +652,8 @@ pub fn prepare(
         ]);
     }
     let bytes = partial_bytes(shape, weights.cout_pad, choice, side);
-    ctx.check_binding_size(OP, "the split-K partial sums", bytes)?;
-    let own;
-    let partials = match partials {
-        Some(b) if b.size() >= bytes => b,
-        Some(b) => {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "the partial-sum buffer holds {} bytes; {choice} needs {bytes}",
-                    b.size()
-                ),
-            ))
-        }
-        None => {
-            own = ctx.storage_zeroed("conv2d_coop partials", bytes);
-            &own
-        }
-    };
-    let partials_binding = || {
-        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer: partials,
-            offset: 0,
-            size: wgpu::BufferSize::new(bytes),
-        })
-    };
+    let partials = Partials::new(ctx, partials, bytes, &format!("{choice}"))?;
+    let partials_binding = || partials.binding(bytes);
     let conv = pipeline("conv2d_coop_partial", &[("SG", support.subgroup_size)])?;
     let conv_group = ctx.bind_group(
         "conv2d_coop_partial",
@@ -763,7 +728,8 @@ fn self_check(ctx: &GpuContext) -> Result<f64> {
                 0 => CoopChoice::STAGED,
                 s => CoopChoice::direct(TILES[0], s),
             };
-            conv2d_with(ctx, &x, &weights, Some(&r), &opts, Some(choice))?.download(ctx)
+            let choice = (algorithm == ConvAlgorithm::CooperativeMatrix).then(|| choice.into());
+            conv2d_with(ctx, &x, &weights, Some(&r), &opts, choice)?.download(ctx)
         };
         let want = run(ConvAlgorithm::Direct, MemoryFormat::Nchw)?;
         let got = run(ConvAlgorithm::CooperativeMatrix, MemoryFormat::ChannelsLast)?;

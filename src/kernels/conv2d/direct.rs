@@ -3,12 +3,11 @@
 
 use super::rows::RowTile;
 use super::{
-    check_residual_shape, output_shape, Conv2dOptions, Conv2dParams, Conv2dWeights, ConvAlgorithm,
-    ResidualMode, FLAG_RELU, FLAG_RESIDUAL, FLAG_UPSAMPLE_BILINEAR, FLAG_UPSAMPLE_NEAREST,
+    check_residual_shape, epilogue_flags, output_shape, Conv2dOptions, Conv2dParams, Conv2dWeights,
+    ConvAlgorithm, Partials, ResidualMode,
 };
 use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::upsample_add::UpsampleMode;
+use crate::gpu::{grid_2d, Dispatch, GpuContext};
 use crate::kernels::{check_io, check_nchw, check_output_shape, pipeline, ShaderSource};
 use crate::precision::Precision;
 use crate::tensor::{check_shape, Tensor};
@@ -74,6 +73,7 @@ pub fn workgroup_shape(
 }
 
 /// Builds the launch of an NCHW kernel computing `out = relu?(conv(x) * scale + shift + residual?)`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn prepare(
     ctx: &GpuContext,
     x: &Tensor,
@@ -81,7 +81,9 @@ pub(super) fn prepare(
     residual: Option<&Tensor>,
     out: &Tensor,
     opts: &Conv2dOptions,
-) -> Result<Dispatch> {
+    split: usize,
+    partials: Option<&wgpu::Buffer>,
+) -> Result<Vec<Dispatch>> {
     const OP: &str = "conv2d";
     if opts.out_padding != (0, 0) {
         return Err(Error::invalid(
@@ -132,6 +134,9 @@ pub(super) fn prepare(
     }
     // The row kernel reads the input as whole vec4s; a tensor that cannot be bound so (a
     // caller's buffer ending mid-vec4) takes the general kernel.
+    // Split-K runs on the row kernel only; the others take the whole sum.
+    let mut splits = 1;
+    let mut row_tile = None;
     let (pipeline, label, grid, x_binding) = match (weights.algorithm, x.vec4_binding()) {
         (ConvAlgorithm::Winograd, _) => {
             if opts.stride != (1, 1) || upsample {
@@ -169,8 +174,25 @@ pub(super) fn prepare(
                 "conv2d_rows",
                 &constants,
             )?;
-            let grid = grid_for(lanes, cout.div_ceil(tile.couts), n, (wg_pix, wg_co));
-            (pipeline, "conv2d_rows", grid, vec4_input)
+            splits = split.clamp(1, cin);
+            row_tile = Some((tile, constants.clone()));
+            let entry = if splits > 1 {
+                "conv2d_rows_partial"
+            } else {
+                "conv2d_rows"
+            };
+            let pipeline = if splits > 1 {
+                ctx.pipeline_from(
+                    &format!("{}:{precision}", tile.key()),
+                    || tile.module_source(precision),
+                    entry,
+                    &constants,
+                )?
+            } else {
+                pipeline
+            };
+            let grid = grid_for(lanes, cout.div_ceil(tile.couts), n * splits, (wg_pix, wg_co));
+            (pipeline, entry, grid, vec4_input)
         }
         (ConvAlgorithm::Direct, _) => {
             let lanes = (oh * ow).div_ceil(PIX_TILE);
@@ -182,19 +204,7 @@ pub(super) fn prepare(
         }
     };
     ctx.check_grid(OP, grid)?;
-    let mut flags = 0;
-    if opts.relu {
-        flags |= FLAG_RELU;
-    }
-    let (mut res_height, mut res_width) = (oh, ow);
-    if let Some(r) = residual {
-        flags |= match opts.residual {
-            ResidualMode::Same => FLAG_RESIDUAL,
-            ResidualMode::Upsampled(UpsampleMode::Bilinear) => FLAG_UPSAMPLE_BILINEAR,
-            ResidualMode::Upsampled(UpsampleMode::Nearest) => FLAG_UPSAMPLE_NEAREST,
-        };
-        [_, _, res_height, res_width] = r.shape();
-    }
+    let (flags, res_height, res_width) = epilogue_flags(opts, residual, oh, ow);
     let params = Conv2dParams {
         in_channels: cin as u32,
         in_height: in_h as u32,
@@ -215,14 +225,60 @@ pub(super) fn prepare(
         // In f32, as PyTorch computes its resize scales (see upsample_add).
         res_scale_h: res_height as f32 / oh as f32,
         res_scale_w: res_width as f32 / ow as f32,
-        _pad0: 0,
-        _pad1: 0,
+        splits: splits as u32,
+        batch: n as u32,
     };
     let uniform = ctx.uniform("conv2d params", &params);
     let residual = match residual {
         Some(r) => r.binding(),
         None => ctx.placeholder().as_entire_binding(),
     };
+    if let (true, Some((tile, constants))) = (splits > 1, row_tile) {
+        let bytes = partial_bytes(shape, splits);
+        let partials = Partials::new(ctx, partials, bytes, &format!("split {splits}"))?;
+        let partials_binding = || partials.binding(bytes);
+        let conv_group = ctx.bind_group(
+            "conv2d_rows_partial",
+            &pipeline,
+            &[
+                (0, x_binding),
+                (1, weights.weights.as_entire_binding()),
+                (5, uniform.as_entire_binding()),
+                (6, partials_binding()),
+            ],
+        );
+        let reduce_constants: Vec<_> = constants
+            .into_iter()
+            .filter(|(k, _)| *k == "UPSAMPLE")
+            .collect();
+        let reduce = ctx.pipeline_from(
+            &format!("{}:{precision}", tile.key()),
+            || tile.module_source(precision),
+            "conv2d_rows_reduce",
+            &reduce_constants,
+        )?;
+        let reduce_group = ctx.bind_group(
+            "conv2d_rows_reduce",
+            &reduce,
+            &[
+                (2, weights.affine.as_entire_binding()),
+                (3, residual),
+                (4, out.binding()),
+                (5, uniform.as_entire_binding()),
+                (6, partials_binding()),
+            ],
+        );
+        let len = (n * cout * oh * ow) as u64;
+        let groups = u32::try_from(len.div_ceil(REDUCE_WG)).unwrap_or(u32::MAX);
+        let reduce_grid = grid_2d(groups, ctx.limits().max_compute_workgroups_per_dimension);
+        ctx.check_grid(OP, reduce_grid)?;
+        let config = format!("split {splits}");
+        return Ok(vec![
+            Dispatch::new(label, pipeline, conv_group, grid).with_config(config.clone()),
+            Dispatch::new("conv2d_rows_reduce", reduce, reduce_group, reduce_grid)
+                .with_config(config),
+        ]);
+    }
     let bind_group = ctx.bind_group(
         "conv2d",
         &pipeline,
@@ -235,7 +291,19 @@ pub(super) fn prepare(
             (5, uniform.as_entire_binding()),
         ],
     );
-    Ok(Dispatch::new(label, pipeline, bind_group, grid))
+    Ok(vec![Dispatch::new(label, pipeline, bind_group, grid)])
+}
+
+/// Workgroup size of `conv2d_rows_reduce` (WGSL `REDUCE_WG`).
+const REDUCE_WG: u64 = 256;
+
+/// Bytes of the f32 partial sums of a split-K row-kernel launch with output `shape` (0 without
+/// split-K).
+pub fn partial_bytes(shape: [usize; 4], split: usize) -> u64 {
+    if split <= 1 {
+        return 0;
+    }
+    (split * shape.iter().product::<usize>() * 4) as u64
 }
 
 /// The grid of a kernel with `lanes` invocations along pixels and `channel_tiles` along output

@@ -10,6 +10,7 @@ pub mod rows;
 pub mod select;
 
 pub use coop::CoopChoice;
+pub use select::KernelChoice;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
@@ -105,8 +106,8 @@ pub(crate) struct Conv2dParams {
     pub res_width: u32,
     pub res_scale_h: f32,
     pub res_scale_w: f32,
-    pub _pad0: u32,
-    pub _pad1: u32,
+    pub splits: u32,
+    pub batch: u32,
 }
 
 /// How the epilogue adds the residual tensor, when there is one.
@@ -428,6 +429,76 @@ pub fn conv_shape(
     Ok([n, cout, oh, ow])
 }
 
+/// The epilogue's flags for `opts` and the residual given (if any), and the residual's height
+/// and width (the output's, `oh` x `ow`, when there is none).
+fn epilogue_flags(
+    opts: &Conv2dOptions,
+    residual: Option<&Tensor>,
+    oh: usize,
+    ow: usize,
+) -> (u32, usize, usize) {
+    let mut flags = 0;
+    if opts.relu {
+        flags |= FLAG_RELU;
+    }
+    let Some(r) = residual else {
+        return (flags, oh, ow);
+    };
+    flags |= match opts.residual {
+        ResidualMode::Same => FLAG_RESIDUAL,
+        ResidualMode::Upsampled(UpsampleMode::Bilinear) => FLAG_UPSAMPLE_BILINEAR,
+        ResidualMode::Upsampled(UpsampleMode::Nearest) => FLAG_UPSAMPLE_NEAREST,
+    };
+    let [_, _, rh, rw] = r.shape();
+    (flags, rh, rw)
+}
+
+/// The buffer a split-K launch keeps its partial sums in: the caller's (a plan shares one among
+/// its launches) or one of the launch's own.
+enum Partials<'a> {
+    Shared(&'a wgpu::Buffer),
+    Own(wgpu::Buffer),
+}
+
+impl<'a> Partials<'a> {
+    /// The caller's buffer when it is given (an error if it is smaller than `bytes`), else a
+    /// new one; an error if `bytes` cannot be bound on this device.
+    fn new(
+        ctx: &GpuContext,
+        given: Option<&'a wgpu::Buffer>,
+        bytes: u64,
+        what: &str,
+    ) -> Result<Self> {
+        ctx.check_binding_size("conv2d", "the split-K partial sums", bytes)?;
+        match given {
+            Some(b) if b.size() >= bytes => Ok(Partials::Shared(b)),
+            Some(b) => Err(Error::invalid(
+                "conv2d",
+                format!(
+                    "the partial-sum buffer holds {} bytes; {what} needs {bytes}",
+                    b.size()
+                ),
+            )),
+            None => Ok(Partials::Own(
+                ctx.storage_zeroed("conv2d partial sums", bytes),
+            )),
+        }
+    }
+
+    /// The binding of its first `bytes`.
+    fn binding(&self, bytes: u64) -> wgpu::BindingResource<'_> {
+        let buffer = match self {
+            Partials::Shared(b) => b,
+            Partials::Own(b) => b,
+        };
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer,
+            offset: 0,
+            size: wgpu::BufferSize::new(bytes),
+        })
+    }
+}
+
 /// The launches computing `out = relu?(conv(x) * scale + shift + residual?)`: one, or two for a
 /// split-K cooperative-matrix convolution. The kernel, its block and its split are chosen as
 /// [`select`] says for this device.
@@ -442,9 +513,8 @@ pub fn prepare(
     prepare_with(ctx, x, weights, residual, out, opts, None, None)
 }
 
-/// [`prepare`] with a cooperative-matrix `choice` (block and split; `None`: as [`select`] says)
-/// and the buffer for split-K partial sums (`None`: one of its own), both ignored by the other
-/// algorithms.
+/// [`prepare`] with the kernel's configuration `choice` (`None`: as [`select`] says) and the
+/// buffer for split-K partial sums (`None`: one of its own).
 #[allow(clippy::too_many_arguments)]
 pub fn prepare_with(
     ctx: &GpuContext,
@@ -453,18 +523,28 @@ pub fn prepare_with(
     residual: Option<&Tensor>,
     out: &Tensor,
     opts: &Conv2dOptions,
-    choice: Option<CoopChoice>,
+    choice: Option<KernelChoice>,
     partials: Option<&wgpu::Buffer>,
 ) -> Result<Vec<Dispatch>> {
-    match weights.algorithm {
-        ConvAlgorithm::CooperativeMatrix => {
-            let choice = match choice {
-                Some(c) => c,
-                None => select::coop_choice(ctx, x.shape(), weights.shape, opts)?,
-            };
-            coop::prepare(ctx, x, weights, residual, out, opts, choice, partials)
+    let choice = match choice {
+        Some(c) => c,
+        None => select::choice(ctx, x.shape(), weights, opts)?,
+    };
+    match (weights.algorithm, choice) {
+        (ConvAlgorithm::CooperativeMatrix, KernelChoice::Coop(c)) => {
+            coop::prepare(ctx, x, weights, residual, out, opts, c, partials)
         }
-        _ => Ok(vec![direct::prepare(ctx, x, weights, residual, out, opts)?]),
+        (ConvAlgorithm::CooperativeMatrix, KernelChoice::Nchw { .. }) => Err(Error::invalid(
+            "conv2d",
+            "cooperative-matrix weights need a KernelChoice::Coop",
+        )),
+        (_, KernelChoice::Nchw { split }) => {
+            direct::prepare(ctx, x, weights, residual, out, opts, split, partials)
+        }
+        (_, KernelChoice::Coop(_)) => Err(Error::invalid(
+            "conv2d",
+            "a cooperative-matrix choice needs weights laid out for ConvAlgorithm::CooperativeMatrix",
+        )),
     }
 }
 
@@ -479,14 +559,14 @@ pub fn conv2d(
     conv2d_with(ctx, x, weights, residual, opts, None)
 }
 
-/// [`conv2d`] with a cooperative-matrix `choice` (ignored by the other algorithms).
+/// [`conv2d`] with the kernel's configuration `choice` (`None`: as [`select`] says).
 pub fn conv2d_with(
     ctx: &GpuContext,
     x: &Tensor,
     weights: &Conv2dWeights,
     residual: Option<&Tensor>,
     opts: &Conv2dOptions,
-    choice: Option<CoopChoice>,
+    choice: Option<KernelChoice>,
 ) -> Result<Tensor> {
     let shape = output_shape(x.shape(), weights.shape, opts)?;
     let out = Tensor::empty_with(ctx, shape, x.precision(), x.layout())?;
@@ -494,8 +574,8 @@ pub fn conv2d_with(
     Ok(out)
 }
 
-/// Submits a convolution into `out` now, with a cooperative-matrix `choice` (ignored by the
-/// other algorithms). A cooperative-matrix convolution with padding pads its input first, into
+/// Submits a convolution into `out` now, with the kernel's configuration `choice` (`None`: as
+/// [`select`] says). A cooperative-matrix convolution with padding pads its input first, into
 /// a tensor with the room after it that the kernel reads.
 pub fn conv2d_into(
     ctx: &GpuContext,
@@ -504,13 +584,13 @@ pub fn conv2d_into(
     residual: Option<&Tensor>,
     out: &Tensor,
     opts: &Conv2dOptions,
-    choice: Option<CoopChoice>,
+    choice: Option<KernelChoice>,
 ) -> Result<()> {
     // The shapes are checked before anything below sizes buffers from them.
     output_shape(x.shape(), weights.shape, opts)?;
     if weights.algorithm != ConvAlgorithm::CooperativeMatrix {
-        let d = direct::prepare(ctx, x, weights, residual, out, opts)?;
-        return ctx.submit(&[&d]);
+        let launches = prepare_with(ctx, x, weights, residual, out, opts, choice, None)?;
+        return ctx.submit(&launches.iter().collect::<Vec<_>>());
     }
     let side = coop::support(ctx).map_or(16, |s| s.side);
     let padded_shape = pad2d::output_shape(x.shape(), opts.padding);

@@ -91,8 +91,15 @@ impl RowTile {
         s
     }
 
-    /// The entry point `conv2d_rows`, unrolled over kernel columns, pixels and channels.
+    /// The entry points `conv2d_rows` and `conv2d_rows_partial` (split-K: raw sums of a part of
+    /// the input channels), unrolled over kernel columns, pixels and channels.
     pub fn entry_source(&self) -> String {
+        let mut s = self.entry("conv2d_rows", false);
+        s.push_str(&self.entry("conv2d_rows_partial", true));
+        s
+    }
+
+    fn entry(&self, name: &str, partial: bool) -> String {
         let (kh, kw) = self.kernel;
         let (sh, sw) = self.stride;
         let m4 = self.couts / 4;
@@ -108,8 +115,16 @@ impl RowTile {
             self.couts, self.pixels
         );
         let _ = writeln!(w, "@compute @workgroup_size(WG_PIX, WG_CO)");
-        let _ = writeln!(w, "fn conv2d_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{");
-        let _ = writeln!(w, "    let n = wid.z;");
+        let _ = writeln!(w, "fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{");
+        let _ = writeln!(w, "    let n = wid.z / p.splits;");
+        // This launch's part of the input channels (all of them without split-K).
+        let _ = writeln!(w, "    let split = wid.z % p.splits;");
+        let _ = writeln!(
+            w,
+            "    let part = (p.in_channels + p.splits - 1u) / p.splits;"
+        );
+        let _ = writeln!(w, "    let ci0 = min(split * part, p.in_channels);");
+        let _ = writeln!(w, "    let ci1 = min(ci0 + part, p.in_channels);");
         let _ = writeln!(
             w,
             "    let blocks = (p.out_width + {}u) / {}u;",
@@ -134,10 +149,14 @@ impl RowTile {
         let _ = writeln!(w, "    let in_plane = p.in_height * p.in_width;");
         let _ = writeln!(
             w,
-            "    var xb = n * p.in_channels * in_plane + oy * {sh}u * p.in_width + ox0 * {sw}u;"
+            "    var xb = (n * p.in_channels + ci0) * in_plane + oy * {sh}u * p.in_width + ox0 * {sw}u;"
         );
-        let _ = writeln!(w, "    var wi = co_tile * {m4}u;");
-        let _ = writeln!(w, "    for (var ci = 0u; ci < p.in_channels; ci++) {{");
+        let _ = writeln!(
+            w,
+            "    var wi = ci0 * {}u * p.cout_vec4 + co_tile * {m4}u;",
+            kh * kw
+        );
+        let _ = writeln!(w, "    for (var ci = ci0; ci < ci1; ci++) {{");
         // Kernel rows stay a loop: unrolling them too multiplies the code (and the shader
         // compile time, seconds on llvmpipe for a 7x7 kernel) for no measured gain.
         let _ = writeln!(w, "        for (var ky = 0u; ky < {kh}u; ky++) {{");
@@ -204,10 +223,14 @@ impl RowTile {
             for c in 0..4 {
                 let co = m * 4 + c;
                 let _ = writeln!(w, "        if (co_base + {co}u < p.out_channels) {{");
-                let _ = writeln!(
-                    w,
-                    "            store_output(n, co_base + {co}u, row + j, v{m}[{c}], UPSAMPLE);"
-                );
+                if partial {
+                    let _ = writeln!(w, "            partials[((split * p.batch + n) * p.out_channels + co_base + {co}u) * p.out_height * p.out_width + row + j] = v{m}[{c}];");
+                } else {
+                    let _ = writeln!(
+                        w,
+                        "            store_output(n, co_base + {co}u, row + j, v{m}[{c}], UPSAMPLE);"
+                    );
+                }
                 let _ = writeln!(w, "        }}");
             }
         }

@@ -6,7 +6,7 @@
 
 use super::coop::{self, CoopBlock, CoopChoice, MAX_SPLIT, TILES};
 use super::coop_staged::StagedBlock;
-use super::{output_shape, Conv2dOptions, ConvAlgorithm, ResidualMode};
+use super::{output_shape, Conv2dOptions, Conv2dWeights, ConvAlgorithm, ResidualMode};
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::precision::Precision;
@@ -31,6 +31,171 @@ pub const STAGED_MIN_SUBGROUPS: usize = 512;
 /// Every split-K part runs at least this many k steps, so that the partial sums' traffic stays
 /// small next to the multiplies.
 const MIN_STEPS_PER_SPLIT: usize = 8;
+
+/// How one convolution runs: the configuration of its kernel, as [`choice`] (or a caller)
+/// picks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelChoice {
+    /// The NCHW kernels, with the row kernel's split-K factor (the other NCHW kernels run
+    /// unsplit).
+    Nchw {
+        /// Parts the input channels are split into (1: no split-K).
+        split: usize,
+    },
+    /// The cooperative-matrix kernels.
+    Coop(CoopChoice),
+}
+
+impl From<CoopChoice> for KernelChoice {
+    fn from(c: CoopChoice) -> Self {
+        KernelChoice::Coop(c)
+    }
+}
+
+impl std::fmt::Display for KernelChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KernelChoice::Nchw { split } => write!(f, "split {split}"),
+            KernelChoice::Coop(c) => c.fmt(f),
+        }
+    }
+}
+
+impl KernelChoice {
+    /// A stable text form for caches: `nchw/4`, `coop/4x4/2`, `coop/staged`.
+    pub fn code(&self) -> String {
+        match self {
+            KernelChoice::Nchw { split } => format!("nchw/{split}"),
+            KernelChoice::Coop(CoopChoice {
+                block: CoopBlock::Direct(t),
+                split,
+            }) => format!("coop/{}x{}/{split}", t.m_tiles, t.n_tiles),
+            KernelChoice::Coop(CoopChoice {
+                block: CoopBlock::Staged,
+                ..
+            }) => "coop/staged".into(),
+        }
+    }
+
+    /// Reads [`KernelChoice::code`]'s form back; `None` for anything else.
+    pub fn from_code(code: &str) -> Option<Self> {
+        let parts: Vec<&str> = code.split('/').collect();
+        match parts.as_slice() {
+            ["nchw", split] => Some(KernelChoice::Nchw {
+                split: split.parse().ok().filter(|&s| s >= 1)?,
+            }),
+            ["coop", "staged"] => Some(CoopChoice::STAGED.into()),
+            ["coop", tile, split] => {
+                let (m, n) = tile.split_once('x')?;
+                let tile = coop::CoopTile {
+                    m_tiles: m.parse().ok()?,
+                    n_tiles: n.parse().ok()?,
+                };
+                let split = split.parse().ok().filter(|&s| s >= 1)?;
+                TILES
+                    .contains(&tile)
+                    .then_some(CoopChoice::direct(tile, split).into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The configurations worth timing for a convolution (the preset among them, first): for the
+/// cooperative-matrix kernels the 4x4 and 2x4 direct-load blocks with split-K factors of 1 to
+/// [`MAX_SPLIT`] and the staged block where it fits; for the row kernel its split-K factors;
+/// the other kernels have only the preset.
+pub fn candidates(
+    ctx: &GpuContext,
+    x_shape: [usize; 4],
+    weights: &Conv2dWeights,
+    opts: &Conv2dOptions,
+) -> Result<Vec<KernelChoice>> {
+    let preset = choice(ctx, x_shape, weights, opts)?;
+    let mut all = vec![preset];
+    let w_shape = weights.shape();
+    match weights.algorithm() {
+        ConvAlgorithm::CooperativeMatrix => {
+            let side = coop::support(ctx).map_or(16, |s| s.side);
+            let steps = coop::steps(w_shape, side);
+            for tile in &TILES[..2] {
+                let mut split = 1;
+                while split <= MAX_SPLIT && (split == 1 || steps / split >= MIN_STEPS_PER_SPLIT) {
+                    all.push(CoopChoice::direct(*tile, split).into());
+                    split *= 2;
+                }
+            }
+            if coop::staged_block(ctx).is_some_and(|b| coop::staged_fits(b, w_shape)) {
+                all.push(CoopChoice::STAGED.into());
+            }
+        }
+        ConvAlgorithm::Direct if opts.padding == (0, 0) => {
+            let cin = w_shape[1];
+            let mut split = 1;
+            while split <= MAX_ROWS_SPLIT && (split == 1 || cin / split >= MIN_CHANNELS_PER_SPLIT) {
+                all.push(KernelChoice::Nchw { split });
+                split *= 2;
+            }
+        }
+        _ => {}
+    }
+    let mut seen = Vec::new();
+    all.retain(|c| {
+        let new = !seen.contains(c);
+        seen.push(*c);
+        new
+    });
+    Ok(all)
+}
+
+/// The most parts the row kernel's split-K uses.
+pub const MAX_ROWS_SPLIT: usize = 16;
+
+/// Each part of a split row-kernel convolution sums at least this many input channels.
+const MIN_CHANNELS_PER_SPLIT: usize = 16;
+
+/// The configuration for a convolution of `x_shape` (as the kernel reads it: padded) by
+/// `weights`, as this module's presets say for the device.
+pub fn choice(
+    ctx: &GpuContext,
+    x_shape: [usize; 4],
+    weights: &Conv2dWeights,
+    opts: &Conv2dOptions,
+) -> Result<KernelChoice> {
+    match weights.algorithm() {
+        ConvAlgorithm::CooperativeMatrix => {
+            Ok(coop_choice(ctx, x_shape, weights.shape(), opts)?.into())
+        }
+        _ => {
+            let out = output_shape(x_shape, weights.shape(), opts)?;
+            let gpu = ctx.adapter().device_type != wgpu::DeviceType::Cpu;
+            Ok(KernelChoice::Nchw {
+                split: rows_split(out, weights.shape()[1], gpu),
+            })
+        }
+    }
+}
+
+/// The row kernel's split-K factor for an output of shape `out` summing over `cin` input
+/// channels: on a GPU, a power of two up to [`MAX_ROWS_SPLIT`] until the grid (8x8 tiles of
+/// 8 pixels by 8 channels, 64 invocations a workgroup) reaches [`GPU_TARGET_WORKGROUPS`], each
+/// part keeping at least 16 channels; none on a CPU adapter, whose few threads any grid fills.
+pub fn rows_split(out: [usize; 4], cin: usize, gpu: bool) -> usize {
+    if !gpu {
+        return 1;
+    }
+    let [n, cout, oh, ow] = out;
+    let invocations = n * oh * ow.div_ceil(8) * cout.div_ceil(8);
+    let workgroups = invocations.div_ceil(64);
+    let mut split = 1;
+    while split < MAX_ROWS_SPLIT
+        && workgroups * split < GPU_TARGET_WORKGROUPS
+        && cin / (split * 2) >= MIN_CHANNELS_PER_SPLIT
+    {
+        split *= 2;
+    }
+    split
+}
 
 /// The algorithm a convolution's weights are laid out for: cooperative matrices for every
 /// layer of an f16 network where `cooperative` (the device has them and they passed their
@@ -176,6 +341,22 @@ mod tests {
             let got = choose(out, steps, 16, fits.then_some(H200), false);
             assert_eq!(got, want, "{out:?} with {steps} steps");
         }
+    }
+
+    /// The FPN's small-map float32 convolutions at 1x3x600x900 get split-K on a GPU; the large
+    /// maps and CPU adapters do not.
+    #[test]
+    fn row_kernel_splits_small_maps_on_gpus() {
+        // toplayer 1x1 2048->256 at 19x29
+        assert_eq!(rows_split([1, 256, 19, 29], 2048, true), 16);
+        // layer4 3x3 512->512 at 19x29
+        assert_eq!(rows_split([1, 512, 19, 29], 512, true), 8);
+        // smooth3 3x3 256->256 at 150x225
+        assert_eq!(rows_split([1, 256, 150, 225], 256, true), 1);
+        // few input channels: every part keeps at least 16
+        assert_eq!(rows_split([1, 64, 4, 4], 32, true), 2);
+        assert_eq!(rows_split([1, 64, 4, 4], 16, true), 1);
+        assert_eq!(rows_split([1, 512, 19, 29], 512, false), 1);
     }
 
     #[test]

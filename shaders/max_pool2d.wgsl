@@ -29,6 +29,9 @@ struct MaxPool2dParams {
 }
 
 override WG: u32 = 256u;
+// The layout, a constant per pipeline so that the other layout's index arithmetic is compiled
+// out; params.channels_last then holds the padded channel count.
+override CHANNELS_LAST: bool = false;
 
 @group(0) @binding(0) var<storage, read> x: array<act>;
 @group(0) @binding(1) var<storage, read_write> out: array<act>;
@@ -41,9 +44,26 @@ fn max_pool2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if (i >= p.len) {
         return;
     }
-    var pos = position(i, p.channels, p.out_height, p.out_width, p.channels_last);
-    let oy = pos.y;
-    let ox = pos.x;
+    // The input element of (y, x) is at `base + (y * in_width + x) * step`: NCHW takes the
+    // channel and image together, one division fewer than the general path (llvmpipe
+    // scalarises integer division).
+    var base: u32;
+    var step = 1u;
+    var oy: u32;
+    var ox: u32;
+    if (!CHANNELS_LAST) {
+        let out_plane = p.out_height * p.out_width;
+        let r = i % out_plane;
+        oy = r / p.out_width;
+        ox = r % p.out_width;
+        base = i / out_plane * p.in_height * p.in_width;
+    } else {
+        let pos = position(i, p.channels, p.out_height, p.out_width, p.channels_last);
+        oy = pos.y;
+        ox = pos.x;
+        step = p.channels_last;
+        base = pos.n * p.in_height * p.in_width * step + pos.c;
+    }
     // Clip the window to the input: padding contributes nothing.
     let y0 = i32(oy * p.stride_h) - i32(p.pad_h);
     let x0 = i32(ox * p.stride_w) - i32(p.pad_w);
@@ -54,9 +74,7 @@ fn max_pool2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     var m = bitcast<f32>(0xff800000u); // -inf
     for (var y = y_start; y < y_end; y++) {
         for (var xx = x_start; xx < x_end; xx++) {
-            pos.y = y;
-            pos.x = xx;
-            let v = f32(x[storage_index(pos, p.channels, p.in_height, p.in_width, p.channels_last)]);
+            let v = f32(x[base + (y * p.in_width + xx) * step]);
             // PyTorch lets a NaN win the max. The NaN test looks at the bits: `v != v` may be
             // folded away by drivers that assume no NaNs.
             let is_nan = (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;

@@ -26,6 +26,9 @@ struct UpsampleAddParams {
 }
 
 override WG: u32 = 256u;
+// The layout, a constant per pipeline so that the other layout's index arithmetic is compiled
+// out; params.channels_last then holds the padded channel count.
+override CHANNELS_LAST: bool = false;
 
 @group(0) @binding(0) var<storage, read> resample_src: array<act>;
 @group(0) @binding(1) var<storage, read> y: array<act>;
@@ -41,7 +44,7 @@ fn upsample_add(i: u32, bilinear: bool) {
     var base: u32;
     var step = 1u;
     var pix: u32;
-    if (cl == 0u) {
+    if (!CHANNELS_LAST) {
         let out_plane = p.out_height * p.out_width;
         base = i / out_plane * p.in_height * p.in_width;
         pix = i % out_plane;

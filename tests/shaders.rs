@@ -120,18 +120,18 @@ fn generated_row_kernels_validate_for_every_shape_the_network_uses_and_more() {
                     pixels,
                 };
                 for precision in Precision::ALL {
-                    let module = validate(&tile.key(), &tile.module_source(precision));
-                    assert!(
-                        module.entry_points.iter().any(|e| e.name == "conv2d_rows"),
-                        "{}",
-                        tile.key()
-                    );
-                    count += 1;
+                    for (split_k, entry) in [(false, "conv2d_rows"), (true, "conv2d_rows_partial")]
+                    {
+                        let key = tile.module_key(precision, split_k);
+                        let module = validate(&key, &tile.module_source(precision, split_k));
+                        assert!(module.entry_points.iter().any(|e| e.name == entry), "{key}");
+                        count += 1;
+                    }
                 }
             }
         }
     }
-    assert_eq!(count, 192);
+    assert_eq!(count, 384);
 }
 
 /// Both matrix sides the generator emits (16 on NVIDIA, 8 on lavapipe and Apple) and every

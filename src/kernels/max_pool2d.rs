@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::{check_io, check_output_shape, elementwise_dispatch, ShaderSource};
+use crate::kernels::{check_io, check_output_shape, layout_dispatch, ShaderSource};
 use crate::precision::Precision;
 use crate::tensor::{check_shape_in, Tensor};
 
@@ -128,10 +128,10 @@ pub fn prepare(
         channels_last: x.layout().wgsl_flag(c),
         _pad: [0; 3],
     };
-    elementwise_dispatch(
+    layout_dispatch(
         ctx,
         &SHADER,
-        out.precision(),
+        (out.precision(), out.layout()),
         "max_pool2d",
         out.storage_len(),
         &params,

@@ -96,7 +96,38 @@ pub(crate) fn elementwise_dispatch<P: bytemuck::Pod>(
     buffers: &[(u32, wgpu::BindingResource<'_>)],
     params_binding: u32,
 ) -> Result<Dispatch> {
-    let pipeline = pipeline(ctx, shader, precision, entry, &[("WG", ELEMENTWISE_WG)])?;
+    layout_dispatch(
+        ctx,
+        shader,
+        (precision, MemoryFormat::Nchw),
+        entry,
+        len,
+        params,
+        buffers,
+        params_binding,
+    )
+}
+
+/// [`elementwise_dispatch`] for a kernel written for either layout: the pipeline's
+/// `CHANNELS_LAST` override constant says which, so that the other layout's index arithmetic
+/// is compiled out (on llvmpipe, where integer division is scalarised, a layout branch on a
+/// uniform made the padding kernel 1.7x slower).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layout_dispatch<P: bytemuck::Pod>(
+    ctx: &GpuContext,
+    shader: &ShaderSource,
+    (precision, layout): (Precision, MemoryFormat),
+    entry: &'static str,
+    len: usize,
+    params: &P,
+    buffers: &[(u32, wgpu::BindingResource<'_>)],
+    params_binding: u32,
+) -> Result<Dispatch> {
+    let mut constants = vec![("WG", ELEMENTWISE_WG)];
+    if layout == MemoryFormat::ChannelsLast {
+        constants.push(("CHANNELS_LAST", 1));
+    }
+    let pipeline = pipeline(ctx, shader, precision, entry, &constants)?;
     let groups = (len as u64).div_ceil(ELEMENTWISE_WG as u64);
     let max = ctx.limits().max_compute_workgroups_per_dimension;
     let groups = u32::try_from(groups).unwrap_or(u32::MAX);

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::{check_io, check_same_shape, elementwise_dispatch, ShaderSource};
+use crate::kernels::{check_io, check_same_shape, layout_dispatch, ShaderSource};
 use crate::precision::Precision;
 use crate::tensor::{check_shape, Tensor};
 
@@ -87,10 +87,10 @@ pub fn prepare(
         UpsampleMode::Bilinear => "bilinear_add",
         UpsampleMode::Nearest => "nearest_add",
     };
-    elementwise_dispatch(
+    layout_dispatch(
         ctx,
         &SHADER,
-        out.precision(),
+        (out.precision(), out.layout()),
         entry,
         out.storage_len(),
         &params,

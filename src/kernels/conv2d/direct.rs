@@ -168,29 +168,20 @@ pub(super) fn prepare(
             let (wg_pix, wg_co) = workgroup_shape(lanes, cout.div_ceil(tile.couts), device_type);
             constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
             ctx.check_precision(OP, precision)?;
-            let pipeline = ctx.pipeline_from(
-                &format!("{}:{precision}", tile.key()),
-                || tile.module_source(precision),
-                "conv2d_rows",
-                &constants,
-            )?;
             splits = split.clamp(1, cin);
             row_tile = Some((tile, constants.clone()));
-            let entry = if splits > 1 {
+            let split_k = splits > 1;
+            let entry = if split_k {
                 "conv2d_rows_partial"
             } else {
                 "conv2d_rows"
             };
-            let pipeline = if splits > 1 {
-                ctx.pipeline_from(
-                    &format!("{}:{precision}", tile.key()),
-                    || tile.module_source(precision),
-                    entry,
-                    &constants,
-                )?
-            } else {
-                pipeline
-            };
+            let pipeline = ctx.pipeline_from(
+                &tile.module_key(precision, split_k),
+                || tile.module_source(precision, split_k),
+                entry,
+                &constants,
+            )?;
             let grid = grid_for(lanes, cout.div_ceil(tile.couts), n * splits, (wg_pix, wg_co));
             (pipeline, entry, grid, vec4_input)
         }
@@ -252,8 +243,8 @@ pub(super) fn prepare(
             .filter(|(k, _)| *k == "UPSAMPLE")
             .collect();
         let reduce = ctx.pipeline_from(
-            &format!("{}:{precision}", tile.key()),
-            || tile.module_source(precision),
+            &tile.module_key(precision, true),
+            || tile.module_source(precision, true),
             "conv2d_rows_reduce",
             &reduce_constants,
         )?;

@@ -82,21 +82,31 @@ impl RowTile {
         (self.pixels - 1) * self.stride.1 + self.kernel.1
     }
 
+    /// The pipeline-cache name of the module for tensors in `precision`, with the split-K entry
+    /// point or the whole-sum one.
+    pub fn module_key(&self, precision: Precision, split_k: bool) -> String {
+        let kind = if split_k { "_partial" } else { "" };
+        format!("{}{kind}:{precision}", self.key())
+    }
+
     /// The whole module for tensors in `precision`: the static part and the generated entry
-    /// point.
-    pub fn module_source(&self, precision: Precision) -> String {
+    /// point, `conv2d_rows_partial` with `split_k` and `conv2d_rows` without. Separate modules:
+    /// every network runs the second, and parsing both every time it is built doubled the
+    /// time to a first forward on llvmpipe.
+    pub fn module_source(&self, precision: Precision, split_k: bool) -> String {
         let mut s = SHADER.module(precision);
         s.push('\n');
-        s.push_str(&self.entry_source());
+        s.push_str(&self.entry_source(split_k));
         s
     }
 
-    /// The entry points `conv2d_rows` and `conv2d_rows_partial` (split-K: raw sums of a part of
-    /// the input channels), unrolled over kernel columns, pixels and channels.
-    pub fn entry_source(&self) -> String {
-        let mut s = self.entry("conv2d_rows", false);
-        s.push_str(&self.entry("conv2d_rows_partial", true));
-        s
+    /// The entry point `conv2d_rows` or, with `split_k`, `conv2d_rows_partial` (the raw sums
+    /// of a part of the input channels), unrolled over kernel columns, pixels and channels.
+    pub fn entry_source(&self, split_k: bool) -> String {
+        match split_k {
+            false => self.entry("conv2d_rows", false),
+            true => self.entry("conv2d_rows_partial", true),
+        }
     }
 
     fn entry(&self, name: &str, partial: bool) -> String {
@@ -116,15 +126,23 @@ impl RowTile {
         );
         let _ = writeln!(w, "@compute @workgroup_size(WG_PIX, WG_CO)");
         let _ = writeln!(w, "fn {name}(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {{");
-        let _ = writeln!(w, "    let n = wid.z / p.splits;");
-        // This launch's part of the input channels (all of them without split-K).
-        let _ = writeln!(w, "    let split = wid.z % p.splits;");
-        let _ = writeln!(
-            w,
-            "    let part = (p.in_channels + p.splits - 1u) / p.splits;"
-        );
-        let _ = writeln!(w, "    let ci0 = min(split * part, p.in_channels);");
-        let _ = writeln!(w, "    let ci1 = min(ci0 + part, p.in_channels);");
+        if partial {
+            let _ = writeln!(w, "    let n = wid.z / p.splits;");
+            // This launch's part of the input channels.
+            let _ = writeln!(w, "    let split = wid.z % p.splits;");
+            let _ = writeln!(
+                w,
+                "    let part = (p.in_channels + p.splits - 1u) / p.splits;"
+            );
+            let _ = writeln!(w, "    let ci0 = min(split * part, p.in_channels);");
+            let _ = writeln!(w, "    let ci1 = min(ci0 + part, p.in_channels);");
+        } else {
+            // The whole sum, with the loop bounds llvmpipe sees as uniform: bounds derived
+            // from the workgroup id made the unsplit kernel 3-15% slower there.
+            let _ = writeln!(w, "    let n = wid.z;");
+            let _ = writeln!(w, "    let ci0 = 0u;");
+            let _ = writeln!(w, "    let ci1 = p.in_channels;");
+        }
         let _ = writeln!(
             w,
             "    let blocks = (p.out_width + {}u) / {}u;",

@@ -12,14 +12,18 @@
 // storage. The last tile of a row runs past the row's end: it reads the next row's pixels (or
 // the slack the caller leaves after the tensor) and its extra pixels are never stored.
 //
-// One workgroup is one subgroup (SG lanes, the adapter's fixed subgroup size): cooperative
-// matrix operations belong to a subgroup. It holds TM x TN accumulators: TM row segments of S
-// pixels by TN x S output channels. The generated entry points (src/kernels/conv2d/coop.rs)
-// walk the k steps (taps, then S-channel chunks) of their split:
+// In the direct-load blocks one workgroup is one subgroup (SG lanes, the adapter's fixed
+// subgroup size): cooperative matrix operations belong to a subgroup. It holds TM x TN
+// accumulators: TM row segments of S pixels by TN x S output channels. The generated entry
+// points (src/kernels/conv2d/coop.rs) walk the k steps (taps, then S-channel chunks) of their
+// split:
 //   conv2d_coop          one split; the accumulators go through workgroup memory to the
 //                        epilogue, which writes the output
 //   conv2d_coop_partial  split-K: each split stores its f32 partial sums
 // and `conv2d_coop_reduce` (below) sums a split-K launch's partials and applies the epilogue.
+// `conv2d_coop_staged` (src/kernels/conv2d/coop_staged.rs) is the large-map block: 8 subgroups
+// sharing double-buffered tiles in workgroup memory, reading the input and the weights as
+// 16-byte words through bindings 7 and 8.
 //
 // Epilogue: out = relu?(acc * scale[co] + shift[co] + residual?), the residual as it is or
 // upsampled from a coarser map, as in conv2d_epilogue.wgsl. Padding channels (scale and shift
@@ -34,6 +38,8 @@
 //   4  out       [N][OH + 2 top][OW + 2 left][out_cl]            epilogue
 //   5  params    CoopConvParams
 //   6  partials  [splits][N][seg_slots * S][w_stride], f32       split-K
+//   7  x4        x as 16-byte words                              staged block
+//   8  w4        weights as 16-byte words                        staged block
 //
 // Grid: x = blocks of TM segments (segments: S-pixel pieces of output rows), y = blocks of
 // TN x S output channels, z = batch x splits (split-minor). conv2d_coop_reduce: one invocation
@@ -73,6 +79,11 @@ struct CoopConvParams {
     out_pitch: u32,
     out_top: u32,
     out_left: u32,
+    // Real output channels; the ones up to out_cl are padding.
+    out_channels: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 // The epilogue's flags: the same bits as conv2d_epilogue.wgsl's.
@@ -148,9 +159,13 @@ fn write_halo(n: u32, oy: u32, ox: u32, co: u32) {
 
 // Applies the epilogue to the raw sum `acc` of output channel `co` at (n, oy, ox) and stores it.
 fn epilogue(n: u32, oy: u32, ox: u32, co: u32, acc: f32) {
-    var v = acc * affine[co] + affine[p.w_stride + co];
+    // Padding channels are zeros whatever the sum (an infinity in the window times their zero
+    // weights is NaN, which the next convolution would spread to every channel).
+    var v = select(acc * affine[co] + affine[p.w_stride + co], 0.0, co >= p.out_channels);
     let pix = (n * p.out_height + oy) * p.out_width + ox;
-    if ((p.flags & COOP_RESIDUAL) != 0u) {
+    if (co >= p.out_channels) {
+        // Nothing is added to a padding channel.
+    } else if ((p.flags & COOP_RESIDUAL) != 0u) {
         v += f32(resample_src[pix * p.out_cl + co]);
     } else if (UPSAMPLE && (p.flags & (COOP_UPSAMPLE_BILINEAR | COOP_UPSAMPLE_NEAREST)) != 0u) {
         let base = n * p.res_height * p.res_width * p.out_cl + co;

@@ -229,8 +229,8 @@ impl Dispatch {
         Dispatch { config, ..self }
     }
 
-    /// How the kernel was configured for this launch (e.g. `block 4x4, split 2, 16x16
-    /// matrices`), or "" where there is nothing to say.
+    /// How the kernel was configured for this launch (e.g. `direct 4x4, split 2, 16x16
+    /// matrices; tuned`), or "" where there is nothing to say.
     pub fn config(&self) -> &str {
         &self.config
     }

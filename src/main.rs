@@ -392,7 +392,7 @@ fn kernel_report(network: &NetworkArgs, shape: [usize; 4], precision: Precision)
     println!(
         "\nkernels on {} for {shape:?} in {precision}, values stored {:?}:",
         ctx.adapter(),
-        fpn.executor().layout()
+        fpn.executor().memory_format()
     );
     let mut counts: Vec<(&str, usize)> = Vec::new();
     for (node, kernel, config) in plan.launches() {

@@ -82,8 +82,9 @@ impl MemoryFormat {
         }
     }
 
-    /// `data` (row-major NCHW of `shape`) reordered into this layout's storage.
-    pub fn from_nchw(self, shape: [usize; 4], data: &[f32]) -> Vec<f32> {
+    /// `data` (row-major NCHW of `shape`, checked by the caller to hold all of it) reordered
+    /// into this layout's storage.
+    pub(crate) fn to_storage(self, shape: [usize; 4], data: &[f32]) -> Vec<f32> {
         if self == MemoryFormat::Nchw {
             return data.to_vec();
         }
@@ -102,8 +103,9 @@ impl MemoryFormat {
         out
     }
 
-    /// This layout's storage of `shape` reordered to row-major NCHW.
-    pub fn to_nchw(self, shape: [usize; 4], storage: &[f32]) -> Vec<f32> {
+    /// This layout's storage of `shape` (checked by the caller to hold all of it) reordered to
+    /// row-major NCHW.
+    pub(crate) fn to_nchw(self, shape: [usize; 4], storage: &[f32]) -> Vec<f32> {
         if self == MemoryFormat::Nchw {
             return storage[..numel(shape)].to_vec();
         }
@@ -139,7 +141,13 @@ fn shape_bytes(
         ));
     }
     let [n, c, h, w] = shape;
-    Ok([n, layout.pixel_stride(c).max(c), h, w]
+    let stored_c = match layout {
+        MemoryFormat::Nchw => c,
+        MemoryFormat::ChannelsLast => c
+            .checked_next_multiple_of(CHANNELS_LAST_ALIGN)
+            .unwrap_or(usize::MAX),
+    };
+    Ok([n, stored_c, h, w]
         .iter()
         .try_fold(ELEMENT_BYTES, |acc, &d| acc.checked_mul(d as u64))
         .unwrap_or(u64::MAX))
@@ -276,7 +284,7 @@ impl Tensor {
         let data = match layout {
             MemoryFormat::Nchw => data,
             MemoryFormat::ChannelsLast => {
-                stored = layout.from_nchw(shape, data);
+                stored = layout.to_storage(shape, data);
                 &stored
             }
         };
@@ -365,7 +373,7 @@ impl Tensor {
     }
 
     /// How the elements are ordered in the buffer.
-    pub fn layout(&self) -> MemoryFormat {
+    pub fn memory_format(&self) -> MemoryFormat {
         self.layout
     }
 

@@ -243,7 +243,7 @@ fn f16_network_halves_memory_and_takes_inputs_of_either_precision() {
         single.executor().weight_bytes(),
     );
     eprintln!("f16 / f32 bytes: activations {act:.3}, weights {weights:.3}");
-    if half.executor().layout() == MemoryFormat::Nchw {
+    if half.executor().memory_format() == MemoryFormat::Nchw {
         assert!((0.45..=0.56).contains(&act), "activations {act}");
     } else {
         // Channels-last values pad their channels to whole matrix tiles (the 3-channel input
@@ -467,7 +467,7 @@ fn cooperative_matrix_convolutions_match_the_reference_for_every_block_and_split
             let got =
                 conv2d::conv2d_with(ctx, &xt, &weights, Some(&rt), &opts, Some(choice.into()))
                     .unwrap();
-            assert_eq!(got.layout(), cl);
+            assert_eq!(got.memory_format(), cl);
             let got = got.download(ctx).unwrap();
             worst = worst.max(assert_close(
                 &format!("coop conv {i}, {choice}"),
@@ -608,7 +608,7 @@ fn channels_last_tensors_convert_pad_and_pool_like_nchw() {
                 convert::convert_to(ctx, &nchw, F16, cl).unwrap(),
             ),
         ] {
-            assert_eq!(t.layout(), cl);
+            assert_eq!(t.memory_format(), cl);
             assert_eq!(t.download(ctx).unwrap(), x, "{shape:?} {what}");
             // The padding channels hold zeros: the raw storage sums to the values' sum.
             let back = convert::convert_to(ctx, &t, Precision::F32, MemoryFormat::Nchw).unwrap();
@@ -616,7 +616,7 @@ fn channels_last_tensors_convert_pad_and_pool_like_nchw() {
         }
         let t = Tensor::from_slice_with(ctx, shape, &x, F16, cl).unwrap();
         let padded = pad2d::pad2d(ctx, &t, (1, 2)).unwrap();
-        assert_eq!(padded.layout(), cl);
+        assert_eq!(padded.memory_format(), cl);
         let want = pad2d::pad2d(ctx, &nchw, (1, 2)).unwrap();
         assert_eq!(padded.download(ctx).unwrap(), want.download(ctx).unwrap());
         let opts = MaxPool2dOptions::new(3, 2, 1);
@@ -632,7 +632,7 @@ fn channels_last_tensors_convert_pad_and_pool_like_nchw() {
         let y_cl = Tensor::from_slice_with(ctx, fine, &y, F16, cl).unwrap();
         for mode in [UpsampleMode::Bilinear, UpsampleMode::Nearest] {
             let got = upsample_add::upsample_add(ctx, &t, &y_cl, mode).unwrap();
-            assert_eq!(got.layout(), cl);
+            assert_eq!(got.memory_format(), cl);
             let want = upsample_add::upsample_add(ctx, &nchw, &y_nchw, mode).unwrap();
             assert_eq!(
                 got.download(ctx).unwrap(),

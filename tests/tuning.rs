@@ -15,8 +15,13 @@ use fpn_wgpu::tensor::MemoryFormat;
 use fpn_wgpu::weights::VarStore;
 use fpn_wgpu::{Fpn, FpnConfig, FpnOptions, GpuContext, Precision, Tensor, Tuning};
 
-/// The cache path is a process-wide variable: the tests that set it take turns.
+/// The cache path is a process-wide variable, and setting one while another thread reads the
+/// environment (wgpu does, building a context) is not safe: every test here takes its turn.
 static CACHE_ENV: Mutex<()> = Mutex::new(());
+
+fn turn() -> std::sync::MutexGuard<'static, ()> {
+    CACHE_ENV.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 fn numel(s: [usize; 4]) -> usize {
     s.iter().product()
@@ -67,6 +72,7 @@ fn precisions(ctx: &GpuContext) -> Vec<Precision> {
 
 #[test]
 fn every_candidate_the_tuner_may_pick_matches_the_reference() {
+    let _turn = turn();
     let ctx = gpu();
     let mut rng = SplitMix64::new(21);
     let mut worst = 0.0f64;
@@ -137,7 +143,7 @@ fn every_candidate_the_tuner_may_pick_matches_the_reference() {
 
 #[test]
 fn tuned_choices_round_trip_through_the_cache_and_agree_with_the_presets() {
-    let _turn = CACHE_ENV.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = turn();
     let ctx = gpu();
     let path = temp_cache("round-trip");
     std::env::set_var(TUNE_CACHE_ENV, &path);
@@ -198,7 +204,7 @@ fn tuned_choices_round_trip_through_the_cache_and_agree_with_the_presets() {
 
 #[test]
 fn corrupt_and_foreign_caches_are_ignored_with_a_warning() {
-    let _turn = CACHE_ENV.lock().unwrap_or_else(|p| p.into_inner());
+    let _turn = turn();
     let ctx = gpu();
     let path = temp_cache("corrupt");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -243,6 +249,7 @@ fn tuning_modes_parse_and_off_is_deterministic() {
     assert_eq!("full".parse::<Tuning>().unwrap(), Tuning::Full);
     let e = "fast".parse::<Tuning>().unwrap_err();
     assert!(e.contains("off, cache, full"), "{e}");
+    let _turn = turn();
     let ctx = gpu();
     let a = configs(&network(ctx, Precision::F32, Tuning::Off), [1, 3, 48, 48]);
     let b = configs(&network(ctx, Precision::F32, Tuning::Off), [1, 3, 48, 48]);

@@ -235,8 +235,19 @@ impl Executor {
             MemoryFormat::Nchw
         };
         let mut graph = graph;
-        if cooperative && super::passes::halo_into_producer(&mut graph) {
-            super::passes::remove_dead(&mut graph);
+        if cooperative {
+            // On a GPU the top-down merge belongs in the lateral convolutions' epilogue (one
+            // pass over the map fewer per level); on CPU adapters the separate kernel was
+            // measured faster (see passes::fuse_upsample_add).
+            let gpu = ctx.adapter().device_type != wgpu::DeviceType::Cpu;
+            // Each pass leaves the nodes it bypassed for remove_dead, and those would count as
+            // readers in the next pass.
+            if gpu && super::passes::fuse_upsample_add(&mut graph) {
+                super::passes::remove_dead(&mut graph);
+            }
+            if super::passes::halo_into_producer(&mut graph) {
+                super::passes::remove_dead(&mut graph);
+            }
         }
         let mut weight_bytes = 0;
         let mut nodes = Vec::with_capacity(graph.nodes.len());
@@ -324,7 +335,7 @@ impl Executor {
 
     /// How the values are stored: channels-last where the convolutions run on cooperative
     /// matrices, NCHW otherwise.
-    pub fn layout(&self) -> MemoryFormat {
+    pub fn memory_format(&self) -> MemoryFormat {
         self.layout
     }
 
@@ -406,32 +417,28 @@ impl Executor {
             limits.max_buffer_size,
         );
         // Each convolution's kernel configuration: the preset, or the tuning cache's, or (to be
-        // timed below) each candidate. Buffers are sized for all of them: the room the
-        // cooperative-matrix kernels' last tiles read past a value's end (left after every
-        // arena, since any value may end one) and one buffer for the split-K partial sums,
-        // reused by every launch.
+        // timed below) the fastest candidate. The arenas leave room after them for what the
+        // cooperative-matrix kernels' last tiles read past a value's end (any value may end an
+        // arena), for every configuration that may run.
         let mut cache = (self.tuning != Tuning::Off).then(TuneCache::load);
         let mut choices = vec![None; self.nodes.len()];
         let mut sources = vec![Source::Preset; self.nodes.len()];
         let mut to_time: Vec<(usize, String, Vec<KernelChoice>, Vec<usize>)> = Vec::new();
-        let (mut slack, mut partial_bytes) = (0u64, 0u64);
+        let (mut slack, mut tuning_bytes) = (0u64, 0u64);
         for (i, node) in self.nodes.iter().enumerate() {
             let GpuOp::Conv2d(w, o) = &node.op else {
                 continue;
             };
             let at = |e| at_node(&node.name, e);
             let x = shapes[node.inputs[0]];
-            let side = coop::support(ctx).map_or(16, |s| s.side);
-            let partial_bytes_of = |c: KernelChoice| match c {
-                KernelChoice::Coop(c) => coop::partial_bytes(shapes[i], w.cout_pad(), c, side),
-                KernelChoice::Nchw { split } => conv2d::direct::partial_bytes(shapes[i], split),
-            };
             let mut choice = select::choice(ctx, x, w, o).map_err(at)?;
             let mut considered = vec![choice];
             if let Some(cache) = &cache {
                 // Candidates whose partial sums could not be bound are never tried.
                 let mut candidates = select::candidates(ctx, x, w, o).map_err(at)?;
-                candidates.retain(|&c| partial_bytes_of(c) <= ctx.max_binding_bytes());
+                candidates.retain(|&c| {
+                    partial_bytes(ctx, x, w, o, c).is_ok_and(|b| b <= ctx.max_binding_bytes())
+                });
                 let key = tune::key(ctx, self.precision, self.layout, x, w, o);
                 if let Some(cached) = cache.get(&key, &candidates) {
                     choice = cached;
@@ -448,19 +455,19 @@ impl Executor {
             }
             for c in considered {
                 if let KernelChoice::Coop(_) = c {
+                    let side = coop::support(ctx).map_or(16, |s| s.side);
                     let read = coop::input_bytes_read(x, w.shape(), o.stride, side);
                     slack = slack.max(read.saturating_sub(sizes[node.inputs[0]]));
                 }
-                partial_bytes = partial_bytes.max(partial_bytes_of(c));
+                tuning_bytes = tuning_bytes.max(partial_bytes(ctx, x, w, o, c).map_err(at)?);
             }
             choices[i] = Some(choice);
         }
         let slack = slack.next_multiple_of(16);
         for bytes in &mut memory.arena_bytes {
             *bytes += slack;
+            ctx.check_buffer_size("plan", "an activation buffer", *bytes)?;
         }
-        let partials =
-            (partial_bytes > 0).then(|| ctx.storage_zeroed("split-K partial sums", partial_bytes));
 
         let buffers: Vec<wgpu::Buffer> = memory
             .arena_bytes
@@ -490,63 +497,28 @@ impl Executor {
             .collect();
 
         if !to_time.is_empty() {
-            // Candidates are prepared (their pipelines built, the slow part) until the budget
-            // runs out; the convolutions left keep their presets and stay out of the cache.
-            let start = Instant::now();
-            let mut trials = Vec::new();
-            let mut timed = Vec::new();
-            for (i, key, candidates, same) in to_time {
-                if start.elapsed().as_secs_f64() > TUNE_BUDGET_S {
-                    log::info!("tuning budget of {TUNE_BUDGET_S} s spent; the remaining convolutions keep their presets");
-                    break;
-                }
-                let node = &self.nodes[i];
-                let GpuOp::Conv2d(w, o) = &node.op else {
-                    continue;
-                };
-                let residual = node.inputs.get(1).map(|&r| &values[r]);
-                let x = &values[node.inputs[0]];
-                let prepared = candidates
-                    .into_iter()
-                    .filter_map(|c| {
-                        conv2d::prepare_with(
-                            ctx,
-                            x,
-                            w,
-                            residual,
-                            &values[i],
-                            o,
-                            Some(c),
-                            partials.as_ref(),
-                        )
-                        .map_err(|e| log::debug!("`{}`: candidate {c} skipped: {e}", node.name))
-                        .ok()
-                        .map(|launches| (c, launches))
-                    })
-                    .collect();
-                trials.push(tune::Trial {
-                    candidates: prepared,
-                });
-                timed.push((i, key, same));
-            }
-            let best = tune::time_trials(ctx, &trials)?;
-            for ((i, key, same), best) in timed.into_iter().zip(best) {
-                if let Some((choice, secs)) = best {
-                    log::debug!("`{}`: {choice} ({:.1} us)", self.nodes[i].name, secs * 1e6);
-                    for j in std::iter::once(i).chain(same) {
-                        choices[j] = Some(choice);
-                        sources[j] = Source::Tuned;
-                    }
-                    if let Some(cache) = &mut cache {
-                        cache.insert(key, choice);
-                    }
-                }
-            }
-            log::info!("tuned in {:.2} s", start.elapsed().as_secs_f64());
-            if let Some(Err(e)) = cache.as_ref().map(TuneCache::save) {
-                log::warn!("{e}");
+            self.tune(
+                &values,
+                to_time,
+                tuning_bytes,
+                &mut choices,
+                &mut sources,
+                cache.as_mut(),
+            );
+        }
+
+        // One buffer for the split-K partial sums of the chosen configurations, reused by
+        // every launch.
+        let mut bytes = 0;
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let (GpuOp::Conv2d(w, o), Some(c)) = (&node.op, choices[i]) {
+                let x = shapes[node.inputs[0]];
+                bytes =
+                    bytes.max(partial_bytes(ctx, x, w, o, c).map_err(|e| at_node(&node.name, e))?);
             }
         }
+        ctx.check_buffer_size("plan", "the split-K partial sums", bytes)?;
+        let partials = (bytes > 0).then(|| ctx.storage_zeroed("split-K partial sums", bytes));
 
         let mut dispatches = Vec::with_capacity(self.nodes.len());
         let mut stages = Vec::with_capacity(self.nodes.len());
@@ -613,6 +585,80 @@ impl Executor {
         })
     }
 
+    /// Times the candidates of `to_time` (node, cache key, candidates, nodes of the same shape)
+    /// on the plan's own values, within [`TUNE_BUDGET_S`], and takes the fastest of each into
+    /// `choices` and the cache. Tuning only ever improves on the presets: a candidate that
+    /// cannot be prepared is left out, and a trial that fails keeps the preset, with a warning.
+    fn tune(
+        &self,
+        values: &[Tensor],
+        to_time: Vec<(usize, String, Vec<KernelChoice>, Vec<usize>)>,
+        scratch_bytes: u64,
+        choices: &mut [Option<KernelChoice>],
+        sources: &mut [Source],
+        mut cache: Option<&mut TuneCache>,
+    ) {
+        let ctx = &self.ctx;
+        if let Err(e) = ctx.check_buffer_size("tuning", "the split-K partial sums", scratch_bytes) {
+            log::warn!("not tuning: {e}");
+            return;
+        }
+        // Scratch for the candidates' partial sums, freed once they are timed.
+        let scratch =
+            (scratch_bytes > 0).then(|| ctx.storage_zeroed("tuning partial sums", scratch_bytes));
+        let start = Instant::now();
+        for (i, key, candidates, same) in to_time {
+            // Building the candidates' pipelines is the slow part; the convolutions left when
+            // the budget runs out keep their presets and stay out of the cache.
+            if start.elapsed().as_secs_f64() > TUNE_BUDGET_S {
+                log::info!("tuning budget of {TUNE_BUDGET_S} s spent; the remaining convolutions keep their presets");
+                break;
+            }
+            let node = &self.nodes[i];
+            let GpuOp::Conv2d(w, o) = &node.op else {
+                continue;
+            };
+            let residual = node.inputs.get(1).map(|&r| &values[r]);
+            let x = &values[node.inputs[0]];
+            let trial: tune::Trial = candidates
+                .into_iter()
+                .filter_map(|c| {
+                    conv2d::prepare_with(
+                        ctx,
+                        x,
+                        w,
+                        residual,
+                        &values[i],
+                        o,
+                        Some(c),
+                        scratch.as_ref(),
+                    )
+                    .map_err(|e| log::debug!("`{}`: candidate {c} left out: {e}", node.name))
+                    .ok()
+                    .map(|launches| (c, launches))
+                })
+                .collect();
+            match tune::time_trial(ctx, &trial) {
+                Ok(Some((choice, secs))) => {
+                    log::debug!("`{}`: {choice} ({:.1} us)", node.name, secs * 1e6);
+                    for j in std::iter::once(i).chain(same) {
+                        choices[j] = Some(choice);
+                        sources[j] = Source::Tuned;
+                    }
+                    if let Some(cache) = cache.as_deref_mut() {
+                        cache.insert(key, choice);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => log::warn!("`{}`: tuning failed ({e}); it keeps its preset", node.name),
+            }
+        }
+        log::info!("tuned in {:.2} s", start.elapsed().as_secs_f64());
+        if let Some(Err(e)) = cache.map(|c| c.save()) {
+            log::warn!("{e}");
+        }
+    }
+
     /// Runs the graph on `input` and returns the named outputs, still on the GPU. The work is
     /// submitted, never waited for, so this does not block: downloading an output waits for it.
     pub fn forward(&self, input: &Tensor) -> Result<Vec<(String, Tensor)>> {
@@ -674,7 +720,7 @@ impl Executor {
         // Values of another precision than the caller's tensors go through conversion kernels,
         // in passes of their own so that the stage timestamps measure the network alone.
         let input_value = &plan.values[0];
-        let stored_as = |t: &Tensor| (t.precision(), t.layout());
+        let stored_as = |t: &Tensor| (t.precision(), t.memory_format());
         let convert_in = (stored_as(input) != stored_as(input_value))
             .then(|| convert::prepare(ctx, input, input_value))
             .transpose()?;
@@ -771,4 +817,22 @@ fn takes_channels_last(op: &Op) -> bool {
         Op::Conv2d { opts, .. } => opts.padding == (0, 0),
         Op::BatchNorm(_) => false,
     }
+}
+
+/// Bytes of the split-K partial sums of a convolution of `x` by `w` run as `choice`.
+fn partial_bytes(
+    ctx: &GpuContext,
+    x: [usize; 4],
+    w: &Conv2dWeights,
+    o: &Conv2dOptions,
+    choice: KernelChoice,
+) -> Result<u64> {
+    let out = conv2d::conv_shape(x, w.shape(), o)?;
+    Ok(match choice {
+        KernelChoice::Coop(c) => {
+            let side = coop::support(ctx).map_or(16, |s| s.side);
+            coop::partial_bytes(out, w.cout_pad(), c, side)
+        }
+        KernelChoice::Nchw { split } => conv2d::direct::partial_bytes(out, split),
+    })
 }

@@ -216,8 +216,15 @@ impl TuneCache {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, json.to_string()).map_err(io)?;
+        // Unique per process and per save, so that two executors saving at once (threads or
+        // processes) never rename each other's half-written file.
+        static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("json.{}.{n}.tmp", std::process::id()));
+        if let Err(e) = std::fs::write(&tmp, json.to_string()) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
         std::fs::rename(&tmp, path).map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
             io(e)
@@ -257,27 +264,22 @@ fn read_entries(path: &PathBuf) -> BTreeMap<String, String> {
 
 /// Launches of each repetition timed per candidate: the first run of a candidate also pays
 /// for cold caches, so the time kept is the whole pass's over the repetitions.
+#[cfg(not(target_arch = "wasm32"))]
 const REPEATS: usize = 3;
 
-/// The configurations of one convolution to time, each with its prepared launches.
-pub(crate) struct Trial {
-    /// The candidates, the preset first.
-    pub candidates: Vec<(KernelChoice, Vec<Dispatch>)>,
-}
+/// The configurations of one convolution shape to time, each with its prepared launches (the
+/// preset first).
+pub(crate) type Trial = Vec<(KernelChoice, Vec<Dispatch>)>;
 
-/// Times every candidate of every trial in one submit (a compute pass with timestamps around
-/// each candidate's repeated launches) and returns the fastest of each trial with its seconds
-/// per run (`None` for a trial without candidates).
+/// Times each candidate of `trial` (a compute pass with timestamps around its repeated
+/// launches, all in one submit of their own, so that a long trial cannot hold the GPU for the
+/// whole plan) and returns the fastest with its seconds per run; `None` without candidates.
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) fn time_trials(
-    ctx: &GpuContext,
-    trials: &[Trial],
-) -> Result<Vec<Option<(KernelChoice, f64)>>> {
-    let passes: usize = trials.iter().map(|t| t.candidates.len()).sum();
-    if passes == 0 {
-        return Ok(trials.iter().map(|_| None).collect());
+pub(crate) fn time_trial(ctx: &GpuContext, trial: &Trial) -> Result<Option<(KernelChoice, f64)>> {
+    if trial.is_empty() {
+        return Ok(None);
     }
-    let count = 2 * passes as u32;
+    let count = 2 * trial.len() as u32;
     let device = ctx.device();
     let scopes = crate::gpu::ErrorScopes::push(device);
     let queries = device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -288,50 +290,37 @@ pub(crate) fn time_trials(
     let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
         label: Some("tuning"),
     });
-    let mut q = 0;
-    for trial in trials {
-        for (_, launches) in &trial.candidates {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("tuning candidate"),
-                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                    query_set: &queries,
-                    beginning_of_pass_write_index: Some(q),
-                    end_of_pass_write_index: Some(q + 1),
-                }),
-            });
-            for _ in 0..REPEATS {
-                for d in launches {
-                    d.record(&mut pass);
-                }
+    for (q, (_, launches)) in (0u32..).step_by(2).zip(trial) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("tuning candidate"),
+            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                query_set: &queries,
+                beginning_of_pass_write_index: Some(q),
+                end_of_pass_write_index: Some(q + 1),
+            }),
+        });
+        for _ in 0..REPEATS {
+            for d in launches {
+                d.record(&mut pass);
             }
-            q += 2;
         }
     }
     ctx.queue().submit([encoder.finish()]);
     scopes.check("tuning")?;
     let (ticks, period_s) = pollster::block_on(ctx.read_timestamps(&queries, count))?;
-    let mut q = 0;
-    let mut best = Vec::with_capacity(trials.len());
-    for trial in trials {
-        let mut fastest: Option<(KernelChoice, f64)> = None;
-        for (choice, _) in &trial.candidates {
-            let secs = ticks[q + 1].saturating_sub(ticks[q]) as f64 * period_s / REPEATS as f64;
-            q += 2;
-            // Ties (a timer too coarse to tell) keep the earlier candidate: the preset.
-            if fastest.is_none_or(|(_, t)| secs < t) {
-                fastest = Some((*choice, secs));
-            }
+    let mut fastest: Option<(KernelChoice, f64)> = None;
+    for (i, (choice, _)) in trial.iter().enumerate() {
+        let secs = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period_s / REPEATS as f64;
+        // Ties (a timer too coarse to tell) keep the earlier candidate: the preset.
+        if fastest.is_none_or(|(_, t)| secs < t) {
+            fastest = Some((*choice, secs));
         }
-        best.push(fastest);
     }
-    Ok(best)
+    Ok(fastest)
 }
 
 /// Browsers have no blocking wait: tuning is off there ([`Tuning::resolve`]).
 #[cfg(target_arch = "wasm32")]
-pub(crate) fn time_trials(
-    _ctx: &GpuContext,
-    trials: &[Trial],
-) -> Result<Vec<Option<(KernelChoice, f64)>>> {
-    Ok(trials.iter().map(|_| None).collect())
+pub(crate) fn time_trial(_ctx: &GpuContext, _trial: &Trial) -> Result<Option<(KernelChoice, f64)>> {
+    Ok(None)
 }

@@ -37,8 +37,8 @@ pub(crate) struct ConvertParams {
 /// precisions differ one of them must be f32 (the only precisions are f32 and f16).
 pub fn prepare(ctx: &GpuContext, x: &Tensor, out: &Tensor) -> Result<Dispatch> {
     const OP: &str = "convert";
-    check_shape_in(ctx, OP, "the input", x.shape(), x.layout())?;
-    check_shape_in(ctx, OP, "the output", out.shape(), out.layout())?;
+    check_shape_in(ctx, OP, "the input", x.shape(), x.memory_format())?;
+    check_shape_in(ctx, OP, "the output", out.shape(), out.memory_format())?;
     check_same_shape(OP, out, "the output", x, "the input")?;
     if x.buffer() == out.buffer() {
         return Err(Error::invalid(
@@ -52,8 +52,8 @@ pub fn prepare(ctx: &GpuContext, x: &Tensor, out: &Tensor) -> Result<Dispatch> {
         channels: c as u32,
         height: h as u32,
         width: w as u32,
-        src_cl: x.layout().wgsl_flag(c),
-        dst_cl: out.layout().wgsl_flag(c),
+        src_cl: x.memory_format().wgsl_flag(c),
+        dst_cl: out.memory_format().wgsl_flag(c),
         _pad: [0; 2],
     };
     let (entry, precision, bindings) = match (x.precision(), out.precision()) {
@@ -84,7 +84,7 @@ pub fn prepare(ctx: &GpuContext, x: &Tensor, out: &Tensor) -> Result<Dispatch> {
 /// Converts `x` to `precision` now and returns the new tensor (downloading it waits for the
 /// GPU); a tensor already in `precision` is returned as it is.
 pub fn convert(ctx: &GpuContext, x: &Tensor, precision: Precision) -> Result<Tensor> {
-    convert_to(ctx, x, precision, x.layout())
+    convert_to(ctx, x, precision, x.memory_format())
 }
 
 /// Converts `x` to `precision` and `layout` now and returns the new tensor; a tensor already
@@ -95,7 +95,7 @@ pub fn convert_to(
     precision: Precision,
     layout: MemoryFormat,
 ) -> Result<Tensor> {
-    if x.precision() == precision && x.layout() == layout {
+    if x.precision() == precision && x.memory_format() == layout {
         return Ok(x.clone());
     }
     let out = Tensor::empty_with(ctx, x.shape(), precision, layout)?;

@@ -76,14 +76,14 @@ pub fn prepare_add(ctx: &GpuContext, a: &Tensor, b: &Tensor, out: &Tensor) -> Re
 
 /// Runs ReLU now and returns its output (downloading it waits for the GPU).
 pub fn relu(ctx: &GpuContext, x: &Tensor) -> Result<Tensor> {
-    let out = Tensor::empty_with(ctx, x.shape(), x.precision(), x.layout())?;
+    let out = Tensor::empty_with(ctx, x.shape(), x.precision(), x.memory_format())?;
     ctx.submit(&[&prepare_relu(ctx, x, &out)?])?;
     Ok(out)
 }
 
 /// Runs `a + b` now and returns its output (downloading it waits for the GPU).
 pub fn add(ctx: &GpuContext, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let out = Tensor::empty_with(ctx, a.shape(), a.precision(), a.layout())?;
+    let out = Tensor::empty_with(ctx, a.shape(), a.precision(), a.memory_format())?;
     ctx.submit(&[&prepare_add(ctx, a, b, &out)?])?;
     Ok(out)
 }

@@ -107,7 +107,7 @@ pub fn prepare(
     opts: &MaxPool2dOptions,
 ) -> Result<Dispatch> {
     const OP: &str = "max_pool2d";
-    check_shape_in(ctx, OP, "the input", x.shape(), x.layout())?;
+    check_shape_in(ctx, OP, "the input", x.shape(), x.memory_format())?;
     let shape = output_shape(x.shape(), opts)?;
     check_output_shape(OP, out, shape)?;
     check_io(OP, out, &[x])?;
@@ -125,13 +125,13 @@ pub fn prepare(
         pad_h: opts.padding.0 as u32,
         pad_w: opts.padding.1 as u32,
         channels: c as u32,
-        channels_last: x.layout().wgsl_flag(c),
+        channels_last: x.memory_format().wgsl_flag(c),
         _pad: [0; 3],
     };
     layout_dispatch(
         ctx,
         &SHADER,
-        (out.precision(), out.layout()),
+        (out.precision(), out.memory_format()),
         "max_pool2d",
         out.storage_len(),
         &params,
@@ -146,7 +146,7 @@ pub fn max_pool2d(ctx: &GpuContext, x: &Tensor, opts: &MaxPool2dOptions) -> Resu
         ctx,
         output_shape(x.shape(), opts)?,
         x.precision(),
-        x.layout(),
+        x.memory_format(),
     )?;
     ctx.submit(&[&prepare(ctx, x, &out, opts)?])?;
     Ok(out)

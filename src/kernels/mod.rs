@@ -165,13 +165,16 @@ pub(crate) fn check_same_shape(
 /// buffer as both read-only and read-write in a dispatch) and that all of them have one
 /// precision (a kernel is compiled for one storage type) and one layout.
 pub(crate) fn check_io(op: &'static str, out: &Tensor, inputs: &[&Tensor]) -> Result<()> {
-    if let Some(t) = inputs.iter().find(|t| t.layout() != out.layout()) {
+    if let Some(t) = inputs
+        .iter()
+        .find(|t| t.memory_format() != out.memory_format())
+    {
         return Err(crate::Error::invalid(
             op,
             format!(
                 "an input is stored {:?} but the output {:?}; every tensor of an op must have one layout (convert with kernels::convert::convert_to)",
-                t.layout(),
-                out.layout()
+                t.memory_format(),
+                out.memory_format()
             ),
         ));
     }
@@ -196,12 +199,12 @@ pub(crate) fn check_io(op: &'static str, out: &Tensor, inputs: &[&Tensor]) -> Re
 
 /// Checks that a kernel written for NCHW tensors is given one.
 pub(crate) fn check_nchw(op: &'static str, t: &Tensor) -> Result<()> {
-    if t.layout() != MemoryFormat::Nchw {
+    if t.memory_format() != MemoryFormat::Nchw {
         return Err(crate::Error::invalid(
             op,
             format!(
                 "this kernel takes NCHW tensors but was given a {:?} one; convert it with kernels::convert::convert_to",
-                t.layout()
+                t.memory_format()
             ),
         ));
     }

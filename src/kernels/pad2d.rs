@@ -48,9 +48,9 @@ pub fn prepare(
     padding: (usize, usize),
 ) -> Result<Dispatch> {
     const OP: &str = "pad2d";
-    check_shape_in(ctx, OP, "the input", x.shape(), x.layout())?;
+    check_shape_in(ctx, OP, "the input", x.shape(), x.memory_format())?;
     let shape = output_shape(x.shape(), padding);
-    check_shape_in(ctx, OP, "the output", shape, out.layout())?;
+    check_shape_in(ctx, OP, "the output", shape, out.memory_format())?;
     check_output_shape(OP, out, shape)?;
     check_io(OP, out, &[x])?;
     let [_, c, h, w] = x.shape();
@@ -61,13 +61,13 @@ pub fn prepare(
         pad_h: padding.0 as u32,
         pad_w: padding.1 as u32,
         channels: c as u32,
-        channels_last: x.layout().wgsl_flag(c),
+        channels_last: x.memory_format().wgsl_flag(c),
         _pad: 0,
     };
     layout_dispatch(
         ctx,
         &SHADER,
-        (out.precision(), out.layout()),
+        (out.precision(), out.memory_format()),
         "pad2d",
         out.storage_len(),
         &params,
@@ -82,7 +82,7 @@ pub fn pad2d(ctx: &GpuContext, x: &Tensor, padding: (usize, usize)) -> Result<Te
         ctx,
         output_shape(x.shape(), padding),
         x.precision(),
-        x.layout(),
+        x.memory_format(),
     )?;
     ctx.submit(&[&prepare(ctx, x, &out, padding)?])?;
     Ok(out)

@@ -81,7 +81,7 @@ pub fn prepare(
         // PyTorch divides in f32: the same rounding here keeps nearest indices identical.
         scale_h: ih as f32 / oh as f32,
         scale_w: iw as f32 / ow as f32,
-        channels_last: out.layout().wgsl_flag(c),
+        channels_last: out.memory_format().wgsl_flag(c),
     };
     let entry = match mode {
         UpsampleMode::Bilinear => "bilinear_add",
@@ -90,7 +90,7 @@ pub fn prepare(
     layout_dispatch(
         ctx,
         &SHADER,
-        (out.precision(), out.layout()),
+        (out.precision(), out.memory_format()),
         entry,
         out.storage_len(),
         &params,
@@ -106,7 +106,7 @@ pub fn upsample_add(
     y: &Tensor,
     mode: UpsampleMode,
 ) -> Result<Tensor> {
-    let out = Tensor::empty_with(ctx, y.shape(), y.precision(), y.layout())?;
+    let out = Tensor::empty_with(ctx, y.shape(), y.precision(), y.memory_format())?;
     ctx.submit(&[&prepare(ctx, x, y, &out, mode)?])?;
     Ok(out)
 }

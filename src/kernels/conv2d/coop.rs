@@ -12,7 +12,7 @@ use std::fmt::Write;
 use super::coop_staged::StagedBlock;
 use super::{
     check_residual_shape, conv_shape, epilogue_flags, output_shape, Conv2dOptions, Conv2dWeights,
-    Partials, ResidualMode,
+    ConvAlgorithm, Partials, ResidualMode,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, CooperativeMatrixSupport, Dispatch, GpuContext};
@@ -36,7 +36,7 @@ pub const SHADER: ShaderSource = ShaderSource {
 
 /// Output channels of the weights (and of the affine) are zero padded to a multiple of this:
 /// the widest block, the staged one's 128.
-pub const COUT_ALIGN: usize = 128;
+pub const BLOCK_COUT_ALIGN: usize = 128;
 
 /// Mirrors `CoopConvParams` in the WGSL.
 #[repr(C)]
@@ -70,6 +70,8 @@ pub(crate) struct CoopConvParams {
     pub out_pitch: u32,
     pub out_top: u32,
     pub out_left: u32,
+    pub out_channels: u32,
+    pub _pad: [u32; 3],
 }
 
 /// A block shape: `m_tiles` row segments of `side` pixels by `n_tiles * side` output channels
@@ -349,11 +351,11 @@ fn padded_cin(cin: usize) -> usize {
 }
 
 /// Reorders OIHW weights to `[tap][Cin'][Cout']` (tap = ky * KW + kx; Cin' the channels-last
-/// padding of the input channels, Cout' the output channels padded to [`COUT_ALIGN`]), zeros in
+/// padding of the input channels, Cout' the output channels padded to [`BLOCK_COUT_ALIGN`]), zeros in
 /// the padding.
 pub(super) fn to_tap_major(shape: [usize; 4], weight: &[f32]) -> Vec<f32> {
     let [cout, cin, kh, kw] = shape;
-    let (cin_pad, cout_pad) = (padded_cin(cin), cout.next_multiple_of(COUT_ALIGN));
+    let (cin_pad, cout_pad) = (padded_cin(cin), cout.next_multiple_of(BLOCK_COUT_ALIGN));
     let mut out = vec![0.0f32; kh * kw * cin_pad * cout_pad];
     for co in 0..cout {
         for ci in 0..cin {
@@ -369,21 +371,21 @@ pub(super) fn to_tap_major(shape: [usize; 4], weight: &[f32]) -> Vec<f32> {
 /// input-channel chunks of the matrix side.
 pub fn steps(shape: [usize; 4], side: u32) -> usize {
     let [_, cin, kh, kw] = shape;
-    kh * kw * padded_cin(cin) / side as usize
+    kh * kw * padded_cin(cin) / side.max(1) as usize
 }
 
 /// S-pixel segments per output row and per image.
 fn segments(out_shape: [usize; 4], side: u32) -> (usize, usize) {
-    let per_row = out_shape[3].div_ceil(side as usize);
+    let per_row = out_shape[3].div_ceil(side.max(1) as usize);
     (per_row, per_row * out_shape[2])
 }
 
 /// The grid of a direct-load launch: (segment blocks, channel blocks, batch x splits).
 fn grid(out_shape: [usize; 4], tile: CoopTile, split: usize, side: u32) -> [usize; 3] {
     let (_, total) = segments(out_shape, side);
-    let channel_blocks = padded_cin(out_shape[1]).div_ceil(tile.n_tiles * side as usize);
+    let channel_blocks = padded_cin(out_shape[1]).div_ceil((tile.n_tiles * side as usize).max(1));
     [
-        total.div_ceil(tile.m_tiles),
+        total.div_ceil(tile.m_tiles.max(1)),
         channel_blocks,
         out_shape[0] * split,
     ]
@@ -399,6 +401,7 @@ pub fn input_bytes_read(
 ) -> u64 {
     let [n, cin, h, w] = x_shape;
     let [_, _, kh, kw] = w_shape;
+    let (kh, kw, side) = (kh.max(1), kw.max(1), side.max(1));
     // Saturating: the shapes are checked before any launch, this only sizes buffers.
     let oh = h.saturating_sub(kh) / stride.0.max(1) + 1;
     let ow = w.saturating_sub(kw) / stride.1.max(1) + 1;
@@ -436,8 +439,8 @@ fn check_tensors(
     const OP: &str = "conv2d";
     let written = output_shape(x.shape(), weights.shape, opts)?;
     let shape = conv_shape(x.shape(), weights.shape, opts)?;
-    check_shape_in(ctx, OP, "the input", x.shape(), x.layout())?;
-    check_shape_in(ctx, OP, "the output", written, out.layout())?;
+    check_shape_in(ctx, OP, "the input", x.shape(), x.memory_format())?;
+    check_shape_in(ctx, OP, "the output", written, out.memory_format())?;
     check_output_shape(OP, out, written)?;
     if let Some(r) = residual {
         check_residual_shape(shape, r.shape(), opts.residual)?;
@@ -445,13 +448,22 @@ fn check_tensors(
     let mut inputs = vec![x];
     inputs.extend(residual);
     check_io(OP, out, &inputs)?;
-    if x.layout() != MemoryFormat::ChannelsLast || x.precision() != Precision::F16 {
+    if weights.algorithm != ConvAlgorithm::CooperativeMatrix {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the weights are laid out for {:?}; build them with ConvAlgorithm::CooperativeMatrix (or run them through conv2d::prepare)",
+                weights.algorithm
+            ),
+        ));
+    }
+    if x.memory_format() != MemoryFormat::ChannelsLast || x.precision() != Precision::F16 {
         return Err(Error::invalid(
             OP,
             format!(
                 "cooperative-matrix convolutions take f16 channels-last tensors; the input is {} {:?} (convert it with kernels::convert::convert_to)",
                 x.precision(),
-                x.layout()
+                x.memory_format()
             ),
         ));
     }
@@ -588,6 +600,8 @@ pub fn prepare(
         out_pitch: (ow + 2 * opts.out_padding.1) as u32,
         out_top: opts.out_padding.0 as u32,
         out_left: opts.out_padding.1 as u32,
+        out_channels: cout as u32,
+        _pad: [0; 3],
     };
     let uniform = ctx.uniform("conv2d_coop params", &params);
     let mut constants = vec![("SG", support.subgroup_size)];
@@ -598,6 +612,8 @@ pub fn prepare(
         Some(r) => r.binding(),
         None => ctx.placeholder().as_entire_binding(),
     };
+    // What runs: the split clamped to the k steps.
+    let choice = CoopChoice { split, ..choice };
     let config = format!("{choice}, {side}x{side} matrices");
     let Some(tile) = tile else {
         // The staged block: already checked to exist on this device.

@@ -75,7 +75,8 @@ impl StagedBlock {
     /// Whether the kernel can be generated: every invocation loads whole chunks.
     pub fn loads_evenly(&self) -> bool {
         let (a, b) = self.chunks();
-        a % self.invocations() == 0 && b % self.invocations() == 0
+        let n = self.invocations();
+        n > 0 && self.side.is_multiple_of(8) && a % n == 0 && b % n == 0
     }
 
     /// Workgroup memory: two A and two B buffers (f16) and one f32 tile per subgroup for the

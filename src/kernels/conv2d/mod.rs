@@ -1,7 +1,7 @@
 //! 2-D convolution with a fused epilogue: the options, the parameters and the weights every
 //! kernel shares, and [`prepare`], which hands a convolution to the kernel [`select`] picks:
-//! [`direct`] (NCHW: direct, row-tiled, Winograd) or [`coop`] (channels-last, cooperative
-//! matrices).
+//! [`direct`] (NCHW: direct, row-tiled with [`rows`], Winograd) or [`coop`] (channels-last,
+//! cooperative matrices, with the large-map block of [`coop_staged`]).
 
 pub mod coop;
 pub mod coop_staged;
@@ -41,7 +41,7 @@ impl ConvAlgorithm {
     fn cout_align(self) -> usize {
         match self {
             ConvAlgorithm::Direct | ConvAlgorithm::Winograd => COUT_ALIGN,
-            ConvAlgorithm::CooperativeMatrix => coop::COUT_ALIGN,
+            ConvAlgorithm::CooperativeMatrix => coop::BLOCK_COUT_ALIGN,
         }
     }
 }
@@ -388,7 +388,14 @@ pub fn output_shape(
 ) -> Result<[usize; 4]> {
     let [n, c, h, w] = conv_shape(input, weight, opts)?;
     let (ph, pw) = opts.out_padding;
-    Ok([n, c, h + 2 * ph, w + 2 * pw])
+    let grow = |size: usize, pad: usize| pad.checked_mul(2).and_then(|p| p.checked_add(size));
+    match (grow(h, ph), grow(w, pw)) {
+        (Some(h), Some(w)) => Ok([n, c, h, w]),
+        _ => Err(Error::invalid(
+            "conv2d",
+            format!("the output halo {:?} is too large", opts.out_padding),
+        )),
+    }
 }
 
 /// The shape of a convolution's output without its halo (what a residual must match), or an
@@ -569,7 +576,7 @@ pub fn conv2d_with(
     choice: Option<KernelChoice>,
 ) -> Result<Tensor> {
     let shape = output_shape(x.shape(), weights.shape, opts)?;
-    let out = Tensor::empty_with(ctx, shape, x.precision(), x.layout())?;
+    let out = Tensor::empty_with(ctx, shape, x.precision(), x.memory_format())?;
     conv2d_into(ctx, x, weights, residual, &out, opts, choice)?;
     Ok(out)
 }
@@ -602,7 +609,7 @@ pub fn conv2d_into(
     };
     let staged;
     let input = if opts.padding != (0, 0) || x.bytes_to_end() < read {
-        let layout = x.layout();
+        let layout = x.memory_format();
         let slack = read.saturating_sub(padded_bytes(padded_shape, x.precision(), layout));
         staged = Tensor::empty_with_slack(ctx, padded_shape, x.precision(), layout, slack)?;
         launches.push(pad2d::prepare(ctx, x, &staged, opts.padding)?);

@@ -6,7 +6,7 @@
 
 use super::coop::{self, CoopBlock, CoopChoice, MAX_SPLIT, TILES};
 use super::coop_staged::StagedBlock;
-use super::{output_shape, Conv2dOptions, Conv2dWeights, ConvAlgorithm, ResidualMode};
+use super::{conv_shape, Conv2dOptions, Conv2dWeights, ConvAlgorithm, ResidualMode};
 use crate::error::Result;
 use crate::gpu::GpuContext;
 use crate::precision::Precision;
@@ -166,13 +166,15 @@ pub fn choice(
         ConvAlgorithm::CooperativeMatrix => {
             Ok(coop_choice(ctx, x_shape, weights.shape(), opts)?.into())
         }
-        _ => {
-            let out = output_shape(x_shape, weights.shape(), opts)?;
+        // Only the row kernel (direct weights, no padding) splits.
+        ConvAlgorithm::Direct if opts.padding == (0, 0) => {
+            let out = conv_shape(x_shape, weights.shape(), opts)?;
             let gpu = ctx.adapter().device_type != wgpu::DeviceType::Cpu;
             Ok(KernelChoice::Nchw {
                 split: rows_split(out, weights.shape()[1], gpu),
             })
         }
+        _ => Ok(KernelChoice::Nchw { split: 1 }),
     }
 }
 
@@ -239,7 +241,7 @@ pub fn coop_choice(
         padding: (0, 0),
         ..*opts
     };
-    let out = output_shape(x_shape, w_shape, &unpadded)?;
+    let out = conv_shape(x_shape, w_shape, &unpadded)?;
     let cpu = ctx.adapter().device_type == wgpu::DeviceType::Cpu;
     let staged = coop::staged_block(ctx).filter(|&b| coop::staged_fits(b, w_shape));
     Ok(choose(
@@ -262,6 +264,7 @@ pub fn choose(
     cpu: bool,
 ) -> CoopChoice {
     let [n, cout, oh, ow] = out;
+    let side = side.max(1);
     if let Some(block) = staged {
         let blocks =
             n * (oh * ow).div_ceil(block.block_pixels()) * cout.div_ceil(block.block_channels());

@@ -432,9 +432,48 @@ fn shapes(height: usize, width: usize, batch: usize, network: &NetworkArgs) -> R
     Ok(())
 }
 
+/// Mesa's drivers reach libwayland while wgpu probes the adapters, and libwayland prints
+/// "error: XDG_RUNTIME_DIR is invalid or not set in the environment." when the variable is
+/// missing (containers, CI, ssh sessions). A command-line tool has no display server to find
+/// either way; pointing the variable at an empty directory of its own keeps the probe quiet.
+/// Returns that directory, to remove at exit.
+#[cfg(unix)]
+fn quiet_display_probe() -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("fpn-runtime-{}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).ok()?;
+    // Still one thread: nothing reads the environment concurrently.
+    std::env::set_var("XDG_RUNTIME_DIR", &dir);
+    Some(dir)
+}
+
+#[cfg(not(unix))]
+fn quiet_display_probe() -> Option<std::path::PathBuf> {
+    None
+}
+
 fn main() -> ExitCode {
+    let runtime_dir = quiet_display_probe();
+    let code = run_command();
+    if let Some(dir) = runtime_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    code
+}
+
+fn run_command() -> ExitCode {
     env_logger::init();
-    let cli = Cli::parse();
+    // Not Cli::parse: it exits the process, past the cleanup in main.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
     let result = match &cli.command {
         Command::Run {
             weights,

@@ -11,14 +11,14 @@ use std::fmt::Write;
 
 use super::coop_staged::StagedBlock;
 use super::{
-    check_residual_shape, conv_shape, epilogue_flags, output_shape, Conv2dOptions, Conv2dWeights,
-    ConvAlgorithm, Partials, ResidualMode,
+    check_tensors, epilogue_flags, output_shape, Conv2dOptions, Conv2dWeights, ConvAlgorithm,
+    Partials, ResidualMode,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, CooperativeMatrixSupport, Dispatch, GpuContext};
-use crate::kernels::{check_io, check_output_shape, ShaderSource, ELEMENTWISE_WG};
+use crate::kernels::{ShaderSource, ELEMENTWISE_WG};
 use crate::precision::Precision;
-use crate::tensor::{check_shape_in, MemoryFormat, Tensor};
+use crate::tensor::{MemoryFormat, Tensor};
 
 /// The module without its generated entry points.
 pub const SHADER: ShaderSource = ShaderSource {
@@ -427,8 +427,9 @@ pub fn partial_bytes(out_shape: [usize; 4], cout_pad: usize, choice: CoopChoice,
     (choice.split * out_shape[0] * slots * cout_pad * 4) as u64
 }
 
-/// Checks what the kernel needs of its tensors: f16, channels-last, weights laid out for it.
-fn check_tensors(
+/// Checks what the kernel needs of its tensors beyond every convolution's checks: f16,
+/// channels-last, weights laid out for it, an input already padded.
+fn check_coop_tensors(
     ctx: &GpuContext,
     x: &Tensor,
     weights: &Conv2dWeights,
@@ -437,17 +438,7 @@ fn check_tensors(
     opts: &Conv2dOptions,
 ) -> Result<[usize; 4]> {
     const OP: &str = "conv2d";
-    let written = output_shape(x.shape(), weights.shape, opts)?;
-    let shape = conv_shape(x.shape(), weights.shape, opts)?;
-    check_shape_in(ctx, OP, "the input", x.shape(), x.memory_format())?;
-    check_shape_in(ctx, OP, "the output", written, out.memory_format())?;
-    check_output_shape(OP, out, written)?;
-    if let Some(r) = residual {
-        check_residual_shape(shape, r.shape(), opts.residual)?;
-    }
-    let mut inputs = vec![x];
-    inputs.extend(residual);
-    check_io(OP, out, &inputs)?;
+    let shape = check_tensors(ctx, x, weights, residual, out, opts)?;
     if weights.algorithm != ConvAlgorithm::CooperativeMatrix {
         return Err(Error::invalid(
             OP,
@@ -502,7 +493,7 @@ pub fn prepare(
         });
     };
     let side = support.side;
-    let shape = check_tensors(ctx, x, weights, residual, out, opts)?;
+    let shape = check_coop_tensors(ctx, x, weights, residual, out, opts)?;
     let [n, cout, oh, ow] = shape;
     let [_, cin, _, kw] = weights.shape;
     let [_, _, h, w] = x.shape();

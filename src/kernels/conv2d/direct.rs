@@ -3,14 +3,14 @@
 
 use super::rows::RowTile;
 use super::{
-    check_residual_shape, epilogue_flags, output_shape, Conv2dOptions, Conv2dParams, Conv2dWeights,
-    ConvAlgorithm, Partials, ResidualMode,
+    check_tensors, epilogue_flags, Conv2dOptions, Conv2dParams, Conv2dWeights, ConvAlgorithm,
+    Partials, ResidualMode,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, Dispatch, GpuContext};
-use crate::kernels::{check_io, check_nchw, check_output_shape, pipeline, ShaderSource};
+use crate::kernels::{check_nchw, pipeline, ShaderSource};
 use crate::precision::Precision;
-use crate::tensor::{check_shape, Tensor};
+use crate::tensor::Tensor;
 
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
@@ -94,27 +94,9 @@ pub(super) fn prepare(
             ),
         ));
     }
-    let shape = output_shape(x.shape(), weights.shape, opts)?;
-    check_shape(ctx, OP, "the input", x.shape())?;
-    check_shape(ctx, OP, "the output", shape)?;
-    check_output_shape(OP, out, shape)?;
-    if let Some(r) = residual {
-        check_residual_shape(shape, r.shape(), opts.residual)?;
-    }
-    let mut inputs = vec![x];
-    inputs.extend(residual);
-    check_io(OP, out, &inputs)?;
+    let shape = check_tensors(ctx, x, weights, residual, out, opts)?;
     check_nchw(OP, out)?;
     let precision = x.precision();
-    if weights.precision != precision {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "the weights are stored in {} but the input is {}; build the weights with Conv2dWeights::with_precision({precision})",
-                weights.precision, precision
-            ),
-        ));
-    }
     let [n, cout, oh, ow] = shape;
     let [_, cin, kh, kw] = weights.shape;
     let upsample = residual.is_some() && matches!(opts.residual, ResidualMode::Upsampled(_));

@@ -14,10 +14,10 @@ pub use select::KernelChoice;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::pad2d;
 use crate::kernels::upsample_add::UpsampleMode;
+use crate::kernels::{check_io, check_output_shape, pad2d};
 use crate::precision::Precision;
-use crate::tensor::{padded_bytes, Tensor};
+use crate::tensor::{check_shape_in, padded_bytes, Tensor};
 
 /// Weights (and the affine) are zero padded to a multiple of this many output channels: the
 /// largest channel tile of the NCHW kernels.
@@ -434,6 +434,42 @@ pub fn conv_shape(
     let oh = (h + 2 * ph - kh) / opts.stride.0 + 1;
     let ow = (w + 2 * pw - kw) / opts.stride.1 + 1;
     Ok([n, cout, oh, ow])
+}
+
+/// The checks every convolution kernel makes of its tensors: the shapes (the output's with its
+/// halo), the residual's, one precision and layout and no shared buffer, weights stored in the
+/// input's precision. Returns the convolution's output shape without the halo.
+fn check_tensors(
+    ctx: &GpuContext,
+    x: &Tensor,
+    weights: &Conv2dWeights,
+    residual: Option<&Tensor>,
+    out: &Tensor,
+    opts: &Conv2dOptions,
+) -> Result<[usize; 4]> {
+    const OP: &str = "conv2d";
+    let written = output_shape(x.shape(), weights.shape, opts)?;
+    let shape = conv_shape(x.shape(), weights.shape, opts)?;
+    check_shape_in(ctx, OP, "the input", x.shape(), x.memory_format())?;
+    check_shape_in(ctx, OP, "the output", written, out.memory_format())?;
+    check_output_shape(OP, out, written)?;
+    if let Some(r) = residual {
+        check_residual_shape(shape, r.shape(), opts.residual)?;
+    }
+    let mut inputs = vec![x];
+    inputs.extend(residual);
+    check_io(OP, out, &inputs)?;
+    let precision = x.precision();
+    if weights.precision != precision {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the weights are stored in {} but the input is {}; build the weights with Conv2dWeights::with_precision({precision})",
+                weights.precision, precision
+            ),
+        ));
+    }
+    Ok(shape)
 }
 
 /// The epilogue's flags for `opts` and the residual given (if any), and the residual's height

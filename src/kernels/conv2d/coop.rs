@@ -11,8 +11,8 @@ use std::fmt::Write;
 
 use super::coop_staged::StagedBlock;
 use super::{
-    check_tensors, epilogue_flags, output_shape, Conv2dOptions, Conv2dWeights, ConvAlgorithm,
-    Partials, ResidualMode,
+    check_tensors, epilogue_flags, Conv2dOptions, Conv2dWeights, ConvAlgorithm, Partials,
+    ResidualMode,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, CooperativeMatrixSupport, Dispatch, GpuContext};
@@ -703,7 +703,7 @@ pub fn prepare(
 /// value.
 #[cfg(not(target_arch = "wasm32"))]
 fn self_check(ctx: &GpuContext) -> Result<f64> {
-    use super::{conv2d_with, ConvAlgorithm};
+    use super::{conv2d_with, output_shape, ConvAlgorithm};
     use crate::rng::SplitMix64;
 
     let f16 = Precision::F16;

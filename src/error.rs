@@ -6,8 +6,9 @@ use thiserror::Error;
 /// Result alias used throughout the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in `fpn_wgpu`.
-#[derive(Debug, Error)]
+/// Everything that can go wrong in `fpn_wgpu`. Cloneable, so that one failed batch can report
+/// its error for each of its pictures.
+#[derive(Clone, Debug, Error)]
 pub enum Error {
     /// wgpu found no adapter that can run compute shaders.
     #[error(

@@ -15,7 +15,9 @@
 //!   torchvision's `resnet_fpn_backbone`, whole detection checkpoints included), reading PyTorch
 //!   `state_dict` names through [`weights`]; [`Checkpoint`] recognises a file's layout;
 //! - [`image_input`] and [`visualize`]: pictures in (decoded, ImageNet-normalised) and out
-//!   (per-level energy maps, an overview).
+//!   (per-level energy maps, an overview);
+//! - `image_set` and `extract`: datasets of pictures (folders, lists, shards) and the pipelined
+//!   loop that runs the network over them (not on wasm32).
 //!
 //! ```no_run
 //! use fpn_wgpu::{Fpn, GpuContext, Tensor};
@@ -30,13 +32,20 @@
 
 #![warn(missing_docs)]
 
+pub mod atomic_file;
 pub mod error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod extract;
 pub mod gpu;
 pub mod graph;
 pub mod image_input;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod image_set;
 pub mod kernels;
 pub mod model;
 pub mod precision;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod readback;
 pub mod reference;
 pub mod rng;
 mod signal;

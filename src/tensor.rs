@@ -502,10 +502,17 @@ impl Tensor {
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| Error::Readback(e.to_string()))?;
-        let mut out = self.precision.decode(&view);
-        out.truncate(self.storage_len());
+        let out = self.host_values(&view);
         drop(view);
         staging.unmap();
-        Ok(self.layout.to_nchw(self.shape, &out))
+        Ok(out)
+    }
+
+    /// The tensor's values as NCHW f32, from a copy of its stored bytes (at least
+    /// [`Tensor::byte_size`] of them).
+    pub(crate) fn host_values(&self, bytes: &[u8]) -> Vec<f32> {
+        let mut out = self.precision.decode(bytes);
+        out.truncate(self.storage_len());
+        self.layout.to_nchw(self.shape, &out)
     }
 }

@@ -1,11 +1,13 @@
-//! Named host tensors in safetensors files: reading with dtype conversion, writing as float32.
+//! Named host tensors in safetensors files: reading with dtype conversion, writing as float32 or
+//! float16.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 
 /// A tensor in host memory: its shape and float32 data in row-major order.
 #[derive(Clone, Debug, PartialEq)]
@@ -157,23 +159,49 @@ pub fn read_tensors(path: &Path, skip: impl Fn(&str) -> bool) -> Result<TensorMa
     parse_tensors(&bytes, path, skip)
 }
 
-/// Writes tensors as float32 safetensors.
+/// Writes tensors as float32 safetensors; see [`write_tensors_as`].
 pub fn write_tensors<'a>(
     path: &Path,
     tensors: impl IntoIterator<Item = (&'a str, &'a HostTensor)>,
 ) -> Result<()> {
-    let views = tensors
+    write_tensors_as(path, tensors, Precision::F32, None)
+}
+
+/// Writes tensors as safetensors stored as `precision` (float32, or float16 rounded to
+/// nearest), with `metadata` in the header when given. The file is written atomically (see
+/// [`crate::atomic_file`]).
+pub fn write_tensors_as<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (&'a str, &'a HostTensor)>,
+    precision: Precision,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let dtype = match precision {
+        Precision::F32 => Dtype::F32,
+        Precision::F16 => Dtype::F16,
+    };
+    let encode = |values: &[f32]| -> Vec<u8> {
+        match precision {
+            Precision::F32 => bytemuck::cast_slice(values).to_vec(),
+            Precision::F16 => values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect(),
+        }
+    };
+    let encoded: Vec<(&str, &HostTensor, Vec<u8>)> = tensors
         .into_iter()
-        .map(|(name, t)| {
-            safetensors::tensor::TensorView::new(
-                Dtype::F32,
-                t.shape.clone(),
-                bytemuck::cast_slice(&t.data),
-            )
-            .map(|v| (name, v))
-            .map_err(|e| file_error(path, format!("tensor `{name}`: {e}")))
+        .map(|(name, t)| (name, t, encode(&t.data)))
+        .collect();
+    let views = encoded
+        .iter()
+        .map(|(name, t, bytes)| {
+            safetensors::tensor::TensorView::new(dtype, t.shape.clone(), bytes)
+                .map(|v| (*name, v))
+                .map_err(|e| file_error(path, format!("tensor `{name}`: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::serialize_to_file(views, None, path)
-        .map_err(|e| file_error(path, format!("cannot write: {e}")))
+    let bytes = safetensors::serialize(views, metadata)
+        .map_err(|e| file_error(path, format!("cannot write: {e}")))?;
+    crate::atomic_file::write(path, &bytes)
 }

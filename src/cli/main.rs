@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use fpn_wgpu::image_input::load_image;
+use fpn_wgpu::image_set::Shard;
 use fpn_wgpu::model::{ExtraLevels, Layout};
 use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor};
 use fpn_wgpu::visualize::{energy_picture, overview};
@@ -81,8 +82,10 @@ impl NetworkArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the network on a picture or on a tensor file; write the levels (and pictures of them).
-    #[command(group(ArgGroup::new("source").required(true).args(["image", "input"])))]
+    /// Run the network on a picture, a folder or list of pictures, or a tensor file; write the
+    /// levels (and pictures of them).
+    #[command(group(ArgGroup::new("source").required(true).args(["image", "images", "input"])))]
+    #[command(group(ArgGroup::new("picture_source").args(["image", "images"])))]
     Run {
         /// PyTorch state_dict as safetensors (seed or torchvision layout, or a whole torchvision
         /// detection model); the architecture is read from its names. Without it: seeded random
@@ -92,12 +95,39 @@ enum Command {
         /// A JPEG or PNG picture (any colour type); ImageNet-normalised RGB goes in.
         #[arg(long, requires = "out")]
         image: Option<PathBuf>,
-        /// With --image: downscale so that the longer side is at most this many pixels.
-        #[arg(long, requires = "image")]
+        /// A folder (every .jpg, .jpeg and .png under it, recursively, in sorted order) or a
+        /// text file listing pictures, one path per line. Each picture's levels go to
+        /// OUT/REL.safetensors, REL being the picture's path relative to the folder (for a list:
+        /// the deepest folder its pictures share).
+        #[arg(long, requires = "out")]
+        images: Option<PathBuf>,
+        /// With --image or --images: downscale so that the longer side is at most this many
+        /// pixels.
+        #[arg(long, requires = "picture_source")]
         max_size: Option<u32>,
         /// With --image: folder for pyramid.safetensors, one PNG per level and overview.png.
-        #[arg(long, requires = "image")]
+        /// With --images: the folder the outputs go to (made if missing).
+        #[arg(long, requires = "picture_source")]
         out: Option<PathBuf>,
+        /// With --images: also write each level's energy map, OUT/REL.p2.png and so on.
+        #[arg(long, requires = "images")]
+        pictures: bool,
+        /// With --images: most pictures per forward (consecutive pictures of one size share a
+        /// forward).
+        #[arg(long, default_value_t = 1, requires = "images", value_parser = clap::value_parser!(u32).range(1..=1024))]
+        batch: u32,
+        /// With --images: take every N-th picture of the sorted list, starting at K (0-based),
+        /// e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT.
+        #[arg(long, requires = "images")]
+        shard: Option<Shard>,
+        /// With --images: redo pictures whose outputs exist (by default they are skipped, so
+        /// that a rerun resumes an interrupted one).
+        #[arg(long, requires = "images")]
+        overwrite: bool,
+        /// With --images: stop at the first picture that fails (by default it is reported and
+        /// skipped, and the exit status is 1 at the end).
+        #[arg(long, requires = "images")]
+        fail_fast: bool,
         /// A safetensors file holding one NCHW float tensor named `input` (N x 3 x H x W).
         #[arg(long, requires = "output")]
         input: Option<PathBuf>,
@@ -166,20 +196,12 @@ enum Command {
     },
 }
 
-/// Progress lines on stderr, unless quiet.
-struct Progress {
-    quiet: bool,
-    start: Instant,
-}
+mod progress;
+mod run_images;
 
-impl Progress {
-    fn say(&self, message: impl std::fmt::Display) {
-        if !self.quiet {
-            eprintln!("[{:7.2} s] {message}", self.start.elapsed().as_secs_f64());
-        }
-    }
-}
+use progress::Progress;
 
+/// What every `run` needs to build its network and report.
 struct RunArgs<'a> {
     weights: Option<&'a Path>,
     bn_eps: Option<f32>,
@@ -478,8 +500,14 @@ fn run_command() -> ExitCode {
         Command::Run {
             weights,
             image,
+            images,
             max_size,
             out,
+            pictures,
+            batch,
+            shard,
+            overwrite,
+            fail_fast,
             input,
             output,
             bn_eps,
@@ -494,17 +522,27 @@ fn run_command() -> ExitCode {
                 unfused: *unfused,
                 precision: *precision,
                 network,
-                progress: Progress {
-                    quiet: *quiet,
-                    start: Instant::now(),
-                },
+                progress: Progress::new(*quiet),
             };
-            match (image, out, input, output) {
-                (Some(image), Some(out), _, _) => run_image(&args, image, *max_size, out),
-                (_, _, Some(input), Some(output)) => run_tensor(&args, input, output),
+            match (image, images, out, input, output) {
+                (Some(image), _, Some(out), _, _) => run_image(&args, image, *max_size, out),
+                (_, Some(images), Some(out), _, _) => run_images::run(
+                    &args,
+                    images,
+                    out,
+                    &run_images::FolderOptions {
+                        max_size: *max_size,
+                        pictures: *pictures,
+                        batch: *batch as usize,
+                        shard: *shard,
+                        overwrite: *overwrite,
+                        fail_fast: *fail_fast,
+                    },
+                ),
+                (_, _, _, Some(input), Some(output)) => run_tensor(&args, input, output),
                 // clap's groups and `requires` rule the other combinations out.
                 _ => Err(anyhow::anyhow!(
-                    "give --image and --out, or --input and --output"
+                    "give --image and --out, --images and --out, or --input and --output"
                 )),
             }
         }

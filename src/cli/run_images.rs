@@ -1,0 +1,194 @@
+//! `fpn run --images DIR|LIST --out DIR`: the network over a dataset, one output file per
+//! picture, resumable, shardable across machines.
+
+use std::ffi::OsString;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use fpn_wgpu::extract::{extract_images, ExtractOptions};
+use fpn_wgpu::image_set::{ImageEntry, ImageSet, Shard};
+use fpn_wgpu::tensor_file::{write_tensors_as, HostTensor};
+use fpn_wgpu::visualize::energy_picture;
+use fpn_wgpu::GpuContext;
+
+use crate::{build_network, RunArgs};
+
+/// The folder mode's own flags.
+pub struct FolderOptions {
+    pub max_size: Option<u32>,
+    pub pictures: bool,
+    pub batch: usize,
+    pub shard: Option<Shard>,
+    pub overwrite: bool,
+    pub fail_fast: bool,
+}
+
+/// `OUT/<relative path><suffix>`: the picture's own name is kept whole (so `a.jpg` and
+/// `a.png` never share an output).
+fn output_path(out: &Path, entry: &ImageEntry, suffix: &str) -> PathBuf {
+    let mut name = OsString::from(out.join(&entry.relative));
+    name.push(suffix);
+    name.into()
+}
+
+/// The pictures of `source`, less any inside `out` (a folder of outputs kept under the
+/// dataset must not be read back as pictures on the next run).
+fn list_pictures(source: &Path, out: &Path) -> Result<ImageSet> {
+    let set = ImageSet::open(source)?;
+    let (Ok(source), Ok(out)) = (source.canonicalize(), out.canonicalize()) else {
+        return Ok(set);
+    };
+    let Ok(inside) = out.strip_prefix(&source) else {
+        return Ok(set);
+    };
+    let entries = set
+        .into_entries()
+        .into_iter()
+        .filter(|e| !e.relative.starts_with(inside))
+        .collect();
+    Ok(ImageSet::from_entries(entries))
+}
+
+pub fn run(args: &RunArgs, source: &Path, out: &Path, options: &FolderOptions) -> Result<()> {
+    let progress = &args.progress;
+    let all = list_pictures(source, out)?;
+    let listed = all.len();
+    let set = match options.shard {
+        Some(shard) => all.shard(shard),
+        None => all,
+    };
+    let mut shard_note = String::new();
+    if let Some(shard) = options.shard {
+        shard_note = format!(", shard {shard} takes {}", set.len());
+    }
+    let total = set.len();
+    let (todo, done): (Vec<ImageEntry>, Vec<ImageEntry>) = set
+        .into_entries()
+        .into_iter()
+        .partition(|e| options.overwrite || !output_path(out, e, ".safetensors").exists());
+    progress.say(format_args!(
+        "{listed} pictures in {}{shard_note}; {} already done (their outputs exist{}), {} to run",
+        source.display(),
+        done.len(),
+        match options.overwrite {
+            true => "; --overwrite redoes them",
+            false => "; --overwrite to redo them",
+        },
+        todo.len()
+    ));
+    if listed == 0 {
+        bail!(
+            "{}: no pictures found (looked for .jpg, .jpeg and .png files, recursively, or a list \
+             of paths); check the path",
+            source.display()
+        );
+    }
+    if todo.is_empty() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+
+    let ctx = GpuContext::new()?;
+    progress.say(format_args!("adapter: {}", ctx.adapter()));
+    let fpn = build_network(&ctx, args)?;
+    // One key: safetensors keeps metadata in a hash map, whose order (with more keys) would
+    // differ between runs and break byte-for-byte comparisons of outputs.
+    let metadata =
+        |entry: &ImageEntry| [("source".to_string(), entry.relative.display().to_string())].into();
+
+    let started = Instant::now();
+    let extract_options = ExtractOptions {
+        batch: options.batch,
+        ..ExtractOptions::default()
+    };
+    let mut counter = progress.counter(todo.len() as u64);
+    let mut failed = 0usize;
+    let mut written = 0usize;
+    let mut run = extract_images(&fpn, todo, options.max_size, extract_options);
+    for picture in run.by_ref() {
+        let entry = &picture.item;
+        let outcome = picture
+            .result
+            .map_err(anyhow::Error::from)
+            .and_then(|levels| {
+                write_outputs(out, entry, &levels, options.pictures, args, metadata(entry))
+            });
+        match outcome {
+            Ok(()) => written += 1,
+            Err(e) => {
+                failed += 1;
+                let path = entry.path.display().to_string();
+                let why = format!("{e:#}").replace('\n', " ");
+                counter.fail(match why.contains(&path) {
+                    true => why,
+                    false => format!("{path}: {why}"),
+                });
+            }
+        }
+        counter.tick();
+        if failed > 0 && options.fail_fast {
+            break;
+        }
+    }
+    let stats = run.stats();
+    let rate = counter.rate();
+    counter.finish();
+    let wall = started.elapsed().as_secs_f64();
+    let busy = match stats.gpu_busy() {
+        Some(b) => format!("GPU busy {:.0}% of the time", 100.0 * b),
+        None => "GPU busy time not measured (the adapter has no timestamp queries)".into(),
+    };
+    progress.say(format_args!(
+        "done: {written} written, {failed} failed, {} skipped as done, of {total}{}; \
+         {rate:.2} images/s over {wall:.2} s in {} forwards; {busy}",
+        done.len(),
+        match options.shard {
+            Some(s) => format!(" in shard {s}"),
+            None => String::new(),
+        },
+        stats.forwards,
+    ));
+    if failed > 0 {
+        let stopped = match options.fail_fast {
+            true => "; stopped there (--fail-fast)",
+            false => " (each named above); the others were written",
+        };
+        let pictures = match failed {
+            1 => "1 picture",
+            _ => &format!("{failed} pictures"),
+        };
+        bail!("{pictures} failed{stopped}");
+    }
+    Ok(())
+}
+
+/// Writes one picture's outputs: the energy maps first and the levels last, so that the
+/// levels' file (each written whole, under a temporary name first) marks the picture done.
+fn write_outputs(
+    out: &Path,
+    entry: &ImageEntry,
+    levels: &[(String, HostTensor)],
+    pictures: bool,
+    args: &RunArgs,
+    metadata: std::collections::HashMap<String, String>,
+) -> Result<()> {
+    if pictures {
+        for (name, level) in levels {
+            let mut png = Vec::new();
+            energy_picture(level, 0)?
+                .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+                .context("encoding an energy map")?;
+            fpn_wgpu::atomic_file::write(&output_path(out, entry, &format!(".{name}.png")), &png)?;
+        }
+    }
+    let path = output_path(out, entry, ".safetensors");
+    write_tensors_as(
+        &path,
+        levels.iter().map(|(n, t)| (n.as_str(), t)),
+        args.precision,
+        Some(metadata),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! Features of many pictures in one process: pictures are decoded on worker threads while the
+//! GPU runs earlier ones, pictures of one size go through the network in batches, and each
+//! batch's levels are read back while the next batch runs. One network, one plan per input
+//! size, one device for all of them.
+//!
+//! ```no_run
+//! use fpn_wgpu::extract::{extract_images, ExtractOptions};
+//! # fn main() -> fpn_wgpu::Result<()> {
+//! # let ctx = fpn_wgpu::GpuContext::new()?;
+//! # let fpn = fpn_wgpu::Fpn::from_safetensors(&ctx, "fpn.safetensors".as_ref())?;
+//! let pictures = vec!["a.jpg".into(), "b.png".into()];
+//! for done in extract_images(&fpn, pictures, None, ExtractOptions::default()) {
+//!     match done.result {
+//!         Ok(levels) => println!("{:?}: {} levels", done.item, levels.len()),
+//!         Err(e) => eprintln!("{:?}: {e}", done.item),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::image_input::load_image;
+use crate::model::Fpn;
+use crate::readback::{GpuSpan, Readback};
+use crate::tensor::Tensor;
+use crate::tensor_file::HostTensor;
+
+/// How the pictures are fed to the network.
+#[derive(Clone, Copy, Debug)]
+pub struct ExtractOptions {
+    /// Most pictures per forward; consecutive pictures of one size share a forward.
+    pub batch: usize,
+    /// Threads decoding pictures.
+    pub decoders: usize,
+}
+
+impl Default for ExtractOptions {
+    /// Batches of one; a decoder thread per core but one (for the thread feeding the GPU),
+    /// at most 8.
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        ExtractOptions {
+            batch: 1,
+            decoders: (cores - 1).clamp(1, 8),
+        }
+    }
+}
+
+/// One picture's outcome: the item it came from, and its levels (finest first, NCHW float32,
+/// batch 1) or why there are none.
+pub struct Extracted<I> {
+    /// What was handed in for this picture.
+    pub item: I,
+    /// The named levels, or the decoding or GPU error.
+    pub result: Result<Vec<(String, HostTensor)>>,
+}
+
+/// What a run has done so far.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExtractStats {
+    /// Pictures whose levels were returned.
+    pub done: usize,
+    /// Pictures returned with an error.
+    pub failed: usize,
+    /// Forwards run (fewer than pictures when batches hold several).
+    pub forwards: usize,
+    /// GPU time of the forwards and their read-back copies, from timestamp queries; `None`
+    /// on adapters without them.
+    pub gpu_seconds: Option<f64>,
+    /// From the iterator's creation to the last result returned.
+    pub wall_seconds: f64,
+}
+
+impl ExtractStats {
+    /// The share of the wall time the GPU spent running forwards, when it could be measured.
+    pub fn gpu_busy(&self) -> Option<f64> {
+        self.gpu_seconds
+            .filter(|_| self.wall_seconds > 0.0)
+            .map(|g| (g / self.wall_seconds).min(1.0))
+    }
+}
+
+/// A decoded picture or why it could not be.
+type Decoded<I> = (I, Result<HostTensor>);
+
+/// A unit of work in input order: a picture that failed before reaching the GPU, or a batch
+/// on its way back from it.
+enum Pending<I> {
+    Failed(I, Error),
+    Batch {
+        items: Vec<I>,
+        flight: Result<InFlight>,
+    },
+}
+
+/// A submitted forward: its levels' names and batch shapes, and their copy on its way.
+struct InFlight {
+    shapes: Vec<(String, [usize; 4])>,
+    readback: Readback,
+}
+
+/// The iterator [`extract`] returns. Results come in the order the items were given. Dropping
+/// it stops the decoders after the picture each is working on.
+pub struct Extractor<'a, I> {
+    fpn: &'a Fpn,
+    batch: usize,
+    /// Worker `k` decodes items `k`, `k + n`, ...; reading them in turn restores the order.
+    decoded: Vec<Receiver<Decoded<I>>>,
+    next_worker: usize,
+    left: usize,
+    /// A picture read ahead that did not fit the batch being gathered.
+    held: Option<Decoded<I>>,
+    pending: VecDeque<Pending<I>>,
+    ready: VecDeque<Extracted<I>>,
+    started: Instant,
+    stats: ExtractStats,
+}
+
+/// Batches on the GPU at once: one running while the host takes in the one before it.
+const IN_FLIGHT: usize = 2;
+
+/// Runs `fpn` on each of `items`, made into an NCHW input of batch 1 by `load` on
+/// [`ExtractOptions::decoders`] worker threads, and yields the levels of each in order.
+///
+/// A panic inside `load` is reported as that item's error. Every input must have the
+/// channels the network takes; pictures of different sizes are fine (each size gets its
+/// plan, of which the network keeps the most recent few).
+pub fn extract<'a, I, F>(
+    fpn: &'a Fpn,
+    items: Vec<I>,
+    load: F,
+    options: ExtractOptions,
+) -> Extractor<'a, I>
+where
+    I: Send + 'static,
+    F: Fn(&I) -> Result<HostTensor> + Send + Sync + 'static,
+{
+    let workers = options.decoders.max(1).min(items.len().max(1));
+    let batch = options.batch.max(1);
+    let left = items.len();
+    let load = Arc::new(load);
+    let mut shares: Vec<Vec<I>> = (0..workers).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        shares[i % workers].push(item);
+    }
+    let decoded = shares
+        .into_iter()
+        .map(|share| {
+            // Room for a batch ahead of the GPU, so that gathering one rarely waits.
+            let (tx, rx) = sync_channel(batch.div_ceil(workers) + 1);
+            let load = Arc::clone(&load);
+            std::thread::spawn(move || {
+                for item in share {
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| load(&item)))
+                        .unwrap_or_else(|panic| {
+                            let why = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            Err(Error::invalid(
+                                "extract",
+                                format!("decoding panicked ({why}); the file is probably damaged"),
+                            ))
+                        });
+                    if tx.send((item, result)).is_err() {
+                        return; // the iterator was dropped
+                    }
+                }
+            });
+            rx
+        })
+        .collect();
+    Extractor {
+        fpn,
+        batch,
+        decoded,
+        next_worker: 0,
+        left,
+        held: None,
+        pending: VecDeque::new(),
+        ready: VecDeque::new(),
+        started: Instant::now(),
+        stats: ExtractStats::default(),
+    }
+}
+
+/// [`extract`] on pictures (JPEG or PNG files, decoded and normalised by
+/// [`load_image`], downscaled to `max_size` when given).
+pub fn extract_images<I>(
+    fpn: &Fpn,
+    pictures: Vec<I>,
+    max_size: Option<u32>,
+    options: ExtractOptions,
+) -> Extractor<'_, I>
+where
+    I: AsRef<Path> + Send + 'static,
+{
+    extract(
+        fpn,
+        pictures,
+        move |p: &I| load_image(p.as_ref(), max_size).map(|picture| picture.tensor),
+        options,
+    )
+}
+
+impl<I> Extractor<'_, I> {
+    /// Counts so far; complete once the iterator has returned `None`.
+    pub fn stats(&self) -> ExtractStats {
+        self.stats
+    }
+
+    /// The next decoded picture, in input order.
+    fn next_decoded(&mut self) -> Option<Decoded<I>> {
+        if let Some(held) = self.held.take() {
+            return Some(held);
+        }
+        while self.left > 0 {
+            let worker = self.next_worker;
+            self.next_worker = (worker + 1) % self.decoded.len();
+            self.left -= 1;
+            // A worker only hangs up early when its thread died outside the guarded decode;
+            // its remaining items are then lost, and the count says so at the end.
+            if let Ok(d) = self.decoded[worker].recv() {
+                return Some(d);
+            }
+        }
+        None
+    }
+
+    /// Gathers the next batch (consecutive pictures of one shape) and submits it, or returns
+    /// the next picture that failed to decode.
+    fn next_pending(&mut self) -> Option<Pending<I>> {
+        let (item, first) = self.next_decoded()?;
+        let first = match first.and_then(|t| Ok((t.nchw("input")?, t))) {
+            Ok((shape, t)) if shape[0] == 1 => (shape, t),
+            Ok((shape, _)) => {
+                let e = Error::invalid(
+                    "extract",
+                    format!(
+                        "a loaded item has shape {shape:?}; each must be one image, [1, C, H, W]"
+                    ),
+                );
+                return Some(Pending::Failed(item, e));
+            }
+            Err(e) => return Some(Pending::Failed(item, e)),
+        };
+        let (shape, first) = first;
+        let mut items = vec![item];
+        let mut data = first.data;
+        while items.len() < self.batch {
+            match self.next_decoded() {
+                Some((item, Ok(t))) if t.shape == shape => {
+                    items.push(item);
+                    data.extend_from_slice(&t.data);
+                }
+                Some(other) => {
+                    self.held = Some(other);
+                    break;
+                }
+                None => break,
+            }
+        }
+        let shape = [items.len(), shape[1], shape[2], shape[3]];
+        Some(Pending::Batch {
+            items,
+            flight: self.submit(shape, &data),
+        })
+    }
+
+    /// Uploads a batch, runs the network on it and starts reading its levels back.
+    fn submit(&mut self, shape: [usize; 4], data: &[f32]) -> Result<InFlight> {
+        let ctx = self.fpn.executor().context();
+        let x = Tensor::from_slice(ctx, shape, data)?;
+        let span = GpuSpan::begin(ctx);
+        let pyramid = self.fpn.forward(&x)?;
+        let levels: Vec<Tensor> = pyramid.levels().iter().map(|(_, t)| t.clone()).collect();
+        self.stats.forwards += 1;
+        Ok(InFlight {
+            shapes: pyramid.shapes(),
+            readback: Readback::start(ctx, &levels, span)?,
+        })
+    }
+
+    /// Waits for a batch and splits its levels per picture.
+    fn finish(&mut self, items: Vec<I>, flight: Result<InFlight>) {
+        let ctx = self.fpn.executor().context();
+        let levels = flight.and_then(|f| Ok((f.shapes, f.readback.wait(ctx)?)));
+        let (shapes, (values, seconds)) = match levels {
+            Ok(v) => v,
+            Err(e) => {
+                self.stats.failed += items.len();
+                self.ready.extend(items.into_iter().map(|item| Extracted {
+                    item,
+                    result: Err(e.clone()),
+                }));
+                return;
+            }
+        };
+        if let Some(s) = seconds {
+            *self.stats.gpu_seconds.get_or_insert(0.0) += s;
+        }
+        for (i, item) in items.into_iter().enumerate() {
+            let levels = shapes
+                .iter()
+                .zip(&values)
+                .map(|((name, [_, c, h, w]), v)| {
+                    let per = c * h * w;
+                    let data = v[i * per..(i + 1) * per].to_vec();
+                    let shape = vec![1, *c, *h, *w];
+                    (name.clone(), HostTensor { shape, data })
+                })
+                .collect();
+            self.stats.done += 1;
+            self.ready.push_back(Extracted {
+                item,
+                result: Ok(levels),
+            });
+        }
+    }
+}
+
+impl<I> Iterator for Extractor<'_, I> {
+    type Item = Extracted<I>;
+
+    fn next(&mut self) -> Option<Extracted<I>> {
+        loop {
+            if let Some(done) = self.ready.pop_front() {
+                self.stats.wall_seconds = self.started.elapsed().as_secs_f64();
+                return Some(done);
+            }
+            let in_flight = |p: &VecDeque<Pending<I>>| {
+                p.iter()
+                    .filter(|p| matches!(p, Pending::Batch { .. }))
+                    .count()
+            };
+            while in_flight(&self.pending) < IN_FLIGHT {
+                match self.next_pending() {
+                    Some(p) => self.pending.push_back(p),
+                    None => break,
+                }
+            }
+            match self.pending.pop_front()? {
+                Pending::Failed(item, e) => {
+                    self.stats.failed += 1;
+                    self.ready.push_back(Extracted {
+                        item,
+                        result: Err(e),
+                    });
+                }
+                Pending::Batch { items, flight } => self.finish(items, flight),
+            }
+        }
+    }
+}

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 /// How often a run whose stderr is not a terminal (a log file, a batch system) says where it
 /// is.
@@ -43,9 +43,12 @@ impl Progress {
                 let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
                 bar.set_style(
                     ProgressStyle::with_template(
-                        "{bar:32.cyan/blue} {pos}/{len} images  {per_sec}  {elapsed} elapsed, ETA {eta}  {msg}",
+                        "{bar:32.cyan/blue} {pos}/{len} images  {rate}  {elapsed} elapsed, ETA {eta}",
                     )
                     .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .with_key("rate", |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.2} images/s", state.per_sec());
+                    })
                     .progress_chars("=> "),
                 );
                 Shown::Bar(bar)

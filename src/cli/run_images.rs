@@ -4,6 +4,8 @@
 use std::ffi::OsString;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, sync_channel};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -93,11 +95,6 @@ pub fn run(args: &RunArgs, source: &Path, out: &Path, options: &FolderOptions) -
     let ctx = GpuContext::new()?;
     progress.say(format_args!("adapter: {}", ctx.adapter()));
     let fpn = build_network(&ctx, args)?;
-    // One key: safetensors keeps metadata in a hash map, whose order (with more keys) would
-    // differ between runs and break byte-for-byte comparisons of outputs.
-    let metadata =
-        |entry: &ImageEntry| [("source".to_string(), entry.relative.display().to_string())].into();
-
     let started = Instant::now();
     let extract_options = ExtractOptions {
         batch: options.batch,
@@ -106,15 +103,7 @@ pub fn run(args: &RunArgs, source: &Path, out: &Path, options: &FolderOptions) -
     let mut counter = progress.counter(todo.len() as u64);
     let mut failed = 0usize;
     let mut written = 0usize;
-    let mut run = extract_images(&fpn, todo, options.max_size, extract_options);
-    for picture in run.by_ref() {
-        let entry = &picture.item;
-        let outcome = picture
-            .result
-            .map_err(anyhow::Error::from)
-            .and_then(|levels| {
-                write_outputs(out, entry, &levels, options.pictures, args, metadata(entry))
-            });
+    let mut report = |entry: &ImageEntry, outcome: Result<()>| {
         match outcome {
             Ok(()) => written += 1,
             Err(e) => {
@@ -128,10 +117,57 @@ pub fn run(args: &RunArgs, source: &Path, out: &Path, options: &FolderOptions) -
             }
         }
         counter.tick();
-        if failed > 0 && options.fail_fast {
-            break;
+    };
+    let mut run = extract_images(&fpn, todo, options.max_size, extract_options);
+    // Files are written on threads of their own, so that the loop feeding the GPU only hands
+    // results over: on a fast GPU, encoding and writing a batch's files takes longer than
+    // its forward.
+    let writers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get() / 2)
+        .clamp(1, 4);
+    let (jobs, queue) = sync_channel::<(ImageEntry, Vec<(String, HostTensor)>)>(2 * writers);
+    let queue = Mutex::new(queue);
+    let (finished, results) = channel();
+    std::thread::scope(|scope| {
+        for _ in 0..writers {
+            let (queue, finished) = (&queue, finished.clone());
+            scope.spawn(move || loop {
+                let job = queue.lock().map(|q| q.recv());
+                let Ok(Ok((entry, levels))) = job else {
+                    return;
+                };
+                let outcome = write_outputs(out, &entry, &levels, options.pictures, args);
+                if finished.send((entry, outcome)).is_err() {
+                    return;
+                }
+            });
         }
-    }
+        drop(finished);
+        let mut stop = false;
+        for picture in run.by_ref() {
+            match picture.result {
+                Ok(levels) => {
+                    // The writers end only when `jobs` is dropped, so this cannot fail.
+                    let _ = jobs.send((picture.item, levels));
+                }
+                Err(e) => {
+                    report(&picture.item, Err(e.into()));
+                    stop = options.fail_fast;
+                }
+            }
+            for (entry, outcome) in results.try_iter() {
+                stop |= outcome.is_err() && options.fail_fast;
+                report(&entry, outcome);
+            }
+            if stop {
+                break;
+            }
+        }
+        drop(jobs);
+        for (entry, outcome) in results {
+            report(&entry, outcome);
+        }
+    });
     let stats = run.stats();
     let rate = counter.rate();
     counter.finish();
@@ -172,7 +208,6 @@ fn write_outputs(
     levels: &[(String, HostTensor)],
     pictures: bool,
     args: &RunArgs,
-    metadata: std::collections::HashMap<String, String>,
 ) -> Result<()> {
     if pictures {
         for (name, level) in levels {
@@ -183,6 +218,9 @@ fn write_outputs(
             fpn_wgpu::atomic_file::write(&output_path(out, entry, &format!(".{name}.png")), &png)?;
         }
     }
+    // One key: safetensors keeps metadata in a hash map, whose order (with more keys) would
+    // differ between runs and break byte-for-byte comparisons of outputs.
+    let metadata = [("source".to_string(), entry.relative.display().to_string())].into();
     let path = output_path(out, entry, ".safetensors");
     write_tensors_as(
         &path,

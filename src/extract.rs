@@ -293,7 +293,7 @@ impl<I> Extractor<'_, I> {
     fn finish(&mut self, items: Vec<I>, flight: Result<InFlight>) {
         let ctx = self.fpn.executor().context();
         let levels = flight.and_then(|f| Ok((f.shapes, f.readback.wait(ctx)?)));
-        let (shapes, (values, seconds)) = match levels {
+        let (shapes, readout) = match levels {
             Ok(v) => v,
             Err(e) => {
                 self.stats.failed += items.len();
@@ -304,18 +304,24 @@ impl<I> Extractor<'_, I> {
                 return;
             }
         };
-        if let Some(s) = seconds {
+        if let Some(s) = readout.gpu_seconds {
             *self.stats.gpu_seconds.get_or_insert(0.0) += s;
         }
-        for (i, item) in items.into_iter().enumerate() {
+        // values[level][image] -> one list of levels per image.
+        let mut per_level: Vec<_> = readout.images.into_iter().map(Vec::into_iter).collect();
+        for item in items {
             let levels = shapes
                 .iter()
-                .zip(&values)
-                .map(|((name, [_, c, h, w]), v)| {
-                    let per = c * h * w;
-                    let data = v[i * per..(i + 1) * per].to_vec();
-                    let shape = vec![1, *c, *h, *w];
-                    (name.clone(), HostTensor { shape, data })
+                .zip(&mut per_level)
+                .map(|((name, [_, c, h, w]), images)| {
+                    let data = images.next().unwrap_or_default();
+                    (
+                        name.clone(),
+                        HostTensor {
+                            shape: vec![1, *c, *h, *w],
+                            data,
+                        },
+                    )
                 })
                 .collect();
             self.stats.done += 1;

@@ -54,6 +54,14 @@ fn mark(ctx: &GpuContext, queries: &wgpu::QuerySet, index: u32) {
     ctx.queue().submit([encoder.finish()]);
 }
 
+/// What a finished [`Readback`] gives.
+pub struct Readout {
+    /// Per tensor, in the order given: one NCHW f32 vector per image of its batch.
+    pub images: Vec<Vec<Vec<f32>>>,
+    /// The span's GPU seconds, when there was a span.
+    pub gpu_seconds: Option<f64>,
+}
+
 /// Tensors being copied to host-visible memory.
 pub struct Readback {
     staging: wgpu::Buffer,
@@ -120,9 +128,8 @@ impl Readback {
         })
     }
 
-    /// Blocks until the copy is done; returns each tensor's values (NCHW f32, in the order
-    /// given) and the span's GPU seconds, if there was one.
-    pub fn wait(self, ctx: &GpuContext) -> Result<(Vec<Vec<f32>>, Option<f64>)> {
+    /// Blocks until the copy is done and returns the values.
+    pub fn wait(self, ctx: &GpuContext) -> Result<Readout> {
         let polled = ctx.device().poll(wgpu::PollType::Wait {
             submission_index: Some(self.submission.clone()),
             timeout: Some(WAIT_LIMIT),
@@ -152,15 +159,15 @@ impl Readback {
             .staging
             .get_mapped_range(..)
             .map_err(|e| Error::Readback(e.to_string()))?;
-        let values = self
+        let images = self
             .parts
             .iter()
             .map(|(t, at)| {
                 let at = *at as usize;
-                t.host_values(&view[at..at + t.byte_size() as usize])
+                t.host_images(&view[at..at + t.byte_size() as usize])
             })
             .collect();
-        let seconds = self.span_at.map(|at| {
+        let gpu_seconds = self.span_at.map(|at| {
             let at = at as usize;
             let ticks: [u64; 2] = bytemuck::pod_read_unaligned(&view[at..at + 16]);
             ticks[1].saturating_sub(ticks[0]) as f64
@@ -169,6 +176,9 @@ impl Readback {
         });
         drop(view);
         self.staging.unmap();
-        Ok((values, seconds))
+        Ok(Readout {
+            images,
+            gpu_seconds,
+        })
     }
 }

@@ -515,4 +515,22 @@ impl Tensor {
         out.truncate(self.storage_len());
         self.layout.to_nchw(self.shape, &out)
     }
+
+    /// [`Tensor::host_values`] cut into one vector per image of the batch. An NCHW tensor's
+    /// images are decoded straight from `bytes`, with no copy of the whole batch between.
+    pub(crate) fn host_images(&self, bytes: &[u8]) -> Vec<Vec<f32>> {
+        let [n, c, h, w] = self.shape;
+        let per = c * h * w;
+        if self.layout != MemoryFormat::Nchw {
+            let all = self.host_values(bytes);
+            return all.chunks_exact(per.max(1)).map(<[f32]>::to_vec).collect();
+        }
+        let image_bytes = per * self.precision.bytes() as usize;
+        (0..n)
+            .map(|i| {
+                self.precision
+                    .decode(&bytes[i * image_bytes..(i + 1) * image_bytes])
+            })
+            .collect()
+    }
 }

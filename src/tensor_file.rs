@@ -1,6 +1,7 @@
 //! Named host tensors in safetensors files: reading with dtype conversion, writing as float32 or
 //! float16.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -180,16 +181,16 @@ pub fn write_tensors_as<'a>(
         Precision::F32 => Dtype::F32,
         Precision::F16 => Dtype::F16,
     };
-    let encode = |values: &[f32]| -> Vec<u8> {
+    let encode = |values: &'a [f32]| -> Cow<'a, [u8]> {
         match precision {
-            Precision::F32 => bytemuck::cast_slice(values).to_vec(),
+            Precision::F32 => Cow::Borrowed(bytemuck::cast_slice(values)),
             Precision::F16 => values
                 .iter()
                 .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
                 .collect(),
         }
     };
-    let encoded: Vec<(&str, &HostTensor, Vec<u8>)> = tensors
+    let encoded: Vec<(&str, &HostTensor, Cow<[u8]>)> = tensors
         .into_iter()
         .map(|(name, t)| (name, t, encode(&t.data)))
         .collect();

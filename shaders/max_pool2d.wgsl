@@ -71,7 +71,10 @@ fn max_pool2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let x_start = u32(max(x0, 0));
     let y_end = u32(min(y0 + i32(p.kernel_h), i32(p.in_height)));
     let x_end = u32(min(x0 + i32(p.kernel_w), i32(p.in_width)));
-    var m = bitcast<f32>(0xff800000u); // -inf
+    // -inf, made at run time: WGSL's constant evaluation (Tint's, in browsers) rejects an
+    // infinite constant.
+    var neg_inf_bits = 0xff800000u;
+    var m = bitcast<f32>(neg_inf_bits);
     for (var y = y_start; y < y_end; y++) {
         for (var xx = x_start; xx < x_end; xx++) {
             let v = f32(x[base + (y * p.in_width + xx) * step]);

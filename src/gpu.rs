@@ -124,11 +124,12 @@ pub struct AdapterSummary {
 
 impl std::fmt::Display for AdapterSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} ({:?}, {:?}",
-            self.name, self.backend, self.device_type
-        )?;
+        // Browsers may keep the name to themselves (WebGPU's `description` is often empty).
+        let name = match self.name.is_empty() {
+            true => "unnamed adapter",
+            false => &self.name,
+        };
+        write!(f, "{name} ({:?}, {:?}", self.backend, self.device_type)?;
         if !self.driver.is_empty() {
             write!(f, ", {}", self.driver)?;
         }
@@ -595,7 +596,7 @@ impl GpuContext {
             return Ok(p.clone());
         }
         let device = &self.inner.device;
-        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let scopes = ErrorScopes::push(device);
         let module = {
             let mut modules = self.inner.modules.lock().unwrap_or_else(|p| p.into_inner());
             modules
@@ -621,12 +622,13 @@ impl GpuContext {
             },
             cache: None,
         });
-        if let Some(e) = ready_now(scope.pop()).flatten() {
-            return Err(Error::Gpu {
-                op: "pipeline creation",
-                message: format!("{name}:{entry}: {e}"),
-            });
-        }
+        scopes.check("pipeline creation").map_err(|e| match e {
+            Error::Gpu { op, message } => Error::Gpu {
+                op,
+                message: format!("{name}:{entry}: {message}"),
+            },
+            other => other,
+        })?;
         pipelines.insert(key, pipeline.clone());
         Ok(pipeline)
     }
@@ -805,23 +807,40 @@ fn keep_until_exit(device: &wgpu::Device) {
 /// Validation and out-of-memory error scopes around one piece of work; wgpu's default would be
 /// a panic in the uncaptured-error handler.
 pub(crate) struct ErrorScopes {
-    validation: wgpu::ErrorScopeGuard,
-    oom: wgpu::ErrorScopeGuard,
+    /// Empty in a browser: its scopes resolve only on a later turn of the event loop, after
+    /// the work has gone on, so an error there is left to the uncaptured-error handler, which
+    /// logs it, rather than caught by a scope whose answer nobody would read.
+    guards: Vec<wgpu::ErrorScopeGuard>,
 }
 
 impl ErrorScopes {
     pub(crate) fn push(device: &wgpu::Device) -> Self {
-        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        ErrorScopes { validation, oom }
+        let filters: &[wgpu::ErrorFilter] = if cfg!(target_arch = "wasm32") {
+            &[]
+        } else {
+            &[
+                wgpu::ErrorFilter::Validation,
+                wgpu::ErrorFilter::OutOfMemory,
+            ]
+        };
+        ErrorScopes {
+            guards: filters
+                .iter()
+                .map(|f| device.push_error_scope(*f))
+                .collect(),
+        }
     }
 
-    /// Pops both scopes (innermost first) and turns a captured error into [`Error::Gpu`]. In a
-    /// browser the scopes resolve later; errors there reach the uncaptured-error log instead.
+    /// Pops the scopes (innermost first) and turns a captured error into [`Error::Gpu`]; the
+    /// out-of-memory one wins, as the likelier cause of a validation error after it.
     pub(crate) fn check(self, op: &'static str) -> Result<()> {
-        let oom = ready_now(self.oom.pop()).flatten();
-        let validation = ready_now(self.validation.pop()).flatten();
-        match oom.or(validation) {
+        let mut found = None;
+        for guard in self.guards.into_iter().rev() {
+            if let Some(e) = ready_now(guard.pop()).flatten() {
+                found = Some(e);
+            }
+        }
+        match found {
             Some(e) => Err(Error::Gpu {
                 op,
                 message: e.to_string(),

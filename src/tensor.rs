@@ -518,6 +518,7 @@ impl Tensor {
 
     /// [`Tensor::host_values`] cut into one vector per image of the batch. An NCHW tensor's
     /// images are decoded straight from `bytes`, with no copy of the whole batch between.
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn host_images(&self, bytes: &[u8]) -> Vec<Vec<f32>> {
         let [n, c, h, w] = self.shape;
         let per = c * h * w;

@@ -1,0 +1,126 @@
+// The page's side of the browser example: makes the session, runs pictures, draws levels.
+// `window.fpnState` tells a test harness where the page is: "loading", "done" or "error".
+import init, { Session } from "./pkg/browser.js";
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+window.fpnState = { status: "loading", errors: [] };
+
+function fail(message) {
+  $("error").textContent = message;
+  window.fpnState.errors.push(message);
+  window.fpnState.status = "error";
+}
+window.addEventListener("error", (e) => fail(`page error: ${e.message}`));
+// What the module reports as an error (a GPU validation error, a panic) fails the page too.
+const consoleError = console.error.bind(console);
+console.error = (...args) => {
+  fail(args.map(String).join(" "));
+  consoleError(...args);
+};
+window.addEventListener("unhandledrejection", (e) => fail(`page error: ${e.reason?.message ?? e.reason}`));
+
+function drawLevels(levels, pictureUrl) {
+  const box = $("levels");
+  box.querySelectorAll("figure.level").forEach((f) => f.remove());
+  $("input").src = pictureUrl;
+  const [, , h, w] = levels.input_shape();
+  $("input-caption").textContent = `input ${w}x${h}`;
+  for (let i = 0; i < levels.count(); i++) {
+    const [, c, lh, lw] = levels.shape(i);
+    const canvas = document.createElement("canvas");
+    canvas.width = lw;
+    canvas.height = lh;
+    const rgba = new Uint8ClampedArray(levels.energy_rgba(i));
+    canvas.getContext("2d").putImageData(new ImageData(rgba, lw, lh), 0, 0);
+    const figure = document.createElement("figure");
+    figure.className = "level";
+    const caption = document.createElement("figcaption");
+    caption.textContent = `${levels.name(i).toUpperCase()}: ${c}x${lh}x${lw}`;
+    figure.append(canvas, caption);
+    box.append(figure);
+  }
+}
+
+// Sends every level's values to the server that asked for them (`?report=1`).
+async function report(levels, forwardMs, firstMs) {
+  const shapes = {};
+  for (let i = 0; i < levels.count(); i++) {
+    shapes[levels.name(i)] = Array.from(levels.shape(i));
+    const response = await fetch(`report/${levels.name(i)}`, { method: "POST", body: levels.values(i) });
+    if (!response.ok) throw new Error(`the harness refused level ${levels.name(i)}: ${response.status}`);
+  }
+  return { shapes, forward_ms: forwardMs, first_result_ms: firstMs };
+}
+
+let session;
+let adapterName = "";
+async function runPicture(bytes, pictureUrl) {
+  $("error").textContent = "";
+  // 0 or empty: the picture's own size.
+  const maxSize = Number($("max-size").value) || undefined;
+  const levels = await session.run(bytes, maxSize);
+  const firstMs = performance.now();
+  drawLevels(levels, pictureUrl);
+  const ms = levels.forward_ms();
+  $("facts").textContent = `${adapterName} · ${session.network()} · forward and read-back ${ms.toFixed(1)} ms`;
+  return { levels, ms, firstMs };
+}
+
+if (params.has("max-size")) $("max-size").value = params.get("max-size");
+
+async function main() {
+  if (!navigator.gpu) {
+    fail("This browser has no WebGPU (navigator.gpu is missing). Use a browser with WebGPU " +
+      "enabled: Chrome or Edge 113+, Firefox 141+ on Windows, Safari 26; on Linux, Chromium " +
+      "with --enable-unsafe-webgpu --enable-features=Vulkan.");
+    return;
+  }
+  await init();
+  let weights;
+  if (params.get("weights")) {
+    const response = await fetch(params.get("weights"));
+    if (!response.ok) throw new Error(`cannot fetch the weights ${params.get("weights")}: ${response.status}`);
+    weights = new Uint8Array(await response.arrayBuffer());
+  }
+  try {
+    session = await Session.create(weights);
+  } catch (e) {
+    fail(`No network could be made on this browser's GPU: ${e.message}`);
+    return;
+  }
+  // The browser's own words for its adapter, where the crate's summary has no name.
+  const info = (await navigator.gpu.requestAdapter())?.info;
+  const described = [info?.vendor, info?.architecture, info?.description].filter(Boolean).join(" ");
+  adapterName = described ? `${described}: ${session.adapter()}` : session.adapter();
+  $("facts").textContent = `${adapterName} · ${session.network()} · running the default picture…`;
+  const url = params.get("picture") ?? "picture.png";
+  const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
+  let run;
+  try {
+    run = await runPicture(bytes, url);
+  } catch (e) {
+    fail(`${url}: ${e.message}`);
+    return;
+  }
+  const { levels, ms, firstMs } = run;
+  if (params.has("report")) {
+    window.fpnState.result = await report(levels, ms, firstMs);
+    // Once more, now that the plan and its pipelines exist.
+    window.fpnState.result.warm_forward_ms = (await runPicture(bytes, url)).ms;
+  }
+  window.fpnState.adapter = adapterName;
+  window.fpnState.status = window.fpnState.errors.length ? "error" : "done";
+
+  $("file").addEventListener("change", async () => {
+    const file = $("file").files[0];
+    if (!file) return;
+    try {
+      await runPicture(new Uint8Array(await file.arrayBuffer()), URL.createObjectURL(file));
+    } catch (e) {
+      fail(`${file.name}: ${e.message}`);
+    }
+  });
+}
+
+main().catch((e) => fail(e.message ?? String(e)));

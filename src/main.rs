@@ -208,10 +208,14 @@ fn build_network(ctx: &GpuContext, args: &RunArgs) -> Result<Fpn> {
                     );
                 }
             }
-            let ignored = match checkpoint.ignored() {
-                0 => String::new(),
-                n => format!(", {n} tensors outside the backbone ignored"),
+            let mut ignored = match checkpoint.unwrapped_prefix() {
+                "" => String::new(),
+                p => format!(", wrapper prefix `{p}` taken off every name"),
             };
+            if checkpoint.ignored() > 0 {
+                let n = checkpoint.ignored();
+                ignored.push_str(&format!(", {n} tensors outside the backbone ignored"));
+            }
             let config = checkpoint.config();
             (
                 checkpoint.into_store(),

@@ -1,6 +1,8 @@
 //! A `state_dict` with its layout recognised from the names: the seed's `fpn.py`, torchvision's
 //! `resnet_fpn_backbone`, or a whole torchvision detection model whose `backbone.` is taken and
-//! whose heads are ignored.
+//! whose heads are ignored. Names saved through a wrapper (`module.` from DataParallel or
+//! DistributedDataParallel, `_orig_mod.` from `torch.compile`, nested in any order) are
+//! unwrapped first.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,6 +18,32 @@ pub struct Checkpoint {
     store: VarStore,
     config: FpnConfig,
     ignored: usize,
+    unwrapped: String,
+}
+
+/// Prefixes PyTorch wrappers put in front of every name of the model they wrap: `module.`
+/// (`nn.DataParallel`, `DistributedDataParallel`) and `_orig_mod.` (`torch.compile`).
+pub const WRAPPER_PREFIXES: &[&str] = &["module.", "_orig_mod."];
+
+/// The wrapper prefixes in front of every name, outermost first, however deeply nested
+/// (`_orig_mod.module.` for a compiled DataParallel model). Empty when some name has none: a
+/// wrapper prefixes all of its model's names, so a partial match is a model's own attribute.
+fn wrapper_prefix(names: &[String]) -> String {
+    let mut prefix = String::new();
+    if names.is_empty() {
+        return prefix;
+    }
+    'outer: loop {
+        for w in WRAPPER_PREFIXES {
+            let p = format!("{prefix}{w}");
+            // A name must keep something after the prefix to still be a name.
+            if names.iter().all(|n| n.len() > p.len() && n.starts_with(&p)) {
+                prefix = p;
+                continue 'outer;
+            }
+        }
+        return prefix;
+    }
 }
 
 impl Checkpoint {
@@ -27,6 +55,20 @@ impl Checkpoint {
     /// Recognises the layout of weights already loaded.
     pub fn from_store(store: VarStore) -> Result<Self> {
         let names: Vec<String> = store.names().iter().map(|n| n.to_string()).collect();
+        let unwrapped = wrapper_prefix(&names);
+        if !unwrapped.is_empty() {
+            log::info!(
+                "{}: every name starts with the wrapper prefix `{unwrapped}`; taking it off",
+                store.origin()
+            );
+            let store = store
+                .map_names(&format!("wrapper prefix `{unwrapped}` taken off"), |n| {
+                    n.strip_prefix(unwrapped.as_str()).map(str::to_string)
+                })?;
+            let mut checkpoint = Self::from_store(store)?;
+            checkpoint.unwrapped = format!("{unwrapped}{}", checkpoint.unwrapped);
+            return Ok(checkpoint);
+        }
         let under = |p: &str| names.iter().filter(|n| n.starts_with(p)).count();
         if under("backbone.body.") > 0 || under("backbone.fpn.") > 0 {
             let ignored = names.len() - under("backbone.");
@@ -47,6 +89,7 @@ impl Checkpoint {
                 store,
                 config,
                 ignored: 0,
+                unwrapped: String::new(),
             });
         }
         Err(neither_layout(&store.origin(), &names))
@@ -127,6 +170,7 @@ impl Checkpoint {
             store,
             config,
             ignored,
+            unwrapped: String::new(),
         })
     }
 
@@ -144,6 +188,12 @@ impl Checkpoint {
     /// The weights, to build the network from (see [`crate::Fpn::new`]).
     pub fn into_store(self) -> VarStore {
         self.store
+    }
+
+    /// The wrapper prefixes taken off every name (`module.`, `_orig_mod.module.`, ...), or an
+    /// empty string when the names were not wrapped.
+    pub fn unwrapped_prefix(&self) -> &str {
+        &self.unwrapped
     }
 
     /// How many tensors outside the backbone (a detection model's heads) were left out.
@@ -199,7 +249,8 @@ fn neither_layout(origin: &str, names: &[String]) -> Error {
         "the names match no known layout. A seed FPN state_dict has `conv1.weight`, \
          `layer1.0.conv1.weight` and `toplayer.weight`; a torchvision one (resnet_fpn_backbone) \
          has `body.conv1.weight` and `fpn.inner_blocks.0.0.weight`, or the same under \
-         `backbone.` in a whole Faster/Mask R-CNN or RetinaNet checkpoint."
+         `backbone.` in a whole Faster/Mask R-CNN or RetinaNet checkpoint; any of these may also \
+         sit under the wrapper prefixes `module.` and `_orig_mod.`."
             .to_string(),
         format!("found {found}"),
     ];

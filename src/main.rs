@@ -36,10 +36,12 @@ struct NetworkArgs {
     /// (resnet_fpn_backbone: P2..P6, nearest). With --weights, only checked against the file's.
     #[arg(long)]
     layout: Option<String>,
-    /// Backbone preset: seed (2 blocks per layer), resnet50, resnet101, resnet152.
+    /// Backbone preset: seed (2 bottlenecks per layer), resnet18, resnet34, resnet50, resnet101,
+    /// resnet152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, wide_resnet50_2,
+    /// wide_resnet101_2.
     #[arg(long, default_value = "seed", conflicts_with = "blocks")]
     preset: String,
-    /// Block counts of layer1..layer4, e.g. 1,1,1,1 (instead of a preset).
+    /// Block counts of layer1..layer4, e.g. 1,1,1,1 (bottlenecks, instead of a preset).
     #[arg(long, value_parser = parse_counts::<4>)]
     blocks: Option<[usize; 4]>,
     /// torchvision layout: extra levels, one of none, pool (Faster R-CNN's P6), p6p7 (RetinaNet,
@@ -49,6 +51,19 @@ struct NetworkArgs {
     /// torchvision layout: the backbone layers feeding the pyramid, e.g. 2,3,4 for RetinaNet.
     #[arg(long, value_delimiter = ',')]
     returned_layers: Option<Vec<usize>>,
+    /// Channels of the input image: 3 (RGB) or 1 (grayscale; `run --image` converts the picture).
+    #[arg(long, default_value_t = 3)]
+    in_channels: usize,
+    /// Block type, overriding the preset's: basic (ResNet-18/34) or bottleneck.
+    #[arg(long)]
+    block: Option<String>,
+    /// Groups of the bottlenecks' 3x3 convs, overriding the preset's (ResNeXt: 32 or 64).
+    #[arg(long)]
+    groups: Option<usize>,
+    /// Channels per group of layer1's 3x3 conv, overriding the preset's (64 for ResNet, 128 for
+    /// Wide ResNet, 4 or 8 for ResNeXt).
+    #[arg(long)]
+    width_per_group: Option<usize>,
 }
 
 impl NetworkArgs {
@@ -60,6 +75,16 @@ impl NetworkArgs {
         let base = match self.blocks {
             Some(b) => FpnConfig::with_blocks(b),
             None => FpnConfig::preset(&self.preset)?,
+        };
+        let base = FpnConfig {
+            in_channels: self.in_channels,
+            block: match &self.block {
+                Some(b) => b.parse()?,
+                None => base.block,
+            },
+            groups: self.groups.unwrap_or(base.groups),
+            width_per_group: self.width_per_group.unwrap_or(base.width_per_group),
+            ..base
         };
         let mut config = base.with_layout(layout);
         if let Some(extra) = &self.extra {
@@ -75,7 +100,7 @@ impl NetworkArgs {
             }
         }
         config.validate()?;
-        Ok(config)
+        Ok(config.trimmed())
     }
 }
 
@@ -87,7 +112,7 @@ enum Command {
         /// PyTorch state_dict as safetensors (seed or torchvision layout, or a whole torchvision
         /// detection model); the architecture is read from its names. Without it: seeded random
         /// weights of the network given by --layout and --preset.
-        #[arg(long, conflicts_with_all = ["preset", "blocks", "extra", "returned_layers"])]
+        #[arg(long, conflicts_with_all = ["preset", "blocks", "extra", "returned_layers", "in_channels", "block", "groups", "width_per_group"])]
         weights: Option<PathBuf>,
         /// A JPEG or PNG picture (any colour type); ImageNet-normalised RGB goes in.
         #[arg(long, requires = "out")]
@@ -237,8 +262,10 @@ fn build_network(ctx: &GpuContext, args: &RunArgs) -> Result<Fpn> {
         .with_precision(args.precision);
     let fpn = Fpn::with_options(ctx, &store, config, options)?;
     args.progress.say(format_args!(
-        "network: {note}: {} layout, blocks {:?}, extra levels {:?}, batch norm eps {}, {}",
-        config.layout, config.blocks, config.extra, config.bn_eps, args.precision
+        "network: {note}: {}, batch norm eps {}, {}",
+        config.describe(),
+        config.bn_eps,
+        args.precision
     ));
     Ok(fpn)
 }
@@ -340,10 +367,9 @@ fn random_weights(network: &NetworkArgs, seed: u64, output: &Path) -> Result<()>
     let dict = Fpn::random_state_dict(config, seed)?;
     write_tensors(output, dict.iter().map(|(n, t)| (n.as_str(), t)))?;
     eprintln!(
-        "wrote {} tensors ({} layout, {:?} blocks, seed {seed}) to {}",
+        "wrote {} tensors ({}; seed {seed}) to {}",
         dict.len(),
-        config.layout,
-        config.blocks,
+        config.describe(),
         output.display()
     );
     Ok(())
@@ -425,9 +451,10 @@ fn kernel_report(network: &NetworkArgs, shape: [usize; 4], precision: Precision)
 fn shapes(height: usize, width: usize, batch: usize, network: &NetworkArgs) -> Result<()> {
     let config = network.config()?;
     let graph = Fpn::graph(&VarStore::random(0), config)?;
-    let values = graph.shapes([batch, 3, height, width])?;
+    let c = config.in_channels;
+    let values = graph.shapes([batch, c, height, width])?;
     println!(
-        "input [{batch}, 3, {height}, {width}] ({} layout)",
+        "input [{batch}, {c}, {height}, {width}] ({} layout)",
         config.layout
     );
     for (name, v) in graph.outputs() {
@@ -519,7 +546,11 @@ fn run_command() -> ExitCode {
             precision,
             network,
         } => info().and_then(|()| match kernels {
-            true => kernel_report(network, [1, 3, *height, *width], *precision),
+            true => kernel_report(
+                network,
+                [1, network.in_channels, *height, *width],
+                *precision,
+            ),
             false => Ok(()),
         }),
         Command::Shapes {

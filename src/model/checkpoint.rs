@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::model::config::{ExtraLevels, FpnConfig, P6Source};
-use crate::model::resnet::level_channels;
+use crate::model::config::{Block, ExtraLevels, FpnConfig, P6Source};
 use crate::model::PYRAMID_CHANNELS;
 use crate::weights::{infer_block_counts, VarStore};
 
@@ -84,7 +83,11 @@ impl Checkpoint {
         }
         if under("toplayer.") > 0 || under("latlayer") > 0 {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
-            let config = FpnConfig::with_blocks(infer_block_counts(&names)?);
+            let config = backbone(
+                &store,
+                "",
+                FpnConfig::with_blocks(infer_block_counts(&names)?),
+            );
             return Ok(Checkpoint {
                 store,
                 config,
@@ -109,8 +112,9 @@ impl Checkpoint {
                     .to_string(),
             )
         })?;
-        let mut config = FpnConfig::torchvision(blocks);
+        let mut config = backbone(&store, "body.", FpnConfig::torchvision(blocks));
         config.returned = [false; 4];
+        let present = blocks.iter().filter(|&&b| b > 0).count();
         let mut previous: Option<usize> = None;
         for i in 0.. {
             let name = format!("fpn.inner_blocks.{i}.0.weight");
@@ -118,12 +122,19 @@ impl Checkpoint {
                 break;
             };
             let cin = shape.get(1).copied().unwrap_or(0);
-            let Some(level) = (0..4).find(|&l| level_channels(l) == cin) else {
+            let Some(level) = (0..present).find(|&l| config.level_channels(l) == cin) else {
+                let channels: Vec<usize> = (0..present).map(|l| config.level_channels(l)).collect();
                 return Err(weights_error(
                     &store,
                     format!(
-                        "`{name}` has shape {shape:?}: its input channels should be those of a \
-                         ResNet bottleneck level (256, 512, 1024 or 2048)"
+                        "`{name}` has shape {shape:?}: its input channels should be those of one \
+                         of the backbone's levels C2..C{} ({channels:?}, from the {} blocks \
+                         under `body.`)",
+                        present + 1,
+                        match config.block {
+                            Block::Basic => "basic",
+                            Block::Bottleneck => "bottleneck",
+                        }
                     ),
                 ));
             };
@@ -150,7 +161,7 @@ impl Checkpoint {
         };
         if let Some(shape) = store.shape_of("fpn.extra_blocks.p6.weight") {
             let cin = shape.get(1).copied().unwrap_or(0);
-            let c_top = level_channels(top);
+            let c_top = config.level_channels(top);
             config.extra = if cin == PYRAMID_CHANNELS {
                 ExtraLevels::P6P7(P6Source::P5)
             } else if cin == c_top {
@@ -166,6 +177,13 @@ impl Checkpoint {
                 ));
             };
         }
+        // torchvision keeps the layers up to the deepest returned one; a count read past it
+        // is a layer the file should not have, reported as unexpected tensors when built.
+        config.blocks = blocks;
+        let config = FpnConfig {
+            blocks: config.trimmed().blocks,
+            ..config
+        };
         Ok(Checkpoint {
             store,
             config,
@@ -200,6 +218,37 @@ impl Checkpoint {
     pub fn ignored(&self) -> usize {
         self.ignored
     }
+}
+
+/// The backbone `base` with what the names and shapes under `prefix` say of it: the block type
+/// (a `conv3` in the first block means bottlenecks), the bottleneck width and groups (from the
+/// first block's `conv1` and grouped `conv2`), and the input channels (from `conv1`). A shape
+/// that says nothing sensible leaves the default, and the walk then reports the tensors that
+/// disagree with it.
+fn backbone(store: &VarStore, prefix: &str, base: FpnConfig) -> FpnConfig {
+    let shape = |name: &str| store.shape_of(&format!("{prefix}{name}"));
+    let mut config = base;
+    if let Some(&[_, cin, _, _]) = shape("conv1.weight") {
+        config.in_channels = cin;
+    }
+    let bottleneck = shape("layer1.0.conv3.weight").is_some();
+    config.block = if bottleneck || shape("layer1.0.conv1.weight").is_none() {
+        Block::Bottleneck
+    } else {
+        Block::Basic
+    };
+    if config.block == Block::Bottleneck {
+        if let (Some(&[width, ..]), Some(&[w2, per_group, 3, 3])) = (
+            shape("layer1.0.conv1.weight"),
+            shape("layer1.0.conv2.weight"),
+        ) {
+            if width == w2 && per_group > 0 && width % per_group == 0 {
+                config.groups = width / per_group;
+                config.width_per_group = per_group;
+            }
+        }
+    }
+    config
 }
 
 /// torchvision's FPN before version 2 named its convs `inner_blocks.{i}.weight`; since then

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use crate::graph::{Graph, HostBatchNorm, HostConv, Op, Value};
-use crate::kernels::conv2d::Conv2dOptions;
+use crate::kernels::conv2d::{dense_from_grouped, Conv2dOptions};
 use crate::weights::{Init, VarBuilder};
 
-/// `nn.Conv2d` (groups = 1): `weight` `[out, in, k, k]` and, when it has one, `bias` `[out]`.
+/// `nn.Conv2d`: `weight` `[out, in / groups, k, k]` and, when it has one, `bias` `[out]`.
 pub struct Conv2d {
     name: String,
     weights: Arc<HostConv>,
@@ -34,6 +34,38 @@ impl Conv2d {
                 shape,
                 weight,
                 bias,
+                affine: None,
+            }),
+            opts: Conv2dOptions::new(stride, padding),
+        }
+    }
+
+    /// A convolution of `groups` groups without bias (ResNeXt's 3x3 convs): reads `weight`
+    /// `[cout, cin / groups, k, k]` and records it as the dense block-diagonal convolution
+    /// [`dense_from_grouped`] makes, which every kernel and graph pass runs unchanged.
+    pub fn grouped(
+        vb: &VarBuilder,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        groups: usize,
+    ) -> Self {
+        if groups == 1 {
+            return Self::new(vb, cin, cout, kernel, stride, padding, false);
+        }
+        let grouped = [cout, cin / groups, kernel, kernel];
+        let weight = vb.get("weight", &grouped, Init::Conv);
+        // The config is validated before any layer is built, so the channels divide.
+        let weight = dense_from_grouped(&weight, grouped, groups)
+            .unwrap_or_else(|_| vec![0.0; cout * cin * kernel * kernel]);
+        Conv2d {
+            name: vb.prefix().to_string(),
+            weights: Arc::new(HostConv {
+                shape: [cout, cin, kernel, kernel],
+                weight,
+                bias: None,
                 affine: None,
             }),
             opts: Conv2dOptions::new(stride, padding),

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use fpn_wgpu::image_input::load_image;
+use fpn_wgpu::image_input::{load_image_with, ExifOrientation, ImageOptions};
 use fpn_wgpu::model::{ExtraLevels, Layout};
 use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor};
 use fpn_wgpu::visualize::{energy_picture, overview};
@@ -114,12 +114,18 @@ enum Command {
         /// weights of the network given by --layout and --preset.
         #[arg(long, conflicts_with_all = ["preset", "blocks", "extra", "returned_layers", "in_channels", "block", "groups", "width_per_group"])]
         weights: Option<PathBuf>,
-        /// A JPEG or PNG picture (any colour type); ImageNet-normalised RGB goes in.
+        /// A JPEG or PNG picture (any colour type); ImageNet-normalised RGB goes in (gray for a
+        /// model whose conv1 takes 1 channel).
         #[arg(long, requires = "out")]
         image: Option<PathBuf>,
         /// With --image: downscale so that the longer side is at most this many pixels.
         #[arg(long, requires = "image")]
         max_size: Option<u32>,
+        /// With --image: keep the pixels in their stored order, ignoring the EXIF orientation
+        /// tag (as PIL's Image.open and torchvision's decode_jpeg do). By default the picture is
+        /// turned as the tag says, as a viewer displays it.
+        #[arg(long, requires = "image")]
+        keep_stored_orientation: bool,
         /// With --image: folder for pyramid.safetensors, one PNG per level and overview.png.
         #[arg(long, requires = "image")]
         out: Option<PathBuf>,
@@ -313,18 +319,34 @@ fn run_tensor(args: &RunArgs, input: &Path, output: &Path) -> Result<()> {
     Ok(())
 }
 
-fn run_image(args: &RunArgs, image: &Path, max_size: Option<u32>, out: &Path) -> Result<()> {
-    let picture = load_image(image, max_size)?;
-    let (w, h) = picture.original_size;
-    args.progress.say(format_args!(
-        "image {}: {w}x{h}, network input {:?}",
-        image.display(),
-        picture.tensor.shape
-    ));
+fn run_image(args: &RunArgs, image: &Path, options: ImageOptions, out: &Path) -> Result<()> {
     let ctx = GpuContext::new()?;
     args.progress
         .say(format_args!("adapter: {}", ctx.adapter()));
+    // The network first: its first conv says how many channels the picture becomes.
     let fpn = build_network(&ctx, args)?;
+    let options = ImageOptions {
+        channels: fpn.config().in_channels,
+        ..options
+    };
+    let picture = load_image_with(image, &options)?;
+    let (w, h) = picture.original_size;
+    let orientation = match picture.orientation {
+        (image::metadata::Orientation::NoTransforms, _) => String::new(),
+        (tag, true) => format!(
+            ", EXIF orientation {tag:?} applied (--keep-stored-orientation keeps the stored pixels)"
+        ),
+        (tag, false) => format!(", EXIF orientation {tag:?} ignored: stored pixels kept"),
+    };
+    let gray = match options.channels {
+        1 => ", converted to gray",
+        _ => "",
+    };
+    args.progress.say(format_args!(
+        "image {}: {w}x{h}{orientation}{gray}, network input {:?}",
+        image.display(),
+        picture.tensor.shape
+    ));
     let levels = forward(&ctx, &fpn, &picture.tensor, &args.progress)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let tensors_path = out.join("pyramid.safetensors");
@@ -510,6 +532,7 @@ fn run_command() -> ExitCode {
             weights,
             image,
             max_size,
+            keep_stored_orientation,
             out,
             input,
             output,
@@ -531,7 +554,17 @@ fn run_command() -> ExitCode {
                 },
             };
             match (image, out, input, output) {
-                (Some(image), Some(out), _, _) => run_image(&args, image, *max_size, out),
+                (Some(image), Some(out), _, _) => {
+                    let options = ImageOptions {
+                        max_size: *max_size,
+                        orientation: match keep_stored_orientation {
+                            true => ExifOrientation::Ignore,
+                            false => ExifOrientation::Apply,
+                        },
+                        ..ImageOptions::default()
+                    };
+                    run_image(&args, image, options, out)
+                }
                 (_, _, Some(input), Some(output)) => run_tensor(&args, input, output),
                 // clap's groups and `requires` rule the other combinations out.
                 _ => Err(anyhow::anyhow!(

@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::gpu;
 use fpn_wgpu::tensor_file::{write_tensors, HostTensor, TensorMap};
@@ -138,7 +137,7 @@ fn zero_block_counts_are_refused() {
 /// Runs the `fpn` binary (`run` with `--quiet`, so that stderr holds only errors); returns
 /// (exit code, stderr).
 fn fpn_cli(args: &[&str]) -> (i32, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fpn"));
+    let mut command = common::fpn_command();
     command.args(args);
     if args.first() == Some(&"run") {
         command.arg("--quiet");
@@ -260,7 +259,7 @@ fn cli_runs_and_reports_bad_input_in_one_line() {
     );
 
     // Shapes without running, and the adapters present.
-    let out = Command::new(env!("CARGO_BIN_EXE_fpn"))
+    let out = common::fpn_command()
         .args(["shapes", "--height", "600", "--width", "900"])
         .output()
         .unwrap();
@@ -277,14 +276,11 @@ fn cli_runs_and_reports_bad_input_in_one_line() {
     let (code, err) = fpn_cli(&["shapes", "--height", "0", "--width", "5"]);
     assert_eq!(code, 1);
     assert!(err.contains("zero dimension"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_fpn"))
-        .arg("info")
-        .output()
-        .unwrap();
+    let out = common::fpn_command().arg("info").output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("max storage binding"));
     // Which kernel each op runs: the row-tiled convolutions on the software adapters.
-    let out = Command::new(env!("CARGO_BIN_EXE_fpn"))
+    let out = common::fpn_command()
         .args([
             "info",
             "--kernels",

@@ -16,6 +16,18 @@ pub fn gpu() -> &'static GpuContext {
     })
 }
 
+/// The `fpn` binary in a controlled environment, so that no test depends on the caller's: no
+/// `XDG_RUNTIME_DIR` (the bare environment of containers, CI runners and root over ssh, where
+/// Mesa's libwayland probe would print errors unless the binary deals with it) and no
+/// `RUST_LOG` (whose log lines would mix with the output the tests read). The backend and
+/// adapter choices (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`) and the driver's variables are kept:
+/// the child runs on the adapter the tests run on.
+pub fn fpn_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fpn"));
+    command.env_remove("XDG_RUNTIME_DIR").env_remove("RUST_LOG");
+    command
+}
+
 /// max |a - b| / max |b|: the error relative to the reference's scale, which is what matters
 /// for a tensor of activations (a per-element ratio explodes near zero crossings).
 pub fn max_rel_error(got: &[f32], want: &[f32]) -> f64 {

@@ -410,9 +410,13 @@ fn info() -> Result<()> {
     for (i, a) in adapters.iter().enumerate() {
         let l = &a.limits;
         println!("{i}: {}", a.summary);
+        let compute = match &a.no_compute {
+            None => "yes".to_string(),
+            Some(why) => format!("no ({why}; not chosen by default)"),
+        };
         println!(
             "   compute shaders: {}, timestamps: {}, shader-f16: {}, cooperative matrices: {}",
-            a.compute,
+            compute,
             a.timestamps,
             a.shader_f16,
             match a.cooperative_matrix.is_empty() {

@@ -309,3 +309,50 @@ fn cli_runs_and_reports_bad_input_in_one_line() {
     let (code, _) = fpn_cli(&["run", "--weights", w]);
     assert_eq!(code, 2);
 }
+
+/// A GL context below 4.3 has no compute shaders. Mesa can pretend to be one
+/// (`MESA_GL_VERSION_OVERRIDE=3.3`, as NVIDIA's GL adapter reports itself): `fpn info` must say
+/// so, and asking for GL must be an error naming the cause and the fix.
+#[test]
+fn gl_contexts_without_compute_are_reported_and_not_chosen() {
+    let info = |override_version: bool| {
+        let mut command = common::fpn_command();
+        if override_version {
+            command.env("MESA_GL_VERSION_OVERRIDE", "3.3");
+        }
+        let out = command
+            .arg("info")
+            .env_remove("WGPU_BACKEND")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    if !info(false).contains("(Gl, Cpu") {
+        eprintln!(
+            "no Mesa GL adapter here: nothing to override, the decision's unit test holds it"
+        );
+        return;
+    }
+    let text = info(true);
+    assert!(
+        text.contains("compute shaders: no (its context is GL 3.3")
+            && text.contains("need GL 4.3 or GL ES 3.1; not chosen by default"),
+        "{text}"
+    );
+    let mut command = common::fpn_command();
+    let out = command
+        .env("MESA_GL_VERSION_OVERRIDE", "3.3")
+        .env("WGPU_BACKEND", "gl")
+        .args(["info", "--kernels", "--blocks", "1,1,1,1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no GPU adapter found for WGPU_BACKEND=gl that runs compute shaders")
+            && err.contains("its context is GL 3.3")
+            && err.contains("WGPU_BACKEND=vulkan"),
+        "{err}"
+    );
+}

@@ -142,7 +142,7 @@ enum Command {
         #[arg(long)]
         unfused: bool,
         /// Storage of weights and activations: f32 (PyTorch parity) or f16 (half the memory,
-        /// about 1e-3 relative error; needs an adapter with shader-f16, see `fpn info`). The
+        /// about 1e-3 to 2e-3 relative error; needs an adapter with shader-f16, see `fpn info`). The
         /// levels are written as float32 either way.
         #[arg(long, default_value = "f32")]
         precision: Precision,

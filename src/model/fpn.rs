@@ -45,7 +45,7 @@ pub struct FpnOptions {
     /// Direct convolution (the default) or Winograd for stride-1 3x3 convs.
     pub algorithms: Algorithms,
     /// f32 (the default; PyTorch parity about 1e-6) or f16 weights and activations (f32 sums;
-    /// about 1e-3 of relative error, half the memory). Inputs and outputs are f32 either way.
+    /// 1e-3 to 2e-3 of relative error, half the memory). Inputs and outputs are f32 either way.
     pub precision: Precision,
     /// How each convolution's kernel configuration is picked: by default timed on GPUs at plan
     /// time and cached on disk, presets on CPU adapters; `FPN_TUNE=off|cache|full` overrides

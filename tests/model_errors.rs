@@ -356,3 +356,31 @@ fn gl_contexts_without_compute_are_reported_and_not_chosen() {
         "{err}"
     );
 }
+
+#[test]
+fn cli_names_the_wrapper_prefix_it_took_off() {
+    let dict: TensorMap = tiny_dict()
+        .into_iter()
+        .map(|(n, t)| (format!("_orig_mod.module.{n}"), t))
+        .collect();
+    let weights = save(&dict, "wrapped.safetensors");
+    let mut inputs = TensorMap::new();
+    inputs.insert(
+        "input".into(),
+        HostTensor::new(vec![1, 3, 19, 21], vec![0.5; 3 * 19 * 21]).unwrap(),
+    );
+    let input = save(&inputs, "wrapped-input.safetensors");
+    let output = tempdir().join("wrapped-out.safetensors");
+    let out = common::fpn_command()
+        .args(["run", "--weights", weights.to_str().unwrap()])
+        .args(["--input", input.to_str().unwrap()])
+        .args(["--output", output.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("wrapper prefix `_orig_mod.module.` taken off every name"),
+        "{err}"
+    );
+}

@@ -117,12 +117,22 @@ pub fn load_image_with(path: &Path, options: &ImageOptions) -> Result<ImageInput
             )),
         };
     let decode_error = |e: image::ImageError| file_error(format!("cannot decode the image: {e}"));
-    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format)
+    let decoder_bytes = bytes.as_slice();
+    let mut decoder = ImageReader::with_format(Cursor::new(decoder_bytes), format)
         .into_decoder()
         .map_err(decode_error)?;
     // A tag that cannot be read is no tag: the pixels are still good.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
-    let mut picture = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    let turbo = match format {
+        ImageFormat::Jpeg => crate::jpeg::decode(decoder_bytes),
+        _ => None,
+    };
+    let mut picture = match turbo {
+        Some(decoded) => {
+            decoded.map_err(|e| file_error(format!("cannot decode the image: {e}")))?
+        }
+        None => DynamicImage::from_decoder(decoder).map_err(decode_error)?,
+    };
     let original_size = (picture.width(), picture.height());
     let apply = options.orientation == ExifOrientation::Apply;
     if apply {

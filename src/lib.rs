@@ -34,6 +34,7 @@ pub mod error;
 pub mod gpu;
 pub mod graph;
 pub mod image_input;
+pub mod jpeg;
 pub mod kernels;
 pub mod model;
 pub mod precision;

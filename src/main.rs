@@ -129,7 +129,8 @@ enum Command {
         /// With --image: folder for pyramid.safetensors, one PNG per level and overview.png.
         #[arg(long, requires = "image")]
         out: Option<PathBuf>,
-        /// A safetensors file holding one NCHW float tensor named `input` (N x 3 x H x W).
+        /// A safetensors file holding one NCHW float tensor named `input` (N x C x H x W, C the
+        /// model's input channels: 3 for RGB).
         #[arg(long, requires = "output")]
         input: Option<PathBuf>,
         /// With --input: the safetensors file to write the levels to (float32, by level name).

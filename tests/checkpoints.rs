@@ -191,3 +191,32 @@ fn a_network_the_loader_cannot_place_is_refused_with_a_short_summary() {
     // The heading, the file, the summary, 8 tensors, the count of the rest, what to do.
     assert_eq!(msg.lines().count(), 3 + 8 + 2, "{msg}");
 }
+
+#[test]
+fn shapes_that_would_size_a_huge_network_are_refused_not_allocated() {
+    // The same bytes under other shapes: layer1's bottleneck 4096 wide in 4096 groups would
+    // make layer4's grouped 3x3 a dense 32768 x 32768 x 9 weight (38 GB).
+    let mut dict = Fpn::random_state_dict(torchvision([1, 1, 1, 1], [true; 4]), 8).unwrap();
+    for (name, shape) in [
+        ("body.layer1.0.conv1.weight", vec![4096, 1, 1, 1]),
+        ("body.layer1.0.conv2.weight", vec![4096, 1, 3, 3]),
+    ] {
+        let t = dict.get_mut(name).unwrap();
+        assert_eq!(t.data.len(), shape.iter().product::<usize>());
+        t.shape = shape;
+    }
+    let checkpoint = recognise(dict).unwrap();
+    assert_eq!(
+        checkpoint.config().groups,
+        1,
+        "an implausible width is not believed"
+    );
+    let msg = refusal(
+        &checkpoint,
+        "the reshaped tensors disagree with the network",
+    );
+    assert!(
+        msg.contains("tensor `body.layer1.0.conv1.weight` has shape [4096, 1, 1, 1]"),
+        "{msg}"
+    );
+}

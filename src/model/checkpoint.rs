@@ -220,6 +220,10 @@ impl Checkpoint {
     }
 }
 
+/// The widest `layer1` bottleneck read from a file's shapes: 4 times that of the widest in
+/// torchvision's family (resnext101_32x8d, 256).
+const MAX_BOTTLENECK_WIDTH: usize = 1024;
+
 /// The backbone `base` with what the names and shapes under `prefix` say of it: the block type
 /// (a `conv3` in the first block means bottlenecks), the bottleneck width and groups (from the
 /// first block's `conv1` and grouped `conv2`), and the input channels (from `conv1`). A shape
@@ -242,7 +246,11 @@ fn backbone(store: &VarStore, prefix: &str, base: FpnConfig) -> FpnConfig {
             shape("layer1.0.conv1.weight"),
             shape("layer1.0.conv2.weight"),
         ) {
-            if width == w2 && per_group > 0 && width % per_group == 0 {
+            // The deepest layer is 8 times as wide and the tensors the walk expects grow with
+            // its square: a width far past the family's (at most 256) is a broken file, left
+            // to the walk to report rather than sized from.
+            let plausible = width <= MAX_BOTTLENECK_WIDTH;
+            if plausible && width == w2 && per_group > 0 && width % per_group == 0 {
                 config.groups = width / per_group;
                 config.width_per_group = per_group;
             }

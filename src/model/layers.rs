@@ -10,7 +10,9 @@ use crate::weights::{Init, VarBuilder};
 /// `nn.Conv2d`: `weight` `[out, in / groups, k, k]` and, when it has one, `bias` `[out]`.
 pub struct Conv2d {
     name: String,
+    /// The weights as read; grouped ones still `[out, in / groups, k, k]`.
     weights: Arc<HostConv>,
+    groups: usize,
     opts: Conv2dOptions,
 }
 
@@ -36,12 +38,13 @@ impl Conv2d {
                 bias,
                 affine: None,
             }),
+            groups: 1,
             opts: Conv2dOptions::new(stride, padding),
         }
     }
 
     /// A convolution of `groups` groups without bias (ResNeXt's 3x3 convs): reads `weight`
-    /// `[cout, cin / groups, k, k]` and records it as the dense block-diagonal convolution
+    /// `[cout, cin / groups, k, k]`, and records it as the dense block-diagonal convolution
     /// [`dense_from_grouped`] makes, which every kernel and graph pass runs unchanged.
     pub fn grouped(
         vb: &VarBuilder,
@@ -52,32 +55,42 @@ impl Conv2d {
         padding: usize,
         groups: usize,
     ) -> Self {
-        if groups == 1 {
-            return Self::new(vb, cin, cout, kernel, stride, padding, false);
-        }
-        let grouped = [cout, cin / groups, kernel, kernel];
-        let weight = vb.get("weight", &grouped, Init::Conv);
-        // The config is validated before any layer is built, so the channels divide.
-        let weight = dense_from_grouped(&weight, grouped, groups)
-            .unwrap_or_else(|_| vec![0.0; cout * cin * kernel * kernel]);
+        let shape = [cout, cin / groups.max(1), kernel, kernel];
         Conv2d {
             name: vb.prefix().to_string(),
             weights: Arc::new(HostConv {
-                shape: [cout, cin, kernel, kernel],
-                weight,
+                shape,
+                weight: vb.get("weight", &shape, Init::Conv),
                 bias: None,
                 affine: None,
             }),
+            groups: groups.max(1),
             opts: Conv2dOptions::new(stride, padding),
         }
     }
 
-    /// Records the convolution of `x`.
+    /// Records the convolution of `x`. Grouped weights are expanded only here, once every
+    /// tensor's shape has been checked: expanding sizes read from an unchecked file could ask
+    /// for any amount of memory.
     pub fn forward(&self, g: &mut Graph, x: Value) -> Value {
+        let weights = match self.groups {
+            1 => self.weights.clone(),
+            groups => {
+                let [cout, cin_g, kh, kw] = self.weights.shape;
+                Arc::new(HostConv {
+                    shape: [cout, cin_g * groups, kh, kw],
+                    // The config is validated and the shape checked, so the groups divide.
+                    weight: dense_from_grouped(&self.weights.weight, self.weights.shape, groups)
+                        .unwrap_or_default(),
+                    bias: None,
+                    affine: None,
+                })
+            }
+        };
         g.push(
             &self.name,
             Op::Conv2d {
-                weights: self.weights.clone(),
+                weights,
                 opts: self.opts,
             },
             &[x],

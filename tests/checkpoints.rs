@@ -2,6 +2,8 @@
 //! PyTorch wrappers, with some backbone layers left out, from the whole ResNet family, and with
 //! a readable refusal for what cannot be placed. These need no GPU: recognition reads names.
 
+mod common;
+
 use fpn_wgpu::tensor_file::TensorMap;
 use fpn_wgpu::weights::VarStore;
 use fpn_wgpu::{Checkpoint, Fpn, FpnConfig};
@@ -219,4 +221,41 @@ fn shapes_that_would_size_a_huge_network_are_refused_not_allocated() {
         msg.contains("tensor `body.layer1.0.conv1.weight` has shape [4096, 1, 1, 1]"),
         "{msg}"
     );
+}
+
+#[test]
+fn cli_random_weights_write_what_torchvision_saves() {
+    // resnet_fpn_backbone('resnet18', returned_layers=[1, 2, 3]) saves 87 tensors (checked
+    // against torchvision by tests/fixtures/make_torchvision_fixtures.py), none of layer4.
+    let path =
+        std::env::temp_dir().join(format!("fpn-wgpu-ckpt-{}.safetensors", std::process::id()));
+    let out = common::fpn_command()
+        .args([
+            "random-weights",
+            "--layout",
+            "torchvision",
+            "--preset",
+            "resnet18",
+        ])
+        .args([
+            "--returned-layers",
+            "1,2,3",
+            "--output",
+            path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dict = fpn_wgpu::tensor_file::read_tensors(&path, |_| false).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(dict.len(), 87);
+    assert!(!dict.keys().any(|n| n.starts_with("body.layer4.")));
+    assert_eq!(dict["fpn.inner_blocks.2.0.weight"].shape, [256, 256, 1, 1]);
+    let config = recognise(dict).unwrap().config();
+    assert_eq!(config.backbone_name(), Some("resnet18"));
+    assert_eq!(config.blocks, [2, 2, 2, 0]);
 }

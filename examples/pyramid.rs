@@ -41,10 +41,10 @@ mod native {
         /// Images per batch.
         #[arg(long, default_value_t = 1)]
         batch: usize,
-        /// A PyTorch state_dict saved as safetensors; the block counts are read from its names.
+        /// A PyTorch state_dict saved as safetensors; the network is read from its names.
         #[arg(long)]
         weights: Option<PathBuf>,
-        /// Without --weights: the backbone preset (seed, resnet50, resnet101, resnet152).
+        /// Without --weights: the backbone preset (seed, resnet18, resnet50, resnext50_32x4d, ...).
         #[arg(long, default_value = "seed")]
         preset: String,
     }
@@ -59,13 +59,14 @@ mod native {
             Some(path) => Fpn::from_safetensors(&ctx, path)?,
             None => Fpn::random(&ctx, FpnConfig::preset(&args.preset)?, 0)?,
         };
-        println!(
-            "weights: {} (blocks {:?})",
-            fpn.origin(),
-            fpn.config().blocks
-        );
+        println!("weights: {} ({})", fpn.origin(), fpn.config().describe());
 
-        let shape = [args.batch, 3, args.height, args.width];
+        let shape = [
+            args.batch,
+            fpn.config().in_channels,
+            args.height,
+            args.width,
+        ];
         let data = SplitMix64::new(1).vec(shape.iter().product(), -1.0, 1.0);
         let input = Tensor::from_slice(&ctx, shape, &data)?;
 

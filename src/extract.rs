@@ -5,11 +5,13 @@
 //!
 //! ```no_run
 //! use fpn_wgpu::extract::{extract_images, ExtractOptions};
+//! use fpn_wgpu::image_input::ImageOptions;
 //! # fn main() -> fpn_wgpu::Result<()> {
 //! # let ctx = fpn_wgpu::GpuContext::new()?;
 //! # let fpn = fpn_wgpu::Fpn::from_safetensors(&ctx, "fpn.safetensors".as_ref())?;
 //! let pictures = vec!["a.jpg".into(), "b.png".into()];
-//! for done in extract_images(&fpn, pictures, None, ExtractOptions::default()) {
+//! let picture = ImageOptions { channels: fpn.config().in_channels, ..ImageOptions::default() };
+//! for done in extract_images(&fpn, pictures, picture, ExtractOptions::default()) {
 //!     match done.result {
 //!         Ok(levels) => println!("{:?}: {} levels", done.item, levels.len()),
 //!         Err(e) => eprintln!("{:?}: {e}", done.item),
@@ -26,7 +28,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::image_input::load_image;
+use crate::image_input::{load_image_with, ImageOptions};
 use crate::model::Fpn;
 use crate::readback::{GpuSpan, Readback};
 use crate::tensor::Tensor;
@@ -192,12 +194,12 @@ where
     }
 }
 
-/// [`extract`] on pictures (JPEG or PNG files, decoded and normalised by
-/// [`load_image`], downscaled to `max_size` when given).
+/// [`extract`] on pictures (JPEG or PNG files, decoded, turned, downscaled and normalised by
+/// [`load_image_with`] as `picture` says; its `channels` should be the network's).
 pub fn extract_images<I>(
     fpn: &Fpn,
     pictures: Vec<I>,
-    max_size: Option<u32>,
+    picture: ImageOptions,
     options: ExtractOptions,
 ) -> Extractor<'_, I>
 where
@@ -206,7 +208,7 @@ where
     extract(
         fpn,
         pictures,
-        move |p: &I| load_image(p.as_ref(), max_size).map(|picture| picture.tensor),
+        move |p: &I| load_image_with(p.as_ref(), &picture).map(|input| input.tensor),
         options,
     )
 }

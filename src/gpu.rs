@@ -161,8 +161,11 @@ pub struct AdapterReport {
     pub summary: AdapterSummary,
     /// The adapter's limits (a context created on it requests exactly these).
     pub limits: wgpu::Limits,
-    /// Whether it runs compute shaders at all (some GL drivers do not).
+    /// Whether it runs compute shaders at all (some GL contexts do not; see
+    /// [`compute_support`]).
     pub compute: bool,
+    /// Why it does not, when it does not.
+    pub no_compute: Option<String>,
     /// Whether compute passes can write timestamps (per-stage profiles).
     pub timestamps: bool,
     /// Whether shaders may use f16.
@@ -181,13 +184,12 @@ pub async fn available_adapters() -> Vec<AdapterReport> {
         .iter()
         .map(|a| {
             let features = a.features();
+            let no_compute = adapter_compute(a).err();
             AdapterReport {
                 summary: AdapterSummary::from_info(&a.get_info()),
                 limits: a.limits(),
-                compute: a
-                    .get_downlevel_capabilities()
-                    .flags
-                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS),
+                compute: no_compute.is_none(),
+                no_compute,
                 timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
                 shader_f16: features.contains(wgpu::Features::SHADER_F16),
                 cooperative_matrix: cooperative_matrix_configs(a),
@@ -250,6 +252,58 @@ impl Dispatch {
     }
 }
 
+/// Whether an adapter runs compute shaders, from what it reports: the downlevel flag
+/// `COMPUTE_SHADERS` and, on GL, the context's version (its `driver_info`, GL's `GL_VERSION`
+/// string). A GL context below 4.3, or below ES 3.1, has no compute shaders in the GLSL wgpu
+/// writes for it, even where the driver lists `GL_ARB_compute_shader` and wgpu sets the flag
+/// (NVIDIA's 3.3 contexts): such a device fails at its first compute pipeline. The error says
+/// why, in a clause.
+pub fn compute_support(
+    backend: wgpu::Backend,
+    flags: wgpu::DownlevelFlags,
+    driver_info: &str,
+) -> std::result::Result<(), String> {
+    if !flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
+        return Err("its driver reports no compute shaders".to_string());
+    }
+    if backend != wgpu::Backend::Gl {
+        return Ok(());
+    }
+    let (es, version) = match driver_info.find("ES ") {
+        Some(i) => (true, &driver_info[i + 3..]),
+        None => (false, driver_info),
+    };
+    let mut numbers = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse::<u32>().ok());
+    let (Some(Some(major)), Some(Some(minor))) = (numbers.next(), numbers.next()) else {
+        // A version this cannot read: trust the flag.
+        return Ok(());
+    };
+    let (needed, kind) = if es {
+        ((3, 1), "GL ES")
+    } else {
+        ((4, 3), "GL")
+    };
+    if (major, minor) >= needed {
+        return Ok(());
+    }
+    Err(format!(
+        "its context is {kind} {major}.{minor} (`{driver_info}`), and compute shaders need \
+         GL 4.3 or GL ES 3.1"
+    ))
+}
+
+fn adapter_compute(adapter: &wgpu::Adapter) -> std::result::Result<(), String> {
+    let info = adapter.get_info();
+    compute_support(
+        info.backend,
+        adapter.get_downlevel_capabilities().flags,
+        &info.driver_info,
+    )
+}
+
 /// Ranks adapters: hardware before software, native backends before GL.
 fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
     let device = match info.device_type {
@@ -284,15 +338,26 @@ impl GpuContext {
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
         let mut adapters = instance.enumerate_adapters(backends).await;
-        adapters.retain(|a| {
-            a.get_downlevel_capabilities()
-                .flags
-                .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        let mut left_out = Vec::new();
+        adapters.retain(|a| match adapter_compute(a) {
+            Ok(()) => true,
+            Err(why) => {
+                let info = a.get_info();
+                left_out.push(format!("`{}` ({:?}): {why}", info.name, info.backend));
+                false
+            }
         });
         let mut detail = match std::env::var("WGPU_BACKEND") {
             Ok(b) => format!(" for WGPU_BACKEND={b}"),
             Err(_) => String::new(),
         };
+        if !left_out.is_empty() {
+            detail.push_str(&format!(
+                " that runs compute shaders (left out: {}; pick another backend, e.g. \
+                 WGPU_BACKEND=vulkan)",
+                left_out.join("; ")
+            ));
+        }
         if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
             let wanted_lc = wanted.to_lowercase();
             let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
@@ -313,6 +378,14 @@ impl GpuContext {
     /// defaults.
     pub async fn from_adapter(adapter: &wgpu::Adapter) -> Result<Self> {
         let info = adapter.get_info();
+        adapter_compute(adapter).map_err(|why| Error::Unsupported {
+            op: "GpuContext::from_adapter",
+            message: format!(
+                "the adapter `{}` ({:?}) cannot run compute shaders: {why}; choose another \
+                 adapter or backend (WGPU_BACKEND=vulkan, say)",
+                info.name, info.backend
+            ),
+        })?;
         let limits = adapter.limits();
         // Timestamps give the per-stage profile and f16 the half-precision path where the
         // adapter has them; the default float32 path needs neither.
@@ -884,7 +957,41 @@ pub(crate) fn grid_2d(n: u32, max_per_dim: u32) -> [u32; 3] {
 
 #[cfg(test)]
 mod tests {
-    use super::grid_2d;
+    use super::{compute_support, grid_2d};
+    use wgpu::{Backend, DownlevelFlags};
+
+    #[test]
+    fn gl_contexts_below_4_3_or_es_3_1_have_no_compute() {
+        let compute = DownlevelFlags::COMPUTE_SHADERS;
+        // What GL drivers report as GL_VERSION (wgpu's driver_info on GL).
+        for (info, runs) in [
+            ("3.3.0 NVIDIA 550.54.14", false),
+            ("4.2.0 NVIDIA 390.157", false),
+            ("4.3.0 NVIDIA 550.54.14", true),
+            ("4.6.0 NVIDIA 550.54.14", true),
+            ("4.5 (Core Profile) Mesa 22.3.6", true),
+            ("3.3 (Core Profile) Mesa 20.0.8", false),
+            ("OpenGL ES 3.0 Mesa 22.3.6", false),
+            ("OpenGL ES 3.1 Mesa 22.3.6", true),
+            ("OpenGL ES 3.2 NVIDIA 550.54.14", true),
+            ("OpenGL ES 3.0 (ANGLE 2.1.0)", false),
+            ("", true),
+        ] {
+            let got = compute_support(Backend::Gl, compute, info);
+            assert_eq!(got.is_ok(), runs, "{info:?}: {got:?}");
+            if let Err(why) = got {
+                assert!(
+                    why.contains("GL 4.3 or GL ES 3.1") && why.contains(info),
+                    "{why}"
+                );
+            }
+        }
+        // The version is a GL matter; the flag decides on every backend.
+        assert!(compute_support(Backend::Vulkan, compute, "550.54.14").is_ok());
+        let none = compute_support(Backend::Vulkan, DownlevelFlags::empty(), "");
+        assert!(none.unwrap_err().contains("no compute shaders"));
+        assert!(compute_support(Backend::Gl, DownlevelFlags::empty(), "4.6").is_err());
+    }
 
     #[test]
     fn grid_covers_every_workgroup_within_limits() {

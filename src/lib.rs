@@ -41,6 +41,7 @@ pub mod graph;
 pub mod image_input;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod image_set;
+pub mod jpeg;
 pub mod kernels;
 pub mod model;
 pub mod precision;

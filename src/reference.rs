@@ -97,6 +97,54 @@ pub fn conv2d(
     (out, [n, cout, oh, ow])
 }
 
+/// PyTorch's grouped convolution (`groups` > 1, no bias or epilogue): `weight` is
+/// `[cout, cin / groups, kh, kw]`, and output channel `co` sees only the input channels of its
+/// group, `co / (cout / groups)`.
+pub fn grouped_conv2d(
+    x: &[f32],
+    x_shape: [usize; 4],
+    weight: &[f32],
+    w_shape: [usize; 4],
+    groups: usize,
+    stride: usize,
+    padding: usize,
+) -> (Vec<f32>, [usize; 4]) {
+    let [n, cin, h, w] = x_shape;
+    let [cout, cin_g, kh, kw] = w_shape;
+    assert_eq!(cin, cin_g * groups, "input channels against groups");
+    let cout_g = cout / groups;
+    let oh = (h + 2 * padding - kh) / stride + 1;
+    let ow = (w + 2 * padding - kw) / stride + 1;
+    let mut out = vec![0.0f32; n * cout * oh * ow];
+    for b in 0..n {
+        for co in 0..cout {
+            let g = co / cout_g;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = 0.0f64;
+                    for j in 0..cin_g {
+                        let ci = g * cin_g + j;
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * stride + ky) as isize - padding as isize;
+                                let ix = (ox * stride + kx) as isize - padding as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                let xv = x[((b * cin + ci) * h + iy as usize) * w + ix as usize];
+                                let wv = weight[((co * cin_g + j) * kh + ky) * kw + kx];
+                                acc += xv as f64 * wv as f64;
+                            }
+                        }
+                    }
+                    out[((b * cout + co) * oh + oy) * ow + ox] = acc as f32;
+                }
+            }
+        }
+    }
+    (out, [n, cout, oh, ow])
+}
+
 /// Inference batch norm: `(x - mean) / sqrt(var + eps) * weight + bias` per channel.
 pub fn batch_norm(
     x: &[f32],

@@ -114,3 +114,15 @@ pub fn overview(input: &RgbImage, levels: &[RgbImage]) -> RgbImage {
     }
     canvas
 }
+
+/// Writes `picture` as a PNG file, atomically (see [`crate::atomic_file`]).
+pub fn save_png(picture: &RgbImage, path: &std::path::Path) -> Result<()> {
+    let mut png = Vec::new();
+    picture
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| Error::File {
+            path: path.display().to_string(),
+            message: format!("cannot encode the PNG: {e}"),
+        })?;
+    crate::atomic_file::write(path, &png)
+}

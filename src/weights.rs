@@ -13,6 +13,9 @@ use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
 use crate::tensor_file::{read_tensors, HostTensor, TensorMap};
 
+/// How many disagreeing tensors an error lists by name before it only counts the rest.
+pub const LISTED_PROBLEMS: usize = 8;
+
 /// How a tensor is initialised when the weights are seeded random values. The values are chosen
 /// so that activations stay O(1) through deep networks and every batch norm is far from identity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,8 +149,17 @@ impl VarStore {
         }
     }
 
-    /// Ends the walk: an error listing every missing, mis-shaped and unexpected tensor, if any.
+    /// Ends the walk: an error listing every missing, mis-shaped and unexpected tensor, if any
+    /// (see [`VarStore::finish_for`]).
     pub fn finish(&self) -> Result<()> {
+        self.finish_for("the model")
+    }
+
+    /// Ends the walk of the network `network` describes (layout and variant, as guessed from
+    /// the names): an error if any tensor is missing, mis-shaped or unexpected. The error is a
+    /// summary a person can read: how many tensors disagree of each kind, the first
+    /// [`LISTED_PROBLEMS`], and what to do.
+    pub fn finish_for(&self, network: &str) -> Result<()> {
         let mut problems = self.problems.borrow().clone();
         if let Source::File { tensors, .. } = &self.source {
             let used = self.used.borrow();
@@ -161,11 +173,32 @@ impl VarStore {
             }
         }
         if problems.is_empty() {
-            Ok(())
-        } else {
-            problems.insert(0, format!("in {}:", self.origin()));
-            Err(Error::Weights { problems })
+            return Ok(());
         }
+        let count = |p: &str| problems.iter().filter(|l| l.starts_with(p)).count();
+        let (missing, unexpected) = (count("missing"), count("unexpected"));
+        let misshaped = problems.len() - missing - unexpected;
+        let total = self.used.borrow().len();
+        let mut lines = vec![
+            format!("in {}:", self.origin()),
+            format!(
+                "{} tensors disagree with {network} ({missing} missing, {misshaped} mis-shaped, \
+                 {unexpected} unexpected, of {total} the network reads):",
+                problems.len()
+            ),
+        ];
+        let shown = problems.len().min(LISTED_PROBLEMS);
+        lines.extend(problems.drain(..shown));
+        if !problems.is_empty() {
+            lines.push(format!("... and {} more", problems.len()));
+        }
+        lines.push(
+            "if the file is what it should be, its network differs from the one guessed: check \
+             the layout, block counts, block type, groups, width and input channels above \
+             against the model that saved it, or build with an explicit FpnConfig (Fpn::new)"
+                .to_string(),
+        );
+        Err(Error::Weights { problems: lines })
     }
 
     /// The tensors handed out by a recording store, by name.
@@ -284,7 +317,9 @@ impl<'a> VarBuilder<'a> {
 }
 
 /// The number of blocks in each of `layer1`..`layer4`, read from the names of a state dict
-/// (`layer3.5.conv1.weight` means layer 3 has at least 6 blocks).
+/// (`layer3.5.conv1.weight` means layer 3 has at least 6 blocks). Layers after the last one
+/// present count 0 (torchvision drops the layers after the deepest returned one); `layer1`
+/// must be there and no layer may be skipped.
 pub fn infer_block_counts(names: &[&str]) -> Result<[usize; 4]> {
     let mut counts = [0usize; 4];
     for name in names {
@@ -302,7 +337,8 @@ pub fn infer_block_counts(names: &[&str]) -> Result<[usize; 4]> {
             counts[l - 1] = counts[l - 1].max(i + 1);
         }
     }
-    if let Some(missing) = counts.iter().position(|&c| c == 0) {
+    let present = counts.iter().rposition(|&c| c > 0).map_or(0, |l| l + 1);
+    if let Some(missing) = counts[..present.max(1)].iter().position(|&c| c == 0) {
         return Err(Error::Weights {
             problems: vec![format!(
                 "no tensors named `layer{}.<block>.*`: this is not a state_dict of the FPN's ResNet \

@@ -53,27 +53,26 @@ fn make_dataset(dir: &Path, names: &[&str], (w, h): (u32, u32)) {
 /// The small network every CLI run here uses (seeded random weights).
 const NETWORK: [&str; 2] = ["--blocks", "1,1,1,1"];
 
-/// Runs `fpn run --images SOURCE --out OUT ...` with a controlled environment; returns the exit
-/// code and stderr.
+/// Runs [`folder_command`]; returns the exit code and stderr.
 fn run_folder(source: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
-    let output = fpn_command(source, out, extra).output().unwrap();
+    let output = folder_command(source, out, extra).output().unwrap();
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
 
-fn fpn_command(source: &Path, out: &Path, extra: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fpn"));
+/// `fpn run --images SOURCE --out OUT` on the small network, in the tests' controlled
+/// environment.
+fn folder_command(source: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut command = common::fpn_command();
     command
         .args(["run", "--images"])
         .arg(source)
         .arg("--out")
         .arg(out)
         .args(NETWORK)
-        .args(extra)
-        .env_remove("RUST_LOG")
-        .env_remove("XDG_RUNTIME_DIR");
+        .args(extra);
     command
 }
 
@@ -219,7 +218,7 @@ fn a_killed_run_leaves_whole_files_and_a_rerun_completes_it() {
         &names_in.iter().map(String::as_str).collect::<Vec<_>>(),
         (64, 64),
     );
-    let mut child = fpn_command(&source, &out, &["--quiet"])
+    let mut child = folder_command(&source, &out, &["--quiet"])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -447,4 +446,26 @@ fn the_library_loop_keeps_order_batches_by_size_and_reports_failures() {
         let busy = stats.gpu_busy().unwrap();
         assert!(busy > 0.0 && busy <= 1.0, "{busy}");
     }
+}
+
+#[test]
+fn pictures_are_turned_upright_and_made_gray_for_a_one_channel_network() {
+    let dir = scratch("gray");
+    let (source, out) = (dir.join("pictures"), dir.join("out"));
+    std::fs::create_dir_all(&source).unwrap();
+    // Stored 32 wide and 16 high; its EXIF says to turn it upright, 16 wide and 32 high.
+    common::jpeg_with_orientation_6(&source.join("phone.jpg"));
+    let shape = |out: &Path| {
+        read_tensors(&out.join("phone.jpg.safetensors"), |_| false).unwrap()["p2"]
+            .shape
+            .clone()
+    };
+    let (code, stderr) = run_folder(&source, &out, &["--in-channels", "1"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(shape(&out), [1, 256, 8, 4]);
+    let stored = dir.join("stored");
+    let (code, stderr) = run_folder(&source, &stored, &["--keep-stored-orientation"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(shape(&stored), [1, 256, 4, 8]);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -4,13 +4,16 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::gpu;
-use fpn_wgpu::image_input::{from_picture, load_image, IMAGENET_MEAN, IMAGENET_STD};
+use fpn_wgpu::image_input::{
+    from_picture, from_picture_with, load_image, load_image_with, ExifOrientation, ImageOptions,
+    GRAY_MEAN_STD, IMAGENET_MEAN, IMAGENET_STD,
+};
 use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor, TensorMap};
 use fpn_wgpu::visualize::{colour_map, energy, overview};
 use fpn_wgpu::{Fpn, FpnConfig, Tensor};
+use image::metadata::Orientation;
 use image::{DynamicImage, GrayImage, ImageFormat, Luma, Rgb, RgbImage, Rgba, RgbaImage};
 
 fn tempdir() -> PathBuf {
@@ -40,10 +43,7 @@ fn save_picture(picture: &DynamicImage, name: &str, format: ImageFormat) -> Path
 
 /// Runs the `fpn` binary; returns (exit code, stderr).
 fn fpn_cli(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fpn"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = common::fpn_command().args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -78,7 +78,7 @@ fn pixels_are_normalised_as_torchvision_does() {
 }
 
 #[test]
-fn downscaling_keeps_the_aspect_ratio_and_small_pictures_are_refused() {
+fn downscaling_keeps_the_aspect_ratio_and_small_and_thin_pictures_are_accepted() {
     let picture = DynamicImage::ImageRgb8(test_picture(200, 100));
     let input = from_picture(&picture, Some(64)).unwrap();
     assert_eq!(input.tensor.shape, vec![1, 3, 32, 64]);
@@ -88,16 +88,155 @@ fn downscaling_keeps_the_aspect_ratio_and_small_pictures_are_refused() {
     let input = from_picture(&picture, Some(500)).unwrap();
     assert_eq!(input.tensor.shape, vec![1, 3, 100, 200]);
 
-    let msg = |r: fpn_wgpu::Result<_>| match r {
-        Ok(_) => panic!("expected an error"),
+    // Every layer keeps at least one pixel, so no picture is too small: 20x28, 1x1, and a thin
+    // 2000x45 strip downscaled to 800x18.
+    for ((w, h), max, want) in [
+        ((20, 28), None, [28, 20]),
+        ((1, 1), None, [1, 1]),
+        ((2000, 45), Some(800), [18, 800]),
+        ((3, 900), Some(100), [100, 1]),
+    ] {
+        let input = from_picture(&DynamicImage::ImageRgb8(test_picture(w, h)), max).unwrap();
+        assert_eq!(input.tensor.shape, vec![1, 3, want[0], want[1]], "{w}x{h}");
+    }
+    let msg = match from_picture(&picture, Some(0)) {
+        Ok(_) => panic!("a max size of 0 leaves nothing"),
         Err(e) => e.to_string(),
     };
-    let tiny = DynamicImage::ImageRgb8(test_picture(20, 40));
-    assert!(msg(from_picture(&tiny, None)).contains("20x40"));
-    // 200x100 down to a longer side of 50 would be 50x25.
-    let m = msg(from_picture(&picture, Some(50)));
-    assert!(m.contains("50x25") && m.contains("at least 32"), "{m}");
-    assert!(msg(from_picture(&picture, Some(8))).contains("max size 8"));
+    assert!(
+        msg.contains("max size 0 leaves no pixels: give a max size of at least 1"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn one_channel_models_get_pil_gray_values_normalised_by_imagenet_luma() {
+    let picture = test_picture(23, 17);
+    let options = ImageOptions {
+        channels: 1,
+        ..ImageOptions::default()
+    };
+    let input = from_picture_with(&DynamicImage::ImageRgb8(picture.clone()), &options).unwrap();
+    assert_eq!(input.tensor.shape, vec![1, 1, 17, 23]);
+    let (mean, std) = GRAY_MEAN_STD;
+    // ImageNet's means and deviations weighted by 601-2 luma (what PIL's convert("L") uses).
+    assert!((mean - 0.458_971).abs() < 1e-6 && (std - 0.225_609).abs() < 1e-6);
+    for (x, y) in [(0, 0), (22, 16), (7, 9)] {
+        let [r, g, b] = picture.get_pixel(x, y).0.map(f64::from);
+        // PIL: L = R * 299/1000 + G * 587/1000 + B * 114/1000, rounded.
+        let gray = (r * 0.299 + g * 0.587 + b * 0.114).round();
+        let want = (gray / 255.0 - mean as f64) / std as f64;
+        let got = input.tensor.data[y as usize * 23 + x as usize] as f64;
+        assert!((got - want).abs() < 1e-5, "{x},{y}: {got} against {want}");
+    }
+    let options = ImageOptions {
+        channels: 4,
+        ..ImageOptions::default()
+    };
+    let e = from_picture_with(&DynamicImage::ImageRgb8(picture), &options).unwrap_err();
+    assert!(e.to_string().contains("`fpn run --input`"), "{e}");
+}
+
+#[test]
+fn exif_orientation_is_applied_by_default_and_kept_on_request() {
+    let dir = tempdir();
+    let path = dir.join("portrait.jpg");
+    common::jpeg_with_orientation_6(&path);
+    let upright = load_image(&path, None).unwrap();
+    assert_eq!(
+        upright.tensor.shape,
+        vec![1, 3, 32, 16],
+        "displayed: 16 wide, 32 high"
+    );
+    assert_eq!(upright.original_size, (32, 16));
+    assert_eq!(upright.orientation, (Orientation::Rotate90, true));
+    let options = ImageOptions {
+        orientation: ExifOrientation::Ignore,
+        ..ImageOptions::default()
+    };
+    let stored = load_image_with(&path, &options).unwrap();
+    assert_eq!(stored.tensor.shape, vec![1, 3, 16, 32]);
+    assert_eq!(stored.orientation, (Orientation::Rotate90, false));
+    // Turned a quarter clockwise: the stored bottom-left corner (no red, no green) is now the
+    // top-left one, the stored top-left (red and green) the top-right.
+    assert_eq!(upright.rgb.dimensions(), (16, 32));
+    assert_eq!(
+        upright.rgb,
+        image::imageops::rotate90(&stored.rgb),
+        "the applied picture is the stored one turned clockwise"
+    );
+    let px = |x, y| upright.rgb.get_pixel(x, y).0;
+    assert!(px(1, 1)[0] > 200 && px(1, 1)[1] < 60, "{:?}", px(1, 1));
+    assert!(px(14, 1)[0] > 200 && px(14, 1)[1] > 200, "{:?}", px(14, 1));
+
+    // The CLI says what it did, and keeps the stored pixels when asked.
+    let out = dir.join("portrait-out");
+    let (code, err) = run_image(&path, &out, &["--blocks", "1,1,1,1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("EXIF orientation Rotate90 applied"), "{err}");
+    let levels = read_tensors(&out.join("pyramid.safetensors"), |_| false).unwrap();
+    assert_eq!(levels["p2"].shape, vec![1, 256, 8, 4]);
+    let (code, err) = run_image(
+        &path,
+        &out,
+        &["--blocks", "1,1,1,1", "--keep-stored-orientation"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("EXIF orientation Rotate90 ignored"), "{err}");
+    let levels = read_tensors(&out.join("pyramid.safetensors"), |_| false).unwrap();
+    assert_eq!(levels["p2"].shape, vec![1, 256, 4, 8]);
+}
+
+#[test]
+fn cli_runs_small_thin_and_grayscale_model_pictures() {
+    let dir = tempdir();
+    let small = save_picture(
+        &DynamicImage::ImageRgb8(test_picture(20, 28)),
+        "small-20x28.png",
+        ImageFormat::Png,
+    );
+    let out = dir.join("small-out");
+    let (code, err) = run_image(&small, &out, &["--blocks", "1,1,1,1", "-q"]);
+    assert_eq!(code, 0, "{err}");
+    let levels = read_tensors(&out.join("pyramid.safetensors"), |_| false).unwrap();
+    assert_eq!(levels["p2"].shape, vec![1, 256, 7, 5]);
+    assert_eq!(levels["p5"].shape, vec![1, 256, 1, 1]);
+
+    let thin = save_picture(
+        &DynamicImage::ImageRgb8(test_picture(2000, 45)),
+        "thin-2000x45.png",
+        ImageFormat::Png,
+    );
+    let (code, err) = run_image(&thin, &out, &["--blocks", "1,1,1,1", "--max-size", "800"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("network input [1, 3, 18, 800]"), "{err}");
+
+    // A model of 1-channel pictures: the picture becomes gray, as the library makes it.
+    let config = FpnConfig {
+        in_channels: 1,
+        ..FpnConfig::torchvision([1, 1, 1, 1])
+    };
+    let weights = dir.join("gray-model.safetensors");
+    let dict = Fpn::random_state_dict(config, 6).unwrap();
+    write_tensors(&weights, dict.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
+    let (code, err) = run_image(&small, &out, &["--weights", weights.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("converted to gray, network input [1, 1, 28, 20]"),
+        "{err}"
+    );
+    let levels = read_tensors(&out.join("pyramid.safetensors"), |_| false).unwrap();
+    let ctx = gpu();
+    let options = ImageOptions {
+        channels: 1,
+        ..ImageOptions::default()
+    };
+    let input = load_image_with(&small, &options).unwrap();
+    let fpn = Fpn::from_safetensors(ctx, &weights).unwrap();
+    let x = Tensor::from_slice(ctx, [1, 1, 28, 20], &input.tensor.data).unwrap();
+    for (name, t) in fpn.forward(&x).unwrap().download(ctx).unwrap() {
+        assert_eq!(levels[&name], t, "{name} from the CLI and from the library");
+    }
 }
 
 #[test]
@@ -262,13 +401,11 @@ fn cli_refuses_bad_pictures_and_unknown_checkpoints_with_one_line() {
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     assert_refused(&truncated, &[], &["cannot decode"]);
 
-    let small = save_picture(
-        &DynamicImage::ImageRgb8(test_picture(24, 64)),
-        "small.png",
-        ImageFormat::Png,
+    assert_refused(
+        &good,
+        &["--max-size", "0"],
+        &["max size 0 leaves no pixels"],
     );
-    assert_refused(&small, &[], &["24x64", "at least 32"]);
-    assert_refused(&good, &["--max-size", "16"], &["max size 16"]);
 
     // A checkpoint of neither layout: what was found is listed; a ResNet classifier is named.
     let weights = dir.join("foreign.safetensors");
@@ -315,7 +452,7 @@ fn cli_refuses_bad_pictures_and_unknown_checkpoints_with_one_line() {
 
 /// `fpn shapes` for a 600x900 input with `extra` arguments; its stdout, after checking success.
 fn shapes_600x900(extra: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_fpn"))
+    let out = common::fpn_command()
         .args(["shapes", "--height", "600", "--width", "900"])
         .args(extra)
         .output()

@@ -4,7 +4,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::gpu;
 use fpn_wgpu::tensor_file::{write_tensors, HostTensor, TensorMap};
@@ -138,7 +137,7 @@ fn zero_block_counts_are_refused() {
 /// Runs the `fpn` binary (`run` with `--quiet`, so that stderr holds only errors); returns
 /// (exit code, stderr).
 fn fpn_cli(args: &[&str]) -> (i32, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fpn"));
+    let mut command = common::fpn_command();
     command.args(args);
     if args.first() == Some(&"run") {
         command.arg("--quiet");
@@ -260,7 +259,7 @@ fn cli_runs_and_reports_bad_input_in_one_line() {
     );
 
     // Shapes without running, and the adapters present.
-    let out = Command::new(env!("CARGO_BIN_EXE_fpn"))
+    let out = common::fpn_command()
         .args(["shapes", "--height", "600", "--width", "900"])
         .output()
         .unwrap();
@@ -277,14 +276,11 @@ fn cli_runs_and_reports_bad_input_in_one_line() {
     let (code, err) = fpn_cli(&["shapes", "--height", "0", "--width", "5"]);
     assert_eq!(code, 1);
     assert!(err.contains("zero dimension"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_fpn"))
-        .arg("info")
-        .output()
-        .unwrap();
+    let out = common::fpn_command().arg("info").output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("max storage binding"));
     // Which kernel each op runs: the row-tiled convolutions on the software adapters.
-    let out = Command::new(env!("CARGO_BIN_EXE_fpn"))
+    let out = common::fpn_command()
         .args([
             "info",
             "--kernels",
@@ -312,4 +308,79 @@ fn cli_runs_and_reports_bad_input_in_one_line() {
     // Usage errors exit with 2.
     let (code, _) = fpn_cli(&["run", "--weights", w]);
     assert_eq!(code, 2);
+}
+
+/// A GL context below 4.3 has no compute shaders. Mesa can pretend to be one
+/// (`MESA_GL_VERSION_OVERRIDE=3.3`, as NVIDIA's GL adapter reports itself): `fpn info` must say
+/// so, and asking for GL must be an error naming the cause and the fix.
+#[test]
+fn gl_contexts_without_compute_are_reported_and_not_chosen() {
+    let info = |override_version: bool| {
+        let mut command = common::fpn_command();
+        if override_version {
+            command.env("MESA_GL_VERSION_OVERRIDE", "3.3");
+        }
+        let out = command
+            .arg("info")
+            .env_remove("WGPU_BACKEND")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    if !info(false).contains("(Gl, Cpu") {
+        eprintln!(
+            "no Mesa GL adapter here: nothing to override, the decision's unit test holds it"
+        );
+        return;
+    }
+    let text = info(true);
+    assert!(
+        text.contains("compute shaders: no (its context is GL 3.3")
+            && text.contains("need GL 4.3 or GL ES 3.1; not chosen by default"),
+        "{text}"
+    );
+    let mut command = common::fpn_command();
+    let out = command
+        .env("MESA_GL_VERSION_OVERRIDE", "3.3")
+        .env("WGPU_BACKEND", "gl")
+        .args(["info", "--kernels", "--blocks", "1,1,1,1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no GPU adapter found for WGPU_BACKEND=gl that runs compute shaders")
+            && err.contains("its context is GL 3.3")
+            && err.contains("WGPU_BACKEND=vulkan"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cli_names_the_wrapper_prefix_it_took_off() {
+    let dict: TensorMap = tiny_dict()
+        .into_iter()
+        .map(|(n, t)| (format!("_orig_mod.module.{n}"), t))
+        .collect();
+    let weights = save(&dict, "wrapped.safetensors");
+    let mut inputs = TensorMap::new();
+    inputs.insert(
+        "input".into(),
+        HostTensor::new(vec![1, 3, 19, 21], vec![0.5; 3 * 19 * 21]).unwrap(),
+    );
+    let input = save(&inputs, "wrapped-input.safetensors");
+    let output = tempdir().join("wrapped-out.safetensors");
+    let out = common::fpn_command()
+        .args(["run", "--weights", weights.to_str().unwrap()])
+        .args(["--input", input.to_str().unwrap()])
+        .args(["--output", output.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("wrapper prefix `_orig_mod.module.` taken off every name"),
+        "{err}"
+    );
 }

@@ -121,6 +121,45 @@ fn conv2d_matches_reference_with_every_epilogue() {
     eprintln!("conv2d: {count} cases, worst max relative error {worst:e}");
 }
 
+/// Grouped convolutions (ResNeXt's 3x3s) run as the block-diagonal dense convolution
+/// `dense_from_grouped` builds: on every kernel the plan picks for f32, against the reference's
+/// own grouped convolution, on random shapes (depthwise included).
+#[test]
+fn grouped_conv2d_as_block_diagonal_weights_matches_reference() {
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(16);
+    // (input, cout, groups, kernel, stride, padding)
+    type GroupedCase = ([usize; 4], usize, usize, usize, usize, usize);
+    let cases: &[GroupedCase] = &[
+        ([1, 8, 9, 11], 8, 2, 3, 1, 1),
+        ([2, 12, 7, 5], 24, 4, 3, 2, 1),
+        ([1, 6, 10, 10], 6, 6, 3, 1, 1),
+        ([1, 64, 6, 7], 64, 32, 3, 2, 1),
+        ([1, 9, 13, 8], 15, 3, 1, 1, 0),
+    ];
+    for (i, &(input, cout, groups, k, stride, padding)) in cases.iter().enumerate() {
+        let cin = input[1];
+        let grouped = [cout, cin / groups, k, k];
+        let bound = (3.0 / (cin / groups * k * k) as f32).sqrt();
+        let w = rng.vec(numel(grouped), -bound, bound);
+        let x = rng.vec(numel(input), -1.0, 1.0);
+        let dense = conv2d::dense_from_grouped(&w, grouped, groups).unwrap();
+        let weights = Conv2dWeights::new(ctx, [cout, cin, k, k], &dense, None, None).unwrap();
+        let opts = Conv2dOptions::new(stride, padding);
+        let xt = Tensor::from_slice(ctx, input, &x).unwrap();
+        let got = conv2d::conv2d(ctx, &xt, &weights, None, &opts)
+            .unwrap()
+            .download(ctx)
+            .unwrap();
+        let (want, _) = reference::grouped_conv2d(&x, input, &w, grouped, groups, stride, padding);
+        let name = format!("grouped case {i} {input:?} cout {cout} groups {groups} k{k} s{stride}");
+        assert_close(&name, &got, &want, CONV_TOL);
+    }
+    // Weights that do not split into the groups are an error, not a panic.
+    let e = conv2d::dense_from_grouped(&[0.0; 10], [5, 2, 1, 1], 2).unwrap_err();
+    assert!(e.to_string().contains("multiple of the groups"), "{e}");
+}
+
 /// Split-K on the row kernel: the input channels in 2, 3 or 7 parts (evenly and not, more parts
 /// than some layers have channels for), their partial sums reduced before every epilogue,
 /// against the reference; the launches name their split.

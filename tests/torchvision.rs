@@ -38,6 +38,10 @@ fn case_config(path: &Path) -> (FpnConfig, u64) {
     }
     config.extra = meta["extra"].parse::<ExtraLevels>().unwrap();
     config.bn_eps = meta["bn_eps"].parse().unwrap();
+    config.block = meta["block"].parse().unwrap();
+    config.groups = meta["groups"].parse().unwrap();
+    config.width_per_group = meta["width_per_group"].parse().unwrap();
+    config.in_channels = meta["in_channels"].parse().unwrap();
     (config, meta["seed"].parse().unwrap())
 }
 
@@ -171,6 +175,31 @@ fn retinanet_backbone_p3_to_p7_batch2_matches_torchvision() {
 #[test]
 fn retinanet_v2_p6_from_c5_with_identity_blocks_matches_torchvision() {
     check_case("tv_p6c5_64x96");
+}
+
+#[test]
+fn returned_layers_1_2_3_without_layer4_give_p2_to_p4_and_pool_as_torchvision() {
+    check_case("tv_returned123_45x61");
+}
+
+#[test]
+fn resnet18_34_basic_blocks_match_torchvision() {
+    check_case("tv_basic_40x52");
+}
+
+#[test]
+fn wide_resnet_bottlenecks_match_torchvision() {
+    check_case("tv_wide_33x47");
+}
+
+#[test]
+fn resnext_grouped_bottlenecks_match_torchvision() {
+    check_case("tv_resnext_32x4d_37x41");
+}
+
+#[test]
+fn one_channel_input_from_conv1_matches_torchvision() {
+    check_case("tv_gray_34x30");
 }
 
 #[test]

@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use fpn_wgpu::image_input::load_image;
+use fpn_wgpu::image_input::{load_image_with, ExifOrientation, ImageOptions};
 use fpn_wgpu::image_set::Shard;
 use fpn_wgpu::model::{ExtraLevels, Layout};
 use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor};
-use fpn_wgpu::visualize::{energy_picture, overview};
+use fpn_wgpu::visualize::{energy_picture, overview, save_png};
 use fpn_wgpu::weights::VarStore;
 use fpn_wgpu::{Checkpoint, Fpn, FpnConfig, FpnOptions, Fusion, GpuContext, Precision, Tensor};
 
@@ -37,10 +37,12 @@ struct NetworkArgs {
     /// (resnet_fpn_backbone: P2..P6, nearest). With --weights, only checked against the file's.
     #[arg(long)]
     layout: Option<String>,
-    /// Backbone preset: seed (2 blocks per layer), resnet50, resnet101, resnet152.
+    /// Backbone preset: seed (2 bottlenecks per layer), resnet18, resnet34, resnet50, resnet101,
+    /// resnet152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d, wide_resnet50_2,
+    /// wide_resnet101_2.
     #[arg(long, default_value = "seed", conflicts_with = "blocks")]
     preset: String,
-    /// Block counts of layer1..layer4, e.g. 1,1,1,1 (instead of a preset).
+    /// Block counts of layer1..layer4, e.g. 1,1,1,1 (bottlenecks, instead of a preset).
     #[arg(long, value_parser = parse_counts::<4>)]
     blocks: Option<[usize; 4]>,
     /// torchvision layout: extra levels, one of none, pool (Faster R-CNN's P6), p6p7 (RetinaNet,
@@ -50,6 +52,19 @@ struct NetworkArgs {
     /// torchvision layout: the backbone layers feeding the pyramid, e.g. 2,3,4 for RetinaNet.
     #[arg(long, value_delimiter = ',')]
     returned_layers: Option<Vec<usize>>,
+    /// Channels of the input image: 3 (RGB) or 1 (grayscale; `run --image` converts the picture).
+    #[arg(long, default_value_t = 3)]
+    in_channels: usize,
+    /// Block type, overriding the preset's: basic (ResNet-18/34) or bottleneck.
+    #[arg(long)]
+    block: Option<String>,
+    /// Groups of the bottlenecks' 3x3 convs, overriding the preset's (ResNeXt: 32 or 64).
+    #[arg(long)]
+    groups: Option<usize>,
+    /// Channels per group of layer1's 3x3 conv, overriding the preset's (64 for ResNet, 128 for
+    /// Wide ResNet, 4 or 8 for ResNeXt).
+    #[arg(long)]
+    width_per_group: Option<usize>,
 }
 
 impl NetworkArgs {
@@ -61,6 +76,16 @@ impl NetworkArgs {
         let base = match self.blocks {
             Some(b) => FpnConfig::with_blocks(b),
             None => FpnConfig::preset(&self.preset)?,
+        };
+        let base = FpnConfig {
+            in_channels: self.in_channels,
+            block: match &self.block {
+                Some(b) => b.parse()?,
+                None => base.block,
+            },
+            groups: self.groups.unwrap_or(base.groups),
+            width_per_group: self.width_per_group.unwrap_or(base.width_per_group),
+            ..base
         };
         let mut config = base.with_layout(layout);
         if let Some(extra) = &self.extra {
@@ -76,7 +101,7 @@ impl NetworkArgs {
             }
         }
         config.validate()?;
-        Ok(config)
+        Ok(config.trimmed())
     }
 }
 
@@ -90,9 +115,10 @@ enum Command {
         /// PyTorch state_dict as safetensors (seed or torchvision layout, or a whole torchvision
         /// detection model); the architecture is read from its names. Without it: seeded random
         /// weights of the network given by --layout and --preset.
-        #[arg(long, conflicts_with_all = ["preset", "blocks", "extra", "returned_layers"])]
+        #[arg(long, conflicts_with_all = ["preset", "blocks", "extra", "returned_layers", "in_channels", "block", "groups", "width_per_group"])]
         weights: Option<PathBuf>,
-        /// A JPEG or PNG picture (any colour type); ImageNet-normalised RGB goes in.
+        /// A JPEG or PNG picture (any colour type); ImageNet-normalised RGB goes in (gray for a
+        /// model whose conv1 takes 1 channel).
         #[arg(long, requires = "out")]
         image: Option<PathBuf>,
         /// A folder (every .jpg, .jpeg and .png under it, recursively, in sorted order) or a
@@ -105,6 +131,11 @@ enum Command {
         /// pixels.
         #[arg(long, requires = "picture_source")]
         max_size: Option<u32>,
+        /// With --image or --images: keep the pixels in their stored order, ignoring the EXIF
+        /// orientation tag (as PIL's Image.open and torchvision's decode_jpeg do). By default the
+        /// picture is turned as the tag says, as a viewer displays it.
+        #[arg(long, requires = "picture_source")]
+        keep_stored_orientation: bool,
         /// With --image: folder for pyramid.safetensors, one PNG per level and overview.png.
         /// With --images: the folder the outputs go to (made if missing).
         #[arg(long, requires = "picture_source")]
@@ -128,7 +159,8 @@ enum Command {
         /// skipped, and the exit status is 1 at the end).
         #[arg(long, requires = "images")]
         fail_fast: bool,
-        /// A safetensors file holding one NCHW float tensor named `input` (N x 3 x H x W).
+        /// A safetensors file holding one NCHW float tensor named `input` (N x C x H x W, C the
+        /// model's input channels: 3 for RGB).
         #[arg(long, requires = "output")]
         input: Option<PathBuf>,
         /// With --input: the safetensors file to write the levels to (float32, by level name).
@@ -141,7 +173,7 @@ enum Command {
         #[arg(long)]
         unfused: bool,
         /// Storage of weights and activations: f32 (PyTorch parity) or f16 (half the memory,
-        /// about 1e-3 relative error; needs an adapter with shader-f16, see `fpn info`). The
+        /// about 1e-3 to 2e-3 relative error; needs an adapter with shader-f16, see `fpn info`). The
         /// levels are written as float32 either way.
         #[arg(long, default_value = "f32")]
         precision: Precision,
@@ -230,10 +262,14 @@ fn build_network(ctx: &GpuContext, args: &RunArgs) -> Result<Fpn> {
                     );
                 }
             }
-            let ignored = match checkpoint.ignored() {
-                0 => String::new(),
-                n => format!(", {n} tensors outside the backbone ignored"),
+            let mut ignored = match checkpoint.unwrapped_prefix() {
+                "" => String::new(),
+                p => format!(", wrapper prefix `{p}` taken off every name"),
             };
+            if checkpoint.ignored() > 0 {
+                let n = checkpoint.ignored();
+                ignored.push_str(&format!(", {n} tensors outside the backbone ignored"));
+            }
             let config = checkpoint.config();
             (
                 checkpoint.into_store(),
@@ -255,8 +291,10 @@ fn build_network(ctx: &GpuContext, args: &RunArgs) -> Result<Fpn> {
         .with_precision(args.precision);
     let fpn = Fpn::with_options(ctx, &store, config, options)?;
     args.progress.say(format_args!(
-        "network: {note}: {} layout, blocks {:?}, extra levels {:?}, batch norm eps {}, {}",
-        config.layout, config.blocks, config.extra, config.bn_eps, args.precision
+        "network: {note}: {}, batch norm eps {}, {}",
+        config.describe(),
+        config.bn_eps,
+        args.precision
     ));
     Ok(fpn)
 }
@@ -304,18 +342,34 @@ fn run_tensor(args: &RunArgs, input: &Path, output: &Path) -> Result<()> {
     Ok(())
 }
 
-fn run_image(args: &RunArgs, image: &Path, max_size: Option<u32>, out: &Path) -> Result<()> {
-    let picture = load_image(image, max_size)?;
-    let (w, h) = picture.original_size;
-    args.progress.say(format_args!(
-        "image {}: {w}x{h}, network input {:?}",
-        image.display(),
-        picture.tensor.shape
-    ));
+fn run_image(args: &RunArgs, image: &Path, options: ImageOptions, out: &Path) -> Result<()> {
     let ctx = GpuContext::new()?;
     args.progress
         .say(format_args!("adapter: {}", ctx.adapter()));
+    // The network first: its first conv says how many channels the picture becomes.
     let fpn = build_network(&ctx, args)?;
+    let options = ImageOptions {
+        channels: fpn.config().in_channels,
+        ..options
+    };
+    let picture = load_image_with(image, &options)?;
+    let (w, h) = picture.original_size;
+    let orientation = match picture.orientation {
+        (image::metadata::Orientation::NoTransforms, _) => String::new(),
+        (tag, true) => format!(
+            ", EXIF orientation {tag:?} applied (--keep-stored-orientation keeps the stored pixels)"
+        ),
+        (tag, false) => format!(", EXIF orientation {tag:?} ignored: stored pixels kept"),
+    };
+    let gray = match options.channels {
+        1 => ", converted to gray",
+        _ => "",
+    };
+    args.progress.say(format_args!(
+        "image {}: {w}x{h}{orientation}{gray}, network input {:?}",
+        image.display(),
+        picture.tensor.shape
+    ));
     let levels = forward(&ctx, &fpn, &picture.tensor, &args.progress)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let tensors_path = out.join("pyramid.safetensors");
@@ -323,15 +377,11 @@ fn run_image(args: &RunArgs, image: &Path, max_size: Option<u32>, out: &Path) ->
     let mut pictures = Vec::with_capacity(levels.len());
     for (name, level) in &levels {
         let p = energy_picture(level, 0)?;
-        let path = out.join(format!("{name}.png"));
-        p.save(&path)
-            .with_context(|| format!("writing {}", path.display()))?;
+        save_png(&p, &out.join(format!("{name}.png")))?;
         pictures.push(p);
     }
     let overview_path = out.join("overview.png");
-    overview(&picture.rgb, &pictures)
-        .save(&overview_path)
-        .with_context(|| format!("writing {}", overview_path.display()))?;
+    save_png(&overview(&picture.rgb, &pictures), &overview_path)?;
     let names: Vec<&str> = levels.iter().map(|(n, _)| n.as_str()).collect();
     args.progress.say(format_args!(
         "wrote {}, {} energy maps ({}) and {}",
@@ -358,10 +408,9 @@ fn random_weights(network: &NetworkArgs, seed: u64, output: &Path) -> Result<()>
     let dict = Fpn::random_state_dict(config, seed)?;
     write_tensors(output, dict.iter().map(|(n, t)| (n.as_str(), t)))?;
     eprintln!(
-        "wrote {} tensors ({} layout, {:?} blocks, seed {seed}) to {}",
+        "wrote {} tensors ({}; seed {seed}) to {}",
         dict.len(),
-        config.layout,
-        config.blocks,
+        config.describe(),
         output.display()
     );
     Ok(())
@@ -380,9 +429,13 @@ fn info() -> Result<()> {
     for (i, a) in adapters.iter().enumerate() {
         let l = &a.limits;
         println!("{i}: {}", a.summary);
+        let compute = match &a.no_compute {
+            None => "yes".to_string(),
+            Some(why) => format!("no ({why}; not chosen by default)"),
+        };
         println!(
             "   compute shaders: {}, timestamps: {}, shader-f16: {}, cooperative matrices: {}",
-            a.compute,
+            compute,
             a.timestamps,
             a.shader_f16,
             match a.cooperative_matrix.is_empty() {
@@ -443,9 +496,10 @@ fn kernel_report(network: &NetworkArgs, shape: [usize; 4], precision: Precision)
 fn shapes(height: usize, width: usize, batch: usize, network: &NetworkArgs) -> Result<()> {
     let config = network.config()?;
     let graph = Fpn::graph(&VarStore::random(0), config)?;
-    let values = graph.shapes([batch, 3, height, width])?;
+    let c = config.in_channels;
+    let values = graph.shapes([batch, c, height, width])?;
     println!(
-        "input [{batch}, 3, {height}, {width}] ({} layout)",
+        "input [{batch}, {c}, {height}, {width}] ({} layout)",
         config.layout
     );
     for (name, v) in graph.outputs() {
@@ -502,6 +556,7 @@ fn run_command() -> ExitCode {
             image,
             images,
             max_size,
+            keep_stored_orientation,
             out,
             pictures,
             batch,
@@ -524,14 +579,22 @@ fn run_command() -> ExitCode {
                 network,
                 progress: Progress::new(*quiet),
             };
+            let picture_options = ImageOptions {
+                max_size: *max_size,
+                orientation: match keep_stored_orientation {
+                    true => ExifOrientation::Ignore,
+                    false => ExifOrientation::Apply,
+                },
+                ..ImageOptions::default()
+            };
             match (image, images, out, input, output) {
-                (Some(image), _, Some(out), _, _) => run_image(&args, image, *max_size, out),
+                (Some(image), _, Some(out), _, _) => run_image(&args, image, picture_options, out),
                 (_, Some(images), Some(out), _, _) => run_images::run(
                     &args,
                     images,
                     out,
                     &run_images::FolderOptions {
-                        max_size: *max_size,
+                        picture: picture_options,
                         pictures: *pictures,
                         batch: *batch as usize,
                         shard: *shard,
@@ -553,7 +616,11 @@ fn run_command() -> ExitCode {
             precision,
             network,
         } => info().and_then(|()| match kernels {
-            true => kernel_report(network, [1, 3, *height, *width], *precision),
+            true => kernel_report(
+                network,
+                [1, network.in_channels, *height, *width],
+                *precision,
+            ),
             false => Ok(()),
         }),
         Command::Shapes {

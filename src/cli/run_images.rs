@@ -2,7 +2,6 @@
 //! picture, resumable, shardable across machines.
 
 use std::ffi::OsString;
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, sync_channel};
 use std::sync::Mutex;
@@ -10,16 +9,18 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use fpn_wgpu::extract::{extract_images, ExtractOptions};
+use fpn_wgpu::image_input::ImageOptions;
 use fpn_wgpu::image_set::{ImageEntry, ImageSet, Shard};
 use fpn_wgpu::tensor_file::{write_tensors_as, HostTensor};
-use fpn_wgpu::visualize::energy_picture;
+use fpn_wgpu::visualize::{energy_picture, save_png};
 use fpn_wgpu::GpuContext;
 
 use crate::{build_network, RunArgs};
 
 /// The folder mode's own flags.
 pub struct FolderOptions {
-    pub max_size: Option<u32>,
+    /// Downscaling and EXIF orientation; the channels come from the network.
+    pub picture: ImageOptions,
     pub pictures: bool,
     pub batch: usize,
     pub shard: Option<Shard>,
@@ -118,7 +119,11 @@ pub fn run(args: &RunArgs, source: &Path, out: &Path, options: &FolderOptions) -
         }
         counter.tick();
     };
-    let mut run = extract_images(&fpn, todo, options.max_size, extract_options);
+    let picture = ImageOptions {
+        channels: fpn.config().in_channels,
+        ..options.picture
+    };
+    let mut run = extract_images(&fpn, todo, picture, extract_options);
     // Files are written on threads of their own, so that the loop feeding the GPU only hands
     // results over: on a fast GPU, encoding and writing a batch's files takes longer than
     // its forward.
@@ -211,11 +216,8 @@ fn write_outputs(
 ) -> Result<()> {
     if pictures {
         for (name, level) in levels {
-            let mut png = Vec::new();
-            energy_picture(level, 0)?
-                .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
-                .context("encoding an energy map")?;
-            fpn_wgpu::atomic_file::write(&output_path(out, entry, &format!(".{name}.png")), &png)?;
+            let path = output_path(out, entry, &format!(".{name}.png"));
+            save_png(&energy_picture(level, 0)?, &path)?;
         }
     }
     // One key: safetensors keeps metadata in a hash map, whose order (with more keys) would

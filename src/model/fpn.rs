@@ -22,7 +22,8 @@ use crate::weights::VarStore;
 
 /// Channels of every pyramid level.
 pub const PYRAMID_CHANNELS: usize = 256;
-/// Channels of the input image.
+/// Channels of an RGB input image, the default; a checkpoint's `conv1.weight` can say otherwise
+/// ([`FpnConfig::in_channels`]).
 pub const INPUT_CHANNELS: usize = 3;
 
 /// Whether the graph passes run (batch norm folded, ReLU, residual and upsample-add fused into
@@ -44,7 +45,7 @@ pub struct FpnOptions {
     /// Direct convolution (the default) or Winograd for stride-1 3x3 convs.
     pub algorithms: Algorithms,
     /// f32 (the default; PyTorch parity about 1e-6) or f16 weights and activations (f32 sums;
-    /// about 1e-3 of relative error, half the memory). Inputs and outputs are f32 either way.
+    /// 1e-3 to 2e-3 of relative error, half the memory). Inputs and outputs are f32 either way.
     pub precision: Precision,
     /// How each convolution's kernel configuration is picked: by default timed on GPUs at plan
     /// time and cached on disk, presets on CPU adapters; `FPN_TUNE=off|cache|full` overrides
@@ -69,7 +70,7 @@ impl FpnOptions {
     }
 }
 
-/// An FPN whose weights live on the GPU, ready to run on NCHW RGB tensors of any size and batch.
+/// An FPN whose weights live on the GPU, ready to run on NCHW tensors of any size and batch.
 pub struct Fpn {
     executor: Executor,
     config: FpnConfig,
@@ -172,19 +173,18 @@ impl Fpn {
         let x = g.input();
         let levels = match config.layout {
             Layout::Seed => {
-                let backbone = ResNet::new(&vb, config.blocks, config.bn_eps, "shortcut");
-                let head = SeedHead::new(&vb, config.upsample);
-                store.finish()?;
+                let backbone = ResNet::new(&vb, &config, "shortcut");
+                let head = SeedHead::new(&vb, &config);
+                store.finish_for(&config.describe())?;
                 let c = backbone.forward(&mut g, x);
-                head.forward(&mut g, c)
+                head.forward(&mut g, &c)
             }
             Layout::Torchvision => {
-                let backbone =
-                    ResNet::new(&vb.pp("body"), config.blocks, config.bn_eps, "downsample");
+                let backbone = ResNet::new(&vb.pp("body"), &config, "downsample");
                 let head = TorchvisionHead::new(&vb.pp("fpn"), &config);
-                store.finish()?;
+                store.finish_for(&config.describe())?;
                 let c = backbone.forward(&mut g, x);
-                head.forward(&mut g, c)
+                head.forward(&mut g, &c)
             }
         };
         for (name, v) in levels {
@@ -225,11 +225,18 @@ impl Fpn {
     }
 
     fn check_input(&self, shape: [usize; 4]) -> Result<()> {
-        if shape[1] != INPUT_CHANNELS {
+        let want = self.config.in_channels;
+        if shape[1] != want {
+            let what = match want {
+                1 => "grayscale images".to_string(),
+                3 => "RGB images".to_string(),
+                n => format!("{n}-channel images"),
+            };
             return Err(Error::invalid(
                 "Fpn::forward",
                 format!(
-                    "the input has {} channels (shape {shape:?}); the FPN takes RGB images of shape [N, 3, H, W]",
+                    "the input has {} channels (shape {shape:?}); this FPN takes {what} of shape \
+                     [N, {want}, H, W] (its first conv has {want} input channels)",
                     shape[1]
                 ),
             ));
@@ -237,7 +244,7 @@ impl Fpn {
         Ok(())
     }
 
-    /// Runs the network on an NCHW tensor with 3 channels. It submits the work and returns at
+    /// Runs the network on an NCHW tensor with [`FpnConfig::in_channels`] channels (3 for RGB). It submits the work and returns at
     /// once: the levels stay on the GPU until downloaded (which waits for them). The first call
     /// for a new input shape builds its plan.
     ///

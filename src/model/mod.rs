@@ -11,6 +11,6 @@ pub mod seed_head;
 pub mod torchvision_head;
 
 pub use checkpoint::Checkpoint;
-pub use config::{ExtraLevels, FpnConfig, Layout, P6Source};
+pub use config::{Block, ExtraLevels, FpnConfig, Layout, P6Source};
 pub use fpn::{Fpn, FpnOptions, Fusion, INPUT_CHANNELS, PYRAMID_CHANNELS};
 pub use pyramid::Pyramid;

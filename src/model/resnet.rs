@@ -1,60 +1,82 @@
-//! The bottom-up path: a ResNet of bottleneck blocks producing C2..C5.
+//! The bottom-up path: torchvision's ResNet family (basic blocks for ResNet-18/34; bottlenecks,
+//! grouped in ResNeXt and widened in Wide ResNet, for the rest) producing C2..C5.
 
 use crate::graph::{Graph, Op, Value};
 use crate::kernels::max_pool2d::MaxPool2dOptions;
+use crate::model::config::{Block, FpnConfig};
 use crate::model::layers::{relu, BatchNorm2d, Conv2d};
 use crate::weights::VarBuilder;
 
-/// Output channels of a bottleneck relative to its width.
-pub const EXPANSION: usize = 4;
-
-/// A bottleneck block: 1x1 reduce, 3x3 (carrying the stride), 1x1 expand, each followed by batch
-/// norm, plus a 1x1 conv + batch norm shortcut where the shape changes; ReLU after the sum.
-pub struct Bottleneck {
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
-    conv2: Conv2d,
-    bn2: BatchNorm2d,
-    conv3: Conv2d,
-    bn3: BatchNorm2d,
+/// One residual block: its convs and batch norms in order (a ReLU after each but the last), and
+/// a 1x1 conv + batch norm projection shortcut where the shape changes; ReLU after the sum.
+pub struct ResidualBlock {
+    main: Vec<(Conv2d, BatchNorm2d)>,
     shortcut: Option<(Conv2d, BatchNorm2d)>,
     name: String,
 }
 
-impl Bottleneck {
-    /// Reads `conv1..3`, `bn1..3` and, where the shape changes, the projection shortcut's conv
-    /// and batch norm as `{shortcut_name}.0` / `{shortcut_name}.1` (`shortcut` in the seed's names,
-    /// `downsample` in torchvision's).
-    pub fn new(
-        vb: &VarBuilder,
-        in_planes: usize,
-        planes: usize,
-        stride: usize,
-        eps: f32,
-        shortcut_name: &str,
-    ) -> Self {
-        let out = EXPANSION * planes;
-        let shortcut = (stride != 1 || in_planes != out).then(|| {
+/// Where a block sits and what it reads: its layer's index (0..4), its input channels and
+/// stride.
+#[derive(Clone, Copy)]
+struct BlockPlace {
+    level: usize,
+    in_planes: usize,
+    stride: usize,
+}
+
+impl ResidualBlock {
+    /// Reads a block of `config.block` type at `place`: `conv1..2`/`bn1..2` (basic) or
+    /// `conv1..3`/`bn1..3` (bottleneck, the 3x3 carrying the stride and the groups) and, where
+    /// the shape changes, the shortcut as `{shortcut_name}.0` / `{shortcut_name}.1` (`shortcut`
+    /// in the seed's names, `downsample` in torchvision's).
+    fn new(vb: &VarBuilder, config: &FpnConfig, place: BlockPlace, shortcut_name: &str) -> Self {
+        let BlockPlace {
+            level,
+            in_planes,
+            stride,
+        } = place;
+        let eps = config.bn_eps;
+        let out = config.level_channels(level);
+        let width = config.block_width(level);
+        let pair = |name: usize, conv: Conv2d, channels: usize| {
             (
-                Conv2d::new(
-                    &vb.pp(shortcut_name).pp(0),
-                    in_planes,
-                    out,
+                conv,
+                BatchNorm2d::new(&vb.pp(format!("bn{name}")), channels, eps),
+            )
+        };
+        let conv = |i: usize| vb.pp(format!("conv{i}"));
+        let main = match config.block {
+            Block::Basic => vec![
+                pair(
                     1,
-                    stride,
-                    0,
-                    false,
+                    Conv2d::new(&conv(1), in_planes, out, 3, stride, 1, false),
+                    out,
                 ),
-                BatchNorm2d::new(&vb.pp(shortcut_name).pp(1), out, eps),
+                pair(2, Conv2d::new(&conv(2), out, out, 3, 1, 1, false), out),
+            ],
+            Block::Bottleneck => vec![
+                pair(
+                    1,
+                    Conv2d::new(&conv(1), in_planes, width, 1, 1, 0, false),
+                    width,
+                ),
+                pair(
+                    2,
+                    Conv2d::grouped(&conv(2), width, width, 3, stride, 1, config.groups),
+                    width,
+                ),
+                pair(3, Conv2d::new(&conv(3), width, out, 1, 1, 0, false), out),
+            ],
+        };
+        let shortcut = (stride != 1 || in_planes != out).then(|| {
+            let vb = vb.pp(shortcut_name);
+            (
+                Conv2d::new(&vb.pp(0), in_planes, out, 1, stride, 0, false),
+                BatchNorm2d::new(&vb.pp(1), out, eps),
             )
         });
-        Bottleneck {
-            conv1: Conv2d::new(&vb.pp("conv1"), in_planes, planes, 1, 1, 0, false),
-            bn1: BatchNorm2d::new(&vb.pp("bn1"), planes, eps),
-            conv2: Conv2d::new(&vb.pp("conv2"), planes, planes, 3, stride, 1, false),
-            bn2: BatchNorm2d::new(&vb.pp("bn2"), planes, eps),
-            conv3: Conv2d::new(&vb.pp("conv3"), planes, out, 1, 1, 0, false),
-            bn3: BatchNorm2d::new(&vb.pp("bn3"), out, eps),
+        ResidualBlock {
+            main,
             shortcut,
             name: vb.prefix().to_string(),
         }
@@ -71,70 +93,58 @@ impl Bottleneck {
             }
             None => x,
         };
-        let y = self.conv1.forward(g, x);
-        let y = self.bn1.forward(g, y);
-        let y = relu(g, y);
-        let y = self.conv2.forward(g, y);
-        let y = self.bn2.forward(g, y);
-        let y = relu(g, y);
-        let y = self.conv3.forward(g, y);
-        let y = self.bn3.forward(g, y);
+        let mut y = x;
+        for (i, (conv, bn)) in self.main.iter().enumerate() {
+            y = conv.forward(g, y);
+            y = bn.forward(g, y);
+            if i + 1 < self.main.len() {
+                y = relu(g, y);
+            }
+        }
         let sum = g.push(format!("{}.add", self.name), Op::Add, &[y, identity]);
         relu(g, sum)
     }
 }
 
-/// The backbone: stem (7x7/2 conv, batch norm, ReLU, 3x3/2 max pool) and four layers of
-/// bottlenecks with widths 64, 128, 256, 512 and strides 1, 2, 2, 2.
+/// The backbone: stem (7x7/2 conv, batch norm, ReLU, 3x3/2 max pool) and `config.depth()` of
+/// the four layers, with base widths 64, 128, 256, 512 and strides 1, 2, 2, 2.
 pub struct ResNet {
     conv1: Conv2d,
     bn1: BatchNorm2d,
-    layers: Vec<Vec<Bottleneck>>,
-}
-
-/// Bottleneck width of each layer.
-pub const LAYER_WIDTHS: [usize; 4] = [64, 128, 256, 512];
-
-/// Channels of C2..C5 (`level` 0..4): each layer's bottleneck width times the expansion.
-pub fn level_channels(level: usize) -> usize {
-    LAYER_WIDTHS[level] * EXPANSION
+    layers: Vec<Vec<ResidualBlock>>,
 }
 
 impl ResNet {
-    /// Reads `conv1`, `bn1` and `layer1`..`layer4` with `blocks` bottlenecks each; `shortcut_name`
-    /// names the projection shortcuts (see [`Bottleneck::new`]).
-    pub fn new(vb: &VarBuilder, blocks: [usize; 4], eps: f32, shortcut_name: &str) -> Self {
+    /// Reads `conv1` (with `config.in_channels` inputs), `bn1` and the layers `config` builds;
+    /// `shortcut_name` names the projection shortcuts (see [`ResidualBlock`]).
+    pub fn new(vb: &VarBuilder, config: &FpnConfig, shortcut_name: &str) -> Self {
         let mut in_planes = 64;
         let mut layers = Vec::with_capacity(4);
-        for (l, (&width, &count)) in LAYER_WIDTHS.iter().zip(&blocks).enumerate() {
-            let vb_layer = vb.pp(format!("layer{}", l + 1));
-            let first_stride = if l == 0 { 1 } else { 2 };
+        for (level, &count) in config.blocks.iter().enumerate().take(config.depth()) {
+            let vb_layer = vb.pp(format!("layer{}", level + 1));
             let layer = (0..count)
                 .map(|b| {
-                    let stride = if b == 0 { first_stride } else { 1 };
-                    let block = Bottleneck::new(
-                        &vb_layer.pp(b),
+                    let stride = if b == 0 && level > 0 { 2 } else { 1 };
+                    let place = BlockPlace {
+                        level,
                         in_planes,
-                        width,
                         stride,
-                        eps,
-                        shortcut_name,
-                    );
-                    in_planes = width * EXPANSION;
-                    block
+                    };
+                    in_planes = config.level_channels(level);
+                    ResidualBlock::new(&vb_layer.pp(b), config, place, shortcut_name)
                 })
                 .collect();
             layers.push(layer);
         }
         ResNet {
-            conv1: Conv2d::new(&vb.pp("conv1"), 3, 64, 7, 2, 3, false),
-            bn1: BatchNorm2d::new(&vb.pp("bn1"), 64, eps),
+            conv1: Conv2d::new(&vb.pp("conv1"), config.in_channels, 64, 7, 2, 3, false),
+            bn1: BatchNorm2d::new(&vb.pp("bn1"), 64, config.bn_eps),
             layers,
         }
     }
 
-    /// Records the backbone on `x` and returns [C2, C3, C4, C5].
-    pub fn forward(&self, g: &mut Graph, x: Value) -> [Value; 4] {
+    /// Records the backbone on `x` and returns C2 and up, one per layer built.
+    pub fn forward(&self, g: &mut Graph, x: Value) -> Vec<Value> {
         g.set_stage("stem");
         let y = self.conv1.forward(g, x);
         let y = self.bn1.forward(g, y);
@@ -144,13 +154,13 @@ impl ResNet {
             Op::MaxPool2d(MaxPool2dOptions::new(3, 2, 1)),
             &[y],
         );
-        let mut c = [0; 4];
+        let mut c = Vec::with_capacity(self.layers.len());
         for (l, layer) in self.layers.iter().enumerate() {
             g.set_stage(format!("layer{}", l + 1));
             for block in layer {
                 y = block.forward(g, y);
             }
-            c[l] = y;
+            c.push(y);
         }
         c
     }

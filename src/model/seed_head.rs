@@ -3,8 +3,8 @@
 
 use crate::graph::{Graph, Op, Value};
 use crate::kernels::upsample_add::UpsampleMode;
+use crate::model::config::FpnConfig;
 use crate::model::layers::Conv2d;
-use crate::model::resnet::level_channels;
 use crate::model::PYRAMID_CHANNELS;
 use crate::weights::VarBuilder;
 
@@ -18,8 +18,9 @@ pub struct SeedHead {
 
 impl SeedHead {
     /// Reads `toplayer`, `latlayer1..3` (on C4, C3, C2) and `smooth1..3` (for P4, P3, P2).
-    pub fn new(vb: &VarBuilder, upsample: UpsampleMode) -> Self {
+    pub fn new(vb: &VarBuilder, config: &FpnConfig) -> Self {
         let p = PYRAMID_CHANNELS;
+        let level_channels = |l| config.level_channels(l);
         SeedHead {
             toplayer: Conv2d::new(&vb.pp("toplayer"), level_channels(3), p, 1, 1, 0, true),
             lateral: [
@@ -32,12 +33,12 @@ impl SeedHead {
                 Conv2d::new(&vb.pp("smooth2"), p, p, 3, 1, 1, true),
                 Conv2d::new(&vb.pp("smooth3"), p, p, 3, 1, 1, true),
             ],
-            upsample,
+            upsample: config.upsample,
         }
     }
 
     /// Records the head on [C2, C3, C4, C5] and returns `p2`..`p5`, finest first.
-    pub fn forward(&self, g: &mut Graph, c: [Value; 4]) -> Vec<(String, Value)> {
+    pub fn forward(&self, g: &mut Graph, c: &[Value]) -> Vec<(String, Value)> {
         g.set_stage("top-down");
         let p5 = self.toplayer.forward(g, c[3]);
         let mut merged = [0; 3]; // top-down sums at the C4, C3, C2 resolutions

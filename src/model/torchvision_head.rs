@@ -7,7 +7,6 @@ use crate::kernels::max_pool2d::MaxPool2dOptions;
 use crate::kernels::upsample_add::UpsampleMode;
 use crate::model::config::{ExtraLevels, FpnConfig, P6Source};
 use crate::model::layers::{relu, Conv2d};
-use crate::model::resnet::level_channels;
 use crate::model::PYRAMID_CHANNELS;
 use crate::weights::VarBuilder;
 
@@ -39,7 +38,7 @@ impl TorchvisionHead {
             .into_iter()
             .enumerate()
             .map(|(i, l)| {
-                let cin = level_channels(l);
+                let cin = config.level_channels(l);
                 (
                     l,
                     Conv2d::new(&vb.pp("inner_blocks").pp(i).pp(0), cin, p, 1, 1, 0, true),
@@ -55,7 +54,7 @@ impl TorchvisionHead {
                 let top = config.returned_levels().last().copied().unwrap_or(3);
                 let cin = match from {
                     P6Source::P5 => p,
-                    P6Source::C5 => level_channels(top),
+                    P6Source::C5 => config.level_channels(top),
                 };
                 let vb = vb.pp("extra_blocks");
                 Extra::P6P7 {
@@ -72,9 +71,9 @@ impl TorchvisionHead {
         }
     }
 
-    /// Records the head on [C2, C3, C4, C5] and returns the levels finest first, named by their
+    /// Records the head on the backbone's levels (C2 and up) and returns the levels finest first, named by their
     /// stride (`p3` has stride 8): the returned levels, then the extra ones.
-    pub fn forward(&self, g: &mut Graph, c: [Value; 4]) -> Vec<(String, Value)> {
+    pub fn forward(&self, g: &mut Graph, c: &[Value]) -> Vec<(String, Value)> {
         g.set_stage("top-down");
         let mut merged = vec![0; self.levels.len()];
         let mut coarse: Option<Value> = None;

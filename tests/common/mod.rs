@@ -16,6 +16,18 @@ pub fn gpu() -> &'static GpuContext {
     })
 }
 
+/// The `fpn` binary in a controlled environment, so that no test depends on the caller's: no
+/// `XDG_RUNTIME_DIR` (the bare environment of containers, CI runners and root over ssh, where
+/// Mesa's libwayland probe would print errors unless the binary deals with it) and no
+/// `RUST_LOG` (whose log lines would mix with the output the tests read). The backend and
+/// adapter choices (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`) and the driver's variables are kept:
+/// the child runs on the adapter the tests run on.
+pub fn fpn_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fpn"));
+    command.env_remove("XDG_RUNTIME_DIR").env_remove("RUST_LOG");
+    command
+}
+
 /// max |a - b| / max |b|: the error relative to the reference's scale, which is what matters
 /// for a tensor of activations (a per-element ratio explodes near zero crossings).
 pub fn max_rel_error(got: &[f32], want: &[f32]) -> f64 {
@@ -123,4 +135,35 @@ pub fn resize(mode: fpn_wgpu::kernels::upsample_add::UpsampleMode) -> fpn_wgpu::
             fpn_wgpu::reference::Resize::Nearest
         }
     }
+}
+
+/// A JPEG whose EXIF says Orientation 6 (stored turned left: a phone held upright), 32 wide and
+/// 16 high as stored, with a different colour in each corner.
+pub fn jpeg_with_orientation_6(path: &std::path::Path) -> image::RgbImage {
+    let stored = image::RgbImage::from_fn(32, 16, |x, y| {
+        image::Rgb([
+            if x < 16 { 230 } else { 20 },
+            if y < 8 { 230 } else { 20 },
+            120,
+        ])
+    });
+    // TIFF, big endian: one IFD entry, tag 0x0112 (Orientation), SHORT, count 1, value 6.
+    let exif = [
+        b"MM\0\x2a\0\0\0\x08".as_slice(),
+        &[0, 1, 0x01, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0],
+    ]
+    .concat();
+    let mut bytes = Vec::new();
+    let mut encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 95);
+    image::ImageEncoder::set_exif_metadata(&mut encoder, exif).unwrap();
+    image::ImageEncoder::write_image(
+        encoder,
+        stored.as_raw(),
+        32,
+        16,
+        image::ExtendedColorType::Rgb8,
+    )
+    .unwrap();
+    std::fs::write(path, bytes).unwrap();
+    stored
 }

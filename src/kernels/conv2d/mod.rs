@@ -46,6 +46,39 @@ impl ConvAlgorithm {
     }
 }
 
+/// A grouped convolution's weights `[cout, cin / groups, kh, kw]` as the equivalent dense
+/// `[cout, cin, kh, kw]`: block diagonal, each output channel's group of inputs filled and the
+/// rest zero. Every kernel runs grouped convolutions this way (ResNeXt's 3x3 convs): exact, at
+/// `groups` times the multiply-adds and weight bytes of a kernel that skips the zeros.
+pub fn dense_from_grouped(
+    weight: &[f32],
+    grouped_shape: [usize; 4],
+    groups: usize,
+) -> Result<Vec<f32>> {
+    let [cout, cin_g, kh, kw] = grouped_shape;
+    if groups == 0 || cout % groups != 0 || weight.len() != cout * cin_g * kh * kw {
+        return Err(Error::invalid(
+            "dense_from_grouped",
+            format!(
+                "weights of shape {grouped_shape:?} ({} values) cannot be split into {groups} \
+                 groups: the output channels must be a multiple of the groups",
+                weight.len()
+            ),
+        ));
+    }
+    let cin = cin_g * groups;
+    let taps = kh * kw;
+    let cout_g = cout / groups;
+    let mut dense = vec![0.0f32; cout * cin * taps];
+    for co in 0..cout {
+        let first = co / cout_g * cin_g;
+        let from = &weight[co * cin_g * taps..(co + 1) * cin_g * taps];
+        let to = (co * cin + first) * taps;
+        dense[to..to + cin_g * taps].copy_from_slice(from);
+    }
+    Ok(dense)
+}
+
 /// Winograd's G (4x3): U = G g G^T turns a 3x3 kernel into a 4x4 one.
 const WINOGRAD_G: [[f64; 3]; 4] = [
     [1.0, 0.0, 0.0],

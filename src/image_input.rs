@@ -96,15 +96,23 @@ pub fn load_image(path: &Path, max_size: Option<u32>) -> Result<ImageInput> {
 /// [`load_image`] with the choices of `options`: the network's channels and the EXIF
 /// orientation.
 pub fn load_image_with(path: &Path, options: &ImageOptions) -> Result<ImageInput> {
-    let file_error = |message: String| Error::File {
+    let bytes = std::fs::read(path).map_err(|e| Error::File {
         path: path.display().to_string(),
+        message: format!("cannot open the image: {e}"),
+    })?;
+    decode_image(&bytes, &path.display().to_string(), options)
+}
+
+/// [`load_image_with`] for a JPEG or PNG file's bytes already in memory (fetched by a web page,
+/// say); `name` names the picture in errors.
+pub fn decode_image(bytes: &[u8], name: &str, options: &ImageOptions) -> Result<ImageInput> {
+    let file_error = |message: String| Error::File {
+        path: name.to_string(),
         message,
     };
-    let bytes =
-        std::fs::read(path).map_err(|e| file_error(format!("cannot open the image: {e}")))?;
     // Decided on the content, not the name: a file called `.png` may hold anything.
     let format =
-        match image::guess_format(&bytes) {
+        match image::guess_format(bytes) {
             Ok(f @ (ImageFormat::Png | ImageFormat::Jpeg)) => f,
             Ok(other) => {
                 return Err(file_error(format!(
@@ -117,14 +125,13 @@ pub fn load_image_with(path: &Path, options: &ImageOptions) -> Result<ImageInput
             )),
         };
     let decode_error = |e: image::ImageError| file_error(format!("cannot decode the image: {e}"));
-    let decoder_bytes = bytes.as_slice();
-    let mut decoder = ImageReader::with_format(Cursor::new(decoder_bytes), format)
+    let mut decoder = ImageReader::with_format(Cursor::new(bytes), format)
         .into_decoder()
         .map_err(decode_error)?;
     // A tag that cannot be read is no tag: the pixels are still good.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let turbo = match format {
-        ImageFormat::Jpeg => crate::jpeg::decode(decoder_bytes),
+        ImageFormat::Jpeg => crate::jpeg::decode(bytes),
         _ => None,
     };
     let mut picture = match turbo {

@@ -13,7 +13,7 @@
 
 #[cfg(target_arch = "wasm32")]
 mod web {
-    use fpn_wgpu::image_input::from_picture;
+    use fpn_wgpu::image_input::{decode_image, ImageOptions};
     use fpn_wgpu::tensor_file::{parse_tensors, HostTensor};
     use fpn_wgpu::visualize::energy_picture;
     use fpn_wgpu::weights::VarStore;
@@ -89,12 +89,14 @@ mod web {
             picture: Vec<u8>,
             max_size: Option<u32>,
         ) -> Result<Levels, JsError> {
-            let decoded = image::load_from_memory(&picture).map_err(|e| {
-                js_error(format!(
-                    "the picture cannot be decoded ({e}); pick a JPEG or PNG"
-                ))
-            })?;
-            let input = from_picture(&decoded, max_size).map_err(js_error)?;
+            // As `fpn run --image` makes it: EXIF orientation applied, gray for a 1-channel
+            // network.
+            let options = ImageOptions {
+                max_size,
+                channels: self.fpn.config().in_channels,
+                ..ImageOptions::default()
+            };
+            let input = decode_image(&picture, "the picture", &options).map_err(js_error)?;
             let shape = input.tensor.nchw("input").map_err(js_error)?;
             let started = now_ms();
             let x = Tensor::from_slice(&self.ctx, shape, &input.tensor.data).map_err(js_error)?;

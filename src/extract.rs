@@ -169,7 +169,9 @@ where
                                 .unwrap_or_default();
                             Err(Error::invalid(
                                 "extract",
-                                format!("decoding panicked ({why}); the file is probably damaged"),
+                                format!(
+                                    "loading it panicked ({why}); the input is probably damaged"
+                                ),
                             ))
                         });
                     if tx.send((item, result)).is_err() {

@@ -173,8 +173,9 @@ enum Command {
         #[arg(long)]
         unfused: bool,
         /// Storage of weights and activations: f32 (PyTorch parity) or f16 (half the memory,
-        /// about 1e-3 to 2e-3 relative error; needs an adapter with shader-f16, see `fpn info`). The
-        /// levels are written as float32 either way.
+        /// about 1e-3 to 2e-3 relative error; needs an adapter with shader-f16, see `fpn info`).
+        /// --image and --input write the levels as float32; --images writes them in this
+        /// precision.
         #[arg(long, default_value = "f32")]
         precision: Precision,
         /// No progress or timings on stderr (errors still go there).

@@ -9,7 +9,7 @@
 //! # fn main() -> fpn_wgpu::Result<()> {
 //! # let ctx = fpn_wgpu::GpuContext::new()?;
 //! # let fpn = fpn_wgpu::Fpn::from_safetensors(&ctx, "fpn.safetensors".as_ref())?;
-//! let pictures = vec!["a.jpg".into(), "b.png".into()];
+//! let pictures: Vec<std::path::PathBuf> = vec!["a.jpg".into(), "b.png".into()];
 //! let picture = ImageOptions { channels: fpn.config().in_channels, ..ImageOptions::default() };
 //! for done in extract_images(&fpn, pictures, picture, ExtractOptions::default()) {
 //!     match done.result {

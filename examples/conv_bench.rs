@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo run --release --example conv_bench -- --cin 256 --cout 256 --height 150 --width 225 --kernel 3 --padding 1
 //! WGPU_BACKEND=gl cargo run --release --example conv_bench -- --cin 64 --cout 256 --kernel 1
+//! cargo run --release --example conv_bench -- --cin 128 --cout 128 --height 56 --width 56 --padding 1 --groups 32
 //! ```
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -47,6 +48,13 @@ mod native {
         /// (only the conv is timed).
         #[arg(long, default_value_t = 0)]
         padding: usize,
+        /// Channel groups (ResNeXt's 3x3s: 32 or 64); both channel counts must be multiples.
+        #[arg(long, default_value_t = 1)]
+        groups: usize,
+        /// With --groups: run the block-diagonal dense convolution the groups equal instead of
+        /// the grouped kernel (GFLOP/s still count the grouped work, so the times compare).
+        #[arg(long)]
+        dense: bool,
         #[arg(long, default_value = "f32")]
         precision: Precision,
         /// Timed submits after one warm-up.
@@ -70,23 +78,24 @@ mod native {
             0 => x,
             pad => pad2d::pad2d(&ctx, &x, (pad, pad))?,
         };
-        let w_shape = [args.cout, args.cin, k, k];
-        let weights = Conv2dWeights::with_precision(
-            &ctx,
-            w_shape,
-            &rng.vec(w_shape.iter().product(), -0.1, 0.1),
-            None,
-            None,
-            ConvAlgorithm::Direct,
-            p,
-        )?;
-        let opts = Conv2dOptions::new(args.stride, 0);
+        let groups = args.groups.max(1);
+        let grouped_shape = [args.cout, args.cin / groups, k, k];
+        let mut w = rng.vec(grouped_shape.iter().product(), -0.1, 0.1);
+        let mut opts = Conv2dOptions::new(args.stride, 0).with_groups(groups);
+        let mut w_shape = grouped_shape;
+        if args.dense && groups > 1 {
+            w = conv2d::dense_from_grouped(&w, grouped_shape, groups)?;
+            w_shape = [args.cout, args.cin, k, k];
+            opts = opts.with_groups(1);
+        }
+        let weights =
+            Conv2dWeights::with_precision(&ctx, w_shape, &w, None, None, ConvAlgorithm::Direct, p)?;
         let shape = conv2d::output_shape(x.shape(), w_shape, &opts)?;
         let out = Tensor::empty_as(&ctx, shape, p)?;
         let launches = conv2d::prepare(&ctx, &x, &weights, None, &out, &opts)?;
         // Twice per timed run, so that the time covers whole back-to-back launches.
         let twice: Vec<_> = launches.iter().chain(&launches).collect();
-        let flops = 2.0 * (shape[2] * shape[3] * args.cout * args.cin * k * k) as f64;
+        let flops = 2.0 * (shape[2] * shape[3] * args.cout * args.cin / groups * k * k) as f64;
         let mut times = Vec::new();
         for i in 0..=args.iters.max(1) {
             let t = Instant::now();
@@ -99,7 +108,7 @@ mod native {
         let median = times[times.len() / 2];
         println!("adapter: {}", ctx.adapter());
         println!(
-            "{} -> {} channels, {}x{} -> {}x{}, kernel {k}, stride {}, {p}: {}, median {:.2} ms, {:.1} GFLOP/s",
+            "{} -> {} channels in {groups} groups, {}x{} -> {}x{}, kernel {k}, stride {}, {p}: {}, median {:.2} ms, {:.1} GFLOP/s",
             args.cin,
             args.cout,
             x.shape()[2],

@@ -10,7 +10,8 @@
 //
 // Bindings:
 //   0  x            the input, NCHW, declared by each kernel
-//   1  weights      [K][cout_pad], declared by each   direct: K = (ci * KH + ky) * KW + kx;
+//   1  weights      [K][cout_pad], declared by each   direct: K = (ci * KH + ky) * KW + kx
+//                                                     (ci within the group when grouped);
 //                   kernel (vec4s or scalars)         Winograd: K = ci * 16 + position; output
 //                                                     channels contiguous, zero padded
 //   2  affine       [2][cout_pad]                     scale, then shift
@@ -42,6 +43,11 @@ struct Conv2dParams {
     // Split-K parts over the input channels (row kernel; 1 elsewhere) and the batch size.
     splits: u32,
     batch: u32,
+    // Channel groups (the grouped kernel; 1 elsewhere).
+    groups: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const FLAG_RELU: u32 = 1u;

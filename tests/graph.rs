@@ -6,12 +6,13 @@ mod common;
 use std::sync::Arc;
 
 use common::{assert_close, gpu};
-use fpn_wgpu::graph::executor::Executor;
+use fpn_wgpu::graph::executor::{Algorithms, Executor};
 use fpn_wgpu::graph::{passes, Graph, HostBatchNorm, HostConv, Op};
-use fpn_wgpu::kernels::conv2d::Conv2dOptions;
+use fpn_wgpu::kernels::conv2d::{coop, Conv2dOptions};
 use fpn_wgpu::reference;
 use fpn_wgpu::rng::SplitMix64;
-use fpn_wgpu::{Fpn, FpnConfig, Tensor};
+use fpn_wgpu::tensor::MemoryFormat;
+use fpn_wgpu::{Fpn, FpnConfig, Precision, Tensor};
 
 const C: usize = 6;
 
@@ -277,4 +278,95 @@ fn the_fpn_memory_plan_is_within_1_3x_of_the_liveness_lower_bound() {
             assert!(ratio <= 1.3, "{:?} {shape:?}: ratio {ratio}", config.layout);
         }
     }
+}
+
+/// Grouped convolutions stay grouped through the passes and run on the grouped kernel; the
+/// `dense_groups` pass (what channels-last networks run) makes the block-diagonal dense
+/// convolutions they equal, with the same results at `groups` times the multiply-adds.
+#[test]
+fn grouped_convolutions_run_grouped_and_their_dense_form_agrees() {
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(23);
+    // input [2, 16, 9, 11] -> 3x3 conv of 4 groups to 32 channels -> bn -> relu
+    //                      -> depthwise 3x3 stride 2 -> bn -> relu ("out")
+    let mut g = Graph::new();
+    let x = g.input();
+    let mut grouped = |g: &mut Graph, name: &str, x, cin: usize, cout: usize, groups: usize, s| {
+        let shape = [cout, cin / groups, 3, 3];
+        let weights = Arc::new(HostConv {
+            shape,
+            weight: rng.vec(shape.iter().product(), -0.3, 0.3),
+            bias: None,
+            affine: None,
+        });
+        let opts = Conv2dOptions::new(s, 1).with_groups(groups);
+        let c = g.push(name, Op::Conv2d { weights, opts }, &[x]);
+        let bn = Arc::new(HostBatchNorm {
+            mean: rng.vec(cout, -0.2, 0.2),
+            var: rng.vec(cout, 0.5, 2.0),
+            weight: rng.vec(cout, 0.5, 1.5),
+            bias: rng.vec(cout, -0.2, 0.2),
+            eps: 1e-5,
+        });
+        let b = g.push(format!("{name}.bn"), Op::BatchNorm(bn), &[c]);
+        g.push(format!("{name}.relu"), Op::Relu, &[b])
+    };
+    let a = grouped(&mut g, "grouped", x, 16, 32, 4, 1);
+    let d = grouped(&mut g, "depthwise", a, 32, 32, 32, 2);
+    g.output("out", d);
+    passes::optimize(&mut g);
+    let mut dense = g.clone();
+    assert!(passes::dense_groups(&mut dense));
+    assert!(!passes::dense_groups(&mut dense), "nothing left to expand");
+    let convs: Vec<_> = dense
+        .nodes()
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::Conv2d { weights, opts } => Some((weights.shape, opts.groups)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(convs, [([32, 16, 3, 3], 1), ([32, 32, 3, 3], 1)]);
+
+    let shape = [2, 16, 9, 11];
+    let xt = Tensor::from_slice(ctx, shape, &rng.vec(2 * 16 * 9 * 11, -1.0, 1.0)).unwrap();
+    let half_graph = g.clone();
+    let grouped_ex = Executor::new(ctx, g).unwrap();
+    let dense_ex = Executor::new(ctx, dense).unwrap();
+    let plan = grouped_ex.plan(shape).unwrap();
+    let kernels: Vec<&str> = plan
+        .kernels()
+        .into_iter()
+        .map(|(_, k)| k)
+        .filter(|k| k.starts_with("conv2d"))
+        .collect();
+    assert_eq!(kernels, ["conv2d_grouped4", "conv2d_grouped1"]);
+    let dense_plan = dense_ex.plan(shape).unwrap();
+    assert!(dense_plan
+        .kernels()
+        .iter()
+        .all(|(_, k)| !k.starts_with("conv2d_grouped")));
+    // 3x3 over 4 input channels to 32 at 9x11, then over 1 to 32 at 5x6, against 16 and 32.
+    let macs = |cin_a: u64, cin_b: u64| 2 * 2 * 9 * (32 * 99 * cin_a + 32 * 30 * cin_b);
+    assert_eq!(plan.conv_flops(), macs(4, 1));
+    assert_eq!(dense_plan.conv_flops(), macs(16, 32));
+    let got = grouped_ex.forward(&xt).unwrap()[0].1.download(ctx).unwrap();
+    let want = dense_ex.forward(&xt).unwrap()[0].1.download(ctx).unwrap();
+    assert_close("grouped against dense", &got, &want, 1e-5);
+
+    // In f16 the network runs channels-last on cooperative matrices where the device has them
+    // (the grouped convolutions expanded to dense ones there), else NCHW on the grouped kernel.
+    let Some(ctx) = common::f16_gpu() else { return };
+    let half = Executor::with_options(ctx, half_graph, Algorithms::Direct, Precision::F16).unwrap();
+    let plan = half.plan(shape).unwrap();
+    let ran_grouped = plan
+        .kernels()
+        .iter()
+        .any(|(_, k)| k.starts_with("conv2d_grouped"));
+    let channels_last = half.memory_format() == MemoryFormat::ChannelsLast;
+    assert_eq!(channels_last, coop::verified(ctx));
+    assert_eq!(ran_grouped, !channels_last);
+    eprintln!("f16 grouped network: channels-last {channels_last}");
+    let got = half.forward(&xt).unwrap()[0].1.download(ctx).unwrap();
+    assert_close("f16 grouped network", &got, &want, 1e-2);
 }

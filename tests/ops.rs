@@ -160,6 +160,283 @@ fn grouped_conv2d_as_block_diagonal_weights_matches_reference() {
     assert!(e.to_string().contains("multiple of the groups"), "{e}");
 }
 
+/// The reference for a grouped convolution with the epilogue: the reference's grouped
+/// convolution, then `(acc + bias) * scale + shift`, the residual (as it is, or upsampled from a
+/// coarser map) and ReLU, each by the reference's own ops.
+#[allow(clippy::too_many_arguments)]
+fn grouped_reference(
+    x: &[f32],
+    input: [usize; 4],
+    w: &[f32],
+    w_shape: [usize; 4],
+    opts: &Conv2dOptions,
+    bias: Option<&[f32]>,
+    affine: Option<(&[f32], &[f32])>,
+    residual: Option<(&[f32], [usize; 4])>,
+) -> Vec<f32> {
+    use fpn_wgpu::kernels::conv2d::ResidualMode;
+    let (conv, out_shape) = reference::grouped_conv2d(
+        x,
+        input,
+        w,
+        w_shape,
+        opts.groups,
+        opts.stride.0,
+        opts.padding.0,
+    );
+    let [_, cout, oh, ow] = out_shape;
+    let mut out: Vec<f32> = conv
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let co = i / (oh * ow) % cout;
+            let mut v = v as f64 + bias.map_or(0.0, |b| b[co] as f64);
+            if let Some((scale, shift)) = affine {
+                v = v * scale[co] as f64 + shift[co] as f64;
+            }
+            v as f32
+        })
+        .collect();
+    if let Some((r, r_shape)) = residual {
+        out = match opts.residual {
+            ResidualMode::Same => out.iter().zip(r).map(|(a, b)| a + b).collect(),
+            ResidualMode::Upsampled(mode) => {
+                reference::upsample_add(r, r_shape, &out, out_shape, common::resize(mode))
+            }
+        };
+    }
+    if opts.relu {
+        out = reference::relu(&out);
+    }
+    out
+}
+
+/// The grouped kernel against the reference on random shapes: depthwise (one input channel per
+/// group, with one or two outputs each), 3, 4 and 8 input channels per group, 1x1 to 5x5
+/// kernels, strides 1 and 2, padding, batches of 2, output channels that are not a multiple of
+/// 16, and every epilogue (bias, affine, ReLU, a residual as it is or upsampled both ways), in
+/// f32 and (where the adapter has it) f16.
+#[test]
+fn grouped_conv2d_matches_reference() {
+    use fpn_wgpu::kernels::conv2d::{KernelChoice, ResidualMode};
+    use fpn_wgpu::Precision;
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(21);
+    // (input, cout, groups, kernel, stride, padding)
+    type GroupedCase = ([usize; 4], usize, usize, usize, usize, usize);
+    let cases: &[GroupedCase] = &[
+        ([1, 8, 9, 11], 8, 8, 3, 1, 1),
+        ([2, 12, 7, 5], 24, 4, 3, 2, 1),
+        ([1, 64, 10, 9], 64, 16, 3, 1, 1),
+        ([2, 64, 11, 13], 128, 8, 3, 2, 1),
+        ([1, 6, 10, 10], 12, 6, 3, 1, 0),
+        ([1, 9, 13, 8], 15, 3, 1, 1, 0),
+        ([1, 32, 7, 6], 36, 4, 5, 2, 2),
+        ([2, 40, 6, 7], 40, 10, 3, 1, 1),
+        ([1, 96, 5, 5], 96, 96, 3, 2, 1),
+    ];
+    let residuals = [
+        None,
+        Some(ResidualMode::Same),
+        Some(ResidualMode::Upsampled(UpsampleMode::Bilinear)),
+        Some(ResidualMode::Upsampled(UpsampleMode::Nearest)),
+    ];
+    let f16 = common::f16_gpu().map(|_| Precision::F16);
+    let mut worst = [0.0f64; 2];
+    for (i, &(input, cout, groups, k, stride, padding)) in cases.iter().enumerate() {
+        let w_shape = [cout, input[1] / groups, k, k];
+        let bound = (3.0 / (w_shape[1] * k * k) as f32).sqrt();
+        let base = Conv2dOptions::new(stride, padding).with_groups(groups);
+        let out_shape = conv2d::output_shape(input, w_shape, &base).unwrap();
+        for (e, residual) in residuals.into_iter().enumerate() {
+            for precision in std::iter::once(Precision::F32).chain(f16) {
+                // f16 tensors hold f16 values: the reference sees the same rounded inputs.
+                let mut draw = |n, lo, hi| -> Vec<f32> {
+                    rng.vec(n, lo, hi)
+                        .into_iter()
+                        .map(|v| precision.round(v))
+                        .collect()
+                };
+                let x = draw(numel(input), -1.0, 1.0);
+                let w = draw(numel(w_shape), -bound, bound);
+                let bias = draw(cout, -0.5, 0.5);
+                let scale = draw(cout, 0.5, 1.5);
+                let shift = draw(cout, -0.5, 0.5);
+                let res_shape = match residual {
+                    Some(ResidualMode::Upsampled(_)) => [
+                        out_shape[0],
+                        cout,
+                        out_shape[2].div_ceil(2),
+                        out_shape[3].div_ceil(2),
+                    ],
+                    _ => out_shape,
+                };
+                let r = draw(numel(res_shape), -1.0, 1.0);
+                // Odd epilogues take bias and affine, even ones neither; ReLU on every other
+                // case.
+                let with_affine = e % 2 == 1;
+                let mut opts = base.with_relu((i + e) % 2 == 0);
+                if let Some(mode) = residual {
+                    opts = opts.with_residual(mode);
+                }
+                let weights = Conv2dWeights::with_precision(
+                    ctx,
+                    w_shape,
+                    &w,
+                    with_affine.then_some(bias.as_slice()),
+                    with_affine.then_some((scale.as_slice(), shift.as_slice())),
+                    conv2d::ConvAlgorithm::Direct,
+                    precision,
+                )
+                .unwrap();
+                let xt = Tensor::from_slice_as(ctx, input, &x, precision).unwrap();
+                let rt = Tensor::from_slice_as(ctx, res_shape, &r, precision).unwrap();
+                let res = residual.map(|_| &rt);
+                assert_eq!(
+                    conv2d::select::choice(ctx, input, &weights, &opts).unwrap(),
+                    KernelChoice::Grouped
+                );
+                let out = Tensor::empty_as(ctx, out_shape, precision).unwrap();
+                let launches = conv2d::prepare(ctx, &xt, &weights, res, &out, &opts).unwrap();
+                let entry = if (cout / groups) % 4 == 0 {
+                    "conv2d_grouped4"
+                } else {
+                    "conv2d_grouped1"
+                };
+                assert_eq!(launches.len(), 1);
+                assert_eq!(launches[0].label(), entry);
+                ctx.run(&launches.iter().collect::<Vec<_>>()).unwrap();
+                let got = out.download(ctx).unwrap();
+                let want = grouped_reference(
+                    &x,
+                    input,
+                    &w,
+                    w_shape,
+                    &opts,
+                    with_affine.then_some(bias.as_slice()),
+                    with_affine.then_some((scale.as_slice(), shift.as_slice())),
+                    residual.map(|_| (r.as_slice(), res_shape)),
+                );
+                let (slot, tol) = match precision {
+                    Precision::F32 => (0, EXACT_TOL),
+                    Precision::F16 => (1, 1e-3),
+                };
+                let name = format!(
+                    "grouped case {i} {input:?} cout {cout} groups {groups} k{k} s{stride} \
+                     p{padding} {residual:?} affine {with_affine} relu {} {precision}",
+                    opts.relu
+                );
+                worst[slot] = worst[slot].max(assert_close(&name, &got, &want, tol));
+            }
+        }
+    }
+    eprintln!(
+        "grouped conv2d: worst max relative error f32 {:e}, f16 {:e}",
+        worst[0], worst[1]
+    );
+}
+
+/// Grouped convolutions take the grouped kernel and only it: the preset and the only tuning
+/// candidate, never Winograd or cooperative-matrix weights; the other kernels refuse them, the
+/// grouped kernel refuses dense ones, and groups that do not divide the channels are an error
+/// that says so.
+#[test]
+fn grouped_convolutions_run_only_on_the_grouped_kernel() {
+    use fpn_wgpu::kernels::conv2d::{select, ConvAlgorithm, KernelChoice};
+    use fpn_wgpu::Precision;
+    let ctx = gpu();
+    let input = [1, 64, 12, 12];
+    let w_shape = [64, 2, 3, 3];
+    let opts = Conv2dOptions::new(1, 0).with_groups(32);
+    for (precision, cooperative, winograd) in [
+        (Precision::F32, false, true),
+        (Precision::F16, true, true),
+        (Precision::F16, true, false),
+    ] {
+        assert_eq!(
+            select::algorithm(w_shape, &opts, precision, cooperative, winograd),
+            ConvAlgorithm::Direct
+        );
+    }
+    // The same layer dense would take Winograd: the groups are what rule it out.
+    assert_eq!(
+        select::algorithm(
+            [64, 64, 3, 3],
+            &Conv2dOptions::new(1, 0),
+            Precision::F32,
+            false,
+            true
+        ),
+        ConvAlgorithm::Winograd
+    );
+    let w = vec![0.1f32; numel(w_shape)];
+    let weights = Conv2dWeights::new(ctx, w_shape, &w, None, None).unwrap();
+    assert_eq!(
+        select::choice(ctx, input, &weights, &opts).unwrap(),
+        KernelChoice::Grouped
+    );
+    assert_eq!(
+        select::candidates(ctx, input, &weights, &opts).unwrap(),
+        vec![KernelChoice::Grouped]
+    );
+    assert_eq!(
+        KernelChoice::from_code("grouped"),
+        Some(KernelChoice::Grouped)
+    );
+    assert_eq!(KernelChoice::Grouped.code(), "grouped");
+    let xt = Tensor::from_slice(ctx, input, &vec![1.0; numel(input)]).unwrap();
+    let out_shape = conv2d::output_shape(input, w_shape, &opts).unwrap();
+    assert_eq!(out_shape, [1, 64, 10, 10]);
+    let out = Tensor::empty(ctx, out_shape).unwrap();
+    for split in [1, 2] {
+        let nchw = KernelChoice::Nchw { split };
+        let e = conv2d::prepare_with(ctx, &xt, &weights, None, &out, &opts, Some(nchw), None)
+            .unwrap_err();
+        assert!(e.to_string().contains("KernelChoice::Grouped"), "{e}");
+    }
+    // Every output sums 2 channels x 9 taps of 1.0 x 0.1.
+    let got = conv2d::conv2d(ctx, &xt, &weights, None, &opts)
+        .unwrap()
+        .download(ctx)
+        .unwrap();
+    assert!(
+        got.iter().all(|&v| (v - 1.8).abs() < 1e-5),
+        "{:?}",
+        &got[..4]
+    );
+    let dense =
+        Conv2dWeights::new(ctx, [64, 64, 3, 3], &vec![0.0; 64 * 64 * 9], None, None).unwrap();
+    let dense_opts = Conv2dOptions::new(1, 0);
+    let e = conv2d::prepare_with(
+        ctx,
+        &xt,
+        &dense,
+        None,
+        &out,
+        &dense_opts,
+        Some(KernelChoice::Grouped),
+        None,
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("KernelChoice::Grouped"), "{e}");
+    let winograd =
+        Conv2dWeights::with_algorithm(ctx, w_shape, &w, None, None, ConvAlgorithm::Winograd)
+            .unwrap();
+    let e = conv2d::conv2d(ctx, &xt, &winograd, None, &opts).unwrap_err();
+    assert!(e.to_string().contains("ConvAlgorithm::Direct"), "{e}");
+    // Groups that do not divide the channels, and weights of the wrong group width.
+    for (groups, w_shape, needle) in [
+        (5, [64, 2, 3, 3], "divide"),
+        (0, [64, 2, 3, 3], "at least 1"),
+        (32, [64, 4, 3, 3], "[cout, cin / groups, kh, kw]"),
+        (3, [64, 21, 3, 3], "divide"),
+    ] {
+        let opts = opts.with_groups(groups);
+        let e = conv2d::output_shape(input, w_shape, &opts).unwrap_err();
+        assert!(e.to_string().contains(needle), "groups {groups}: {e}");
+    }
+}
+
 /// Split-K on the row kernel: the input channels in 2, 3 or 7 parts (evenly and not, more parts
 /// than some layers have channels for), their partial sums reduced before every epilogue,
 /// against the reference; the launches name their split.

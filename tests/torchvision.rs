@@ -194,7 +194,25 @@ fn wide_resnet_bottlenecks_match_torchvision() {
 
 #[test]
 fn resnext_grouped_bottlenecks_match_torchvision() {
-    check_case("tv_resnext_32x4d_37x41");
+    let name = "tv_resnext_32x4d_37x41";
+    check_case(name);
+    // The grouped 3x3s ran as grouped convolutions, at 1/32 of the dense block-diagonal ones'
+    // multiply-adds, not expanded.
+    let (config, seed) = case_config(&fixture(name));
+    let fpn = Fpn::random(gpu(), config, seed).unwrap();
+    let plan = fpn.plan([1, 3, 37, 41]).unwrap();
+    let kernels = plan.kernels();
+    let grouped: Vec<_> = kernels
+        .iter()
+        .filter(|(node, _)| node.ends_with(".conv2"))
+        .collect();
+    assert_eq!(grouped.len(), config.blocks.iter().sum::<usize>());
+    for (node, kernel) in &grouped {
+        assert_eq!(*kernel, "conv2d_grouped4", "{node}");
+    }
+    assert!(kernels
+        .iter()
+        .all(|(node, kernel)| kernel.starts_with("conv2d_grouped") == node.ends_with(".conv2")));
 }
 
 #[test]

@@ -245,6 +245,8 @@ impl Executor {
             if gpu && super::passes::fuse_upsample_add(&mut graph) {
                 super::passes::remove_dead(&mut graph);
             }
+            // The cooperative-matrix kernels have no grouped form.
+            super::passes::dense_groups(&mut graph);
             if super::passes::halo_into_producer(&mut graph) {
                 super::passes::remove_dead(&mut graph);
             }
@@ -834,5 +836,6 @@ fn partial_bytes(
             coop::partial_bytes(out, w.cout_pad(), c, side)
         }
         KernelChoice::Nchw { split } => conv2d::direct::partial_bytes(out, split),
+        KernelChoice::Grouped => 0,
     })
 }

@@ -25,7 +25,8 @@ pub type Value = usize;
 /// affine applied after the bias (where a batch norm is folded).
 #[derive(Clone, Debug)]
 pub struct HostConv {
-    /// [out channels, in channels, kernel height, kernel width].
+    /// [out channels, in channels / groups, kernel height, kernel width] (the groups are in the
+    /// op's [`Conv2dOptions`]).
     pub shape: [usize; 4],
     /// The kernel, OIHW row-major.
     pub weight: Vec<f32>,
@@ -60,7 +61,7 @@ pub enum Op {
     Conv2d {
         /// Kernel, bias and epilogue affine.
         weights: Arc<HostConv>,
-        /// Stride, padding, ReLU and residual mode.
+        /// Stride, padding, groups, ReLU and residual mode.
         opts: Conv2dOptions,
     },
     /// Inference batch norm; inputs `[x]`.

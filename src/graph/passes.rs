@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{Graph, HostConv, Op, Value};
-use crate::kernels::conv2d::ResidualMode;
+use crate::kernels::conv2d::{dense_from_grouped, ResidualMode};
 
 /// A pass: rewrites the graph in place and says whether anything changed.
 pub type Pass = fn(&mut Graph) -> bool;
@@ -252,6 +252,40 @@ pub fn halo_into_producer(graph: &mut Graph) -> bool {
         }
         opts.out_padding = pad;
         replace_uses(graph, k, v);
+        changed = true;
+    }
+    changed
+}
+
+/// Every grouped convolution becomes the dense block-diagonal one it equals
+/// ([`dense_from_grouped`]), with `groups` 1: what kernels without a grouped form (the
+/// channels-last, cooperative-matrix ones) can run, at `groups` times the multiply-adds.
+///
+/// Not in [`PASSES`]: the NCHW networks run grouped convolutions on their own kernel, so the
+/// executor runs it on graphs it stores channels-last. Returns whether anything changed.
+pub fn dense_groups(graph: &mut Graph) -> bool {
+    let mut changed = false;
+    for node in &mut graph.nodes {
+        let Op::Conv2d { weights, opts } = &mut node.op else {
+            continue;
+        };
+        if opts.groups <= 1 {
+            continue;
+        }
+        let [cout, cin_g, kh, kw] = weights.shape;
+        // A graph's weights and groups were checked against each other when it was built (the
+        // model checks each tensor's shape); weights that do not split stay as they are, for the
+        // shape checks to report at their node.
+        let Ok(weight) = dense_from_grouped(&weights.weight, weights.shape, opts.groups) else {
+            continue;
+        };
+        *weights = Arc::new(HostConv {
+            shape: [cout, cin_g * opts.groups, kh, kw],
+            weight,
+            bias: weights.bias.clone(),
+            affine: weights.affine.clone(),
+        });
+        opts.groups = 1;
         changed = true;
     }
     changed

@@ -51,6 +51,7 @@ impl ShaderSource {
 /// Every shader the crate uses.
 pub const SHADERS: &[&ShaderSource] = &[
     &conv2d::direct::SHADER,
+    &conv2d::grouped::SHADER,
     &conv2d::rows::SHADER,
     &conv2d::coop::SHADER,
     &batch_norm::SHADER,

@@ -4,15 +4,14 @@
 use std::sync::Arc;
 
 use crate::graph::{Graph, HostBatchNorm, HostConv, Op, Value};
-use crate::kernels::conv2d::{dense_from_grouped, Conv2dOptions};
+use crate::kernels::conv2d::Conv2dOptions;
 use crate::weights::{Init, VarBuilder};
 
 /// `nn.Conv2d`: `weight` `[out, in / groups, k, k]` and, when it has one, `bias` `[out]`.
 pub struct Conv2d {
     name: String,
-    /// The weights as read; grouped ones still `[out, in / groups, k, k]`.
+    /// The weights as read: `[out, in / groups, k, k]`.
     weights: Arc<HostConv>,
-    groups: usize,
     opts: Conv2dOptions,
 }
 
@@ -38,14 +37,12 @@ impl Conv2d {
                 bias,
                 affine: None,
             }),
-            groups: 1,
             opts: Conv2dOptions::new(stride, padding),
         }
     }
 
     /// A convolution of `groups` groups without bias (ResNeXt's 3x3 convs): reads `weight`
-    /// `[cout, cin / groups, k, k]`, and records it as the dense block-diagonal convolution
-    /// [`dense_from_grouped`] makes, which every kernel and graph pass runs unchanged.
+    /// `[cout, cin / groups, k, k]` and records it as it is, a grouped convolution.
     pub fn grouped(
         vb: &VarBuilder,
         cin: usize,
@@ -64,33 +61,16 @@ impl Conv2d {
                 bias: None,
                 affine: None,
             }),
-            groups: groups.max(1),
-            opts: Conv2dOptions::new(stride, padding),
+            opts: Conv2dOptions::new(stride, padding).with_groups(groups.max(1)),
         }
     }
 
-    /// Records the convolution of `x`. Grouped weights are expanded only here, once every
-    /// tensor's shape has been checked: expanding sizes read from an unchecked file could ask
-    /// for any amount of memory.
+    /// Records the convolution of `x`.
     pub fn forward(&self, g: &mut Graph, x: Value) -> Value {
-        let weights = match self.groups {
-            1 => self.weights.clone(),
-            groups => {
-                let [cout, cin_g, kh, kw] = self.weights.shape;
-                Arc::new(HostConv {
-                    shape: [cout, cin_g * groups, kh, kw],
-                    // The config is validated and the shape checked, so the groups divide.
-                    weight: dense_from_grouped(&self.weights.weight, self.weights.shape, groups)
-                        .unwrap_or_default(),
-                    bias: None,
-                    affine: None,
-                })
-            }
-        };
         g.push(
             &self.name,
             Op::Conv2d {
-                weights,
+                weights: self.weights.clone(),
                 opts: self.opts,
             },
             &[x],

@@ -200,6 +200,8 @@ pub(super) fn prepare(
         res_scale_w: res_width as f32 / ow as f32,
         splits: splits as u32,
         batch: n as u32,
+        groups: 1,
+        _pad: [0; 3],
     };
     let uniform = ctx.uniform("conv2d params", &params);
     let residual = match residual {
@@ -281,7 +283,12 @@ pub fn partial_bytes(shape: [usize; 4], split: usize) -> u64 {
 
 /// The grid of a kernel with `lanes` invocations along pixels and `channel_tiles` along output
 /// channels, in workgroups of `shape`, for a batch of `n`.
-fn grid_for(lanes: usize, channel_tiles: usize, n: usize, shape: (u32, u32)) -> [u32; 3] {
+pub(super) fn grid_for(
+    lanes: usize,
+    channel_tiles: usize,
+    n: usize,
+    shape: (u32, u32),
+) -> [u32; 3] {
     let count = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
     [
         count(lanes.div_ceil(shape.0 as usize)),

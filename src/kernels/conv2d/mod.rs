@@ -1,11 +1,13 @@
 //! 2-D convolution with a fused epilogue: the options, the parameters and the weights every
 //! kernel shares, and [`prepare`], which hands a convolution to the kernel [`select`] picks:
-//! [`direct`] (NCHW: direct, row-tiled with [`rows`], Winograd) or [`coop`] (channels-last,
-//! cooperative matrices, with the large-map block of [`coop_staged`]).
+//! [`direct`] (NCHW: direct, row-tiled with [`rows`], Winograd), [`grouped`] (NCHW, more than
+//! one group) or [`coop`] (channels-last, cooperative matrices, with the large-map block of
+//! [`coop_staged`]).
 
 pub mod coop;
 pub mod coop_staged;
 pub mod direct;
+pub mod grouped;
 pub mod rows;
 pub mod select;
 
@@ -48,8 +50,9 @@ impl ConvAlgorithm {
 
 /// A grouped convolution's weights `[cout, cin / groups, kh, kw]` as the equivalent dense
 /// `[cout, cin, kh, kw]`: block diagonal, each output channel's group of inputs filled and the
-/// rest zero. Every kernel runs grouped convolutions this way (ResNeXt's 3x3 convs): exact, at
-/// `groups` times the multiply-adds and weight bytes of a kernel that skips the zeros.
+/// rest zero. The channels-last networks run grouped convolutions this way (the
+/// cooperative-matrix kernels have no grouped form): exact, at `groups` times the multiply-adds
+/// and weight bytes of the [`grouped`] kernel.
 pub fn dense_from_grouped(
     weight: &[f32],
     grouped_shape: [usize; 4],
@@ -141,6 +144,8 @@ pub(crate) struct Conv2dParams {
     pub res_scale_w: f32,
     pub splits: u32,
     pub batch: u32,
+    pub groups: u32,
+    pub _pad: [u32; 3],
 }
 
 /// How the epilogue adds the residual tensor, when there is one.
@@ -169,6 +174,10 @@ pub struct Conv2dOptions {
     /// convolution itself: the padded input of the next convolution, made without a padding
     /// launch. Channels-last (cooperative-matrix) kernels only.
     pub out_padding: (usize, usize),
+    /// Groups the input and output channels split into (PyTorch's `groups`, at least 1): output
+    /// channel `co` sees only the input channels of group `co / (cout / groups)`, and the
+    /// weights are `[cout, cin / groups, kh, kw]`.
+    pub groups: usize,
 }
 
 impl Default for Conv2dOptions {
@@ -179,6 +188,7 @@ impl Default for Conv2dOptions {
             relu: false,
             residual: ResidualMode::Same,
             out_padding: (0, 0),
+            groups: 1,
         }
     }
 }
@@ -192,6 +202,7 @@ impl Conv2dOptions {
             relu: false,
             residual: ResidualMode::Same,
             out_padding: (0, 0),
+            groups: 1,
         }
     }
 
@@ -203,6 +214,11 @@ impl Conv2dOptions {
     /// The same options with the residual added as `residual` says.
     pub fn with_residual(self, residual: ResidualMode) -> Self {
         Conv2dOptions { residual, ..self }
+    }
+
+    /// The same options with the channels split into `groups` groups.
+    pub fn with_groups(self, groups: usize) -> Self {
+        Conv2dOptions { groups, ..self }
     }
 
     /// The same options with a zero halo of `out_padding` around the output.
@@ -440,11 +456,31 @@ pub fn conv_shape(
 ) -> Result<[usize; 4]> {
     const OP: &str = "conv2d";
     let [n, c, h, w] = input;
-    let [cout, cin, kh, kw] = weight;
-    if c != cin {
+    let [cout, cin_g, kh, kw] = weight;
+    let groups = opts.groups;
+    if groups == 0 || c % groups != 0 || cout % groups != 0 {
         return Err(Error::invalid(
             OP,
-            format!("the input has {c} channels (shape {input:?}) but the weights expect {cin}"),
+            format!(
+                "groups {groups} must be at least 1 and divide both the input channels ({c}) and \
+                 the output channels ({cout}); use a group count that divides both"
+            ),
+        ));
+    }
+    if c != cin_g * groups {
+        let hint = if groups == 1 {
+            String::new()
+        } else {
+            format!(
+                " ({groups} groups of {cin_g}; grouped weights are [cout, cin / groups, kh, kw])"
+            )
+        };
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the input has {c} channels (shape {input:?}) but the weights expect {}{hint}",
+                cin_g * groups
+            ),
         ));
     }
     if opts.stride.0 == 0 || opts.stride.1 == 0 {
@@ -606,7 +642,29 @@ pub fn prepare_with(
         Some(c) => c,
         None => select::choice(ctx, x.shape(), weights, opts)?,
     };
+    // The other kernels sum over every input channel: a grouped convolution there would read
+    // its [cout, cin / groups] weights as dense ones.
+    if (opts.groups > 1) != (choice == KernelChoice::Grouped) {
+        return Err(Error::invalid(
+            "conv2d",
+            format!(
+                "a convolution of {} groups cannot run as {choice}: grouped convolutions (and only \
+                 they) take KernelChoice::Grouped",
+                opts.groups
+            ),
+        ));
+    }
     match (weights.algorithm, choice) {
+        (ConvAlgorithm::Direct, KernelChoice::Grouped) => {
+            grouped::prepare(ctx, x, weights, residual, out, opts)
+        }
+        (_, KernelChoice::Grouped) => Err(Error::invalid(
+            "conv2d",
+            format!(
+                "the grouped kernel takes weights laid out for ConvAlgorithm::Direct, not {:?}",
+                weights.algorithm
+            ),
+        )),
         (ConvAlgorithm::CooperativeMatrix, KernelChoice::Coop(c)) => {
             coop::prepare(ctx, x, weights, residual, out, opts, c, partials)
         }

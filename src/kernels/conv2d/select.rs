@@ -44,6 +44,9 @@ pub enum KernelChoice {
     },
     /// The cooperative-matrix kernels.
     Coop(CoopChoice),
+    /// The grouped kernel ([`super::grouped`]): every convolution with `groups` > 1, and only
+    /// those.
+    Grouped,
 }
 
 impl From<CoopChoice> for KernelChoice {
@@ -57,14 +60,16 @@ impl std::fmt::Display for KernelChoice {
         match self {
             KernelChoice::Nchw { split } => write!(f, "split {split}"),
             KernelChoice::Coop(c) => c.fmt(f),
+            KernelChoice::Grouped => f.write_str("grouped"),
         }
     }
 }
 
 impl KernelChoice {
-    /// A stable text form for caches: `nchw/4`, `coop/4x4/2`, `coop/staged`.
+    /// A stable text form for caches: `nchw/4`, `coop/4x4/2`, `coop/staged`, `grouped`.
     pub fn code(&self) -> String {
         match self {
+            KernelChoice::Grouped => "grouped".into(),
             KernelChoice::Nchw { split } => format!("nchw/{split}"),
             KernelChoice::Coop(CoopChoice {
                 block: CoopBlock::Direct(t),
@@ -85,6 +90,7 @@ impl KernelChoice {
                 split: split.parse().ok().filter(|&s| s >= 1)?,
             }),
             ["coop", "staged"] => Some(CoopChoice::STAGED.into()),
+            ["grouped"] => Some(KernelChoice::Grouped),
             ["coop", tile, split] => {
                 let (m, n) = tile.split_once('x')?;
                 let tile = coop::CoopTile {
@@ -104,7 +110,8 @@ impl KernelChoice {
 /// The configurations worth timing for a convolution (the preset among them, first): for the
 /// cooperative-matrix kernels the 4x4 and 2x4 direct-load blocks with split-K factors of 1 to
 /// [`MAX_SPLIT`] and the staged block where it fits; for the row kernel its split-K factors;
-/// the other kernels have only the preset.
+/// the other kernels (Winograd, the direct kernel on padded inputs, the grouped kernel) have
+/// only the preset.
 pub fn candidates(
     ctx: &GpuContext,
     x_shape: [usize; 4],
@@ -114,6 +121,9 @@ pub fn candidates(
     let preset = choice(ctx, x_shape, weights, opts)?;
     let mut all = vec![preset];
     let w_shape = weights.shape();
+    if preset == KernelChoice::Grouped {
+        return Ok(all);
+    }
     match weights.algorithm() {
         ConvAlgorithm::CooperativeMatrix => {
             let side = coop::support(ctx).map_or(16, |s| s.side);
@@ -162,6 +172,11 @@ pub fn choice(
     weights: &Conv2dWeights,
     opts: &Conv2dOptions,
 ) -> Result<KernelChoice> {
+    if opts.groups > 1 {
+        // Checks the groups against the shapes here, before anything is launched.
+        conv_shape(x_shape, weights.shape(), opts)?;
+        return Ok(KernelChoice::Grouped);
+    }
     match weights.algorithm() {
         ConvAlgorithm::CooperativeMatrix => {
             Ok(coop_choice(ctx, x_shape, weights.shape(), opts)?.into())
@@ -199,10 +214,12 @@ pub fn rows_split(out: [usize; 4], cin: usize, gpu: bool) -> usize {
     split
 }
 
-/// The algorithm a convolution's weights are laid out for: cooperative matrices for every
-/// layer of an f16 network where `cooperative` (the device has them and they passed their
-/// check), Winograd where asked and the layer allows it (3x3, stride 1, no upsampled
-/// residual), direct otherwise.
+/// The algorithm a convolution's weights are laid out for: direct for grouped convolutions
+/// (the grouped kernel reads the direct layout; the channels-last networks expand grouped
+/// convolutions to dense ones before this, see [`crate::graph::passes::dense_groups`]);
+/// otherwise cooperative matrices for every layer of an f16 network where `cooperative` (the
+/// device has them and they passed their check), Winograd where asked and the layer allows it
+/// (3x3, stride 1, no upsampled residual), direct otherwise.
 pub fn algorithm(
     w_shape: [usize; 4],
     opts: &Conv2dOptions,
@@ -213,7 +230,9 @@ pub fn algorithm(
     let winograd_fits = w_shape[2..] == [3, 3]
         && opts.stride == (1, 1)
         && !matches!(opts.residual, ResidualMode::Upsampled(_));
-    if cooperative && precision == Precision::F16 {
+    if opts.groups > 1 {
+        ConvAlgorithm::Direct
+    } else if cooperative && precision == Precision::F16 {
         ConvAlgorithm::CooperativeMatrix
     } else if winograd && winograd_fits {
         ConvAlgorithm::Winograd

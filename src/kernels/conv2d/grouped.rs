@@ -1,0 +1,133 @@
+//! The grouped convolution kernel (`groups` > 1, depthwise included) in NCHW:
+//! `shaders/conv2d_grouped.wgsl`. Each output channel sums over its own group's
+//! `cin / groups` input channels only, so a grouped convolution costs `1 / groups` of the
+//! multiply-adds (and weight bytes) of the dense block-diagonal convolution it equals.
+
+use super::direct::{grid_for, workgroup_shape};
+use super::{
+    check_tensors, epilogue_flags, Conv2dOptions, Conv2dParams, Conv2dWeights, ResidualMode,
+};
+use crate::error::{Error, Result};
+use crate::gpu::{Dispatch, GpuContext};
+use crate::kernels::{check_nchw, pipeline, ShaderSource};
+use crate::precision::Precision;
+use crate::tensor::Tensor;
+
+/// The WGSL source.
+pub const SHADER: ShaderSource = ShaderSource {
+    name: "conv2d_grouped.wgsl",
+    parts: &[
+        "common.wgsl",
+        "resample.wgsl",
+        "conv2d_epilogue.wgsl",
+        "conv2d_grouped.wgsl",
+    ],
+    source: concat!(
+        include_str!("../../../shaders/common.wgsl"),
+        include_str!("../../../shaders/resample.wgsl"),
+        include_str!("../../../shaders/conv2d_epilogue.wgsl"),
+        include_str!("../../../shaders/conv2d_grouped.wgsl")
+    ),
+    params: &[("Conv2dParams", std::mem::size_of::<Conv2dParams>())],
+    enables: "",
+    precisions: &Precision::ALL,
+};
+
+/// Pixels per invocation (WGSL `PIX_TILE`).
+pub const PIX_TILE: usize = 4;
+
+/// The entry point for `cout_per_group` output channels per group, and the output channels
+/// each of its invocations computes: 4 where they fit a group evenly (every input value loaded
+/// then feeds 4 sums), else 1.
+pub fn entry(cout_per_group: usize) -> (&'static str, usize) {
+    if cout_per_group.is_multiple_of(4) {
+        ("conv2d_grouped4", 4)
+    } else {
+        ("conv2d_grouped1", 1)
+    }
+}
+
+/// Builds the launch computing `out = relu?(grouped_conv(x) * scale + shift + residual?)` for
+/// weights `[cout, cin / groups, kh, kw]` laid out for [`super::ConvAlgorithm::Direct`].
+pub(super) fn prepare(
+    ctx: &GpuContext,
+    x: &Tensor,
+    weights: &Conv2dWeights,
+    residual: Option<&Tensor>,
+    out: &Tensor,
+    opts: &Conv2dOptions,
+) -> Result<Vec<Dispatch>> {
+    const OP: &str = "conv2d";
+    if opts.out_padding != (0, 0) {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the grouped kernel writes no output halo (out_padding {:?}); pad the output with kernels::pad2d",
+                opts.out_padding
+            ),
+        ));
+    }
+    let shape = check_tensors(ctx, x, weights, residual, out, opts)?;
+    check_nchw(OP, x)?;
+    check_nchw(OP, out)?;
+    let precision = x.precision();
+    let [n, cout, oh, ow] = shape;
+    let [_, cin, h, w] = x.shape();
+    let [_, _, kh, kw] = weights.shape();
+    let (entry, cout_tile) = entry(cout / opts.groups);
+    let upsample = residual.is_some() && matches!(opts.residual, ResidualMode::Upsampled(_));
+    let lanes = (oh * ow).div_ceil(PIX_TILE);
+    let channel_tiles = cout / cout_tile;
+    let (wg_pix, wg_co) = workgroup_shape(lanes, channel_tiles, ctx.adapter().device_type);
+    let mut constants = vec![("WG_PIX", wg_pix), ("WG_CO", wg_co)];
+    if upsample {
+        constants.push(("UPSAMPLE", 1));
+    }
+    let pipeline = pipeline(ctx, &SHADER, precision, entry, &constants)?;
+    let grid = grid_for(lanes, channel_tiles, n, (wg_pix, wg_co));
+    ctx.check_grid(OP, grid)?;
+    let (flags, res_height, res_width) = epilogue_flags(opts, residual, oh, ow);
+    let params = Conv2dParams {
+        in_channels: cin as u32,
+        in_height: h as u32,
+        in_width: w as u32,
+        out_channels: cout as u32,
+        out_height: oh as u32,
+        out_width: ow as u32,
+        cout_vec4: (weights.cout_pad / 4) as u32,
+        kernel_h: kh as u32,
+        kernel_w: kw as u32,
+        stride_h: opts.stride.0 as u32,
+        stride_w: opts.stride.1 as u32,
+        pad_h: opts.padding.0 as u32,
+        pad_w: opts.padding.1 as u32,
+        flags,
+        res_height: res_height as u32,
+        res_width: res_width as u32,
+        // In f32, as PyTorch computes its resize scales (see upsample_add).
+        res_scale_h: res_height as f32 / oh as f32,
+        res_scale_w: res_width as f32 / ow as f32,
+        splits: 1,
+        batch: n as u32,
+        groups: opts.groups as u32,
+        _pad: [0; 3],
+    };
+    let uniform = ctx.uniform("conv2d params", &params);
+    let residual = match residual {
+        Some(r) => r.binding(),
+        None => ctx.placeholder().as_entire_binding(),
+    };
+    let bind_group = ctx.bind_group(
+        entry,
+        &pipeline,
+        &[
+            (0, x.binding()),
+            (1, weights.weights.as_entire_binding()),
+            (2, weights.affine.as_entire_binding()),
+            (3, residual),
+            (4, out.binding()),
+            (5, uniform.as_entire_binding()),
+        ],
+    );
+    Ok(vec![Dispatch::new(entry, pipeline, bind_group, grid)])
+}

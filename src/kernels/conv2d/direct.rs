@@ -3,8 +3,8 @@
 
 use super::rows::RowTile;
 use super::{
-    check_tensors, epilogue_flags, Conv2dOptions, Conv2dParams, Conv2dWeights, ConvAlgorithm,
-    Partials, ResidualMode,
+    check_tensors, Conv2dOptions, Conv2dParams, Conv2dWeights, ConvAlgorithm, Partials,
+    ResidualMode,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, Dispatch, GpuContext};
@@ -177,32 +177,15 @@ pub(super) fn prepare(
         }
     };
     ctx.check_grid(OP, grid)?;
-    let (flags, res_height, res_width) = epilogue_flags(opts, residual, oh, ow);
-    let params = Conv2dParams {
-        in_channels: cin as u32,
-        in_height: in_h as u32,
-        in_width: in_w as u32,
-        out_channels: cout as u32,
-        out_height: out_h as u32,
-        out_width: out_w as u32,
-        cout_vec4: (weights.cout_pad / 4) as u32,
-        kernel_h: kh as u32,
-        kernel_w: kw as u32,
-        stride_h: opts.stride.0 as u32,
-        stride_w: opts.stride.1 as u32,
-        pad_h: opts.padding.0 as u32,
-        pad_w: opts.padding.1 as u32,
-        flags,
-        res_height: res_height as u32,
-        res_width: res_width as u32,
-        // In f32, as PyTorch computes its resize scales (see upsample_add).
-        res_scale_h: res_height as f32 / oh as f32,
-        res_scale_w: res_width as f32 / ow as f32,
-        splits: splits as u32,
-        batch: n as u32,
-        groups: 1,
-        _pad: [0; 3],
-    };
+    let params = Conv2dParams::new(
+        opts,
+        weights,
+        residual,
+        shape,
+        [cin, in_h, in_w],
+        (out_h, out_w),
+        splits,
+    );
     let uniform = ctx.uniform("conv2d params", &params);
     let residual = match residual {
         Some(r) => r.binding(),

@@ -4,9 +4,7 @@
 //! multiply-adds (and weight bytes) of the dense block-diagonal convolution it equals.
 
 use super::direct::{grid_for, workgroup_shape};
-use super::{
-    check_tensors, epilogue_flags, Conv2dOptions, Conv2dParams, Conv2dWeights, ResidualMode,
-};
+use super::{check_tensors, Conv2dOptions, Conv2dParams, Conv2dWeights, ResidualMode};
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::{check_nchw, pipeline, ShaderSource};
@@ -73,7 +71,6 @@ pub(super) fn prepare(
     let precision = x.precision();
     let [n, cout, oh, ow] = shape;
     let [_, cin, h, w] = x.shape();
-    let [_, _, kh, kw] = weights.shape();
     let (entry, cout_tile) = entry(cout / opts.groups);
     let upsample = residual.is_some() && matches!(opts.residual, ResidualMode::Upsampled(_));
     let lanes = (oh * ow).div_ceil(PIX_TILE);
@@ -86,32 +83,7 @@ pub(super) fn prepare(
     let pipeline = pipeline(ctx, &SHADER, precision, entry, &constants)?;
     let grid = grid_for(lanes, channel_tiles, n, (wg_pix, wg_co));
     ctx.check_grid(OP, grid)?;
-    let (flags, res_height, res_width) = epilogue_flags(opts, residual, oh, ow);
-    let params = Conv2dParams {
-        in_channels: cin as u32,
-        in_height: h as u32,
-        in_width: w as u32,
-        out_channels: cout as u32,
-        out_height: oh as u32,
-        out_width: ow as u32,
-        cout_vec4: (weights.cout_pad / 4) as u32,
-        kernel_h: kh as u32,
-        kernel_w: kw as u32,
-        stride_h: opts.stride.0 as u32,
-        stride_w: opts.stride.1 as u32,
-        pad_h: opts.padding.0 as u32,
-        pad_w: opts.padding.1 as u32,
-        flags,
-        res_height: res_height as u32,
-        res_width: res_width as u32,
-        // In f32, as PyTorch computes its resize scales (see upsample_add).
-        res_scale_h: res_height as f32 / oh as f32,
-        res_scale_w: res_width as f32 / ow as f32,
-        splits: 1,
-        batch: n as u32,
-        groups: opts.groups as u32,
-        _pad: [0; 3],
-    };
+    let params = Conv2dParams::new(opts, weights, residual, shape, [cin, h, w], (oh, ow), 1);
     let uniform = ctx.uniform("conv2d params", &params);
     let residual = match residual {
         Some(r) => r.binding(),

@@ -148,6 +148,52 @@ pub(crate) struct Conv2dParams {
     pub _pad: [u32; 3],
 }
 
+impl Conv2dParams {
+    /// What an NCHW convolution kernel reads. `conv` is the convolution's output shape
+    /// (`[n, cout, oh, ow]`, by which the residual's resize scales go), `input` the extent the
+    /// kernel indexes (`[cin, h, w]`), `written` the plane it writes (`(h, w)`: a pointwise
+    /// convolution may see its planes as one long row).
+    pub(crate) fn new(
+        opts: &Conv2dOptions,
+        weights: &Conv2dWeights,
+        residual: Option<&Tensor>,
+        conv: [usize; 4],
+        input: [usize; 3],
+        written: (usize, usize),
+        splits: usize,
+    ) -> Self {
+        let [n, cout, oh, ow] = conv;
+        let [cin, in_h, in_w] = input;
+        let [_, _, kh, kw] = weights.shape;
+        let (flags, res_height, res_width) = epilogue_flags(opts, residual, oh, ow);
+        Conv2dParams {
+            in_channels: cin as u32,
+            in_height: in_h as u32,
+            in_width: in_w as u32,
+            out_channels: cout as u32,
+            out_height: written.0 as u32,
+            out_width: written.1 as u32,
+            cout_vec4: (weights.cout_pad / 4) as u32,
+            kernel_h: kh as u32,
+            kernel_w: kw as u32,
+            stride_h: opts.stride.0 as u32,
+            stride_w: opts.stride.1 as u32,
+            pad_h: opts.padding.0 as u32,
+            pad_w: opts.padding.1 as u32,
+            flags,
+            res_height: res_height as u32,
+            res_width: res_width as u32,
+            // In f32, as PyTorch computes its resize scales (see upsample_add).
+            res_scale_h: res_height as f32 / oh as f32,
+            res_scale_w: res_width as f32 / ow as f32,
+            splits: splits as u32,
+            batch: n as u32,
+            groups: opts.groups as u32,
+            _pad: [0; 3],
+        }
+    }
+}
+
 /// How the epilogue adds the residual tensor, when there is one.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ResidualMode {

@@ -55,11 +55,11 @@ async function report(levels, forwardMs, firstMs) {
 
 let session;
 let adapterName = "";
-async function runPicture(bytes, pictureUrl) {
+async function runPicture(bytes, name, pictureUrl) {
   $("error").textContent = "";
   // 0 or empty: the picture's own size.
   const maxSize = Number($("max-size").value) || undefined;
-  const levels = await session.run(bytes, maxSize);
+  const levels = await session.run(bytes, name, maxSize);
   const firstMs = performance.now();
   drawLevels(levels, pictureUrl);
   const ms = levels.forward_ms();
@@ -98,16 +98,16 @@ async function main() {
   const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
   let run;
   try {
-    run = await runPicture(bytes, url);
+    run = await runPicture(bytes, url, url);
   } catch (e) {
-    fail(`${url}: ${e.message}`);
+    fail(e.message);
     return;
   }
   const { levels, ms, firstMs } = run;
   if (params.has("report")) {
     window.fpnState.result = await report(levels, ms, firstMs);
     // Once more, now that the plan and its pipelines exist.
-    window.fpnState.result.warm_forward_ms = (await runPicture(bytes, url)).ms;
+    window.fpnState.result.warm_forward_ms = (await runPicture(bytes, url, url)).ms;
   }
   window.fpnState.adapter = adapterName;
   window.fpnState.status = window.fpnState.errors.length ? "error" : "done";
@@ -116,9 +116,9 @@ async function main() {
     const file = $("file").files[0];
     if (!file) return;
     try {
-      await runPicture(new Uint8Array(await file.arrayBuffer()), URL.createObjectURL(file));
+      await runPicture(new Uint8Array(await file.arrayBuffer()), file.name, URL.createObjectURL(file));
     } catch (e) {
-      fail(`${file.name}: ${e.message}`);
+      fail(e.message);
     }
   });
 }

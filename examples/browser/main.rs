@@ -82,11 +82,13 @@ mod web {
             self.origin.clone()
         }
 
-        /// Runs the network on a JPEG or PNG (its bytes), downscaled so that its longer side is
-        /// at most `max_size` pixels when given.
+        /// Runs the network on a JPEG or PNG (its bytes; `name`, a file name or URL, names it
+        /// in errors), downscaled so that its longer side is at most `max_size` pixels when
+        /// given.
         pub async fn run(
             &self,
             picture: Vec<u8>,
+            name: String,
             max_size: Option<u32>,
         ) -> Result<Levels, JsError> {
             // As `fpn run --image` makes it: EXIF orientation applied, gray for a 1-channel
@@ -96,7 +98,7 @@ mod web {
                 channels: self.fpn.config().in_channels,
                 ..ImageOptions::default()
             };
-            let input = decode_image(&picture, "the picture", &options).map_err(js_error)?;
+            let input = decode_image(&picture, &name, &options).map_err(js_error)?;
             let shape = input.tensor.nchw("input").map_err(js_error)?;
             let started = now_ms();
             let x = Tensor::from_slice(&self.ctx, shape, &input.tensor.data).map_err(js_error)?;

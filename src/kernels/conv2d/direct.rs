@@ -3,12 +3,12 @@
 
 use super::rows::RowTile;
 use super::{
-    check_tensors, Conv2dOptions, Conv2dParams, Conv2dWeights, ConvAlgorithm, Partials,
+    check_nchw_tensors, Conv2dOptions, Conv2dParams, Conv2dWeights, ConvAlgorithm, Partials,
     ResidualMode,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, Dispatch, GpuContext};
-use crate::kernels::{check_nchw, pipeline, ShaderSource};
+use crate::kernels::{pipeline, ShaderSource};
 use crate::precision::Precision;
 use crate::tensor::Tensor;
 
@@ -85,17 +85,15 @@ pub(super) fn prepare(
     partials: Option<&wgpu::Buffer>,
 ) -> Result<Vec<Dispatch>> {
     const OP: &str = "conv2d";
-    if opts.out_padding != (0, 0) {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "the NCHW kernels write no output halo (out_padding {:?}); pad the output with kernels::pad2d",
-                opts.out_padding
-            ),
-        ));
-    }
-    let shape = check_tensors(ctx, x, weights, residual, out, opts)?;
-    check_nchw(OP, out)?;
+    let shape = check_nchw_tensors(
+        ctx,
+        x,
+        weights,
+        residual,
+        out,
+        opts,
+        "the NCHW kernels write",
+    )?;
     let precision = x.precision();
     let [n, cout, oh, ow] = shape;
     let [_, cin, kh, kw] = weights.shape;

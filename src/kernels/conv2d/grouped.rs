@@ -4,10 +4,10 @@
 //! multiply-adds (and weight bytes) of the dense block-diagonal convolution it equals.
 
 use super::direct::{grid_for, workgroup_shape};
-use super::{check_tensors, Conv2dOptions, Conv2dParams, Conv2dWeights, ResidualMode};
-use crate::error::{Error, Result};
+use super::{check_nchw_tensors, Conv2dOptions, Conv2dParams, Conv2dWeights, ResidualMode};
+use crate::error::Result;
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::{check_nchw, pipeline, ShaderSource};
+use crate::kernels::{pipeline, ShaderSource};
 use crate::precision::Precision;
 use crate::tensor::Tensor;
 
@@ -56,18 +56,15 @@ pub(super) fn prepare(
     opts: &Conv2dOptions,
 ) -> Result<Vec<Dispatch>> {
     const OP: &str = "conv2d";
-    if opts.out_padding != (0, 0) {
-        return Err(Error::invalid(
-            OP,
-            format!(
-                "the grouped kernel writes no output halo (out_padding {:?}); pad the output with kernels::pad2d",
-                opts.out_padding
-            ),
-        ));
-    }
-    let shape = check_tensors(ctx, x, weights, residual, out, opts)?;
-    check_nchw(OP, x)?;
-    check_nchw(OP, out)?;
+    let shape = check_nchw_tensors(
+        ctx,
+        x,
+        weights,
+        residual,
+        out,
+        opts,
+        "the grouped kernel writes",
+    )?;
     let precision = x.precision();
     let [n, cout, oh, ow] = shape;
     let [_, cin, h, w] = x.shape();

@@ -17,7 +17,7 @@ pub use select::KernelChoice;
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::upsample_add::UpsampleMode;
-use crate::kernels::{check_io, check_output_shape, pad2d};
+use crate::kernels::{check_io, check_nchw, check_output_shape, pad2d};
 use crate::precision::Precision;
 use crate::tensor::{check_shape_in, padded_bytes, Tensor};
 
@@ -549,6 +549,33 @@ pub fn conv_shape(
     let oh = (h + 2 * ph - kh) / opts.stride.0 + 1;
     let ow = (w + 2 * pw - kw) / opts.stride.1 + 1;
     Ok([n, cout, oh, ow])
+}
+
+/// [`check_tensors`] for the kernels that read and write NCHW tensors and write no output halo;
+/// `kernels` names them in the refusal.
+fn check_nchw_tensors(
+    ctx: &GpuContext,
+    x: &Tensor,
+    weights: &Conv2dWeights,
+    residual: Option<&Tensor>,
+    out: &Tensor,
+    opts: &Conv2dOptions,
+    kernels: &str,
+) -> Result<[usize; 4]> {
+    const OP: &str = "conv2d";
+    if opts.out_padding != (0, 0) {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "{kernels} no output halo (out_padding {:?}); pad the output with kernels::pad2d",
+                opts.out_padding
+            ),
+        ));
+    }
+    let shape = check_tensors(ctx, x, weights, residual, out, opts)?;
+    // One layout for all of them is checked above, so the output's stands for the input's.
+    check_nchw(OP, out)?;
+    Ok(shape)
 }
 
 /// The checks every convolution kernel makes of its tensors: the shapes (the output's with its

@@ -1,6 +1,7 @@
 //! Features of many pictures in one process: pictures are decoded on worker threads while the
-//! GPU runs earlier ones, pictures of one size go through the network in batches, and each
-//! batch's levels are read back while the next batch runs. One network, one plan per input
+//! GPU runs earlier ones, pictures of one size go through the network in batches (gathered
+//! from a look-ahead, so that sizes mixed in the input still fill them), and each batch's
+//! levels are read back while the next batch runs. One network, one plan per input
 //! size, one device for all of them.
 //!
 //! ```no_run
@@ -20,7 +21,7 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -37,7 +38,9 @@ use crate::tensor_file::HostTensor;
 /// How the pictures are fed to the network.
 #[derive(Clone, Copy, Debug)]
 pub struct ExtractOptions {
-    /// Most pictures per forward; consecutive pictures of one size share a forward.
+    /// Most pictures per forward. Pictures of one size share a forward; each batch is
+    /// gathered from the next `2 * batch` decoded pictures, so that sizes mixed in the input
+    /// (portrait and landscape photos) still fill batches.
     pub batch: usize,
     /// Threads decoding pictures.
     pub decoders: usize,
@@ -92,14 +95,20 @@ impl ExtractStats {
 /// A decoded picture or why it could not be.
 type Decoded<I> = (I, Result<HostTensor>);
 
-/// A unit of work in input order: a picture that failed before reaching the GPU, or a batch
-/// on its way back from it.
-enum Pending<I> {
-    Failed(I, Error),
-    Batch {
-        items: Vec<I>,
-        flight: Result<InFlight>,
-    },
+/// A decoded picture waiting for a batch: its position in the input, the item, its input
+/// tensor and that tensor's shape.
+struct Waiting<I> {
+    index: usize,
+    item: I,
+    input: HostTensor,
+    shape: [usize; 4],
+}
+
+/// A batch on its way back from the GPU: its pictures (position in the input, item) and the
+/// forward, or why it could not be submitted.
+struct Batch<I> {
+    members: Vec<(usize, I)>,
+    flight: Result<InFlight>,
 }
 
 /// A submitted forward: its levels' names and batch shapes, and their copy on its way.
@@ -110,23 +119,38 @@ struct InFlight {
 
 /// The iterator [`extract`] returns. Results come in the order the items were given. Dropping
 /// it stops the decoders after the picture each is working on.
+///
+/// Every batch starts with the oldest picture not yet submitted, so the next result to return
+/// is always finished, in the oldest batch in flight, or the first of the look-ahead: results
+/// that finish early wait at most a few batches for it.
 pub struct Extractor<'a, I> {
     fpn: &'a Fpn,
     batch: usize,
+    /// Decoded pictures, in input order, that batches are gathered from.
+    lookahead: VecDeque<Waiting<I>>,
+    lookahead_len: usize,
     /// Worker `k` decodes items `k`, `k + n`, ...; reading them in turn restores the order.
     decoded: Vec<Receiver<Decoded<I>>>,
     next_worker: usize,
+    /// Position in the input of the next item to take from the workers.
+    next_decoded: usize,
     left: usize,
-    /// A picture read ahead that did not fit the batch being gathered.
-    held: Option<Decoded<I>>,
-    pending: VecDeque<Pending<I>>,
-    ready: VecDeque<Extracted<I>>,
+    flights: VecDeque<Batch<I>>,
+    /// Results by position in the input, waiting for the ones before them.
+    finished: BTreeMap<usize, Extracted<I>>,
+    /// Positions whose items were lost with their decoder thread.
+    lost: BTreeSet<usize>,
+    /// Position in the input of the next result to return.
+    next_out: usize,
     started: Instant,
     stats: ExtractStats,
 }
 
 /// Batches on the GPU at once: one running while the host takes in the one before it.
 const IN_FLIGHT: usize = 2;
+
+/// Batches' worth of decoded pictures that a batch is gathered from.
+const LOOKAHEAD_BATCHES: usize = 2;
 
 /// Runs `fpn` on each of `items`, made into an NCHW input of batch 1 by `load` on
 /// [`ExtractOptions::decoders`] worker threads, and yields the levels of each in order.
@@ -185,12 +209,21 @@ where
     Extractor {
         fpn,
         batch,
+        lookahead: VecDeque::new(),
+        // A batch of one has no choice to make.
+        lookahead_len: if batch == 1 {
+            1
+        } else {
+            LOOKAHEAD_BATCHES * batch
+        },
         decoded,
         next_worker: 0,
+        next_decoded: 0,
         left,
-        held: None,
-        pending: VecDeque::new(),
-        ready: VecDeque::new(),
+        flights: VecDeque::new(),
+        finished: BTreeMap::new(),
+        lost: BTreeSet::new(),
+        next_out: 0,
         started: Instant::now(),
         stats: ExtractStats::default(),
     }
@@ -221,62 +254,85 @@ impl<I> Extractor<'_, I> {
         self.stats
     }
 
-    /// The next decoded picture, in input order.
-    fn next_decoded(&mut self) -> Option<Decoded<I>> {
-        if let Some(held) = self.held.take() {
-            return Some(held);
-        }
-        while self.left > 0 {
+    /// Takes decoded pictures from the workers, in input order, until the look-ahead is full
+    /// or every item is taken. Pictures that failed to decode, or whose input is not one
+    /// image, are finished at once.
+    fn fill_lookahead(&mut self) {
+        while self.lookahead.len() < self.lookahead_len && self.left > 0 {
             let worker = self.next_worker;
             self.next_worker = (worker + 1) % self.decoded.len();
             self.left -= 1;
+            let index = self.next_decoded;
+            self.next_decoded += 1;
             // A worker only hangs up early when its thread died outside the guarded decode;
             // its remaining items are then lost, and the count says so at the end.
-            if let Ok(d) = self.decoded[worker].recv() {
-                return Some(d);
+            let Ok((item, decoded)) = self.decoded[worker].recv() else {
+                self.lost.insert(index);
+                continue;
+            };
+            match decoded.and_then(|t| Ok((t.nchw("input")?, t))) {
+                Ok((shape, input)) if shape[0] == 1 => self.lookahead.push_back(Waiting {
+                    index,
+                    item,
+                    input,
+                    shape,
+                }),
+                Ok((shape, _)) => {
+                    let e = Error::invalid(
+                        "extract",
+                        format!(
+                            "a loaded item has shape {shape:?}; each must be one image, \
+                             [1, C, H, W]"
+                        ),
+                    );
+                    self.fail(index, item, e);
+                }
+                Err(e) => self.fail(index, item, e),
             }
         }
-        None
     }
 
-    /// Gathers the next batch (consecutive pictures of one shape) and submits it, or returns
-    /// the next picture that failed to decode.
-    fn next_pending(&mut self) -> Option<Pending<I>> {
-        let (item, first) = self.next_decoded()?;
-        let first = match first.and_then(|t| Ok((t.nchw("input")?, t))) {
-            Ok((shape, t)) if shape[0] == 1 => (shape, t),
-            Ok((shape, _)) => {
-                let e = Error::invalid(
-                    "extract",
-                    format!(
-                        "a loaded item has shape {shape:?}; each must be one image, [1, C, H, W]"
-                    ),
-                );
-                return Some(Pending::Failed(item, e));
+    fn fail(&mut self, index: usize, item: I, e: Error) {
+        self.stats.failed += 1;
+        self.finished.insert(
+            index,
+            Extracted {
+                item,
+                result: Err(e),
+            },
+        );
+    }
+
+    /// Gathers the next batch, the oldest waiting picture and up to `batch - 1` later ones of
+    /// its shape from the look-ahead, and submits it.
+    fn next_batch(&mut self) -> Option<Batch<I>> {
+        self.fill_lookahead();
+        let shape = self.lookahead.front()?.shape;
+        let mut members = Vec::new();
+        let mut data = Vec::new();
+        let mut rest = VecDeque::with_capacity(self.lookahead.len());
+        for waiting in self.lookahead.drain(..) {
+            if members.len() < self.batch && waiting.shape == shape {
+                members.push((waiting.index, waiting.item));
+                data.extend_from_slice(&waiting.input.data);
+            } else {
+                rest.push_back(waiting);
             }
-            Err(e) => return Some(Pending::Failed(item, e)),
-        };
-        let (shape, first) = first;
-        let mut items = vec![item];
-        let mut data = first.data;
-        while items.len() < self.batch {
-            match self.next_decoded() {
-                Some((item, Ok(t))) if t.shape == shape => {
-                    items.push(item);
-                    data.extend_from_slice(&t.data);
-                }
-                Some(other) => {
-                    self.held = Some(other);
-                    break;
-                }
+        }
+        self.lookahead = rest;
+        let shape = [members.len(), shape[1], shape[2], shape[3]];
+        let flight = self.submit(shape, &data);
+        Some(Batch { members, flight })
+    }
+
+    /// Submits batches until [`IN_FLIGHT`] are on the GPU or no picture is left.
+    fn fill_flights(&mut self) {
+        while self.flights.len() < IN_FLIGHT {
+            match self.next_batch() {
+                Some(batch) => self.flights.push_back(batch),
                 None => break,
             }
         }
-        let shape = [items.len(), shape[1], shape[2], shape[3]];
-        Some(Pending::Batch {
-            items,
-            flight: self.submit(shape, &data),
-        })
     }
 
     /// Uploads a batch, runs the network on it and starts reading its levels back.
@@ -294,17 +350,17 @@ impl<I> Extractor<'_, I> {
     }
 
     /// Waits for a batch and splits its levels per picture.
-    fn finish(&mut self, items: Vec<I>, flight: Result<InFlight>) {
+    fn finish(&mut self, batch: Batch<I>) {
         let ctx = self.fpn.executor().context();
-        let levels = flight.and_then(|f| Ok((f.shapes, f.readback.wait(ctx)?)));
+        let levels = batch
+            .flight
+            .and_then(|f| Ok((f.shapes, f.readback.wait(ctx)?)));
         let (shapes, readout) = match levels {
             Ok(v) => v,
             Err(e) => {
-                self.stats.failed += items.len();
-                self.ready.extend(items.into_iter().map(|item| Extracted {
-                    item,
-                    result: Err(e.clone()),
-                }));
+                for (index, item) in batch.members {
+                    self.fail(index, item, e.clone());
+                }
                 return;
             }
         };
@@ -313,7 +369,7 @@ impl<I> Extractor<'_, I> {
         }
         // values[level][image] -> one list of levels per image.
         let mut per_level: Vec<_> = readout.images.into_iter().map(Vec::into_iter).collect();
-        for item in items {
+        for (index, item) in batch.members {
             let levels = shapes
                 .iter()
                 .zip(&mut per_level)
@@ -329,10 +385,13 @@ impl<I> Extractor<'_, I> {
                 })
                 .collect();
             self.stats.done += 1;
-            self.ready.push_back(Extracted {
-                item,
-                result: Ok(levels),
-            });
+            self.finished.insert(
+                index,
+                Extracted {
+                    item,
+                    result: Ok(levels),
+                },
+            );
         }
     }
 }
@@ -342,31 +401,24 @@ impl<I> Iterator for Extractor<'_, I> {
 
     fn next(&mut self) -> Option<Extracted<I>> {
         loop {
-            if let Some(done) = self.ready.pop_front() {
+            while self.lost.remove(&self.next_out) {
+                self.next_out += 1;
+            }
+            if let Some(done) = self.finished.remove(&self.next_out) {
+                self.next_out += 1;
                 self.stats.wall_seconds = self.started.elapsed().as_secs_f64();
                 return Some(done);
             }
-            let in_flight = |p: &VecDeque<Pending<I>>| {
-                p.iter()
-                    .filter(|p| matches!(p, Pending::Batch { .. }))
-                    .count()
+            self.fill_flights();
+            let Some(oldest) = self.flights.pop_front() else {
+                // Nothing left for the GPU: what remains failed before reaching it.
+                let (&index, _) = self.finished.first_key_value()?;
+                self.next_out = index;
+                continue;
             };
-            while in_flight(&self.pending) < IN_FLIGHT {
-                match self.next_pending() {
-                    Some(p) => self.pending.push_back(p),
-                    None => break,
-                }
-            }
-            match self.pending.pop_front()? {
-                Pending::Failed(item, e) => {
-                    self.stats.failed += 1;
-                    self.ready.push_back(Extracted {
-                        item,
-                        result: Err(e),
-                    });
-                }
-                Pending::Batch { items, flight } => self.finish(items, flight),
-            }
+            self.finish(oldest);
+            // The next batch runs while the caller takes these results.
+            self.fill_flights();
         }
     }
 }

@@ -381,17 +381,18 @@ fn float16_files_hold_the_levels_rounded_to_half_precision() {
 fn the_library_loop_keeps_order_batches_by_size_and_reports_failures() {
     let ctx = gpu();
     let fpn = Fpn::random(ctx, FpnConfig::with_blocks([1, 1, 1, 1]), 0).unwrap();
-    // Sizes vary, so batches of 3 close early; item 4 fails to load, item 6 panics.
+    // Two sizes alternate, so batches of 3 are gathered across the input; item 4 fails to
+    // load, item 6 panics, and the last picture is 1x1.
     const SIZES: [(usize, usize); 9] = [
         (32, 40),
+        (40, 32),
         (32, 40),
-        (32, 40),
+        (40, 32),
+        (0, 0),
         (32, 40),
         (0, 0),
         (40, 32),
         (1, 1),
-        (40, 32),
-        (33, 45),
     ];
     let input = |i: usize| -> HostTensor {
         let (h, w) = SIZES[i];
@@ -440,12 +441,31 @@ fn the_library_loop_keeps_order_batches_by_size_and_reports_failures() {
     assert_eq!(order, (0..SIZES.len()).collect::<Vec<_>>());
     let stats = run.stats();
     assert_eq!((stats.done, stats.failed), (7, 2));
-    // [0, 1, 2], [3], [5], [7], [8]: a batch closes at a failure or a new size.
-    assert_eq!(stats.forwards, 5);
+    // [0, 2, 5], [1, 3, 7], [8]: each batch starts at the oldest picture not yet run and
+    // takes the next ones of its size, past failures and other sizes.
+    assert_eq!(stats.forwards, 3);
     if ctx.supports_timestamps() {
         let busy = stats.gpu_busy().unwrap();
         assert!(busy > 0.0 && busy <= 1.0, "{busy}");
     }
+
+    // Nothing reaches the GPU: every item still comes back, in order, with its error.
+    let unreadable = |&i: &usize| -> fpn_wgpu::Result<HostTensor> {
+        Err(Error::File {
+            path: format!("{i}"),
+            message: "unreadable".into(),
+        })
+    };
+    let mut run = extract(&fpn, (0..5).collect(), unreadable, options);
+    let order: Vec<usize> = run
+        .by_ref()
+        .map(|done| {
+            assert!(done.result.is_err());
+            done.item
+        })
+        .collect();
+    assert_eq!(order, [0, 1, 2, 3, 4]);
+    assert_eq!((run.stats().failed, run.stats().forwards), (5, 0));
 }
 
 #[test]

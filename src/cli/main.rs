@@ -143,8 +143,8 @@ enum Command {
         /// With --images: also write each level's energy map, OUT/REL.p2.png and so on.
         #[arg(long, requires = "images")]
         pictures: bool,
-        /// With --images: most pictures per forward (consecutive pictures of one size share a
-        /// forward).
+        /// With --images: most pictures per forward. Pictures of one size share a forward,
+        /// gathered from the next 2N decoded pictures, so mixed sizes still fill batches.
         #[arg(long, default_value_t = 1, requires = "images", value_parser = clap::value_parser!(u32).range(1..=1024))]
         batch: u32,
         /// With --images: take every N-th picture of the sorted list, starting at K (0-based),

@@ -45,7 +45,8 @@ mod native {
         /// Untimed forwards first (the first one also builds the plan).
         #[arg(long, default_value_t = 1)]
         warmup: usize,
-        /// Backbone preset: seed, resnet50, resnet101, resnet152.
+        /// Backbone preset: seed, resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d,
+        /// resnext101_64x4d, wide_resnet50_2 or wide_resnet101_2 (`FpnConfig::PRESETS`).
         #[arg(long, default_value = "seed")]
         preset: String,
         /// Run every op as its own kernel (no batch norm folding, no epilogue fusion).

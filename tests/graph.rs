@@ -315,9 +315,19 @@ fn grouped_convolutions_run_grouped_and_their_dense_form_agrees() {
     let d = grouped(&mut g, "depthwise", a, 32, 32, 32, 2);
     g.output("out", d);
     passes::optimize(&mut g);
+    let kinds =
+        |g: &Graph| -> Vec<&'static str> { g.nodes().iter().map(|n| n.op.kind()).collect() };
+    // The grouped kernel pads per tap: no padding launch before it.
+    assert_eq!(kinds(&g), ["input", "conv2d", "conv2d"]);
     let mut dense = g.clone();
     assert!(passes::dense_groups(&mut dense));
     assert!(!passes::dense_groups(&mut dense), "nothing left to expand");
+    // Dense, they get their padding made explicit as every dense convolution does.
+    assert!(passes::explicit_padding(&mut dense));
+    assert_eq!(
+        kinds(&dense),
+        ["input", "pad2d", "conv2d", "pad2d", "conv2d"]
+    );
     let convs: Vec<_> = dense
         .nodes()
         .iter()

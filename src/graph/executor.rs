@@ -245,8 +245,10 @@ impl Executor {
             if gpu && super::passes::fuse_upsample_add(&mut graph) {
                 super::passes::remove_dead(&mut graph);
             }
-            // The cooperative-matrix kernels have no grouped form.
-            super::passes::dense_groups(&mut graph);
+            // The cooperative-matrix kernels have no grouped form, and read padded inputs.
+            if super::passes::dense_groups(&mut graph) {
+                super::passes::explicit_padding(&mut graph);
+            }
             if super::passes::halo_into_producer(&mut graph) {
                 super::passes::remove_dead(&mut graph);
             }
@@ -810,13 +812,14 @@ fn record_pass<'a>(
 }
 
 /// Whether an op has a kernel for channels-last values (the cooperative-matrix convolutions
-/// read padded inputs, so a convolution must have had its padding made explicit).
+/// read padded inputs, so a dense convolution must have had its padding made explicit; a
+/// grouped one gets it made explicit when it is made dense).
 fn takes_channels_last(op: &Op) -> bool {
     match op {
         Op::Input | Op::MaxPool2d(_) | Op::Pad2d(_) | Op::UpsampleAdd(_) | Op::Relu | Op::Add => {
             true
         }
-        Op::Conv2d { opts, .. } => opts.padding == (0, 0),
+        Op::Conv2d { opts, .. } => opts.padding == (0, 0) || opts.groups > 1,
         Op::BatchNorm(_) => false,
     }
 }

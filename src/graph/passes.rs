@@ -188,12 +188,13 @@ pub fn fuse_relu(graph: &mut Graph) -> bool {
     changed
 }
 
-/// A padded convolution becomes a zero-padding op followed by the same convolution without
-/// padding, which runs without bounds checks per tap (the faster kernel on every adapter
-/// measured). Inserting nodes renumbers the graph.
+/// A padded dense convolution becomes a zero-padding op followed by the same convolution
+/// without padding, which runs without bounds checks per tap (the faster kernel on every
+/// adapter measured). Grouped convolutions keep their padding: their kernel checks bounds per
+/// tap either way, so a padding launch would only add a pass over the map. Inserting nodes
+/// renumbers the graph.
 pub fn explicit_padding(graph: &mut Graph) -> bool {
-    let padded =
-        |n: &super::Node| matches!(&n.op, Op::Conv2d { opts, .. } if opts.padding != (0, 0));
+    let padded = |n: &super::Node| matches!(&n.op, Op::Conv2d { opts, .. } if opts.padding != (0, 0) && opts.groups <= 1);
     if !graph.nodes.iter().any(padded) {
         return false;
     }
@@ -204,7 +205,7 @@ pub fn explicit_padding(graph: &mut Graph) -> bool {
             *v = new_index[*v];
         }
         if let Op::Conv2d { opts, .. } = &mut node.op {
-            if opts.padding != (0, 0) {
+            if opts.padding != (0, 0) && opts.groups <= 1 {
                 nodes.push(super::Node {
                     name: format!("{}.pad", node.name),
                     op: Op::Pad2d(opts.padding),
@@ -262,7 +263,8 @@ pub fn halo_into_producer(graph: &mut Graph) -> bool {
 /// channels-last, cooperative-matrix ones) can run, at `groups` times the multiply-adds.
 ///
 /// Not in [`PASSES`]: the NCHW networks run grouped convolutions on their own kernel, so the
-/// executor runs it on graphs it stores channels-last. Returns whether anything changed.
+/// executor runs it on graphs it stores channels-last, followed by [`explicit_padding`] for
+/// the padding the grouped convolutions kept. Returns whether anything changed.
 pub fn dense_groups(graph: &mut Graph) -> bool {
     let mut changed = false;
     for node in &mut graph.nodes {

@@ -194,8 +194,11 @@ pub fn fuse_relu(graph: &mut Graph) -> bool {
 /// tap either way, so a padding launch would only add a pass over the map. Inserting nodes
 /// renumbers the graph.
 pub fn explicit_padding(graph: &mut Graph) -> bool {
-    let padded = |n: &super::Node| matches!(&n.op, Op::Conv2d { opts, .. } if opts.padding != (0, 0) && opts.groups <= 1);
-    if !graph.nodes.iter().any(padded) {
+    let padded_dense = |op: &Op| match op {
+        Op::Conv2d { opts, .. } => opts.padding != (0, 0) && opts.groups <= 1,
+        _ => false,
+    };
+    if !graph.nodes.iter().any(|n| padded_dense(&n.op)) {
         return false;
     }
     let mut new_index = Vec::with_capacity(graph.nodes.len());
@@ -204,8 +207,8 @@ pub fn explicit_padding(graph: &mut Graph) -> bool {
         for v in &mut node.inputs {
             *v = new_index[*v];
         }
-        if let Op::Conv2d { opts, .. } = &mut node.op {
-            if opts.padding != (0, 0) && opts.groups <= 1 {
+        if padded_dense(&node.op) {
+            if let Op::Conv2d { opts, .. } = &mut node.op {
                 nodes.push(super::Node {
                     name: format!("{}.pad", node.name),
                     op: Op::Pad2d(opts.padding),

@@ -11,8 +11,8 @@ use std::fmt::Write;
 
 use super::coop_staged::StagedBlock;
 use super::{
-    check_tensors, epilogue_flags, Conv2dOptions, Conv2dWeights, ConvAlgorithm, Partials,
-    ResidualMode,
+    check_tensors, epilogue_flags, residual_binding, Conv2dOptions, Conv2dWeights, ConvAlgorithm,
+    Partials, ResidualMode,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, CooperativeMatrixSupport, Dispatch, GpuContext};
@@ -599,10 +599,7 @@ pub fn prepare(
     if upsample {
         constants.push(("UPSAMPLE", 1));
     }
-    let residual_binding = match residual {
-        Some(r) => r.binding(),
-        None => ctx.placeholder().as_entire_binding(),
-    };
+    let residual_binding = residual_binding(ctx, residual);
     // What runs: the split clamped to the k steps.
     let choice = CoopChoice { split, ..choice };
     let config = format!("{choice}, {side}x{side} matrices");

@@ -3,8 +3,8 @@
 
 use super::rows::RowTile;
 use super::{
-    check_nchw_tensors, Conv2dOptions, Conv2dParams, Conv2dWeights, ConvAlgorithm, Partials,
-    ResidualMode,
+    check_nchw_tensors, residual_binding, Conv2dOptions, Conv2dParams, Conv2dWeights,
+    ConvAlgorithm, Partials, ResidualMode,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, Dispatch, GpuContext};
@@ -185,10 +185,7 @@ pub(super) fn prepare(
         splits,
     );
     let uniform = ctx.uniform("conv2d params", &params);
-    let residual = match residual {
-        Some(r) => r.binding(),
-        None => ctx.placeholder().as_entire_binding(),
-    };
+    let residual = residual_binding(ctx, residual);
     if let (true, Some((tile, constants))) = (splits > 1, row_tile) {
         let bytes = partial_bytes(shape, splits);
         let partials = Partials::new(ctx, partials, bytes, &format!("split {splits}"))?;

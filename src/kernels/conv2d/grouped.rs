@@ -4,7 +4,9 @@
 //! multiply-adds (and weight bytes) of the dense block-diagonal convolution it equals.
 
 use super::direct::{grid_for, workgroup_shape};
-use super::{check_nchw_tensors, Conv2dOptions, Conv2dParams, Conv2dWeights, ResidualMode};
+use super::{
+    check_nchw_tensors, residual_binding, Conv2dOptions, Conv2dParams, Conv2dWeights, ResidualMode,
+};
 use crate::error::Result;
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::{pipeline, ShaderSource};
@@ -82,10 +84,7 @@ pub(super) fn prepare(
     ctx.check_grid(OP, grid)?;
     let params = Conv2dParams::new(opts, weights, residual, shape, [cin, h, w], (oh, ow), 1);
     let uniform = ctx.uniform("conv2d params", &params);
-    let residual = match residual {
-        Some(r) => r.binding(),
-        None => ctx.placeholder().as_entire_binding(),
-    };
+    let residual = residual_binding(ctx, residual);
     let bind_group = ctx.bind_group(
         entry,
         &pipeline,

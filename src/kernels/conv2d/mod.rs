@@ -551,6 +551,18 @@ pub fn conv_shape(
     Ok([n, cout, oh, ow])
 }
 
+/// The residual's binding, or the context's placeholder where there is none: the kernels
+/// declare the binding either way, and the epilogue reads it only when told to.
+fn residual_binding<'a>(
+    ctx: &'a GpuContext,
+    residual: Option<&'a Tensor>,
+) -> wgpu::BindingResource<'a> {
+    match residual {
+        Some(r) => r.binding(),
+        None => ctx.placeholder().as_entire_binding(),
+    }
+}
+
 /// [`check_tensors`] for the kernels that read and write NCHW tensors and write no output halo;
 /// `kernels` names them in the refusal.
 fn check_nchw_tensors(

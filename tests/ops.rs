@@ -121,6 +121,9 @@ fn conv2d_matches_reference_with_every_epilogue() {
     eprintln!("conv2d: {count} cases, worst max relative error {worst:e}");
 }
 
+/// A grouped convolution case: (input, cout, groups, kernel, stride, padding).
+type GroupedCase = ([usize; 4], usize, usize, usize, usize, usize);
+
 /// Grouped convolutions (ResNeXt's 3x3s) run as the block-diagonal dense convolution
 /// `dense_from_grouped` builds: on every kernel the plan picks for f32, against the reference's
 /// own grouped convolution, on random shapes (depthwise included).
@@ -128,8 +131,6 @@ fn conv2d_matches_reference_with_every_epilogue() {
 fn grouped_conv2d_as_block_diagonal_weights_matches_reference() {
     let ctx = gpu();
     let mut rng = SplitMix64::new(16);
-    // (input, cout, groups, kernel, stride, padding)
-    type GroupedCase = ([usize; 4], usize, usize, usize, usize, usize);
     let cases: &[GroupedCase] = &[
         ([1, 8, 9, 11], 8, 2, 3, 1, 1),
         ([2, 12, 7, 5], 24, 4, 3, 2, 1),
@@ -222,8 +223,6 @@ fn grouped_conv2d_matches_reference() {
     use fpn_wgpu::Precision;
     let ctx = gpu();
     let mut rng = SplitMix64::new(21);
-    // (input, cout, groups, kernel, stride, padding)
-    type GroupedCase = ([usize; 4], usize, usize, usize, usize, usize);
     let cases: &[GroupedCase] = &[
         ([1, 8, 9, 11], 8, 8, 3, 1, 1),
         ([2, 12, 7, 5], 24, 4, 3, 2, 1),

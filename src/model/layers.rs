@@ -52,17 +52,12 @@ impl Conv2d {
         padding: usize,
         groups: usize,
     ) -> Self {
-        let shape = [cout, cin / groups.max(1), kernel, kernel];
-        Conv2d {
-            name: vb.prefix().to_string(),
-            weights: Arc::new(HostConv {
-                shape,
-                weight: vb.get("weight", &shape, Init::Conv),
-                bias: None,
-                affine: None,
-            }),
-            opts: Conv2dOptions::new(stride, padding).with_groups(groups.max(1)),
-        }
+        let groups = groups.max(1);
+        // Each output channel reads `cin / groups` input channels: the weight of a dense
+        // convolution over that many.
+        let mut conv = Conv2d::new(vb, cin / groups, cout, kernel, stride, padding, false);
+        conv.opts = conv.opts.with_groups(groups);
+        conv
     }
 
     /// Records the convolution of `x`.

@@ -500,10 +500,11 @@ impl GpuContext {
     }
 
     /// Records that the device is unusable (wgpu may report a loss late, or not at all, for a
-    /// destroyed device); every later call fails with [`Error::DeviceLost`].
-    pub(crate) fn mark_lost(&self, why: String) {
+    /// destroyed device); every later call fails with [`Error::DeviceLost`]. Returns that
+    /// error, with the first reason recorded.
+    pub(crate) fn mark_lost(&self, why: String) -> Error {
         let mut lost = self.inner.lost.lock().unwrap_or_else(|p| p.into_inner());
-        lost.get_or_insert(why);
+        Error::DeviceLost(lost.get_or_insert(why).clone())
     }
 
     /// The wgpu device.

@@ -135,20 +135,13 @@ impl Readback {
             timeout: Some(WAIT_LIMIT),
         });
         if let Err(e) = polled {
-            ctx.mark_lost(format!("waiting for a read-back failed: {e}"));
-            return Err(ctx
-                .check_alive()
-                .err()
-                .unwrap_or(Error::Readback(e.to_string())));
+            return Err(ctx.mark_lost(format!("waiting for a read-back failed: {e}")));
         }
         // The wait has run the callbacks of the finished submission; a map still pending is
         // one the device will never answer.
         match self.mapped.try_recv() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                ctx.mark_lost(format!("a read-back failed: {e}"));
-                return Err(ctx.check_alive().err().unwrap_or(Error::Readback(e.to_string())));
-            }
+            Ok(Err(e)) => return Err(ctx.mark_lost(format!("a read-back failed: {e}"))),
             Err(_) => {
                 return Err(Error::Readback(
                     "the GPU finished the copy without mapping its buffer; the device may have been lost".into(),

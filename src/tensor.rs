@@ -495,8 +495,7 @@ impl Tensor {
         drive(ctx.device(), on_stall);
         if let Err(e) = rx.await {
             // The staging buffer is ours and alive, so a failed map means the device is gone.
-            ctx.mark_lost(format!("a read-back failed: {e}"));
-            return Err(ctx.check_alive().err().unwrap_or(e));
+            return Err(ctx.mark_lost(format!("a read-back failed: {e}")));
         }
         ctx.check_alive()?;
         let view = staging

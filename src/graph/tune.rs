@@ -194,8 +194,9 @@ impl TuneCache {
         self.entries.insert(key, choice.code());
     }
 
-    /// Writes the cache: merged with what another process may have saved meanwhile, to a
-    /// temporary file renamed over the old one, so that a reader never sees half a file.
+    /// Writes the cache: merged with what another process may have saved meanwhile, atomically
+    /// ([`crate::atomic_file`]: a temporary file of a unique name renamed over the old one), so
+    /// that a reader never sees half a file.
     pub(crate) fn save(&self) -> Result<()> {
         let Some(path) = &self.path else {
             return Ok(());
@@ -207,27 +208,15 @@ impl TuneCache {
             "version": VERSION,
             "entries": entries,
         });
-        let io = |e: std::io::Error| {
-            Error::File {
-            path: path.display().to_string(),
-            message: format!("{e}; the tuning cache was not saved (set {TUNE_CACHE_ENV} to a writable file, or {TUNE_ENV}=off)"),
-        }
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        // Unique per process and per save, so that two executors saving at once (threads or
-        // processes) never rename each other's half-written file.
-        static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = path.with_extension(format!("json.{}.{n}.tmp", std::process::id()));
-        if let Err(e) = std::fs::write(&tmp, json.to_string()) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(io(e));
-        }
-        std::fs::rename(&tmp, path).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io(e)
+        crate::atomic_file::write(path, json.to_string().as_bytes()).map_err(|e| match e {
+            Error::File { path, message } => Error::File {
+                path,
+                message: format!(
+                    "{message}; the tuning cache was not saved (set {TUNE_CACHE_ENV} to a \
+                     writable file, or {TUNE_ENV}=off)"
+                ),
+            },
+            other => other,
         })
     }
 }

@@ -124,7 +124,7 @@ impl ImageSet {
                 });
             }
         }
-        Ok(Self::sorted(entries))
+        Ok(Self::from_entries(entries))
     }
 
     /// The paths in the text file `list`, one per line; blank lines and lines starting with
@@ -151,13 +151,9 @@ impl ImageSet {
                 path,
             })
             .collect();
-        Ok(Self::sorted(entries))
+        Ok(Self::from_entries(entries))
     }
 
-    /// A set of the given entries, sorted by their relative paths, repeats dropped.
-    pub fn from_entries(entries: Vec<ImageEntry>) -> Self {
-        Self::sorted(entries)
-    }
 
     /// A folder, or a list when `source` is a file.
     pub fn open(source: &Path) -> Result<Self> {
@@ -168,7 +164,8 @@ impl ImageSet {
         }
     }
 
-    fn sorted(mut entries: Vec<ImageEntry>) -> Self {
+    /// A set of the given entries, sorted by their relative paths, repeats dropped.
+    pub fn from_entries(mut entries: Vec<ImageEntry>) -> Self {
         entries.sort();
         entries.dedup_by(|a, b| a.relative == b.relative);
         ImageSet { entries }

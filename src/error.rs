@@ -111,3 +111,12 @@ impl Error {
         }
     }
 }
+
+/// The message a panic carried (`panic!` with a literal, or with a formatted string), if any.
+#[cfg(not(target_arch = "wasm32"))]
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<String> {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+}

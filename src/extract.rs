@@ -28,7 +28,7 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::{panic_message, Error, Result};
 use crate::image_input::{load_image_with, ImageOptions};
 use crate::model::Fpn;
 use crate::readback::{GpuSpan, Readback};
@@ -186,11 +186,7 @@ where
                 for item in share {
                     let result = std::panic::catch_unwind(AssertUnwindSafe(|| load(&item)))
                         .unwrap_or_else(|panic| {
-                            let why = panic
-                                .downcast_ref::<&str>()
-                                .map(|s| s.to_string())
-                                .or_else(|| panic.downcast_ref::<String>().cloned())
-                                .unwrap_or_default();
+                            let why = panic_message(&*panic).unwrap_or_default();
                             Err(Error::invalid(
                                 "extract",
                                 format!(

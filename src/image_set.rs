@@ -154,7 +154,6 @@ impl ImageSet {
         Ok(Self::from_entries(entries))
     }
 
-
     /// A folder, or a list when `source` is a file.
     pub fn open(source: &Path) -> Result<Self> {
         if source.is_file() {

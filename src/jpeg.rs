@@ -33,6 +33,8 @@ mod turbo {
     use image::{DynamicImage, GrayImage, RgbImage};
     use mozjpeg::{ColorSpace, Decompress};
 
+    use crate::error::panic_message;
+
     pub(super) fn decode(bytes: &[u8]) -> Option<Result<DynamicImage, String>> {
         // libjpeg reports errors by unwinding out of its error handler (without the panic
         // hook); they end here as an Err, never as a panic.
@@ -65,10 +67,7 @@ mod turbo {
                                             picture's size"
                 .to_string())),
             Ok(Some(Err(e))) => Some(Err(e.to_string())),
-            Err(payload) => Some(Err(payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            Err(payload) => Some(Err(panic_message(&*payload)
                 .unwrap_or_else(|| "libjpeg-turbo refused the file".to_string()))),
         }
     }

@@ -131,10 +131,7 @@ impl Checkpoint {
                          of the backbone's levels C2..C{} ({channels:?}, from the {} blocks \
                          under `body.`)",
                         present + 1,
-                        match config.block {
-                            Block::Basic => "basic",
-                            Block::Bottleneck => "bottleneck",
-                        }
+                        config.block,
                     ),
                 ));
             };

@@ -73,7 +73,9 @@ impl Block {
 }
 
 impl Block {
-    /// The names [`Block::from_str`] accepts.
+    /// Every block type.
+    pub const ALL: [Block; 2] = [Block::Basic, Block::Bottleneck];
+    /// The names [`Block::from_str`] accepts, in the order of [`Block::ALL`].
     pub const NAMES: &'static [&'static str] = &["basic", "bottleneck"];
 }
 
@@ -81,14 +83,25 @@ impl FromStr for Block {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "basic" => Ok(Block::Basic),
-            "bottleneck" => Ok(Block::Bottleneck),
-            _ => Err(Error::invalid(
-                "Block",
-                format!("unknown block `{s}`; choose one of {:?}", Block::NAMES),
-            )),
-        }
+        Block::ALL
+            .into_iter()
+            .find(|b| b.to_string() == s)
+            .ok_or_else(|| {
+                Error::invalid(
+                    "Block",
+                    format!("unknown block `{s}`; choose one of {:?}", Block::NAMES),
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for Block {
+    /// The name [`Block::from_str`] takes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Block::Basic => "basic",
+            Block::Bottleneck => "bottleneck",
+        })
     }
 }
 
@@ -399,5 +412,20 @@ impl FpnConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_names_round_trip() {
+        let names: Vec<String> = Block::ALL.iter().map(Block::to_string).collect();
+        assert_eq!(names, Block::NAMES);
+        for block in Block::ALL {
+            assert_eq!(block.to_string().parse::<Block>().unwrap(), block);
+        }
+        assert!("wide".parse::<Block>().is_err());
     }
 }

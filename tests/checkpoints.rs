@@ -227,8 +227,8 @@ fn shapes_that_would_size_a_huge_network_are_refused_not_allocated() {
 fn cli_random_weights_write_what_torchvision_saves() {
     // resnet_fpn_backbone('resnet18', returned_layers=[1, 2, 3]) saves 87 tensors (checked
     // against torchvision by tests/fixtures/make_torchvision_fixtures.py), none of layer4.
-    let path =
-        std::env::temp_dir().join(format!("fpn-wgpu-ckpt-{}.safetensors", std::process::id()));
+    let scratch = common::scratch("checkpoints");
+    let path = scratch.path().join("resnet18-returned-1-2-3.safetensors");
     let out = common::fpn_command()
         .args([
             "random-weights",
@@ -251,7 +251,6 @@ fn cli_random_weights_write_what_torchvision_saves() {
         String::from_utf8_lossy(&out.stderr)
     );
     let dict = fpn_wgpu::tensor_file::read_tensors(&path, |_| false).unwrap();
-    let _ = std::fs::remove_file(&path);
     assert_eq!(dict.len(), 87);
     assert!(!dict.keys().any(|n| n.starts_with("body.layer4.")));
     assert_eq!(dict["fpn.inner_blocks.2.0.weight"].shape, [256, 256, 1, 1]);

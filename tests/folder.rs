@@ -16,14 +16,6 @@ use fpn_wgpu::tensor_file::{read_tensors, write_tensors_as, HostTensor};
 use fpn_wgpu::{Error, Fpn, FpnConfig, Precision, Tensor};
 use image::{ImageFormat, Rgb, RgbImage};
 
-/// A fresh folder for one test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fpn-wgpu-folder-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// A picture that differs with `seed`.
 fn picture(w: u32, h: u32, seed: u32) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| {
@@ -100,7 +92,8 @@ fn names(files: &BTreeMap<PathBuf, Vec<u8>>) -> Vec<String> {
 
 #[test]
 fn a_nested_folder_gives_one_file_per_picture_matching_a_single_forward() {
-    let dir = scratch("nested");
+    let scratch = common::scratch("folder-nested");
+    let dir = scratch.path();
     let (source, out) = (dir.join("pictures"), dir.join("out"));
     make_dataset(
         &source,
@@ -137,12 +130,12 @@ fn a_nested_folder_gives_one_file_per_picture_matching_a_single_forward() {
         assert_eq!(got[name].shape, level.shape, "{name}");
         assert_close(name, &got[name].data, &level.data, 1e-5);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_list_file_names_outputs_from_the_folder_its_pictures_share() {
-    let dir = scratch("list");
+    let scratch = common::scratch("folder-list");
+    let dir = scratch.path();
     let source = dir.join("data");
     make_dataset(
         &source,
@@ -169,12 +162,12 @@ fn a_list_file_names_outputs_from_the_folder_its_pictures_share() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("missing.png"), "{stderr}");
     assert_eq!(names(&files(&dir.join("out2"))), ["2.jpg.safetensors"]);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_broken_picture_is_reported_and_the_others_are_written() {
-    let dir = scratch("broken");
+    let scratch = common::scratch("folder-broken");
+    let dir = scratch.path();
     let (source, out) = (dir.join("pictures"), dir.join("out"));
     make_dataset(&source, &["1.jpg", "2.jpg", "4.png", "5.png"], (40, 40));
     std::fs::write(source.join("3.jpg"), b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
@@ -205,12 +198,12 @@ fn a_broken_picture_is_reported_and_the_others_are_written() {
         names(&files(&fast)),
         ["1.jpg.safetensors", "2.jpg.safetensors"]
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_killed_run_leaves_whole_files_and_a_rerun_completes_it() {
-    let dir = scratch("resume");
+    let scratch = common::scratch("folder-resume");
+    let dir = scratch.path();
     let (source, out) = (dir.join("pictures"), dir.join("out"));
     let names_in: Vec<String> = (0..48).map(|i| format!("{i:02}.png")).collect();
     make_dataset(
@@ -218,7 +211,12 @@ fn a_killed_run_leaves_whole_files_and_a_rerun_completes_it() {
         &names_in.iter().map(String::as_str).collect::<Vec<_>>(),
         (64, 64),
     );
+    // Killed, the run cannot remove the runtime folder it would make for itself in a bare
+    // environment; this one is inside the test's own folder.
+    let runtime = dir.join("runtime");
+    std::fs::create_dir_all(&runtime).unwrap();
     let mut child = folder_command(&source, &out, &["--quiet"])
+        .env("XDG_RUNTIME_DIR", &runtime)
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -289,12 +287,12 @@ fn a_killed_run_leaves_whole_files_and_a_rerun_completes_it() {
         stderr.contains(&format!("done: {} written", names_in.len())),
         "{stderr}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn three_shards_together_equal_one_run_byte_for_byte() {
-    let dir = scratch("shards");
+    let scratch = common::scratch("folder-shards");
+    let dir = scratch.path();
     let source = dir.join("pictures");
     let names_in = [
         "a/1.png",
@@ -332,12 +330,12 @@ fn three_shards_together_equal_one_run_byte_for_byte() {
     let (code, stderr) = run_folder(&source, &dir.join("bad"), &["--shard", "3/3"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("0 <= K < N"), "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn quiet_runs_print_nothing_even_with_nothing_left_to_do() {
-    let dir = scratch("quiet");
+    let scratch = common::scratch("folder-quiet");
+    let dir = scratch.path();
     let (source, out) = (dir.join("pictures"), dir.join("out"));
     make_dataset(&source, &["1.png", "2.png"], (32, 32));
     let (code, stderr) = run_folder(&source, &out, &["--quiet"]);
@@ -352,12 +350,12 @@ fn quiet_runs_print_nothing_even_with_nothing_left_to_do() {
     let (code, stderr) = run_folder(&dir.join("empty"), &out, &["--quiet"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("no pictures found"), "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn float16_files_hold_the_levels_rounded_to_half_precision() {
-    let dir = scratch("f16");
+    let scratch = common::scratch("folder-f16");
+    let dir = scratch.path();
     let level =
         HostTensor::new(vec![1, 2, 1, 3], vec![0.1, -2.5, 65504.0, 1e-3, 3.0, -0.0]).unwrap();
     let path = dir.join("levels.safetensors");
@@ -374,7 +372,6 @@ fn float16_files_hold_the_levels_rounded_to_half_precision() {
     let bytes = std::fs::read(&path).unwrap();
     let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     assert_eq!(bytes.len() - 8 - header, 12);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -470,7 +467,8 @@ fn the_library_loop_keeps_order_batches_by_size_and_reports_failures() {
 
 #[test]
 fn pictures_are_turned_upright_and_made_gray_for_a_one_channel_network() {
-    let dir = scratch("gray");
+    let scratch = common::scratch("folder-gray");
+    let dir = scratch.path();
     let (source, out) = (dir.join("pictures"), dir.join("out"));
     std::fs::create_dir_all(&source).unwrap();
     // Stored 32 wide and 16 high; its EXIF says to turn it upright, 16 wide and 32 high.
@@ -487,5 +485,4 @@ fn pictures_are_turned_upright_and_made_gray_for_a_one_channel_network() {
     let (code, stderr) = run_folder(&source, &stored, &["--keep-stored-orientation"]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(shape(&stored), [1, 256, 4, 8]);
-    let _ = std::fs::remove_dir_all(&dir);
 }

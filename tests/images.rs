@@ -16,12 +16,6 @@ use fpn_wgpu::{Fpn, FpnConfig, Tensor};
 use image::metadata::Orientation;
 use image::{DynamicImage, GrayImage, ImageFormat, Luma, Rgb, RgbImage, Rgba, RgbaImage};
 
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fpn-wgpu-images-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// A picture with structure at every scale: gradients plus a bright disc.
 fn test_picture(w: u32, h: u32) -> RgbImage {
     RgbImage::from_fn(w, h, |x, y| {
@@ -35,8 +29,8 @@ fn test_picture(w: u32, h: u32) -> RgbImage {
     })
 }
 
-fn save_picture(picture: &DynamicImage, name: &str, format: ImageFormat) -> PathBuf {
-    let path = tempdir().join(name);
+fn save_picture(dir: &Path, picture: &DynamicImage, name: &str, format: ImageFormat) -> PathBuf {
+    let path = dir.join(name);
     picture.save_with_format(&path, format).unwrap();
     path
 }
@@ -139,7 +133,8 @@ fn one_channel_models_get_pil_gray_values_normalised_by_imagenet_luma() {
 
 #[test]
 fn exif_orientation_is_applied_by_default_and_kept_on_request() {
-    let dir = tempdir();
+    let scratch = common::scratch("images");
+    let dir = scratch.path();
     let path = dir.join("portrait.jpg");
     common::jpeg_with_orientation_6(&path);
     let upright = load_image(&path, None).unwrap();
@@ -189,8 +184,10 @@ fn exif_orientation_is_applied_by_default_and_kept_on_request() {
 
 #[test]
 fn cli_runs_small_thin_and_grayscale_model_pictures() {
-    let dir = tempdir();
+    let scratch = common::scratch("images");
+    let dir = scratch.path();
     let small = save_picture(
+        dir,
         &DynamicImage::ImageRgb8(test_picture(20, 28)),
         "small-20x28.png",
         ImageFormat::Png,
@@ -203,6 +200,7 @@ fn cli_runs_small_thin_and_grayscale_model_pictures() {
     assert_eq!(levels["p5"].shape, vec![1, 256, 1, 1]);
 
     let thin = save_picture(
+        dir,
         &DynamicImage::ImageRgb8(test_picture(2000, 45)),
         "thin-2000x45.png",
         ImageFormat::Png,
@@ -277,9 +275,11 @@ fn energy_is_the_channel_l2_norm_and_maps_to_a_bright_ramp() {
 
 #[test]
 fn cli_runs_a_picture_through_both_layouts_and_writes_levels_and_pictures() {
-    let dir = tempdir();
+    let scratch = common::scratch("images");
+    let dir = scratch.path();
     let picture = test_picture(96, 72);
     let png = save_picture(
+        dir,
         &DynamicImage::ImageRgb8(picture.clone()),
         "scene.png",
         ImageFormat::Png,
@@ -313,6 +313,7 @@ fn cli_runs_a_picture_through_both_layouts_and_writes_levels_and_pictures() {
     let dict = Fpn::random_state_dict(FpnConfig::torchvision([1, 1, 1, 1]), 4).unwrap();
     write_tensors(&weights, dict.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
     let jpeg = save_picture(
+        dir,
         &DynamicImage::ImageRgb8(picture),
         "scene.jpg",
         ImageFormat::Jpeg,
@@ -338,7 +339,8 @@ fn cli_runs_a_picture_through_both_layouts_and_writes_levels_and_pictures() {
 
 #[test]
 fn cli_converts_grayscale_rgba_and_16_bit_pictures() {
-    let dir = tempdir();
+    let scratch = common::scratch("images");
+    let dir = scratch.path();
     let gray = GrayImage::from_fn(40, 33, |x, y| Luma([(x * 6 + y) as u8]));
     let rgba = RgbaImage::from_fn(35, 40, |x, y| Rgba([x as u8 * 7, y as u8 * 6, 90, 128]));
     let gray16 = DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(48, 32, |x, y| {
@@ -353,7 +355,7 @@ fn cli_converts_grayscale_rgba_and_16_bit_pictures() {
         ("rgba.png", DynamicImage::ImageRgba8(rgba), (40, 35)),
         ("gray16.png", gray16, (32, 48)),
     ] {
-        let path = save_picture(&picture, name, ImageFormat::Png);
+        let path = save_picture(dir, &picture, name, ImageFormat::Png);
         let out = dir.join(format!("{name}-out"));
         let (code, err) = run_image(&path, &out, &["--blocks", "1,1,1,1", "-q"]);
         assert_eq!(code, 0, "{name}: {err}");
@@ -369,8 +371,8 @@ fn cli_converts_grayscale_rgba_and_16_bit_pictures() {
 }
 
 /// Runs `fpn run --image` expecting exit 1 and one line on stderr containing each of `needles`.
-fn assert_refused(image: &Path, extra: &[&str], needles: &[&str]) {
-    let out = tempdir().join("refused-out");
+fn assert_refused(dir: &Path, image: &Path, extra: &[&str], needles: &[&str]) {
+    let out = dir.join("refused-out");
     let (code, err) = run_image(image, &out, &[extra, &["-q"]].concat());
     assert_eq!(code, 1, "{err}");
     assert!(
@@ -384,14 +386,16 @@ fn assert_refused(image: &Path, extra: &[&str], needles: &[&str]) {
 
 #[test]
 fn cli_refuses_bad_pictures_and_unknown_checkpoints_with_one_line() {
-    let dir = tempdir();
-    assert_refused(&dir.join("no-such-picture.png"), &[], &["cannot open"]);
+    let scratch = common::scratch("images");
+    let dir = scratch.path();
+    assert_refused(dir, &dir.join("no-such-picture.png"), &[], &["cannot open"]);
 
     let text = dir.join("notes.png");
     std::fs::write(&text, "this is not a picture\n").unwrap();
-    assert_refused(&text, &[], &["not a JPEG or PNG"]);
+    assert_refused(dir, &text, &[], &["not a JPEG or PNG"]);
 
     let good = save_picture(
+        dir,
         &DynamicImage::ImageRgb8(test_picture(64, 64)),
         "whole.png",
         ImageFormat::Png,
@@ -399,9 +403,10 @@ fn cli_refuses_bad_pictures_and_unknown_checkpoints_with_one_line() {
     let bytes = std::fs::read(&good).unwrap();
     let truncated = dir.join("truncated.png");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    assert_refused(&truncated, &[], &["cannot decode"]);
+    assert_refused(dir, &truncated, &[], &["cannot decode"]);
 
     assert_refused(
+        dir,
         &good,
         &["--max-size", "0"],
         &["max size 0 leaves no pixels"],
@@ -434,7 +439,7 @@ fn cli_refuses_bad_pictures_and_unknown_checkpoints_with_one_line() {
             })
             .collect();
         write_tensors(&weights, tensors.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
-        assert_refused(&good, &["--weights", w], needles);
+        assert_refused(dir, &good, &["--weights", w], needles);
     }
 
     // Usage errors exit with 2: --image without --out, both sources, --max-size with --input.
@@ -485,8 +490,10 @@ fn cli_shapes_know_both_layouts() {
 
 #[test]
 fn cli_runs_in_f16_where_the_adapter_has_it_and_refuses_it_clearly_elsewhere() {
-    let dir = tempdir();
+    let scratch = common::scratch("images");
+    let dir = scratch.path();
     let image = save_picture(
+        dir,
         &DynamicImage::ImageRgb8(test_picture(52, 40)),
         "precision.png",
         ImageFormat::Png,

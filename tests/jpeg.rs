@@ -19,6 +19,8 @@
 //! PIL's pixels exactly, CMYK (left to the image crate) within 1 level; without it, the image
 //! crate's decoder must stay within the levels measured above.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use fpn_wgpu::image_input::load_image;
@@ -101,8 +103,8 @@ fn jpeg_pixels_match_libjpeg_turbo_as_pil_decodes_them() {
 #[test]
 fn broken_jpegs_are_errors_or_pictures_never_panics() {
     let bytes = std::fs::read(fixture("baseline_420.jpg")).unwrap();
-    let dir = std::env::temp_dir().join(format!("fpn-wgpu-jpeg-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = common::scratch("jpeg");
+    let dir = scratch.path();
     for (name, cut) in [("head", 200), ("half", bytes.len() / 2)] {
         let path = dir.join(format!("{name}.jpg"));
         std::fs::write(&path, &bytes[..cut]).unwrap();

@@ -10,18 +10,12 @@ use fpn_wgpu::tensor_file::{write_tensors, HostTensor, TensorMap};
 use fpn_wgpu::weights::VarStore;
 use fpn_wgpu::{Fpn, FpnConfig, Fusion, Tensor};
 
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fpn-wgpu-errors-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn tiny_dict() -> TensorMap {
     Fpn::random_state_dict(FpnConfig::with_blocks([1, 1, 1, 1]), 5).unwrap()
 }
 
-fn save(dict: &TensorMap, name: &str) -> PathBuf {
-    let path = tempdir().join(name);
+fn save(dir: &Path, dict: &TensorMap, name: &str) -> PathBuf {
+    let path = dir.join(name);
     write_tensors(&path, dict.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
     path
 }
@@ -47,6 +41,8 @@ fn wrong_channel_count_is_an_error() {
 
 #[test]
 fn missing_unexpected_and_misshaped_tensors_are_all_listed_at_once() {
+    let scratch = common::scratch("errors");
+    let dir = scratch.path();
     let mut dict = tiny_dict();
     dict.remove("layer2.0.bn2.running_var").unwrap();
     dict.remove("smooth1.bias").unwrap();
@@ -58,7 +54,7 @@ fn missing_unexpected_and_misshaped_tensors_are_all_listed_at_once() {
         "head.extra.weight".into(),
         HostTensor::new(vec![2], vec![0.0; 2]).unwrap(),
     );
-    let path = save(&dict, "broken.safetensors");
+    let path = save(dir, &dict, "broken.safetensors");
     let msg = err_of(Fpn::from_safetensors(gpu(), &path));
     for needle in [
         "missing tensor `layer2.0.bn2.running_var`: expected shape [128]",
@@ -72,7 +68,9 @@ fn missing_unexpected_and_misshaped_tensors_are_all_listed_at_once() {
 
 #[test]
 fn block_counts_come_from_the_names_and_a_foreign_file_is_refused() {
-    let path = save(&tiny_dict(), "tiny.safetensors");
+    let scratch = common::scratch("errors");
+    let dir = scratch.path();
+    let path = save(dir, &tiny_dict(), "tiny.safetensors");
     let fpn = Fpn::from_safetensors(gpu(), &path).unwrap();
     assert_eq!(fpn.config().blocks, [1, 1, 1, 1]);
 
@@ -81,7 +79,7 @@ fn block_counts_come_from_the_names_and_a_foreign_file_is_refused() {
         "classifier.weight".into(),
         HostTensor::new(vec![2, 2], vec![0.0; 4]).unwrap(),
     );
-    let path = save(&other, "foreign.safetensors");
+    let path = save(dir, &other, "foreign.safetensors");
     let msg = err_of(Fpn::from_safetensors(gpu(), &path));
     assert!(
         msg.contains("no known layout") && msg.contains("`classifier.*` (1)"),
@@ -91,8 +89,9 @@ fn block_counts_come_from_the_names_and_a_foreign_file_is_refused() {
 
 #[test]
 fn corrupt_truncated_and_wrongly_typed_files_are_errors() {
-    let dir = tempdir();
-    let good = save(&tiny_dict(), "good.safetensors");
+    let scratch = common::scratch("errors");
+    let dir = scratch.path();
+    let good = save(dir, &tiny_dict(), "good.safetensors");
     let bytes = std::fs::read(&good).unwrap();
 
     let truncated = dir.join("truncated.safetensors");
@@ -151,15 +150,16 @@ fn fpn_cli(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn cli_runs_and_reports_bad_input_in_one_line() {
-    let dir = tempdir();
-    let weights = save(&tiny_dict(), "cli-weights.safetensors");
+    let scratch = common::scratch("errors");
+    let dir = scratch.path();
+    let weights = save(dir, &tiny_dict(), "cli-weights.safetensors");
     let w = weights.to_str().unwrap();
     let mut inputs = TensorMap::new();
     inputs.insert(
         "input".into(),
         HostTensor::new(vec![1, 3, 33, 17], vec![0.25; 3 * 33 * 17]).unwrap(),
     );
-    let input = save(&inputs, "cli-input.safetensors");
+    let input = save(dir, &inputs, "cli-input.safetensors");
     let output = dir.join("cli-out.safetensors");
     let (code, err) = fpn_cli(&[
         "run",
@@ -181,7 +181,7 @@ fn cli_runs_and_reports_bad_input_in_one_line() {
         "input".into(),
         HostTensor::new(vec![3, 8, 8], vec![0.0; 192]).unwrap(),
     );
-    let bad_path = save(&bad, "cli-rank3.safetensors");
+    let bad_path = save(dir, &bad, "cli-rank3.safetensors");
     let (code, err) = fpn_cli(&[
         "run",
         "--weights",
@@ -208,7 +208,7 @@ fn cli_runs_and_reports_bad_input_in_one_line() {
         "input".into(),
         HostTensor::new(vec![1, 4, 8, 8], vec![0.0; 256]).unwrap(),
     );
-    let four_path = save(&four, "cli-four.safetensors");
+    let four_path = save(dir, &four, "cli-four.safetensors");
     let (code, err) = fpn_cli(&[
         "run",
         "--weights",
@@ -228,7 +228,7 @@ fn cli_runs_and_reports_bad_input_in_one_line() {
         "input".into(),
         HostTensor::new(vec![1, 3, 0, 8], vec![]).unwrap(),
     );
-    let zero_path = save(&zero, "cli-zero.safetensors");
+    let zero_path = save(dir, &zero, "cli-zero.safetensors");
     let (code, err) = fpn_cli(&[
         "run",
         "--weights",
@@ -242,7 +242,7 @@ fn cli_runs_and_reports_bad_input_in_one_line() {
     assert!(err.contains("zero dimension"), "{err}");
     let mut broken = tiny_dict();
     broken.remove("toplayer.weight");
-    let broken_path = save(&broken, "cli-broken.safetensors");
+    let broken_path = save(dir, &broken, "cli-broken.safetensors");
     let (code, err) = fpn_cli(&[
         "run",
         "--weights",
@@ -359,18 +359,20 @@ fn gl_contexts_without_compute_are_reported_and_not_chosen() {
 
 #[test]
 fn cli_names_the_wrapper_prefix_it_took_off() {
+    let scratch = common::scratch("errors");
+    let dir = scratch.path();
     let dict: TensorMap = tiny_dict()
         .into_iter()
         .map(|(n, t)| (format!("_orig_mod.module.{n}"), t))
         .collect();
-    let weights = save(&dict, "wrapped.safetensors");
+    let weights = save(dir, &dict, "wrapped.safetensors");
     let mut inputs = TensorMap::new();
     inputs.insert(
         "input".into(),
         HostTensor::new(vec![1, 3, 19, 21], vec![0.5; 3 * 19 * 21]).unwrap(),
     );
-    let input = save(&inputs, "wrapped-input.safetensors");
-    let output = tempdir().join("wrapped-out.safetensors");
+    let input = save(dir, &inputs, "wrapped-input.safetensors");
+    let output = dir.join("wrapped-out.safetensors");
     let out = common::fpn_command()
         .args(["run", "--weights", weights.to_str().unwrap()])
         .args(["--input", input.to_str().unwrap()])

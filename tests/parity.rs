@@ -42,7 +42,8 @@ fn check_case(name: &str) {
     let expected = read_tensors(&path, |_| false).unwrap();
 
     // The weights go through a real safetensors file, named as PyTorch names them.
-    let dir = tempdir();
+    let scratch = common::scratch("parity");
+    let dir = scratch.path();
     let wpath = dir.join(format!("{name}-weights.safetensors"));
     let dict = Fpn::random_state_dict(FpnConfig::with_blocks(blocks), seed).unwrap();
     write_tensors(&wpath, dict.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
@@ -138,12 +139,6 @@ fn check_case(name: &str) {
             );
         }
     }
-}
-
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fpn-wgpu-tests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[test]

@@ -45,12 +45,6 @@ fn case_config(path: &Path) -> (FpnConfig, u64) {
     (config, meta["seed"].parse().unwrap())
 }
 
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("fpn-wgpu-tv-tests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn save(path: &Path, dict: &TensorMap) {
     write_tensors(path, dict.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
 }
@@ -92,7 +86,8 @@ fn check_case(name: &str) {
     let x = Tensor::from_slice(ctx, input.nchw("input").unwrap(), &input.data).unwrap();
 
     let dict = Fpn::random_state_dict(config, seed).unwrap();
-    let dir = tempdir();
+    let scratch = common::scratch("torchvision");
+    let dir = scratch.path();
     let plain = dir.join(format!("{name}-backbone.safetensors"));
     save(&plain, &dict);
 

@@ -27,11 +27,9 @@ fn numel(s: [usize; 4]) -> usize {
     s.iter().product()
 }
 
-/// A fresh cache file path in a directory of its own.
-fn temp_cache(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("fpn-wgpu-tuning-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir.join("nested").join("tuning.json")
+/// A cache file path in folders that do not exist yet, under the test's own folder.
+fn temp_cache(scratch: &tempfile::TempDir) -> std::path::PathBuf {
+    scratch.path().join("nested").join("tuning.json")
 }
 
 /// Each conv launch's configuration without its source, and the sources, of a plan.
@@ -145,7 +143,8 @@ fn every_candidate_the_tuner_may_pick_matches_the_reference() {
 fn tuned_choices_round_trip_through_the_cache_and_agree_with_the_presets() {
     let _turn = turn();
     let ctx = gpu();
-    let path = temp_cache("round-trip");
+    let scratch = common::scratch("tuning-round-trip");
+    let path = temp_cache(&scratch);
     std::env::set_var(TUNE_CACHE_ENV, &path);
     let shape = [1, 3, 64, 96];
     for precision in precisions(ctx) {
@@ -199,14 +198,14 @@ fn tuned_choices_round_trip_through_the_cache_and_agree_with_the_presets() {
         }
     }
     std::env::remove_var(TUNE_CACHE_ENV);
-    let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap());
 }
 
 #[test]
 fn corrupt_and_foreign_caches_are_ignored_with_a_warning() {
     let _turn = turn();
     let ctx = gpu();
-    let path = temp_cache("corrupt");
+    let scratch = common::scratch("tuning-corrupt");
+    let path = temp_cache(&scratch);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::env::set_var(TUNE_CACHE_ENV, &path);
     let shape = [1, 3, 40, 56];
@@ -239,7 +238,6 @@ fn corrupt_and_foreign_caches_are_ignored_with_a_warning() {
     std::fs::create_dir_all(&path).unwrap();
     let _ = configs(&network(ctx, Precision::F32, Tuning::Full), shape);
     std::env::remove_var(TUNE_CACHE_ENV);
-    let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap());
 }
 
 #[test]

@@ -28,6 +28,16 @@ pub fn fpn_command() -> std::process::Command {
     command
 }
 
+/// A folder of one test's own under the system's temporary folder, named `fpn-wgpu-NAME-*`.
+/// It is removed when the guard drops, at the end of the test whether it passed or panicked,
+/// so that test runs leave nothing behind.
+pub fn scratch(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("fpn-wgpu-{name}-"))
+        .tempdir()
+        .expect("a scratch folder under the system's temporary folder")
+}
+
 /// max |a - b| / max |b|: the error relative to the reference's scale, which is what matters
 /// for a tensor of activations (a per-element ratio explodes near zero crossings).
 pub fn max_rel_error(got: &[f32], want: &[f32]) -> f64 {

@@ -1,6 +1,8 @@
 //! GPU tensors: storage buffers with their NCHW shape, precision (float32 unless asked) and
 //! layout (NCHW unless asked).
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 use crate::precision::Precision;
@@ -27,6 +29,11 @@ pub struct Tensor {
     shape: [usize; 4],
     precision: Precision,
     layout: MemoryFormat,
+    /// Shared with the executor's output pool when the executor handed this tensor out: the
+    /// pool reuses the buffer once no tensor holds the lease any more. Held for its count,
+    /// never read.
+    #[allow(dead_code)]
+    lease: Option<Arc<()>>,
 }
 
 /// Channels of a [`MemoryFormat::ChannelsLast`] tensor are zero padded to a multiple of this: whole
@@ -240,6 +247,7 @@ impl Tensor {
             shape,
             precision,
             layout,
+            lease: None,
         })
     }
 
@@ -333,6 +341,7 @@ impl Tensor {
             shape,
             precision: Precision::F32,
             layout: MemoryFormat::Nchw,
+            lease: None,
         })
     }
 
@@ -354,6 +363,15 @@ impl Tensor {
             shape,
             precision,
             layout,
+            lease: None,
+        }
+    }
+
+    /// The same tensor holding `lease`, a share of an output pool entry.
+    pub(crate) fn with_lease(self, lease: Arc<()>) -> Self {
+        Tensor {
+            lease: Some(lease),
+            ..self
         }
     }
 

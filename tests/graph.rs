@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use common::{assert_close, gpu};
 use fpn_wgpu::graph::executor::{Algorithms, Executor};
-use fpn_wgpu::graph::{passes, Graph, HostBatchNorm, HostConv, Op};
+use fpn_wgpu::graph::ops::{Add, BatchNorm, Conv2d, Relu, UpsampleAdd};
+use fpn_wgpu::graph::{passes, Graph, HostBatchNorm, HostConv};
 use fpn_wgpu::kernels::conv2d::{coop, Conv2dOptions};
 use fpn_wgpu::reference;
 use fpn_wgpu::rng::SplitMix64;
@@ -55,25 +56,25 @@ fn sample_graph() -> (
     let x = g.input();
     let y = g.push(
         "c1",
-        Op::Conv2d {
+        Conv2d {
             weights: c1.clone(),
             opts: Conv2dOptions::new(1, 1),
         },
         &[x],
     );
-    let mid = g.push("b1", Op::BatchNorm(b1.clone()), &[y]);
-    let y = g.push("r1", Op::Relu, &[mid]);
+    let mid = g.push("b1", BatchNorm(b1.clone()), &[y]);
+    let y = g.push("r1", Relu, &[mid]);
     let y = g.push(
         "c2",
-        Op::Conv2d {
+        Conv2d {
             weights: c2.clone(),
             opts: Conv2dOptions::new(1, 0),
         },
         &[y],
     );
-    let y = g.push("b2", Op::BatchNorm(b2.clone()), &[y]);
-    let y = g.push("add", Op::Add, &[y, x]);
-    let out = g.push("r2", Op::Relu, &[y]);
+    let y = g.push("b2", BatchNorm(b2.clone()), &[y]);
+    let y = g.push("add", Add, &[y, x]);
+    let out = g.push("r2", Relu, &[y]);
     g.output("mid", mid);
     g.output("out", out);
     (g, c1, b1, c2, b2)
@@ -97,7 +98,7 @@ fn passes_fuse_what_they_may_and_keep_what_is_read() {
     assert_eq!(kinds, ["input", "pad2d", "conv2d", "relu", "conv2d"]);
     let last = &g.nodes()[4];
     assert_eq!(last.inputs, vec![3, 0], "the residual is the graph input");
-    assert!(matches!(&last.op, Op::Conv2d { opts, .. } if opts.relu));
+    assert!(last.op::<Conv2d>().is_some_and(|c| c.opts.relu));
     assert!(
         passes::optimize(&mut g).is_empty(),
         "a second run changes nothing"
@@ -207,7 +208,7 @@ fn fused_upsample_add_matches_the_separate_op() {
         });
         let coarse = g.push(
             "down",
-            Op::Conv2d {
+            Conv2d {
                 weights: down,
                 opts: Conv2dOptions::new(2, 1),
             },
@@ -215,21 +216,18 @@ fn fused_upsample_add_matches_the_separate_op() {
         );
         let lateral = g.push(
             "lateral",
-            Op::Conv2d {
+            Conv2d {
                 weights: conv(&mut rng, 1),
                 opts: Conv2dOptions::new(1, 0),
             },
             &[x],
         );
-        let merged = g.push("merge", Op::UpsampleAdd(mode), &[coarse, lateral]);
+        let merged = g.push("merge", UpsampleAdd(mode), &[coarse, lateral]);
         g.output("out", merged);
         let mut fused = g.clone();
         assert!(passes::fuse_upsample_add(&mut fused));
         passes::remove_dead(&mut fused);
-        assert!(!fused
-            .nodes()
-            .iter()
-            .any(|n| matches!(n.op, Op::UpsampleAdd(_))));
+        assert!(!fused.nodes().iter().any(|n| n.op.is::<UpsampleAdd>()));
         let xt =
             Tensor::from_slice(ctx, [2, C, 13, 7], &rng.vec(2 * C * 13 * 7, -1.0, 1.0)).unwrap();
         let want = Executor::new(ctx, g).unwrap().forward(&xt).unwrap()[0]
@@ -248,7 +246,7 @@ fn fused_upsample_add_matches_the_separate_op() {
 fn a_malformed_graph_is_an_error_not_a_panic() {
     let mut g = Graph::new();
     let x = g.input();
-    g.push("lonely add", Op::Add, &[x]);
+    g.push("lonely add", Add, &[x]);
     let msg = g.shapes([1, C, 4, 4]).unwrap_err().to_string();
     assert!(
         msg.contains("lonely add") && msg.contains("inputs"),
@@ -300,7 +298,7 @@ fn grouped_convolutions_run_grouped_and_their_dense_form_agrees() {
             affine: None,
         });
         let opts = Conv2dOptions::new(s, 1).with_groups(groups);
-        let c = g.push(name, Op::Conv2d { weights, opts }, &[x]);
+        let c = g.push(name, Conv2d { weights, opts }, &[x]);
         let bn = Arc::new(HostBatchNorm {
             mean: rng.vec(cout, -0.2, 0.2),
             var: rng.vec(cout, 0.5, 2.0),
@@ -308,8 +306,8 @@ fn grouped_convolutions_run_grouped_and_their_dense_form_agrees() {
             bias: rng.vec(cout, -0.2, 0.2),
             eps: 1e-5,
         });
-        let b = g.push(format!("{name}.bn"), Op::BatchNorm(bn), &[c]);
-        g.push(format!("{name}.relu"), Op::Relu, &[b])
+        let b = g.push(format!("{name}.bn"), BatchNorm(bn), &[c]);
+        g.push(format!("{name}.relu"), Relu, &[b])
     };
     let a = grouped(&mut g, "grouped", x, 16, 32, 4, 1);
     let d = grouped(&mut g, "depthwise", a, 32, 32, 32, 2);
@@ -331,10 +329,8 @@ fn grouped_convolutions_run_grouped_and_their_dense_form_agrees() {
     let convs: Vec<_> = dense
         .nodes()
         .iter()
-        .filter_map(|n| match &n.op {
-            Op::Conv2d { weights, opts } => Some((weights.shape, opts.groups)),
-            _ => None,
-        })
+        .filter_map(|n| n.op::<Conv2d>())
+        .map(|c| (c.weights.shape, c.opts.groups))
         .collect();
     assert_eq!(convs, [([32, 16, 3, 3], 1), ([32, 32, 3, 3], 1)]);
 

@@ -1,54 +1,135 @@
-//! Graph rewrites. Each pass is a small function that reports whether it changed the graph;
-//! [`optimize`] runs them until none does. They only fuse a producer into its consumer when the
-//! producer's value has no other use, so no intermediate that someone reads disappears.
+//! Graph rewrites, run as named pipelines. Each pass is a small function that rewrites the
+//! graph in place and reports whether it changed anything; a [`Pipeline`] runs its passes in
+//! order until none does, dropping the nodes each change leaves dead. Passes only fuse a
+//! producer into its consumer when the producer's value has no other use, so no intermediate
+//! that someone reads disappears.
+//!
+//! Which pipelines run is decided in one place, [`pipelines`]: the fusion setting, then the
+//! layout the values are stored in and the kind of device.
 
 use std::sync::Arc;
 
-use super::{Graph, HostConv, Op, Value};
-use crate::kernels::conv2d::{dense_from_grouped, ResidualMode};
+use super::ops::{Add, BatchNorm, Conv2d, HostConv, Pad2d, Relu, ResidualMode, UpsampleAdd};
+use super::{Graph, Value};
+use crate::kernels::conv2d::dense_from_grouped;
+use crate::tensor::MemoryFormat;
 
 /// A pass: rewrites the graph in place and says whether anything changed.
 pub type Pass = fn(&mut Graph) -> bool;
 
-/// The passes [`optimize`] runs, with their names for reports.
-pub const PASSES: &[(&str, Pass)] = &[
-    ("fold_batch_norm", fold_batch_norm),
-    ("fuse_residual_add", fuse_residual_add),
-    ("fuse_relu", fuse_relu),
-    ("explicit_padding", explicit_padding),
-];
+/// Whether the fusing passes run (batch norm folded, ReLU, residual and upsample-add fused into
+/// the convolutions) or every op keeps its own kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fusion {
+    /// Batch norm folded into the convs; ReLU, residual adds fused into their epilogues.
+    #[default]
+    Fused,
+    /// Every op in its own kernel, as the network is written (for debugging and tests).
+    Unfused,
+}
 
-/// Runs every pass until none changes the graph, dropping the nodes each one makes dead.
-/// Returns the names of the passes that changed something, in the order they did.
-pub fn optimize(graph: &mut Graph) -> Vec<&'static str> {
-    let mut applied = Vec::new();
-    loop {
-        let mut changed = false;
-        for &(name, pass) in PASSES {
-            if pass(graph) {
-                // A bypassed node still lists its inputs as uses until it is gone, which would
-                // make its producer look shared to the next pass.
-                remove_dead(graph);
-                applied.push(name);
-                changed = true;
+/// A named list of passes, run in order until none changes the graph.
+#[derive(Debug)]
+pub struct Pipeline {
+    /// A name for reports (`fuse`, `channels-last on a GPU`).
+    pub name: &'static str,
+    /// The passes with their names.
+    pub passes: &'static [(&'static str, Pass)],
+}
+
+/// Folds batch norm and fuses ReLU and residual adds into the convolutions, then makes the
+/// padding of dense convolutions explicit: what every fused graph runs.
+pub const FUSE: Pipeline = Pipeline {
+    name: "fuse",
+    passes: &[
+        ("fold_batch_norm", fold_batch_norm),
+        ("fuse_residual_add", fuse_residual_add),
+        ("fuse_relu", fuse_relu),
+        ("explicit_padding", explicit_padding),
+    ],
+};
+
+/// For the channels-last (cooperative-matrix) kernels on a GPU: the top-down merge into the
+/// lateral convolutions' epilogue (one pass over the map fewer per level), grouped convolutions
+/// made dense (those kernels have no grouped form) with their padding made explicit, and the
+/// padding written as a halo by the producer.
+pub const CHANNELS_LAST_GPU: Pipeline = Pipeline {
+    name: "channels-last on a GPU",
+    passes: &[
+        ("fuse_upsample_add", fuse_upsample_add),
+        ("dense_groups", dense_groups),
+        ("explicit_padding", explicit_padding),
+        ("halo_into_producer", halo_into_producer),
+    ],
+};
+
+/// [`CHANNELS_LAST_GPU`] without the upsample-add fusion, which loses on CPU adapters (see
+/// [`fuse_upsample_add`]).
+pub const CHANNELS_LAST_CPU: Pipeline = Pipeline {
+    name: "channels-last on a CPU adapter",
+    passes: &[
+        ("dense_groups", dense_groups),
+        ("explicit_padding", explicit_padding),
+        ("halo_into_producer", halo_into_producer),
+    ],
+};
+
+/// The pipelines that run, in order, for a graph built with `fusion` whose values are stored
+/// in `layout` on a GPU (`gpu`) or a CPU adapter. The layout is chosen after the fusion
+/// pipeline (it depends on the ops left), so this is asked twice: with `layout` `None` for
+/// the fusion stage, then with the layout for the rest.
+pub fn pipelines(
+    fusion: Fusion,
+    layout: Option<MemoryFormat>,
+    gpu: bool,
+) -> Vec<&'static Pipeline> {
+    match (layout, fusion) {
+        (None, Fusion::Fused) => vec![&FUSE],
+        (None, Fusion::Unfused) => vec![],
+        (Some(MemoryFormat::Nchw), _) => vec![],
+        (Some(MemoryFormat::ChannelsLast), _) if gpu => vec![&CHANNELS_LAST_GPU],
+        (Some(MemoryFormat::ChannelsLast), _) => vec![&CHANNELS_LAST_CPU],
+    }
+}
+
+impl Pipeline {
+    /// Runs the passes until none changes the graph, dropping the nodes each change makes
+    /// dead. Returns the names of the passes that changed something, in the order they did.
+    pub fn run(&self, graph: &mut Graph) -> Vec<&'static str> {
+        let mut applied = Vec::new();
+        loop {
+            let mut changed = false;
+            for &(name, pass) in self.passes {
+                if pass(graph) {
+                    // A bypassed node still lists its inputs as uses until it is gone, which
+                    // would make its producer look shared to the next pass.
+                    remove_dead(graph);
+                    applied.push(name);
+                    changed = true;
+                }
+            }
+            if !changed {
+                return applied;
             }
         }
-        if !changed {
-            break;
-        }
     }
-    applied
+}
+
+/// Runs the [`FUSE`] pipeline. Returns the names of the passes that changed something, in the
+/// order they did.
+pub fn optimize(graph: &mut Graph) -> Vec<&'static str> {
+    FUSE.run(graph)
 }
 
 /// A conv whose output can absorb the next op into its epilogue: no epilogue stage that must
 /// come after the absorbed op, and no other reader of its value.
-fn absorbable_conv(graph: &Graph, uses: &[usize], v: Value) -> Option<Arc<HostConv>> {
+fn absorbable_conv(graph: &Graph, uses: &[usize], v: Value) -> Option<Conv2d> {
     let node = &graph.nodes[v];
-    match &node.op {
-        Op::Conv2d { weights, opts }
-            if !opts.relu && node.inputs.len() == 1 && uses[v] == 1 && !graph.is_output(v) =>
+    match node.op::<Conv2d>() {
+        Some(conv)
+            if !conv.opts.relu && node.inputs.len() == 1 && uses[v] == 1 && !graph.is_output(v) =>
         {
-            Some(weights.clone())
+            Some(conv.clone())
         }
         _ => None,
     }
@@ -76,7 +157,7 @@ pub fn fold_batch_norm(graph: &mut Graph) -> bool {
     let mut changed = false;
     for k in 0..graph.nodes.len() {
         let uses = graph.use_counts();
-        let Op::BatchNorm(bn) = &graph.nodes[k].op else {
+        let Some(BatchNorm(bn)) = graph.nodes[k].op::<BatchNorm>().cloned() else {
             continue;
         };
         if uses[k] == 0 {
@@ -86,7 +167,7 @@ pub fn fold_batch_norm(graph: &mut Graph) -> bool {
         let Some(conv) = absorbable_conv(graph, &uses, producer) else {
             continue;
         };
-        let mut folded = (*conv).clone();
+        let mut folded = (*conv.weights).clone();
         let cout = folded.shape[0];
         let (old_scale, old_shift) = folded
             .affine
@@ -102,9 +183,10 @@ pub fn fold_batch_norm(graph: &mut Graph) -> bool {
             shift.push((old_shift[c] as f64 * s + t) as f32);
         }
         folded.affine = Some((scale, shift));
-        if let Op::Conv2d { weights, .. } = &mut graph.nodes[producer].op {
-            *weights = Arc::new(folded);
-        }
+        graph.nodes[producer].op = Arc::new(Conv2d {
+            weights: Arc::new(folded),
+            ..conv
+        });
         replace_uses(graph, k, producer);
         changed = true;
     }
@@ -117,7 +199,7 @@ pub fn fuse_residual_add(graph: &mut Graph) -> bool {
     let mut changed = false;
     for k in 0..graph.nodes.len() {
         let uses = graph.use_counts();
-        if !matches!(graph.nodes[k].op, Op::Add) || uses[k] == 0 {
+        if !graph.nodes[k].op.is::<Add>() || uses[k] == 0 {
             continue;
         }
         let (a, b) = (graph.nodes[k].inputs[0], graph.nodes[k].inputs[1]);
@@ -136,28 +218,29 @@ pub fn fuse_residual_add(graph: &mut Graph) -> bool {
 /// `upsample_add(coarse, conv(x))` becomes a conv whose epilogue adds the upsampled coarse map,
 /// when `coarse` is computed before the conv runs.
 ///
-/// Not in [`PASSES`]: on Mesa's software adapters it loses. The fused lateral convs made the
-/// top-down stage slower (1181 against 896 ms at 600x900 on lavapipe), and lavapipe (Mesa 22.3)
-/// kept about 0.8 MB of host memory per forward for that kernel. Run it on a graph by hand
-/// where it wins.
+/// Only in [`CHANNELS_LAST_GPU`]: on Mesa's software adapters it loses. The fused lateral convs
+/// made the top-down stage slower (1181 against 896 ms at 600x900 on lavapipe), and lavapipe
+/// (Mesa 22.3) kept about 0.8 MB of host memory per forward for that kernel.
 pub fn fuse_upsample_add(graph: &mut Graph) -> bool {
     let mut changed = false;
     for k in 0..graph.nodes.len() {
         let uses = graph.use_counts();
-        let Op::UpsampleAdd(mode) = graph.nodes[k].op else {
+        let Some(&UpsampleAdd(mode)) = graph.nodes[k].op::<UpsampleAdd>() else {
             continue;
         };
         if uses[k] == 0 {
             continue;
         }
         let (coarse, lateral) = (graph.nodes[k].inputs[0], graph.nodes[k].inputs[1]);
-        if coarse >= lateral || absorbable_conv(graph, &uses, lateral).is_none() {
+        if coarse >= lateral {
             continue;
         }
+        let Some(mut conv) = absorbable_conv(graph, &uses, lateral) else {
+            continue;
+        };
+        conv.opts.residual = ResidualMode::Upsampled(mode);
+        graph.nodes[lateral].op = Arc::new(conv);
         graph.nodes[lateral].inputs.push(coarse);
-        if let Op::Conv2d { opts, .. } = &mut graph.nodes[lateral].op {
-            opts.residual = ResidualMode::Upsampled(mode);
-        }
         replace_uses(graph, k, lateral);
         changed = true;
     }
@@ -169,21 +252,21 @@ pub fn fuse_relu(graph: &mut Graph) -> bool {
     let mut changed = false;
     for k in 0..graph.nodes.len() {
         let uses = graph.use_counts();
-        if !matches!(graph.nodes[k].op, Op::Relu) || uses[k] == 0 {
+        if !graph.nodes[k].op.is::<Relu>() || uses[k] == 0 {
             continue;
         }
         let producer = graph.nodes[k].inputs[0];
-        let node = &graph.nodes[producer];
-        let ok = matches!(&node.op, Op::Conv2d { opts, .. } if !opts.relu)
-            && uses[producer] == 1
-            && !graph.is_output(producer);
-        if ok {
-            if let Op::Conv2d { opts, .. } = &mut graph.nodes[producer].op {
-                opts.relu = true;
-            }
-            replace_uses(graph, k, producer);
-            changed = true;
+        let Some(conv) = graph.nodes[producer].op::<Conv2d>() else {
+            continue;
+        };
+        if conv.opts.relu || uses[producer] != 1 || graph.is_output(producer) {
+            continue;
         }
+        let mut conv = conv.clone();
+        conv.opts.relu = true;
+        graph.nodes[producer].op = Arc::new(conv);
+        replace_uses(graph, k, producer);
+        changed = true;
     }
     changed
 }
@@ -194,11 +277,12 @@ pub fn fuse_relu(graph: &mut Graph) -> bool {
 /// tap either way, so a padding launch would only add a pass over the map. Inserting nodes
 /// renumbers the graph.
 pub fn explicit_padding(graph: &mut Graph) -> bool {
-    let padded_dense = |op: &Op| match op {
-        Op::Conv2d { opts, .. } => opts.padding != (0, 0) && opts.groups <= 1,
-        _ => false,
-    };
-    if !graph.nodes.iter().any(|n| padded_dense(&n.op)) {
+    let padded_dense = |conv: &Conv2d| conv.opts.padding != (0, 0) && conv.opts.groups <= 1;
+    if !graph
+        .nodes
+        .iter()
+        .any(|n| n.op::<Conv2d>().is_some_and(padded_dense))
+    {
         return false;
     }
     let mut new_index = Vec::with_capacity(graph.nodes.len());
@@ -207,17 +291,17 @@ pub fn explicit_padding(graph: &mut Graph) -> bool {
         for v in &mut node.inputs {
             *v = new_index[*v];
         }
-        if padded_dense(&node.op) {
-            if let Op::Conv2d { opts, .. } = &mut node.op {
-                nodes.push(super::Node {
-                    name: format!("{}.pad", node.name),
-                    op: Op::Pad2d(opts.padding),
-                    inputs: vec![node.inputs[0]],
-                    stage: node.stage.clone(),
-                });
-                node.inputs[0] = nodes.len() - 1;
-                opts.padding = (0, 0);
-            }
+        if let Some(conv) = node.op::<Conv2d>().filter(|c| padded_dense(c)) {
+            let mut conv = conv.clone();
+            nodes.push(super::Node {
+                name: format!("{}.pad", node.name),
+                op: Arc::new(Pad2d(conv.opts.padding)),
+                inputs: vec![node.inputs[0]],
+                stage: node.stage.clone(),
+            });
+            node.inputs[0] = nodes.len() - 1;
+            conv.opts.padding = (0, 0);
+            node.op = Arc::new(conv);
         }
         new_index.push(nodes.len());
         nodes.push(node);
@@ -234,27 +318,27 @@ pub fn explicit_padding(graph: &mut Graph) -> bool {
 /// value has no other reader: the padded input of the next convolution without a padding
 /// launch. Halos of at most one pixel, which every map has room to write.
 ///
-/// Not in [`PASSES`]: only the channels-last (cooperative-matrix) kernels write halos, so the
-/// executor runs it on graphs it stores channels-last. Returns whether anything changed; the
-/// padding nodes it bypasses are left for [`remove_dead`].
+/// Only in the channels-last pipelines: only the cooperative-matrix kernels write halos.
 pub fn halo_into_producer(graph: &mut Graph) -> bool {
     let mut changed = false;
     for k in 0..graph.nodes.len() {
         let uses = graph.use_counts();
-        let Op::Pad2d(pad) = graph.nodes[k].op else {
+        let Some(&Pad2d(pad)) = graph.nodes[k].op::<Pad2d>() else {
             continue;
         };
         let v = graph.nodes[k].inputs[0];
         if uses[k] == 0 || uses[v] != 1 || graph.is_output(v) || pad.0 > 1 || pad.1 > 1 {
             continue;
         }
-        let Op::Conv2d { opts, .. } = &mut graph.nodes[v].op else {
+        let Some(conv) = graph.nodes[v].op::<Conv2d>() else {
             continue;
         };
-        if opts.out_padding != (0, 0) {
+        if conv.opts.out_padding != (0, 0) {
             continue;
         }
-        opts.out_padding = pad;
+        let mut conv = conv.clone();
+        conv.opts.out_padding = pad;
+        graph.nodes[v].op = Arc::new(conv);
         replace_uses(graph, k, v);
         changed = true;
     }
@@ -265,32 +349,35 @@ pub fn halo_into_producer(graph: &mut Graph) -> bool {
 /// ([`dense_from_grouped`]), with `groups` 1: what kernels without a grouped form (the
 /// channels-last, cooperative-matrix ones) can run, at `groups` times the multiply-adds.
 ///
-/// Not in [`PASSES`]: the NCHW networks run grouped convolutions on their own kernel, so the
-/// executor runs it on graphs it stores channels-last, followed by [`explicit_padding`] for
-/// the padding the grouped convolutions kept. Returns whether anything changed.
+/// Only in the channels-last pipelines, followed there by [`explicit_padding`] for the padding
+/// the grouped convolutions kept: the NCHW networks run grouped convolutions on their own
+/// kernel.
 pub fn dense_groups(graph: &mut Graph) -> bool {
     let mut changed = false;
     for node in &mut graph.nodes {
-        let Op::Conv2d { weights, opts } = &mut node.op else {
+        let Some(conv) = node.op::<Conv2d>() else {
             continue;
         };
-        if opts.groups <= 1 {
+        if conv.opts.groups <= 1 {
             continue;
         }
-        let [cout, cin_g, kh, kw] = weights.shape;
+        let w = &conv.weights;
+        let [cout, cin_g, kh, kw] = w.shape;
         // A graph's weights and groups were checked against each other when it was built (the
         // model checks each tensor's shape); weights that do not split stay as they are, for the
         // shape checks to report at their node.
-        let Ok(weight) = dense_from_grouped(&weights.weight, weights.shape, opts.groups) else {
+        let Ok(weight) = dense_from_grouped(&w.weight, w.shape, conv.opts.groups) else {
             continue;
         };
-        *weights = Arc::new(HostConv {
-            shape: [cout, cin_g * opts.groups, kh, kw],
+        let weights = Arc::new(HostConv {
+            shape: [cout, cin_g * conv.opts.groups, kh, kw],
             weight,
-            bias: weights.bias.clone(),
-            affine: weights.affine.clone(),
+            bias: w.bias.clone(),
+            affine: w.affine.clone(),
         });
+        let mut opts = conv.opts;
         opts.groups = 1;
+        node.op = Arc::new(Conv2d { weights, opts });
         changed = true;
     }
     changed

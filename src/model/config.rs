@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
-use crate::kernels::upsample_add::UpsampleMode;
+use crate::graph::ops::UpsampleMode;
 
 /// Which family of checkpoints the network's names and structure follow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -6,9 +6,10 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::graph::executor::{Algorithms, Executor, Plan};
+use crate::graph::executor::{Algorithms, Executor, ExecutorOptions, Plan};
+pub use crate::graph::passes::Fusion;
 use crate::graph::tune::Tuning;
-use crate::graph::{passes, Graph};
+use crate::graph::Graph;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{FpnConfig, Layout};
 use crate::model::pyramid::Pyramid;
@@ -25,17 +26,6 @@ pub const PYRAMID_CHANNELS: usize = 256;
 /// Channels of an RGB input image, the default; a checkpoint's `conv1.weight` can say otherwise
 /// ([`FpnConfig::in_channels`]).
 pub const INPUT_CHANNELS: usize = 3;
-
-/// Whether the graph passes run (batch norm folded, ReLU, residual and upsample-add fused into
-/// the convolutions) or every op keeps its own kernel.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Fusion {
-    /// Batch norm folded into the convs; ReLU, residual adds fused into their epilogues.
-    #[default]
-    Fused,
-    /// Every op in its own kernel, as the network is written (for debugging and tests).
-    Unfused,
-}
 
 /// How a network is built: graph passes, convolution algorithms and storage precision.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,7 +65,6 @@ pub struct Fpn {
     executor: Executor,
     config: FpnConfig,
     origin: String,
-    passes: Vec<&'static str>,
 }
 
 impl Fpn {
@@ -143,17 +132,17 @@ impl Fpn {
         config: FpnConfig,
         options: FpnOptions,
     ) -> Result<Self> {
-        let mut graph = Self::graph(store, config)?;
-        let passes = match options.fusion {
-            Fusion::Fused => passes::optimize(&mut graph),
-            Fusion::Unfused => Vec::new(),
+        let graph = Self::graph(store, config)?;
+        let options = ExecutorOptions {
+            fusion: options.fusion,
+            algorithms: options.algorithms,
+            precision: options.precision,
+            tuning: options.tuning,
         };
         Ok(Fpn {
-            executor: Executor::with_options(ctx, graph, options.algorithms, options.precision)?
-                .with_tuning(options.tuning),
+            executor: Executor::build(ctx, graph, options)?,
             config,
             origin: store.origin(),
-            passes,
         })
     }
 
@@ -210,7 +199,7 @@ impl Fpn {
 
     /// The graph passes that changed the graph when it was built.
     pub fn passes_applied(&self) -> &[&'static str] {
-        &self.passes
+        self.executor.passes_applied()
     }
 
     /// The executor, for memory and dispatch reports.
@@ -244,123 +233,17 @@ impl Fpn {
         Ok(())
     }
 
-    /// Runs the network on an NCHW tensor with [`FpnConfig::in_channels`] channels (3 for RGB). It submits the work and returns at
-    /// once: the levels stay on the GPU until downloaded (which waits for them). The first call
-    /// for a new input shape builds its plan.
+    /// Runs the network on an NCHW tensor with [`FpnConfig::in_channels`] channels (3 for RGB).
+    /// It submits the work and returns at once: the levels stay on the GPU until downloaded
+    /// (which waits for them). The first call for a new input shape builds its plan.
     ///
     /// When the batch's tensors exceed the device's storage binding size, the batch runs in the
     /// largest chunks that fit and the levels are assembled on the GPU; when a single image is
     /// too large, the error names the limit and the largest input of its aspect ratio that fits.
     pub fn forward(&self, x: &Tensor) -> Result<Pyramid> {
-        let shape = x.shape();
-        self.check_input(shape)?;
-        match self.executor.check_limits(shape) {
-            Ok(_) => Ok(Pyramid {
-                levels: self.executor.forward(x)?,
-            }),
-            Err(e @ Error::LimitExceeded { .. }) => {
-                let one = [1, shape[1], shape[2], shape[3]];
-                if shape[0] > 1 && self.executor.check_limits(one).is_ok() {
-                    self.forward_in_chunks(x)
-                } else {
-                    Err(self.too_large(shape, e))
-                }
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Runs a batch in chunks of as many images as fit, copying each chunk's levels into
-    /// batch-sized outputs (which are only copied into, so they need not fit one binding).
-    fn forward_in_chunks(&self, x: &Tensor) -> Result<Pyramid> {
-        let ctx = self.executor.context();
-        // Chunks are cut by byte offsets, which copies need 4-aligned: an f16 image of an odd
-        // size is not, so the input goes to f32 first.
-        let x = &crate::kernels::convert::convert(ctx, x, Precision::F32)?;
-        let [n, c, h, w] = x.shape();
-        let fits = |b: usize| self.executor.check_limits([b, c, h, w]).is_ok();
-        let (mut lo, mut hi) = (1, n - 1);
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            if fits(mid) {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        let chunk = lo;
-        let levels: Vec<(String, Tensor)> = self
-            .executor
-            .output_shapes([n, c, h, w])?
-            .into_iter()
-            .map(|(name, s)| Ok((name, Tensor::empty(ctx, s)?)))
-            .collect::<Result<_>>()?;
-        let image_bytes = (c * h * w) as u64 * Precision::F32.bytes();
-        for start in (0..n).step_by(chunk) {
-            let len = chunk.min(n - start);
-            let part = Tensor::empty(ctx, [len, c, h, w])?;
-            let mut encoder = ctx.device().create_command_encoder(&Default::default());
-            encoder.copy_buffer_to_buffer(
-                x.buffer(),
-                x.offset() + start as u64 * image_bytes,
-                part.buffer(),
-                0,
-                part.byte_size(),
-            );
-            ctx.queue().submit([encoder.finish()]);
-            let outputs = self.executor.forward(&part)?;
-            let mut encoder = ctx.device().create_command_encoder(&Default::default());
-            for ((_, full), (_, piece)) in levels.iter().zip(&outputs) {
-                let per_image = piece.byte_size() / len as u64;
-                encoder.copy_buffer_to_buffer(
-                    piece.buffer(),
-                    0,
-                    full.buffer(),
-                    start as u64 * per_image,
-                    piece.byte_size(),
-                );
-            }
-            ctx.queue().submit([encoder.finish()]);
-        }
-        Ok(Pyramid { levels })
-    }
-
-    /// The limit error for an image too large to run, with the largest size that would fit.
-    fn too_large(&self, shape: [usize; 4], e: Error) -> Error {
-        let [_, c, h, w] = shape;
-        let at = |hh: usize| [1, c, hh, (w * hh).div_ceil(h).max(1)];
-        let (mut lo, mut hi) = (0, h);
-        while lo < hi {
-            let mid = (lo + hi).div_ceil(2);
-            if self.executor.check_limits(at(mid)).is_ok() {
-                lo = mid;
-            } else {
-                hi = mid - 1;
-            }
-        }
-        let hint = if lo == 0 {
-            "no input fits this device".to_string()
-        } else {
-            let [_, _, fh, fw] = at(lo);
-            format!("downscale or tile the image: the largest input of this aspect ratio that fits is {fh}x{fw}")
-        };
-        match e {
-            Error::LimitExceeded {
-                op,
-                what,
-                value,
-                limit_name,
-                limit,
-                ..
-            } => Error::LimitExceeded {
-                op,
-                what,
-                value,
-                limit_name,
-                limit,
-                hint,
-            },
-            other => other,
-        }
+        self.check_input(x.shape())?;
+        Ok(Pyramid {
+            levels: self.executor.forward(x)?,
+        })
     }
 }

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::graph::{Graph, HostBatchNorm, HostConv, Op, Value};
-use crate::kernels::conv2d::Conv2dOptions;
+use crate::graph::ops::{self, Conv2dOptions, HostBatchNorm, HostConv, Relu};
+use crate::graph::{Graph, Value};
 use crate::weights::{Init, VarBuilder};
 
 /// `nn.Conv2d`: `weight` `[out, in / groups, k, k]` and, when it has one, `bias` `[out]`.
@@ -64,7 +64,7 @@ impl Conv2d {
     pub fn forward(&self, g: &mut Graph, x: Value) -> Value {
         g.push(
             &self.name,
-            Op::Conv2d {
+            ops::Conv2d {
                 weights: self.weights.clone(),
                 opts: self.opts,
             },
@@ -97,12 +97,12 @@ impl BatchNorm2d {
 
     /// Records the batch norm of `x`.
     pub fn forward(&self, g: &mut Graph, x: Value) -> Value {
-        g.push(&self.name, Op::BatchNorm(self.params.clone()), &[x])
+        g.push(&self.name, ops::BatchNorm(self.params.clone()), &[x])
     }
 }
 
 /// Records `relu(x)`, named after the op it follows.
 pub fn relu(g: &mut Graph, x: Value) -> Value {
     let name = format!("{}.relu", g.nodes()[x].name);
-    g.push(name, Op::Relu, &[x])
+    g.push(name, Relu, &[x])
 }

@@ -1,8 +1,8 @@
 //! The bottom-up path: torchvision's ResNet family (basic blocks for ResNet-18/34; bottlenecks,
 //! grouped in ResNeXt and widened in Wide ResNet, for the rest) producing C2..C5.
 
-use crate::graph::{Graph, Op, Value};
-use crate::kernels::max_pool2d::MaxPool2dOptions;
+use crate::graph::ops::{Add, MaxPool2d, MaxPool2dOptions};
+use crate::graph::{Graph, Value};
 use crate::model::config::{Block, FpnConfig};
 use crate::model::layers::{relu, BatchNorm2d, Conv2d};
 use crate::weights::VarBuilder;
@@ -101,7 +101,7 @@ impl ResidualBlock {
                 y = relu(g, y);
             }
         }
-        let sum = g.push(format!("{}.add", self.name), Op::Add, &[y, identity]);
+        let sum = g.push(format!("{}.add", self.name), Add, &[y, identity]);
         relu(g, sum)
     }
 }
@@ -149,11 +149,7 @@ impl ResNet {
         let y = self.conv1.forward(g, x);
         let y = self.bn1.forward(g, y);
         let y = relu(g, y);
-        let mut y = g.push(
-            "maxpool",
-            Op::MaxPool2d(MaxPool2dOptions::new(3, 2, 1)),
-            &[y],
-        );
+        let mut y = g.push("maxpool", MaxPool2d(MaxPool2dOptions::new(3, 2, 1)), &[y]);
         let mut c = Vec::with_capacity(self.layers.len());
         for (l, layer) in self.layers.iter().enumerate() {
             g.set_stage(format!("layer{}", l + 1));

@@ -1,8 +1,8 @@
 //! The seed network's head (kuangliu's `fpn.py`): 1x1 lateral convs, a bilinear top-down path
 //! and 3x3 smoothing of P2..P4; P5 is the top lateral conv itself.
 
-use crate::graph::{Graph, Op, Value};
-use crate::kernels::upsample_add::UpsampleMode;
+use crate::graph::ops::{UpsampleAdd, UpsampleMode};
+use crate::graph::{Graph, Value};
 use crate::model::config::FpnConfig;
 use crate::model::layers::Conv2d;
 use crate::model::PYRAMID_CHANNELS;
@@ -47,7 +47,7 @@ impl SeedHead {
             let l = lat.forward(g, c[2 - i]);
             coarse = g.push(
                 format!("topdown{}", 4 - i),
-                Op::UpsampleAdd(self.upsample),
+                UpsampleAdd(self.upsample),
                 &[coarse, l],
             );
             merged[i] = coarse;

@@ -2,9 +2,8 @@
 //! returned backbone levels, a nearest-neighbour top-down path, a 3x3 `layer_blocks` conv on every
 //! level (P5 included), then `LastLevelMaxPool` or RetinaNet's `LastLevelP6P7`.
 
-use crate::graph::{Graph, Op, Value};
-use crate::kernels::max_pool2d::MaxPool2dOptions;
-use crate::kernels::upsample_add::UpsampleMode;
+use crate::graph::ops::{MaxPool2d, MaxPool2dOptions, UpsampleAdd, UpsampleMode};
+use crate::graph::{Graph, Value};
 use crate::model::config::{ExtraLevels, FpnConfig, P6Source};
 use crate::model::layers::{relu, Conv2d};
 use crate::model::PYRAMID_CHANNELS;
@@ -83,7 +82,7 @@ impl TorchvisionHead {
                 None => lat,
                 Some(top) => g.push(
                     format!("topdown{}", l + 2),
-                    Op::UpsampleAdd(self.upsample),
+                    UpsampleAdd(self.upsample),
                     &[top, lat],
                 ),
             };
@@ -103,11 +102,7 @@ impl TorchvisionHead {
         match &self.extra {
             Extra::None => {}
             Extra::MaxPool => {
-                let v = g.push(
-                    "pool",
-                    Op::MaxPool2d(MaxPool2dOptions::new(1, 2, 0)),
-                    &[top],
-                );
+                let v = g.push("pool", MaxPool2d(MaxPool2dOptions::new(1, 2, 0)), &[top]);
                 out.push((format!("p{}", top_level + 3), v));
             }
             Extra::P6P7 { p6, p7, from } => {

@@ -320,6 +320,47 @@ pub fn choose(
     }
 }
 
+/// The side of the device's cooperative matrices, or 16 (NVIDIA's) where it has none: the
+/// sizes of the cooperative-matrix choices' scratch and reads are reasoned from it.
+fn matrix_side(ctx: &GpuContext) -> u32 {
+    coop::support(ctx).map_or(16, |s| s.side)
+}
+
+/// Bytes of split-K partial sums a convolution of `x_shape` by `weights` run as `choice` needs
+/// (0 without split-K): what a plan's shared scratch buffer is sized from.
+pub fn scratch_bytes(
+    ctx: &GpuContext,
+    x_shape: [usize; 4],
+    weights: &Conv2dWeights,
+    opts: &Conv2dOptions,
+    choice: KernelChoice,
+) -> Result<u64> {
+    let out = conv_shape(x_shape, weights.shape(), opts)?;
+    Ok(match choice {
+        KernelChoice::Coop(c) => coop::partial_bytes(out, weights.cout_pad(), c, matrix_side(ctx)),
+        KernelChoice::Nchw { split } => super::direct::partial_bytes(out, split),
+        KernelChoice::Grouped => 0,
+    })
+}
+
+/// Bytes a convolution run as `choice` reads from the start of its input of `x_shape`: for the
+/// cooperative-matrix kernels, whose last tiles read whole matrices past the value's end, more
+/// than the value holds; 0 for the kernels that read within it.
+pub fn input_bytes_read(
+    ctx: &GpuContext,
+    x_shape: [usize; 4],
+    w_shape: [usize; 4],
+    opts: &Conv2dOptions,
+    choice: KernelChoice,
+) -> u64 {
+    match choice {
+        KernelChoice::Coop(_) => {
+            coop::input_bytes_read(x_shape, w_shape, opts.stride, matrix_side(ctx))
+        }
+        KernelChoice::Nchw { .. } | KernelChoice::Grouped => 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

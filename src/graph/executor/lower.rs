@@ -1,0 +1,104 @@
+//! Lowering: the graph's pass pipelines for the device, the layout its values are stored in,
+//! and every op's weights uploaded. What comes out keeps no host weights.
+
+use super::ExecutorOptions;
+use crate::error::Result;
+use crate::gpu::GpuContext;
+use crate::graph::ops::{GpuOp, Target};
+use crate::graph::passes::pipelines;
+use crate::graph::{at_node, infer_shapes, Graph, Step};
+use crate::kernels::conv2d::coop;
+use crate::precision::Precision;
+use crate::tensor::MemoryFormat;
+
+/// A node with its op on the GPU.
+pub(super) struct GpuNode {
+    pub name: String,
+    pub stage: String,
+    pub op: Box<dyn GpuOp>,
+    /// How many inputs the op takes, kept for shape inference.
+    pub arity: std::ops::RangeInclusive<usize>,
+    pub inputs: Vec<usize>,
+}
+
+/// A graph lowered onto a device.
+pub(super) struct Lowered {
+    pub nodes: Vec<GpuNode>,
+    pub outputs: Vec<(String, usize)>,
+    pub layout: MemoryFormat,
+    pub weight_bytes: u64,
+    /// The passes that changed the graph, in the order they did.
+    pub passes_applied: Vec<&'static str>,
+}
+
+/// Runs the pipelines [`pipelines`] names for `options` and the device, chooses the layout,
+/// and uploads every op's weights.
+pub(super) fn lower(ctx: &GpuContext, graph: Graph, options: &ExecutorOptions) -> Result<Lowered> {
+    let mut graph = graph;
+    let gpu = ctx.adapter().device_type != wgpu::DeviceType::Cpu;
+    let mut passes_applied = Vec::new();
+    let mut run = |graph: &mut Graph, layout| {
+        for pipeline in pipelines(options.fusion, layout, gpu) {
+            passes_applied.extend(pipeline.run(graph));
+        }
+    };
+    run(&mut graph, None);
+    // Tensor cores where the device has them, the kernel passed its check there and every op
+    // left in the graph takes the channels-last f16 values they need.
+    let cooperative = options.precision == Precision::F16
+        && graph
+            .nodes
+            .iter()
+            .all(|n| n.op.supports(MemoryFormat::ChannelsLast, Precision::F16))
+        && coop::verified(ctx);
+    let layout = if cooperative {
+        MemoryFormat::ChannelsLast
+    } else {
+        MemoryFormat::Nchw
+    };
+    run(&mut graph, Some(layout));
+    let target = Target {
+        precision: options.precision,
+        layout,
+        winograd: options.algorithms == super::Algorithms::Winograd,
+    };
+    let mut weight_bytes = 0;
+    let mut nodes = Vec::with_capacity(graph.nodes.len());
+    for node in graph.nodes {
+        let op = node
+            .op
+            .lower(ctx, &target)
+            .map_err(|e| at_node(&node.name, e))?;
+        weight_bytes += op.weight_bytes();
+        nodes.push(GpuNode {
+            name: node.name,
+            stage: node.stage,
+            arity: node.op.arity(),
+            op,
+            inputs: node.inputs,
+        });
+    }
+    Ok(Lowered {
+        nodes,
+        outputs: graph.outputs,
+        layout,
+        weight_bytes,
+        passes_applied,
+    })
+}
+
+/// The shape of every value of lowered `nodes` for an input of `input` shape.
+pub(super) fn value_shapes(nodes: &[GpuNode], input: [usize; 4]) -> Result<Vec<[usize; 4]>> {
+    infer_shapes(
+        nodes.iter().map(|n| {
+            let op = n.op.as_ref();
+            Step {
+                name: &n.name,
+                arity: n.arity.clone(),
+                inputs: &n.inputs,
+                shape: Box::new(move |ins: &[[usize; 4]]| op.output_shape(ins)),
+            }
+        }),
+        input,
+    )
+}

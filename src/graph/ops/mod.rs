@@ -1,0 +1,139 @@
+//! The ops a [`Graph`](super::Graph) is made of: one type per op, each in a file of its own
+//! that holds everything about it — its attributes and host weights, how many inputs it takes,
+//! its output shape, the layouts and precisions it has kernels for, and its lowering: the
+//! weights it uploads and how its launches are prepared.
+//!
+//! # Why a trait and not one enum
+//! Nodes hold their op as an `Arc<dyn `[`GraphOp`]`>`. The set of ops is open: a detector adds
+//! a dozen (group norm, RoIAlign, NMS, ...), and with a trait each costs one new file here and
+//! one `mod` line, where an enum would need an arm in every match of shape inference, lowering
+//! and the executor. The few places that must know a particular op — the passes that rewrite
+//! convolutions, the planner that configures them — ask for it by type
+//! ([`downcast`](dyn GraphOp::downcast)), as tract's optimisers do.
+//!
+//! # Adding an op
+//! 1. A file here with the op's type (attributes, host weights) implementing [`GraphOp`], and
+//!    its lowered form implementing [`GpuOp`] (the launches, through the kernel in
+//!    `src/kernels/` that computes it).
+//! 2. A `mod` line and a `pub use` below.
+//! 3. The kernel itself: `shaders/NAME.wgsl`, `src/kernels/NAME.rs`, its CPU twin in
+//!    `src/reference.rs` and a randomized test against it in `tests/ops.rs`.
+
+mod add;
+mod batch_norm;
+mod conv2d;
+mod input;
+mod max_pool2d;
+mod pad2d;
+mod relu;
+mod upsample_add;
+
+use std::any::Any;
+use std::fmt::Debug;
+use std::ops::RangeInclusive;
+
+pub use add::Add;
+pub use batch_norm::{BatchNorm, HostBatchNorm};
+pub use conv2d::{Conv2d, GpuConv2d, HostConv};
+pub use input::Input;
+pub use max_pool2d::MaxPool2d;
+pub use pad2d::Pad2d;
+pub use relu::Relu;
+pub use upsample_add::UpsampleAdd;
+
+// The option types the ops carry, so that models build graphs from `graph::ops` alone.
+pub use crate::kernels::conv2d::{Conv2dOptions, KernelChoice, ResidualMode};
+pub use crate::kernels::max_pool2d::MaxPool2dOptions;
+pub use crate::kernels::upsample_add::UpsampleMode;
+
+use crate::error::Result;
+use crate::gpu::{Dispatch, GpuContext};
+use crate::precision::Precision;
+use crate::tensor::{MemoryFormat, Tensor};
+
+/// What an op is, independent of any device: the graph's view of it.
+pub trait GraphOp: Debug + Send + Sync + Any {
+    /// A short name for reports and errors (`conv2d`).
+    fn kind(&self) -> &'static str;
+
+    /// How many inputs the op takes.
+    fn arity(&self) -> RangeInclusive<usize>;
+
+    /// The output shape for inputs of `inputs` shapes (as many as [`GraphOp::arity`] allows),
+    /// or an error saying which input does not fit.
+    fn output_shape(&self, inputs: &[[usize; 4]]) -> Result<[usize; 4]>;
+
+    /// Whether the op has kernels for values stored in `layout` and `precision`.
+    fn supports(&self, layout: MemoryFormat, precision: Precision) -> bool;
+
+    /// Uploads the op's weights for `target` and returns the op as the executor runs it.
+    fn lower(&self, ctx: &GpuContext, target: &Target) -> Result<Box<dyn GpuOp>>;
+
+    /// The op as [`Any`], for [`downcast`](dyn GraphOp::downcast).
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl dyn GraphOp {
+    /// The op as its concrete type, if it is a `T`.
+    pub fn downcast<T: GraphOp>(&self) -> Option<&T> {
+        self.as_any().downcast_ref()
+    }
+
+    /// Whether the op is a `T`.
+    pub fn is<T: GraphOp>(&self) -> bool {
+        self.as_any().is::<T>()
+    }
+}
+
+/// How a graph is lowered onto a device: the storage of its values and its kernel families.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// How weights and values are stored.
+    pub precision: Precision,
+    /// Channels-last where the convolutions run on cooperative matrices, NCHW otherwise.
+    pub layout: MemoryFormat,
+    /// Winograd F(2x2, 3x3) for the stride-1 3x3 convolutions that allow it.
+    pub winograd: bool,
+}
+
+/// What a launch is prepared with besides its tensors: the configuration the planner chose
+/// for ops that have several (the convolutions), and the plan's shared scratch buffer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Launch<'a> {
+    /// The kernel configuration; `None`: the op's preset for the device.
+    pub choice: Option<KernelChoice>,
+    /// Scratch for split-K partial sums, sized by the planner for every choice it may make.
+    pub scratch: Option<&'a wgpu::Buffer>,
+}
+
+/// An op with its weights on the GPU, as the executor plans and records it.
+pub trait GpuOp: Send + Sync {
+    /// As [`GraphOp::output_shape`]: the executor keeps no host weights, so its lowered ops
+    /// answer for their shapes.
+    fn output_shape(&self, inputs: &[[usize; 4]]) -> Result<[usize; 4]>;
+
+    /// The launches computing `out` from `inputs` (empty for the graph input).
+    fn prepare(
+        &self,
+        ctx: &GpuContext,
+        inputs: &[&Tensor],
+        out: &Tensor,
+        launch: Launch<'_>,
+    ) -> Result<Vec<Dispatch>>;
+
+    /// Bytes of weights on the GPU.
+    fn weight_bytes(&self) -> u64 {
+        0
+    }
+
+    /// Floating-point operations of one launch writing `out` (2 per multiply-add), counted for
+    /// the convolutions, which do nearly all of the work; 0 for the other ops.
+    fn flops(&self, _out: [usize; 4]) -> u64 {
+        0
+    }
+
+    /// The op as a convolution, whose kernel configuration the planner chooses and tunes.
+    fn as_conv(&self) -> Option<&GpuConv2d> {
+        None
+    }
+}

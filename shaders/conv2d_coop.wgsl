@@ -14,16 +14,16 @@
 //
 // In the direct-load blocks one workgroup is one subgroup (SG lanes, the adapter's fixed
 // subgroup size): cooperative matrix operations belong to a subgroup. It holds TM x TN
-// accumulators: TM row segments of S pixels by TN x S output channels. The generated entry
-// points (src/kernels/conv2d/coop.rs) walk the k steps (taps, then S-channel chunks) of their
-// split:
+// accumulators: TM row segments of S pixels by TN x S output channels. Their entry points,
+// expanded from conv2d_coop.tmpl.wgsl for one block and matrix side and appended to this file,
+// walk the k steps (taps, then S-channel chunks) of their split:
 //   conv2d_coop          one split; the accumulators go through workgroup memory to the
 //                        epilogue, which writes the output
 //   conv2d_coop_partial  split-K: each split stores its f32 partial sums
 // and `conv2d_coop_reduce` (below) sums a split-K launch's partials and applies the epilogue.
-// `conv2d_coop_staged` (src/kernels/conv2d/coop_staged.rs) is the large-map block: 8 subgroups
-// sharing double-buffered tiles in workgroup memory, reading the input and the weights as
-// 16-byte words through bindings 7 and 8.
+// `conv2d_coop_staged` (conv2d_coop_staged.tmpl.wgsl, appended instead) is the large-map block:
+// 8 subgroups sharing double-buffered tiles in workgroup memory, reading the input and the
+// weights as 16-byte words through bindings 7 and 8.
 //
 // Epilogue: out = relu?(acc * scale[co] + shift[co] + residual?), the residual as it is or
 // upsampled from a coarser map, as in conv2d_epilogue.wgsl. Padding channels (scale and shift

@@ -4,8 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use fpn_wgpu::kernels::conv2d::coop::{self, TILES};
-use fpn_wgpu::kernels::conv2d::coop_staged::StagedBlock;
+use fpn_wgpu::kernels::conv2d::coop::{self, StagedBlock, TILES};
 use fpn_wgpu::kernels::conv2d::rows::{self, RowTile};
 use fpn_wgpu::kernels::{SHADERS, TEMPLATES};
 use fpn_wgpu::Precision;

@@ -66,7 +66,11 @@ pub const SHADERS: &[&ShaderSource] = &[
 
 /// Every template of generated entry points the crate expands (each appended to one of
 /// [`SHADERS`]).
-pub const TEMPLATES: &[&template::ShaderTemplate] = &[&conv2d::rows::ENTRY];
+pub const TEMPLATES: &[&template::ShaderTemplate] = &[
+    &conv2d::rows::ENTRY,
+    &conv2d::coop::tile::ENTRY,
+    &conv2d::coop::staged::ENTRY,
+];
 
 /// Returns the context's cached pipeline for a shader entry point in `precision` and its
 /// override constants, compiling it on first use.

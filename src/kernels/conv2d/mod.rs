@@ -2,10 +2,9 @@
 //! kernel shares, and [`prepare`], which hands a convolution to the kernel [`select`] picks:
 //! [`direct`] (NCHW: direct, row-tiled with [`rows`], Winograd), [`grouped`] (NCHW, more than
 //! one group) or [`coop`] (channels-last, cooperative matrices, with the large-map block of
-//! [`coop_staged`]).
+//! [`coop::staged`]).
 
 pub mod coop;
-pub mod coop_staged;
 pub mod direct;
 pub mod grouped;
 pub mod rows;

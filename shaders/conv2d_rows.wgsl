@@ -1,6 +1,6 @@
 // Direct convolution without padding (the graph pads explicitly first) in row tiles: each
 // invocation computes 8 consecutive output pixels of one row for M output channels. Needs
-// common.wgsl, resample.wgsl and conv2d_epilogue.wgsl before it.
+// common.wgsl, resample.wgsl, conv2d_epilogue.wgsl and conv2d_nchw.wgsl before it.
 //
 // The entry point `conv2d_rows` is conv2d_rows.tmpl.wgsl, expanded by the Rust wrapper
 // (src/kernels/conv2d/rows.rs) and appended to this file, unrolled for one kernel size, stride

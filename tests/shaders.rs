@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use fpn_wgpu::kernels::conv2d::coop::{self, StagedBlock, TILES};
 use fpn_wgpu::kernels::conv2d::rows::{self, RowTile};
+use fpn_wgpu::kernels::conv2d::EPILOGUE_FLAGS;
 use fpn_wgpu::kernels::{SHADERS, TEMPLATES};
 use fpn_wgpu::Precision;
 
@@ -124,6 +125,35 @@ fn every_shader_validates_in_every_precision_and_params_match_rust() {
             );
         }
     }
+}
+
+/// The epilogue's flags are declared once in WGSL (conv2d_epilogue.wgsl) and mirrored in Rust.
+#[test]
+fn every_convolution_declares_the_epilogue_flags_rust_sets() {
+    let mut count = 0;
+    for s in SHADERS
+        .iter()
+        .filter(|s| s.parts.contains(&"conv2d_epilogue.wgsl"))
+    {
+        let module = validate(s.name, &s.module(s.precisions[0]));
+        for (name, bits) in EPILOGUE_FLAGS {
+            let (_, constant) = module
+                .constants
+                .iter()
+                .find(|(_, c)| c.name.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("{}: no constant {name}", s.name));
+            let value = &module.global_expressions[constant.init];
+            assert_eq!(
+                value,
+                &naga::Expression::Literal(naga::Literal::U32(bits)),
+                "{}: {name}",
+                s.name
+            );
+        }
+        count += 1;
+    }
+    // The direct, grouped, row and cooperative-matrix kernels.
+    assert_eq!(count, 4);
 }
 
 #[test]

@@ -119,6 +119,15 @@ const FLAG_RESIDUAL: u32 = 2;
 const FLAG_UPSAMPLE_BILINEAR: u32 = 4;
 const FLAG_UPSAMPLE_NEAREST: u32 = 8;
 
+/// The epilogue's flag bits by their names in `shaders/conv2d_epilogue.wgsl`, which declares
+/// them for every convolution kernel (the tests check that both sides agree).
+pub const EPILOGUE_FLAGS: [(&str, u32); 4] = [
+    ("FLAG_RELU", FLAG_RELU),
+    ("FLAG_RESIDUAL", FLAG_RESIDUAL),
+    ("FLAG_UPSAMPLE_BILINEAR", FLAG_UPSAMPLE_BILINEAR),
+    ("FLAG_UPSAMPLE_NEAREST", FLAG_UPSAMPLE_NEAREST),
+];
+
 /// Mirrors `Conv2dParams` in the WGSL.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]

@@ -9,10 +9,16 @@ use crate::tensor::MemoryFormat;
 /// The module without its generated entry points.
 pub const SHADER: ShaderSource = ShaderSource {
     name: "conv2d_coop.wgsl",
-    parts: &["common.wgsl", "resample.wgsl", "conv2d_coop.wgsl"],
+    parts: &[
+        "common.wgsl",
+        "resample.wgsl",
+        "conv2d_epilogue.wgsl",
+        "conv2d_coop.wgsl",
+    ],
     source: concat!(
         include_str!("../../../../shaders/common.wgsl"),
         include_str!("../../../../shaders/resample.wgsl"),
+        include_str!("../../../../shaders/conv2d_epilogue.wgsl"),
         include_str!("../../../../shaders/conv2d_coop.wgsl")
     ),
     params: &[("CoopConvParams", std::mem::size_of::<CoopConvParams>())],

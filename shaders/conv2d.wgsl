@@ -1,7 +1,8 @@
 // 2-D convolution (groups = 1) with zero padding handled per tap, and Winograd F(2x2, 3x3).
-// Needs common.wgsl, resample.wgsl and conv2d_epilogue.wgsl (parameters, bindings 1-5, the
-// fused epilogue) before it. Convolutions without padding, which is every one the graph runs
-// after its explicit-padding pass, use the faster row kernels of conv2d_rows.wgsl instead.
+// Needs common.wgsl, resample.wgsl, conv2d_epilogue.wgsl (the fused epilogue, bindings 2-4) and
+// conv2d_nchw.wgsl (parameters, binding 5) before it. Convolutions without padding, which is
+// every one the graph runs after its explicit-padding pass, use the faster row kernels of
+// conv2d_rows.wgsl instead.
 //
 // Entry points (the Rust wrapper picks one per convolution):
 //   conv2d               any kernel, stride and zero padding (bounds checked per tap)

@@ -14,19 +14,19 @@
 //
 // In the direct-load blocks one workgroup is one subgroup (SG lanes, the adapter's fixed
 // subgroup size): cooperative matrix operations belong to a subgroup. It holds TM x TN
-// accumulators: TM row segments of S pixels by TN x S output channels. The generated entry
-// points (src/kernels/conv2d/coop.rs) walk the k steps (taps, then S-channel chunks) of their
-// split:
+// accumulators: TM row segments of S pixels by TN x S output channels. Their entry points,
+// expanded from conv2d_coop.tmpl.wgsl for one block and matrix side and appended to this file,
+// walk the k steps (taps, then S-channel chunks) of their split:
 //   conv2d_coop          one split; the accumulators go through workgroup memory to the
 //                        epilogue, which writes the output
 //   conv2d_coop_partial  split-K: each split stores its f32 partial sums
 // and `conv2d_coop_reduce` (below) sums a split-K launch's partials and applies the epilogue.
-// `conv2d_coop_staged` (src/kernels/conv2d/coop_staged.rs) is the large-map block: 8 subgroups
-// sharing double-buffered tiles in workgroup memory, reading the input and the weights as
-// 16-byte words through bindings 7 and 8.
+// `conv2d_coop_staged` (conv2d_coop_staged.tmpl.wgsl, appended instead) is the large-map block:
+// 8 subgroups sharing double-buffered tiles in workgroup memory, reading the input and the
+// weights as 16-byte words through bindings 7 and 8.
 //
 // Epilogue: out = relu?(acc * scale[co] + shift[co] + residual?), the residual as it is or
-// upsampled from a coarser map, as in conv2d_epilogue.wgsl. Padding channels (scale and shift
+// upsampled from a coarser map: conv2d_epilogue.wgsl. Padding channels (scale and shift
 // zero, residual zero) come out as zeros.
 //
 // Bindings:
@@ -86,22 +86,11 @@ struct CoopConvParams {
     _pad2: u32,
 }
 
-// The epilogue's flags: the same bits as conv2d_epilogue.wgsl's.
-const COOP_RELU: u32 = 1u;
-const COOP_RESIDUAL: u32 = 2u;
-const COOP_UPSAMPLE_BILINEAR: u32 = 4u;
-const COOP_UPSAMPLE_NEAREST: u32 = 8u;
-
 override SG: u32 = 32u;
 override WG: u32 = 256u;
-// Whether the pipeline has the upsampled-residual epilogue (see conv2d_epilogue.wgsl).
-override UPSAMPLE: bool = false;
 
 @group(0) @binding(0) var<storage, read> x: array<act>;
 @group(0) @binding(1) var<storage, read> weights: array<act>;
-@group(0) @binding(2) var<storage, read> affine: array<f32>;
-@group(0) @binding(3) var<storage, read> resample_src: array<act>;
-@group(0) @binding(4) var<storage, read_write> out: array<act>;
 @group(0) @binding(5) var<uniform> p: CoopConvParams;
 @group(0) @binding(6) var<storage, read_write> partials: array<f32>;
 
@@ -160,21 +149,14 @@ fn write_halo(n: u32, oy: u32, ox: u32, co: u32) {
 // Applies the epilogue to the raw sum `acc` of output channel `co` at (n, oy, ox) and stores it.
 fn epilogue(n: u32, oy: u32, ox: u32, co: u32, acc: f32) {
     // Padding channels are zeros whatever the sum (an infinity in the window times their zero
-    // weights is NaN, which the next convolution would spread to every channel).
-    var v = select(acc * affine[co] + affine[p.w_stride + co], 0.0, co >= p.out_channels);
-    let pix = (n * p.out_height + oy) * p.out_width + ox;
-    if (co >= p.out_channels) {
-        // Nothing is added to a padding channel.
-    } else if ((p.flags & COOP_RESIDUAL) != 0u) {
-        v += f32(resample_src[pix * p.out_cl + co]);
-    } else if (UPSAMPLE && (p.flags & (COOP_UPSAMPLE_BILINEAR | COOP_UPSAMPLE_NEAREST)) != 0u) {
-        let base = n * p.res_height * p.res_width * p.out_cl + co;
-        v += resample(base, p.out_cl, p.res_height, p.res_width, p.out_height, p.out_width,
-                      p.res_scale_h, p.res_scale_w, oy, ox,
-                      (p.flags & COOP_UPSAMPLE_BILINEAR) != 0u);
-    }
-    if ((p.flags & COOP_RELU) != 0u) {
-        v = relu_keep_nan(v);
+    // weights is NaN, which the next convolution would spread to every channel), with nothing
+    // added.
+    var v = 0.0;
+    if (co < p.out_channels) {
+        let pix = (n * p.out_height + oy) * p.out_width + ox;
+        let coarse = n * p.res_height * p.res_width * p.out_cl + co;
+        v = epilogue_value(acc, co, p.w_stride, pix * p.out_cl + co, coarse, p.out_cl, oy, ox,
+                           UPSAMPLE);
     }
     out[out_index(n, i32(oy), i32(ox), co)] = act(v);
     if (p.out_top + p.out_left != 0u) {

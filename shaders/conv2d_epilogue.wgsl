@@ -1,54 +1,17 @@
-// What every convolution kernel shares: the parameters, the bindings other than the input and
-// the weights (whose types differ between kernels), and the fused epilogue
+// The fused epilogue of every convolution kernel, NCHW (conv2d_nchw.wgsl) and channels-last
+// (conv2d_coop.wgsl):
 //   out = relu?( acc * scale[co] + shift[co] + residual? )
 // A bias is folded into `shift` on the host; a batch norm into `scale` and `shift`. The residual
 // is either a tensor of the output's shape or a coarser map upsampled to the output's size (the
-// FPN's top-down merge). Needs common.wgsl and resample.wgsl before it.
+// FPN's top-down merge). Needs common.wgsl and resample.wgsl before it, and a uniform `p` with
+// the fields `flags` (FLAG_* below, which src/kernels/conv2d/mod.rs mirrors), `out_height`,
+// `out_width` and the coarse map's `res_height`, `res_width`, `res_scale_h` and `res_scale_w`
+// (both convolution params structs have them).
 //
-// `act` (the alias the Rust side declares before the module) is the storage type of the input,
-// the weights, the residual and the output; sums are f32 whatever it is.
-//
-// Bindings:
-//   0  x            the input, NCHW, declared by each kernel
-//   1  weights      [K][cout_pad], declared by each   direct: K = (ci * KH + ky) * KW + kx
-//                                                     (ci within the group when grouped);
-//                   kernel (vec4s or scalars)         Winograd: K = ci * 16 + position; output
-//                                                     channels contiguous, zero padded
-//   2  affine       [2][cout_pad]                     scale, then shift
-//   3  resample_src [N, Cout, RH, RW]                 the residual, read only when a residual
-//                                                     flag is set (RH x RW = OH x OW for
-//                                                     FLAG_RESIDUAL)
-//   4  out          [N, Cout, OH, OW]
-//   5  params       Conv2dParams
-
-struct Conv2dParams {
-    in_channels: u32,
-    in_height: u32,
-    in_width: u32,
-    out_channels: u32,
-    out_height: u32,
-    out_width: u32,
-    cout_vec4: u32,
-    kernel_h: u32,
-    kernel_w: u32,
-    stride_h: u32,
-    stride_w: u32,
-    pad_h: u32,
-    pad_w: u32,
-    flags: u32,
-    res_height: u32,
-    res_width: u32,
-    res_scale_h: f32,
-    res_scale_w: f32,
-    // Split-K parts over the input channels (row kernel; 1 elsewhere) and the batch size.
-    splits: u32,
-    batch: u32,
-    // Channel groups (the grouped kernel; 1 elsewhere).
-    groups: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
+// Bindings (the same in every convolution kernel):
+//   2  affine        [2][cout_pad]  scale, then shift
+//   3  resample_src  the residual, read only when a residual flag is set
+//   4  out           the output
 
 const FLAG_RELU: u32 = 1u;
 const FLAG_RESIDUAL: u32 = 2u;
@@ -63,24 +26,22 @@ override UPSAMPLE: bool = false;
 @group(0) @binding(2) var<storage, read> affine: array<f32>;
 @group(0) @binding(3) var<storage, read> resample_src: array<act>;
 @group(0) @binding(4) var<storage, read_write> out: array<act>;
-@group(0) @binding(5) var<uniform> p: Conv2dParams;
 
-// Applies the epilogue to the raw sum `a` of output channel `co`, pixel `pix`, and stores it.
-// `upsample` is a constant at each call site (UPSAMPLE, or false for Winograd).
-fn store_output(n: u32, co: u32, pix: u32, a: f32, upsample: bool) {
-    let plane = p.out_height * p.out_width;
-    var v = a * affine[co] + affine[p.cout_vec4 * 4u + co];
-    let idx = (n * p.out_channels + co) * plane + pix;
+// The epilogue of the raw sum `acc` of output channel `co` at output pixel (oy, ox), before it
+// is stored in the caller's layout. The shifts start at `affine[cout_pad]`; `same` is the
+// element's index in a residual of the output's shape; `coarse` and `step` are where the
+// channel's plane of a coarse residual starts and the step between its pixels. `upsample` is a
+// constant at each call site.
+fn epilogue_value(acc: f32, co: u32, cout_pad: u32, same: u32, coarse: u32, step: u32, oy: u32,
+                  ox: u32, upsample: bool) -> f32 {
+    var v = acc * affine[co] + affine[cout_pad + co];
     if ((p.flags & FLAG_RESIDUAL) != 0u) {
-        v += f32(resample_src[idx]);
+        v += f32(resample_src[same]);
     } else if (upsample && (p.flags & (FLAG_UPSAMPLE_BILINEAR | FLAG_UPSAMPLE_NEAREST)) != 0u) {
-        let res_base = (n * p.out_channels + co) * p.res_height * p.res_width;
-        v += resample(res_base, 1u, p.res_height, p.res_width, p.out_height, p.out_width,
-                      p.res_scale_h, p.res_scale_w, pix / p.out_width, pix % p.out_width,
-                      (p.flags & FLAG_UPSAMPLE_BILINEAR) != 0u);
+        v += upsampled(coarse, step, oy, ox, (p.flags & FLAG_UPSAMPLE_BILINEAR) != 0u);
     }
     if ((p.flags & FLAG_RELU) != 0u) {
         v = relu_keep_nan(v);
     }
-    out[idx] = act(v);
+    return v;
 }

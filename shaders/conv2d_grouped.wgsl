@@ -1,7 +1,8 @@
 // Grouped 2-D convolution (groups > 1, depthwise included) with zero padding handled per tap.
-// Needs common.wgsl, resample.wgsl and conv2d_epilogue.wgsl (parameters, bindings 1-5, the
-// fused epilogue) before it. Output channel co sees only the cin / groups input channels of its
-// group, co / (cout / groups), so each sum is cin / groups * KH * KW long, not cin * KH * KW.
+// Needs common.wgsl, resample.wgsl, conv2d_epilogue.wgsl (the fused epilogue, bindings 2-4) and
+// conv2d_nchw.wgsl (parameters, binding 5) before it. Output channel co sees only the
+// cin / groups input channels of its group, co / (cout / groups), so each sum is
+// cin / groups * KH * KW long, not cin * KH * KW.
 //
 // Entry points (the Rust wrapper picks one per convolution):
 //   conv2d_grouped4   4 output channels per invocation; needs cout / groups a multiple of 4

@@ -22,3 +22,11 @@ fn resample(src_base: u32, step: u32, in_h: u32, in_w: u32, out_h: u32, out_w: u
     let sx = nearest_index(ox, in_w, out_w, scale_w);
     return f32(resample_src[src_base + (sy * in_w + sx) * step]);
 }
+
+// `resample` from the coarse map to the output, with the sizes and scales in the including
+// kernel's params `p` (res_height x res_width to out_height x out_width): the upsampled residual
+// of the convolutions' epilogue and the upsampling of upsample_add.wgsl.
+fn upsampled(src_base: u32, step: u32, oy: u32, ox: u32, bilinear: bool) -> f32 {
+    return resample(src_base, step, p.res_height, p.res_width, p.out_height, p.out_width,
+                    p.res_scale_h, p.res_scale_w, oy, ox, bilinear);
+}

@@ -3,7 +3,8 @@
 //                 at zero, second tap clamped at the border), any size ratio;
 //   nearest_add:  mode='nearest' (source index floor(dst * in/out), clamped).
 // Scales are in/out computed in f32 on the host, as PyTorch does. Either layout (all three
-// tensors in the same one). Needs common.wgsl and resample.wgsl before it.
+// tensors in the same one). Needs common.wgsl and resample.wgsl before it (the upsampling is
+// the one of the convolutions' upsampled residual).
 //
 // Bindings:
 //   0  resample_src  [N, C, IH, IW]   the coarser map
@@ -15,12 +16,13 @@
 
 struct UpsampleAddParams {
     len: u32,
-    in_height: u32,
-    in_width: u32,
+    // The coarse map's size, named as resample.wgsl's `upsampled` reads it.
+    res_height: u32,
+    res_width: u32,
     out_height: u32,
     out_width: u32,
-    scale_h: f32,
-    scale_w: f32,
+    res_scale_h: f32,
+    res_scale_w: f32,
     // 0 for NCHW, the padded channel count for channels-last.
     channels_last: u32,
 }
@@ -46,17 +48,16 @@ fn upsample_add(i: u32, bilinear: bool) {
     var pix: u32;
     if (!CHANNELS_LAST) {
         let out_plane = p.out_height * p.out_width;
-        base = i / out_plane * p.in_height * p.in_width;
+        base = i / out_plane * p.res_height * p.res_width;
         pix = i % out_plane;
     } else {
         let all = i / cl;
         let n = all / (p.out_height * p.out_width);
-        base = n * p.in_height * p.in_width * cl + i % cl;
+        base = n * p.res_height * p.res_width * cl + i % cl;
         step = cl;
         pix = all % (p.out_height * p.out_width);
     }
-    let up = resample(base, step, p.in_height, p.in_width, p.out_height, p.out_width,
-                      p.scale_h, p.scale_w, pix / p.out_width, pix % p.out_width, bilinear);
+    let up = upsampled(base, step, pix / p.out_width, pix % p.out_width, bilinear);
     out[i] = act(up + f32(y[i]));
 }
 

@@ -1,12 +1,13 @@
-//! Every WGSL file parses and validates with naga, every file is used by a kernel and every
-//! kernel's file exists, and each params struct has the byte size of its Rust twin.
+//! Every WGSL file parses and validates with naga (the templates once expanded, for every shape
+//! the kernels use and more), every file is used by a kernel and every kernel's file exists, and
+//! each params struct has the byte size of its Rust twin.
 
 use std::collections::BTreeSet;
 
-use fpn_wgpu::kernels::conv2d::coop::{self, TILES};
-use fpn_wgpu::kernels::conv2d::coop_staged::StagedBlock;
+use fpn_wgpu::kernels::conv2d::coop::{self, StagedBlock, TILES};
 use fpn_wgpu::kernels::conv2d::rows::{self, RowTile};
-use fpn_wgpu::kernels::SHADERS;
+use fpn_wgpu::kernels::conv2d::EPILOGUE_FLAGS;
+use fpn_wgpu::kernels::{SHADERS, TEMPLATES};
 use fpn_wgpu::Precision;
 
 fn validate(name: &str, source: &str) -> naga::Module {
@@ -38,12 +39,31 @@ fn every_shader_file_belongs_to_a_kernel_and_back() {
     let used: BTreeSet<String> = SHADERS
         .iter()
         .flat_map(|s| s.parts.iter().map(|p| p.to_string()))
+        .chain(TEMPLATES.iter().map(|t| t.name.to_string()))
         .collect();
     assert_eq!(
         on_disk, used,
-        "shaders/ and the parts of kernels::SHADERS disagree"
+        "shaders/ and the parts of kernels::SHADERS and kernels::TEMPLATES disagree"
     );
+    for t in TEMPLATES {
+        let on_disk = std::fs::read_to_string(format!("{dir}/{}", t.name)).unwrap();
+        assert_eq!(
+            on_disk, t.source,
+            "{} differs from its file on disk",
+            t.name
+        );
+        assert!(
+            t.name.ends_with(".tmpl.wgsl"),
+            "{}: a template's name says it is one",
+            t.name
+        );
+    }
     for s in SHADERS {
+        assert!(
+            !s.source.contains("{{"),
+            "{}: the static modules hold no template markers",
+            s.name
+        );
         assert_eq!(
             s.parts.last(),
             Some(&s.name),
@@ -105,6 +125,35 @@ fn every_shader_validates_in_every_precision_and_params_match_rust() {
             );
         }
     }
+}
+
+/// The epilogue's flags are declared once in WGSL (conv2d_epilogue.wgsl) and mirrored in Rust.
+#[test]
+fn every_convolution_declares_the_epilogue_flags_rust_sets() {
+    let mut count = 0;
+    for s in SHADERS
+        .iter()
+        .filter(|s| s.parts.contains(&"conv2d_epilogue.wgsl"))
+    {
+        let module = validate(s.name, &s.module(s.precisions[0]));
+        for (name, bits) in EPILOGUE_FLAGS {
+            let (_, constant) = module
+                .constants
+                .iter()
+                .find(|(_, c)| c.name.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("{}: no constant {name}", s.name));
+            let value = &module.global_expressions[constant.init];
+            assert_eq!(
+                value,
+                &naga::Expression::Literal(naga::Literal::U32(bits)),
+                "{}: {name}",
+                s.name
+            );
+        }
+        count += 1;
+    }
+    // The direct, grouped, row and cooperative-matrix kernels.
+    assert_eq!(count, 4);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! GPU kernels: one module per WGSL file in `shaders/`, each with its `#[repr(C)]` params
 //! struct, its shape checks, a `prepare` that builds a [`Dispatch`] (for the executor, which
-//! records many launches into one pass) and a function that runs the op at once.
+//! records many launches into one pass) and a function that runs the op at once; and the
+//! [`template`] expander of the kernels generated per tile shape.
 
 pub mod batch_norm;
 pub mod conv2d;
@@ -8,6 +9,7 @@ pub mod convert;
 pub mod elementwise;
 pub mod max_pool2d;
 pub mod pad2d;
+pub mod template;
 pub mod upsample_add;
 
 use crate::error::Result;
@@ -60,6 +62,14 @@ pub const SHADERS: &[&ShaderSource] = &[
     &upsample_add::SHADER,
     &elementwise::SHADER,
     &convert::SHADER,
+];
+
+/// Every template of generated entry points the crate expands (each appended to one of
+/// [`SHADERS`]).
+pub const TEMPLATES: &[&template::ShaderTemplate] = &[
+    &conv2d::rows::ENTRY,
+    &conv2d::coop::tile::ENTRY,
+    &conv2d::coop::staged::ENTRY,
 ];
 
 /// Returns the context's cached pipeline for a shader entry point in `precision` and its

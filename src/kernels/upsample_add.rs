@@ -28,12 +28,12 @@ pub const SHADER: ShaderSource = ShaderSource {
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
 pub(crate) struct UpsampleAddParams {
     pub len: u32,
-    pub in_height: u32,
-    pub in_width: u32,
+    pub res_height: u32,
+    pub res_width: u32,
     pub out_height: u32,
     pub out_width: u32,
-    pub scale_h: f32,
-    pub scale_w: f32,
+    pub res_scale_h: f32,
+    pub res_scale_w: f32,
     pub channels_last: u32,
 }
 
@@ -74,13 +74,13 @@ pub fn prepare(
     check_io(OP, out, &[x, y])?;
     let params = UpsampleAddParams {
         len: out.storage_len() as u32,
-        in_height: ih as u32,
-        in_width: iw as u32,
+        res_height: ih as u32,
+        res_width: iw as u32,
         out_height: oh as u32,
         out_width: ow as u32,
         // PyTorch divides in f32: the same rounding here keeps nearest indices identical.
-        scale_h: ih as f32 / oh as f32,
-        scale_w: iw as f32 / ow as f32,
+        res_scale_h: ih as f32 / oh as f32,
+        res_scale_w: iw as f32 / ow as f32,
         channels_last: out.memory_format().wgsl_flag(c),
     };
     let entry = match mode {

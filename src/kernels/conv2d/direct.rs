@@ -19,12 +19,14 @@ pub const SHADER: ShaderSource = ShaderSource {
         "common.wgsl",
         "resample.wgsl",
         "conv2d_epilogue.wgsl",
+        "conv2d_nchw.wgsl",
         "conv2d.wgsl",
     ],
     source: concat!(
         include_str!("../../../shaders/common.wgsl"),
         include_str!("../../../shaders/resample.wgsl"),
         include_str!("../../../shaders/conv2d_epilogue.wgsl"),
+        include_str!("../../../shaders/conv2d_nchw.wgsl"),
         include_str!("../../../shaders/conv2d.wgsl")
     ),
     params: &[("Conv2dParams", std::mem::size_of::<Conv2dParams>())],

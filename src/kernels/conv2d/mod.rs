@@ -2,10 +2,9 @@
 //! kernel shares, and [`prepare`], which hands a convolution to the kernel [`select`] picks:
 //! [`direct`] (NCHW: direct, row-tiled with [`rows`], Winograd), [`grouped`] (NCHW, more than
 //! one group) or [`coop`] (channels-last, cooperative matrices, with the large-map block of
-//! [`coop_staged`]).
+//! [`coop::staged`]).
 
 pub mod coop;
-pub mod coop_staged;
 pub mod direct;
 pub mod grouped;
 pub mod rows;
@@ -119,6 +118,15 @@ const FLAG_RELU: u32 = 1;
 const FLAG_RESIDUAL: u32 = 2;
 const FLAG_UPSAMPLE_BILINEAR: u32 = 4;
 const FLAG_UPSAMPLE_NEAREST: u32 = 8;
+
+/// The epilogue's flag bits by their names in `shaders/conv2d_epilogue.wgsl`, which declares
+/// them for every convolution kernel (the tests check that both sides agree).
+pub const EPILOGUE_FLAGS: [(&str, u32); 4] = [
+    ("FLAG_RELU", FLAG_RELU),
+    ("FLAG_RESIDUAL", FLAG_RESIDUAL),
+    ("FLAG_UPSAMPLE_BILINEAR", FLAG_UPSAMPLE_BILINEAR),
+    ("FLAG_UPSAMPLE_NEAREST", FLAG_UPSAMPLE_NEAREST),
+];
 
 /// Mirrors `Conv2dParams` in the WGSL.
 #[repr(C)]

@@ -4,8 +4,7 @@
 //! the block and the split-K factor of a cooperative-matrix convolution from its grid. The
 //! NCHW kernels choose their row tiles and workgroup shapes themselves (see [`super::direct`]).
 
-use super::coop::{self, CoopBlock, CoopChoice, MAX_SPLIT, TILES};
-use super::coop_staged::StagedBlock;
+use super::coop::{self, CoopBlock, CoopChoice, StagedBlock, MAX_SPLIT, TILES};
 use super::{conv_shape, Conv2dOptions, Conv2dWeights, ConvAlgorithm, ResidualMode};
 use crate::error::Result;
 use crate::gpu::GpuContext;

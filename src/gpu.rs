@@ -28,6 +28,9 @@ struct Inner {
     modules: Mutex<HashMap<String, wgpu::ShaderModule>>,
     /// Bound in place of an optional input that an op does not use; wgpu rejects empty bindings.
     placeholder: wgpu::Buffer,
+    /// Where launches' parameters live: slices of a few shared buffers rather than a buffer
+    /// each, so that a forward's submit tracks a handful of buffers instead of one per launch.
+    uniforms: Mutex<UniformArena>,
     /// Set by wgpu's device-lost callback: later calls fail at once instead of waiting.
     lost: Arc<Mutex<Option<String>>>,
     /// Cooperative matrices, where the device was created with them.
@@ -472,6 +475,7 @@ impl GpuContext {
         });
         GpuContext {
             inner: Arc::new(Inner {
+                uniforms: Mutex::new(UniformArena::default()),
                 device,
                 queue,
                 adapter,
@@ -761,22 +765,56 @@ impl GpuContext {
         })
     }
 
-    /// Creates a uniform buffer holding one params struct.
-    pub(crate) fn uniform<T: bytemuck::Pod>(
-        &self,
-        label: &'static str,
-        params: &T,
-    ) -> wgpu::Buffer {
-        self.inner
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::bytes_of(params),
-                usage: wgpu::BufferUsages::UNIFORM,
-            })
+    /// A launch's parameters as a uniform slice of a shared buffer.
+    pub(crate) fn uniform<T: bytemuck::Pod>(&self, label: &'static str, params: &T) -> Uniform {
+        let bytes = bytemuck::bytes_of(params);
+        let align = (self.inner.limits.min_uniform_buffer_offset_alignment as u64).max(16);
+        let size = (bytes.len() as u64).next_multiple_of(16);
+        let mut arena = self
+            .inner
+            .uniforms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let offset = arena.used.next_multiple_of(align);
+        let buffer = match &arena.buffer {
+            Some(b) if offset + size <= b.size() => b.clone(),
+            _ => {
+                // A new chunk; the old one lives on in the bind groups that use it.
+                let chunk = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size: UNIFORM_CHUNK_BYTES.max(size),
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                arena.buffer = Some(chunk.clone());
+                arena.used = 0;
+                return self.write_uniform(&mut arena, chunk, 0, size, bytes);
+            }
+        };
+        self.write_uniform(&mut arena, buffer, offset, size, bytes)
     }
 
-    /// Creates a read-only storage buffer from host data (weights, per-channel vectors).
+    /// Writes `bytes` at `offset` of the arena's chunk `buffer` (ahead of any later submit, so
+    /// before every launch that reads them) and takes the slice.
+    fn write_uniform(
+        &self,
+        arena: &mut UniformArena,
+        buffer: wgpu::Buffer,
+        offset: u64,
+        size: u64,
+        bytes: &[u8],
+    ) -> Uniform {
+        let mut padded = bytes.to_vec();
+        padded.resize(size as usize, 0);
+        self.inner.queue.write_buffer(&buffer, offset, &padded);
+        arena.used = offset + size;
+        Uniform {
+            buffer,
+            offset,
+            size,
+        }
+    }
+
     pub(crate) fn storage_from<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
         // wgpu rejects zero-sized bindings; an empty vector still gets one element of room.
         let bytes = bytemuck::cast_slice(data);
@@ -876,6 +914,36 @@ fn keep_until_exit(device: &wgpu::Device) {
     KEPT.lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(device.clone());
+}
+
+/// Bytes of each buffer the launches' parameters are placed in: 256 launches' worth at the
+/// common 256-byte offset alignment.
+const UNIFORM_CHUNK_BYTES: u64 = 64 * 1024;
+
+/// The chunk launches' parameters are being placed in, and how much of it is used.
+#[derive(Default)]
+struct UniformArena {
+    buffer: Option<wgpu::Buffer>,
+    used: u64,
+}
+
+/// A launch's parameters: a slice of a shared uniform buffer.
+#[derive(Clone, Debug)]
+pub(crate) struct Uniform {
+    buffer: wgpu::Buffer,
+    offset: u64,
+    size: u64,
+}
+
+impl Uniform {
+    /// The binding of the slice.
+    pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.size),
+        })
+    }
 }
 
 /// Validation and out-of-memory error scopes around one piece of work; wgpu's default would be

@@ -146,7 +146,7 @@ pub(crate) fn layout_dispatch<P: bytemuck::Pod>(
     ctx.check_grid(entry, workgroups)?;
     let uniform = ctx.uniform(entry, params);
     let mut entries = buffers.to_vec();
-    entries.push((params_binding, uniform.as_entire_binding()));
+    entries.push((params_binding, uniform.binding()));
     let bind_group = ctx.bind_group(entry, &pipeline, &entries);
     Ok(Dispatch::new(entry, pipeline, bind_group, workgroups))
 }

@@ -198,7 +198,7 @@ pub(super) fn prepare(
             &[
                 (0, x_binding),
                 (1, weights.weights.as_entire_binding()),
-                (5, uniform.as_entire_binding()),
+                (5, uniform.binding()),
                 (6, partials_binding()),
             ],
         );
@@ -219,7 +219,7 @@ pub(super) fn prepare(
                 (2, weights.affine.as_entire_binding()),
                 (3, residual),
                 (4, out.binding()),
-                (5, uniform.as_entire_binding()),
+                (5, uniform.binding()),
                 (6, partials_binding()),
             ],
         );
@@ -243,7 +243,7 @@ pub(super) fn prepare(
             (2, weights.affine.as_entire_binding()),
             (3, residual),
             (4, out.binding()),
-            (5, uniform.as_entire_binding()),
+            (5, uniform.binding()),
         ],
     );
     Ok(vec![Dispatch::new(label, pipeline, bind_group, grid)])

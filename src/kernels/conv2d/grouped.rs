@@ -96,7 +96,7 @@ pub(super) fn prepare(
             (2, weights.affine.as_entire_binding()),
             (3, residual),
             (4, out.binding()),
-            (5, uniform.as_entire_binding()),
+            (5, uniform.binding()),
         ],
     );
     Ok(vec![Dispatch::new(entry, pipeline, bind_group, grid)])

@@ -286,7 +286,7 @@ pub fn prepare(
                 (2, weights.affine.as_entire_binding()),
                 (3, residual_binding),
                 (4, out.binding()),
-                (5, uniform.as_entire_binding()),
+                (5, uniform.binding()),
                 (7, x.binding()),
                 (8, weights.weights.as_entire_binding()),
             ],
@@ -315,7 +315,7 @@ pub fn prepare(
                 (2, weights.affine.as_entire_binding()),
                 (3, residual_binding),
                 (4, out.binding()),
-                (5, uniform.as_entire_binding()),
+                (5, uniform.binding()),
             ],
         );
         return Ok(vec![
@@ -332,7 +332,7 @@ pub fn prepare(
         &[
             (0, x_binding),
             (1, weights.weights.as_entire_binding()),
-            (5, uniform.as_entire_binding()),
+            (5, uniform.binding()),
             (6, partials_binding()),
         ],
     );
@@ -348,7 +348,7 @@ pub fn prepare(
             (2, weights.affine.as_entire_binding()),
             (3, residual_binding),
             (4, out.binding()),
-            (5, uniform.as_entire_binding()),
+            (5, uniform.binding()),
             (6, partials_binding()),
         ],
     );

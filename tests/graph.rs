@@ -376,3 +376,86 @@ fn grouped_convolutions_run_grouped_and_their_dense_form_agrees() {
     let got = half.forward(&xt).unwrap()[0].1.download(ctx).unwrap();
     assert_close("f16 grouped network", &got, &want, 1e-2);
 }
+
+/// A forward creates no tensors in steady state: its outputs come from a pool per plan, and a
+/// set of outputs is reused only once every tensor of it (clones included) has been dropped,
+/// so that outputs a caller still holds are never overwritten.
+#[test]
+fn outputs_are_pooled_and_reused_only_once_dropped() {
+    let ctx = gpu();
+    let (g, ..) = sample_graph();
+    let ex = Executor::new(ctx, g).unwrap();
+    let mut rng = SplitMix64::new(9);
+    let shape = [1, C, 7, 5];
+    let x1 = Tensor::from_slice(ctx, shape, &rng.vec(C * 35, -1.0, 1.0)).unwrap();
+    let x2 = Tensor::from_slice(ctx, shape, &rng.vec(C * 35, -1.0, 1.0)).unwrap();
+    let values = |outs: &[(String, Tensor)]| -> Vec<Vec<f32>> {
+        outs.iter().map(|(_, t)| t.download(ctx).unwrap()).collect()
+    };
+    let buffers = |outs: &[(String, Tensor)]| -> Vec<wgpu::Buffer> {
+        outs.iter().map(|(_, t)| t.buffer().clone()).collect()
+    };
+
+    let a = ex.forward(&x1).unwrap();
+    let want1 = values(&a);
+    let b = ex.forward(&x2).unwrap();
+    let want2 = values(&b);
+    assert_ne!(want1, want2, "the two inputs must give different outputs");
+    for ((_, ta), (_, tb)) in a.iter().zip(&b) {
+        assert_ne!(
+            ta.buffer(),
+            tb.buffer(),
+            "a held output was handed out again"
+        );
+    }
+    assert_eq!(values(&a), want1, "a held output was overwritten");
+
+    // Dropped, b's set serves the next forward.
+    let b_buffers = buffers(&b);
+    drop(b);
+    let c = ex.forward(&x2).unwrap();
+    assert_eq!(buffers(&c), b_buffers, "a dropped set was not reused");
+    assert_eq!(values(&c), want2);
+    assert_eq!(values(&a), want1);
+
+    // One clone of one output keeps the whole set out of the pool.
+    let kept = c[0].1.clone();
+    drop(c);
+    let d = ex.forward(&x1).unwrap();
+    assert!(d.iter().all(|(_, t)| t.buffer() != kept.buffer()));
+    assert_eq!(values(&d), want1);
+    assert_eq!(kept.download(ctx).unwrap(), want2[0]);
+}
+
+/// Which pass pipelines run is decided in one place, from the fusion setting, the layout and
+/// the kind of device; the upsample-add fusion only runs channels-last on GPUs.
+#[test]
+fn pass_pipelines_follow_fusion_layout_and_device() {
+    use fpn_wgpu::graph::passes::{pipelines, Fusion, CHANNELS_LAST_CPU, CHANNELS_LAST_GPU};
+    let names = |fusion, layout, gpu| -> Vec<&str> {
+        pipelines(fusion, layout, gpu)
+            .iter()
+            .map(|p| p.name)
+            .collect()
+    };
+    let cl = Some(MemoryFormat::ChannelsLast);
+    assert_eq!(names(Fusion::Fused, None, true), ["fuse"]);
+    assert!(names(Fusion::Unfused, None, true).is_empty());
+    assert!(names(Fusion::Fused, Some(MemoryFormat::Nchw), true).is_empty());
+    assert_eq!(names(Fusion::Fused, cl, true), [CHANNELS_LAST_GPU.name]);
+    assert_eq!(names(Fusion::Unfused, cl, false), [CHANNELS_LAST_CPU.name]);
+    let has = |p: &passes::Pipeline, pass: &str| p.passes.iter().any(|(n, _)| *n == pass);
+    assert!(has(&CHANNELS_LAST_GPU, "fuse_upsample_add"));
+    assert!(!has(&CHANNELS_LAST_CPU, "fuse_upsample_add"));
+
+    // The executor runs them and reports what changed the graph.
+    let (g, ..) = sample_graph();
+    let options = fpn_wgpu::graph::executor::ExecutorOptions {
+        fusion: Fusion::Fused,
+        ..Default::default()
+    };
+    let ex = Executor::build(gpu(), g, options).unwrap();
+    assert!(ex.passes_applied().contains(&"fold_batch_norm"));
+    // input, pad, conv, relu, conv: the fused graph of the first test.
+    assert_eq!(ex.node_count(), 5);
+}

@@ -13,6 +13,7 @@
 mod chunks;
 mod lower;
 mod planning;
+mod pool;
 mod record;
 
 use std::sync::{Arc, Mutex};

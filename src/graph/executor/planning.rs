@@ -7,7 +7,7 @@ use std::ops::Range;
 use std::time::Instant;
 
 use super::lower::value_shapes;
-use super::record::OutputPool;
+use super::pool::OutputPool;
 use super::{Executor, Granularity};
 use crate::error::Result;
 use crate::gpu::Dispatch;

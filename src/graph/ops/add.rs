@@ -1,10 +1,9 @@
 //! `a + b` as an op of its own; the passes fold it into a convolution's epilogue as a residual
 //! wherever they may.
 
-use std::any::Any;
 use std::ops::RangeInclusive;
 
-use super::{GpuOp, GraphOp, Launch, Target};
+use super::{GpuOp, GraphOp, PlainOp, Target};
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::elementwise;
@@ -40,26 +39,12 @@ impl GraphOp for Add {
     }
 
     fn lower(&self, _ctx: &GpuContext, _target: &Target) -> Result<Box<dyn GpuOp>> {
-        Ok(Box::new(Add))
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
+        self.lowered()
     }
 }
 
-impl GpuOp for Add {
-    fn output_shape(&self, inputs: &[[usize; 4]]) -> Result<[usize; 4]> {
-        GraphOp::output_shape(self, inputs)
-    }
-
-    fn prepare(
-        &self,
-        ctx: &GpuContext,
-        inputs: &[&Tensor],
-        out: &Tensor,
-        _launch: Launch<'_>,
-    ) -> Result<Vec<Dispatch>> {
+impl PlainOp for Add {
+    fn prepare(&self, ctx: &GpuContext, inputs: &[&Tensor], out: &Tensor) -> Result<Vec<Dispatch>> {
         Ok(vec![elementwise::prepare_add(
             ctx, inputs[0], inputs[1], out,
         )?])

@@ -1,7 +1,6 @@
 //! Inference batch norm. Fused graphs fold it into the preceding convolution's affine epilogue
 //! (see `passes::fold_batch_norm`); unfused ones run it as a kernel of its own, NCHW only.
 
-use std::any::Any;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
@@ -68,10 +67,6 @@ impl GraphOp for BatchNorm {
         let bn = &self.0;
         let weights = BatchNormWeights::new(ctx, &bn.mean, &bn.var, &bn.weight, &bn.bias, bn.eps)?;
         Ok(Box::new(GpuBatchNorm(weights)))
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -4,7 +4,6 @@
 //! carries the op's attributes, its shape rule, and what the planner asks of it (the preset,
 //! the candidates to tune, their cache key, scratch and read-ahead).
 
-use std::any::Any;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
@@ -100,10 +99,6 @@ impl GraphOp for Conv2d {
             precision: target.precision,
             layout: target.layout,
         }))
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

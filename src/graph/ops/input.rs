@@ -1,10 +1,9 @@
 //! The graph input: node 0 of every graph, written by the forward's copy (or conversion) of the
 //! caller's tensor, so it has no launch of its own.
 
-use std::any::Any;
 use std::ops::RangeInclusive;
 
-use super::{GpuOp, GraphOp, Launch, Target};
+use super::{GpuOp, GraphOp, PlainOp, Target};
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::precision::Precision;
@@ -49,25 +48,16 @@ impl GraphOp for Input {
     }
 
     fn lower(&self, _ctx: &GpuContext, _target: &Target) -> Result<Box<dyn GpuOp>> {
-        Ok(Box::new(Input))
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
+        self.lowered()
     }
 }
 
-impl GpuOp for Input {
-    fn output_shape(&self, inputs: &[[usize; 4]]) -> Result<[usize; 4]> {
-        GraphOp::output_shape(self, inputs)
-    }
-
+impl PlainOp for Input {
     fn prepare(
         &self,
         _ctx: &GpuContext,
         _inputs: &[&Tensor],
         _out: &Tensor,
-        _launch: Launch<'_>,
     ) -> Result<Vec<Dispatch>> {
         Ok(Vec::new())
     }

@@ -1,10 +1,9 @@
 //! Max pooling: the ResNet stem's 3x3 stride-2 pool, and torchvision's extra level (P6 as a
 //! 1x1 stride-2 pool of P5).
 
-use std::any::Any;
 use std::ops::RangeInclusive;
 
-use super::{GpuOp, GraphOp, Launch, MaxPool2dOptions, Target};
+use super::{GpuOp, GraphOp, MaxPool2dOptions, PlainOp, Target};
 use crate::error::Result;
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::max_pool2d;
@@ -33,26 +32,12 @@ impl GraphOp for MaxPool2d {
     }
 
     fn lower(&self, _ctx: &GpuContext, _target: &Target) -> Result<Box<dyn GpuOp>> {
-        Ok(Box::new(*self))
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
+        self.lowered()
     }
 }
 
-impl GpuOp for MaxPool2d {
-    fn output_shape(&self, inputs: &[[usize; 4]]) -> Result<[usize; 4]> {
-        GraphOp::output_shape(self, inputs)
-    }
-
-    fn prepare(
-        &self,
-        ctx: &GpuContext,
-        inputs: &[&Tensor],
-        out: &Tensor,
-        _launch: Launch<'_>,
-    ) -> Result<Vec<Dispatch>> {
+impl PlainOp for MaxPool2d {
+    fn prepare(&self, ctx: &GpuContext, inputs: &[&Tensor], out: &Tensor) -> Result<Vec<Dispatch>> {
         Ok(vec![max_pool2d::prepare(ctx, inputs[0], out, &self.0)?])
     }
 }

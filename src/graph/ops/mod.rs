@@ -14,7 +14,8 @@
 //! # Adding an op
 //! 1. A file here with the op's type (attributes, host weights) implementing [`GraphOp`], and
 //!    its lowered form implementing [`GpuOp`] (the launches, through the kernel in
-//!    `src/kernels/` that computes it).
+//!    `src/kernels/` that computes it); an op without weights implements [`PlainOp`] instead
+//!    and is its own lowered form.
 //! 2. A `mod` line and a `pub use` below.
 //! 3. The kernel itself: `shaders/NAME.wgsl`, `src/kernels/NAME.rs`, its CPU twin in
 //!    `src/reference.rs` and a randomized test against it in `tests/ops.rs`.
@@ -52,7 +53,7 @@ use crate::precision::Precision;
 use crate::tensor::{MemoryFormat, Tensor};
 
 /// What an op is, independent of any device: the graph's view of it.
-pub trait GraphOp: Debug + Send + Sync + Any {
+pub trait GraphOp: Debug + Send + Sync + AsAny {
     /// A short name for reports and errors (`conv2d`).
     fn kind(&self) -> &'static str;
 
@@ -66,22 +67,33 @@ pub trait GraphOp: Debug + Send + Sync + Any {
     /// Whether the op has kernels for values stored in `layout` and `precision`.
     fn supports(&self, layout: MemoryFormat, precision: Precision) -> bool;
 
-    /// Uploads the op's weights for `target` and returns the op as the executor runs it.
+    /// Uploads the op's weights for `target` and returns the op as the executor runs it (an
+    /// op without weights returns itself: see [`PlainOp`]).
     fn lower(&self, ctx: &GpuContext, target: &Target) -> Result<Box<dyn GpuOp>>;
+}
 
-    /// The op as [`Any`], for [`downcast`](dyn GraphOp::downcast).
+/// Any `'static` type as [`Any`]: what [`downcast`](dyn GraphOp::downcast) needs, for every op
+/// without a method of its own.
+pub trait AsAny: Any {
+    /// `self` as [`Any`].
     fn as_any(&self) -> &dyn Any;
+}
+
+impl<T: Any> AsAny for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
 }
 
 impl dyn GraphOp {
     /// The op as its concrete type, if it is a `T`.
     pub fn downcast<T: GraphOp>(&self) -> Option<&T> {
-        self.as_any().downcast_ref()
+        AsAny::as_any(self).downcast_ref()
     }
 
     /// Whether the op is a `T`.
     pub fn is<T: GraphOp>(&self) -> bool {
-        self.as_any().is::<T>()
+        AsAny::as_any(self).is::<T>()
     }
 }
 
@@ -135,5 +147,33 @@ pub trait GpuOp: Send + Sync {
     /// The op as a convolution, whose kernel configuration the planner chooses and tunes.
     fn as_conv(&self) -> Option<&GpuConv2d> {
         None
+    }
+}
+
+/// An op without weights, which runs as it is: its lowered form is a copy of itself, and its
+/// launches need only its attributes.
+pub trait PlainOp: GraphOp + Clone {
+    /// The launches computing `out` from `inputs`.
+    fn prepare(&self, ctx: &GpuContext, inputs: &[&Tensor], out: &Tensor) -> Result<Vec<Dispatch>>;
+
+    /// The lowered op: a copy of this one. What [`GraphOp::lower`] returns for a plain op.
+    fn lowered(&self) -> Result<Box<dyn GpuOp>> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl<T: PlainOp> GpuOp for T {
+    fn output_shape(&self, inputs: &[[usize; 4]]) -> Result<[usize; 4]> {
+        GraphOp::output_shape(self, inputs)
+    }
+
+    fn prepare(
+        &self,
+        ctx: &GpuContext,
+        inputs: &[&Tensor],
+        out: &Tensor,
+        _launch: Launch<'_>,
+    ) -> Result<Vec<Dispatch>> {
+        PlainOp::prepare(self, ctx, inputs, out)
     }
 }

@@ -1,10 +1,9 @@
 //! Zero padding: inserted by the passes before a padded convolution, so that the convolution
 //! runs without a bounds check per tap.
 
-use std::any::Any;
 use std::ops::RangeInclusive;
 
-use super::{GpuOp, GraphOp, Launch, Target};
+use super::{GpuOp, GraphOp, PlainOp, Target};
 use crate::error::Result;
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::pad2d;
@@ -33,26 +32,12 @@ impl GraphOp for Pad2d {
     }
 
     fn lower(&self, _ctx: &GpuContext, _target: &Target) -> Result<Box<dyn GpuOp>> {
-        Ok(Box::new(*self))
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
+        self.lowered()
     }
 }
 
-impl GpuOp for Pad2d {
-    fn output_shape(&self, inputs: &[[usize; 4]]) -> Result<[usize; 4]> {
-        GraphOp::output_shape(self, inputs)
-    }
-
-    fn prepare(
-        &self,
-        ctx: &GpuContext,
-        inputs: &[&Tensor],
-        out: &Tensor,
-        _launch: Launch<'_>,
-    ) -> Result<Vec<Dispatch>> {
+impl PlainOp for Pad2d {
+    fn prepare(&self, ctx: &GpuContext, inputs: &[&Tensor], out: &Tensor) -> Result<Vec<Dispatch>> {
         Ok(vec![pad2d::prepare(ctx, inputs[0], out, self.0)?])
     }
 }

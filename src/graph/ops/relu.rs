@@ -1,10 +1,9 @@
 //! `relu(x)` as an op of its own; the passes fold it into a preceding convolution's epilogue
 //! wherever they may.
 
-use std::any::Any;
 use std::ops::RangeInclusive;
 
-use super::{GpuOp, GraphOp, Launch, Target};
+use super::{GpuOp, GraphOp, PlainOp, Target};
 use crate::error::Result;
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::elementwise;
@@ -34,26 +33,12 @@ impl GraphOp for Relu {
     }
 
     fn lower(&self, _ctx: &GpuContext, _target: &Target) -> Result<Box<dyn GpuOp>> {
-        Ok(Box::new(Relu))
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
+        self.lowered()
     }
 }
 
-impl GpuOp for Relu {
-    fn output_shape(&self, inputs: &[[usize; 4]]) -> Result<[usize; 4]> {
-        GraphOp::output_shape(self, inputs)
-    }
-
-    fn prepare(
-        &self,
-        ctx: &GpuContext,
-        inputs: &[&Tensor],
-        out: &Tensor,
-        _launch: Launch<'_>,
-    ) -> Result<Vec<Dispatch>> {
+impl PlainOp for Relu {
+    fn prepare(&self, ctx: &GpuContext, inputs: &[&Tensor], out: &Tensor) -> Result<Vec<Dispatch>> {
         Ok(vec![elementwise::prepare_relu(ctx, inputs[0], out)?])
     }
 }

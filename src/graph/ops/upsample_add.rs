@@ -1,10 +1,9 @@
 //! The FPN's top-down merge, `upsample(coarse, size of lateral) + lateral`; on GPUs the
 //! channels-last pipeline folds it into the lateral convolution's epilogue.
 
-use std::any::Any;
 use std::ops::RangeInclusive;
 
-use super::{GpuOp, GraphOp, Launch, Target, UpsampleMode};
+use super::{GpuOp, GraphOp, PlainOp, Target, UpsampleMode};
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::upsample_add;
@@ -40,26 +39,12 @@ impl GraphOp for UpsampleAdd {
     }
 
     fn lower(&self, _ctx: &GpuContext, _target: &Target) -> Result<Box<dyn GpuOp>> {
-        Ok(Box::new(*self))
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
+        self.lowered()
     }
 }
 
-impl GpuOp for UpsampleAdd {
-    fn output_shape(&self, inputs: &[[usize; 4]]) -> Result<[usize; 4]> {
-        GraphOp::output_shape(self, inputs)
-    }
-
-    fn prepare(
-        &self,
-        ctx: &GpuContext,
-        inputs: &[&Tensor],
-        out: &Tensor,
-        _launch: Launch<'_>,
-    ) -> Result<Vec<Dispatch>> {
+impl PlainOp for UpsampleAdd {
+    fn prepare(&self, ctx: &GpuContext, inputs: &[&Tensor], out: &Tensor) -> Result<Vec<Dispatch>> {
         Ok(vec![upsample_add::prepare(
             ctx, inputs[0], inputs[1], out, self.0,
         )?])

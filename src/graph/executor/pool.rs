@@ -78,7 +78,17 @@ impl OutputPool {
         sets: &mut Vec<OutputSet>,
     ) -> Result<usize> {
         // The pool's own lease is the only one left once the caller dropped every tensor.
-        if let Some(i) = sets.iter().position(|s| Arc::strong_count(&s.lease) == 1) {
+        let free = |s: &OutputSet| Arc::strong_count(&s.lease) == 1;
+        if let Some(i) = sets.iter().position(free) {
+            // One free set is kept beside the one taken, for a caller that alternates; more
+            // would only hold memory. The others free come after `i`, the first.
+            let extra: Vec<usize> = (i + 1..sets.len())
+                .filter(|&k| free(&sets[k]))
+                .skip(1)
+                .collect();
+            for k in extra.into_iter().rev() {
+                sets.remove(k);
+            }
             return Ok(i);
         }
         let set = Self::make(ctx, outputs, values)?;

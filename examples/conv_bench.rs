@@ -23,7 +23,7 @@ mod native {
 
     use anyhow::Result;
     use clap::Parser;
-    use fpn_wgpu::kernels::conv2d::{self, Conv2dOptions, Conv2dWeights, ConvAlgorithm};
+    use fpn_wgpu::kernels::conv2d::{self, Conv2dOptions, Conv2dWeights, WeightLayout};
     use fpn_wgpu::kernels::pad2d;
     use fpn_wgpu::rng::SplitMix64;
     use fpn_wgpu::{GpuContext, Precision, Tensor};
@@ -89,7 +89,7 @@ mod native {
             opts = opts.with_groups(1);
         }
         let weights =
-            Conv2dWeights::with_precision(&ctx, w_shape, &w, None, None, ConvAlgorithm::Direct, p)?;
+            Conv2dWeights::with_precision(&ctx, w_shape, &w, None, None, WeightLayout::KMajor, p)?;
         let shape = conv2d::output_shape(x.shape(), w_shape, &opts)?;
         let out = Tensor::empty_as(&ctx, shape, p)?;
         let launches = conv2d::prepare(&ctx, &x, &weights, None, &out, &opts)?;

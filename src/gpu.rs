@@ -1,7 +1,8 @@
 //! The GPU context: adapter choice, device limits, the pipeline cache and command submission.
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
@@ -33,55 +34,26 @@ struct Inner {
     uniforms: Mutex<UniformArena>,
     /// Set by wgpu's device-lost callback: later calls fail at once instead of waiting.
     lost: Arc<Mutex<Option<String>>>,
-    /// Cooperative matrices, where the device was created with them.
-    cooperative_matrix: Option<CooperativeMatrixSupport>,
-    /// Whether the cooperative-matrix kernel passed its check on this device (run once).
-    cooperative_matrix_verified: OnceLock<bool>,
-}
-
-/// What the device offers for cooperative matrices (tensor cores), as the convolution kernel
-/// needs them: square f16 multiplies into f32, run by subgroups of one fixed size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CooperativeMatrixSupport {
-    /// The side of the matrices (M = N = K): 16 on NVIDIA, 8 on Mesa's lavapipe and Apple.
-    pub side: u32,
-    /// Lanes per subgroup (32 on NVIDIA, 8 on lavapipe).
-    pub subgroup_size: u32,
-    /// Whether shaders can read their subgroup's id (wgpu's `SUBGROUP` feature), which blocks
-    /// of several subgroups need.
-    pub subgroup_ids: bool,
+    /// The adapter's cooperative-matrix configurations, where the device was created with
+    /// them (empty otherwise).
+    cooperative_matrix: Vec<wgpu::CooperativeMatrixProperties>,
+    /// The adapter's (smallest, largest) subgroup size.
+    subgroup_sizes: (u32, u32),
+    /// Values other modules keep per context, by type: see [`GpuContext::memo`].
+    memos: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 /// Set to `0` to create devices without cooperative matrices (wgpu has them as an experimental
 /// feature), so that f16 networks use the portable kernels.
 pub const COOPERATIVE_MATRIX_ENV: &str = "FPN_COOPERATIVE_MATRIX";
 
-/// The matrix sides the convolution kernel is written for, most preferred first.
-const COOPERATIVE_MATRIX_SIDES: [u32; 2] = [16, 8];
-
-/// The cooperative-matrix support the kernel can use on `adapter`, if any: the largest square
-/// f16 -> f32 configuration it lists, with one fixed subgroup size.
-fn cooperative_matrix_support(adapter: &wgpu::Adapter) -> Option<CooperativeMatrixSupport> {
+/// Whether a device on `adapter` is created with cooperative matrices: the adapter offers them
+/// and f16, and [`COOPERATIVE_MATRIX_ENV`] does not turn them off. Which of its configurations
+/// a kernel can use is the kernel's business, not the context's.
+fn wants_cooperative_matrix(adapter: &wgpu::Adapter) -> bool {
     let needed = wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16;
-    if !adapter.features().contains(needed)
-        || std::env::var(COOPERATIVE_MATRIX_ENV).is_ok_and(|v| v == "0")
-    {
-        return None;
-    }
-    let properties = adapter.cooperative_matrix_properties();
-    let side = COOPERATIVE_MATRIX_SIDES.into_iter().find(|&side| {
-        properties.iter().any(|p| {
-            (p.m_size, p.n_size, p.k_size) == (side, side, side)
-                && p.ab_type == wgpu::CooperativeScalarType::F16
-                && p.cr_type == wgpu::CooperativeScalarType::F32
-        })
-    })?;
-    let info = adapter.get_info();
-    (info.subgroup_min_size == info.subgroup_max_size).then_some(CooperativeMatrixSupport {
-        side,
-        subgroup_size: info.subgroup_max_size,
-        subgroup_ids: adapter.features().contains(wgpu::Features::SUBGROUP),
-    })
+    adapter.features().contains(needed)
+        && !std::env::var(COOPERATIVE_MATRIX_ENV).is_ok_and(|v| v == "0")
 }
 
 /// The adapter's cooperative-matrix configurations, e.g. `16x16x16 f16->f32`.
@@ -394,20 +366,23 @@ impl GpuContext {
         // adapter has them; the default float32 path needs neither.
         let mut features =
             adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16);
-        let cooperative_matrix = cooperative_matrix_support(adapter);
-        let experimental = match cooperative_matrix {
-            Some(support) => {
-                features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
-                if support.subgroup_ids {
-                    features |= wgpu::Features::SUBGROUP;
-                }
-                // SAFETY: wgpu asks the caller to accept that its experimental features may
-                // still have bugs. The only use is the f16 convolution kernel, which is checked
-                // against the portable kernel on this device before any network uses it
-                // (`conv2d::coop::verified`); FPN_COOPERATIVE_MATRIX=0 leaves it off.
-                unsafe { wgpu::ExperimentalFeatures::enabled() }
-            }
-            None => wgpu::ExperimentalFeatures::disabled(),
+        let cooperative = wants_cooperative_matrix(adapter);
+        let experimental = if cooperative {
+            // Subgroup ids too, which blocks of several subgroups need.
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX
+                | (adapter.features() & wgpu::Features::SUBGROUP);
+            // SAFETY: wgpu asks the caller to accept that its experimental features may still
+            // have bugs. The only use is the f16 convolution kernel, which is checked against
+            // the portable kernel on this device before any network uses it
+            // (`conv2d::coop::verified`); FPN_COOPERATIVE_MATRIX=0 leaves it off.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
+        let cooperative_matrix = if cooperative {
+            adapter.cooperative_matrix_properties()
+        } else {
+            Vec::new()
         };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
@@ -428,6 +403,7 @@ impl GpuContext {
             queue,
             AdapterSummary::from_info(&info),
             cooperative_matrix,
+            (info.subgroup_min_size, info.subgroup_max_size),
         ))
     }
 
@@ -441,14 +417,15 @@ impl GpuContext {
             device_type: wgpu::DeviceType::Other,
             driver: String::new(),
         };
-        Self::build(device, queue, adapter, None)
+        Self::build(device, queue, adapter, Vec::new(), (0, 0))
     }
 
     fn build(
         device: wgpu::Device,
         queue: wgpu::Queue,
         adapter: AdapterSummary,
-        cooperative_matrix: Option<CooperativeMatrixSupport>,
+        cooperative_matrix: Vec<wgpu::CooperativeMatrixProperties>,
+        subgroup_sizes: (u32, u32),
     ) -> Self {
         #[cfg(not(target_arch = "wasm32"))]
         if adapter.backend == wgpu::Backend::Gl {
@@ -485,7 +462,8 @@ impl GpuContext {
                 placeholder,
                 lost,
                 cooperative_matrix,
-                cooperative_matrix_verified: OnceLock::new(),
+                subgroup_sizes,
+                memos: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -561,34 +539,31 @@ impl GpuContext {
         Ok(())
     }
 
-    /// Cooperative matrices (tensor cores) as the device offers them, if it was created with
-    /// them: see [`crate::kernels::conv2d::coop`].
-    pub fn cooperative_matrix(&self) -> Option<CooperativeMatrixSupport> {
-        self.inner.cooperative_matrix
+    /// The cooperative-matrix configurations (tensor cores) of the adapter, where the device
+    /// was created with them; empty otherwise. [`crate::kernels::conv2d::coop`] says which of
+    /// them its kernels use.
+    pub fn cooperative_matrix_properties(&self) -> &[wgpu::CooperativeMatrixProperties] {
+        &self.inner.cooperative_matrix
     }
 
-    /// Runs `check` (the error of the cooperative-matrix kernel against the portable one) the
-    /// first time it is asked on this context; true when it ran and agreed within 1e-2.
-    pub(crate) fn cooperative_matrix_verified(
-        &self,
-        check: fn(&GpuContext) -> Result<f64>,
-    ) -> bool {
-        *self.inner.cooperative_matrix_verified.get_or_init(|| {
-            match check(self) {
-                Ok(err) if err <= 1e-2 => {
-                    log::info!("cooperative-matrix convolutions agree with the direct kernel ({err:.1e}); f16 networks use them");
-                    true
-                }
-                Ok(err) => {
-                    log::warn!("cooperative-matrix convolutions disagree with the direct kernel ({err:e}); f16 networks use the direct kernels");
-                    false
-                }
-                Err(e) => {
-                    log::warn!("cooperative-matrix convolutions failed their check ({e}); f16 networks use the direct kernels");
-                    false
-                }
-            }
-        })
+    /// The adapter's (smallest, largest) subgroup size; (0, 0) where it is not known (a
+    /// caller's device).
+    pub fn subgroup_sizes(&self) -> (u32, u32) {
+        self.inner.subgroup_sizes
+    }
+
+    /// The value of type `T` this context keeps, made with `T::default()` on first use: lets a
+    /// module remember something per device (the result of a check run on it, say) without the
+    /// context knowing what.
+    pub fn memo<T: Any + Send + Sync + Default>(&self) -> Arc<T> {
+        let mut memos = self.inner.memos.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = memos
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()));
+        // The entry was made for this type id, so it holds a T.
+        slot.clone()
+            .downcast::<T>()
+            .unwrap_or_else(|_| Arc::new(T::default()))
     }
 
     /// The largest byte size a single storage binding (one tensor an op reads or writes) may

@@ -219,9 +219,12 @@ fn grouped_reference(
 /// f32 and (where the adapter has it) f16.
 #[test]
 fn grouped_conv2d_matches_reference() {
-    use fpn_wgpu::kernels::conv2d::{KernelChoice, ResidualMode};
+    use fpn_wgpu::kernels::conv2d::{
+        strategy, ConvChoice, ConvProblem, DeviceProfile, ResidualMode,
+    };
     use fpn_wgpu::Precision;
     let ctx = gpu();
+    let profile = DeviceProfile::of(ctx);
     let mut rng = SplitMix64::new(21);
     let cases: &[GroupedCase] = &[
         ([1, 8, 9, 11], 8, 8, 3, 1, 1),
@@ -284,17 +287,18 @@ fn grouped_conv2d_matches_reference() {
                     &w,
                     with_affine.then_some(bias.as_slice()),
                     with_affine.then_some((scale.as_slice(), shift.as_slice())),
-                    conv2d::ConvAlgorithm::Direct,
+                    conv2d::WeightLayout::KMajor,
                     precision,
                 )
                 .unwrap();
                 let xt = Tensor::from_slice_as(ctx, input, &x, precision).unwrap();
                 let rt = Tensor::from_slice_as(ctx, res_shape, &r, precision).unwrap();
                 let res = residual.map(|_| &rt);
-                assert_eq!(
-                    conv2d::select::choice(ctx, input, &weights, &opts).unwrap(),
-                    KernelChoice::Grouped
-                );
+                let problem = ConvProblem::of(&xt, &weights, res, &opts);
+                assert!(matches!(
+                    strategy::choose(&problem, &profile).unwrap(),
+                    ConvChoice::Grouped { .. }
+                ));
                 let out = Tensor::empty_as(ctx, out_shape, precision).unwrap();
                 let launches = conv2d::prepare(ctx, &xt, &weights, res, &out, &opts).unwrap();
                 let entry = if (cout / groups) % 4 == 0 {
@@ -341,57 +345,69 @@ fn grouped_conv2d_matches_reference() {
 /// that says so.
 #[test]
 fn grouped_convolutions_run_only_on_the_grouped_kernel() {
-    use fpn_wgpu::kernels::conv2d::{select, ConvAlgorithm, KernelChoice};
+    use fpn_wgpu::kernels::conv2d::{
+        strategy, ConvChoice, ConvProblem, DeviceProfile, WeightLayout,
+    };
+    use fpn_wgpu::tensor::MemoryFormat;
     use fpn_wgpu::Precision;
     let ctx = gpu();
+    let profile = DeviceProfile::of(ctx);
     let input = [1, 64, 12, 12];
     let w_shape = [64, 2, 3, 3];
     let opts = Conv2dOptions::new(1, 0).with_groups(32);
-    for (precision, cooperative, winograd) in [
-        (Precision::F32, false, true),
-        (Precision::F16, true, true),
-        (Precision::F16, true, false),
+    let layer = |w_shape, opts: &Conv2dOptions, precision, layout, winograd| {
+        ConvProblem::layer(w_shape, opts, precision, layout).with_winograd(winograd)
+    };
+    for (precision, layout, winograd) in [
+        (Precision::F32, MemoryFormat::Nchw, true),
+        (Precision::F16, MemoryFormat::ChannelsLast, true),
+        (Precision::F16, MemoryFormat::ChannelsLast, false),
     ] {
         assert_eq!(
-            select::algorithm(w_shape, &opts, precision, cooperative, winograd),
-            ConvAlgorithm::Direct
+            strategy::weight_layout(&layer(w_shape, &opts, precision, layout, winograd)),
+            WeightLayout::KMajor
         );
     }
     // The same layer dense would take Winograd: the groups are what rule it out.
     assert_eq!(
-        select::algorithm(
+        strategy::weight_layout(&layer(
             [64, 64, 3, 3],
             &Conv2dOptions::new(1, 0),
             Precision::F32,
-            false,
+            MemoryFormat::Nchw,
             true
-        ),
-        ConvAlgorithm::Winograd
+        )),
+        WeightLayout::Winograd
     );
     let w = vec![0.1f32; numel(w_shape)];
     let weights = Conv2dWeights::new(ctx, w_shape, &w, None, None).unwrap();
+    let problem =
+        layer(w_shape, &opts, Precision::F32, MemoryFormat::Nchw, false).with_input(input, false);
+    let grouped = strategy::choose(&problem, &profile).unwrap();
+    assert!(matches!(grouped, ConvChoice::Grouped { .. }), "{grouped:?}");
     assert_eq!(
-        select::choice(ctx, input, &weights, &opts).unwrap(),
-        KernelChoice::Grouped
+        strategy::candidates(&problem, &profile).unwrap(),
+        vec![grouped]
     );
     assert_eq!(
-        select::candidates(ctx, input, &weights, &opts).unwrap(),
-        vec![KernelChoice::Grouped]
+        ConvChoice::from_code("grouped", &problem, &profile),
+        Some(grouped)
     );
-    assert_eq!(
-        KernelChoice::from_code("grouped"),
-        Some(KernelChoice::Grouped)
-    );
-    assert_eq!(KernelChoice::Grouped.code(), "grouped");
+    assert_eq!(grouped.code(), "grouped");
     let xt = Tensor::from_slice(ctx, input, &vec![1.0; numel(input)]).unwrap();
     let out_shape = conv2d::output_shape(input, w_shape, &opts).unwrap();
     assert_eq!(out_shape, [1, 64, 10, 10]);
     let out = Tensor::empty(ctx, out_shape).unwrap();
+    let dense_problem = ConvProblem {
+        groups: 1,
+        weight: [64, 64, 3, 3],
+        ..problem
+    };
     for split in [1, 2] {
-        let nchw = KernelChoice::Nchw { split };
-        let e = conv2d::prepare_with(ctx, &xt, &weights, None, &out, &opts, Some(nchw), None)
+        let rows = strategy::rows(&dense_problem, &profile, split).unwrap();
+        let e = conv2d::prepare_with(ctx, &xt, &weights, None, &out, &opts, Some(rows), None)
             .unwrap_err();
-        assert!(e.to_string().contains("KernelChoice::Grouped"), "{e}");
+        assert!(e.to_string().contains("ConvChoice::Grouped"), "{e}");
     }
     // Every output sums 2 channels x 9 taps of 1.0 x 0.1.
     let got = conv2d::conv2d(ctx, &xt, &weights, None, &opts)
@@ -413,16 +429,15 @@ fn grouped_convolutions_run_only_on_the_grouped_kernel() {
         None,
         &out,
         &dense_opts,
-        Some(KernelChoice::Grouped),
+        Some(grouped),
         None,
     )
     .unwrap_err();
-    assert!(e.to_string().contains("KernelChoice::Grouped"), "{e}");
+    assert!(e.to_string().contains("ConvChoice::Grouped"), "{e}");
     let winograd =
-        Conv2dWeights::with_algorithm(ctx, w_shape, &w, None, None, ConvAlgorithm::Winograd)
-            .unwrap();
+        Conv2dWeights::with_layout(ctx, w_shape, &w, None, None, WeightLayout::Winograd).unwrap();
     let e = conv2d::conv2d(ctx, &xt, &winograd, None, &opts).unwrap_err();
-    assert!(e.to_string().contains("ConvAlgorithm::Direct"), "{e}");
+    assert!(e.to_string().contains("WeightLayout::KMajor"), "{e}");
     // Groups that do not divide the channels, and weights of the wrong group width.
     for (groups, w_shape, needle) in [
         (5, [64, 2, 3, 3], "divide"),
@@ -450,8 +465,9 @@ fn split_k_row_convolutions_match_the_reference() {
 }
 
 fn split_k_cases(ctx: &fpn_wgpu::GpuContext) {
-    use fpn_wgpu::kernels::conv2d::{KernelChoice, ResidualMode};
+    use fpn_wgpu::kernels::conv2d::{strategy, ConvProblem, DeviceProfile, ResidualMode};
     use fpn_wgpu::kernels::upsample_add::UpsampleMode;
+    let profile = DeviceProfile::of(ctx);
     let mut rng = SplitMix64::new(13);
     let mut worst: f64 = 0.0;
     let mut count = 0;
@@ -517,8 +533,9 @@ fn split_k_cases(ctx: &fpn_wgpu::GpuContext) {
         let xt = Tensor::from_slice(ctx, input, &x).unwrap();
         let rt = Tensor::from_slice(ctx, res_shape, &r).unwrap();
         let res = residual.map(|_| &rt);
+        let problem = ConvProblem::of(&xt, &weights, res, &opts);
         for split in [1, 2, 3, 7] {
-            let choice = KernelChoice::Nchw { split };
+            let choice = strategy::rows(&problem, &profile, split).unwrap();
             let out = Tensor::empty(ctx, out_shape).unwrap();
             let launches =
                 conv2d::prepare_with(ctx, &xt, &weights, res, &out, &opts, Some(choice), None)
@@ -548,7 +565,7 @@ fn split_k_cases(ctx: &fpn_wgpu::GpuContext) {
 
 #[test]
 fn winograd_conv2d_matches_reference() {
-    use fpn_wgpu::kernels::conv2d::ConvAlgorithm;
+    use fpn_wgpu::kernels::conv2d::WeightLayout;
     let ctx = gpu();
     let mut rng = SplitMix64::new(31);
     let mut worst: f64 = 0.0;
@@ -577,13 +594,13 @@ fn winograd_conv2d_matches_reference() {
         let xt = Tensor::from_slice(ctx, input, &x).unwrap();
         let rt = Tensor::from_slice(ctx, out_shape, &residual).unwrap();
         let affine = Some((scale.as_slice(), shift.as_slice()));
-        let weights = Conv2dWeights::with_algorithm(
+        let weights = Conv2dWeights::with_layout(
             ctx,
             w_shape,
             &w,
             Some(&bias),
             affine,
-            ConvAlgorithm::Winograd,
+            WeightLayout::Winograd,
         )
         .unwrap();
         for (use_res, relu) in [(false, false), (true, true), (false, true)] {
@@ -612,25 +629,25 @@ fn winograd_conv2d_matches_reference() {
         }
     }
     // Winograd weights refuse what they cannot compute, with an error rather than a wrong answer.
-    let w = Conv2dWeights::with_algorithm(
+    let w = Conv2dWeights::with_layout(
         ctx,
         [4, 3, 3, 3],
         &[0.1; 108],
         None,
         None,
-        ConvAlgorithm::Winograd,
+        WeightLayout::Winograd,
     )
     .unwrap();
     let x = Tensor::from_slice(ctx, [1, 3, 8, 8], &[0.5; 192]).unwrap();
     let e = conv2d::conv2d(ctx, &x, &w, None, &Conv2dOptions::new(2, 1)).unwrap_err();
     assert!(e.to_string().contains("stride 1"), "{e}");
-    let e = Conv2dWeights::with_algorithm(
+    let e = Conv2dWeights::with_layout(
         ctx,
         [4, 3, 1, 1],
         &[0.1; 12],
         None,
         None,
-        ConvAlgorithm::Winograd,
+        WeightLayout::Winograd,
     )
     .unwrap_err();
     assert!(e.to_string().contains("3x3"), "{e}");

@@ -12,7 +12,7 @@ mod common;
 use common::{assert_close, f16_gpu};
 use fpn_wgpu::kernels::batch_norm::{self, BatchNormWeights};
 use fpn_wgpu::kernels::conv2d::{
-    self, coop, Conv2dOptions, Conv2dWeights, ConvAlgorithm, CoopChoice, ResidualMode,
+    self, coop, Conv2dOptions, Conv2dWeights, CoopChoice, ResidualMode, WeightLayout,
 };
 use fpn_wgpu::kernels::convert;
 use fpn_wgpu::kernels::elementwise;
@@ -70,12 +70,12 @@ fn f16_convolutions_match_the_reference() {
     // (input, cout, kernel, stride, padding, algorithm): the row kernel (no padding), the
     // bounds-checked one (padding), a pointwise conv, Winograd.
     let cases = [
-        ([1, 3, 17, 23], 5, 3, 1, 1, ConvAlgorithm::Direct),
-        ([2, 5, 9, 11], 67, 3, 2, 1, ConvAlgorithm::Direct),
-        ([1, 67, 13, 7], 3, 1, 1, 0, ConvAlgorithm::Direct),
-        ([1, 9, 15, 13], 20, 3, 2, 0, ConvAlgorithm::Direct),
-        ([1, 3, 37, 41], 16, 7, 2, 0, ConvAlgorithm::Direct),
-        ([1, 16, 13, 7], 9, 3, 1, 1, ConvAlgorithm::Winograd),
+        ([1, 3, 17, 23], 5, 3, 1, 1, WeightLayout::KMajor),
+        ([2, 5, 9, 11], 67, 3, 2, 1, WeightLayout::KMajor),
+        ([1, 67, 13, 7], 3, 1, 1, 0, WeightLayout::KMajor),
+        ([1, 9, 15, 13], 20, 3, 2, 0, WeightLayout::KMajor),
+        ([1, 3, 37, 41], 16, 7, 2, 0, WeightLayout::KMajor),
+        ([1, 16, 13, 7], 9, 3, 1, 1, WeightLayout::Winograd),
     ];
     for (i, &(input, cout, k, stride, pad, algorithm)) in cases.iter().enumerate() {
         let w_shape = [cout, input[1], k, k];
@@ -112,7 +112,7 @@ fn f16_convolutions_match_the_reference() {
             );
             // Winograd's transformed weights are rounded to f16 too: a little more error.
             let tol = match algorithm {
-                ConvAlgorithm::Winograd => 3.0 * F16_TOL,
+                WeightLayout::Winograd => 3.0 * F16_TOL,
                 _ => F16_TOL,
             };
             let got = got.download(ctx).unwrap();
@@ -126,7 +126,7 @@ fn f16_convolutions_match_the_reference() {
     let w = rounded(&mut rng, numel(w_shape), -0.5, 0.5);
     let coarse = rounded(&mut rng, numel(coarse_shape), -1.0, 1.0);
     let weights =
-        Conv2dWeights::with_precision(ctx, w_shape, &w, None, None, ConvAlgorithm::Direct, F16)
+        Conv2dWeights::with_precision(ctx, w_shape, &w, None, None, WeightLayout::KMajor, F16)
             .unwrap();
     let xt = Tensor::from_slice_as(ctx, input, &x, F16).unwrap();
     let ct = Tensor::from_slice_as(ctx, coarse_shape, &coarse, F16).unwrap();
@@ -447,7 +447,7 @@ fn cooperative_matrix_convolutions_match_the_reference_for_every_block_and_split
             &w,
             Some(&bias),
             None,
-            ConvAlgorithm::CooperativeMatrix,
+            WeightLayout::TapMajor,
             F16,
         )
         .unwrap();
@@ -649,7 +649,7 @@ fn channels_last_tensors_convert_pad_and_pool_like_nchw() {
         &[0.1; 16],
         None,
         None,
-        ConvAlgorithm::Direct,
+        WeightLayout::KMajor,
         F16,
     )
     .unwrap();
@@ -669,10 +669,10 @@ fn cooperative_matrix_weights_are_refused_where_they_cannot_run() {
         &[0.1; 12],
         None,
         None,
-        ConvAlgorithm::CooperativeMatrix,
+        WeightLayout::TapMajor,
         Precision::F32,
     )
     .unwrap_err();
     assert!(matches!(e, Error::Unsupported { .. }), "{e}");
-    assert!(e.to_string().contains("ConvAlgorithm::Direct"), "{e}");
+    assert!(e.to_string().contains("WeightLayout::KMajor"), "{e}");
 }

@@ -8,7 +8,9 @@ use std::sync::Mutex;
 
 use common::{assert_close, gpu};
 use fpn_wgpu::graph::tune::TUNE_CACHE_ENV;
-use fpn_wgpu::kernels::conv2d::{self, select, Conv2dOptions, Conv2dWeights, ConvAlgorithm};
+use fpn_wgpu::kernels::conv2d::{
+    self, strategy, Conv2dOptions, Conv2dWeights, ConvProblem, DeviceProfile, WeightLayout,
+};
 use fpn_wgpu::reference;
 use fpn_wgpu::rng::SplitMix64;
 use fpn_wgpu::tensor::MemoryFormat;
@@ -77,10 +79,10 @@ fn every_candidate_the_tuner_may_pick_matches_the_reference() {
     let mut runs = 0;
     for precision in precisions(ctx) {
         let coop = precision == Precision::F16 && conv2d::coop::verified(ctx);
-        let (algorithm, layout) = if coop {
-            (ConvAlgorithm::CooperativeMatrix, MemoryFormat::ChannelsLast)
+        let (weight_layout, layout) = if coop {
+            (WeightLayout::TapMajor, MemoryFormat::ChannelsLast)
         } else {
-            (ConvAlgorithm::Direct, MemoryFormat::Nchw)
+            (WeightLayout::KMajor, MemoryFormat::Nchw)
         };
         // The shapes of the FPN's small maps, where the candidates differ most: a 3x3 on a
         // padded map, a wide 1x1, a stride-2 1x1 shortcut.
@@ -113,12 +115,13 @@ fn every_candidate_the_tuner_may_pick_matches_the_reference() {
                 &w,
                 Some(&bias),
                 None,
-                algorithm,
+                weight_layout,
                 precision,
             )
             .unwrap();
             let xt = Tensor::from_slice_with(ctx, input, &x, precision, layout).unwrap();
-            let candidates = select::candidates(ctx, input, &weights, &opts).unwrap();
+            let problem = ConvProblem::of(&xt, &weights, None, &opts);
+            let candidates = strategy::candidates(&problem, &DeviceProfile::of(ctx)).unwrap();
             assert!(candidates.len() > 1, "{input:?}: {candidates:?}");
             let tol = if precision == Precision::F16 {
                 1e-3
@@ -216,7 +219,7 @@ fn corrupt_and_foreign_caches_are_ignored_with_a_warning() {
         r#"{"format": "another program", "version": 1, "entries": {}}"#.to_string(),
         r#"{"format": "fpn-wgpu tuning cache", "version": 999, "entries": {}}"#.to_string(),
         // Keys that match nothing and codes that parse to nothing valid here.
-        r#"{"format": "fpn-wgpu tuning cache", "version": 1, "entries": {"x": "coop/9x9/3", "y": 5}}"#
+        r#"{"format": "fpn-wgpu tuning cache", "version": 2, "entries": {"x": "coop/9x9/3", "y": 5}}"#
             .to_string(),
     ] {
         std::fs::write(&path, &contents).unwrap();

@@ -484,7 +484,7 @@ fn kernel_report(network: &NetworkArgs, shape: [usize; 4], precision: Precision)
         plan.dispatches().len(),
         summary.join(", ")
     );
-    match ctx.cooperative_matrix() {
+    match fpn_wgpu::kernels::conv2d::coop::offered(&ctx) {
         Some(c) => println!(
             "   cooperative matrices: yes ({0}x{0}x{0} f16 -> f32, subgroup size {1}); used by f16 networks when their check passes",
             c.side, c.subgroup_size

@@ -4,7 +4,7 @@
 //! starts with it.
 //!
 //! [`Tuning`] says how much of that happens: the presets of
-//! [`select`](crate::kernels::conv2d::select) alone (deterministic), the cache's choices where
+//! [`strategy`](crate::kernels::conv2d::strategy) alone (deterministic), the cache's choices where
 //! it has them, or timing what the cache lacks. Adapters without timestamp queries (GL,
 //! browsers) always get the presets.
 
@@ -13,9 +13,7 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::conv2d::{Conv2dOptions, Conv2dWeights, KernelChoice, ResidualMode};
-use crate::precision::Precision;
-use crate::tensor::MemoryFormat;
+use crate::kernels::conv2d::ConvChoice;
 
 /// `off`, `cache` or `full`: overrides [`Tuning::Auto`] (the default of
 /// [`crate::FpnOptions`]).
@@ -124,35 +122,10 @@ impl std::fmt::Display for Source {
 /// The cache file's first field, so that another program's JSON is not taken for one.
 const FORMAT: &str = "fpn-wgpu tuning cache";
 /// Bumped whenever the kernels change what a cached choice means.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
-/// The key of one convolution on one device: everything that changes which configuration is
-/// fastest.
-pub(crate) fn key(
-    ctx: &GpuContext,
-    precision: Precision,
-    layout: MemoryFormat,
-    x_shape: [usize; 4],
-    weights: &Conv2dWeights,
-    opts: &Conv2dOptions,
-) -> String {
-    let a = ctx.adapter();
-    let residual = match opts.residual {
-        ResidualMode::Same => "same",
-        ResidualMode::Upsampled(_) => "upsampled",
-    };
-    format!(
-        "{}|{:?}|{}|{precision}|{layout:?}|{:?}|x{x_shape:?}|w{:?}|s{:?}|{residual}",
-        a.name,
-        a.backend,
-        a.driver,
-        weights.algorithm(),
-        weights.shape(),
-        opts.stride
-    )
-}
-
-/// The tuning cache: choices by [`key`], kept in a JSON file.
+/// The tuning cache: choices' codes ([`ConvChoice::code`]) by the key of their convolution
+/// ([`crate::kernels::conv2d::strategy::tune_key`]), kept in a JSON file.
 #[derive(Debug, Default)]
 pub(crate) struct TuneCache {
     path: Option<PathBuf>,
@@ -184,13 +157,13 @@ impl TuneCache {
     }
 
     /// The cached choice for `key`, if any and if it is one of `allowed`.
-    pub(crate) fn get(&self, key: &str, allowed: &[KernelChoice]) -> Option<KernelChoice> {
-        let choice = KernelChoice::from_code(self.entries.get(key)?)?;
-        allowed.contains(&choice).then_some(choice)
+    pub(crate) fn get(&self, key: &str, allowed: &[ConvChoice]) -> Option<ConvChoice> {
+        let code = self.entries.get(key)?;
+        allowed.iter().find(|c| c.code() == *code).copied()
     }
 
     /// Records `choice` for `key` (saved by [`TuneCache::save`]).
-    pub(crate) fn insert(&mut self, key: String, choice: KernelChoice) {
+    pub(crate) fn insert(&mut self, key: String, choice: ConvChoice) {
         self.entries.insert(key, choice.code());
     }
 
@@ -258,13 +231,13 @@ const REPEATS: usize = 3;
 
 /// The configurations of one convolution shape to time, each with its prepared launches (the
 /// preset first).
-pub(crate) type Trial = Vec<(KernelChoice, Vec<Dispatch>)>;
+pub(crate) type Trial = Vec<(ConvChoice, Vec<Dispatch>)>;
 
 /// Times each candidate of `trial` (a compute pass with timestamps around its repeated
 /// launches, all in one submit of their own, so that a long trial cannot hold the GPU for the
 /// whole plan) and returns the fastest with its seconds per run; `None` without candidates.
 #[cfg(not(target_arch = "wasm32"))]
-pub(crate) fn time_trial(ctx: &GpuContext, trial: &Trial) -> Result<Option<(KernelChoice, f64)>> {
+pub(crate) fn time_trial(ctx: &GpuContext, trial: &Trial) -> Result<Option<(ConvChoice, f64)>> {
     if trial.is_empty() {
         return Ok(None);
     }
@@ -297,7 +270,7 @@ pub(crate) fn time_trial(ctx: &GpuContext, trial: &Trial) -> Result<Option<(Kern
     ctx.queue().submit([encoder.finish()]);
     scopes.check("tuning")?;
     let (ticks, period_s) = pollster::block_on(ctx.read_timestamps(&queries, count))?;
-    let mut fastest: Option<(KernelChoice, f64)> = None;
+    let mut fastest: Option<(ConvChoice, f64)> = None;
     for (i, (choice, _)) in trial.iter().enumerate() {
         let secs = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period_s / REPEATS as f64;
         // Ties (a timer too coarse to tell) keep the earlier candidate: the preset.
@@ -310,6 +283,6 @@ pub(crate) fn time_trial(ctx: &GpuContext, trial: &Trial) -> Result<Option<(Kern
 
 /// Browsers have no blocking wait: tuning is off there ([`Tuning::resolve`]).
 #[cfg(target_arch = "wasm32")]
-pub(crate) fn time_trial(_ctx: &GpuContext, _trial: &Trial) -> Result<Option<(KernelChoice, f64)>> {
+pub(crate) fn time_trial(_ctx: &GpuContext, _trial: &Trial) -> Result<Option<(ConvChoice, f64)>> {
     Ok(None)
 }

@@ -12,9 +12,10 @@ use super::{Executor, Granularity};
 use crate::error::Result;
 use crate::gpu::Dispatch;
 use crate::graph::at_node;
-use crate::graph::ops::{KernelChoice, Launch};
+use crate::graph::ops::{ConvChoice, Launch};
 use crate::graph::plan::{plan_memory, MemoryPlan};
 use crate::graph::tune::{self, Source, TuneCache, Tuning, TUNE_BUDGET_S};
+use crate::kernels::conv2d::DeviceProfile;
 use crate::tensor::{check_shape_in, padded_bytes, Tensor};
 
 /// Everything needed to run the graph on one input shape.
@@ -139,7 +140,7 @@ impl Plan {
 struct ToTime {
     node: usize,
     key: String,
-    candidates: Vec<KernelChoice>,
+    candidates: Vec<ConvChoice>,
     same: Vec<usize>,
 }
 
@@ -224,12 +225,13 @@ impl Executor {
 
         // One buffer for the split-K partial sums of the chosen configurations, reused by
         // every launch.
+        let profile = DeviceProfile::of(ctx);
         let mut bytes = 0;
         for (i, node) in self.nodes.iter().enumerate() {
             if let (Some(conv), Some(c)) = (node.op.as_conv(), choices[i]) {
-                let x = shapes[node.inputs[0]];
+                let ins: Vec<[usize; 4]> = node.inputs.iter().map(|&v| shapes[v]).collect();
                 let need = conv
-                    .scratch_bytes(ctx, x, c)
+                    .scratch_bytes(&profile, &ins, c)
                     .map_err(|e| at_node(&node.name, e))?;
                 bytes = bytes.max(need);
             }
@@ -289,8 +291,8 @@ impl Executor {
         &self,
         shapes: &[[usize; 4]],
         sizes: &[u64],
-    ) -> Result<(Vec<Option<KernelChoice>>, Vec<Source>, Vec<ToTime>, Needs)> {
-        let ctx = &self.ctx;
+    ) -> Result<(Vec<Option<ConvChoice>>, Vec<Source>, Vec<ToTime>, Needs)> {
+        let profile = DeviceProfile::of(&self.ctx);
         let cache = (self.tuning != Tuning::Off).then(TuneCache::load);
         let mut choices = vec![None; self.nodes.len()];
         let mut sources = vec![Source::Preset; self.nodes.len()];
@@ -301,12 +303,12 @@ impl Executor {
                 continue;
             };
             let at = |e| at_node(&node.name, e);
-            let x = shapes[node.inputs[0]];
-            let mut choice = conv.preset(ctx, x).map_err(at)?;
+            let ins: Vec<[usize; 4]> = node.inputs.iter().map(|&v| shapes[v]).collect();
+            let mut choice = conv.preset(&profile, &ins).map_err(at)?;
             let mut considered = vec![choice];
             if let Some(cache) = &cache {
-                let candidates = conv.candidates(ctx, x).map_err(at)?;
-                let key = conv.tune_key(ctx, x);
+                let candidates = conv.candidates(&profile, &ins).map_err(at)?;
+                let key = conv.tune_key(&profile, &ins);
                 if let Some(cached) = cache.get(&key, &candidates) {
                     choice = cached;
                     sources[i] = Source::Cache;
@@ -326,9 +328,9 @@ impl Executor {
                 }
             }
             for c in considered {
-                let read = conv.bytes_read(ctx, x, c);
+                let read = conv.bytes_read(&profile, &ins, c);
                 needs.slack = needs.slack.max(read.saturating_sub(sizes[node.inputs[0]]));
-                let scratch = conv.scratch_bytes(ctx, x, c).map_err(at)?;
+                let scratch = conv.scratch_bytes(&profile, &ins, c).map_err(at)?;
                 needs.tuning_scratch = needs.tuning_scratch.max(scratch);
             }
             choices[i] = Some(choice);
@@ -345,7 +347,7 @@ impl Executor {
         values: &[Tensor],
         to_time: Vec<ToTime>,
         scratch_bytes: u64,
-        choices: &mut [Option<KernelChoice>],
+        choices: &mut [Option<ConvChoice>],
         sources: &mut [Source],
     ) {
         let ctx = &self.ctx;

@@ -1,17 +1,17 @@
 //! 2-D convolution with its fused epilogue, `relu?(conv(x) * scale + shift + residual?)`: the
 //! op the network spends nearly all its time in. Which kernel runs it, with which block and
-//! split, is decided by the convolution strategy in `kernels::conv2d::select`; this file
+//! split, is decided by the convolution strategy in `kernels::conv2d::strategy`; this file
 //! carries the op's attributes, its shape rule, and what the planner asks of it (the preset,
 //! the candidates to tune, their cache key, scratch and read-ahead).
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
-use super::{Conv2dOptions, GpuOp, GraphOp, KernelChoice, Launch, Target};
+use super::{Conv2dOptions, ConvChoice, GpuOp, GraphOp, Launch, Target};
 use crate::error::Result;
 use crate::gpu::{Dispatch, GpuContext};
-use crate::graph::tune;
-use crate::kernels::conv2d::{self, select, Conv2dWeights};
+use crate::kernels::conv2d::strategy::{self, ConvProblem, DeviceProfile};
+use crate::kernels::conv2d::{self, Conv2dWeights};
 use crate::precision::Precision;
 use crate::tensor::{numel, MemoryFormat, Tensor};
 
@@ -77,27 +77,21 @@ impl GraphOp for Conv2d {
     fn lower(&self, ctx: &GpuContext, target: &Target) -> Result<Box<dyn GpuOp>> {
         let w = &self.weights;
         let affine = w.affine.as_ref().map(|(s, t)| (s.as_slice(), t.as_slice()));
-        let algorithm = select::algorithm(
-            w.shape,
-            &self.opts,
-            target.precision,
-            target.layout == MemoryFormat::ChannelsLast,
-            target.winograd,
-        );
+        let problem = ConvProblem::layer(w.shape, &self.opts, target.precision, target.layout)
+            .with_winograd(target.winograd);
         let weights = Conv2dWeights::with_precision(
             ctx,
             w.shape,
             &w.weight,
             w.bias.as_deref(),
             affine,
-            algorithm,
+            strategy::weight_layout(&problem),
             target.precision,
         )?;
         Ok(Box::new(GpuConv2d {
             weights,
             opts: self.opts,
-            precision: target.precision,
-            layout: target.layout,
+            problem,
         }))
     }
 }
@@ -106,53 +100,54 @@ impl GraphOp for Conv2d {
 pub struct GpuConv2d {
     weights: Conv2dWeights,
     opts: Conv2dOptions,
-    precision: Precision,
-    layout: MemoryFormat,
+    /// The layer as the strategy sees it, before its input is known.
+    problem: ConvProblem,
 }
 
 impl GpuConv2d {
-    /// The configuration the strategy presets for an input of `x` shape on this device.
-    pub fn preset(&self, ctx: &GpuContext, x: [usize; 4]) -> Result<KernelChoice> {
-        select::choice(ctx, x, &self.weights, &self.opts)
+    /// The problem for `inputs` (the shapes of `[x]` or `[x, residual]`).
+    pub fn problem(&self, inputs: &[[usize; 4]]) -> ConvProblem {
+        self.problem.with_input(inputs[0], inputs.len() > 1)
     }
 
-    /// The configurations worth timing (the preset first), leaving out those whose scratch
-    /// could not be bound on this device.
-    pub fn candidates(&self, ctx: &GpuContext, x: [usize; 4]) -> Result<Vec<KernelChoice>> {
-        let mut candidates = select::candidates(ctx, x, &self.weights, &self.opts)?;
-        candidates.retain(|&c| {
-            self.scratch_bytes(ctx, x, c)
-                .is_ok_and(|b| b <= ctx.max_binding_bytes())
-        });
-        Ok(candidates)
+    /// The configuration the strategy presets for `inputs` on `profile`'s device.
+    pub fn preset(&self, profile: &DeviceProfile, inputs: &[[usize; 4]]) -> Result<ConvChoice> {
+        strategy::choose(&self.problem(inputs), profile)
     }
 
-    /// The tuning cache's key for an input of `x` shape on this device.
-    pub fn tune_key(&self, ctx: &GpuContext, x: [usize; 4]) -> String {
-        tune::key(
-            ctx,
-            self.precision,
-            self.layout,
-            x,
-            &self.weights,
-            &self.opts,
-        )
+    /// The configurations worth timing (the preset first).
+    pub fn candidates(
+        &self,
+        profile: &DeviceProfile,
+        inputs: &[[usize; 4]],
+    ) -> Result<Vec<ConvChoice>> {
+        strategy::candidates(&self.problem(inputs), profile)
     }
 
-    /// Bytes of split-K partial sums `choice` needs for an input of `x` shape.
+    /// The tuning cache's key for `inputs` on `profile`'s device.
+    pub fn tune_key(&self, profile: &DeviceProfile, inputs: &[[usize; 4]]) -> String {
+        strategy::tune_key(&self.problem(inputs), profile)
+    }
+
+    /// Bytes of split-K partial sums `choice` needs for `inputs`.
     pub fn scratch_bytes(
         &self,
-        ctx: &GpuContext,
-        x: [usize; 4],
-        choice: KernelChoice,
+        profile: &DeviceProfile,
+        inputs: &[[usize; 4]],
+        choice: ConvChoice,
     ) -> Result<u64> {
-        select::scratch_bytes(ctx, x, &self.weights, &self.opts, choice)
+        choice.scratch_bytes(&self.problem(inputs), profile)
     }
 
-    /// Bytes `choice` reads from the start of an input of `x` shape: the cooperative-matrix
-    /// kernels' last tiles read past a value's end, which the planner leaves room for.
-    pub fn bytes_read(&self, ctx: &GpuContext, x: [usize; 4], choice: KernelChoice) -> u64 {
-        select::input_bytes_read(ctx, x, self.weights.shape(), &self.opts, choice)
+    /// Bytes `choice` reads from the start of the input: the cooperative-matrix kernels' last
+    /// tiles read past a value's end, which the planner leaves room for.
+    pub fn bytes_read(
+        &self,
+        profile: &DeviceProfile,
+        inputs: &[[usize; 4]],
+        choice: ConvChoice,
+    ) -> u64 {
+        choice.input_bytes_read(&self.problem(inputs), profile)
     }
 }
 

@@ -43,7 +43,7 @@ pub use relu::Relu;
 pub use upsample_add::UpsampleAdd;
 
 // The option types the ops carry, so that models build graphs from `graph::ops` alone.
-pub use crate::kernels::conv2d::{Conv2dOptions, KernelChoice, ResidualMode};
+pub use crate::kernels::conv2d::{Conv2dOptions, ConvChoice, ResidualMode};
 pub use crate::kernels::max_pool2d::MaxPool2dOptions;
 pub use crate::kernels::upsample_add::UpsampleMode;
 
@@ -113,7 +113,7 @@ pub struct Target {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Launch<'a> {
     /// The kernel configuration; `None`: the op's preset for the device.
-    pub choice: Option<KernelChoice>,
+    pub choice: Option<ConvChoice>,
     /// Scratch for split-K partial sums, sized by the planner for every choice it may make.
     pub scratch: Option<&'a wgpu::Buffer>,
 }

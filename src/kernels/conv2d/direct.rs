@@ -1,10 +1,9 @@
 //! The NCHW convolution kernels: direct (`shaders/conv2d.wgsl`, any kernel and stride), the
 //! row-tiled kernels generated per kernel size ([`super::rows`]) and Winograd F(2x2, 3x3).
 
-use super::rows::RowTile;
 use super::{
-    check_nchw_tensors, residual_binding, Conv2dOptions, Conv2dParams, Conv2dWeights,
-    ConvAlgorithm, Partials, ResidualMode,
+    check_nchw_tensors, residual_binding, Conv2dOptions, Conv2dParams, Conv2dWeights, ConvChoice,
+    Partials, ResidualMode,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, Dispatch, GpuContext};
@@ -41,40 +40,8 @@ pub const PIX_TILE: usize = 8;
 /// Invocations per workgroup (WGSL `WG_PIX * WG_CO`).
 pub const WG_SIZE: u32 = 64;
 
-/// Channel tiles a workgroup spans on a CPU adapter when the layer has that many.
-///
-/// llvmpipe runs a workgroup's invocations one SIMD batch after another on one thread, so the
-/// batches that share pixels reuse the input from that core's cache: measured on lavapipe, 8
-/// channel tiles by 8 pixel lanes against 64 pixel lanes took a 1x1 256->256 conv at 150x225
-/// from 9.8 to 16.4 GFLOP/s, 2048->256 at 19x29 from 13.7 to 24.1, a 3x3 256->256 from 25.5 to
-/// 27.5; 64-channel layers (4 tiles) did best with 16 x 4 (3x3 64->64: 19.2 -> 24.1).
-pub const CPU_CHANNEL_LANES: usize = 8;
-
-/// The workgroup's shape, (invocations along pixels, along channel tiles), for `pixel_lanes`
-/// invocations' worth of pixels and `channel_tiles` channel tiles on an adapter of
-/// `device_type`. On a CPU adapter up to [`CPU_CHANNEL_LANES`] lanes go along channel tiles
-/// (see there); on a GPU all go along pixels. Either way a map too small to fill the pixel lanes
-/// gets only as many as it needs (at least 8, one SIMD width of a CPU adapter) and the rest go
-/// along channel tiles, so that the deep layers do not leave most invocations idle.
-pub fn workgroup_shape(
-    pixel_lanes: usize,
-    channel_tiles: usize,
-    device_type: wgpu::DeviceType,
-) -> (u32, u32) {
-    let channel_lanes = match device_type {
-        wgpu::DeviceType::Cpu => {
-            // The largest power of two not above the tile count: no lane without a tile.
-            let pow2 = 1usize << channel_tiles.max(1).ilog2();
-            pow2.min(CPU_CHANNEL_LANES)
-        }
-        _ => 1,
-    };
-    let most_pixels = (WG_SIZE as usize / channel_lanes).max(8);
-    let pix_lanes = pixel_lanes.next_power_of_two().clamp(8, most_pixels) as u32;
-    (pix_lanes, WG_SIZE / pix_lanes)
-}
-
-/// Builds the launch of an NCHW kernel computing `out = relu?(conv(x) * scale + shift + residual?)`.
+/// Builds the launches of an NCHW kernel as `choice` says (the general direct kernel, the row
+/// kernel or Winograd) computing `out = relu?(conv(x) * scale + shift + residual?)`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn prepare(
     ctx: &GpuContext,
@@ -83,7 +50,7 @@ pub(super) fn prepare(
     residual: Option<&Tensor>,
     out: &Tensor,
     opts: &Conv2dOptions,
-    split: usize,
+    choice: ConvChoice,
     partials: Option<&wgpu::Buffer>,
 ) -> Result<Vec<Dispatch>> {
     const OP: &str = "conv2d";
@@ -102,55 +69,62 @@ pub(super) fn prepare(
     let upsample = residual.is_some() && matches!(opts.residual, ResidualMode::Upsampled(_));
     let [_, _, h, w] = x.shape();
     // What the kernel sees: a pointwise conv with the plain epilogue runs on the flattened
-    // plane (one long row), which fills the row tiles however narrow the map.
+    // plane (one long row), which fills the row tiles however narrow the map (the strategy
+    // tiles it so).
     let pointwise = kh == 1 && kw == 1 && opts.stride == (1, 1) && opts.padding == (0, 0);
     let (in_h, in_w, out_h, out_w) = if pointwise && !upsample {
         (1, h * w, 1, oh * ow)
     } else {
         (h, w, oh, ow)
     };
-    let device_type = ctx.adapter().device_type;
     let mut constants = Vec::new();
     if upsample {
         constants.push(("UPSAMPLE", 1));
     }
-    // The row kernel reads the input as whole vec4s; a tensor that cannot be bound so (a
-    // caller's buffer ending mid-vec4) takes the general kernel.
-    // Split-K runs on the row kernel only; the others take the whole sum.
     let mut splits = 1;
     let mut row_tile = None;
-    let (pipeline, label, grid, x_binding) = match (weights.algorithm, x.vec4_binding()) {
-        (ConvAlgorithm::Winograd, _) => {
+    let (pipeline, label, grid, x_binding) = match choice {
+        ConvChoice::Winograd { workgroup } => {
             if opts.stride != (1, 1) || upsample {
                 return Err(Error::invalid(
                     OP,
                     format!(
                         "Winograd weights run with stride 1 and no upsampled residual (stride {:?}); \
-                         build the weights with ConvAlgorithm::Direct",
+                         build the weights with WeightLayout::KMajor",
                         opts.stride
                     ),
                 ));
             }
             let lanes = oh.div_ceil(2) * ow.div_ceil(2);
-            let (wg_pix, wg_co) = workgroup_shape(lanes, cout.div_ceil(COUT_TILE), device_type);
-            constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
+            constants.extend([("WG_PIX", workgroup.0), ("WG_CO", workgroup.1)]);
             let pipeline = pipeline(ctx, &SHADER, precision, "conv2d_winograd", &constants)?;
-            let grid = grid_for(lanes, cout.div_ceil(COUT_TILE), n, (wg_pix, wg_co));
+            let grid = grid_for(lanes, cout.div_ceil(COUT_TILE), n, workgroup);
             (pipeline, "conv2d_winograd", grid, x.binding())
         }
-        (ConvAlgorithm::CooperativeMatrix, _) => {
-            return Err(Error::invalid(
-                OP,
-                "cooperative-matrix weights run through conv2d::prepare, which hands them to the channels-last kernel",
-            ))
-        }
-        (ConvAlgorithm::Direct, Some(vec4_input)) if opts.padding == (0, 0) => {
-            let tile = RowTile::choose((kh, kw), opts.stride, out_w, device_type);
+        ConvChoice::Rows {
+            tile,
+            split,
+            workgroup,
+        } => {
+            // conv2d::prepare_with gives the row kernel only inputs it can read as vec4s.
+            let vec4_input = x.vec4_binding().ok_or_else(|| {
+                Error::invalid(OP, "the row kernel reads its input as whole vec4s")
+            })?;
+            if opts.padding != (0, 0) || split == 0 || split > cin {
+                return Err(Error::invalid(
+                    OP,
+                    format!(
+                        "the row kernel runs without padding (here {:?}) and splits the {cin} \
+                         input channels into 1 to {cin} parts (here {split}); use \
+                         conv2d::strategy::rows",
+                        opts.padding
+                    ),
+                ));
+            }
             let lanes = out_h * out_w.div_ceil(tile.pixels);
-            let (wg_pix, wg_co) = workgroup_shape(lanes, cout.div_ceil(tile.couts), device_type);
-            constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
+            constants.extend([("WG_PIX", workgroup.0), ("WG_CO", workgroup.1)]);
             ctx.check_precision(OP, precision)?;
-            splits = split.clamp(1, cin);
+            splits = split;
             row_tile = Some((tile, constants.clone()));
             let split_k = splits > 1;
             let entry = if split_k {
@@ -164,16 +138,21 @@ pub(super) fn prepare(
                 entry,
                 &constants,
             )?;
-            let grid = grid_for(lanes, cout.div_ceil(tile.couts), n * splits, (wg_pix, wg_co));
+            let grid = grid_for(lanes, cout.div_ceil(tile.couts), n * splits, workgroup);
             (pipeline, entry, grid, vec4_input)
         }
-        (ConvAlgorithm::Direct, _) => {
+        ConvChoice::Direct { workgroup } => {
             let lanes = (oh * ow).div_ceil(PIX_TILE);
-            let (wg_pix, wg_co) = workgroup_shape(lanes, cout.div_ceil(COUT_TILE), device_type);
-            constants.extend([("WG_PIX", wg_pix), ("WG_CO", wg_co)]);
+            constants.extend([("WG_PIX", workgroup.0), ("WG_CO", workgroup.1)]);
             let pipeline = pipeline(ctx, &SHADER, precision, "conv2d", &constants)?;
-            let grid = grid_for(lanes, cout.div_ceil(COUT_TILE), n, (wg_pix, wg_co));
+            let grid = grid_for(lanes, cout.div_ceil(COUT_TILE), n, workgroup);
             (pipeline, "conv2d", grid, x.binding())
+        }
+        ConvChoice::Grouped { .. } | ConvChoice::Coop(_) => {
+            return Err(Error::invalid(
+                OP,
+                format!("{choice} is not an NCHW dense kernel; run it through conv2d::prepare"),
+            ))
         }
     };
     ctx.check_grid(OP, grid)?;
@@ -275,31 +254,4 @@ pub(super) fn grid_for(
         count(channel_tiles.div_ceil(shape.1 as usize)),
         count(n),
     ]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{workgroup_shape, CPU_CHANNEL_LANES, WG_SIZE};
-    use wgpu::DeviceType::{Cpu, DiscreteGpu};
-
-    #[test]
-    fn workgroups_span_channels_on_cpus_and_pixels_on_gpus() {
-        // (pixel lanes, channel tiles, device) -> shape
-        let cases = [
-            (4219, 16, Cpu, (8, 8)),
-            (4219, 4, Cpu, (16, 4)),
-            (4219, 6, Cpu, (16, 4)),
-            (4219, 1, Cpu, (64, 1)),
-            (3, 128, Cpu, (8, 8)),
-            (4219, 16, DiscreteGpu, (64, 1)),
-            (20, 16, DiscreteGpu, (32, 2)),
-            (1, 1, DiscreteGpu, (8, 8)),
-        ];
-        for (pixels, tiles, device, want) in cases {
-            let got = workgroup_shape(pixels, tiles, device);
-            assert_eq!(got, want, "{pixels} pixel lanes, {tiles} tiles, {device:?}");
-            assert_eq!(got.0 * got.1, WG_SIZE);
-            assert!(got.0 >= 8 && got.1 as usize <= CPU_CHANNEL_LANES.max(WG_SIZE as usize / 8));
-        }
-    }
 }

@@ -3,11 +3,12 @@
 //! `cin / groups` input channels only, so a grouped convolution costs `1 / groups` of the
 //! multiply-adds (and weight bytes) of the dense block-diagonal convolution it equals.
 
-use super::direct::{grid_for, workgroup_shape};
+use super::direct::grid_for;
+use super::strategy::Workgroup;
 use super::{
     check_nchw_tensors, residual_binding, Conv2dOptions, Conv2dParams, Conv2dWeights, ResidualMode,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::{pipeline, ShaderSource};
 use crate::precision::Precision;
@@ -38,19 +39,25 @@ pub const SHADER: ShaderSource = ShaderSource {
 /// Pixels per invocation (WGSL `PIX_TILE`).
 pub const PIX_TILE: usize = 4;
 
-/// The entry point for `cout_per_group` output channels per group, and the output channels
-/// each of its invocations computes: 4 where they fit a group evenly (every input value loaded
-/// then feeds 4 sums), else 1.
-pub fn entry(cout_per_group: usize) -> (&'static str, usize) {
-    if cout_per_group.is_multiple_of(4) {
-        ("conv2d_grouped4", 4)
-    } else {
-        ("conv2d_grouped1", 1)
+/// The entry point whose invocations compute `couts` output channels each (4 or 1).
+fn entry(couts: usize) -> Result<&'static str> {
+    match couts {
+        4 => Ok("conv2d_grouped4"),
+        1 => Ok("conv2d_grouped1"),
+        _ => Err(Error::invalid(
+            "conv2d",
+            format!(
+                "the grouped kernel computes 4 or 1 output channels an invocation, not {couts}"
+            ),
+        )),
     }
 }
 
 /// Builds the launch computing `out = relu?(grouped_conv(x) * scale + shift + residual?)` for
-/// weights `[cout, cin / groups, kh, kw]` laid out for [`super::ConvAlgorithm::Direct`].
+/// weights `[cout, cin / groups, kh, kw]` laid out as [`super::WeightLayout::KMajor`], with
+/// `couts` output channels per invocation (which must divide a group's) in workgroups of
+/// `workgroup`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn prepare(
     ctx: &GpuContext,
     x: &Tensor,
@@ -58,6 +65,8 @@ pub(super) fn prepare(
     residual: Option<&Tensor>,
     out: &Tensor,
     opts: &Conv2dOptions,
+    couts: usize,
+    workgroup: Workgroup,
 ) -> Result<Vec<Dispatch>> {
     const OP: &str = "conv2d";
     let shape = check_nchw_tensors(
@@ -72,11 +81,20 @@ pub(super) fn prepare(
     let precision = x.precision();
     let [n, cout, oh, ow] = shape;
     let [_, cin, h, w] = x.shape();
-    let (entry, cout_tile) = entry(cout / opts.groups);
+    let entry = entry(couts)?;
+    if !(cout / opts.groups).is_multiple_of(couts) {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "{couts} output channels an invocation do not divide the {} of a group",
+                cout / opts.groups
+            ),
+        ));
+    }
     let upsample = residual.is_some() && matches!(opts.residual, ResidualMode::Upsampled(_));
     let lanes = (oh * ow).div_ceil(PIX_TILE);
-    let channel_tiles = cout / cout_tile;
-    let (wg_pix, wg_co) = workgroup_shape(lanes, channel_tiles, ctx.adapter().device_type);
+    let channel_tiles = cout / couts;
+    let (wg_pix, wg_co) = workgroup;
     let mut constants = vec![("WG_PIX", wg_pix), ("WG_CO", wg_co)];
     if upsample {
         constants.push(("UPSAMPLE", 1));

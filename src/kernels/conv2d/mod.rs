@@ -1,5 +1,5 @@
 //! 2-D convolution with a fused epilogue: the options, the parameters and the weights every
-//! kernel shares, and [`prepare`], which hands a convolution to the kernel [`select`] picks:
+//! kernel shares, and [`prepare`], which hands a convolution to the kernel [`strategy`] picks:
 //! [`direct`] (NCHW: direct, row-tiled with [`rows`], Winograd), [`grouped`] (NCHW, more than
 //! one group) or [`coop`] (channels-last, cooperative matrices, with the large-map block of
 //! [`coop::staged`]).
@@ -8,44 +8,22 @@ pub mod coop;
 pub mod direct;
 pub mod grouped;
 pub mod rows;
-pub mod select;
+pub mod strategy;
+mod weights;
 
 pub use coop::CoopChoice;
-pub use select::KernelChoice;
+pub use strategy::{ConvChoice, ConvProblem, DeviceProfile};
+pub use weights::{Conv2dWeights, WeightLayout};
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::upsample_add::UpsampleMode;
 use crate::kernels::{check_io, check_nchw, check_output_shape, pad2d};
-use crate::precision::Precision;
 use crate::tensor::{check_shape_in, padded_bytes, Tensor};
 
 /// Weights (and the affine) are zero padded to a multiple of this many output channels: the
 /// largest channel tile of the NCHW kernels.
 pub const COUT_ALIGN: usize = 16;
-
-/// How a convolution is computed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConvAlgorithm {
-    /// Direct convolution, any kernel and stride.
-    Direct,
-    /// Winograd F(2x2, 3x3): 3x3 kernels with stride 1, 2.25x fewer multiplies.
-    Winograd,
-    /// Implicit GEMM on cooperative matrices (tensor cores): f16 only, on devices with
-    /// [`GpuContext::cooperative_matrix`]; see [`coop`].
-    CooperativeMatrix,
-}
-
-impl ConvAlgorithm {
-    /// Output channels the weights are padded to a multiple of: a whole channel tile of every
-    /// kernel, or a whole block of the cooperative-matrix one.
-    fn cout_align(self) -> usize {
-        match self {
-            ConvAlgorithm::Direct | ConvAlgorithm::Winograd => COUT_ALIGN,
-            ConvAlgorithm::CooperativeMatrix => coop::BLOCK_COUT_ALIGN,
-        }
-    }
-}
 
 /// A grouped convolution's weights `[cout, cin / groups, kh, kw]` as the equivalent dense
 /// `[cout, cin, kh, kw]`: block diagonal, each output channel's group of inputs filled and the
@@ -79,39 +57,6 @@ pub fn dense_from_grouped(
         dense[to..to + cin_g * taps].copy_from_slice(from);
     }
     Ok(dense)
-}
-
-/// Winograd's G (4x3): U = G g G^T turns a 3x3 kernel into a 4x4 one.
-const WINOGRAD_G: [[f64; 3]; 4] = [
-    [1.0, 0.0, 0.0],
-    [0.5, 0.5, 0.5],
-    [0.5, -0.5, 0.5],
-    [0.0, 0.0, 1.0],
-];
-
-/// Transforms OIHW 3x3 weights to `[Cin][16][cout_pad]` (U = G g G^T per channel pair, in f64),
-/// zero padding the output channels to a multiple of [`COUT_ALIGN`].
-fn to_winograd(shape: [usize; 4], weight: &[f32]) -> Vec<f32> {
-    let [cout, cin, _, _] = shape;
-    let cout_pad = cout.next_multiple_of(COUT_ALIGN);
-    let mut out = vec![0.0f32; cin * 16 * cout_pad];
-    for co in 0..cout {
-        for ci in 0..cin {
-            let g = &weight[(co * cin + ci) * 9..(co * cin + ci + 1) * 9];
-            for r in 0..4 {
-                for k in 0..4 {
-                    let mut u = 0.0f64;
-                    for a in 0..3 {
-                        for b in 0..3 {
-                            u += WINOGRAD_G[r][a] * g[a * 3 + b] as f64 * WINOGRAD_G[k][b];
-                        }
-                    }
-                    out[(ci * 16 + r * 4 + k) * cout_pad + co] = u as f32;
-                }
-            }
-        }
-    }
-    out
 }
 
 const FLAG_RELU: u32 = 1;
@@ -281,180 +226,6 @@ impl Conv2dOptions {
             out_padding,
             ..self
         }
-    }
-}
-
-/// Convolution weights on the GPU, laid out for the kernel, with the per-channel affine of the
-/// epilogue (`scale`, `shift`; a bias and a folded batch norm both end up there).
-#[derive(Debug)]
-pub struct Conv2dWeights {
-    shape: [usize; 4],
-    algorithm: ConvAlgorithm,
-    precision: Precision,
-    /// Output channels after padding: the row length of the weights and of the affine.
-    cout_pad: usize,
-    weights: wgpu::Buffer,
-    affine: wgpu::Buffer,
-}
-
-/// Reorders OIHW weights to `[K][cout_pad]` (K = input channel x kernel tap), zero padding the
-/// output channels to `cout_pad` (so the kernels load them as vec4s).
-fn to_k_major(shape: [usize; 4], weight: &[f32], cout_pad: usize) -> Vec<f32> {
-    let [cout, cin, kh, kw] = shape;
-    let k_len = cin * kh * kw;
-    let mut out = vec![0.0f32; k_len * cout_pad];
-    for co in 0..cout {
-        for k in 0..k_len {
-            out[k * cout_pad + co] = weight[co * k_len + k];
-        }
-    }
-    out
-}
-
-impl Conv2dWeights {
-    /// Uploads OIHW `weight` of `shape` = [out channels, in channels, kernel h, kernel w], an
-    /// optional bias, and an optional per-output-channel affine `(scale, shift)` applied after
-    /// the bias: `out = (conv + bias) * scale + shift`.
-    pub fn new(
-        ctx: &GpuContext,
-        shape: [usize; 4],
-        weight: &[f32],
-        bias: Option<&[f32]>,
-        affine: Option<(&[f32], &[f32])>,
-    ) -> Result<Self> {
-        Self::with_algorithm(ctx, shape, weight, bias, affine, ConvAlgorithm::Direct)
-    }
-
-    /// Like [`Conv2dWeights::new`], with the weights laid out for `algorithm`. Winograd needs a
-    /// 3x3 kernel, and the convolutions run with these weights must have stride 1.
-    pub fn with_algorithm(
-        ctx: &GpuContext,
-        shape: [usize; 4],
-        weight: &[f32],
-        bias: Option<&[f32]>,
-        affine: Option<(&[f32], &[f32])>,
-        algorithm: ConvAlgorithm,
-    ) -> Result<Self> {
-        Self::with_precision(ctx, shape, weight, bias, affine, algorithm, Precision::F32)
-    }
-
-    /// Like [`Conv2dWeights::with_algorithm`], with the kernel stored in `precision` (for
-    /// inputs and outputs of that precision). The epilogue's scale and shift stay f32.
-    pub fn with_precision(
-        ctx: &GpuContext,
-        shape: [usize; 4],
-        weight: &[f32],
-        bias: Option<&[f32]>,
-        affine: Option<(&[f32], &[f32])>,
-        algorithm: ConvAlgorithm,
-        precision: Precision,
-    ) -> Result<Self> {
-        const OP: &str = "Conv2dWeights::new";
-        ctx.check_precision(OP, precision)?;
-        if shape.contains(&0) {
-            return Err(Error::invalid(
-                OP,
-                format!("weight shape {shape:?} has a zero dimension"),
-            ));
-        }
-        let numel: usize = shape.iter().product();
-        if weight.len() != numel {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "weight shape {shape:?} holds {numel} values but {} were given",
-                    weight.len()
-                ),
-            ));
-        }
-        let cout = shape[0];
-        let check_len = |what: &str, v: &[f32]| -> Result<()> {
-            if v.len() != cout {
-                return Err(Error::invalid(
-                    OP,
-                    format!(
-                        "{what} has {} values but there are {cout} output channels",
-                        v.len()
-                    ),
-                ));
-            }
-            Ok(())
-        };
-        if algorithm == ConvAlgorithm::CooperativeMatrix
-            && (precision != Precision::F16 || coop::support(ctx).is_none())
-        {
-            return Err(Error::Unsupported {
-                op: OP,
-                message: format!(
-                    "cooperative-matrix weights need f16 (asked: {precision}) and a device with 16x16x16 or 8x8x8 f16 -> f32 cooperative matrices (this one: {}); use ConvAlgorithm::Direct",
-                    if ctx.cooperative_matrix().is_some() { "yes, but too little workgroup memory" } else { "no" }
-                ),
-            });
-        }
-        let cout_pad = cout.next_multiple_of(algorithm.cout_align());
-        let mut scale_shift = vec![0.0f32; 2 * cout_pad];
-        scale_shift[..cout].fill(1.0);
-        if let Some(b) = bias {
-            check_len("the bias", b)?;
-            scale_shift[cout_pad..cout_pad + cout].copy_from_slice(b);
-        }
-        if let Some((scale, shift)) = affine {
-            check_len("the scale", scale)?;
-            check_len("the shift", shift)?;
-            for co in 0..cout {
-                let b = scale_shift[cout_pad + co];
-                scale_shift[co] = scale[co];
-                scale_shift[cout_pad + co] = b * scale[co] + shift[co];
-            }
-        }
-        let packed = match algorithm {
-            ConvAlgorithm::Direct => to_k_major(shape, weight, cout_pad),
-            ConvAlgorithm::CooperativeMatrix => coop::to_tap_major(shape, weight),
-            ConvAlgorithm::Winograd if shape[2..] == [3, 3] => to_winograd(shape, weight),
-            ConvAlgorithm::Winograd => {
-                return Err(Error::invalid(
-                    OP,
-                    format!(
-                        "Winograd F(2x2, 3x3) needs a 3x3 kernel; the weights have shape {shape:?}"
-                    ),
-                ))
-            }
-        };
-        let packed = precision.encode(&packed);
-        ctx.check_binding_size(OP, "the weights", packed.len() as u64)?;
-        Ok(Conv2dWeights {
-            shape,
-            algorithm,
-            precision,
-            cout_pad,
-            weights: ctx.storage_from("conv2d weights", &packed),
-            affine: ctx.storage_from("conv2d affine", &scale_shift),
-        })
-    }
-
-    /// [out channels, in channels, kernel h, kernel w].
-    pub fn shape(&self) -> [usize; 4] {
-        self.shape
-    }
-
-    /// How the kernel is stored (the precision of the tensors it convolves).
-    pub fn precision(&self) -> Precision {
-        self.precision
-    }
-
-    /// The algorithm the weights are laid out for.
-    pub fn algorithm(&self) -> ConvAlgorithm {
-        self.algorithm
-    }
-
-    /// Output channels after padding: the row length of the weights and of the affine.
-    pub fn cout_pad(&self) -> usize {
-        self.cout_pad
-    }
-
-    /// Bytes the weights occupy on the GPU (after padding).
-    pub fn byte_size(&self) -> u64 {
-        self.weights.size() + self.affine.size()
     }
 }
 
@@ -705,8 +476,8 @@ impl<'a> Partials<'a> {
 }
 
 /// The launches computing `out = relu?(conv(x) * scale + shift + residual?)`: one, or two for a
-/// split-K cooperative-matrix convolution. The kernel, its block and its split are chosen as
-/// [`select`] says for this device.
+/// split-K convolution. The kernel, its block and its split are chosen as [`strategy`] says
+/// for this device.
 pub fn prepare(
     ctx: &GpuContext,
     x: &Tensor,
@@ -718,8 +489,8 @@ pub fn prepare(
     prepare_with(ctx, x, weights, residual, out, opts, None, None)
 }
 
-/// [`prepare`] with the kernel's configuration `choice` (`None`: as [`select`] says) and the
-/// buffer for split-K partial sums (`None`: one of its own).
+/// [`prepare`] with the kernel's configuration `choice` (`None`: as [`strategy::choose`] says)
+/// and the buffer for split-K partial sums (`None`: one of its own).
 #[allow(clippy::too_many_arguments)]
 pub fn prepare_with(
     ctx: &GpuContext,
@@ -728,51 +499,64 @@ pub fn prepare_with(
     residual: Option<&Tensor>,
     out: &Tensor,
     opts: &Conv2dOptions,
-    choice: Option<KernelChoice>,
+    choice: Option<ConvChoice>,
     partials: Option<&wgpu::Buffer>,
 ) -> Result<Vec<Dispatch>> {
-    let choice = match choice {
+    let problem = ConvProblem::of(x, weights, residual, opts);
+    let profile = DeviceProfile::of(ctx);
+    let mut choice = match choice {
         Some(c) => c,
-        None => select::choice(ctx, x.shape(), weights, opts)?,
+        None => strategy::choose(&problem, &profile)?,
     };
+    if x.vec4_binding().is_none() {
+        choice = strategy::for_unaligned_input(choice, &problem, &profile)?;
+    }
     // The other kernels sum over every input channel: a grouped convolution there would read
     // its [cout, cin / groups] weights as dense ones.
-    if (opts.groups > 1) != (choice == KernelChoice::Grouped) {
+    let grouped = matches!(choice, ConvChoice::Grouped { .. });
+    if (opts.groups > 1) != grouped {
         return Err(Error::invalid(
             "conv2d",
             format!(
                 "a convolution of {} groups cannot run as {choice}: grouped convolutions (and only \
-                 they) take KernelChoice::Grouped",
+                 they) take ConvChoice::Grouped",
                 opts.groups
             ),
         ));
     }
-    match (weights.algorithm, choice) {
-        (ConvAlgorithm::Direct, KernelChoice::Grouped) => {
-            grouped::prepare(ctx, x, weights, residual, out, opts)
-        }
-        (_, KernelChoice::Grouped) => Err(Error::invalid(
-            "conv2d",
-            format!(
-                "the grouped kernel takes weights laid out for ConvAlgorithm::Direct, not {:?}",
-                weights.algorithm
-            ),
-        )),
-        (ConvAlgorithm::CooperativeMatrix, KernelChoice::Coop(c)) => {
-            coop::prepare(ctx, x, weights, residual, out, opts, c, partials)
-        }
-        (ConvAlgorithm::CooperativeMatrix, KernelChoice::Nchw { .. }) => Err(Error::invalid(
-            "conv2d",
-            "cooperative-matrix weights need a KernelChoice::Coop",
-        )),
-        (_, KernelChoice::Nchw { split }) => {
-            direct::prepare(ctx, x, weights, residual, out, opts, split, partials)
-        }
-        (_, KernelChoice::Coop(_)) => Err(Error::invalid(
-            "conv2d",
-            "a cooperative-matrix choice needs weights laid out for ConvAlgorithm::CooperativeMatrix",
-        )),
+    if weights.layout != choice.weight_layout() {
+        return Err(layout_mismatch(weights.layout, choice, opts));
     }
+    match choice {
+        ConvChoice::Grouped { couts, workgroup } => {
+            grouped::prepare(ctx, x, weights, residual, out, opts, couts, workgroup)
+        }
+        ConvChoice::Coop(c) => coop::prepare(ctx, x, weights, residual, out, opts, c, partials),
+        other => direct::prepare(ctx, x, weights, residual, out, opts, other, partials),
+    }
+}
+
+/// The refusal of weights laid out as `layout` by `choice`, which reads another layout.
+fn layout_mismatch(layout: WeightLayout, choice: ConvChoice, opts: &Conv2dOptions) -> Error {
+    let needed = choice.weight_layout();
+    let why = match layout {
+        WeightLayout::Winograd => format!(
+            "Winograd weights run 3x3 convolutions with stride 1, one group and no upsampled \
+             residual (this one: stride {:?}, {} groups, residual {:?})",
+            opts.stride, opts.groups, opts.residual
+        ),
+        WeightLayout::TapMajor => "cooperative-matrix weights run on f16 channels-last tensors \
+                                   through conv2d::conv2d or a channels-last plan"
+            .into(),
+        WeightLayout::KMajor => "these weights run on the NCHW kernels".into(),
+    };
+    Error::invalid(
+        "conv2d",
+        format!(
+            "{why}; the convolution runs as {choice}, which reads weights laid out as \
+             WeightLayout::{needed:?}: build the weights with WeightLayout::{needed:?}"
+        ),
+    )
 }
 
 /// Submits a convolution now and returns its output (downloading it waits for the GPU).
@@ -786,14 +570,14 @@ pub fn conv2d(
     conv2d_with(ctx, x, weights, residual, opts, None)
 }
 
-/// [`conv2d`] with the kernel's configuration `choice` (`None`: as [`select`] says).
+/// [`conv2d`] with the kernel's configuration `choice` (`None`: as [`strategy::choose`] says).
 pub fn conv2d_with(
     ctx: &GpuContext,
     x: &Tensor,
     weights: &Conv2dWeights,
     residual: Option<&Tensor>,
     opts: &Conv2dOptions,
-    choice: Option<KernelChoice>,
+    choice: Option<ConvChoice>,
 ) -> Result<Tensor> {
     let shape = output_shape(x.shape(), weights.shape, opts)?;
     let out = Tensor::empty_with(ctx, shape, x.precision(), x.memory_format())?;
@@ -802,8 +586,8 @@ pub fn conv2d_with(
 }
 
 /// Submits a convolution into `out` now, with the kernel's configuration `choice` (`None`: as
-/// [`select`] says). A cooperative-matrix convolution with padding pads its input first, into
-/// a tensor with the room after it that the kernel reads.
+/// [`strategy::choose`] says). A cooperative-matrix convolution with padding pads its input
+/// first, into a tensor with the room after it that the kernel reads.
 pub fn conv2d_into(
     ctx: &GpuContext,
     x: &Tensor,
@@ -811,22 +595,28 @@ pub fn conv2d_into(
     residual: Option<&Tensor>,
     out: &Tensor,
     opts: &Conv2dOptions,
-    choice: Option<KernelChoice>,
+    choice: Option<ConvChoice>,
 ) -> Result<()> {
     // The shapes are checked before anything below sizes buffers from them.
     output_shape(x.shape(), weights.shape, opts)?;
-    if weights.algorithm != ConvAlgorithm::CooperativeMatrix {
+    if weights.layout != WeightLayout::TapMajor {
         let launches = prepare_with(ctx, x, weights, residual, out, opts, choice, None)?;
         return ctx.submit(&launches.iter().collect::<Vec<_>>());
     }
-    let side = coop::support(ctx).map_or(16, |s| s.side);
     let padded_shape = pad2d::output_shape(x.shape(), opts.padding);
-    let read = coop::input_bytes_read(padded_shape, weights.shape, opts.stride, side);
-    let mut launches = Vec::new();
     let unpadded = Conv2dOptions {
         padding: (0, 0),
         ..*opts
     };
+    let problem = ConvProblem::of(x, weights, residual, &unpadded)
+        .with_input(padded_shape, residual.is_some());
+    let profile = DeviceProfile::of(ctx);
+    let choice = match choice {
+        Some(c) => c,
+        None => strategy::choose(&problem, &profile)?,
+    };
+    let read = choice.input_bytes_read(&problem, &profile);
+    let mut launches = Vec::new();
     let staged;
     let input = if opts.padding != (0, 0) || x.bytes_to_end() < read {
         let layout = x.memory_format();
@@ -838,7 +628,14 @@ pub fn conv2d_into(
         x
     };
     launches.extend(prepare_with(
-        ctx, input, weights, residual, out, &unpadded, choice, None,
+        ctx,
+        input,
+        weights,
+        residual,
+        out,
+        &unpadded,
+        Some(choice),
+        None,
     )?);
     ctx.submit(&launches.iter().collect::<Vec<_>>())
 }

@@ -35,7 +35,8 @@ pub const ENTRY: ShaderTemplate = ShaderTemplate {
     source: include_str!("../../../shaders/conv2d_rows.tmpl.wgsl"),
 };
 
-/// One specialisation of the row kernel.
+/// One specialisation of the row kernel (the strategy picks it: see
+/// [`super::strategy::ConvChoice::Rows`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RowTile {
     /// Kernel (height, width).
@@ -49,34 +50,6 @@ pub struct RowTile {
 }
 
 impl RowTile {
-    /// The tile for a convolution of `kernel` and `stride` whose output rows are `out_width`
-    /// wide, on an adapter of `device_type`.
-    ///
-    /// On a CPU adapter (llvmpipe) 16 pixels by 16 channels: on a 3x3 256->256 conv at 150x225
-    /// on lavapipe it ran at 43.1 GFLOP/s against 31.3 for 8 x 16, 34.4 for 16 x 8, 40.8 for 32
-    /// x 8 and 28.7 for 32 x 16 (the accumulators outgrow what the core keeps close); rows
-    /// narrower than 16 take 8 pixels, which wastes fewer lanes. On a GPU 8 x 8 keeps a
-    /// thread's accumulators at 64 floats, within the register budget that leaves room for
-    /// occupancy (a preset, not measured here).
-    pub fn choose(
-        kernel: (usize, usize),
-        stride: (usize, usize),
-        out_width: usize,
-        device_type: wgpu::DeviceType,
-    ) -> Self {
-        let (couts, pixels) = match device_type {
-            wgpu::DeviceType::Cpu if out_width >= 16 => (16, 16),
-            wgpu::DeviceType::Cpu => (16, 8),
-            _ => (8, 8),
-        };
-        RowTile {
-            kernel,
-            stride,
-            couts,
-            pixels,
-        }
-    }
-
     /// A short name for the pipeline cache and labels, e.g. `conv2d_rows_k3x3_s1x1_m16_p16`.
     pub fn key(&self) -> String {
         format!(

@@ -10,8 +10,8 @@ use super::tile::{CoopTile, TILES};
 use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, Dispatch, GpuContext};
 use crate::kernels::conv2d::{
-    check_tensors, epilogue_flags, residual_binding, Conv2dOptions, Conv2dWeights, ConvAlgorithm,
-    Partials, ResidualMode,
+    check_tensors, epilogue_flags, residual_binding, Conv2dOptions, Conv2dWeights, Partials,
+    ResidualMode, WeightLayout,
 };
 use crate::kernels::ELEMENTWISE_WG;
 use crate::precision::Precision;
@@ -106,12 +106,12 @@ fn check_coop_tensors(
 ) -> Result<[usize; 4]> {
     const OP: &str = "conv2d";
     let shape = check_tensors(ctx, x, weights, residual, out, opts)?;
-    if weights.algorithm != ConvAlgorithm::CooperativeMatrix {
+    if weights.layout != WeightLayout::TapMajor {
         return Err(Error::invalid(
             OP,
             format!(
-                "the weights are laid out for {:?}; build them with ConvAlgorithm::CooperativeMatrix (or run them through conv2d::prepare)",
-                weights.algorithm
+                "the weights are laid out as {:?}; build them with WeightLayout::TapMajor (or run them through conv2d::prepare)",
+                weights.layout
             ),
         ));
     }
@@ -156,7 +156,7 @@ pub fn prepare(
     let Some(support) = support(ctx) else {
         return Err(Error::Unsupported {
             op: OP,
-            message: "this device has no cooperative matrices the kernel can use; use ConvAlgorithm::Direct".into(),
+            message: "this device has no cooperative matrices the kernel can use; use WeightLayout::KMajor".into(),
         });
     };
     let side = support.side;

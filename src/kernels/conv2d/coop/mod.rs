@@ -19,7 +19,7 @@ pub mod staged;
 pub mod tile;
 
 pub use choice::{CoopBlock, CoopChoice, BLOCK_COUT_ALIGN, MAX_SPLIT};
-pub use device::{staged_block, support, verified};
+pub use device::{offered, staged_block, support, verified, CooperativeMatrixSupport, SIDES};
 pub(super) use launch::to_tap_major;
 pub use launch::{input_bytes_read, partial_bytes, prepare, steps};
 pub use shader::SHADER;

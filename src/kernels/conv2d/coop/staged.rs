@@ -11,7 +11,7 @@
 //! pair of workgroup buffers, then stores them into the other pair: one barrier per step.
 //! Measured on an H200 in a standalone probe built this way: 92 TFLOP/s on the FPN's largest 3x3
 //! convolution against 55 for the direct-load blocks, 109 at batch 8. It needs maps large enough
-//! to fill the GPU with such blocks; [`crate::kernels::conv2d::select`] keeps the direct-load
+//! to fill the GPU with such blocks; [`crate::kernels::conv2d::strategy`] keeps the direct-load
 //! blocks with split-K for the others.
 
 use super::shader::{padded_cin, SHADER};

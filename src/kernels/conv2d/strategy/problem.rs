@@ -1,0 +1,111 @@
+//! What a convolution is, as the strategy reasons about it: shapes, stride, padding, groups,
+//! the epilogue's residual, precision and layout. Plain data, so that the presets can be tested
+//! without a device.
+
+use crate::error::Result;
+use crate::kernels::conv2d::{
+    conv_shape, Conv2dOptions, Conv2dWeights, ResidualMode, WeightLayout,
+};
+use crate::precision::Precision;
+use crate::tensor::{MemoryFormat, Tensor};
+
+/// One convolution to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvProblem {
+    /// The input's shape as the kernel reads it (`[n, cin, h, w]`; already padded for the
+    /// channels-last kernels, which take explicit padding). `[0; 4]` while it is not known: the
+    /// weight layout ([`super::weight_layout`]) does not depend on it.
+    pub input: [usize; 4],
+    /// `[cout, cin / groups, kh, kw]`.
+    pub weight: [usize; 4],
+    /// (vertical, horizontal) stride.
+    pub stride: (usize, usize),
+    /// (vertical, horizontal) zero padding the kernel adds itself.
+    pub padding: (usize, usize),
+    /// Groups the channels split into.
+    pub groups: usize,
+    /// How the epilogue adds a residual (the options' mode, whether or not one is given:
+    /// Winograd weights are never made for a layer whose residual is upsampled).
+    pub residual: ResidualMode,
+    /// Whether a residual is given.
+    pub residual_given: bool,
+    /// The precision of the tensors and the weights.
+    pub precision: Precision,
+    /// The layout of the input and output.
+    pub layout: MemoryFormat,
+    /// Whether Winograd F(2x2, 3x3) is wanted where the layer allows it.
+    pub winograd: bool,
+}
+
+impl ConvProblem {
+    /// The layer of weights `weight` run with `opts` on tensors of `precision` and `layout`,
+    /// before its input is known: no residual given, no Winograd.
+    pub fn layer(
+        weight: [usize; 4],
+        opts: &Conv2dOptions,
+        precision: Precision,
+        layout: MemoryFormat,
+    ) -> Self {
+        ConvProblem {
+            input: [0; 4],
+            weight,
+            stride: opts.stride,
+            padding: opts.padding,
+            groups: opts.groups,
+            residual: opts.residual,
+            residual_given: false,
+            precision,
+            layout,
+            winograd: false,
+        }
+    }
+
+    /// The convolution of `x` by `weights` with `opts`, and `residual` if given; Winograd
+    /// where the weights are laid out for it.
+    pub fn of(
+        x: &Tensor,
+        weights: &Conv2dWeights,
+        residual: Option<&Tensor>,
+        opts: &Conv2dOptions,
+    ) -> Self {
+        ConvProblem::layer(weights.shape(), opts, x.precision(), x.memory_format())
+            .with_input(x.shape(), residual.is_some())
+            .with_winograd(weights.layout() == WeightLayout::Winograd)
+    }
+
+    /// The same layer on an input of `input` shape, with a residual or without.
+    pub fn with_input(self, input: [usize; 4], residual_given: bool) -> Self {
+        ConvProblem {
+            input,
+            residual_given,
+            ..self
+        }
+    }
+
+    /// The same layer with Winograd wanted or not.
+    pub fn with_winograd(self, winograd: bool) -> Self {
+        ConvProblem { winograd, ..self }
+    }
+
+    /// The options the problem was made from (ReLU and output halo aside, which no choice
+    /// depends on).
+    pub fn options(&self) -> Conv2dOptions {
+        Conv2dOptions {
+            stride: self.stride,
+            padding: self.padding,
+            residual: self.residual,
+            groups: self.groups,
+            ..Conv2dOptions::default()
+        }
+    }
+
+    /// The convolution's output shape without a halo, or an error naming what does not fit.
+    pub fn output(&self) -> Result<[usize; 4]> {
+        conv_shape(self.input, self.weight, &self.options())
+    }
+
+    /// Whether the epilogue reads an upsampled residual.
+    pub fn upsamples(&self) -> bool {
+        self.residual_given && matches!(self.residual, ResidualMode::Upsampled(_))
+    }
+}

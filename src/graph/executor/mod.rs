@@ -1,8 +1,8 @@
 //! Runs a [`Graph`] on the GPU, in three steps, each in a file of its own:
-//! - [`lower`]: the pass pipelines for the device, the values' layout, the weights uploaded;
-//! - [`planning`]: for each input shape, once (and cached), value shapes, pooled buffers
+//! - `lower`: the pass pipelines for the device, the values' layout, the weights uploaded;
+//! - `planning`: for each input shape, once (and cached), value shapes, pooled buffers
 //!   assigned by liveness, each convolution's configuration, every pipeline and bind group;
-//! - [`record`]: a forward is then one command encoder and one submit: copy the input in, run
+//! - `record`: a forward is then one command encoder and one submit: copy the input in, run
 //!   every dispatch, copy the outputs into pooled tensors. Nothing is read back inside it.
 //!
 //! A graph may run in [`Precision::F16`]: its weights and values are then stored as f16 (the

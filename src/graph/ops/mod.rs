@@ -9,7 +9,7 @@
 //! one `mod` line, where an enum would need an arm in every match of shape inference, lowering
 //! and the executor. The few places that must know a particular op — the passes that rewrite
 //! convolutions, the planner that configures them — ask for it by type
-//! ([`downcast`](dyn GraphOp::downcast)), as tract's optimisers do.
+//! (`node.op::<Conv2d>()`, through `dyn GraphOp`'s `downcast`), as tract's optimisers do.
 //!
 //! # Adding an op
 //! 1. A file here with the op's type (attributes, host weights) implementing [`GraphOp`], and
@@ -72,7 +72,7 @@ pub trait GraphOp: Debug + Send + Sync + AsAny {
     fn lower(&self, ctx: &GpuContext, target: &Target) -> Result<Box<dyn GpuOp>>;
 }
 
-/// Any `'static` type as [`Any`]: what [`downcast`](dyn GraphOp::downcast) needs, for every op
+/// Any `'static` type as [`Any`]: what `dyn GraphOp`'s `downcast` needs, for every op
 /// without a method of its own.
 pub trait AsAny: Any {
     /// `self` as [`Any`].

@@ -1,4 +1,10 @@
 //! The GPU context: adapter choice, device limits, the pipeline cache and command submission.
+//! The adapters' reports, launches, launch parameters and error scopes have files of their own.
+
+mod adapter;
+mod dispatch;
+mod error_scopes;
+mod uniform;
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -6,9 +12,16 @@ use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
+use self::adapter::{adapter_compute, adapter_rank};
+pub use self::adapter::{available_adapters, compute_support, AdapterReport, AdapterSummary};
+pub(crate) use self::dispatch::grid_2d;
+pub use self::dispatch::Dispatch;
+pub(crate) use self::error_scopes::ErrorScopes;
+pub(crate) use self::uniform::Uniform;
+use self::uniform::UniformArena;
 use crate::error::{Error, Result};
 use crate::precision::Precision;
-use crate::signal::{drive, ready_now, signal};
+use crate::signal::{drive, signal};
 
 /// A wgpu device and queue plus what the kernels need to use them: limits, cached pipelines.
 ///
@@ -56,244 +69,11 @@ fn wants_cooperative_matrix(adapter: &wgpu::Adapter) -> bool {
         && !std::env::var(COOPERATIVE_MATRIX_ENV).is_ok_and(|v| v == "0")
 }
 
-/// The adapter's cooperative-matrix configurations, e.g. `16x16x16 f16->f32`.
-fn cooperative_matrix_configs(adapter: &wgpu::Adapter) -> Vec<String> {
-    if !adapter
-        .features()
-        .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
-    {
-        return Vec::new();
-    }
-    adapter
-        .cooperative_matrix_properties()
-        .iter()
-        .map(|p| {
-            format!(
-                "{}x{}x{} {:?}->{:?}",
-                p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type
-            )
-            .to_lowercase()
-        })
-        .collect()
-}
-
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct PipelineKey {
     shader: String,
     entry: &'static str,
     constants: Vec<(&'static str, u32)>,
-}
-
-/// What the crate reports about the adapter it runs on.
-#[derive(Clone, Debug)]
-pub struct AdapterSummary {
-    /// The driver's name for the device, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
-    pub name: String,
-    /// Vulkan, Metal, Dx12, Gl or BrowserWebGpu.
-    pub backend: wgpu::Backend,
-    /// Discrete, integrated, virtual, CPU (software) or other.
-    pub device_type: wgpu::DeviceType,
-    /// The driver and its version, where the backend reports it.
-    pub driver: String,
-}
-
-impl std::fmt::Display for AdapterSummary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Browsers may keep the name to themselves (WebGPU's `description` is often empty).
-        let name = match self.name.is_empty() {
-            true => "unnamed adapter",
-            false => &self.name,
-        };
-        write!(f, "{name} ({:?}, {:?}", self.backend, self.device_type)?;
-        if !self.driver.is_empty() {
-            write!(f, ", {}", self.driver)?;
-        }
-        write!(f, ")")
-    }
-}
-
-impl AdapterSummary {
-    fn from_info(info: &wgpu::AdapterInfo) -> Self {
-        let driver = [info.driver.as_str(), info.driver_info.as_str()]
-            .iter()
-            .filter(|s| !s.is_empty())
-            .copied()
-            .collect::<Vec<_>>()
-            .join(" ");
-        AdapterSummary {
-            name: info.name.clone(),
-            backend: info.backend,
-            device_type: info.device_type,
-            driver,
-        }
-    }
-}
-
-/// An adapter wgpu can see, with what matters for running the FPN on it.
-#[derive(Clone, Debug)]
-pub struct AdapterReport {
-    /// Name, backend, device type, driver.
-    pub summary: AdapterSummary,
-    /// The adapter's limits (a context created on it requests exactly these).
-    pub limits: wgpu::Limits,
-    /// Whether it runs compute shaders at all (some GL contexts do not; see
-    /// [`compute_support`]).
-    pub compute: bool,
-    /// Why it does not, when it does not.
-    pub no_compute: Option<String>,
-    /// Whether compute passes can write timestamps (per-stage profiles).
-    pub timestamps: bool,
-    /// Whether shaders may use f16.
-    pub shader_f16: bool,
-    /// Cooperative matrix configurations (M x N x K, operand -> accumulator types); empty
-    /// without the feature.
-    pub cooperative_matrix: Vec<String>,
-}
-
-/// Every adapter wgpu sees (all backends, whatever `WGPU_BACKEND` says), hardware first.
-pub async fn available_adapters() -> Vec<AdapterReport> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
-    let mut adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
-    adapters.sort_by_key(|a| adapter_rank(&a.get_info()));
-    adapters
-        .iter()
-        .map(|a| {
-            let features = a.features();
-            let no_compute = adapter_compute(a).err();
-            AdapterReport {
-                summary: AdapterSummary::from_info(&a.get_info()),
-                limits: a.limits(),
-                compute: no_compute.is_none(),
-                no_compute,
-                timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
-                shader_f16: features.contains(wgpu::Features::SHADER_F16),
-                cooperative_matrix: cooperative_matrix_configs(a),
-            }
-        })
-        .collect()
-}
-
-/// One recorded kernel launch: a pipeline, its bindings and its grid. Built once, recorded into
-/// as many command encoders as needed.
-#[derive(Clone, Debug)]
-pub struct Dispatch {
-    pub(crate) label: &'static str,
-    pub(crate) pipeline: wgpu::ComputePipeline,
-    pub(crate) bind_group: wgpu::BindGroup,
-    pub(crate) workgroups: [u32; 3],
-    /// How the kernel was configured for this launch (block, split), for reports; may be empty.
-    pub(crate) config: String,
-}
-
-impl Dispatch {
-    /// A launch of `pipeline` over `workgroups`.
-    pub(crate) fn new(
-        label: &'static str,
-        pipeline: wgpu::ComputePipeline,
-        bind_group: wgpu::BindGroup,
-        workgroups: [u32; 3],
-    ) -> Self {
-        Dispatch {
-            label,
-            pipeline,
-            bind_group,
-            workgroups,
-            config: String::new(),
-        }
-    }
-
-    /// The same launch, described by `config` in reports.
-    pub(crate) fn with_config(self, config: String) -> Self {
-        Dispatch { config, ..self }
-    }
-
-    /// How the kernel was configured for this launch (e.g. `direct 4x4, split 2, 16x16
-    /// matrices; tuned`), or "" where there is nothing to say.
-    pub fn config(&self) -> &str {
-        &self.config
-    }
-
-    /// Records this launch into a compute pass.
-    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
-        let [x, y, z] = self.workgroups;
-        pass.dispatch_workgroups(x, y, z);
-    }
-
-    /// The kernel this launch runs, for reports and errors.
-    pub fn label(&self) -> &'static str {
-        self.label
-    }
-}
-
-/// Whether an adapter runs compute shaders, from what it reports: the downlevel flag
-/// `COMPUTE_SHADERS` and, on GL, the context's version (its `driver_info`, GL's `GL_VERSION`
-/// string). A GL context below 4.3, or below ES 3.1, has no compute shaders in the GLSL wgpu
-/// writes for it, even where the driver lists `GL_ARB_compute_shader` and wgpu sets the flag
-/// (NVIDIA's 3.3 contexts): such a device fails at its first compute pipeline. The error says
-/// why, in a clause.
-pub fn compute_support(
-    backend: wgpu::Backend,
-    flags: wgpu::DownlevelFlags,
-    driver_info: &str,
-) -> std::result::Result<(), String> {
-    if !flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS) {
-        return Err("its driver reports no compute shaders".to_string());
-    }
-    if backend != wgpu::Backend::Gl {
-        return Ok(());
-    }
-    let (es, version) = match driver_info.find("ES ") {
-        Some(i) => (true, &driver_info[i + 3..]),
-        None => (false, driver_info),
-    };
-    let mut numbers = version
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|p| !p.is_empty())
-        .map(|p| p.parse::<u32>().ok());
-    let (Some(Some(major)), Some(Some(minor))) = (numbers.next(), numbers.next()) else {
-        // A version this cannot read: trust the flag.
-        return Ok(());
-    };
-    let (needed, kind) = if es {
-        ((3, 1), "GL ES")
-    } else {
-        ((4, 3), "GL")
-    };
-    if (major, minor) >= needed {
-        return Ok(());
-    }
-    Err(format!(
-        "its context is {kind} {major}.{minor} (`{driver_info}`), and compute shaders need \
-         GL 4.3 or GL ES 3.1"
-    ))
-}
-
-fn adapter_compute(adapter: &wgpu::Adapter) -> std::result::Result<(), String> {
-    let info = adapter.get_info();
-    compute_support(
-        info.backend,
-        adapter.get_downlevel_capabilities().flags,
-        &info.driver_info,
-    )
-}
-
-/// Ranks adapters: hardware before software, native backends before GL.
-fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
-    let device = match info.device_type {
-        wgpu::DeviceType::DiscreteGpu => 0,
-        wgpu::DeviceType::IntegratedGpu => 1,
-        wgpu::DeviceType::VirtualGpu => 2,
-        wgpu::DeviceType::Other => 3,
-        wgpu::DeviceType::Cpu => 4,
-    };
-    let backend = match info.backend {
-        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
-        wgpu::Backend::BrowserWebGpu => 1,
-        _ => 2,
-    };
-    (device, backend)
 }
 
 impl GpuContext {
@@ -742,52 +522,18 @@ impl GpuContext {
 
     /// A launch's parameters as a uniform slice of a shared buffer.
     pub(crate) fn uniform<T: bytemuck::Pod>(&self, label: &'static str, params: &T) -> Uniform {
-        let bytes = bytemuck::bytes_of(params);
         let align = (self.inner.limits.min_uniform_buffer_offset_alignment as u64).max(16);
-        let size = (bytes.len() as u64).next_multiple_of(16);
-        let mut arena = self
-            .inner
+        self.inner
             .uniforms
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let offset = arena.used.next_multiple_of(align);
-        let buffer = match &arena.buffer {
-            Some(b) if offset + size <= b.size() => b.clone(),
-            _ => {
-                // A new chunk; the old one lives on in the bind groups that use it.
-                let chunk = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(label),
-                    size: UNIFORM_CHUNK_BYTES.max(size),
-                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                });
-                arena.buffer = Some(chunk.clone());
-                arena.used = 0;
-                return self.write_uniform(&mut arena, chunk, 0, size, bytes);
-            }
-        };
-        self.write_uniform(&mut arena, buffer, offset, size, bytes)
-    }
-
-    /// Writes `bytes` at `offset` of the arena's chunk `buffer` (ahead of any later submit, so
-    /// before every launch that reads them) and takes the slice.
-    fn write_uniform(
-        &self,
-        arena: &mut UniformArena,
-        buffer: wgpu::Buffer,
-        offset: u64,
-        size: u64,
-        bytes: &[u8],
-    ) -> Uniform {
-        let mut padded = bytes.to_vec();
-        padded.resize(size as usize, 0);
-        self.inner.queue.write_buffer(&buffer, offset, &padded);
-        arena.used = offset + size;
-        Uniform {
-            buffer,
-            offset,
-            size,
-        }
+            .unwrap_or_else(|p| p.into_inner())
+            .place(
+                &self.inner.device,
+                &self.inner.queue,
+                align,
+                label,
+                bytemuck::bytes_of(params),
+            )
     }
 
     pub(crate) fn storage_from<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> wgpu::Buffer {
@@ -891,82 +637,6 @@ fn keep_until_exit(device: &wgpu::Device) {
         .push(device.clone());
 }
 
-/// Bytes of each buffer the launches' parameters are placed in: 256 launches' worth at the
-/// common 256-byte offset alignment.
-const UNIFORM_CHUNK_BYTES: u64 = 64 * 1024;
-
-/// The chunk launches' parameters are being placed in, and how much of it is used.
-#[derive(Default)]
-struct UniformArena {
-    buffer: Option<wgpu::Buffer>,
-    used: u64,
-}
-
-/// A launch's parameters: a slice of a shared uniform buffer.
-#[derive(Clone, Debug)]
-pub(crate) struct Uniform {
-    buffer: wgpu::Buffer,
-    offset: u64,
-    size: u64,
-}
-
-impl Uniform {
-    /// The binding of the slice.
-    pub(crate) fn binding(&self) -> wgpu::BindingResource<'_> {
-        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer: &self.buffer,
-            offset: self.offset,
-            size: wgpu::BufferSize::new(self.size),
-        })
-    }
-}
-
-/// Validation and out-of-memory error scopes around one piece of work; wgpu's default would be
-/// a panic in the uncaptured-error handler.
-pub(crate) struct ErrorScopes {
-    /// Empty in a browser: its scopes resolve only on a later turn of the event loop, after
-    /// the work has gone on, so an error there is left to the uncaptured-error handler, which
-    /// logs it, rather than caught by a scope whose answer nobody would read.
-    guards: Vec<wgpu::ErrorScopeGuard>,
-}
-
-impl ErrorScopes {
-    pub(crate) fn push(device: &wgpu::Device) -> Self {
-        let filters: &[wgpu::ErrorFilter] = if cfg!(target_arch = "wasm32") {
-            &[]
-        } else {
-            &[
-                wgpu::ErrorFilter::Validation,
-                wgpu::ErrorFilter::OutOfMemory,
-            ]
-        };
-        ErrorScopes {
-            guards: filters
-                .iter()
-                .map(|f| device.push_error_scope(*f))
-                .collect(),
-        }
-    }
-
-    /// Pops the scopes (innermost first) and turns a captured error into [`Error::Gpu`]; the
-    /// out-of-memory one wins, as the likelier cause of a validation error after it.
-    pub(crate) fn check(self, op: &'static str) -> Result<()> {
-        let mut found = None;
-        for guard in self.guards.into_iter().rev() {
-            if let Some(e) = ready_now(guard.pop()).flatten() {
-                found = Some(e);
-            }
-        }
-        match found {
-            Some(e) => Err(Error::Gpu {
-                op,
-                message: e.to_string(),
-            }),
-            None => Ok(()),
-        }
-    }
-}
-
 /// An error when `bytes` of `what` exceed the wgpu limit `limit_name`.
 fn check_limit(
     op: &'static str,
@@ -986,69 +656,4 @@ fn check_limit(
         });
     }
     Ok(())
-}
-
-/// Splits `n` workgroups into a 2-D grid that respects the per-dimension limit; shaders
-/// linearise with `workgroup_id.y * num_workgroups.x + workgroup_id.x`.
-pub(crate) fn grid_2d(n: u32, max_per_dim: u32) -> [u32; 3] {
-    if n <= max_per_dim {
-        [n.max(1), 1, 1]
-    } else {
-        let y = n.div_ceil(max_per_dim);
-        [n.div_ceil(y), y, 1]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{compute_support, grid_2d};
-    use wgpu::{Backend, DownlevelFlags};
-
-    #[test]
-    fn gl_contexts_below_4_3_or_es_3_1_have_no_compute() {
-        let compute = DownlevelFlags::COMPUTE_SHADERS;
-        // What GL drivers report as GL_VERSION (wgpu's driver_info on GL).
-        for (info, runs) in [
-            ("3.3.0 NVIDIA 550.54.14", false),
-            ("4.2.0 NVIDIA 390.157", false),
-            ("4.3.0 NVIDIA 550.54.14", true),
-            ("4.6.0 NVIDIA 550.54.14", true),
-            ("4.5 (Core Profile) Mesa 22.3.6", true),
-            ("3.3 (Core Profile) Mesa 20.0.8", false),
-            ("OpenGL ES 3.0 Mesa 22.3.6", false),
-            ("OpenGL ES 3.1 Mesa 22.3.6", true),
-            ("OpenGL ES 3.2 NVIDIA 550.54.14", true),
-            ("OpenGL ES 3.0 (ANGLE 2.1.0)", false),
-            ("", true),
-        ] {
-            let got = compute_support(Backend::Gl, compute, info);
-            assert_eq!(got.is_ok(), runs, "{info:?}: {got:?}");
-            if let Err(why) = got {
-                assert!(
-                    why.contains("GL 4.3 or GL ES 3.1") && why.contains(info),
-                    "{why}"
-                );
-            }
-        }
-        // The version is a GL matter; the flag decides on every backend.
-        assert!(compute_support(Backend::Vulkan, compute, "550.54.14").is_ok());
-        let none = compute_support(Backend::Vulkan, DownlevelFlags::empty(), "");
-        assert!(none.unwrap_err().contains("no compute shaders"));
-        assert!(compute_support(Backend::Gl, DownlevelFlags::empty(), "4.6").is_err());
-    }
-
-    #[test]
-    fn grid_covers_every_workgroup_within_limits() {
-        for &(n, max) in &[
-            (1, 65535),
-            (65535, 65535),
-            (65536, 65535),
-            (1_000_000, 65535),
-            (7, 3),
-        ] {
-            let [x, y, _] = grid_2d(n, max);
-            assert!(x <= max && y <= max, "{n} {max} -> {x}x{y}");
-            assert!(x as u64 * y as u64 >= n as u64);
-        }
-    }
 }

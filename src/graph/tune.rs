@@ -16,7 +16,7 @@ use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::conv2d::ConvChoice;
 
 /// `off`, `cache` or `full`: overrides [`Tuning::Auto`] (the default of
-/// [`crate::FpnOptions`]).
+/// `FpnOptions`).
 pub const TUNE_ENV: &str = "FPN_TUNE";
 
 /// The tuning cache file to use instead of `fpn-wgpu/tuning.json` in the platform's cache

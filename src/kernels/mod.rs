@@ -12,7 +12,7 @@ pub mod pad2d;
 pub mod template;
 pub mod upsample_add;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, Dispatch, GpuContext};
 use crate::precision::Precision;
 use crate::tensor::{MemoryFormat, Tensor};
@@ -160,7 +160,7 @@ pub(crate) fn check_same_shape(
     what_b: &str,
 ) -> Result<()> {
     if a.shape() != b.shape() {
-        return Err(crate::Error::invalid(
+        return Err(Error::invalid(
             op,
             format!(
                 "{what_a} has shape {:?} but {what_b} has shape {:?}; they must match",
@@ -180,7 +180,7 @@ pub(crate) fn check_io(op: &'static str, out: &Tensor, inputs: &[&Tensor]) -> Re
         .iter()
         .find(|t| t.memory_format() != out.memory_format())
     {
-        return Err(crate::Error::invalid(
+        return Err(Error::invalid(
             op,
             format!(
                 "an input is stored {:?} but the output {:?}; every tensor of an op must have one layout (convert with kernels::convert::convert_to)",
@@ -190,7 +190,7 @@ pub(crate) fn check_io(op: &'static str, out: &Tensor, inputs: &[&Tensor]) -> Re
         ));
     }
     if let Some(t) = inputs.iter().find(|t| t.precision() != out.precision()) {
-        return Err(crate::Error::invalid(
+        return Err(Error::invalid(
             op,
             format!(
                 "an input is {} but the output is {}; every tensor of an op must have one precision (convert with kernels::convert)",
@@ -200,7 +200,7 @@ pub(crate) fn check_io(op: &'static str, out: &Tensor, inputs: &[&Tensor]) -> Re
         ));
     }
     if inputs.iter().any(|t| t.buffer() == out.buffer()) {
-        return Err(crate::Error::invalid(
+        return Err(Error::invalid(
             op,
             "the output shares a buffer with an input; in-place ops are not supported, give the output its own tensor",
         ));
@@ -211,7 +211,7 @@ pub(crate) fn check_io(op: &'static str, out: &Tensor, inputs: &[&Tensor]) -> Re
 /// Checks that a kernel written for NCHW tensors is given one.
 pub(crate) fn check_nchw(op: &'static str, t: &Tensor) -> Result<()> {
     if t.memory_format() != MemoryFormat::Nchw {
-        return Err(crate::Error::invalid(
+        return Err(Error::invalid(
             op,
             format!(
                 "this kernel takes NCHW tensors but was given a {:?} one; convert it with kernels::convert::convert_to",
@@ -229,7 +229,7 @@ pub(crate) fn check_output_shape(
     expected: [usize; 4],
 ) -> Result<()> {
     if out.shape() != expected {
-        return Err(crate::Error::invalid(
+        return Err(Error::invalid(
             op,
             format!(
                 "the output tensor has shape {:?}; this op produces {expected:?}",

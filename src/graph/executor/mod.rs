@@ -94,7 +94,7 @@ impl Executor {
     }
 
     /// Uploads the graph's weights, as it is, for the given convolution algorithms, stored in
-    /// `precision` like the values the graph computes. [`crate::Error::Unsupported`] if the
+    /// `precision` like the values the graph computes. [`Error::Unsupported`] if the
     /// device cannot use f16.
     pub fn with_options(
         ctx: &GpuContext,
@@ -190,7 +190,7 @@ impl Executor {
     }
 
     /// The shape of every value for `input_shape`, checked against the device's limits without
-    /// allocating anything: [`crate::Error::LimitExceeded`] names the first value too large to
+    /// allocating anything: [`Error::LimitExceeded`] names the first value too large to
     /// bind.
     pub fn check_limits(&self, input_shape: [usize; 4]) -> Result<Vec<[usize; 4]>> {
         self.checked_shapes(input_shape)

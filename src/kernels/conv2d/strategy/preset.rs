@@ -53,7 +53,7 @@ enum Family {
 
 /// The kernel family of `problem`, which depends on no input size: grouped convolutions take
 /// the grouped kernel (the channels-last networks expand them to dense ones before this, see
-/// [`crate::graph::passes::dense_groups`]); channels-last f16 ones the cooperative matrices
+/// the graph's `dense_groups` pass); channels-last f16 ones the cooperative matrices
 /// (the layout is chosen so only where the device has them and they passed their check);
 /// Winograd where wanted and the layer allows it (3x3, stride 1, no upsampled residual); the
 /// row kernel where there is no padding; the general direct kernel otherwise.

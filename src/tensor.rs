@@ -423,7 +423,9 @@ impl Tensor {
         }
     }
 
-    /// The buffer behind the tensor.
+    /// The buffer behind the tensor. The outputs of a forward are reused by a later forward
+    /// once every clone of them has been dropped: keep the tensor, not only its buffer, for as
+    /// long as you read the buffer.
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
     }

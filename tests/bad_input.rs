@@ -180,3 +180,47 @@ fn a_caller_owned_device_with_small_limits_is_respected() {
     let y = elementwise::relu(&ctx, &x).unwrap().download(&ctx).unwrap();
     assert_eq!(y, vec![0.0, 2.0, 0.0, 4.0]);
 }
+
+/// A kernel configuration given from outside the strategy is checked against the convolution:
+/// a row tile unrolled for another kernel size, a workgroup of the wrong size or a tile the
+/// kernel cannot compute is an error, never a division by zero or a kernel of another shape.
+#[test]
+fn a_convolution_refuses_a_choice_its_kernels_cannot_carry_out() {
+    use fpn_wgpu::kernels::conv2d::rows::RowTile;
+    use fpn_wgpu::kernels::conv2d::ConvChoice;
+    let ctx = gpu();
+    let x = zeros([1, 8, 9, 9]);
+    let w = conv_weights([8, 8, 3, 3]);
+    let opts = Conv2dOptions::new(1, 0);
+    let tile = |kernel, couts, pixels| RowTile {
+        kernel,
+        stride: (1, 1),
+        couts,
+        pixels,
+    };
+    let rows = |tile, workgroup| ConvChoice::Rows {
+        tile,
+        split: 1,
+        workgroup,
+    };
+    let run = |c| conv2d::conv2d_with(ctx, &x, &w, None, &opts, Some(c));
+    expect_err(
+        run(rows(tile((1, 1), 8, 8), (8, 8))),
+        &["unrolled for a 1x1 kernel", "3x3"],
+    );
+    expect_err(
+        run(rows(tile((3, 3), 6, 8), (8, 8))),
+        &["multiple of 4", "6"],
+    );
+    expect_err(run(rows(tile((3, 3), 8, 0), (8, 8))), &["power of two"]);
+    expect_err(
+        run(rows(tile((3, 3), 8, 8), (0, 64))),
+        &["workgroup of 0x64"],
+    );
+    expect_err(
+        run(ConvChoice::Direct { workgroup: (8, 4) }),
+        &["8x4", "64"],
+    );
+    // The strategy's own choice runs.
+    assert!(run(rows(tile((3, 3), 8, 8), (8, 8))).is_ok());
+}

@@ -521,7 +521,7 @@ impl GpuContext {
     }
 
     /// A launch's parameters as a uniform slice of a shared buffer.
-    pub(crate) fn uniform<T: bytemuck::Pod>(&self, label: &'static str, params: &T) -> Uniform {
+    pub(crate) fn uniform<T: bytemuck::Pod>(&self, params: &T) -> Uniform {
         let align = (self.inner.limits.min_uniform_buffer_offset_alignment as u64).max(16);
         self.inner
             .uniforms
@@ -531,7 +531,6 @@ impl GpuContext {
                 &self.inner.device,
                 &self.inner.queue,
                 align,
-                label,
                 bytemuck::bytes_of(params),
             )
     }

@@ -40,7 +40,6 @@ impl UniformArena {
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         align: u64,
-        label: &'static str,
         bytes: &[u8],
     ) -> Uniform {
         let size = (bytes.len() as u64).next_multiple_of(16);
@@ -49,7 +48,7 @@ impl UniformArena {
             Some(b) if offset + size <= b.size() => b.clone(),
             _ => {
                 let chunk = device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some(label),
+                    label: Some("launch parameters"),
                     size: UNIFORM_CHUNK_BYTES.max(size),
                     usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,

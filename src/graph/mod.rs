@@ -130,6 +130,30 @@ impl Graph {
         self.outputs.iter().any(|&(_, v)| v == value)
     }
 
+    /// Checks how the nodes are wired, before any pass reads their inputs: each takes as many
+    /// inputs as its op does, each produced by an earlier node, and the outputs name nodes.
+    pub fn check_wiring(&self) -> Result<()> {
+        for (i, n) in self.nodes.iter().enumerate() {
+            let arity = if i == 0 { 0..=0 } else { n.op.arity() };
+            if !arity.contains(&n.inputs.len()) || n.inputs.iter().any(|&v| v >= i) {
+                return Err(Error::invalid(
+                    "graph",
+                    format!(
+                        "node `{}` has inputs {:?}; it takes {arity:?} inputs, each produced by an earlier node",
+                        n.name, n.inputs
+                    ),
+                ));
+            }
+        }
+        if let Some((name, v)) = self.outputs.iter().find(|(_, v)| *v >= self.nodes.len()) {
+            return Err(Error::invalid(
+                "graph",
+                format!("the output `{name}` names value {v}, which no node produces"),
+            ));
+        }
+        Ok(())
+    }
+
     /// The shape of every value for an input of `input` shape, or an error naming the node
     /// whose inputs do not fit.
     pub fn shapes(&self, input: [usize; 4]) -> Result<Vec<[usize; 4]>> {

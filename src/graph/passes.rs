@@ -126,8 +126,13 @@ pub fn optimize(graph: &mut Graph) -> Vec<&'static str> {
 fn absorbable_conv(graph: &Graph, uses: &[usize], v: Value) -> Option<Conv2d> {
     let node = &graph.nodes[v];
     match node.op::<Conv2d>() {
+        // A conv writing a halo has an epilogue sized for the map without it.
         Some(conv)
-            if !conv.opts.relu && node.inputs.len() == 1 && uses[v] == 1 && !graph.is_output(v) =>
+            if !conv.opts.relu
+                && conv.opts.out_padding == (0, 0)
+                && node.inputs.len() == 1
+                && uses[v] == 1
+                && !graph.is_output(v) =>
         {
             Some(conv.clone())
         }

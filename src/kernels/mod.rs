@@ -144,7 +144,7 @@ pub(crate) fn layout_dispatch<P: bytemuck::Pod>(
     let groups = u32::try_from(groups).unwrap_or(u32::MAX);
     let workgroups = grid_2d(groups, max);
     ctx.check_grid(entry, workgroups)?;
-    let uniform = ctx.uniform(entry, params);
+    let uniform = ctx.uniform(params);
     let mut entries = buffers.to_vec();
     entries.push((params_binding, uniform.binding()));
     let bind_group = ctx.bind_group(entry, &pipeline, &entries);

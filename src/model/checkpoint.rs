@@ -200,7 +200,7 @@ impl Checkpoint {
         &self.store
     }
 
-    /// The weights, to build the network from (see `Fpn::new`).
+    /// The weights, to build the network from (see [`crate::model::Fpn::new`]).
     pub fn into_store(self) -> VarStore {
         self.store
     }

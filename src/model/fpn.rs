@@ -197,7 +197,9 @@ impl Fpn {
         &self.origin
     }
 
-    /// The graph passes that changed the graph when it was built.
+    /// The graph passes that changed the graph when it was lowered, in the order they did:
+    /// the fusing pipeline's, then those of the layout's pipeline (a pass may appear more than
+    /// once).
     pub fn passes_applied(&self) -> &[&'static str] {
         self.executor.passes_applied()
     }
@@ -235,7 +237,8 @@ impl Fpn {
 
     /// Runs the network on an NCHW tensor with [`FpnConfig::in_channels`] channels (3 for RGB).
     /// It submits the work and returns at once: the levels stay on the GPU until downloaded
-    /// (which waits for them). The first call for a new input shape builds its plan.
+    /// (which waits for them). The first call for a new input shape builds its plan. The
+    /// levels' tensors are reused by a later forward once all of them have been dropped.
     ///
     /// When the batch's tensors exceed the device's storage binding size, the batch runs in the
     /// largest chunks that fit and the levels are assembled on the GPU; when a single image is

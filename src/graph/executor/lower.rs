@@ -34,6 +34,8 @@ pub(super) struct Lowered {
 /// Runs the pipelines [`pipelines`] names for `options` and the device, chooses the layout,
 /// and uploads every op's weights.
 pub(super) fn lower(ctx: &GpuContext, graph: Graph, options: &ExecutorOptions) -> Result<Lowered> {
+    // The passes index their nodes' inputs: a miswired graph is refused before they run.
+    graph.check_wiring()?;
     let mut graph = graph;
     let gpu = ctx.adapter().device_type != wgpu::DeviceType::Cpu;
     let mut passes_applied = Vec::new();

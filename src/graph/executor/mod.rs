@@ -217,7 +217,14 @@ impl Executor {
         self.ctx.check_alive()?;
         match self.plan(input.shape()) {
             Ok(plan) => record::submit(&self.ctx, &plan, input, None),
-            Err(e @ Error::LimitExceeded { .. }) => self.forward_too_large(input, e),
+            // Only a value too large to bind is a matter of the input's size; a limit met
+            // elsewhere in planning is reported as it is.
+            Err(e @ Error::LimitExceeded { .. }) => match self.check_limits(input.shape()) {
+                Err(too_large @ Error::LimitExceeded { .. }) => {
+                    self.forward_too_large(input, too_large)
+                }
+                _ => Err(e),
+            },
             Err(e) => Err(e),
         }
     }

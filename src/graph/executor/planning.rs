@@ -177,7 +177,9 @@ impl Executor {
             limits.min_storage_buffer_offset_alignment as u64,
             limits.max_buffer_size,
         );
-        let (mut choices, mut sources, to_time, needs) = self.choose(&shapes, &sizes)?;
+        let cache = (self.tuning != Tuning::Off).then(TuneCache::load);
+        let (mut choices, mut sources, to_time, needs) =
+            self.choose(&shapes, &sizes, cache.as_ref())?;
         // Any value may end an arena, so each arena leaves room after it for what the
         // cooperative-matrix kernels' last tiles read past a value's end.
         let slack = needs.slack.next_multiple_of(16);
@@ -213,9 +215,10 @@ impl Executor {
             })
             .collect();
 
-        if !to_time.is_empty() {
+        if let (false, Some(cache)) = (to_time.is_empty(), cache) {
             self.tune(
                 &values,
+                cache,
                 to_time,
                 needs.tuning_scratch,
                 &mut choices,
@@ -291,9 +294,9 @@ impl Executor {
         &self,
         shapes: &[[usize; 4]],
         sizes: &[u64],
+        cache: Option<&TuneCache>,
     ) -> Result<(Vec<Option<ConvChoice>>, Vec<Source>, Vec<ToTime>, Needs)> {
         let profile = DeviceProfile::of(&self.ctx);
-        let cache = (self.tuning != Tuning::Off).then(TuneCache::load);
         let mut choices = vec![None; self.nodes.len()];
         let mut sources = vec![Source::Preset; self.nodes.len()];
         let mut to_time: Vec<ToTime> = Vec::new();
@@ -345,6 +348,7 @@ impl Executor {
     fn tune(
         &self,
         values: &[Tensor],
+        mut cache: TuneCache,
         to_time: Vec<ToTime>,
         scratch_bytes: u64,
         choices: &mut [Option<ConvChoice>],
@@ -355,7 +359,6 @@ impl Executor {
             log::warn!("not tuning: {e}");
             return;
         }
-        let mut cache = TuneCache::load();
         // Scratch for the candidates' partial sums, freed once they are timed.
         let scratch =
             (scratch_bytes > 0).then(|| ctx.storage_zeroed("tuning partial sums", scratch_bytes));

@@ -130,6 +130,8 @@ impl OutputPool {
             .as_ref()
             .is_some_and(|s| stored_as(&s.tensor) == stored_as(input))
         {
+            // Returned from the check itself, the borrow would outlive the insert below
+            // (a limit of today's borrow checker).
             return Ok(stage.as_ref().expect("checked just above"));
         }
         let tensor =

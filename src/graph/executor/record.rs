@@ -23,7 +23,7 @@ pub(super) fn submit(
 ) -> Result<Vec<(String, Tensor)>> {
     let device = ctx.device();
     let scopes = ErrorScopes::push(device);
-    // Held while recording: the sets and the stage are only read, and a forward is short.
+    // Held while recording, so that no other forward takes the same set; a forward is short.
     let mut sets = plan.pool.sets();
     let index = OutputPool::take(ctx, &plan.outputs, &plan.values, &mut sets)?;
     let set = &sets[index];

@@ -118,8 +118,9 @@ pub struct Launch<'a> {
     pub scratch: Option<&'a wgpu::Buffer>,
 }
 
-/// An op with its weights on the GPU, as the executor plans and records it.
-pub trait GpuOp: Send + Sync {
+/// An op with its weights on the GPU, as the executor plans and records it; `Send` and `Sync`
+/// wherever wgpu's objects are (everywhere but in a browser).
+pub trait GpuOp: wgpu::WasmNotSendSync {
     /// As [`GraphOp::output_shape`]: the executor keeps no host weights, so its lowered ops
     /// answer for their shapes.
     fn output_shape(&self, inputs: &[[usize; 4]]) -> Result<[usize; 4]>;

@@ -165,7 +165,7 @@ pub(super) fn prepare(
         (out_h, out_w),
         splits,
     );
-    let uniform = ctx.uniform("conv2d params", &params);
+    let uniform = ctx.uniform(&params);
     let residual = residual_binding(ctx, residual);
     if let (true, Some((tile, constants))) = (splits > 1, row_tile) {
         let bytes = partial_bytes(shape, splits);

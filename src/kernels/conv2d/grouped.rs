@@ -103,7 +103,7 @@ pub(super) fn prepare(
     let grid = grid_for(lanes, channel_tiles, n, (wg_pix, wg_co));
     ctx.check_grid(OP, grid)?;
     let params = Conv2dParams::new(opts, weights, residual, shape, [cin, h, w], (oh, ow), 1);
-    let uniform = ctx.uniform("conv2d params", &params);
+    let uniform = ctx.uniform(&params);
     let residual = residual_binding(ctx, residual);
     let bind_group = ctx.bind_group(
         entry,

@@ -505,7 +505,10 @@ pub fn prepare_with(
     let problem = ConvProblem::of(x, weights, residual, opts);
     let profile = DeviceProfile::of(ctx);
     let mut choice = match choice {
-        Some(c) => c,
+        Some(c) => {
+            c.check(&problem)?;
+            c
+        }
         None => strategy::choose(&problem, &profile)?,
     };
     if x.vec4_binding().is_none() {

@@ -6,7 +6,7 @@ use super::tile::CoopTile;
 /// the widest block, the staged one's 128.
 pub const BLOCK_COUT_ALIGN: usize = 128;
 
-/// The largest split-K factor the selection picks.
+/// The largest split-K factor the strategy picks.
 pub const MAX_SPLIT: usize = 8;
 
 /// Which kernel computes a block of the output.

@@ -4,6 +4,7 @@
 
 use std::sync::OnceLock;
 
+#[cfg(not(target_arch = "wasm32"))]
 use super::choice::CoopChoice;
 use super::staged::StagedBlock;
 use super::tile::TILES;

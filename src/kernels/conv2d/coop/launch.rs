@@ -261,7 +261,7 @@ pub fn prepare(
         out_channels: cout as u32,
         _pad: [0; 3],
     };
-    let uniform = ctx.uniform("conv2d_coop params", &params);
+    let uniform = ctx.uniform(&params);
     let mut constants = vec![("SG", support.subgroup_size)];
     if upsample {
         constants.push(("UPSAMPLE", 1));

@@ -3,7 +3,7 @@
 //! its input, a stable name for the tuning cache).
 
 use super::{candidates, ConvProblem, DeviceProfile};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kernels::conv2d::coop::{self, CoopBlock, CoopChoice};
 use crate::kernels::conv2d::rows::RowTile;
 use crate::kernels::conv2d::{direct, WeightLayout};
@@ -69,6 +69,51 @@ impl std::fmt::Display for ConvChoice {
 }
 
 impl ConvChoice {
+    /// Checks a choice given from outside the strategy (a caller's, or the tuning cache's)
+    /// against what the kernels can carry out for `problem`: NCHW workgroups of
+    /// [`direct::WG_SIZE`] invocations, row tiles made for the problem's kernel size and stride
+    /// with whole vec4s of channels and a power of two of pixels. A choice that failed this
+    /// would divide by zero or run a kernel unrolled for another shape.
+    pub fn check(&self, problem: &ConvProblem) -> Result<()> {
+        let workgroup = match self {
+            ConvChoice::Direct { workgroup }
+            | ConvChoice::Winograd { workgroup }
+            | ConvChoice::Grouped { workgroup, .. }
+            | ConvChoice::Rows { workgroup, .. } => Some(*workgroup),
+            ConvChoice::Coop(_) => None,
+        };
+        if let Some((pix, co)) = workgroup {
+            if pix == 0 || co == 0 || pix.checked_mul(co) != Some(direct::WG_SIZE) {
+                return Err(invalid(format!(
+                    "{self} has a workgroup of {pix}x{co} invocations; the NCHW kernels take \
+                     {} (use a choice from strategy::choose or strategy::candidates)",
+                    direct::WG_SIZE
+                )));
+            }
+        }
+        if let ConvChoice::Rows { tile, split, .. } = self {
+            let [_, _, kh, kw] = problem.weight;
+            if tile.kernel != (kh, kw) || tile.stride != problem.stride {
+                return Err(invalid(format!(
+                    "the row tile is unrolled for a {}x{} kernel with stride {:?}, but the \
+                     convolution has a {kh}x{kw} kernel with stride {:?}",
+                    tile.kernel.0, tile.kernel.1, tile.stride, problem.stride
+                )));
+            }
+            if tile.couts == 0 || !tile.couts.is_multiple_of(4) || !tile.pixels.is_power_of_two() {
+                return Err(invalid(format!(
+                    "a row tile computes a multiple of 4 channels and a power of two of pixels \
+                     an invocation, not {} and {}",
+                    tile.couts, tile.pixels
+                )));
+            }
+            if *split == 0 {
+                return Err(invalid("a split-K factor is at least 1".to_string()));
+            }
+        }
+        Ok(())
+    }
+
     /// The layout of the weights the kernel reads.
     pub fn weight_layout(&self) -> WeightLayout {
         match self {
@@ -149,4 +194,9 @@ impl ConvChoice {
             .into_iter()
             .find(|c| c.code() == code)
     }
+}
+
+/// An argument error of the convolution.
+fn invalid(message: String) -> Error {
+    Error::invalid("conv2d", message)
 }

@@ -3,7 +3,7 @@
 
 use super::{
     check_nchw_tensors, residual_binding, Conv2dOptions, Conv2dParams, Conv2dWeights, ConvChoice,
-    Partials, ResidualMode,
+    ConvProblem, Partials, ResidualMode,
 };
 use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, Dispatch, GpuContext};
@@ -65,14 +65,12 @@ pub(super) fn prepare(
     )?;
     let precision = x.precision();
     let [n, cout, oh, ow] = shape;
-    let [_, cin, kh, kw] = weights.shape;
+    let cin = weights.shape[1];
     let upsample = residual.is_some() && matches!(opts.residual, ResidualMode::Upsampled(_));
     let [_, _, h, w] = x.shape();
-    // What the kernel sees: a pointwise conv with the plain epilogue runs on the flattened
-    // plane (one long row), which fills the row tiles however narrow the map (the strategy
-    // tiles it so).
-    let pointwise = kh == 1 && kw == 1 && opts.stride == (1, 1) && opts.padding == (0, 0);
-    let (in_h, in_w, out_h, out_w) = if pointwise && !upsample {
+    // What the kernel sees: one long row per plane where the strategy tiled it so.
+    let flat = ConvProblem::of(x, weights, residual, opts).flattens_plane();
+    let (in_h, in_w, out_h, out_w) = if flat {
         (1, h * w, 1, oh * ow)
     } else {
         (h, w, oh, ow)

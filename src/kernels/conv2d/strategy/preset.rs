@@ -178,10 +178,7 @@ pub fn candidates(problem: &ConvProblem, profile: &DeviceProfile) -> Result<Vec<
 pub fn rows(problem: &ConvProblem, profile: &DeviceProfile, split: usize) -> Result<ConvChoice> {
     let [_, cout, oh, ow] = problem.output()?;
     let [_, cin, kh, kw] = problem.weight;
-    // A pointwise conv with the plain epilogue runs on the flattened plane (one long row),
-    // which fills the row tiles however narrow the map.
-    let pointwise = (kh, kw) == (1, 1) && problem.stride == (1, 1) && problem.padding == (0, 0);
-    let (out_h, out_w) = if pointwise && !problem.upsamples() {
+    let (out_h, out_w) = if problem.flattens_plane() {
         (1, oh * ow)
     } else {
         (oh, ow)

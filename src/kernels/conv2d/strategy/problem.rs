@@ -108,4 +108,12 @@ impl ConvProblem {
     pub fn upsamples(&self) -> bool {
         self.residual_given && matches!(self.residual, ResidualMode::Upsampled(_))
     }
+
+    /// Whether the NCHW kernels see each plane as one long row: a pointwise convolution with
+    /// the plain epilogue, which then fills the row tiles however narrow the map. The strategy
+    /// tiles the row so and the launch indexes it so; both ask here.
+    pub fn flattens_plane(&self) -> bool {
+        let [_, _, kh, kw] = self.weight;
+        (kh, kw) == (1, 1) && self.stride == (1, 1) && self.padding == (0, 0) && !self.upsamples()
+    }
 }

@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod atomic_file;
+pub mod detection_output;
 pub mod error;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod extract;
@@ -58,6 +59,9 @@ pub mod weights;
 pub use error::{Error, Result};
 pub use gpu::{AdapterSummary, Dispatch, GpuContext};
 pub use graph::tune::Tuning;
-pub use model::{Checkpoint, Fpn, FpnConfig, FpnOptions, Fusion, Layout, Pyramid};
+pub use model::{
+    Checkpoint, Detections, Detector, DetectorOptions, Fpn, FpnConfig, FpnOptions, Fusion, Layout,
+    Pyramid,
+};
 pub use precision::Precision;
 pub use tensor::Tensor;

@@ -282,3 +282,289 @@ pub fn relu(x: &[f32]) -> Vec<f32> {
 pub fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter().zip(b).map(|(&x, &y)| x + y).collect()
 }
+
+/// torchvision's detection transform of pictures `[n, c, h, w]`: each channel normalised,
+/// `(v - mean) / std`, resized bilinearly (`align_corners=False`) to `size` (height, width),
+/// zero-padded on the bottom and right to `padded`.
+pub fn normalize_resize(
+    x: &[f32],
+    shape: [usize; 4],
+    mean: &[f32],
+    std: &[f32],
+    size: (usize, usize),
+    padded: (usize, usize),
+) -> (Vec<f32>, [usize; 4]) {
+    let [n, c, h, w] = shape;
+    let (oh, ow) = size;
+    let (ph, pw) = padded;
+    let mut out = vec![0.0f32; n * c * ph * pw];
+    for plane in 0..n * c {
+        let ch = plane % c;
+        let at =
+            |yy: usize, xx: usize| ((x[(plane * h + yy) * w + xx] - mean[ch]) / std[ch]) as f64;
+        for oy in 0..oh {
+            let (y0, y1, ly0, ly1) = linear_taps(oy, h, oh);
+            for ox in 0..ow {
+                let (x0, x1, lx0, lx1) = linear_taps(ox, w, ow);
+                let v = ly0 * (lx0 * at(y0, x0) + lx1 * at(y0, x1))
+                    + ly1 * (lx0 * at(y1, x0) + lx1 * at(y1, x1));
+                out[(plane * ph + oy) * pw + ox] = v as f32;
+            }
+        }
+    }
+    (out, [n, c, ph, pw])
+}
+
+/// A rectangle of a packed level map: (first row, first column, rows, columns).
+pub type Rect = (usize, usize, usize, usize);
+
+/// Levels `[n, c, h_l, w_l]` copied into the rectangles `rects` of an `[n, c, height, width]`
+/// map of zeros.
+pub fn stack_levels(
+    levels: &[(&[f32], [usize; 4])],
+    rects: &[Rect],
+    (height, width): (usize, usize),
+) -> Vec<f32> {
+    let [n, c, _, _] = levels[0].1;
+    let mut out = vec![0.0f32; n * c * height * width];
+    for ((data, [_, _, h, w]), &(y0, x0, _, _)) in levels.iter().zip(rects) {
+        for plane in 0..n * c {
+            for y in 0..*h {
+                for xx in 0..*w {
+                    out[(plane * height + y0 + y) * width + x0 + xx] =
+                        data[(plane * h + y) * w + xx];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `x` `[n, c, height, width]` with everything outside the rectangles set to zero.
+pub fn mask_levels(x: &[f32], shape: [usize; 4], rects: &[Rect]) -> Vec<f32> {
+    let [_, _, height, width] = shape;
+    let inside = |y: usize, xx: usize| {
+        rects
+            .iter()
+            .any(|&(y0, x0, h, w)| y >= y0 && y < y0 + h && xx >= x0 && xx < x0 + w)
+    };
+    x.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let pix = i % (height * width);
+            if inside(pix / width, pix % width) {
+                v
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// One level's anchors and geometry for [`decode_boxes`].
+#[derive(Clone, Debug)]
+pub struct AnchorLevel {
+    /// Where the level lies in the packed regression map.
+    pub rect: Rect,
+    /// (vertical, horizontal) stride in pixels of the padded picture.
+    pub stride: (usize, usize),
+    /// The anchors (x1, y1, x2, y2) of the cell at the origin.
+    pub cell_anchors: Vec<[f32; 4]>,
+}
+
+/// A decoded candidate: (x1, y1, x2, y2), score, label.
+pub type Candidate = ([f32; 4], f32, u32);
+
+/// The boxes of selected candidates `(score, flat index)` of one image and level, as
+/// torchvision decodes them: anchor `a` of cell (h, w) is the cell anchor shifted by
+/// `(w * stride_w, h * stride_h)`; the flat index is `((h * w_l + w) * A + a) * C + c`;
+/// `linear` picks `BoxLinearCoder` (FCOS) over `BoxCoder` with `weights` and `xform_clip`;
+/// boxes are clipped to `clip` (height, width).
+#[allow(clippy::too_many_arguments)]
+pub fn decode_boxes(
+    selected: &[(f32, u32)],
+    regression: &[f32],
+    map_shape: [usize; 4],
+    image: usize,
+    level: &AnchorLevel,
+    classes: usize,
+    linear: bool,
+    weights: [f32; 4],
+    xform_clip: f32,
+    clip: (f32, f32),
+) -> Vec<Candidate> {
+    let [_, channels, height, width] = map_shape;
+    let anchors = level.cell_anchors.len();
+    let (y0, x0, _, w_l) = level.rect;
+    selected
+        .iter()
+        .map(|&(score, flat)| {
+            let flat = flat as usize;
+            let label = flat % classes;
+            let anchor = flat / classes;
+            let (a, cell) = (anchor % anchors, anchor / anchors);
+            let (h, w) = (cell / w_l, cell % w_l);
+            let base = level.cell_anchors[a];
+            let sx = (w * level.stride.1) as f32;
+            let sy = (h * level.stride.0) as f32;
+            let anchor_box = [base[0] + sx, base[1] + sy, base[2] + sx, base[3] + sy];
+            let code: Vec<f32> = (0..4)
+                .map(|k| {
+                    regression[((image * channels + a * 4 + k) * height + y0 + h) * width + x0 + w]
+                })
+                .collect();
+            let b = if linear {
+                let cx = (anchor_box[0] + anchor_box[2]) / 2.0;
+                let cy = (anchor_box[1] + anchor_box[3]) / 2.0;
+                let bw = anchor_box[2] - anchor_box[0];
+                let bh = anchor_box[3] - anchor_box[1];
+                [
+                    cx - code[0] * bw,
+                    cy - code[1] * bh,
+                    cx + code[2] * bw,
+                    cy + code[3] * bh,
+                ]
+            } else {
+                let bw = anchor_box[2] - anchor_box[0];
+                let bh = anchor_box[3] - anchor_box[1];
+                let cx = anchor_box[0] + 0.5 * bw;
+                let cy = anchor_box[1] + 0.5 * bh;
+                let dw = (code[2] / weights[2]).min(xform_clip);
+                let dh = (code[3] / weights[3]).min(xform_clip);
+                let px = code[0] / weights[0] * bw + cx;
+                let py = code[1] / weights[1] * bh + cy;
+                let hw = 0.5 * (dw.exp() * bw);
+                let hh = 0.5 * (dh.exp() * bh);
+                [px - hw, py - hh, px + hw, py + hh]
+            };
+            let (ch, cw) = clip;
+            (
+                [
+                    b[0].clamp(0.0, cw),
+                    b[1].clamp(0.0, ch),
+                    b[2].clamp(0.0, cw),
+                    b[3].clamp(0.0, ch),
+                ],
+                score,
+                label as u32,
+            )
+        })
+        .collect()
+}
+
+/// torchvision's `batched_nms(boxes, scores, labels, iou_thresh)[:max_detections]` on one
+/// image's records `[x1, y1, x2, y2, score, f32::from_bits(label)]`, returned as exactly
+/// `max_detections` records: the kept ones by score, descending, with x coordinates times
+/// `output_scale[0]` and y coordinates times `output_scale[1]`, then empty records (boxes 0,
+/// score -1, label bits `0xffff_ffff`). A record whose score is not >= 0 is an empty slot and
+/// takes no part. Equal scores keep their slots' order. A record is kept unless a kept one
+/// with the same label has an IoU (computed in f32 as torchvision's nms kernel does, on the
+/// unscaled boxes) strictly above `iou_thresh` with it.
+pub fn batched_nms(
+    records: &[[f32; 6]],
+    iou_thresh: f32,
+    max_detections: usize,
+    output_scale: [f32; 2],
+) -> Vec<[f32; 6]> {
+    let mut order: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i][4] >= 0.0)
+        .collect();
+    // A stable sort: equal scores (-0 and +0 included) stay in slot order.
+    order.sort_by(|&a, &b| {
+        records[b][4]
+            .partial_cmp(&records[a][4])
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    let area = |r: &[f32; 6]| (r[2] - r[0]) * (r[3] - r[1]);
+    let iou = |a: &[f32; 6], b: &[f32; 6]| {
+        let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+        let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+        let inter = w * h;
+        inter / (area(a) + area(b) - inter)
+    };
+    let mut kept: Vec<&[f32; 6]> = Vec::new();
+    for &i in &order {
+        if kept.len() == max_detections {
+            break;
+        }
+        let r = &records[i];
+        let suppressed = kept
+            .iter()
+            .any(|k| k[5].to_bits() == r[5].to_bits() && iou(k, r) > iou_thresh);
+        if !suppressed {
+            kept.push(r);
+        }
+    }
+    let [sx, sy] = output_scale;
+    let mut out: Vec<[f32; 6]> = kept
+        .iter()
+        .map(|r| [r[0] * sx, r[1] * sy, r[2] * sx, r[3] * sy, r[4], r[5]])
+        .collect();
+    out.resize(
+        max_detections,
+        [0.0, 0.0, 0.0, 0.0, -1.0, f32::from_bits(u32::MAX)],
+    );
+    out
+}
+
+/// Per-level top-k of detection scores, as torchvision's RetinaNet and FCOS
+/// `postprocess_detections` select them.
+///
+/// `logits` is `[N, A*C, Hs, Ws]` (`shape`) with every level's logits stacked in one map;
+/// `regions` are the levels' `(y0, x0, height, width)` in it. An element's score is
+/// `sigmoid(logit)`, or with `sigmoid_with_centerness` `sqrt(sigmoid(logit) * sigmoid(ctr))`
+/// where `ctr` is the centerness logit `[N, A, Hs, Ws]` of its anchor at the same place
+/// (`centerness` must then be given; this panics otherwise). The candidates are the elements
+/// whose score is strictly above `score_thresh` (a NaN score never is); per image and level the
+/// result holds at most `k` of them as (score, flat index) pairs, by descending score (ties:
+/// lower index first). The flat index is torchvision's: `((h * width + w) * A + a) * C + c`,
+/// with (h, w) counted within the level.
+#[allow(clippy::too_many_arguments)]
+pub fn top_k_scores(
+    logits: &[f32],
+    shape: [usize; 4],
+    centerness: Option<&[f32]>,
+    regions: &[(usize, usize, usize, usize)],
+    anchors: usize,
+    classes: usize,
+    k: usize,
+    score_thresh: f32,
+    sigmoid_with_centerness: bool,
+) -> Vec<Vec<Vec<(f32, u32)>>> {
+    let [n, _, map_h, map_w] = shape;
+    let sigmoid = |x: f32| 1.0 / (1.0 + (-(x as f64)).exp());
+    let mut out = Vec::with_capacity(n);
+    for b in 0..n {
+        let mut per_level = Vec::with_capacity(regions.len());
+        for &(y0, x0, height, width) in regions {
+            let mut candidates = Vec::new();
+            for y in 0..height {
+                for x in 0..width {
+                    for a in 0..anchors {
+                        for c in 0..classes {
+                            let plane = b * anchors * classes + a * classes + c;
+                            let logit = logits[(plane * map_h + y0 + y) * map_w + x0 + x];
+                            let mut score = sigmoid(logit);
+                            if sigmoid_with_centerness {
+                                let ctr = centerness.expect("centerness logits for FCOS scores")
+                                    [((b * anchors + a) * map_h + y0 + y) * map_w + x0 + x];
+                                score = (score * sigmoid(ctr)).sqrt();
+                            }
+                            let score = score as f32;
+                            if score > score_thresh {
+                                let index = ((y * width + x) * anchors + a) * classes + c;
+                                candidates.push((score, index as u32));
+                            }
+                        }
+                    }
+                }
+            }
+            // Stable: equal scores stay in index order.
+            candidates.sort_by(|p, q| q.0.total_cmp(&p.0));
+            candidates.truncate(k);
+            per_level.push(candidates);
+        }
+        out.push(per_level);
+    }
+    out
+}

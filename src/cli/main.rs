@@ -11,11 +11,13 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use fpn_wgpu::image_input::{load_image_with, ExifOrientation, ImageOptions};
 use fpn_wgpu::image_set::Shard;
-use fpn_wgpu::model::{ExtraLevels, Layout};
+use fpn_wgpu::model::{DetectorConfig, DetectorKind, ExtraLevels, Layout};
 use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor};
 use fpn_wgpu::visualize::{energy_picture, overview, save_png};
 use fpn_wgpu::weights::VarStore;
-use fpn_wgpu::{Checkpoint, Fpn, FpnConfig, FpnOptions, Fusion, GpuContext, Precision, Tensor};
+use fpn_wgpu::{
+    Checkpoint, Detector, Fpn, FpnConfig, FpnOptions, Fusion, GpuContext, Precision, Tensor,
+};
 
 #[derive(Parser)]
 #[command(
@@ -216,6 +218,9 @@ enum Command {
         #[command(flatten)]
         network: NetworkArgs,
     },
+    /// Run a detector (torchvision's RetinaNet) on a picture or a tensor file: boxes, scores
+    /// and labels, all computed on the GPU.
+    Detect(detect::DetectArgs),
     /// Write deterministic seeded random weights as a safetensors state_dict.
     RandomWeights {
         /// The seed.
@@ -224,11 +229,20 @@ enum Command {
         /// Output file.
         #[arg(long)]
         output: PathBuf,
+        /// Write a whole detector's state_dict (`backbone.` and `head.`) instead of a backbone
+        /// and FPN: retinanet (torchvision's v1 head on the network the other flags describe,
+        /// which needs --layout torchvision --extra p6p7 --returned-layers 2,3,4).
+        #[arg(long)]
+        detector: Option<String>,
+        /// Classes of the detector's head (with --detector).
+        #[arg(long, default_value_t = 91, requires = "detector")]
+        num_classes: usize,
         #[command(flatten)]
         network: NetworkArgs,
     },
 }
 
+mod detect;
 mod progress;
 mod run_images;
 
@@ -404,9 +418,26 @@ fn parse_counts<const N: usize>(s: &str) -> Result<[usize; N], String> {
         .map_err(|p| format!("expected {N} comma-separated counts, got {}", p.len()))
 }
 
-fn random_weights(network: &NetworkArgs, seed: u64, output: &Path) -> Result<()> {
+fn random_weights(
+    network: &NetworkArgs,
+    detector: Option<&str>,
+    num_classes: usize,
+    seed: u64,
+    output: &Path,
+) -> Result<()> {
     let config = network.config()?;
-    let dict = Fpn::random_state_dict(config, seed)?;
+    let dict = match detector {
+        None => Fpn::random_state_dict(config, seed)?,
+        Some("retinanet") => Detector::random_state_dict(
+            DetectorConfig {
+                kind: DetectorKind::RetinaNet,
+                backbone: config,
+                num_classes,
+            },
+            seed,
+        )?,
+        Some(other) => bail!("unknown detector `{other}`; the one available is retinanet"),
+    };
     write_tensors(output, dict.iter().map(|(n, t)| (n.as_str(), t)))?;
     eprintln!(
         "wrote {} tensors ({}; seed {seed}) to {}",
@@ -630,11 +661,14 @@ fn run_command() -> ExitCode {
             batch,
             network,
         } => shapes(*height, *width, *batch, network),
+        Command::Detect(args) => detect::detect(args),
         Command::RandomWeights {
             seed,
             output,
+            detector,
+            num_classes,
             network,
-        } => random_weights(network, *seed, output),
+        } => random_weights(network, detector.as_deref(), *num_classes, *seed, output),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

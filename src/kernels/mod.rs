@@ -4,12 +4,17 @@
 //! [`template`] expander of the kernels generated per tile shape.
 
 pub mod batch_norm;
+pub mod box_decode;
 pub mod conv2d;
 pub mod convert;
 pub mod elementwise;
+pub mod levels;
 pub mod max_pool2d;
+pub mod nms;
 pub mod pad2d;
+pub mod resize;
 pub mod template;
+pub mod top_k;
 pub mod upsample_add;
 
 use crate::error::{Error, Result};
@@ -62,6 +67,13 @@ pub const SHADERS: &[&ShaderSource] = &[
     &upsample_add::SHADER,
     &elementwise::SHADER,
     &convert::SHADER,
+    &resize::SHADER,
+    &levels::SHADER,
+    &box_decode::SHADER,
+    &top_k::SHADER,
+    &nms::SORT_SHADER,
+    &nms::MASK_SHADER,
+    &nms::SWEEP_SHADER,
 ];
 
 /// Every template of generated entry points the crate expands (each appended to one of

@@ -9,7 +9,7 @@ use crate::gpu::GpuContext;
 use crate::graph::executor::{Algorithms, Executor, ExecutorOptions, Plan};
 pub use crate::graph::passes::Fusion;
 use crate::graph::tune::Tuning;
-use crate::graph::Graph;
+use crate::graph::{Graph, Value};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{FpnConfig, Layout};
 use crate::model::pyramid::Pyramid;
@@ -19,7 +19,7 @@ use crate::model::torchvision_head::TorchvisionHead;
 use crate::precision::Precision;
 use crate::tensor::Tensor;
 use crate::tensor_file::TensorMap;
-use crate::weights::VarStore;
+use crate::weights::{VarBuilder, VarStore};
 
 /// Channels of every pyramid level.
 pub const PYRAMID_CHANNELS: usize = 256;
@@ -156,30 +156,40 @@ impl Fpn {
 
     /// The unoptimised graph of the network, its weights read from `store`.
     pub fn graph(store: &VarStore, config: FpnConfig) -> Result<Graph> {
-        config.validate()?;
-        let vb = store.root();
         let mut g = Graph::new();
         let x = g.input();
-        let levels = match config.layout {
-            Layout::Seed => {
-                let backbone = ResNet::new(&vb, &config, "shortcut");
-                let head = SeedHead::new(&vb, &config);
-                store.finish_for(&config.describe())?;
-                let c = backbone.forward(&mut g, x);
-                head.forward(&mut g, &c)
-            }
-            Layout::Torchvision => {
-                let backbone = ResNet::new(&vb.pp("body"), &config, "downsample");
-                let head = TorchvisionHead::new(&vb.pp("fpn"), &config);
-                store.finish_for(&config.describe())?;
-                let c = backbone.forward(&mut g, x);
-                head.forward(&mut g, &c)
-            }
-        };
+        let levels = Self::levels(&store.root(), config, &mut g, x)?;
+        store.finish_for(&config.describe())?;
         for (name, v) in levels {
             g.output(name, v);
         }
         Ok(g)
+    }
+
+    /// Records the network on `x` into `g`, its weights read under `vb` (the caller checks the
+    /// store with [`VarStore::finish_for`] once everything built from it has read its
+    /// weights), and returns the levels by name, finest first.
+    pub fn levels(
+        vb: &VarBuilder,
+        config: FpnConfig,
+        g: &mut Graph,
+        x: Value,
+    ) -> Result<Vec<(String, Value)>> {
+        config.validate()?;
+        Ok(match config.layout {
+            Layout::Seed => {
+                let backbone = ResNet::new(vb, &config, "shortcut");
+                let head = SeedHead::new(vb, &config);
+                let c = backbone.forward(g, x);
+                head.forward(g, &c)
+            }
+            Layout::Torchvision => {
+                let backbone = ResNet::new(&vb.pp("body"), &config, "downsample");
+                let head = TorchvisionHead::new(&vb.pp("fpn"), &config);
+                let c = backbone.forward(g, x);
+                head.forward(g, &c)
+            }
+        })
     }
 
     /// How the weights and activations are stored.

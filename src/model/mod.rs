@@ -3,14 +3,17 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod detector;
 pub mod fpn;
 pub mod layers;
 pub mod pyramid;
 pub mod resnet;
+pub mod retinanet_head;
 pub mod seed_head;
 pub mod torchvision_head;
 
 pub use checkpoint::Checkpoint;
 pub use config::{Block, ExtraLevels, FpnConfig, Layout, P6Source};
+pub use detector::{Detections, Detector, DetectorConfig, DetectorKind, DetectorOptions};
 pub use fpn::{Fpn, FpnOptions, Fusion, INPUT_CHANNELS, PYRAMID_CHANNELS};
 pub use pyramid::Pyramid;

@@ -23,6 +23,7 @@
 mod add;
 mod batch_norm;
 mod conv2d;
+pub mod detect;
 mod input;
 mod max_pool2d;
 mod pad2d;

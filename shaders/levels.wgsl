@@ -1,0 +1,93 @@
+// Pyramid levels packed into one map ("stacked levels"), so that a detection head whose weights
+// are shared across levels runs each of its layers once over all of them. Level l occupies the
+// rectangle regions[l] = (y0, x0, height, width) of an N x C x HS x WS map; the regions are
+// apart by at least one row or column, and everything outside them is zero, so a 3x3
+// convolution with zero padding 1 over the map gives, inside each region, that level's own
+// output.
+//
+// Entry points:
+//   stack_levels  out = the levels (bindings 0..4, as many as regions) placed in their regions
+//   mask_levels   out = x inside the regions, zero outside (after each layer of a head: the
+//                 convolution's bias and ReLU leave values outside the regions)
+//
+// Bindings:
+//   0..4  level0..level4  [N, C, h_l, w_l]   stack_levels (unused ones bound to level 0)
+//   5     x               [N, C, HS, WS]      mask_levels
+//   6     out             [N, C, HS, WS]
+//   7     params          LevelsParams
+//
+// Grid: one invocation per output element, workgroups linearised over x and y.
+
+struct LevelsParams {
+    len: u32,
+    height: u32,
+    width: u32,
+    count: u32,
+    // (y0, x0, height, width) of each level, in the packed map.
+    regions: array<vec4<u32>, 8>,
+}
+
+override WG: u32 = 256u;
+
+@group(0) @binding(0) var<storage, read> level0: array<f32>;
+@group(0) @binding(1) var<storage, read> level1: array<f32>;
+@group(0) @binding(2) var<storage, read> level2: array<f32>;
+@group(0) @binding(3) var<storage, read> level3: array<f32>;
+@group(0) @binding(4) var<storage, read> level4: array<f32>;
+@group(0) @binding(5) var<storage, read> x: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(7) var<uniform> p: LevelsParams;
+
+// The level whose region holds (y, xx) and the pixel's index in that level's plane; level
+// p.count when it lies in none.
+fn locate(y: u32, xx: u32) -> vec2<u32> {
+    for (var l = 0u; l < p.count; l++) {
+        let r = p.regions[l];
+        if (y >= r.x && y < r.x + r.z && xx >= r.y && xx < r.y + r.w) {
+            return vec2<u32>(l, (y - r.x) * r.w + (xx - r.y));
+        }
+    }
+    return vec2<u32>(p.count, 0u);
+}
+
+fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid;
+}
+
+@compute @workgroup_size(WG)
+fn stack_levels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let i = element(wid, nwg, lid);
+    if (i >= p.len) {
+        return;
+    }
+    let plane = p.height * p.width;
+    let nc = i / plane;
+    let pix = i % plane;
+    let at = locate(pix / p.width, pix % p.width);
+    var v = 0.0;
+    if (at.x < p.count) {
+        let r = p.regions[at.x];
+        let src = nc * r.z * r.w + at.y;
+        switch at.x {
+            case 0u: { v = level0[src]; }
+            case 1u: { v = level1[src]; }
+            case 2u: { v = level2[src]; }
+            case 3u: { v = level3[src]; }
+            default: { v = level4[src]; }
+        }
+    }
+    out[i] = v;
+}
+
+@compute @workgroup_size(WG)
+fn mask_levels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let i = element(wid, nwg, lid);
+    if (i >= p.len) {
+        return;
+    }
+    let pix = i % (p.height * p.width);
+    let at = locate(pix / p.width, pix % p.width);
+    out[i] = select(0.0, x[i], at.x < p.count);
+}

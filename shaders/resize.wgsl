@@ -1,0 +1,67 @@
+// torchvision's detection transform of a batch of pictures, as GeneralizedRCNNTransform runs it
+// in eval: normalise each channel ((v - mean) / std), resize with F.interpolate(mode='bilinear',
+// align_corners=False) to out_height x out_width, and pad with zeros on the bottom and right
+// to padded_height x padded_width (a multiple of 32). Each of the four taps is normalised
+// before it is weighted, in the order PyTorch computes them. Needs common.wgsl before it.
+//
+// Bindings:
+//   0  x       [N, C, in_height, in_width]
+//   1  out     [N, C, padded_height, padded_width]
+//   2  params  ResizeParams
+//
+// Grid: one invocation per output element, workgroups linearised over x and y.
+
+struct ResizeParams {
+    len: u32,
+    channels: u32,
+    in_height: u32,
+    in_width: u32,
+    out_height: u32,
+    out_width: u32,
+    padded_height: u32,
+    padded_width: u32,
+    // in / out, divided in f32 as PyTorch does.
+    scale_h: f32,
+    scale_w: f32,
+    _pad0: u32,
+    _pad1: u32,
+    // Per channel (at most 4), as vec4s for the uniform layout.
+    mean: vec4<f32>,
+    stddev: vec4<f32>,
+}
+
+override WG: u32 = 256u;
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<uniform> p: ResizeParams;
+
+fn tap(base: u32, y: u32, xx: u32, mean: f32, stddev: f32) -> f32 {
+    return (x[base + y * p.in_width + xx] - mean) / stddev;
+}
+
+@compute @workgroup_size(WG)
+fn normalize_resize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (i >= p.len) {
+        return;
+    }
+    let plane = p.padded_height * p.padded_width;
+    let nc = i / plane;
+    let oy = i % plane / p.padded_width;
+    let ox = i % p.padded_width;
+    if (oy >= p.out_height || ox >= p.out_width) {
+        out[i] = 0.0;
+        return;
+    }
+    let c = nc % p.channels;
+    let mean = p.mean[c];
+    let stddev = p.stddev[c];
+    let base = nc * p.in_height * p.in_width;
+    let h = linear_taps(oy, p.in_height, p.scale_h);
+    let w = linear_taps(ox, p.in_width, p.scale_w);
+    let top = w.l0 * tap(base, h.i0, w.i0, mean, stddev) + w.l1 * tap(base, h.i0, w.i1, mean, stddev);
+    let bottom = w.l0 * tap(base, h.i1, w.i0, mean, stddev) + w.l1 * tap(base, h.i1, w.i1, mean, stddev);
+    out[i] = h.l0 * top + h.l1 * bottom;
+}

@@ -1,0 +1,246 @@
+//! `fpn detect`: a RetinaNet on a picture or a tensor file, boxes out.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{ArgGroup, Args};
+use fpn_wgpu::detection_output::{coco_results, draw_detections, COCO_CATEGORIES};
+use fpn_wgpu::image_input::{load_image_with, ImageOptions};
+use fpn_wgpu::model::DetectorConfig;
+use fpn_wgpu::tensor_file::read_tensors;
+use fpn_wgpu::visualize::save_png;
+use fpn_wgpu::{Detections, Detector, DetectorOptions, GpuContext, Tensor};
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::progress::Progress;
+
+/// The `detect` command's flags.
+#[derive(Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["image", "input"])))]
+pub struct DetectArgs {
+    /// A whole torchvision RetinaNet state_dict as safetensors (`backbone.` and `head.`); the
+    /// backbone and the number of classes are read from it. Without it: seeded random weights
+    /// of a ResNet-50 RetinaNet with --num-classes classes (boxes of no meaning, for trying
+    /// the pipeline).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Classes of the random-weight detector (without --weights).
+    #[arg(long, default_value_t = 91, conflicts_with = "weights")]
+    num_classes: usize,
+    /// A JPEG or PNG picture; RGB in 0..1 goes in, as torchvision's detectors take it.
+    #[arg(long, requires = "out")]
+    image: Option<PathBuf>,
+    /// With --image: the folder for detections.json (COCO results) and detections.png.
+    #[arg(long, requires = "image")]
+    out: Option<PathBuf>,
+    /// A safetensors file holding `input`, [N, 3, H, W] float32 RGB in 0..1.
+    #[arg(long, requires = "output")]
+    input: Option<PathBuf>,
+    /// With --input: the safetensors file for `boxes.{i}` [K, 4] float32 (x1, y1, x2, y2 in
+    /// input pixels), `scores.{i}` [K] float32 and `labels.{i}` [K] int64, per picture i.
+    #[arg(long, requires = "input")]
+    output: Option<PathBuf>,
+    /// A text file of class names, one per line, label 0 first (91-class models get COCO's).
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// The shorter side pictures are resized to.
+    #[arg(long, default_value_t = 800)]
+    min_size: usize,
+    /// The most the longer side may be after resizing.
+    #[arg(long, default_value_t = 1333)]
+    max_size: usize,
+    /// Candidates scoring at most this are dropped.
+    #[arg(long, default_value_t = 0.05)]
+    score_thresh: f32,
+    /// IoU above which a box of a class is dropped for a better one of its class.
+    #[arg(long, default_value_t = 0.5)]
+    nms_thresh: f32,
+    /// The most detections kept per picture.
+    #[arg(long, default_value_t = 300)]
+    detections_per_img: usize,
+    /// The best candidates kept per level before NMS.
+    #[arg(long, default_value_t = 1000)]
+    topk_candidates: usize,
+    /// No progress or timings on stderr (errors still go there).
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+/// Runs `fpn detect`.
+pub fn detect(args: &DetectArgs) -> Result<()> {
+    let progress = Progress::new(args.quiet);
+    let options = DetectorOptions {
+        min_size: args.min_size,
+        max_size: args.max_size,
+        score_thresh: args.score_thresh,
+        nms_thresh: args.nms_thresh,
+        detections_per_img: args.detections_per_img,
+        topk_candidates: args.topk_candidates,
+    };
+    let ctx = GpuContext::new()?;
+    progress.say(format_args!("adapter: {}", ctx.adapter()));
+    let start = Instant::now();
+    let detector = match &args.weights {
+        Some(path) => Detector::from_safetensors(&ctx, path, options)?,
+        None => {
+            progress.say(format_args!(
+                "no --weights: seeded random weights, the boxes mean nothing"
+            ));
+            Detector::random(
+                &ctx,
+                DetectorConfig::retinanet_resnet50(args.num_classes),
+                0,
+                options,
+            )?
+        }
+    };
+    let classes = detector.config().num_classes;
+    progress.say(format_args!(
+        "RetinaNet with {classes} classes ({}), built in {:.2} s",
+        detector.origin(),
+        start.elapsed().as_secs_f64()
+    ));
+    let names = class_names(args.labels.as_deref(), classes)?;
+    match (&args.image, &args.out, &args.input, &args.output) {
+        (Some(image), Some(out), _, _) => {
+            detect_image(&ctx, &detector, image, out, names.as_deref(), &progress)
+        }
+        (_, _, Some(input), Some(output)) => {
+            detect_tensor(&ctx, &detector, input, output, &progress)
+        }
+        _ => bail!("give --image and --out, or --input and --output"),
+    }
+}
+
+/// The class names of `--labels`, or COCO's for a 91-class model, or none.
+fn class_names(path: Option<&Path>, classes: usize) -> Result<Option<Vec<String>>> {
+    match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the labels file {}", path.display()))?;
+            let names: Vec<String> = text.lines().map(|l| l.trim().to_string()).collect();
+            if names.len() < classes {
+                bail!(
+                    "{}: {} names for a model of {classes} classes; give one per line, label 0 first",
+                    path.display(),
+                    names.len()
+                );
+            }
+            Ok(Some(names))
+        }
+        None if classes == COCO_CATEGORIES.len() => Ok(Some(
+            COCO_CATEGORIES.iter().map(|s| s.to_string()).collect(),
+        )),
+        None => Ok(None),
+    }
+}
+
+fn run(
+    ctx: &GpuContext,
+    detector: &Detector,
+    pictures: &Tensor,
+    progress: &Progress,
+) -> Result<Vec<Detections>> {
+    let start = Instant::now();
+    let found = detector.detect(pictures)?;
+    progress.say(format_args!(
+        "detected in {:.3} s (the first run of a size builds its plan): {:?} per picture",
+        start.elapsed().as_secs_f64(),
+        found.iter().map(Detections::len).collect::<Vec<_>>()
+    ));
+    let _ = ctx;
+    Ok(found)
+}
+
+fn detect_image(
+    ctx: &GpuContext,
+    detector: &Detector,
+    image: &Path,
+    out: &Path,
+    names: Option<&[String]>,
+    progress: &Progress,
+) -> Result<()> {
+    let picture = load_image_with(image, &ImageOptions::default())?;
+    let (w, h) = picture.rgb.dimensions();
+    let rgb: Vec<f32> = (0..3)
+        .flat_map(|c| picture.rgb.pixels().map(move |p| p.0[c] as f32 / 255.0))
+        .collect();
+    let tensor = Tensor::from_slice(ctx, [1, 3, h as usize, w as usize], &rgb)?;
+    progress.say(format_args!("image {}: {w}x{h}", image.display()));
+    let found = run(ctx, detector, &tensor, progress)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let results = coco_results(0, &found[0], names);
+    let json = serde_json::to_vec_pretty(&results)?;
+    fpn_wgpu::atomic_file::write(&out.join("detections.json"), &json)?;
+    save_png(
+        &draw_detections(&picture.rgb, &found[0]),
+        &out.join("detections.png"),
+    )?;
+    progress.say(format_args!(
+        "wrote {} detections to {} and {}",
+        found[0].len(),
+        out.join("detections.json").display(),
+        out.join("detections.png").display()
+    ));
+    Ok(())
+}
+
+fn detect_tensor(
+    ctx: &GpuContext,
+    detector: &Detector,
+    input: &Path,
+    output: &Path,
+    progress: &Progress,
+) -> Result<()> {
+    let tensors = read_tensors(input, |_| false)?;
+    let Some(x) = tensors.get("input") else {
+        bail!(
+            "{}: no tensor named `input` (found: {:?}); it must hold [N, 3, H, W] float32 RGB in 0..1",
+            input.display(),
+            tensors.keys().collect::<Vec<_>>()
+        );
+    };
+    let shape = x
+        .nchw("input")
+        .with_context(|| input.display().to_string())?;
+    let pictures = Tensor::from_slice(ctx, shape, &x.data)?;
+    let found = run(ctx, detector, &pictures, progress)?;
+    write_detections(output, &found)?;
+    progress.say(format_args!("wrote {}", output.display()));
+    Ok(())
+}
+
+/// Writes `boxes.{i}`, `scores.{i}` (float32) and `labels.{i}` (int64) per picture, atomically.
+fn write_detections(path: &Path, found: &[Detections]) -> Result<()> {
+    let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (i, d) in found.iter().enumerate() {
+        let k = d.len();
+        buffers.push((
+            format!("boxes.{i}"),
+            Dtype::F32,
+            vec![k, 4],
+            bytemuck::cast_slice(&d.boxes.concat()).to_vec(),
+        ));
+        buffers.push((
+            format!("scores.{i}"),
+            Dtype::F32,
+            vec![k],
+            bytemuck::cast_slice(&d.scores).to_vec(),
+        ));
+        buffers.push((
+            format!("labels.{i}"),
+            Dtype::I64,
+            vec![k],
+            bytemuck::cast_slice(&d.labels).to_vec(),
+        ));
+    }
+    let views: Vec<(String, TensorView<'_>)> = buffers
+        .iter()
+        .map(|(n, t, s, b)| Ok((n.clone(), TensorView::new(*t, s.clone(), b)?)))
+        .collect::<Result<_>>()?;
+    let bytes = safetensors::serialize(views, None::<HashMap<String, String>>)?;
+    fpn_wgpu::atomic_file::write(path, &bytes)?;
+    Ok(())
+}

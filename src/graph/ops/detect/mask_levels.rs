@@ -1,0 +1,48 @@
+//! Zeroes what lies between the levels of a packed map, after each hidden layer of a head.
+
+use std::ops::RangeInclusive;
+
+use super::geometry::{picture_size, DetectionGeometry};
+use crate::error::Result;
+use crate::gpu::{Dispatch, GpuContext};
+use crate::graph::ops::{GpuOp, GraphOp, PlainOp, Target};
+use crate::kernels::levels;
+use crate::precision::Precision;
+use crate::tensor::{MemoryFormat, Tensor};
+
+/// `x` inside the levels' regions, zero outside; inputs `[x, pictures]` (the pictures' shape
+/// alone is read: it places the regions).
+#[derive(Clone, Debug)]
+pub struct MaskLevels {
+    /// The levels' packing.
+    pub geometry: DetectionGeometry,
+}
+
+impl GraphOp for MaskLevels {
+    fn kind(&self) -> &'static str {
+        "mask_levels"
+    }
+
+    fn arity(&self) -> RangeInclusive<usize> {
+        2..=2
+    }
+
+    fn output_shape(&self, inputs: &[[usize; 4]]) -> Result<[usize; 4]> {
+        Ok(inputs[0])
+    }
+
+    fn supports(&self, layout: MemoryFormat, precision: Precision) -> bool {
+        layout == MemoryFormat::Nchw && precision == Precision::F32
+    }
+
+    fn lower(&self, _ctx: &GpuContext, _target: &Target) -> Result<Box<dyn GpuOp>> {
+        self.lowered()
+    }
+}
+
+impl PlainOp for MaskLevels {
+    fn prepare(&self, ctx: &GpuContext, inputs: &[&Tensor], out: &Tensor) -> Result<Vec<Dispatch>> {
+        let (regions, _) = self.geometry.packed(picture_size(inputs[1].shape()))?;
+        Ok(vec![levels::prepare_mask(ctx, inputs[0], &regions, out)?])
+    }
+}

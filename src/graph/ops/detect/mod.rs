@@ -1,0 +1,27 @@
+//! The ops of the one-stage detectors (RetinaNet, FCOS), from the picture to the final boxes,
+//! all on the GPU: torchvision's transform, the levels packed for heads that share their
+//! weights across levels, the per-level top-k of scores, anchors and box decoding, and batched
+//! NMS. Each derives where things lie from the pictures' shape through one
+//! [`DetectionGeometry`], so that they agree.
+
+mod anchors;
+mod decode_boxes;
+mod geometry;
+mod mask_levels;
+mod nms;
+mod stack_levels;
+mod top_k;
+mod transform;
+
+pub use anchors::AnchorSpec;
+pub use decode_boxes::DecodeBoxes;
+pub use geometry::{picture_size, DetectionGeometry, ResizeRule};
+pub use mask_levels::MaskLevels;
+pub use nms::BatchedNms;
+pub use stack_levels::StackLevels;
+pub use top_k::TopKScores;
+pub use transform::DetectionTransform;
+
+pub use crate::kernels::box_decode::BoxCoding;
+pub use crate::kernels::resize::Normalize;
+pub use crate::kernels::top_k::ScoreMode;

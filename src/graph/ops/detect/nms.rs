@@ -1,0 +1,64 @@
+//! Batched NMS over every level's candidates, and the boxes scaled back to the pictures (see
+//! [`crate::kernels::nms`]).
+
+use std::ops::RangeInclusive;
+
+use super::geometry::{picture_size, DetectionGeometry};
+use crate::error::Result;
+use crate::gpu::{Dispatch, GpuContext};
+use crate::graph::ops::{GpuOp, GraphOp, PlainOp, Target};
+use crate::kernels::nms::{self, NmsOptions};
+use crate::precision::Precision;
+use crate::tensor::{MemoryFormat, Tensor};
+
+/// The detections `[N, 1, D, 6]`: per picture, torchvision's `batched_nms` of the candidates
+/// then its best `detections`, boxes in the pictures' pixels; inputs `[candidates,
+/// pictures]` (the pictures' shape alone is read: it gives the scale back from the resized
+/// picture).
+#[derive(Clone, Debug)]
+pub struct BatchedNms {
+    /// The resize the boxes are taken back through.
+    pub geometry: DetectionGeometry,
+    /// Boxes of one label overlapping a kept one by more than this IoU are dropped.
+    pub iou_thresh: f32,
+    /// Detections kept per picture.
+    pub detections: usize,
+}
+
+impl BatchedNms {
+    fn options(&self, pictures: [usize; 4]) -> Result<NmsOptions> {
+        Ok(NmsOptions {
+            iou_thresh: self.iou_thresh,
+            max_detections: self.detections,
+            output_scale: self.geometry.box_scale(picture_size(pictures))?,
+        })
+    }
+}
+
+impl GraphOp for BatchedNms {
+    fn kind(&self) -> &'static str {
+        "batched_nms"
+    }
+
+    fn arity(&self) -> RangeInclusive<usize> {
+        2..=2
+    }
+
+    fn output_shape(&self, inputs: &[[usize; 4]]) -> Result<[usize; 4]> {
+        Ok(nms::output_shape(inputs[0], &self.options(inputs[1])?))
+    }
+
+    fn supports(&self, layout: MemoryFormat, precision: Precision) -> bool {
+        layout == MemoryFormat::Nchw && precision == Precision::F32
+    }
+
+    fn lower(&self, _ctx: &GpuContext, _target: &Target) -> Result<Box<dyn GpuOp>> {
+        self.lowered()
+    }
+}
+
+impl PlainOp for BatchedNms {
+    fn prepare(&self, ctx: &GpuContext, inputs: &[&Tensor], out: &Tensor) -> Result<Vec<Dispatch>> {
+        nms::prepare(ctx, inputs[0], out, &self.options(inputs[1].shape())?)
+    }
+}

@@ -1,0 +1,219 @@
+//! Pyramid levels packed into one map (`shaders/levels.wgsl`), so that a detection head whose
+//! weights every level shares runs each layer once over all levels instead of once per level.
+//!
+//! Level `l` occupies the rectangle `regions[l]` of an `[N, C, HS, WS]` map; the rectangles are
+//! at least one row or column apart and everything else is zero, so a 3x3 convolution with zero
+//! padding 1 computes, inside each rectangle, that level's own output. [`pack`] places the
+//! levels: the finest along the top, the others side by side below it.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Dispatch, GpuContext};
+use crate::kernels::{
+    check_io, check_nchw, check_output_shape, elementwise_dispatch, ShaderSource,
+};
+use crate::precision::Precision;
+use crate::tensor::{check_shape, Tensor};
+
+/// The WGSL source.
+pub const SHADER: ShaderSource = ShaderSource {
+    name: "levels.wgsl",
+    parts: &["levels.wgsl"],
+    source: include_str!("../../shaders/levels.wgsl"),
+    params: &[("LevelsParams", std::mem::size_of::<LevelsParams>())],
+    enables: "",
+    precisions: &[Precision::F32],
+};
+
+/// Most levels a packed map holds (the bindings of `stack_levels`).
+pub const MAX_LEVELS: usize = 5;
+/// Regions the params struct has room for.
+const REGION_SLOTS: usize = 8;
+
+/// Where one level lies in a packed map, in elements.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LevelRegion {
+    /// First row.
+    pub y0: u32,
+    /// First column.
+    pub x0: u32,
+    /// Rows.
+    pub height: u32,
+    /// Columns.
+    pub width: u32,
+}
+
+impl LevelRegion {
+    /// The region as the shaders' `vec4<u32>` (y0, x0, height, width).
+    pub(crate) fn words(self) -> [u32; 4] {
+        [self.y0, self.x0, self.height, self.width]
+    }
+}
+
+/// Places levels of sizes `sizes` (height, width; finest first) in one map: the first along
+/// the top, the others left to right in a row below it, one zero row or column between any
+/// two. Returns the regions and the map's (height, width).
+pub fn pack(sizes: &[(usize, usize)]) -> (Vec<LevelRegion>, (usize, usize)) {
+    let mut regions = Vec::with_capacity(sizes.len());
+    let Some(&(h0, w0)) = sizes.first() else {
+        return (regions, (0, 0));
+    };
+    regions.push(LevelRegion {
+        y0: 0,
+        x0: 0,
+        height: h0 as u32,
+        width: w0 as u32,
+    });
+    let (mut height, mut width) = (h0, w0);
+    let mut x = 0;
+    for &(h, w) in &sizes[1..] {
+        regions.push(LevelRegion {
+            y0: (h0 + 1) as u32,
+            x0: x as u32,
+            height: h as u32,
+            width: w as u32,
+        });
+        height = height.max(h0 + 1 + h);
+        width = width.max(x + w);
+        x += w + 1;
+    }
+    (regions, (height, width))
+}
+
+/// Mirrors `LevelsParams` in the WGSL.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct LevelsParams {
+    len: u32,
+    height: u32,
+    width: u32,
+    count: u32,
+    regions: [[u32; 4]; REGION_SLOTS],
+}
+
+fn params(out: &Tensor, regions: &[LevelRegion]) -> LevelsParams {
+    let mut words = [[0; 4]; REGION_SLOTS];
+    for (w, r) in words.iter_mut().zip(regions) {
+        *w = r.words();
+    }
+    let [_, _, height, width] = out.shape();
+    LevelsParams {
+        len: out.numel() as u32,
+        height: height as u32,
+        width: width as u32,
+        count: regions.len() as u32,
+        regions: words,
+    }
+}
+
+/// Checks that every region lies inside a `height` x `width` map.
+pub(crate) fn check_regions(
+    op: &'static str,
+    regions: &[LevelRegion],
+    (height, width): (usize, usize),
+) -> Result<()> {
+    if regions.is_empty() || regions.len() > REGION_SLOTS {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "{} levels given; a packed map holds 1 to {REGION_SLOTS}",
+                regions.len()
+            ),
+        ));
+    }
+    for (l, r) in regions.iter().enumerate() {
+        let inside = r.height > 0
+            && r.width > 0
+            && (r.y0 + r.height) as usize <= height
+            && (r.x0 + r.width) as usize <= width;
+        if !inside {
+            return Err(Error::invalid(
+                op,
+                format!("level {l}'s region {r:?} does not lie inside the {height}x{width} map"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Builds the launch that packs `levels` (each `[N, C, h_l, w_l]`, finest first, at most
+/// [`MAX_LEVELS`]) into `out` as [`pack`] places them.
+pub fn prepare_stack(ctx: &GpuContext, levels: &[&Tensor], out: &Tensor) -> Result<Dispatch> {
+    const OP: &str = "stack_levels";
+    if levels.is_empty() || levels.len() > MAX_LEVELS {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "{} levels given; 1 to {MAX_LEVELS} can be packed",
+                levels.len()
+            ),
+        ));
+    }
+    let [n, c, _, _] = levels[0].shape();
+    let mut sizes = Vec::with_capacity(levels.len());
+    for (l, t) in levels.iter().enumerate() {
+        check_nchw(OP, t)?;
+        check_shape(ctx, OP, "a level", t.shape())?;
+        let [ln, lc, h, w] = t.shape();
+        if (ln, lc) != (n, c) {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "level {l} has shape {:?} but level 0 has {:?}; every level must have the same batch and channels",
+                    t.shape(),
+                    levels[0].shape()
+                ),
+            ));
+        }
+        sizes.push((h, w));
+    }
+    let (regions, (height, width)) = pack(&sizes);
+    check_output_shape(OP, out, [n, c, height, width])?;
+    check_shape(ctx, OP, "the packed map", out.shape())?;
+    check_io(OP, out, levels)?;
+    let mut buffers: Vec<(u32, wgpu::BindingResource<'_>)> = (0..MAX_LEVELS)
+        .map(|l| (l as u32, levels.get(l).unwrap_or(&levels[0]).binding()))
+        .collect();
+    buffers.push((6, out.binding()));
+    elementwise_dispatch(
+        ctx,
+        &SHADER,
+        Precision::F32,
+        OP,
+        out.numel(),
+        &params(out, &regions),
+        &buffers,
+        7,
+    )
+}
+
+/// Builds the launch computing `out = x` inside `regions` and 0 outside them.
+pub fn prepare_mask(
+    ctx: &GpuContext,
+    x: &Tensor,
+    regions: &[LevelRegion],
+    out: &Tensor,
+) -> Result<Dispatch> {
+    const OP: &str = "mask_levels";
+    check_nchw(OP, x)?;
+    check_shape(ctx, OP, "the packed map", x.shape())?;
+    check_output_shape(OP, out, x.shape())?;
+    check_io(OP, out, &[x])?;
+    if x.precision() != Precision::F32 {
+        return Err(Error::invalid(
+            OP,
+            "packed level maps are float32; run the detector in Precision::F32",
+        ));
+    }
+    let [_, _, h, w] = x.shape();
+    check_regions(OP, regions, (h, w))?;
+    elementwise_dispatch(
+        ctx,
+        &SHADER,
+        Precision::F32,
+        OP,
+        out.numel(),
+        &params(out, regions),
+        &[(5, x.binding()), (6, out.binding())],
+        7,
+    )
+}

@@ -1,0 +1,451 @@
+//! One-stage detectors on the FPN (torchvision's RetinaNet): from pictures to boxes, scores and
+//! labels in one GPU graph and one submit. Only the final rows are read back.
+//!
+//! The graph: torchvision's transform (normalise, resize, pad), the backbone and FPN, the levels
+//! packed into one map, each head layer run once over it, the per-level top-k of the class
+//! scores, anchors and box decoding, batched NMS, the boxes scaled back to the pictures.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::gpu::GpuContext;
+use crate::graph::executor::{Executor, ExecutorOptions};
+use crate::graph::ops::detect::{
+    AnchorSpec, BatchedNms, BoxCoding, DecodeBoxes, DetectionGeometry, DetectionTransform,
+    Normalize, ResizeRule, ScoreMode, StackLevels, TopKScores,
+};
+use crate::graph::Graph;
+use crate::kernels::box_decode::RECORD;
+use crate::model::checkpoint::Checkpoint;
+use crate::model::config::{ExtraLevels, FpnConfig, P6Source};
+use crate::model::fpn::{Fpn, FpnOptions};
+use crate::model::retinanet_head::RetinaNetHead;
+use crate::model::PYRAMID_CHANNELS;
+use crate::precision::Precision;
+use crate::tensor::Tensor;
+use crate::tensor_file::TensorMap;
+use crate::weights::VarStore;
+
+/// The detectors this crate runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DetectorKind {
+    /// torchvision's `retinanet_resnet50_fpn` (v1): P3..P7 with P6 from P5, heads of four
+    /// 3x3 convs without norm, nine anchors per location.
+    RetinaNet,
+}
+
+/// A detector's structure: its kind, backbone and FPN, and classes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DetectorConfig {
+    /// Which detector.
+    pub kind: DetectorKind,
+    /// The backbone and FPN.
+    pub backbone: FpnConfig,
+    /// Classes of the classification head (torchvision's `num_classes`, background included
+    /// where the model has one: 91 for COCO).
+    pub num_classes: usize,
+}
+
+impl DetectorConfig {
+    /// torchvision's `retinanet_resnet50_fpn` with `num_classes` classes.
+    pub fn retinanet_resnet50(num_classes: usize) -> Self {
+        let mut backbone = FpnConfig::torchvision([3, 4, 6, 3]);
+        backbone.returned = [false, true, true, true];
+        backbone.extra = ExtraLevels::P6P7(P6Source::P5);
+        DetectorConfig {
+            kind: DetectorKind::RetinaNet,
+            backbone,
+            num_classes,
+        }
+    }
+}
+
+/// How a detector runs, named and defaulted as torchvision's constructor arguments.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DetectorOptions {
+    /// The shorter side pictures are resized to (800).
+    pub min_size: usize,
+    /// The most the longer side may be after resizing (1333).
+    pub max_size: usize,
+    /// Candidates scoring at most this are dropped (0.05).
+    pub score_thresh: f32,
+    /// Boxes of one class overlapping a better one by more than this IoU are dropped (0.5).
+    pub nms_thresh: f32,
+    /// The most detections kept per picture (300).
+    pub detections_per_img: usize,
+    /// The best candidates kept per level before NMS (1000).
+    pub topk_candidates: usize,
+}
+
+impl Default for DetectorOptions {
+    fn default() -> Self {
+        DetectorOptions {
+            min_size: 800,
+            max_size: 1333,
+            score_thresh: 0.05,
+            nms_thresh: 0.5,
+            detections_per_img: 300,
+            topk_candidates: 1000,
+        }
+    }
+}
+
+impl DetectorOptions {
+    fn check(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::invalid("DetectorOptions", msg));
+        if self.min_size == 0 || self.max_size == 0 {
+            return bad(format!(
+                "min_size {} and max_size {} must be positive",
+                self.min_size, self.max_size
+            ));
+        }
+        if self.detections_per_img == 0 || self.topk_candidates == 0 {
+            return bad(format!(
+                "detections_per_img {} and topk_candidates {} must be positive",
+                self.detections_per_img, self.topk_candidates
+            ));
+        }
+        if !self.score_thresh.is_finite() || !self.nms_thresh.is_finite() {
+            return bad(format!(
+                "score_thresh {} and nms_thresh {} must be finite",
+                self.score_thresh, self.nms_thresh
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One picture's detections, best first: boxes (x1, y1, x2, y2) in the picture's pixels, their
+/// scores and their class indices.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Detections {
+    /// (x1, y1, x2, y2) per detection, in input pixels.
+    pub boxes: Vec<[f32; 4]>,
+    /// Scores in (score_thresh, 1].
+    pub scores: Vec<f32>,
+    /// Class indices, as torchvision's `labels`.
+    pub labels: Vec<i64>,
+}
+
+impl Detections {
+    /// How many detections.
+    pub fn len(&self) -> usize {
+        self.scores.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.scores.is_empty()
+    }
+}
+
+/// A detector whose weights live on the GPU, ready to run on batches of pictures of any size.
+pub struct Detector {
+    executor: Executor,
+    config: DetectorConfig,
+    options: DetectorOptions,
+    origin: String,
+}
+
+impl Detector {
+    /// Loads a whole torchvision detection `state_dict` saved as safetensors (`backbone.` and
+    /// `head.`); the backbone's structure comes from its names and shapes, the classes from the
+    /// head's.
+    pub fn from_safetensors(
+        ctx: &GpuContext,
+        path: &Path,
+        options: DetectorOptions,
+    ) -> Result<Self> {
+        let checkpoint = Checkpoint::open(path)?;
+        let store = VarStore::from_file(path)?;
+        let config = Self::recognise(&store, checkpoint.config())?;
+        Self::new(ctx, &store, config, options)
+    }
+
+    /// The detector a `state_dict`'s head names and shapes describe, on `backbone`.
+    fn recognise(store: &VarStore, backbone: FpnConfig) -> Result<DetectorConfig> {
+        let origin = store.origin();
+        let names = store.names();
+        if !names.iter().any(|n| n.starts_with("head.")) {
+            return Err(Error::invalid(
+                "Detector",
+                format!(
+                    "{origin} holds a backbone and FPN but no detection head (no `head.` \
+                     tensors); run it with `fpn run`, or give a whole RetinaNet state_dict"
+                ),
+            ));
+        }
+        if names
+            .iter()
+            .any(|n| n.starts_with("head.regression_head.bbox_ctrness"))
+        {
+            return Err(Error::Unsupported {
+                op: "Detector",
+                message: format!("{origin} is an FCOS model; only RetinaNet v1 heads run so far"),
+            });
+        }
+        if names
+            .iter()
+            .any(|n| n.starts_with("head.classification_head.conv.0.1."))
+        {
+            return Err(Error::Unsupported {
+                op: "Detector",
+                message: format!(
+                    "{origin} has normalised head layers (RetinaNet v2); only RetinaNet v1 heads \
+                     run so far"
+                ),
+            });
+        }
+        let anchors = AnchorSpec::retinanet().per_location();
+        let logits = "head.classification_head.cls_logits.weight";
+        let classes = match store.shape_of(logits) {
+            Some(&[out, PYRAMID_CHANNELS, 3, 3]) if out % anchors == 0 && out > 0 => out / anchors,
+            Some(shape) => {
+                return Err(Error::invalid(
+                    "Detector",
+                    format!(
+                        "{origin}: `{logits}` has shape {shape:?}; a RetinaNet head has \
+                         [{anchors} anchors x classes, {PYRAMID_CHANNELS}, 3, 3]"
+                    ),
+                ))
+            }
+            None => {
+                return Err(Error::invalid(
+                    "Detector",
+                    format!(
+                        "{origin} has `head.` tensors but no `{logits}`; it is not a RetinaNet"
+                    ),
+                ))
+            }
+        };
+        if backbone.extra == ExtraLevels::None || !backbone.returned[1] || backbone.returned[0] {
+            return Err(Error::invalid(
+                "Detector",
+                format!(
+                    "{origin}: the FPN returns {:?} with extra levels {:?}; RetinaNet needs \
+                     C3..C5 and P6/P7",
+                    backbone.returned, backbone.extra
+                ),
+            ));
+        }
+        Ok(DetectorConfig {
+            kind: DetectorKind::RetinaNet,
+            backbone,
+            num_classes: classes,
+        })
+    }
+
+    /// Deterministic seeded random weights, for tests, demos and benchmarks.
+    pub fn random(
+        ctx: &GpuContext,
+        config: DetectorConfig,
+        seed: u64,
+        options: DetectorOptions,
+    ) -> Result<Self> {
+        Self::new(ctx, &VarStore::random(seed), config, options)
+    }
+
+    /// The seeded random weights [`Detector::random`] uses, as a torchvision `state_dict`.
+    pub fn random_state_dict(config: DetectorConfig, seed: u64) -> Result<TensorMap> {
+        let store = VarStore::random_recording(seed);
+        Self::graph(&store, config, &DetectorOptions::default())?;
+        Ok(store.into_recorded().unwrap_or_default())
+    }
+
+    /// Builds the detector's graph from `store` and uploads its weights.
+    pub fn new(
+        ctx: &GpuContext,
+        store: &VarStore,
+        config: DetectorConfig,
+        options: DetectorOptions,
+    ) -> Result<Self> {
+        let graph = Self::graph(store, config, &options)?;
+        let fpn = FpnOptions::default();
+        let executor = Executor::build(
+            ctx,
+            graph,
+            ExecutorOptions {
+                fusion: fpn.fusion,
+                algorithms: fpn.algorithms,
+                precision: Precision::F32,
+                tuning: fpn.tuning,
+            },
+        )?;
+        Ok(Detector {
+            executor,
+            config,
+            options,
+            origin: store.origin(),
+        })
+    }
+
+    /// The geometry of the detector's levels for `options`.
+    fn geometry(options: &DetectorOptions) -> DetectionGeometry {
+        DetectionGeometry {
+            resize: ResizeRule {
+                min_size: options.min_size,
+                max_size: options.max_size,
+                size_divisible: 32,
+            },
+            levels: vec![3, 4, 5, 6, 7],
+        }
+    }
+
+    /// The unoptimised graph: pictures in, `detections` `[N, 1, detections_per_img, 6]` out.
+    pub fn graph(
+        store: &VarStore,
+        config: DetectorConfig,
+        options: &DetectorOptions,
+    ) -> Result<Graph> {
+        options.check()?;
+        let geometry = Self::geometry(options);
+        let anchors = AnchorSpec::retinanet();
+        let a = anchors.per_location();
+        let vb = store.root();
+        let mut g = Graph::new();
+        let pictures = g.input();
+        g.set_stage("transform");
+        let x = g.push(
+            "transform",
+            DetectionTransform {
+                geometry: geometry.clone(),
+                normalize: Normalize::IMAGENET,
+            },
+            &[pictures],
+        );
+        let levels = Fpn::levels(&vb.pp("backbone"), config.backbone, &mut g, x)?;
+        let head = RetinaNetHead::new(&vb.pp("head"), a, config.num_classes);
+        store.finish_for(&format!(
+            "RetinaNet ({} classes) on {}",
+            config.num_classes,
+            config.backbone.describe()
+        ))?;
+        if levels.len() != geometry.levels.len() {
+            return Err(Error::invalid(
+                "Detector",
+                format!(
+                    "the FPN gives {} levels; RetinaNet runs on P3..P7",
+                    levels.len()
+                ),
+            ));
+        }
+        g.set_stage("heads");
+        let mut stack_inputs: Vec<_> = levels.iter().map(|(_, v)| *v).collect();
+        stack_inputs.push(pictures);
+        let packed = g.push(
+            "stack_levels",
+            StackLevels {
+                geometry: geometry.clone(),
+            },
+            &stack_inputs,
+        );
+        let (logits, regression) = head.forward(&mut g, packed, pictures, &geometry);
+        g.set_stage("postprocess");
+        let selected = g.push(
+            "top_k",
+            TopKScores {
+                geometry: geometry.clone(),
+                anchors: a,
+                classes: config.num_classes,
+                k: options.topk_candidates,
+                score_thresh: options.score_thresh,
+                mode: ScoreMode::Sigmoid,
+            },
+            &[logits, pictures],
+        );
+        let candidates = g.push(
+            "decode_boxes",
+            DecodeBoxes {
+                geometry: geometry.clone(),
+                anchors,
+                classes: config.num_classes,
+                coding: BoxCoding::retinanet(),
+            },
+            &[selected, regression, pictures],
+        );
+        let detections = g.push(
+            "nms",
+            BatchedNms {
+                geometry,
+                iou_thresh: options.nms_thresh,
+                detections: options.detections_per_img,
+            },
+            &[candidates, pictures],
+        );
+        g.output("detections", detections);
+        Ok(g)
+    }
+
+    /// The detector's structure.
+    pub fn config(&self) -> &DetectorConfig {
+        &self.config
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &DetectorOptions {
+        &self.options
+    }
+
+    /// Where the weights came from.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The executor, for memory and launch reports.
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
+    /// Submits a forward on `pictures` (`[N, 3, H, W]` float32 RGB in 0..1, torchvision's
+    /// detection input) and returns the detections tensor `[N, 1, D, 6]` still on the GPU:
+    /// per slot x1, y1, x2, y2, score, label bits; score -1 marks an empty slot.
+    pub fn forward(&self, pictures: &Tensor) -> Result<Tensor> {
+        let [_, c, _, _] = pictures.shape();
+        if c != self.config.backbone.in_channels {
+            return Err(Error::invalid(
+                "Detector::detect",
+                format!(
+                    "the pictures have {c} channels (shape {:?}); this detector takes [N, {}, H, W]",
+                    pictures.shape(),
+                    self.config.backbone.in_channels
+                ),
+            ));
+        }
+        let mut outputs = self.executor.forward(pictures)?;
+        Ok(outputs.remove(0).1)
+    }
+
+    /// Runs the detector on `pictures` (`[N, 3, H, W]` float32 RGB in 0..1) and returns each
+    /// picture's detections, blocking the thread; see [`Detector::detect_async`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn detect(&self, pictures: &Tensor) -> Result<Vec<Detections>> {
+        pollster::block_on(self.detect_async(pictures))
+    }
+
+    /// [`Detector::detect`] without blocking the thread: only the final rows, at most
+    /// `detections_per_img` per picture, are read back.
+    pub async fn detect_async(&self, pictures: &Tensor) -> Result<Vec<Detections>> {
+        let out = self.forward(pictures)?;
+        let rows = out.download_async(self.executor.context()).await?;
+        Ok(unpack(&rows, out.shape()))
+    }
+}
+
+/// The detections of a `[N, 1, D, 6]` tensor's values: each picture's filled slots.
+fn unpack(rows: &[f32], [n, _, d, _]: [usize; 4]) -> Vec<Detections> {
+    (0..n)
+        .map(|i| {
+            let mut det = Detections::default();
+            for r in rows[i * d * RECORD..(i + 1) * d * RECORD].chunks_exact(RECORD) {
+                // Empty slots hold -1 (never NaN: only scores above the threshold are kept).
+                if r[4] < 0.0 {
+                    continue;
+                }
+                det.boxes.push([r[0], r[1], r[2], r[3]]);
+                det.scores.push(r[4]);
+                det.labels.push(r[5].to_bits() as i64);
+            }
+            det
+        })
+        .collect()
+}

@@ -1,0 +1,169 @@
+//! RetinaNet end to end against torchvision's eval output (fixtures made by
+//! `tests/fixtures/make_detection_fixtures.py` on the crate's seeded random weights).
+//!
+//! The rule: every torchvision detection is matched by one of ours of the same label with an
+//! IoU of at least 0.99, each coordinate within 1e-3 of the picture's longer side and the score
+//! within 1e-4; only detections scoring within 1e-3 of the threshold may go unmatched, on
+//! either side.
+
+mod common;
+
+use std::path::Path;
+
+use common::gpu;
+use fpn_wgpu::model::{DetectorConfig, ExtraLevels, P6Source};
+use fpn_wgpu::tensor_file::read_tensors;
+use fpn_wgpu::{Detections, Detector, DetectorOptions, FpnConfig, Tensor};
+
+struct Expected {
+    boxes: Vec<[f32; 4]>,
+    scores: Vec<f32>,
+    labels: Vec<i64>,
+}
+
+fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let area = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    inter / (area(a) + area(b) - inter)
+}
+
+/// The largest coordinate difference.
+fn distance(a: [f32; 4], b: [f32; 4]) -> f32 {
+    (0..4).map(|k| (a[k] - b[k]).abs()).fold(0.0, f32::max)
+}
+
+/// IoU at least 0.99; for boxes of no area (clipped flat at the picture's border), where IoU is
+/// 0/0, the coordinates within the box tolerance.
+fn same_box(a: [f32; 4], b: [f32; 4], longer: f32) -> bool {
+    let flat = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]) == 0.0;
+    if flat(a) && flat(b) {
+        return (0..4).all(|k| (a[k] - b[k]).abs() <= 1e-3 * longer);
+    }
+    iou(a, b) >= 0.99
+}
+
+/// Checks the rule for one picture; returns (matched, worst box error, worst score error).
+fn compare(
+    case: &str,
+    got: &Detections,
+    want: &Expected,
+    longer: f32,
+    thresh: f32,
+) -> (usize, f32, f32) {
+    let near_thresh = |s: f32| (s - thresh).abs() <= 1e-3;
+    let mut used = vec![false; got.len()];
+    let (mut worst_box, mut worst_score, mut matched) = (0.0f32, 0.0f32, 0);
+    for (j, (&b, (&s, &l))) in want
+        .boxes
+        .iter()
+        .zip(want.scores.iter().zip(&want.labels))
+        .enumerate()
+    {
+        let best = (0..got.len())
+            .filter(|&i| !used[i] && got.labels[i] == l)
+            .min_by(|&x, &y| distance(got.boxes[x], b).total_cmp(&distance(got.boxes[y], b)));
+        let Some(i) = best.filter(|&i| same_box(got.boxes[i], b, longer)) else {
+            assert!(
+                near_thresh(s),
+                "{case}: torchvision's detection {j} (label {l}, score {s}, box {b:?}) has no match"
+            );
+            continue;
+        };
+        used[i] = true;
+        matched += 1;
+        let box_err = (0..4)
+            .map(|k| (got.boxes[i][k] - b[k]).abs())
+            .fold(0.0, f32::max);
+        let score_err = (got.scores[i] - s).abs();
+        assert!(
+            box_err <= 1e-3 * longer,
+            "{case}: detection {j}'s box {:?} is {box_err} from torchvision's {b:?}",
+            got.boxes[i]
+        );
+        assert!(
+            score_err <= 1e-4,
+            "{case}: detection {j}'s score {} is {score_err} from torchvision's {s}",
+            got.scores[i]
+        );
+        worst_box = worst_box.max(box_err);
+        worst_score = worst_score.max(score_err);
+    }
+    for (i, &u) in used.iter().enumerate() {
+        assert!(
+            u || near_thresh(got.scores[i]),
+            "{case}: our detection {i} (label {}, score {}, box {:?}) is not torchvision's",
+            got.labels[i],
+            got.scores[i],
+            got.boxes[i]
+        );
+    }
+    (matched, worst_box, worst_score)
+}
+
+fn check_fixture(name: &str) {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.safetensors"));
+    let fixture = read_tensors(&path, |_| false).unwrap();
+    let o = &fixture["options"].data;
+    let (seed, classes) = (o[0] as u64, o[1] as usize);
+    let options = DetectorOptions {
+        min_size: o[2] as usize,
+        max_size: o[3] as usize,
+        score_thresh: o[4],
+        nms_thresh: o[5],
+        detections_per_img: o[6] as usize,
+        topk_candidates: o[7] as usize,
+    };
+    let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
+    backbone.returned = [false, true, true, true];
+    backbone.extra = ExtraLevels::P6P7(P6Source::P5);
+    let config = DetectorConfig {
+        num_classes: classes,
+        backbone,
+        ..DetectorConfig::retinanet_resnet50(classes)
+    };
+    let ctx = gpu();
+    let detector = Detector::random(ctx, config, seed, options).unwrap();
+    let pictures = &fixture["pictures"];
+    let shape: [usize; 4] = pictures.shape.clone().try_into().unwrap();
+    let input = Tensor::from_slice(ctx, shape, &pictures.data).unwrap();
+    let got = detector.detect(&input).unwrap();
+    assert_eq!(got.len(), shape[0]);
+    let longer = shape[2].max(shape[3]) as f32;
+    for (i, det) in got.iter().enumerate() {
+        let boxes = &fixture[&format!("boxes.{i}")].data;
+        let want = Expected {
+            boxes: boxes
+                .chunks_exact(4)
+                .map(|b| [b[0], b[1], b[2], b[3]])
+                .collect(),
+            scores: fixture[&format!("scores.{i}")].data.clone(),
+            labels: fixture[&format!("labels.{i}")]
+                .data
+                .iter()
+                .map(|&l| l as i64)
+                .collect(),
+        };
+        let case = format!("{name} picture {i}");
+        let (matched, box_err, score_err) =
+            compare(&case, det, &want, longer, options.score_thresh);
+        eprintln!(
+            "{case}: {matched} of torchvision's {} detections matched ({} ours); worst box error {box_err:.2e} px, worst score error {score_err:.2e}",
+            want.scores.len(),
+            det.len()
+        );
+        assert!(matched > 0, "{case}: nothing to compare");
+    }
+}
+
+#[test]
+fn retinanet_matches_torchvision_on_a_batch_of_two_pictures_smaller_than_min_size() {
+    check_fixture("det_retinanet_batch2_70x90");
+}
+
+#[test]
+fn retinanet_matches_torchvision_on_an_odd_picture_scaled_down() {
+    check_fixture("det_retinanet_150x113");
+}

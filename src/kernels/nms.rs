@@ -18,6 +18,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, Dispatch, GpuContext};
+use crate::kernels::box_decode::RECORD;
 use crate::kernels::{check_io, check_nchw, check_output_shape, pipeline, ShaderSource};
 use crate::precision::Precision;
 use crate::tensor::{check_shape, Tensor};
@@ -53,8 +54,6 @@ pub const SWEEP_SHADER: ShaderSource = nms_shader!("nms_sweep.wgsl");
 /// workgroup memory (`MAX_WORDS` in `nms_sweep.wgsl`).
 pub const MAX_CANDIDATES: usize = 2048 * 32;
 
-/// Words of a record.
-const RECORD: usize = 6;
 /// Invocations per workgroup of every stage (`WG` in `nms_common.wgsl`).
 const WG: u32 = 256;
 /// Keys a workgroup sorts in workgroup memory (`SORT_BLOCK` in `nms_sort.wgsl`).

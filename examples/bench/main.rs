@@ -8,7 +8,15 @@
 //! cargo run --release --example bench -- --precision f16
 //! cargo run --release --example bench -- --height 224 --width 224 --per-op   # one line per launch
 //! cargo run --release --example bench -- --suite   # batch 1 and 8, 600x900 and 224x224, f32 and f16
+//! cargo run --release --example bench -- --detect --height 800 --width 1333   # RetinaNet
 //! ```
+//!
+//! `--detect` times a whole RetinaNet (ResNet-50, 91 classes, seeded random weights) from the
+//! pictures to the boxes instead, with the GPU time of its three parts: backbone and FPN,
+//! heads, post-processing (top-k, decoding, NMS).
+
+#[cfg(not(target_arch = "wasm32"))]
+mod detect;
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() -> anyhow::Result<()> {
@@ -69,6 +77,11 @@ mod native {
         /// adapter has it), each reported as a single run would be; for GPUs.
         #[arg(long)]
         suite: bool,
+        /// Time a RetinaNet (ResNet-50, 91 classes, random weights) end to end instead: the
+        /// pictures are resized as torchvision's transform does (shorter side 800, longer at
+        /// most 1333).
+        #[arg(long)]
+        detect: bool,
     }
 
     fn mib(bytes: u64) -> f64 {
@@ -79,6 +92,9 @@ mod native {
         env_logger::init();
         let args = Args::parse();
         let ctx = GpuContext::new()?;
+        if args.detect {
+            return crate::detect::run(&ctx, args.batch, (args.height, args.width), args.iters);
+        }
         if !args.suite {
             return run(&ctx, &args);
         }

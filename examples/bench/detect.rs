@@ -1,0 +1,113 @@
+//! `bench --detect`: a RetinaNet from the pictures to the boxes, with the GPU time of its
+//! backbone and FPN, its heads and its post-processing.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use fpn_wgpu::graph::executor::Granularity;
+use fpn_wgpu::model::DetectorConfig;
+use fpn_wgpu::rng::SplitMix64;
+use fpn_wgpu::{Detector, DetectorOptions, GpuContext, Tensor};
+
+/// The part of the detector a stage of its graph belongs to.
+fn part(stage: &str) -> &'static str {
+    match stage {
+        "heads" | "classification head" | "regression head" => "heads",
+        "postprocess" => "post-processing",
+        _ => "backbone and FPN",
+    }
+}
+
+const PARTS: [&str; 3] = ["backbone and FPN", "heads", "post-processing"];
+
+pub fn run(
+    ctx: &GpuContext,
+    batch: usize,
+    (height, width): (usize, usize),
+    iters: usize,
+) -> Result<()> {
+    let options = DetectorOptions::default();
+    let detector = Detector::random(ctx, DetectorConfig::retinanet_resnet50(91), 0, options)?;
+    let shape = [batch, 3, height, width];
+    let pictures = Tensor::from_slice(
+        ctx,
+        shape,
+        &SplitMix64::new(1).vec(shape.iter().product(), 0.0, 1.0),
+    )?;
+    let plan_start = Instant::now();
+    let plan = detector.executor().plan(shape)?;
+    let plan_s = plan_start.elapsed().as_secs_f64();
+    let first = detector.detect(&pictures)?;
+    let mut times = Vec::new();
+    let mut encode = Vec::new();
+    for _ in 0..iters.max(1) {
+        let t = Instant::now();
+        let out = detector.forward(&pictures)?;
+        encode.push(t.elapsed().as_secs_f64());
+        out.download(ctx)?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    encode.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let encode_ms = encode[encode.len() / 2] * 1e3;
+    let groups = plan.groups(Granularity::Stages);
+    let (_, stages) = pollster::block_on(
+        detector
+            .executor()
+            .profile_async(&pictures, Granularity::Stages),
+    )?;
+    let read_back = batch * options.detections_per_img * 6 * 4;
+
+    println!("adapter: {}", ctx.adapter());
+    println!(
+        "detector: RetinaNet ResNet-50 FPN, 91 classes, seeded random weights; pictures {shape:?}, min_size {}, max_size {}",
+        options.min_size, options.max_size
+    );
+    println!(
+        "plan: {plan_s:.3} s, {} launches; detections per picture: {:?}",
+        plan.dispatches().len(),
+        first.iter().map(|d| d.len()).collect::<Vec<_>>()
+    );
+    println!("CPU time to record and submit a forward: median {encode_ms:.3} ms");
+    println!(
+        "pictures to boxes: median {median:.4} s over {} runs (submit to detections read back)",
+        times.len()
+    );
+    println!("read back per forward: {read_back} bytes (the detection rows only)");
+    let mut parts = [(0.0f64, 0usize); 3];
+    for (label, range) in &groups {
+        let p = PARTS.iter().position(|&p| p == part(label)).unwrap_or(0);
+        parts[p].1 += range.len();
+    }
+    match &stages {
+        Some(stages) => {
+            let total: f64 = stages.iter().map(|(_, t)| t).sum();
+            println!("GPU time per stage (one profiled forward):");
+            for (name, t) in stages {
+                println!(
+                    "  {name:<20} {:>9.1} ms  {:>5.1} %",
+                    t * 1e3,
+                    100.0 * t / total
+                );
+                let p = PARTS.iter().position(|&p| p == part(name)).unwrap_or(0);
+                parts[p].0 += t;
+            }
+            println!("GPU time per part:");
+            for (name, (t, launches)) in PARTS.iter().zip(parts) {
+                println!(
+                    "  {name:<20} {:>9.1} ms  {:>5.1} %  {launches} launches",
+                    t * 1e3,
+                    100.0 * t / total
+                );
+            }
+        }
+        None => {
+            println!("GPU time per stage: this adapter has no timestamp queries");
+            for (name, (_, launches)) in PARTS.iter().zip(parts) {
+                println!("  {name:<20} {launches} launches");
+            }
+        }
+    }
+    Ok(())
+}

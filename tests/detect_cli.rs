@@ -1,0 +1,258 @@
+//! `fpn detect` and the Detector's handling of bad input: tensor files in and out, a picture to
+//! COCO results and a drawing, the checkpoints it refuses and the pictures it must not choke on.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{fpn_command, gpu, scratch};
+use fpn_wgpu::model::{DetectorConfig, ExtraLevels, P6Source};
+use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor};
+use fpn_wgpu::{Detector, DetectorOptions, Fpn, FpnConfig, Tensor};
+use safetensors::{Dtype, SafeTensors};
+
+const CLASSES: usize = 3;
+const SEED: u64 = 5;
+
+fn small_config() -> DetectorConfig {
+    let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
+    backbone.returned = [false, true, true, true];
+    backbone.extra = ExtraLevels::P6P7(P6Source::P5);
+    DetectorConfig {
+        backbone,
+        ..DetectorConfig::retinanet_resnet50(CLASSES)
+    }
+}
+
+/// Small pictures, a threshold the random weights pass often enough.
+fn small_options() -> DetectorOptions {
+    DetectorOptions {
+        min_size: 64,
+        max_size: 96,
+        score_thresh: 0.6,
+        ..DetectorOptions::default()
+    }
+}
+
+const OPTION_FLAGS: [&str; 6] = [
+    "--min-size",
+    "64",
+    "--max-size",
+    "96",
+    "--score-thresh",
+    "0.6",
+];
+
+fn weights(dir: &Path) -> PathBuf {
+    let path = dir.join("retinanet.safetensors");
+    let dict = Detector::random_state_dict(small_config(), SEED).unwrap();
+    write_tensors(&path, dict.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
+    path
+}
+
+fn fpn(args: &[&str]) -> (bool, String) {
+    let out = fpn_command().args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn pictures(n: usize, h: usize, w: usize) -> HostTensor {
+    let data = fpn_wgpu::rng::SplitMix64::new(9).vec(n * 3 * h * w, 0.0, 1.0);
+    HostTensor::new(vec![n, 3, h, w], data).unwrap()
+}
+
+#[test]
+fn detect_writes_the_library_s_detections_to_a_tensor_file() {
+    let dir = scratch("detect-tensor");
+    let weights = weights(dir.path());
+    let input = dir.path().join("in.safetensors");
+    let x = pictures(2, 45, 61);
+    write_tensors(&input, [("input", &x)]).unwrap();
+    let output = dir.path().join("out.safetensors");
+    let mut args = vec!["detect", "--weights", weights.to_str().unwrap(), "--input"];
+    args.extend([
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    args.extend(OPTION_FLAGS);
+    let (ok, err) = fpn(&args);
+    assert!(ok, "{err}");
+
+    let ctx = gpu();
+    let detector = Detector::random(ctx, small_config(), SEED, small_options()).unwrap();
+    let want = detector
+        .detect(&Tensor::from_slice(ctx, [2, 3, 45, 61], &x.data).unwrap())
+        .unwrap();
+    let bytes = std::fs::read(&output).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let mut total = 0;
+    for (i, det) in want.iter().enumerate() {
+        let k = det.len();
+        total += k;
+        let boxes = file.tensor(&format!("boxes.{i}")).unwrap();
+        assert_eq!((boxes.dtype(), boxes.shape()), (Dtype::F32, &[k, 4][..]));
+        let got: Vec<f32> = bytemuck::pod_collect_to_vec(boxes.data());
+        assert_eq!(got, det.boxes.concat());
+        let scores = file.tensor(&format!("scores.{i}")).unwrap();
+        assert_eq!(scores.dtype(), Dtype::F32);
+        assert_eq!(
+            bytemuck::pod_collect_to_vec::<u8, f32>(scores.data()),
+            det.scores
+        );
+        let labels = file.tensor(&format!("labels.{i}")).unwrap();
+        assert_eq!((labels.dtype(), labels.shape()), (Dtype::I64, &[k][..]));
+        assert_eq!(
+            bytemuck::pod_collect_to_vec::<u8, i64>(labels.data()),
+            det.labels
+        );
+        assert!(det.labels.iter().all(|&l| (0..CLASSES as i64).contains(&l)));
+        assert!(det.scores.windows(2).all(|s| s[0] >= s[1]), "best first");
+        for b in &det.boxes {
+            assert!(
+                b[0] >= 0.0 && b[2] <= 61.0 && b[1] >= 0.0 && b[3] <= 45.0,
+                "{b:?} inside the picture"
+            );
+        }
+    }
+    assert!(total > 0, "the threshold lets some detections through");
+}
+
+#[test]
+fn detect_draws_a_picture_s_boxes_and_writes_coco_results() {
+    let dir = scratch("detect-image");
+    let weights = weights(dir.path());
+    let picture = image::RgbImage::from_fn(83, 57, |x, y| {
+        image::Rgb([(x * 3) as u8, (y * 4) as u8, ((x + y) * 2) as u8])
+    });
+    let path = dir.path().join("photo.png");
+    picture.save(&path).unwrap();
+    let out = dir.path().join("out");
+    let mut args = vec!["detect", "--weights", weights.to_str().unwrap(), "--image"];
+    args.extend([path.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    args.extend(OPTION_FLAGS);
+    let (ok, err) = fpn(&args);
+    assert!(ok, "{err}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("detections.json")).unwrap()).unwrap();
+    let rows = json.as_array().unwrap();
+    assert!(!rows.is_empty());
+    for r in rows {
+        let bbox: Vec<f64> = r["bbox"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(bbox.len(), 4);
+        assert!(
+            bbox[2] >= 0.0
+                && bbox[3] >= 0.0
+                && bbox[0] + bbox[2] <= 83.01
+                && bbox[1] + bbox[3] <= 57.01
+        );
+        assert!(r["score"].as_f64().unwrap() > 0.6);
+        assert!(r["category_id"].as_i64().unwrap() < CLASSES as i64);
+        assert_eq!(r["image_id"].as_i64(), Some(0));
+        assert!(
+            r.get("category_name").is_none(),
+            "3 classes have no names without --labels"
+        );
+    }
+    let drawn = image::open(out.join("detections.png")).unwrap().to_rgb8();
+    assert_eq!(drawn.dimensions(), picture.dimensions());
+    assert_ne!(drawn, picture, "boxes are drawn");
+
+    // Names from --labels.
+    let labels = dir.path().join("labels.txt");
+    std::fs::write(&labels, "background\ncircle\nsquare\n").unwrap();
+    args.extend(["--labels", labels.to_str().unwrap()]);
+    let (ok, err) = fpn(&args);
+    assert!(ok, "{err}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("detections.json")).unwrap()).unwrap();
+    for r in json.as_array().unwrap() {
+        let name = r["category_name"].as_str().unwrap();
+        assert!(["background", "circle", "square"].contains(&name));
+    }
+}
+
+#[test]
+fn detect_refuses_a_backbone_only_checkpoint_and_points_to_run() {
+    let dir = scratch("detect-backbone");
+    let path = dir.path().join("fpn.safetensors");
+    let dict = Fpn::random_state_dict(small_config().backbone, 1).unwrap();
+    write_tensors(&path, dict.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
+    let x = dir.path().join("in.safetensors");
+    write_tensors(&x, [("input", &pictures(1, 32, 32))]).unwrap();
+    let out = dir.path().join("out.safetensors");
+    let (ok, err) = fpn(&[
+        "detect",
+        "--weights",
+        path.to_str().unwrap(),
+        "--input",
+        x.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("no detection head") && err.contains("fpn run"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_head_that_does_not_fit_names_the_tensor() {
+    let dir = scratch("detect-head");
+    let mut dict = Detector::random_state_dict(small_config(), SEED).unwrap();
+    // A regression conv of the wrong width.
+    let name = "head.regression_head.conv.2.0.weight";
+    dict.insert(
+        name.to_string(),
+        HostTensor::new(vec![256, 128, 3, 3], vec![0.0; 256 * 128 * 9]).unwrap(),
+    );
+    let path = dir.path().join("bad.safetensors");
+    write_tensors(&path, dict.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
+    let e = Detector::from_safetensors(gpu(), &path, small_options())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains(name), "{e}");
+    // Class logits that are not a whole number of classes per anchor.
+    let mut dict = Detector::random_state_dict(small_config(), SEED).unwrap();
+    let name = "head.classification_head.cls_logits.weight";
+    dict.insert(
+        name.to_string(),
+        HostTensor::new(vec![10, 256, 3, 3], vec![0.0; 10 * 256 * 9]).unwrap(),
+    );
+    write_tensors(&path, dict.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
+    let e = Detector::from_safetensors(gpu(), &path, small_options())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains(name) && e.contains("anchors"), "{e}");
+}
+
+#[test]
+fn tiny_huge_and_wrong_pictures_get_detections_or_errors_never_panics() {
+    let ctx = gpu();
+    let detector = Detector::random(ctx, small_config(), SEED, small_options()).unwrap();
+    // A single pixel is resized up to min_size; a long thin strip to max_size.
+    for shape in [[1, 3, 1, 1], [1, 3, 8, 300], [2, 3, 97, 13]] {
+        let x = Tensor::from_slice(ctx, shape, &vec![0.5; shape.iter().product()]).unwrap();
+        let found = detector.detect(&x).unwrap();
+        assert_eq!(found.len(), shape[0]);
+    }
+    // A strip too thin to keep a row after resizing.
+    let x = Tensor::from_slice(ctx, [1, 3, 1, 1000], &vec![0.5; 3000]).unwrap();
+    let e = detector.detect(&x).unwrap_err().to_string();
+    assert!(e.contains("aspect ratio"), "{e}");
+    // One channel, for an RGB detector.
+    let x = Tensor::from_slice(ctx, [1, 1, 32, 32], &vec![0.5; 1024]).unwrap();
+    let e = detector.detect(&x).unwrap_err().to_string();
+    assert!(e.contains("channels"), "{e}");
+}

@@ -7,15 +7,19 @@
 //! - [`GpuContext`]: adapter choice, device limits, pipeline cache;
 //! - [`Tensor`]: an NCHW storage buffer with its shape, float32 or (see [`Precision`]) float16;
 //! - [`kernels`]: conv2d (with a fused affine / residual / ReLU epilogue), batch norm, max pool,
-//!   upsample-and-add, ReLU and add, each with a `prepare` for recording and a function that
-//!   runs at once;
+//!   upsample-and-add, ReLU and add, and the detectors' (resize, packed levels, top-k, box
+//!   decoding, batched NMS), each with a `prepare` for recording (and most with a function
+//!   that runs at once);
 //! - [`reference`](mod@reference): the same ops as plain CPU loops, the oracle of the tests;
 //! - [`graph`]: the model as a graph of ops, its rewrite passes, memory plan and executor;
 //! - [`model`]: the ResNet backbone and the FPN in two layouts (kuangliu's `fpn.py` and
 //!   torchvision's `resnet_fpn_backbone`, whole detection checkpoints included), reading PyTorch
 //!   `state_dict` names through [`weights`]; [`Checkpoint`] recognises a file's layout;
-//! - [`image_input`] and [`visualize`]: pictures in (decoded, ImageNet-normalised) and out
-//!   (per-level energy maps, an overview);
+//!   [`Detector`] runs torchvision's RetinaNet from the pictures to boxes, scores and labels,
+//!   post-processing included, in one submit;
+//! - [`image_input`], [`visualize`] and [`detection_output`]: pictures in (decoded,
+//!   ImageNet-normalised) and out (per-level energy maps, an overview; COCO results and boxes
+//!   drawn);
 //! - `image_set` and `extract`: datasets of pictures (folders, lists, shards) and the pipelined
 //!   loop that runs the network over them (not on wasm32).
 //!

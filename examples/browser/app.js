@@ -1,6 +1,6 @@
 // The page's side of the browser example: makes the session, runs pictures, draws levels.
 // `window.fpnState` tells a test harness where the page is: "loading", "done" or "error".
-import init, { Session } from "./pkg/browser.js";
+import init, { DetectorSession, Session } from "./pkg/browser.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -53,6 +53,82 @@ async function report(levels, forwardMs, firstMs) {
   return { shapes, forward_ms: forwardMs, first_result_ms: firstMs };
 }
 
+// Detector mode (`?detector=W.safetensors`): the picture with its boxes drawn, and a list.
+function drawDetections(found) {
+  const box = $("levels");
+  box.querySelectorAll("figure.level").forEach((f) => f.remove());
+  $("input").style.display = "none";
+  $("input-caption").textContent = "";
+  const canvas = document.createElement("canvas");
+  canvas.width = found.width();
+  canvas.height = found.height();
+  canvas.style.height = `${Math.min(480, found.height())}px`;
+  const rgba = new Uint8ClampedArray(found.drawn_rgba());
+  canvas.getContext("2d").putImageData(new ImageData(rgba, found.width(), found.height()), 0, 0);
+  const figure = document.createElement("figure");
+  figure.className = "level";
+  const caption = document.createElement("figcaption");
+  const [boxes, scores, labels] = [found.boxes(), found.scores(), found.labels()];
+  const best = Array.from(scores.slice(0, 5), (s, i) =>
+    `class ${labels[i]} ${s.toFixed(2)} [${Array.from(boxes.slice(4 * i, 4 * i + 4), (v) => v.toFixed(0)).join(", ")}]`);
+  caption.textContent = `${found.count()} detections${best.length ? ": " + best.join("; ") : ""}`;
+  figure.append(canvas, caption);
+  box.append(figure);
+}
+
+async function runDetector(detector, bytes, name) {
+  $("error").textContent = "";
+  const found = await detector.run(bytes, name);
+  drawDetections(found);
+  const ms = found.forward_ms();
+  $("facts").textContent = `${adapterName} · ${detector.network()} · pictures to boxes ${ms.toFixed(1)} ms`;
+  return found;
+}
+
+async function reportDetections(found) {
+  for (const [name, values] of [["boxes", found.boxes()], ["scores", found.scores()], ["labels", found.labels()]]) {
+    const response = await fetch(`report/${name}`, { method: "POST", body: values });
+    if (!response.ok) throw new Error(`the harness refused ${name}: ${response.status}`);
+  }
+  return { count: found.count(), forward_ms: found.forward_ms() };
+}
+
+async function detectorMain() {
+  const response = await fetch(params.get("detector"));
+  if (!response.ok) throw new Error(`cannot fetch the detector ${params.get("detector")}: ${response.status}`);
+  const weights = new Uint8Array(await response.arrayBuffer());
+  const number = (key) => (params.has(key) ? Number(params.get(key)) : undefined);
+  let detector;
+  try {
+    detector = await DetectorSession.create(weights, number("min_size"), number("max_size"), number("score_thresh"));
+  } catch (e) {
+    fail(`No detector could be made on this browser's GPU: ${e.message}`);
+    return;
+  }
+  adapterName = detector.adapter();
+  const url = params.get("picture") ?? "picture.png";
+  const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
+  let found;
+  try {
+    found = await runDetector(detector, bytes, url);
+  } catch (e) {
+    fail(e.message);
+    return;
+  }
+  if (params.has("report")) window.fpnState.result = await reportDetections(found);
+  window.fpnState.adapter = adapterName;
+  window.fpnState.status = window.fpnState.errors.length ? "error" : "done";
+  $("file").addEventListener("change", async () => {
+    const file = $("file").files[0];
+    if (!file) return;
+    try {
+      await runDetector(detector, new Uint8Array(await file.arrayBuffer()), file.name);
+    } catch (e) {
+      fail(e.message);
+    }
+  });
+}
+
 let session;
 let adapterName = "";
 async function runPicture(bytes, name, pictureUrl) {
@@ -77,6 +153,10 @@ async function main() {
     return;
   }
   await init();
+  if (params.get("detector")) {
+    await detectorMain();
+    return;
+  }
   let weights;
   if (params.get("weights")) {
     const response = await fetch(params.get("weights"));

@@ -9,15 +9,23 @@
 //! each [`Session::run`] decodes a JPEG or PNG with the crate's own decoder (the same pixels as
 //! `fpn run --image`), runs the network and reads every level back.
 //!
+//! Given a whole RetinaNet `state_dict` instead (`index.html?detector=retinanet.safetensors`),
+//! the page makes a [`DetectorSession`] and each [`DetectorSession::run`] finds boxes in the
+//! picture, all on the GPU, and draws them.
+//!
 //! On a native target this example is empty.
 
 #[cfg(target_arch = "wasm32")]
 mod web {
+    use fpn_wgpu::detection_output::draw_detections;
     use fpn_wgpu::image_input::{decode_image, ImageOptions};
     use fpn_wgpu::tensor_file::{parse_tensors, HostTensor};
     use fpn_wgpu::visualize::energy_picture;
     use fpn_wgpu::weights::VarStore;
-    use fpn_wgpu::{Checkpoint, Fpn, FpnConfig, Fusion, GpuContext, Tensor};
+    use fpn_wgpu::{
+        Checkpoint, Detections, Detector, DetectorOptions, Fpn, FpnConfig, Fusion, GpuContext,
+        Tensor,
+    };
     use wasm_bindgen::prelude::*;
 
     /// A JavaScript `Error` carrying the crate's sentence.
@@ -165,6 +173,133 @@ mod web {
                 .ok_or_else(|| js_error(format!("there is no level {i}")))?;
             let rgb = energy_picture(level, 0).map_err(js_error)?;
             Ok(rgb.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect())
+        }
+    }
+
+    /// A device on the browser's adapter and a detector on it.
+    #[wasm_bindgen]
+    pub struct DetectorSession {
+        ctx: GpuContext,
+        detector: Detector,
+    }
+
+    #[wasm_bindgen]
+    impl DetectorSession {
+        /// Picks the browser's adapter and builds the detector a whole torchvision RetinaNet
+        /// `state_dict` (the bytes of its safetensors file) describes, with torchvision's
+        /// options but where given: the shorter side's size, the longer side's bound and the
+        /// score threshold.
+        pub async fn create(
+            weights: Vec<u8>,
+            min_size: Option<u32>,
+            max_size: Option<u32>,
+            score_thresh: Option<f32>,
+        ) -> Result<DetectorSession, JsError> {
+            console_error_panic_hook();
+            let ctx = GpuContext::new_async().await.map_err(js_error)?;
+            let name = "detector.safetensors";
+            let tensors = parse_tensors(&weights, name.as_ref(), |n| {
+                fpn_wgpu::weights::is_ignored(n)
+            })
+            .map_err(js_error)?;
+            let defaults = DetectorOptions::default();
+            let options = DetectorOptions {
+                min_size: min_size.map_or(defaults.min_size, |v| v as usize),
+                max_size: max_size.map_or(defaults.max_size, |v| v as usize),
+                score_thresh: score_thresh.unwrap_or(defaults.score_thresh),
+                ..defaults
+            };
+            let detector = Detector::from_tensors(&ctx, name, tensors, options).map_err(js_error)?;
+            Ok(DetectorSession { ctx, detector })
+        }
+
+        /// The adapter, as `fpn info` names it.
+        pub fn adapter(&self) -> String {
+            self.ctx.adapter().to_string()
+        }
+
+        /// The detector, in words.
+        pub fn network(&self) -> String {
+            format!(
+                "RetinaNet, {} classes, fetched weights",
+                self.detector.config().num_classes
+            )
+        }
+
+        /// Finds the boxes in a JPEG or PNG (its bytes; `name` names it in errors): RGB in
+        /// 0..1 goes in, as `fpn detect --image` makes it.
+        pub async fn run(&self, picture: Vec<u8>, name: String) -> Result<Found, JsError> {
+            let input = decode_image(&picture, &name, &ImageOptions::default()).map_err(js_error)?;
+            let (w, h) = input.rgb.dimensions();
+            let rgb: Vec<f32> = (0..3)
+                .flat_map(|c| input.rgb.pixels().map(move |p| p.0[c] as f32 / 255.0))
+                .collect();
+            let started = now_ms();
+            let x = Tensor::from_slice(&self.ctx, [1, 3, h as usize, w as usize], &rgb)
+                .map_err(js_error)?;
+            let mut found = self.detector.detect_async(&x).await.map_err(js_error)?;
+            let forward_ms = now_ms() - started;
+            let detections = found.pop().unwrap_or_default();
+            let drawn = draw_detections(&input.rgb, &detections);
+            Ok(Found {
+                size: (w, h),
+                rgba: drawn.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect(),
+                detections,
+                forward_ms,
+            })
+        }
+    }
+
+    /// One picture's detections, on the host, and the picture with them drawn.
+    #[wasm_bindgen]
+    pub struct Found {
+        size: (u32, u32),
+        rgba: Vec<u8>,
+        detections: Detections,
+        forward_ms: f64,
+    }
+
+    #[wasm_bindgen]
+    impl Found {
+        /// How many detections.
+        pub fn count(&self) -> usize {
+            self.detections.len()
+        }
+
+        /// (x1, y1, x2, y2) of each detection, in the picture's pixels, flattened.
+        pub fn boxes(&self) -> Vec<f32> {
+            self.detections.boxes.concat()
+        }
+
+        /// The scores, best first.
+        pub fn scores(&self) -> Vec<f32> {
+            self.detections.scores.clone()
+        }
+
+        /// The class indices (as floats, for JavaScript).
+        pub fn labels(&self) -> Vec<f32> {
+            self.detections.labels.iter().map(|&l| l as f32).collect()
+        }
+
+        /// The picture's width.
+        pub fn width(&self) -> u32 {
+            self.size.0
+        }
+
+        /// The picture's height.
+        pub fn height(&self) -> u32 {
+            self.size.1
+        }
+
+        /// The picture with the boxes drawn: RGBA bytes for a canvas's `ImageData`.
+        pub fn drawn_rgba(&self) -> Vec<u8> {
+            self.rgba.clone()
+        }
+
+        /// Milliseconds from the upload of the picture to the detections read back (the
+        /// first run of a size also builds its plan and pipelines).
+        pub fn forward_ms(&self) -> f64 {
+            self.forward_ms
         }
     }
 

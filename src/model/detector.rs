@@ -23,8 +23,8 @@ use crate::model::retinanet_head::RetinaNetHead;
 use crate::model::PYRAMID_CHANNELS;
 use crate::precision::Precision;
 use crate::tensor::Tensor;
-use crate::tensor_file::TensorMap;
-use crate::weights::VarStore;
+use crate::tensor_file::{read_tensors, TensorMap};
+use crate::weights::{is_ignored, VarStore};
 
 /// The detectors this crate runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,8 +156,31 @@ impl Detector {
         path: &Path,
         options: DetectorOptions,
     ) -> Result<Self> {
-        let checkpoint = Checkpoint::open(path)?;
-        let store = VarStore::from_file(path)?;
+        let tensors = read_tensors(path, is_ignored)?;
+        Self::from_tensors(ctx, &path.display().to_string(), tensors, options)
+    }
+
+    /// [`Detector::from_safetensors`] on tensors already in memory (a page's fetched file, say);
+    /// `origin` names them in errors.
+    pub fn from_tensors(
+        ctx: &GpuContext,
+        origin: &str,
+        tensors: TensorMap,
+        options: DetectorOptions,
+    ) -> Result<Self> {
+        // The backbone's layout is recognised from its own tensors, which the checkpoint
+        // reader takes apart; the detector reads every tensor from the whole map.
+        let backbone: TensorMap = tensors
+            .iter()
+            .filter(|(n, _)| n.starts_with("backbone."))
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect();
+        let store = VarStore::from_tensors(origin, tensors);
+        if backbone.is_empty() {
+            // No `backbone.`: say what the file is rather than that its backbone is missing.
+            Self::recognise(&store, FpnConfig::torchvision([1; 4]))?;
+        }
+        let checkpoint = Checkpoint::from_store(VarStore::from_tensors(origin, backbone))?;
         let config = Self::recognise(&store, checkpoint.config())?;
         Self::new(ctx, &store, config, options)
     }

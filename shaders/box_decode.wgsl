@@ -7,6 +7,7 @@
 // Bindings:
 //   0  selected     [N, L, K, 2]        (score, flat index bits) per slot; score < 0: empty
 //   1  regression   [N, A*4, HS, WS]    the regression head's output over the packed levels
+//                                       (stored as `act`; decoded in f32)
 //   2  cell_anchors [L * A] vec4        (x1, y1, x2, y2) of each level's anchors at the origin
 //   3  out          [N, 1, L*K, 6]      x1, y1, x2, y2, score, label bits; score -1: empty
 //   4  params       DecodeParams
@@ -40,7 +41,7 @@ struct DecodeParams {
 override WG: u32 = 256u;
 
 @group(0) @binding(0) var<storage, read> selected: array<f32>;
-@group(0) @binding(1) var<storage, read> regression: array<f32>;
+@group(0) @binding(1) var<storage, read> regression: array<act>;
 @group(0) @binding(2) var<storage, read> cell_anchors: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<uniform> p: DecodeParams;
@@ -84,8 +85,8 @@ fn decode_boxes(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let plane = p.map_height * p.map_width;
     let at = (r.x + h) * p.map_width + r.y + w;
     let base = (n * p.anchors * 4u + a * 4u) * plane + at;
-    let code = vec4<f32>(regression[base], regression[base + plane],
-                         regression[base + 2u * plane], regression[base + 3u * plane]);
+    let code = vec4<f32>(f32(regression[base]), f32(regression[base + plane]),
+                         f32(regression[base + 2u * plane]), f32(regression[base + 3u * plane]));
     var decoded: vec4<f32>;
     if (p.linear == 0u) {
         let width = box.z - box.x;

@@ -29,13 +29,13 @@ struct LevelsParams {
 
 override WG: u32 = 256u;
 
-@group(0) @binding(0) var<storage, read> level0: array<f32>;
-@group(0) @binding(1) var<storage, read> level1: array<f32>;
-@group(0) @binding(2) var<storage, read> level2: array<f32>;
-@group(0) @binding(3) var<storage, read> level3: array<f32>;
-@group(0) @binding(4) var<storage, read> level4: array<f32>;
-@group(0) @binding(5) var<storage, read> x: array<f32>;
-@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read> level0: array<act>;
+@group(0) @binding(1) var<storage, read> level1: array<act>;
+@group(0) @binding(2) var<storage, read> level2: array<act>;
+@group(0) @binding(3) var<storage, read> level3: array<act>;
+@group(0) @binding(4) var<storage, read> level4: array<act>;
+@group(0) @binding(5) var<storage, read> x: array<act>;
+@group(0) @binding(6) var<storage, read_write> out: array<act>;
 @group(0) @binding(7) var<uniform> p: LevelsParams;
 
 // The level whose region holds (y, xx) and the pixel's index in that level's plane; level
@@ -65,7 +65,7 @@ fn stack_levels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let nc = i / plane;
     let pix = i % plane;
     let at = locate(pix / p.width, pix % p.width);
-    var v = 0.0;
+    var v = act(0.0);
     if (at.x < p.count) {
         let r = p.regions[at.x];
         let src = nc * r.z * r.w + at.y;
@@ -89,5 +89,5 @@ fn mask_levels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     let pix = i % (p.height * p.width);
     let at = locate(pix / p.width, pix % p.width);
-    out[i] = select(0.0, x[i], at.x < p.count);
+    out[i] = select(act(0.0), x[i], at.x < p.count);
 }

@@ -2,7 +2,8 @@
 // in eval: normalise each channel ((v - mean) / std), resize with F.interpolate(mode='bilinear',
 // align_corners=False) to out_height x out_width, and pad with zeros on the bottom and right
 // to padded_height x padded_width (a multiple of 32). Each of the four taps is normalised
-// before it is weighted, in the order PyTorch computes them. Needs common.wgsl before it.
+// before it is weighted, in the order PyTorch computes them, in f32 whatever `act` stores.
+// Needs common.wgsl before it.
 //
 // Bindings:
 //   0  x       [N, C, in_height, in_width]
@@ -32,12 +33,12 @@ struct ResizeParams {
 
 override WG: u32 = 256u;
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<act>;
+@group(0) @binding(1) var<storage, read_write> out: array<act>;
 @group(0) @binding(2) var<uniform> p: ResizeParams;
 
 fn tap(base: u32, y: u32, xx: u32, mean: f32, stddev: f32) -> f32 {
-    return (x[base + y * p.in_width + xx] - mean) / stddev;
+    return (f32(x[base + y * p.in_width + xx]) - mean) / stddev;
 }
 
 @compute @workgroup_size(WG)
@@ -52,7 +53,7 @@ fn normalize_resize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let oy = i % plane / p.padded_width;
     let ox = i % p.padded_width;
     if (oy >= p.out_height || ox >= p.out_width) {
-        out[i] = 0.0;
+        out[i] = act(0.0);
         return;
     }
     let c = nc % p.channels;
@@ -63,5 +64,5 @@ fn normalize_resize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let w = linear_taps(ox, p.in_width, p.scale_w);
     let top = w.l0 * tap(base, h.i0, w.i0, mean, stddev) + w.l1 * tap(base, h.i0, w.i1, mean, stddev);
     let bottom = w.l0 * tap(base, h.i1, w.i0, mean, stddev) + w.l1 * tap(base, h.i1, w.i1, mean, stddev);
-    out[i] = h.l0 * top + h.l1 * bottom;
+    out[i] = act(h.l0 * top + h.l1 * bottom);
 }

@@ -377,6 +377,46 @@ fn top_k_matches_reference_on_random_pyramids() {
     }
 }
 
+/// Logits stored as f16 (a detector whose activations are): the selection is that of their
+/// values, read exactly and scored in f32.
+#[test]
+fn top_k_reads_f16_logits() {
+    let Some(ctx) = common::f16_gpu() else {
+        eprintln!(
+            "no shader-f16 on this adapter: the f16 path is refused (top_k_refuses_bad_input)"
+        );
+        return;
+    };
+    let mut rng = SplitMix64::new(43);
+    for case in cases().into_iter().filter(|c| c.map.0 * c.map.1 < 100_000) {
+        let mut inputs = inputs(ctx, &mut rng, &case);
+        let round = |v: &mut Vec<f32>| {
+            v.iter_mut()
+                .for_each(|x| *x = half::f16::from_f32(*x).to_f32())
+        };
+        round(&mut inputs.logits);
+        if let Some(c) = inputs.centerness.as_mut() {
+            round(c);
+        }
+        let half = |v: &[f32], shape| Tensor::from_slice_as(ctx, shape, v, Precision::F16).unwrap();
+        inputs.logits_gpu = half(&inputs.logits, inputs.shape);
+        inputs.centerness_gpu = inputs
+            .centerness
+            .as_ref()
+            .map(|c| half(c, [case.batch, case.anchors, case.map.0, case.map.1]));
+        let out = top_k::top_k(
+            ctx,
+            &inputs.logits_gpu,
+            inputs.centerness_gpu.as_ref(),
+            &regions(&case.levels),
+            &options(&case),
+        )
+        .unwrap_or_else(|e| panic!("{} (f16): {e}", case.name));
+        let values = out.download(ctx).unwrap();
+        check_against_reference(&case, &inputs, &values);
+    }
+}
+
 #[test]
 fn top_k_selects_nothing_where_no_score_passes() {
     let ctx = gpu();
@@ -562,9 +602,15 @@ fn top_k_refuses_bad_input() {
 
     if let Some(ctx16) = common::f16_gpu() {
         let half = Tensor::empty_as(ctx16, shape, Precision::F16).unwrap();
+        let half_ctr = Tensor::empty_as(ctx16, [2, 9, 12, 20], Precision::F16).unwrap();
+        let ctr = Tensor::empty(ctx16, [2, 9, 12, 20]).unwrap();
         expect(
-            top_k::prepare(ctx16, &half, None, &levels, &opts, &out),
-            "the logits stored as f16",
+            top_k::prepare(ctx16, &half, Some(&ctr), &levels, &fcos, &out),
+            "the centerness stored as f32",
+        );
+        expect(
+            top_k::prepare(ctx16, &logits, Some(&half_ctr), &levels, &fcos, &out),
+            "the centerness stored as f16",
         );
         let half_out =
             Tensor::empty_as(ctx16, top_k::output_shape(shape, 3, 10), Precision::F16).unwrap();

@@ -209,7 +209,8 @@ mod web {
                 score_thresh: score_thresh.unwrap_or(defaults.score_thresh),
                 ..defaults
             };
-            let detector = Detector::from_tensors(&ctx, name, tensors, options).map_err(js_error)?;
+            let detector =
+                Detector::from_tensors(&ctx, name, tensors, options).map_err(js_error)?;
             Ok(DetectorSession { ctx, detector })
         }
 
@@ -229,7 +230,8 @@ mod web {
         /// Finds the boxes in a JPEG or PNG (its bytes; `name` names it in errors): RGB in
         /// 0..1 goes in, as `fpn detect --image` makes it.
         pub async fn run(&self, picture: Vec<u8>, name: String) -> Result<Found, JsError> {
-            let input = decode_image(&picture, &name, &ImageOptions::default()).map_err(js_error)?;
+            let input =
+                decode_image(&picture, &name, &ImageOptions::default()).map_err(js_error)?;
             let (w, h) = input.rgb.dimensions();
             let rgb: Vec<f32> = (0..3)
                 .flat_map(|c| input.rgb.pixels().map(move |p| p.0[c] as f32 / 255.0))
@@ -243,7 +245,10 @@ mod web {
             let drawn = draw_detections(&input.rgb, &detections);
             Ok(Found {
                 size: (w, h),
-                rgba: drawn.pixels().flat_map(|p| [p[0], p[1], p[2], 255]).collect(),
+                rgba: drawn
+                    .pixels()
+                    .flat_map(|p| [p[0], p[1], p[2], 255])
+                    .collect(),
                 detections,
                 forward_ms,
             })

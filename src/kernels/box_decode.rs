@@ -16,7 +16,7 @@ pub const SHADER: ShaderSource = ShaderSource {
     source: include_str!("../../shaders/box_decode.wgsl"),
     params: &[("DecodeParams", std::mem::size_of::<DecodeParams>())],
     enables: "",
-    precisions: &[Precision::F32],
+    precisions: &Precision::ALL,
 };
 
 /// Words of one candidate record: x1, y1, x2, y2, score, label (u32 bits).
@@ -103,9 +103,14 @@ pub fn prepare(
     for t in [selected, regression, out] {
         check_nchw(OP, t)?;
         check_shape(ctx, OP, "a tensor", t.shape())?;
-        if t.precision() != Precision::F32 {
-            return Err(Error::invalid(OP, "box decoding takes float32 tensors"));
-        }
+    }
+    // The regression may be stored as the activations are; the selection and the boxes are
+    // f32, whatever they are.
+    if selected.precision() != Precision::F32 || out.precision() != Precision::F32 {
+        return Err(Error::invalid(
+            OP,
+            "the selection and the output must be float32 tensors (the regression may be f16)",
+        ));
     }
     let [n, levels, k, two] = selected.shape();
     let [rn, rc, mh, mw] = regression.shape();
@@ -176,7 +181,7 @@ pub fn prepare(
     elementwise_dispatch(
         ctx,
         &SHADER,
-        Precision::F32,
+        regression.precision(),
         OP,
         n * levels * k,
         &params,

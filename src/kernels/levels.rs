@@ -21,7 +21,7 @@ pub const SHADER: ShaderSource = ShaderSource {
     source: include_str!("../../shaders/levels.wgsl"),
     params: &[("LevelsParams", std::mem::size_of::<LevelsParams>())],
     enables: "",
-    precisions: &[Precision::F32],
+    precisions: &Precision::ALL,
 };
 
 /// Most levels a packed map holds (the bindings of `stack_levels`).
@@ -177,7 +177,7 @@ pub fn prepare_stack(ctx: &GpuContext, levels: &[&Tensor], out: &Tensor) -> Resu
     elementwise_dispatch(
         ctx,
         &SHADER,
-        Precision::F32,
+        out.precision(),
         OP,
         out.numel(),
         &params(out, &regions),
@@ -198,18 +198,12 @@ pub fn prepare_mask(
     check_shape(ctx, OP, "the packed map", x.shape())?;
     check_output_shape(OP, out, x.shape())?;
     check_io(OP, out, &[x])?;
-    if x.precision() != Precision::F32 {
-        return Err(Error::invalid(
-            OP,
-            "packed level maps are float32; run the detector in Precision::F32",
-        ));
-    }
     let [_, _, h, w] = x.shape();
     check_regions(OP, regions, (h, w))?;
     elementwise_dispatch(
         ctx,
         &SHADER,
-        Precision::F32,
+        out.precision(),
         OP,
         out.numel(),
         &params(out, regions),

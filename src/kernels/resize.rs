@@ -19,7 +19,7 @@ pub const SHADER: ShaderSource = ShaderSource {
     ),
     params: &[("ResizeParams", std::mem::size_of::<ResizeParams>())],
     enables: "",
-    precisions: &[Precision::F32],
+    precisions: &Precision::ALL,
 };
 
 /// Most channels the per-channel normalisation has room for.
@@ -92,9 +92,6 @@ pub fn prepare(
     }
     check_output_shape(OP, out, [n, c, ph, pw])?;
     check_io(OP, out, &[x])?;
-    if x.precision() != Precision::F32 {
-        return Err(Error::invalid(OP, "the pictures must be float32 tensors"));
-    }
     let params = ResizeParams {
         len: out.numel() as u32,
         channels: c as u32,
@@ -114,7 +111,7 @@ pub fn prepare(
     elementwise_dispatch(
         ctx,
         &SHADER,
-        Precision::F32,
+        out.precision(),
         OP,
         out.numel(),
         &params,

@@ -21,7 +21,7 @@ pub const SHADER: ShaderSource = ShaderSource {
     source: include_str!("../../shaders/top_k.wgsl"),
     params: &[("TopKParams", std::mem::size_of::<TopKParams>())],
     enables: "",
-    precisions: &[Precision::F32],
+    precisions: &Precision::ALL,
 };
 
 /// The most pyramid levels one launch selects from (the size of the params' region table).
@@ -120,12 +120,14 @@ fn min_key(thresh: f32) -> u32 {
     }
 }
 
-fn check_f32(op: &'static str, what: &str, t: &Tensor) -> Result<()> {
-    if t.precision() != Precision::F32 {
+/// Checks that `t` is an NCHW tensor of `precision`: the logits' (either precision; the
+/// scores are computed in f32), or f32 for the output.
+fn check_stored(op: &'static str, what: &str, t: &Tensor, precision: Precision) -> Result<()> {
+    if t.precision() != precision {
         return Err(Error::invalid(
             op,
             format!(
-                "got {what} stored as {}; the top-k selection takes f32 tensors only (convert with kernels::convert::convert)",
+                "got {what} stored as {}; it must be {precision} here (the logits and the centerness share one precision, the output is f32; convert with kernels::convert::convert)",
                 t.precision()
             ),
         ));
@@ -238,7 +240,7 @@ fn check_inputs<'a>(
             "the score threshold is NaN; give a number (torchvision's default is 0.05)",
         ));
     }
-    check_f32(OP, "the logits", logits)?;
+    check_nchw(OP, logits)?;
     check_shape(ctx, OP, "the logits", logits.shape())?;
     check_indexable(OP, "the logits", logits)?;
     let shape = logits.shape();
@@ -272,7 +274,7 @@ fn check_inputs<'a>(
         }
     };
     if let Some(c) = centerness {
-        check_f32(OP, "the centerness", c)?;
+        check_stored(OP, "the centerness", c, logits.precision())?;
         check_shape(ctx, OP, "the centerness", c.shape())?;
         check_indexable(OP, "the centerness", c)?;
         let want = [n, opts.anchors, map_h, map_w];
@@ -327,7 +329,7 @@ pub fn prepare(
     } = check_inputs(ctx, logits, centerness, levels, opts)?;
     let shape = logits.shape();
     let [n, _, map_h, map_w] = shape;
-    check_f32(OP, "the output", out)?;
+    check_stored(OP, "the output", out, Precision::F32)?;
     check_output_shape(OP, out, output_shape(shape, levels.len(), opts.k))?;
     check_shape(ctx, OP, "the output", out.shape())?;
     check_indexable(OP, "the output", out)?;
@@ -391,7 +393,7 @@ pub fn prepare(
                   pass: usize,
                   buffers: &[(u32, wgpu::BindingResource<'_>)]|
      -> Result<Dispatch> {
-        let pipeline = pipeline(ctx, &SHADER, Precision::F32, entry, &[])?;
+        let pipeline = pipeline(ctx, &SHADER, logits.precision(), entry, &[])?;
         let mut entries = buffers.to_vec();
         entries.push((5, uniforms[pass].binding()));
         let bind_group = ctx.bind_group(entry, &pipeline, &entries);

@@ -18,6 +18,8 @@ pub(super) struct GpuNode {
     pub op: Box<dyn GpuOp>,
     /// How many inputs the op takes, kept for shape inference.
     pub arity: std::ops::RangeInclusive<usize>,
+    /// How the op's output is stored.
+    pub precision: Precision,
     pub inputs: Vec<usize>,
 }
 
@@ -76,6 +78,7 @@ pub(super) fn lower(ctx: &GpuContext, graph: Graph, options: &ExecutorOptions) -
             name: node.name,
             stage: node.stage,
             arity: node.op.arity(),
+            precision: node.op.output_precision(target.precision),
             op,
             inputs: node.inputs,
         });

@@ -165,7 +165,8 @@ impl Executor {
         let shapes = self.checked_shapes(input_shape)?;
         let sizes: Vec<u64> = shapes
             .iter()
-            .map(|&s| padded_bytes(s, self.precision, self.layout))
+            .zip(&self.nodes)
+            .map(|(&s, node)| padded_bytes(s, node.precision, self.layout))
             .collect();
         let inputs: Vec<Vec<usize>> = self.nodes.iter().map(|n| n.inputs.clone()).collect();
         let outputs: Vec<usize> = self.outputs.iter().map(|&(_, v)| v).collect();
@@ -209,7 +210,7 @@ impl Executor {
                     arena.clone(),
                     memory.offset_of[v],
                     shape,
-                    self.precision,
+                    self.nodes[v].precision,
                     self.layout,
                 )
             })

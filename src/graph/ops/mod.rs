@@ -68,6 +68,13 @@ pub trait GraphOp: Debug + Send + Sync + AsAny {
     /// Whether the op has kernels for values stored in `layout` and `precision`.
     fn supports(&self, layout: MemoryFormat, precision: Precision) -> bool;
 
+    /// How the op's output is stored in a graph whose values are stored in `graph`: the
+    /// graph's own precision, but for ops whose results need f32 whatever the activations are
+    /// stored in (scores, boxes and indices of the detectors' post-processing).
+    fn output_precision(&self, graph: Precision) -> Precision {
+        graph
+    }
+
     /// Uploads the op's weights for `target` and returns the op as the executor runs it (an
     /// op without weights returns itself: see [`PlainOp`]).
     fn lower(&self, ctx: &GpuContext, target: &Target) -> Result<Box<dyn GpuOp>>;

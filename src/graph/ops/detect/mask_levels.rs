@@ -31,8 +31,8 @@ impl GraphOp for MaskLevels {
         Ok(inputs[0])
     }
 
-    fn supports(&self, layout: MemoryFormat, precision: Precision) -> bool {
-        layout == MemoryFormat::Nchw && precision == Precision::F32
+    fn supports(&self, layout: MemoryFormat, _precision: Precision) -> bool {
+        layout == MemoryFormat::Nchw
     }
 
     fn lower(&self, _ctx: &GpuContext, _target: &Target) -> Result<Box<dyn GpuOp>> {

@@ -60,8 +60,8 @@ impl GraphOp for StackLevels {
         Ok([n, c, h, w])
     }
 
-    fn supports(&self, layout: MemoryFormat, precision: Precision) -> bool {
-        layout == MemoryFormat::Nchw && precision == Precision::F32
+    fn supports(&self, layout: MemoryFormat, _precision: Precision) -> bool {
+        layout == MemoryFormat::Nchw
     }
 
     fn lower(&self, _ctx: &GpuContext, _target: &Target) -> Result<Box<dyn GpuOp>> {

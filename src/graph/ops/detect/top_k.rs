@@ -76,8 +76,13 @@ impl GraphOp for TopKScores {
         ))
     }
 
-    fn supports(&self, layout: MemoryFormat, precision: Precision) -> bool {
-        layout == MemoryFormat::Nchw && precision == Precision::F32
+    /// NCHW values in either precision; the output is f32 whatever the activations are.
+    fn supports(&self, layout: MemoryFormat, _precision: Precision) -> bool {
+        layout == MemoryFormat::Nchw
+    }
+
+    fn output_precision(&self, _graph: Precision) -> Precision {
+        Precision::F32
     }
 
     fn lower(&self, _ctx: &GpuContext, _target: &Target) -> Result<Box<dyn GpuOp>> {

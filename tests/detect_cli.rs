@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use common::{fpn_command, gpu, scratch};
 use fpn_wgpu::model::{DetectorConfig, ExtraLevels, P6Source};
-use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor};
+use fpn_wgpu::tensor_file::{write_tensors, HostTensor};
 use fpn_wgpu::{Detector, DetectorOptions, Fpn, FpnConfig, Tensor};
 use safetensors::{Dtype, SafeTensors};
 

@@ -8,21 +8,29 @@
 // Entry points:
 //   stack_levels  out = the levels (bindings 0..4, as many as regions) placed in their regions
 //   mask_levels   out = x inside the regions, zero outside (after each layer of a head: the
-//                 convolution's bias and ReLU leave values outside the regions)
+//                 convolution's bias and ReLU leave values outside the regions), optionally
+//                 inside a zero border of pad_y rows and pad_x columns: the padded input of
+//                 the next 3x3 convolution, without a padding launch of its own
 //
 // Bindings:
 //   0..4  level0..level4  [N, C, h_l, w_l]   stack_levels (unused ones bound to level 0)
 //   5     x               [N, C, HS, WS]      mask_levels
-//   6     out             [N, C, HS, WS]
+//   6     out             [N, C, HS + 2 pad_y, WS + 2 pad_x]   (pad 0 for stack_levels)
 //   7     params          LevelsParams
 //
 // Grid: one invocation per output element, workgroups linearised over x and y.
 
 struct LevelsParams {
     len: u32,
+    // The output's size.
     height: u32,
     width: u32,
     count: u32,
+    // mask_levels: the input's size and the border around it in the output.
+    in_height: u32,
+    in_width: u32,
+    pad_y: u32,
+    pad_x: u32,
     // (y0, x0, height, width) of each level, in the packed map.
     regions: array<vec4<u32>, 8>,
 }
@@ -87,7 +95,15 @@ fn mask_levels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (i >= p.len) {
         return;
     }
-    let pix = i % (p.height * p.width);
-    let at = locate(pix / p.width, pix % p.width);
-    out[i] = select(act(0.0), x[i], at.x < p.count);
+    let plane = p.height * p.width;
+    let nc = i / plane;
+    let pix = i % plane;
+    // The input pixel under this output pixel; the border wraps to huge values and misses.
+    let y = pix / p.width - p.pad_y;
+    let xx = pix % p.width - p.pad_x;
+    var v = act(0.0);
+    if (y < p.in_height && xx < p.in_width && locate(y, xx).x < p.count) {
+        v = x[(nc * p.in_height + y) * p.in_width + xx];
+    }
+    out[i] = v;
 }

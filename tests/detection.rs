@@ -11,6 +11,7 @@ mod common;
 use std::path::Path;
 
 use common::gpu;
+use fpn_wgpu::graph::executor::Granularity;
 use fpn_wgpu::model::{DetectorConfig, ExtraLevels, P6Source};
 use fpn_wgpu::tensor_file::read_tensors;
 use fpn_wgpu::{Detections, Detector, DetectorOptions, FpnConfig, Tensor};
@@ -166,4 +167,50 @@ fn retinanet_matches_torchvision_on_a_batch_of_two_pictures_smaller_than_min_siz
 #[test]
 fn retinanet_matches_torchvision_on_an_odd_picture_scaled_down() {
     check_fixture("det_retinanet_150x113");
+}
+
+/// Each head layer is one launch over all five levels: per branch, 5 convolutions, the 4 masks
+/// that zero the gaps between the levels (writing the next convolution's zero border too) and
+/// the first layer's padding; whatever the batch.
+#[test]
+fn heads_run_each_layer_once_over_all_levels() {
+    let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
+    backbone.returned = [false, true, true, true];
+    backbone.extra = ExtraLevels::P6P7(P6Source::P5);
+    let config = DetectorConfig {
+        backbone,
+        ..DetectorConfig::retinanet_resnet50(4)
+    };
+    let options = DetectorOptions {
+        min_size: 64,
+        max_size: 96,
+        ..DetectorOptions::default()
+    };
+    let detector = Detector::random(gpu(), config, 3, options).unwrap();
+    assert!(detector
+        .executor()
+        .passes_applied()
+        .contains(&"pad_into_mask"));
+    for batch in [1, 3] {
+        let plan = detector.executor().plan([batch, 3, 50, 70]).unwrap();
+        let groups = plan.groups(Granularity::Stages);
+        for head in ["classification head", "regression head"] {
+            let (_, range) = groups.iter().find(|(stage, _)| stage == head).unwrap();
+            let kinds: Vec<&str> = plan.dispatches()[range.clone()]
+                .iter()
+                .map(|d| d.label())
+                .collect();
+            let count = |k: &str| kinds.iter().filter(|&&x| x.starts_with(k)).count();
+            assert_eq!(
+                (
+                    kinds.len(),
+                    count("conv2d"),
+                    count("mask_levels"),
+                    count("pad2d")
+                ),
+                (10, 5, 4, 1),
+                "{head}, batch {batch}: {kinds:?}"
+            );
+        }
+    }
 }

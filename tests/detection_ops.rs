@@ -152,11 +152,19 @@ fn stacked_levels_and_their_mask_match_reference() {
         }
         let noisy = rng.vec(numel([n, c, h, w]), -1.0, 1.0);
         let xt = Tensor::from_slice(ctx, [n, c, h, w], &noisy).unwrap();
-        let masked = Tensor::empty(ctx, [n, c, h, w]).unwrap();
-        let d = levels::prepare_mask(ctx, &xt, &regions, &masked).unwrap();
-        ctx.run(&[&d]).unwrap();
         let want = reference::mask_levels(&noisy, [n, c, h, w], &rects);
-        assert_eq!(masked.download(ctx).unwrap(), want, "masked map {sizes:?}");
+        // As it is, and inside the zero border a following 3x3 (or 5x3) convolution reads.
+        for pad in [(0, 0), (1, 1), (2, 1)] {
+            let masked = Tensor::empty(ctx, [n, c, h + 2 * pad.0, w + 2 * pad.1]).unwrap();
+            let d = levels::prepare_mask(ctx, &xt, &regions, pad, &masked).unwrap();
+            ctx.run(&[&d]).unwrap();
+            let (want, _) = reference::pad2d(&want, [n, c, h, w], pad);
+            assert_eq!(
+                masked.download(ctx).unwrap(),
+                want,
+                "masked map {sizes:?}, padding {pad:?}"
+            );
+        }
     }
 }
 
@@ -178,12 +186,12 @@ fn levels_refuse_bad_input() {
         height: 8,
         width: 8,
     };
-    let e = levels::prepare_mask(ctx, &a, &[outside], &wrong)
+    let e = levels::prepare_mask(ctx, &a, &[outside], (0, 0), &wrong)
         .unwrap_err()
         .to_string();
     assert!(e.contains("shape") || e.contains("inside"), "{e}");
     let m = Tensor::empty(ctx, [1, 4, 8, 8]).unwrap();
-    let e = levels::prepare_mask(ctx, &a, &[outside], &m)
+    let e = levels::prepare_mask(ctx, &a, &[outside], (0, 0), &m)
         .unwrap_err()
         .to_string();
     assert!(e.contains("does not lie inside"), "{e}");

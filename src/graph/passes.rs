@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use super::ops::detect::MaskLevels;
 use super::ops::{Add, BatchNorm, Conv2d, HostConv, Pad2d, Relu, ResidualMode, UpsampleAdd};
 use super::{Graph, Value};
 use crate::kernels::conv2d::dense_from_grouped;
@@ -38,7 +39,8 @@ pub struct Pipeline {
 }
 
 /// Folds batch norm and fuses ReLU and residual adds into the convolutions, then makes the
-/// padding of dense convolutions explicit: what every fused graph runs.
+/// padding of dense convolutions explicit (written by the packed levels' mask where it feeds
+/// one): what every fused graph runs.
 pub const FUSE: Pipeline = Pipeline {
     name: "fuse",
     passes: &[
@@ -46,6 +48,7 @@ pub const FUSE: Pipeline = Pipeline {
         ("fuse_residual_add", fuse_residual_add),
         ("fuse_relu", fuse_relu),
         ("explicit_padding", explicit_padding),
+        ("pad_into_mask", pad_into_mask),
     ],
 };
 
@@ -344,6 +347,35 @@ pub fn halo_into_producer(graph: &mut Graph) -> bool {
         let mut conv = conv.clone();
         conv.opts.out_padding = pad;
         graph.nodes[v].op = Arc::new(conv);
+        replace_uses(graph, k, v);
+        changed = true;
+    }
+    changed
+}
+
+/// `pad2d(mask_levels(x))` becomes a `mask_levels` that writes its zero border itself, when
+/// the mask's value has no other reader: in a detection head, the padded input of the next
+/// convolution in one launch instead of two.
+pub fn pad_into_mask(graph: &mut Graph) -> bool {
+    let mut changed = false;
+    for k in 0..graph.nodes.len() {
+        let uses = graph.use_counts();
+        let Some(&Pad2d(pad)) = graph.nodes[k].op::<Pad2d>() else {
+            continue;
+        };
+        let v = graph.nodes[k].inputs[0];
+        if uses[k] == 0 || uses[v] != 1 || graph.is_output(v) {
+            continue;
+        }
+        let Some(mask) = graph.nodes[v].op::<MaskLevels>() else {
+            continue;
+        };
+        if mask.padding != (0, 0) {
+            continue;
+        }
+        let mut mask = mask.clone();
+        mask.padding = pad;
+        graph.nodes[v].op = Arc::new(mask);
         replace_uses(graph, k, v);
         changed = true;
     }

@@ -87,10 +87,15 @@ pub(crate) struct LevelsParams {
     height: u32,
     width: u32,
     count: u32,
+    in_height: u32,
+    in_width: u32,
+    pad_y: u32,
+    pad_x: u32,
     regions: [[u32; 4]; REGION_SLOTS],
 }
 
-fn params(out: &Tensor, regions: &[LevelRegion]) -> LevelsParams {
+/// The params of a launch writing `out` from a map `padding` smaller on each side.
+fn params(out: &Tensor, regions: &[LevelRegion], (pad_y, pad_x): (usize, usize)) -> LevelsParams {
     let mut words = [[0; 4]; REGION_SLOTS];
     for (w, r) in words.iter_mut().zip(regions) {
         *w = r.words();
@@ -101,6 +106,10 @@ fn params(out: &Tensor, regions: &[LevelRegion]) -> LevelsParams {
         height: height as u32,
         width: width as u32,
         count: regions.len() as u32,
+        in_height: (height - 2 * pad_y) as u32,
+        in_width: (width - 2 * pad_x) as u32,
+        pad_y: pad_y as u32,
+        pad_x: pad_x as u32,
         regions: words,
     }
 }
@@ -180,25 +189,27 @@ pub fn prepare_stack(ctx: &GpuContext, levels: &[&Tensor], out: &Tensor) -> Resu
         out.precision(),
         OP,
         out.numel(),
-        &params(out, &regions),
+        &params(out, &regions, (0, 0)),
         &buffers,
         7,
     )
 }
 
-/// Builds the launch computing `out = x` inside `regions` and 0 outside them.
+/// Builds the launch computing `out = x` inside `regions` and 0 outside them, within a zero
+/// border of `padding` (rows, columns) on each side: `out` is `[N, C, HS + 2 py, WS + 2 px]`.
 pub fn prepare_mask(
     ctx: &GpuContext,
     x: &Tensor,
     regions: &[LevelRegion],
+    padding: (usize, usize),
     out: &Tensor,
 ) -> Result<Dispatch> {
     const OP: &str = "mask_levels";
     check_nchw(OP, x)?;
     check_shape(ctx, OP, "the packed map", x.shape())?;
-    check_output_shape(OP, out, x.shape())?;
+    let [n, c, h, w] = x.shape();
+    check_output_shape(OP, out, [n, c, h + 2 * padding.0, w + 2 * padding.1])?;
     check_io(OP, out, &[x])?;
-    let [_, _, h, w] = x.shape();
     check_regions(OP, regions, (h, w))?;
     elementwise_dispatch(
         ctx,
@@ -206,7 +217,7 @@ pub fn prepare_mask(
         out.precision(),
         OP,
         out.numel(),
-        &params(out, regions),
+        &params(out, regions, padding),
         &[(5, x.binding()), (6, out.binding())],
         7,
     )

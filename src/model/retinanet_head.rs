@@ -44,6 +44,7 @@ impl Branch {
                 "mask_levels",
                 MaskLevels {
                     geometry: geometry.clone(),
+                    padding: (0, 0),
                 },
                 &[y, pictures],
             );

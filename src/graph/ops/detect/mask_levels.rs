@@ -10,12 +10,15 @@ use crate::kernels::levels;
 use crate::precision::Precision;
 use crate::tensor::{MemoryFormat, Tensor};
 
-/// `x` inside the levels' regions, zero outside; inputs `[x, pictures]` (the pictures' shape
-/// alone is read: it places the regions).
+/// `x` inside the levels' regions, zero outside, within a zero border of `padding` (rows,
+/// columns) on each side; inputs `[x, pictures]` (the pictures' shape alone is read: it places
+/// the regions). The passes give it the padding of the convolution that reads it.
 #[derive(Clone, Debug)]
 pub struct MaskLevels {
     /// The levels' packing.
     pub geometry: DetectionGeometry,
+    /// The zero border written around the map.
+    pub padding: (usize, usize),
 }
 
 impl GraphOp for MaskLevels {
@@ -28,7 +31,8 @@ impl GraphOp for MaskLevels {
     }
 
     fn output_shape(&self, inputs: &[[usize; 4]]) -> Result<[usize; 4]> {
-        Ok(inputs[0])
+        let [n, c, h, w] = inputs[0];
+        Ok([n, c, h + 2 * self.padding.0, w + 2 * self.padding.1])
     }
 
     fn supports(&self, layout: MemoryFormat, _precision: Precision) -> bool {
@@ -43,6 +47,12 @@ impl GraphOp for MaskLevels {
 impl PlainOp for MaskLevels {
     fn prepare(&self, ctx: &GpuContext, inputs: &[&Tensor], out: &Tensor) -> Result<Vec<Dispatch>> {
         let (regions, _) = self.geometry.packed(picture_size(inputs[1].shape()))?;
-        Ok(vec![levels::prepare_mask(ctx, inputs[0], &regions, out)?])
+        Ok(vec![levels::prepare_mask(
+            ctx,
+            inputs[0],
+            &regions,
+            self.padding,
+            out,
+        )?])
     }
 }

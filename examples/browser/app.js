@@ -94,6 +94,12 @@ async function reportDetections(found) {
 }
 
 async function detectorMain() {
+  document.querySelector("h1").textContent = "RetinaNet on WebGPU";
+  document.querySelector("h1 + p").textContent = "torchvision's RetinaNet runs in WGSL compute " +
+    "shaders on this browser's GPU adapter, from the picture to the boxes: the transform, the " +
+    "backbone and FPN, the heads, the per-level top-k, the box decoding and the batched NMS. " +
+    "Each box is drawn in its class's colour, the class number on its tag.";
+  $("max-size").parentElement.style.display = "none";
   const response = await fetch(params.get("detector"));
   if (!response.ok) throw new Error(`cannot fetch the detector ${params.get("detector")}: ${response.status}`);
   const weights = new Uint8Array(await response.arrayBuffer());

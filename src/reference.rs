@@ -361,6 +361,56 @@ pub fn mask_levels(x: &[f32], shape: [usize; 4], rects: &[Rect]) -> Vec<f32> {
         .collect()
 }
 
+/// `nn.GroupNorm(groups, c, eps)` applied to each level of a packed map `[n, c, height, width]`
+/// on its own, as a detection head run level by level computes it: per image, group of
+/// `c / groups` channels and rectangle, the mean and biased variance over the rectangle,
+/// `(x - mean) / sqrt(var + eps) * weight[ch] + bias[ch]`, then `max(., 0)` when `relu` (NaN
+/// kept); zero outside every rectangle.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_levels(
+    x: &[f32],
+    shape: [usize; 4],
+    rects: &[Rect],
+    groups: usize,
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+    relu: bool,
+) -> Vec<f32> {
+    let [n, c, height, width] = shape;
+    let per_group = c / groups;
+    let at = |b: usize, ch: usize, y: usize, xx: usize| ((b * c + ch) * height + y) * width + xx;
+    let mut out = vec![0.0f32; x.len()];
+    for b in 0..n {
+        for g in 0..groups {
+            let channels = g * per_group..(g + 1) * per_group;
+            for &(y0, x0, h, w) in rects {
+                let cells = || {
+                    channels.clone().flat_map(move |ch| {
+                        (y0..y0 + h).flat_map(move |y| (x0..x0 + w).map(move |xx| (ch, y, xx)))
+                    })
+                };
+                let count = (per_group * h * w) as f64;
+                let mean = cells()
+                    .map(|(ch, y, xx)| x[at(b, ch, y, xx)] as f64)
+                    .sum::<f64>()
+                    / count;
+                let var = cells()
+                    .map(|(ch, y, xx)| (x[at(b, ch, y, xx)] as f64 - mean).powi(2))
+                    .sum::<f64>()
+                    / count;
+                let inv_std = 1.0 / (var + eps as f64).sqrt();
+                for (ch, y, xx) in cells() {
+                    let i = at(b, ch, y, xx);
+                    let v = (x[i] as f64 - mean) * inv_std * weight[ch] as f64 + bias[ch] as f64;
+                    out[i] = if relu && v < 0.0 { 0.0 } else { v as f32 };
+                }
+            }
+        }
+    }
+    out
+}
+
 /// One level's anchors and geometry for [`decode_boxes`].
 #[derive(Clone, Debug)]
 pub struct AnchorLevel {

@@ -8,6 +8,7 @@ pub mod box_decode;
 pub mod conv2d;
 pub mod convert;
 pub mod elementwise;
+pub mod group_norm;
 pub mod levels;
 pub mod max_pool2d;
 pub mod nms;
@@ -69,6 +70,7 @@ pub const SHADERS: &[&ShaderSource] = &[
     &convert::SHADER,
     &resize::SHADER,
     &levels::SHADER,
+    &group_norm::SHADER,
     &box_decode::SHADER,
     &top_k::SHADER,
     &nms::SORT_SHADER,

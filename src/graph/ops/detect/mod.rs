@@ -1,12 +1,13 @@
 //! The ops of the one-stage detectors (RetinaNet, FCOS), from the picture to the final boxes,
 //! all on the GPU: torchvision's transform, the levels packed for heads that share their
-//! weights across levels, the per-level top-k of scores, anchors and box decoding, and batched
-//! NMS. Each derives where things lie from the pictures' shape through one
-//! [`DetectionGeometry`], so that they agree.
+//! weights across levels (and the group norm of their hidden layers, per level), the per-level
+//! top-k of scores, anchors and box decoding, and batched NMS. Each derives where things lie
+//! from the pictures' shape through one [`DetectionGeometry`], so that they agree.
 
 mod anchors;
 mod decode_boxes;
 mod geometry;
+mod group_norm_levels;
 mod mask_levels;
 mod nms;
 mod stack_levels;
@@ -16,6 +17,7 @@ mod transform;
 pub use anchors::AnchorSpec;
 pub use decode_boxes::DecodeBoxes;
 pub use geometry::{picture_size, DetectionGeometry, ResizeRule};
+pub use group_norm_levels::{GroupNormLevels, HostGroupNorm};
 pub use mask_levels::MaskLevels;
 pub use nms::BatchedNms;
 pub use stack_levels::StackLevels;

@@ -1,0 +1,151 @@
+// Group norm over the levels of a packed map (see levels.wgsl). torchvision runs a detection
+// head level by level, so each level has its own statistics: per image n, group g and level l,
+// the mean and biased variance of the group's channels over the level's region alone. Then
+// out = (x - mean) / sqrt(var + eps) * gamma[c] + beta[c], ReLU when asked, inside the regions,
+// and zero outside them (what mask_levels does after an unnormalised layer: the next 3x3
+// convolution must see each level with zero padding around it).
+//
+// Entry points:
+//   group_norm_stats  one workgroup per (image, group, level): the mean, then the mean of the
+//                     centred squares (two passes over the region, so that a mean large against
+//                     the spread does not cancel the variance). Values are summed less a pivot,
+//                     the segment's first value, and the mean is kept as pivot + delta: near
+//                     the data, x - pivot is exact, so a mean far from zero loses nothing to
+//                     the rounding of the sums or of the mean itself.
+//   group_norm_apply  one invocation per element: the normalisation, or zero outside the regions
+//
+// Bindings:
+//   0  x       [N, C, HS, WS]
+//   1  affine  [2][C]            gamma, then beta
+//   2  stats   [N, G, L] vec4    (pivot, delta, 1 / sqrt(var + eps), 0): the mean is
+//                                pivot + delta; written by the first launch
+//   3  out     [N, C, HS, WS]
+//   4  params  GroupNormParams
+//
+// Grids: group_norm_stats one workgroup per (n, g, l) in that order; group_norm_apply one
+// invocation per element. Both linearise workgroups over x and y.
+
+struct GroupNormParams {
+    len: u32,
+    batch: u32,
+    channels: u32,
+    groups: u32,
+    height: u32,
+    width: u32,
+    count: u32,
+    relu: u32,
+    eps: f32,
+    segments: u32,
+    _pad0: u32,
+    _pad1: u32,
+    // (y0, x0, height, width) of each level, in the packed map.
+    regions: array<vec4<u32>, 8>,
+}
+
+override WG: u32 = 256u;
+// Workgroup size of the statistics launch; a power of two for the tree reduction.
+const STATS_WG: u32 = 256u;
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> affine: array<f32>;
+@group(0) @binding(2) var<storage, read_write> stats: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<uniform> p: GroupNormParams;
+
+var<workgroup> partial: array<f32, STATS_WG>;
+
+// The sum over the workgroup of every invocation's `v`, in every invocation.
+fn workgroup_sum(v: f32, lid: u32) -> f32 {
+    partial[lid] = v;
+    workgroupBarrier();
+    for (var half = STATS_WG / 2u; half > 0u; half /= 2u) {
+        if (lid < half) {
+            partial[lid] += partial[lid + half];
+        }
+        workgroupBarrier();
+    }
+    let total = partial[0];
+    // Nobody may overwrite partial[0] before everyone has read it.
+    workgroupBarrier();
+    return total;
+}
+
+// The index in x of element e of a segment: channel first_channel + e / area, then the
+// region's pixels row by row.
+fn segment_index(first_channel: u32, r: vec4<u32>, e: u32) -> u32 {
+    let area = r.z * r.w;
+    let c = first_channel + e / area;
+    let pix = e % area;
+    return (c * p.height + r.x + pix / r.w) * p.width + r.y + pix % r.w;
+}
+
+@compute @workgroup_size(STATS_WG)
+fn group_norm_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let s = wid.y * nwg.x + wid.x;
+    if (s >= p.segments) {
+        return;
+    }
+    let l = s % p.count;
+    let ng = s / p.count;
+    let per_group = p.channels / p.groups;
+    // (n * C + g * C/G): the segment's first channel plane, as n * G + g times C/G.
+    let first_channel = ng * per_group;
+    let r = p.regions[l];
+    let elements = per_group * r.z * r.w;
+
+    let pivot = x[segment_index(first_channel, r, 0u)];
+    var sum = 0.0;
+    for (var e = lid; e < elements; e += STATS_WG) {
+        sum += x[segment_index(first_channel, r, e)] - pivot;
+    }
+    let delta = workgroup_sum(sum, lid) / f32(elements);
+
+    var squares = 0.0;
+    for (var e = lid; e < elements; e += STATS_WG) {
+        let d = (x[segment_index(first_channel, r, e)] - pivot) - delta;
+        squares += d * d;
+    }
+    let variance = workgroup_sum(squares, lid) / f32(elements);
+    if (lid == 0u) {
+        stats[s] = vec4<f32>(pivot, delta, 1.0 / sqrt(variance + p.eps), 0.0);
+    }
+}
+
+// The level whose region holds (y, xx); p.count when none does.
+fn level_at(y: u32, xx: u32) -> u32 {
+    for (var l = 0u; l < p.count; l++) {
+        let r = p.regions[l];
+        if (y >= r.x && y < r.x + r.z && xx >= r.y && xx < r.y + r.w) {
+            return l;
+        }
+    }
+    return p.count;
+}
+
+@compute @workgroup_size(WG)
+fn group_norm_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.y * nwg.x + wid.x) * WG + lid;
+    if (i >= p.len) {
+        return;
+    }
+    let plane = p.height * p.width;
+    let pix = i % plane;
+    let l = level_at(pix / p.width, pix % p.width);
+    if (l >= p.count) {
+        out[i] = 0.0;
+        return;
+    }
+    let nc = i / plane;
+    let c = nc % p.channels;
+    let n = nc / p.channels;
+    let g = c / (p.channels / p.groups);
+    let st = stats[(n * p.groups + g) * p.count + l];
+    var v = ((x[i] - st.x) - st.y) * (st.z * affine[c]) + affine[p.channels + c];
+    // select, not max: a NaN stays NaN, as PyTorch's ReLU keeps it.
+    if (p.relu != 0u) {
+        v = select(v, 0.0, v < 0.0);
+    }
+    out[i] = v;
+}

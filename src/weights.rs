@@ -24,14 +24,19 @@ pub enum Init {
     Conv,
     /// Convolution bias: uniform in +-0.1.
     Bias,
-    /// Batch norm weight (gamma): uniform in [0.5, 1.5).
+    /// Batch norm or group norm weight (gamma): uniform in [0.5, 1.5).
     BnWeight,
-    /// Batch norm bias (beta): uniform in +-0.2.
+    /// Batch norm or group norm bias (beta): uniform in +-0.2.
     BnBias,
     /// Batch norm running mean: uniform in +-0.2.
     BnMean,
     /// Batch norm running variance: uniform in [0.5, 2).
     BnVar,
+    /// Bias of FCOS's box distances (in anchor sizes, before its ReLU): uniform in [1, 3), so
+    /// that random boxes reach over neighbouring locations as trained ones do (with
+    /// [`Init::Bias`] they would be about one stride wide, never overlap, and leave NMS
+    /// nothing to do).
+    DistanceBias,
 }
 
 /// PyTorch bookkeeping entries that hold no weights.
@@ -264,6 +269,7 @@ fn random_values(seed: u64, name: &str, shape: &[usize], init: Init) -> Vec<f32>
         Init::BnWeight => (0.5, 1.5),
         Init::BnBias | Init::BnMean => (-0.2, 0.2),
         Init::BnVar => (0.5, 2.0),
+        Init::DistanceBias => (1.0, 3.0),
     };
     rng.vec(n, lo, hi)
 }

@@ -6,8 +6,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{fpn_command, gpu, scratch};
-use fpn_wgpu::model::{DetectorConfig, ExtraLevels, P6Source};
-use fpn_wgpu::tensor_file::{write_tensors, HostTensor};
+use fpn_wgpu::model::{DetectorConfig, DetectorKind, ExtraLevels, P6Source};
+use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor};
 use fpn_wgpu::{Detector, DetectorOptions, Fpn, FpnConfig, Tensor};
 use safetensors::{Dtype, SafeTensors};
 
@@ -118,6 +118,55 @@ fn detect_writes_the_library_s_detections_to_a_tensor_file() {
         }
     }
     assert!(total > 0, "the threshold lets some detections through");
+}
+
+/// The thresholds not given on the command line are the detector's own: FCOS's 0.2, 0.6 and
+/// 100 detections, not RetinaNet's.
+#[test]
+fn detect_takes_the_detector_s_defaults_for_flags_not_given() {
+    let dir = scratch("detect-defaults");
+    let config = DetectorConfig {
+        kind: DetectorKind::Fcos,
+        ..small_config()
+    };
+    let weights = dir.path().join("fcos.safetensors");
+    let dict = Detector::random_state_dict(config, SEED).unwrap();
+    write_tensors(&weights, dict.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
+    let input = dir.path().join("in.safetensors");
+    let x = pictures(1, 45, 61);
+    write_tensors(&input, [("input", &x)]).unwrap();
+    let output = dir.path().join("out.safetensors");
+    let (ok, err) = fpn(&[
+        "detect",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--min-size",
+        "64",
+        "--max-size",
+        "96",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("FCOS"), "{err}");
+
+    let ctx = gpu();
+    let options = DetectorOptions {
+        min_size: 64,
+        max_size: 96,
+        ..DetectorOptions::for_kind(DetectorKind::Fcos)
+    };
+    let detector = Detector::random(ctx, config, SEED, options).unwrap();
+    let want = detector
+        .detect(&Tensor::from_slice(ctx, [1, 3, 45, 61], &x.data).unwrap())
+        .unwrap();
+    // FCOS's cap is reached, so RetinaNet's 300 would have given more.
+    assert_eq!(want[0].len(), 100, "FCOS keeps at most 100 detections");
+    let got = read_tensors(&output, |n| n.starts_with("labels.")).unwrap();
+    assert_eq!(got["scores.0"].data, want[0].scores);
+    assert_eq!(got["boxes.0"].data, want[0].boxes.concat());
 }
 
 #[test]

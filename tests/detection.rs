@@ -1,5 +1,6 @@
-//! RetinaNet end to end against torchvision's eval output (fixtures made by
-//! `tests/fixtures/make_detection_fixtures.py` on the crate's seeded random weights).
+//! The detectors (RetinaNet v1 and v2, FCOS) end to end against torchvision's eval output
+//! (fixtures made by `tests/fixtures/make_detection_fixtures.py` on the crate's seeded random
+//! weights).
 //!
 //! The rule: every torchvision detection is matched by one of ours of the same label with an
 //! IoU of at least 0.99, each coordinate within 1e-3 of the picture's longer side and the score
@@ -12,7 +13,7 @@ use std::path::Path;
 
 use common::gpu;
 use fpn_wgpu::graph::executor::Granularity;
-use fpn_wgpu::model::{DetectorConfig, ExtraLevels, P6Source};
+use fpn_wgpu::model::{DetectorConfig, DetectorKind, ExtraLevels, P6Source};
 use fpn_wgpu::tensor_file::read_tensors;
 use fpn_wgpu::{Detections, Detector, DetectorOptions, FpnConfig, Tensor};
 
@@ -103,7 +104,7 @@ fn compare(
     (matched, worst_box, worst_score)
 }
 
-fn check_fixture(name: &str) {
+fn check_fixture(name: &str, kind: DetectorKind) {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.safetensors"));
     let fixture = read_tensors(&path, |_| false).unwrap();
@@ -119,11 +120,11 @@ fn check_fixture(name: &str) {
     };
     let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
     backbone.returned = [false, true, true, true];
-    backbone.extra = ExtraLevels::P6P7(P6Source::P5);
+    backbone.extra = ExtraLevels::P6P7(kind.p6_source());
     let config = DetectorConfig {
-        num_classes: classes,
+        kind,
         backbone,
-        ..DetectorConfig::retinanet_resnet50(classes)
+        num_classes: classes,
     };
     let ctx = gpu();
     let detector = Detector::random(ctx, config, seed, options).unwrap();
@@ -161,12 +162,144 @@ fn check_fixture(name: &str) {
 
 #[test]
 fn retinanet_matches_torchvision_on_a_batch_of_two_pictures_smaller_than_min_size() {
-    check_fixture("det_retinanet_batch2_70x90");
+    check_fixture("det_retinanet_batch2_70x90", DetectorKind::RetinaNet);
 }
 
 #[test]
 fn retinanet_matches_torchvision_on_an_odd_picture_scaled_down() {
-    check_fixture("det_retinanet_150x113");
+    check_fixture("det_retinanet_150x113", DetectorKind::RetinaNet);
+}
+
+#[test]
+fn retinanet_v2_matches_torchvision_on_a_batch_of_two_pictures_smaller_than_min_size() {
+    check_fixture("det_retinanet_v2_batch2_70x90", DetectorKind::RetinaNetV2);
+}
+
+#[test]
+fn fcos_matches_torchvision_on_an_odd_picture_scaled_up() {
+    check_fixture("det_fcos_150x113", DetectorKind::Fcos);
+}
+
+/// A checkpoint of each kind, written by `random_state_dict`, is recognised from its names and
+/// shapes (kind, classes, where P6 comes from) and runs exactly as the random detector does.
+#[test]
+fn checkpoints_of_every_kind_are_recognised_and_run_as_their_random_twin() {
+    let ctx = gpu();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/det_retinanet_v2_batch2_70x90.safetensors");
+    let fixture = read_tensors(&path, |_| false).unwrap();
+    let pictures = &fixture["pictures"];
+    let shape: [usize; 4] = pictures.shape.clone().try_into().unwrap();
+    let input = Tensor::from_slice(ctx, shape, &pictures.data).unwrap();
+    for (kind, classes) in [
+        (DetectorKind::RetinaNet, 2),
+        (DetectorKind::RetinaNetV2, 4),
+        (DetectorKind::Fcos, 3),
+    ] {
+        let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
+        backbone.returned = [false, true, true, true];
+        backbone.extra = ExtraLevels::P6P7(kind.p6_source());
+        let config = DetectorConfig {
+            kind,
+            backbone,
+            num_classes: classes,
+        };
+        let options = DetectorOptions {
+            min_size: 64,
+            max_size: 96,
+            ..DetectorOptions::for_kind(kind)
+        };
+        let dict = Detector::random_state_dict(config, 7).unwrap();
+        let loaded = Detector::from_tensors_with(ctx, "a state_dict", dict, |c| DetectorOptions {
+            min_size: 64,
+            max_size: 96,
+            ..DetectorOptions::for_kind(c.kind)
+        })
+        .unwrap();
+        assert_eq!(loaded.config(), &config, "{kind}");
+        assert_eq!(loaded.options(), &options, "{kind}");
+        let random = Detector::random(ctx, config, 7, options).unwrap();
+        let (got, want) = (
+            loaded.detect(&input).unwrap(),
+            random.detect(&input).unwrap(),
+        );
+        assert!(want.iter().any(|d| !d.is_empty()), "{kind}: no detections");
+        assert_eq!(got, want, "{kind}");
+    }
+}
+
+#[test]
+fn each_kind_has_torchvision_s_defaults() {
+    let fcos = DetectorOptions::for_kind(DetectorKind::Fcos);
+    assert_eq!(
+        (
+            fcos.score_thresh,
+            fcos.nms_thresh,
+            fcos.detections_per_img,
+            fcos.topk_candidates
+        ),
+        (0.2, 0.6, 100, 1000)
+    );
+    for kind in [DetectorKind::RetinaNet, DetectorKind::RetinaNetV2] {
+        assert_eq!(DetectorOptions::for_kind(kind), DetectorOptions::default());
+    }
+    for kind in DetectorKind::ALL {
+        assert_eq!(kind.name().parse::<DetectorKind>().unwrap(), kind);
+    }
+    let e = "yolo".parse::<DetectorKind>().unwrap_err().to_string();
+    assert!(e.contains("retinanet_v2") && e.contains("fcos"), "{e}");
+}
+
+/// The heads run each layer once over all levels packed together: their launches do not grow
+/// with the batch, and a normalised hidden layer is its convolution and the group norm's two.
+#[test]
+fn heads_launch_the_same_kernels_whatever_the_batch() {
+    let ctx = gpu();
+    for kind in DetectorKind::ALL {
+        let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
+        backbone.returned = [false, true, true, true];
+        backbone.extra = ExtraLevels::P6P7(kind.p6_source());
+        let config = DetectorConfig {
+            kind,
+            backbone,
+            num_classes: 3,
+        };
+        let options = DetectorOptions {
+            min_size: 64,
+            max_size: 96,
+            ..DetectorOptions::for_kind(kind)
+        };
+        let detector = Detector::random(ctx, config, 3, options).unwrap();
+        let heads = |n: usize| {
+            let plan = detector.executor().plan([n, 3, 50, 70]).unwrap();
+            let launches: Vec<String> = plan
+                .launches()
+                .iter()
+                .zip(
+                    plan.groups(Granularity::Stages)
+                        .iter()
+                        .flat_map(|(s, r)| r.clone().map(move |_| s.clone())),
+                )
+                .filter(|(_, stage)| stage.ends_with("head"))
+                .map(|((_, kernel, _), _)| kernel.to_string())
+                .collect();
+            launches
+        };
+        let one = heads(1);
+        assert_eq!(
+            one,
+            heads(3),
+            "{kind}: the heads' launches depend on the batch"
+        );
+        let norms = one.iter().filter(|k| k.starts_with("group_norm")).count();
+        let masks = one.iter().filter(|k| *k == "mask_levels").count();
+        let expected = match kind {
+            DetectorKind::RetinaNet => (0, 8),
+            _ => (16, 0),
+        };
+        assert_eq!((norms, masks), expected, "{kind}: {one:?}");
+        eprintln!("{kind}: {} launches in the heads", one.len());
+    }
 }
 
 /// Each head layer is one launch over all five levels: per branch, 5 convolutions, the 4 masks

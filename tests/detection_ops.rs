@@ -100,6 +100,16 @@ fn retinanet_cell_anchors_are_torchvision_s() {
     assert_eq!(&got, want, "cell anchors differ from torchvision's");
 }
 
+#[test]
+fn fcos_cell_anchors_are_torchvision_s() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/det_fcos_150x113.safetensors");
+    let fixture = read_tensors(&path, |_| false).unwrap();
+    let want = &fixture["cell_anchors"].data;
+    let got: Vec<f32> = AnchorSpec::fcos().cell_anchors().concat();
+    assert_eq!(&got, want, "cell anchors differ from torchvision's");
+}
+
 /// Random levels of a pyramid (sides halving, rounded up) of `n` x `c`.
 fn pyramid(
     rng: &mut SplitMix64,

@@ -51,18 +51,20 @@ pub struct DetectArgs {
     /// The most the longer side may be after resizing.
     #[arg(long, default_value_t = 1333)]
     max_size: usize,
-    /// Candidates scoring at most this are dropped.
-    #[arg(long, default_value_t = 0.05)]
-    score_thresh: f32,
-    /// IoU above which a box of a class is dropped for a better one of its class.
-    #[arg(long, default_value_t = 0.5)]
-    nms_thresh: f32,
-    /// The most detections kept per picture.
-    #[arg(long, default_value_t = 300)]
-    detections_per_img: usize,
-    /// The best candidates kept per level before NMS.
-    #[arg(long, default_value_t = 1000)]
-    topk_candidates: usize,
+    /// Candidates scoring at most this are dropped [default: the detector's, as torchvision
+    /// has it: RetinaNet 0.05, FCOS 0.2].
+    #[arg(long)]
+    score_thresh: Option<f32>,
+    /// IoU above which a box of a class is dropped for a better one of its class [default:
+    /// RetinaNet 0.5, FCOS 0.6].
+    #[arg(long)]
+    nms_thresh: Option<f32>,
+    /// The most detections kept per picture [default: RetinaNet 300, FCOS 100].
+    #[arg(long)]
+    detections_per_img: Option<usize>,
+    /// The best candidates kept per level before NMS [default: 1000].
+    #[arg(long)]
+    topk_candidates: Option<usize>,
     /// No progress or timings on stderr (errors still go there).
     #[arg(long, short)]
     quiet: bool,
@@ -71,34 +73,37 @@ pub struct DetectArgs {
 /// Runs `fpn detect`.
 pub fn detect(args: &DetectArgs) -> Result<()> {
     let progress = Progress::new(args.quiet);
-    let options = DetectorOptions {
-        min_size: args.min_size,
-        max_size: args.max_size,
-        score_thresh: args.score_thresh,
-        nms_thresh: args.nms_thresh,
-        detections_per_img: args.detections_per_img,
-        topk_candidates: args.topk_candidates,
+    // The flags not given take the detector's own defaults, known once its weights are read.
+    let options = |config: &DetectorConfig| {
+        let defaults = DetectorOptions::for_kind(config.kind);
+        DetectorOptions {
+            min_size: args.min_size,
+            max_size: args.max_size,
+            score_thresh: args.score_thresh.unwrap_or(defaults.score_thresh),
+            nms_thresh: args.nms_thresh.unwrap_or(defaults.nms_thresh),
+            detections_per_img: args
+                .detections_per_img
+                .unwrap_or(defaults.detections_per_img),
+            topk_candidates: args.topk_candidates.unwrap_or(defaults.topk_candidates),
+        }
     };
     let ctx = GpuContext::new()?;
     progress.say(format_args!("adapter: {}", ctx.adapter()));
     let start = Instant::now();
     let detector = match &args.weights {
-        Some(path) => Detector::from_safetensors(&ctx, path, options)?,
+        Some(path) => Detector::from_safetensors_with(&ctx, path, options)?,
         None => {
             progress.say(format_args!(
                 "no --weights: seeded random weights, the boxes mean nothing"
             ));
-            Detector::random(
-                &ctx,
-                DetectorConfig::retinanet_resnet50(args.num_classes),
-                0,
-                options,
-            )?
+            let config = DetectorConfig::retinanet_resnet50(args.num_classes);
+            Detector::random(&ctx, config, 0, options(&config))?
         }
     };
     let classes = detector.config().num_classes;
     progress.say(format_args!(
-        "RetinaNet with {classes} classes ({}), built in {:.2} s",
+        "{} with {classes} classes ({}), built in {:.2} s",
+        detector.config().kind,
         detector.origin(),
         start.elapsed().as_secs_f64()
     ));

@@ -218,8 +218,8 @@ enum Command {
         #[command(flatten)]
         network: NetworkArgs,
     },
-    /// Run a detector (torchvision's RetinaNet) on a picture or a tensor file: boxes, scores
-    /// and labels, all computed on the GPU.
+    /// Run a detector (torchvision's RetinaNet v1 or v2, or FCOS) on a picture or a tensor
+    /// file: boxes, scores and labels, all computed on the GPU.
     Detect(detect::DetectArgs),
     /// Write deterministic seeded random weights as a safetensors state_dict.
     RandomWeights {
@@ -230,8 +230,9 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
         /// Write a whole detector's state_dict (`backbone.` and `head.`) instead of a backbone
-        /// and FPN: retinanet (torchvision's v1 head on the network the other flags describe,
-        /// which needs --layout torchvision --extra p6p7 --returned-layers 2,3,4).
+        /// and FPN: retinanet, retinanet_v2 or fcos (torchvision's heads, on the network the
+        /// other flags describe, which needs --layout torchvision --returned-layers 2,3,4 and
+        /// --extra p6p7, or p6p7-c5 as torchvision's retinanet_v2 has it).
         #[arg(long)]
         detector: Option<String>,
         /// Classes of the detector's head (with --detector).
@@ -428,15 +429,14 @@ fn random_weights(
     let config = network.config()?;
     let dict = match detector {
         None => Fpn::random_state_dict(config, seed)?,
-        Some("retinanet") => Detector::random_state_dict(
+        Some(name) => Detector::random_state_dict(
             DetectorConfig {
-                kind: DetectorKind::RetinaNet,
+                kind: name.parse::<DetectorKind>()?,
                 backbone: config,
                 num_classes,
             },
             seed,
         )?,
-        Some(other) => bail!("unknown detector `{other}`; the one available is retinanet"),
     };
     write_tensors(output, dict.iter().map(|(n, t)| (n.as_str(), t)))?;
     eprintln!(

@@ -87,7 +87,7 @@ impl GroupNormWeights {
                 ),
             ));
         }
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(Error::invalid(
                 OP,
                 format!(

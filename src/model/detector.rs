@@ -1,11 +1,13 @@
-//! One-stage detectors on the FPN (torchvision's RetinaNet): from pictures to boxes, scores and
-//! labels in one GPU graph and one submit. Only the final rows are read back.
+//! One-stage detectors on the FPN (torchvision's RetinaNet v1 and v2, FCOS): from pictures to
+//! boxes, scores and labels in one GPU graph and one submit. Only the final rows are read back.
 //!
 //! The graph: torchvision's transform (normalise, resize, pad), the backbone and FPN, the levels
 //! packed into one map, each head layer run once over it, the per-level top-k of the class
 //! scores, anchors and box decoding, batched NMS, the boxes scaled back to the pictures.
 
+use std::fmt;
 use std::path::Path;
+use std::str::FromStr;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
@@ -14,17 +16,19 @@ use crate::graph::ops::detect::{
     AnchorSpec, BatchedNms, BoxCoding, DecodeBoxes, DetectionGeometry, DetectionTransform,
     Normalize, ResizeRule, ScoreMode, StackLevels, TopKScores,
 };
-use crate::graph::Graph;
+use crate::graph::{Graph, Value};
 use crate::kernels::box_decode::RECORD;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{ExtraLevels, FpnConfig, P6Source};
+use crate::model::fcos_head::FcosHead;
 use crate::model::fpn::{Fpn, FpnOptions};
+use crate::model::head_tower::TowerStyle;
 use crate::model::retinanet_head::RetinaNetHead;
 use crate::model::PYRAMID_CHANNELS;
 use crate::precision::Precision;
 use crate::tensor::Tensor;
 use crate::tensor_file::{read_tensors, TensorMap};
-use crate::weights::{is_ignored, VarStore};
+use crate::weights::{is_ignored, VarBuilder, VarStore};
 
 /// The detectors this crate runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +36,94 @@ pub enum DetectorKind {
     /// torchvision's `retinanet_resnet50_fpn` (v1): P3..P7 with P6 from P5, heads of four
     /// 3x3 convs without norm, nine anchors per location.
     RetinaNet,
+    /// torchvision's `retinanet_resnet50_fpn_v2`: P6 from C5, every hidden head layer a conv
+    /// without bias, `GroupNorm(32)` and ReLU; anchors, box coding and post-processing as v1.
+    RetinaNetV2,
+    /// torchvision's `fcos_resnet50_fpn`: P6 from P5, heads of conv + `GroupNorm(32)` + ReLU,
+    /// one anchor per location (sides 8..128), boxes as distances to the sides scaled by the
+    /// anchor's size, scores `sqrt(sigmoid(class) * sigmoid(centerness))`.
+    Fcos,
+}
+
+impl DetectorKind {
+    /// Every kind, in the order [`DetectorKind::name`]s are listed.
+    pub const ALL: [DetectorKind; 3] = [
+        DetectorKind::RetinaNet,
+        DetectorKind::RetinaNetV2,
+        DetectorKind::Fcos,
+    ];
+
+    /// The name the command line takes: `retinanet`, `retinanet_v2`, `fcos`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DetectorKind::RetinaNet => "retinanet",
+            DetectorKind::RetinaNetV2 => "retinanet_v2",
+            DetectorKind::Fcos => "fcos",
+        }
+    }
+
+    /// The anchors of each level.
+    pub fn anchors(self) -> AnchorSpec {
+        match self {
+            DetectorKind::RetinaNet | DetectorKind::RetinaNetV2 => AnchorSpec::retinanet(),
+            DetectorKind::Fcos => AnchorSpec::fcos(),
+        }
+    }
+
+    /// How regressions become boxes.
+    pub fn box_coding(self) -> BoxCoding {
+        match self {
+            DetectorKind::RetinaNet | DetectorKind::RetinaNetV2 => BoxCoding::retinanet(),
+            DetectorKind::Fcos => BoxCoding::Linear,
+        }
+    }
+
+    /// How class logits become scores.
+    pub fn score_mode(self) -> ScoreMode {
+        match self {
+            DetectorKind::RetinaNet | DetectorKind::RetinaNetV2 => ScoreMode::Sigmoid,
+            DetectorKind::Fcos => ScoreMode::SigmoidWithCenterness,
+        }
+    }
+
+    /// Where the FPN's P6 comes from in torchvision's model of this kind.
+    pub fn p6_source(self) -> P6Source {
+        match self {
+            DetectorKind::RetinaNet | DetectorKind::Fcos => P6Source::P5,
+            DetectorKind::RetinaNetV2 => P6Source::C5,
+        }
+    }
+}
+
+impl fmt::Display for DetectorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DetectorKind::RetinaNet => "RetinaNet",
+            DetectorKind::RetinaNetV2 => "RetinaNet v2",
+            DetectorKind::Fcos => "FCOS",
+        })
+    }
+}
+
+impl FromStr for DetectorKind {
+    type Err = Error;
+
+    /// Parses a [`DetectorKind::name`].
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|k| k.name()).collect();
+                Error::invalid(
+                    "DetectorKind",
+                    format!(
+                        "unknown detector `{s}`; the ones available are {}",
+                        names.join(", ")
+                    ),
+                )
+            })
+    }
 }
 
 /// A detector's structure: its kind, backbone and FPN, and classes.
@@ -47,50 +139,79 @@ pub struct DetectorConfig {
 }
 
 impl DetectorConfig {
-    /// torchvision's `retinanet_resnet50_fpn` with `num_classes` classes.
-    pub fn retinanet_resnet50(num_classes: usize) -> Self {
+    /// torchvision's ResNet-50 detector of `kind` with `num_classes` classes: the backbone
+    /// returns C3..C5 and the FPN adds P6 and P7, P6 from where `kind` takes it.
+    pub fn resnet50(kind: DetectorKind, num_classes: usize) -> Self {
         let mut backbone = FpnConfig::torchvision([3, 4, 6, 3]);
         backbone.returned = [false, true, true, true];
-        backbone.extra = ExtraLevels::P6P7(P6Source::P5);
+        backbone.extra = ExtraLevels::P6P7(kind.p6_source());
         DetectorConfig {
-            kind: DetectorKind::RetinaNet,
+            kind,
             backbone,
             num_classes,
         }
     }
+
+    /// torchvision's `retinanet_resnet50_fpn` with `num_classes` classes.
+    pub fn retinanet_resnet50(num_classes: usize) -> Self {
+        Self::resnet50(DetectorKind::RetinaNet, num_classes)
+    }
+
+    /// torchvision's `retinanet_resnet50_fpn_v2` with `num_classes` classes.
+    pub fn retinanet_resnet50_v2(num_classes: usize) -> Self {
+        Self::resnet50(DetectorKind::RetinaNetV2, num_classes)
+    }
+
+    /// torchvision's `fcos_resnet50_fpn` with `num_classes` classes.
+    pub fn fcos_resnet50(num_classes: usize) -> Self {
+        Self::resnet50(DetectorKind::Fcos, num_classes)
+    }
 }
 
-/// How a detector runs, named and defaulted as torchvision's constructor arguments.
+/// How a detector runs, named and defaulted as torchvision's constructor arguments (the
+/// defaults in parentheses are RetinaNet's, which [`Default`] gives; FCOS's differ: see
+/// [`DetectorOptions::for_kind`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DetectorOptions {
     /// The shorter side pictures are resized to (800).
     pub min_size: usize,
     /// The most the longer side may be after resizing (1333).
     pub max_size: usize,
-    /// Candidates scoring at most this are dropped (0.05).
+    /// Candidates scoring at most this are dropped (0.05; FCOS 0.2).
     pub score_thresh: f32,
-    /// Boxes of one class overlapping a better one by more than this IoU are dropped (0.5).
+    /// Boxes of one class overlapping a better one by more than this IoU are dropped (0.5;
+    /// FCOS 0.6).
     pub nms_thresh: f32,
-    /// The most detections kept per picture (300).
+    /// The most detections kept per picture (300; FCOS 100).
     pub detections_per_img: usize,
     /// The best candidates kept per level before NMS (1000).
     pub topk_candidates: usize,
 }
 
 impl Default for DetectorOptions {
+    /// RetinaNet's defaults (v1 and v2 share them).
     fn default() -> Self {
-        DetectorOptions {
-            min_size: 800,
-            max_size: 1333,
-            score_thresh: 0.05,
-            nms_thresh: 0.5,
-            detections_per_img: 300,
-            topk_candidates: 1000,
-        }
+        Self::for_kind(DetectorKind::RetinaNet)
     }
 }
 
 impl DetectorOptions {
+    /// torchvision's defaults for a detector of `kind`: its constructor's arguments.
+    pub fn for_kind(kind: DetectorKind) -> Self {
+        let (score_thresh, nms_thresh, detections_per_img) = match kind {
+            DetectorKind::RetinaNet | DetectorKind::RetinaNetV2 => (0.05, 0.5, 300),
+            DetectorKind::Fcos => (0.2, 0.6, 100),
+        };
+        DetectorOptions {
+            min_size: 800,
+            max_size: 1333,
+            score_thresh,
+            nms_thresh,
+            detections_per_img,
+            topk_candidates: 1000,
+        }
+    }
+
     fn check(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::invalid("DetectorOptions", msg));
         if self.min_size == 0 || self.max_size == 0 {
@@ -149,15 +270,25 @@ pub struct Detector {
 
 impl Detector {
     /// Loads a whole torchvision detection `state_dict` saved as safetensors (`backbone.` and
-    /// `head.`); the backbone's structure comes from its names and shapes, the classes from the
-    /// head's.
+    /// `head.`); the detector's kind and the backbone's structure come from its names and
+    /// shapes, the classes from the head's.
     pub fn from_safetensors(
         ctx: &GpuContext,
         path: &Path,
         options: DetectorOptions,
     ) -> Result<Self> {
+        Self::from_safetensors_with(ctx, path, |_| options)
+    }
+
+    /// [`Detector::from_safetensors`] with options chosen once the detector is known (its
+    /// kind's defaults, say: [`DetectorOptions::for_kind`]).
+    pub fn from_safetensors_with(
+        ctx: &GpuContext,
+        path: &Path,
+        options: impl FnOnce(&DetectorConfig) -> DetectorOptions,
+    ) -> Result<Self> {
         let tensors = read_tensors(path, is_ignored)?;
-        Self::from_tensors(ctx, &path.display().to_string(), tensors, options)
+        Self::from_tensors_with(ctx, &path.display().to_string(), tensors, options)
     }
 
     /// [`Detector::from_safetensors`] on tensors already in memory (a page's fetched file, say);
@@ -167,6 +298,16 @@ impl Detector {
         origin: &str,
         tensors: TensorMap,
         options: DetectorOptions,
+    ) -> Result<Self> {
+        Self::from_tensors_with(ctx, origin, tensors, |_| options)
+    }
+
+    /// [`Detector::from_tensors`] with options chosen once the detector is known.
+    pub fn from_tensors_with(
+        ctx: &GpuContext,
+        origin: &str,
+        tensors: TensorMap,
+        options: impl FnOnce(&DetectorConfig) -> DetectorOptions,
     ) -> Result<Self> {
         // The backbone's layout is recognised from its own tensors, which the checkpoint
         // reader takes apart; the detector reads every tensor from the whole map.
@@ -182,7 +323,26 @@ impl Detector {
         }
         let checkpoint = Checkpoint::from_store(VarStore::from_tensors(origin, backbone))?;
         let config = Self::recognise(&store, checkpoint.config())?;
+        let options = options(&config);
         Self::new(ctx, &store, config, options)
+    }
+
+    /// The kind of detector a head's tensor names say: FCOS has a centerness branch, RetinaNet
+    /// v2 a norm as the second module of its first hidden layer.
+    fn kind_of(names: &[&str]) -> DetectorKind {
+        if names
+            .iter()
+            .any(|n| n.starts_with("head.regression_head.bbox_ctrness."))
+        {
+            DetectorKind::Fcos
+        } else if names
+            .iter()
+            .any(|n| n.starts_with("head.classification_head.conv.0.1."))
+        {
+            DetectorKind::RetinaNetV2
+        } else {
+            DetectorKind::RetinaNet
+        }
     }
 
     /// The detector a `state_dict`'s head names and shapes describe, on `backbone`.
@@ -194,32 +354,13 @@ impl Detector {
                 "Detector",
                 format!(
                     "{origin} holds a backbone and FPN but no detection head (no `head.` \
-                     tensors); run it with `fpn run`, or give a whole RetinaNet state_dict"
+                     tensors); run it with `fpn run`, or give a whole RetinaNet or FCOS \
+                     state_dict"
                 ),
             ));
         }
-        if names
-            .iter()
-            .any(|n| n.starts_with("head.regression_head.bbox_ctrness"))
-        {
-            return Err(Error::Unsupported {
-                op: "Detector",
-                message: format!("{origin} is an FCOS model; only RetinaNet v1 heads run so far"),
-            });
-        }
-        if names
-            .iter()
-            .any(|n| n.starts_with("head.classification_head.conv.0.1."))
-        {
-            return Err(Error::Unsupported {
-                op: "Detector",
-                message: format!(
-                    "{origin} has normalised head layers (RetinaNet v2); only RetinaNet v1 heads \
-                     run so far"
-                ),
-            });
-        }
-        let anchors = AnchorSpec::retinanet().per_location();
+        let kind = Self::kind_of(&names);
+        let anchors = kind.anchors().per_location();
         let logits = "head.classification_head.cls_logits.weight";
         let classes = match store.shape_of(logits) {
             Some(&[out, PYRAMID_CHANNELS, 3, 3]) if out % anchors == 0 && out > 0 => out / anchors,
@@ -227,7 +368,7 @@ impl Detector {
                 return Err(Error::invalid(
                     "Detector",
                     format!(
-                        "{origin}: `{logits}` has shape {shape:?}; a RetinaNet head has \
+                        "{origin}: `{logits}` has shape {shape:?}; a {kind} head has \
                          [{anchors} anchors x classes, {PYRAMID_CHANNELS}, 3, 3]"
                     ),
                 ))
@@ -236,7 +377,8 @@ impl Detector {
                 return Err(Error::invalid(
                     "Detector",
                     format!(
-                        "{origin} has `head.` tensors but no `{logits}`; it is not a RetinaNet"
+                        "{origin} has `head.` tensors but no `{logits}`; it is not a RetinaNet \
+                         or FCOS"
                     ),
                 ))
             }
@@ -245,14 +387,14 @@ impl Detector {
             return Err(Error::invalid(
                 "Detector",
                 format!(
-                    "{origin}: the FPN returns {:?} with extra levels {:?}; RetinaNet needs \
+                    "{origin}: the FPN returns {:?} with extra levels {:?}; {kind} needs \
                      C3..C5 and P6/P7",
                     backbone.returned, backbone.extra
                 ),
             ));
         }
         Ok(DetectorConfig {
-            kind: DetectorKind::RetinaNet,
+            kind,
             backbone,
             num_classes: classes,
         })
@@ -322,7 +464,8 @@ impl Detector {
     ) -> Result<Graph> {
         options.check()?;
         let geometry = Self::geometry(options);
-        let anchors = AnchorSpec::retinanet();
+        let kind = config.kind;
+        let anchors = kind.anchors();
         let a = anchors.per_location();
         let vb = store.root();
         let mut g = Graph::new();
@@ -337,9 +480,9 @@ impl Detector {
             &[pictures],
         );
         let levels = Fpn::levels(&vb.pp("backbone"), config.backbone, &mut g, x)?;
-        let head = RetinaNetHead::new(&vb.pp("head"), a, config.num_classes);
+        let head = Head::new(&vb.pp("head"), kind, a, config.num_classes);
         store.finish_for(&format!(
-            "RetinaNet ({} classes) on {}",
+            "{kind} ({} classes) on {}",
             config.num_classes,
             config.backbone.describe()
         ))?;
@@ -347,7 +490,7 @@ impl Detector {
             return Err(Error::invalid(
                 "Detector",
                 format!(
-                    "the FPN gives {} levels; RetinaNet runs on P3..P7",
+                    "the FPN gives {} levels; {kind} runs on P3..P7",
                     levels.len()
                 ),
             ));
@@ -362,8 +505,11 @@ impl Detector {
             },
             &stack_inputs,
         );
-        let (logits, regression) = head.forward(&mut g, packed, pictures, &geometry);
+        let (logits, regression, centerness) = head.forward(&mut g, packed, pictures, &geometry);
         g.set_stage("postprocess");
+        let mut scored = vec![logits];
+        scored.extend(centerness);
+        scored.push(pictures);
         let selected = g.push(
             "top_k",
             TopKScores {
@@ -372,9 +518,9 @@ impl Detector {
                 classes: config.num_classes,
                 k: options.topk_candidates,
                 score_thresh: options.score_thresh,
-                mode: ScoreMode::Sigmoid,
+                mode: kind.score_mode(),
             },
-            &[logits, pictures],
+            &scored,
         );
         let candidates = g.push(
             "decode_boxes",
@@ -382,7 +528,7 @@ impl Detector {
                 geometry: geometry.clone(),
                 anchors,
                 classes: config.num_classes,
-                coding: BoxCoding::retinanet(),
+                coding: kind.box_coding(),
             },
             &[selected, regression, pictures],
         );
@@ -451,6 +597,50 @@ impl Detector {
         let out = self.forward(pictures)?;
         let rows = out.download_async(self.executor.context()).await?;
         Ok(unpack(&rows, out.shape()))
+    }
+}
+
+/// A detector's head, as its kind builds it.
+enum Head {
+    RetinaNet(RetinaNetHead),
+    Fcos(FcosHead),
+}
+
+impl Head {
+    fn new(vb: &VarBuilder, kind: DetectorKind, anchors: usize, classes: usize) -> Self {
+        match kind {
+            DetectorKind::RetinaNet => {
+                Head::RetinaNet(RetinaNetHead::new(vb, TowerStyle::Plain, anchors, classes))
+            }
+            DetectorKind::RetinaNetV2 => Head::RetinaNet(RetinaNetHead::new(
+                vb,
+                TowerStyle::NormActivation,
+                anchors,
+                classes,
+            )),
+            DetectorKind::Fcos => Head::Fcos(FcosHead::new(vb, anchors, classes)),
+        }
+    }
+
+    /// Records the head; returns (class logits, box regression, centerness logits where the
+    /// head has them), each over the packed map.
+    fn forward(
+        &self,
+        g: &mut Graph,
+        packed: Value,
+        pictures: Value,
+        geometry: &DetectionGeometry,
+    ) -> (Value, Value, Option<Value>) {
+        match self {
+            Head::RetinaNet(head) => {
+                let (logits, regression) = head.forward(g, packed, pictures, geometry);
+                (logits, regression, None)
+            }
+            Head::Fcos(head) => {
+                let out = head.forward(g, packed, pictures, geometry);
+                (out.logits, out.regression, Some(out.centerness))
+            }
+        }
     }
 }
 

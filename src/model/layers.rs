@@ -26,9 +26,24 @@ impl Conv2d {
         padding: usize,
         bias: bool,
     ) -> Self {
+        let bias = bias.then_some(Init::Bias);
+        Self::with_bias_init(vb, cin, cout, kernel, stride, padding, bias)
+    }
+
+    /// [`Conv2d::new`] whose bias, when `bias` names its random initialisation, is drawn from
+    /// that rather than [`Init::Bias`] (for outputs whose range random weights should mimic).
+    pub fn with_bias_init(
+        vb: &VarBuilder,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        bias: Option<Init>,
+    ) -> Self {
         let shape = [cout, cin, kernel, kernel];
         let weight = vb.get("weight", &shape, Init::Conv);
-        let bias = bias.then(|| vb.get("bias", &[cout], Init::Bias));
+        let bias = bias.map(|init| vb.get("bias", &[cout], init));
         Conv2d {
             name: vb.prefix().to_string(),
             weights: Arc::new(HostConv {

@@ -4,7 +4,9 @@
 pub mod checkpoint;
 pub mod config;
 pub mod detector;
+pub mod fcos_head;
 pub mod fpn;
+pub mod head_tower;
 pub mod layers;
 pub mod pyramid;
 pub mod resnet;

@@ -1,28 +1,26 @@
-//! torchvision's RetinaNet head (v1: four 3x3 conv + ReLU layers per branch, no norm), run over
-//! the pyramid levels packed into one map so that each layer is one launch for all levels.
+//! torchvision's RetinaNet head: a classification and a regression branch of four hidden 3x3
+//! layers each (v1: conv + ReLU; v2: conv + `GroupNorm(32)` + ReLU), then the prediction
+//! convolution, run over the pyramid levels packed into one map so that each layer is one
+//! launch for all levels.
 
-use crate::graph::ops::detect::{DetectionGeometry, MaskLevels};
+use crate::graph::ops::detect::DetectionGeometry;
 use crate::graph::{Graph, Value};
-use crate::model::layers::{relu, Conv2d};
+use crate::model::head_tower::{Tower, TowerStyle};
+use crate::model::layers::Conv2d;
 use crate::model::PYRAMID_CHANNELS;
 use crate::weights::VarBuilder;
 
-/// Hidden layers of each branch.
-pub const HEAD_DEPTH: usize = 4;
-
-/// One branch: the hidden convolutions, then the prediction convolution.
+/// One branch: the hidden layers, then the prediction convolution.
 struct Branch {
-    hidden: Vec<Conv2d>,
+    tower: Tower,
     predict: Conv2d,
 }
 
 impl Branch {
-    fn new(vb: &VarBuilder, predict: &str, outputs: usize) -> Self {
+    fn new(vb: &VarBuilder, style: TowerStyle, predict: &str, outputs: usize) -> Self {
         let c = PYRAMID_CHANNELS;
         Branch {
-            hidden: (0..HEAD_DEPTH)
-                .map(|i| Conv2d::new(&vb.pp("conv").pp(i).pp(0), c, c, 3, 1, 1, true))
-                .collect(),
+            tower: Tower::new(vb, style),
             predict: Conv2d::new(&vb.pp(predict), c, outputs, 3, 1, 1, true),
         }
     }
@@ -34,21 +32,7 @@ impl Branch {
         pictures: Value,
         geometry: &DetectionGeometry,
     ) -> Value {
-        let mut x = packed;
-        for conv in &self.hidden {
-            let y = conv.forward(g, x);
-            let y = relu(g, y);
-            // The bias and ReLU leave values between the levels: zero them, so that the next
-            // layer sees each level with zero padding around it.
-            x = g.push(
-                "mask_levels",
-                MaskLevels {
-                    geometry: geometry.clone(),
-                    padding: (0, 0),
-                },
-                &[y, pictures],
-            );
-        }
+        let x = self.tower.forward(g, packed, pictures, geometry);
         self.predict.forward(g, x)
     }
 }
@@ -60,16 +44,19 @@ pub struct RetinaNetHead {
 }
 
 impl RetinaNetHead {
-    /// Reads `classification_head.{conv.i.0, cls_logits}` and `regression_head.{conv.i.0,
-    /// bbox_reg}` under `vb` for `anchors` anchors per location and `classes` classes.
-    pub fn new(vb: &VarBuilder, anchors: usize, classes: usize) -> Self {
+    /// Reads `classification_head.{conv, cls_logits}` and `regression_head.{conv, bbox_reg}`
+    /// under `vb` for `anchors` anchors per location and `classes` classes, the hidden layers
+    /// as `style` names them ([`TowerStyle::Plain`] for v1, [`TowerStyle::NormActivation`]
+    /// for v2).
+    pub fn new(vb: &VarBuilder, style: TowerStyle, anchors: usize, classes: usize) -> Self {
         RetinaNetHead {
             classification: Branch::new(
                 &vb.pp("classification_head"),
+                style,
                 "cls_logits",
                 anchors * classes,
             ),
-            regression: Branch::new(&vb.pp("regression_head"), "bbox_reg", anchors * 4),
+            regression: Branch::new(&vb.pp("regression_head"), style, "bbox_reg", anchors * 4),
         }
     }
 

@@ -49,7 +49,7 @@ fn output_shape(channels: usize, groups: usize, x: [usize; 4]) -> Result<[usize;
             ),
         ));
     }
-    if groups == 0 || channels % groups != 0 {
+    if groups == 0 || !channels.is_multiple_of(groups) {
         return Err(Error::invalid(
             "group_norm_levels",
             format!("{channels} channels do not split into {groups} groups"),

@@ -307,6 +307,13 @@ fn top_k_compact(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let cut = atomicLoad(&state[base + PREFIX]);
     let above = atomicLoad(&state[base + ABOVE]);
     let slots = seg * p.k * 2u;
+    // Workgroup memory starts with whatever the last kernel on this unit left there (the
+    // pipelines are made without zero initialisation): the counters must start at zero, or
+    // every slot of the segment lands past k.
+    if (lid < 2u) {
+        atomicStore(&chunk_count[lid], 0u);
+    }
+    workgroupBarrier();
     for (var start = block * WG; start < elements; start += p.blocks * WG) {
         let e = start + lid;
         // 0: above the cut, 1: equal to it, 2: not selected.

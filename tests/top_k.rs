@@ -706,3 +706,87 @@ fn top_k_selects_from_a_huge_level() {
     eprintln!("{}: {:?} on the GPU", case.name, start.elapsed());
     check_against_reference(&case, &inputs, &values);
 }
+
+/// The compaction's counters live in workgroup memory, which the pipelines do not zero: a
+/// kernel run just before it that leaves junk there must not change the selection. (Where
+/// workgroup memory is reused from one launch to the next, as on discrete GPUs, this catches
+/// counters left uninitialised; on llvmpipe the memory comes from the heap and the junk does
+/// not reach it, but a detector's graph did, now and then.)
+#[test]
+fn selection_ignores_what_earlier_kernels_left_in_workgroup_memory() {
+    let ctx = gpu();
+    let device = ctx.device();
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some("junk"),
+        source: wgpu::ShaderSource::Wgsl(
+            "var<workgroup> junk: array<u32, 4096>;\n\
+             @group(0) @binding(0) var<storage, read_write> sink: array<u32>;\n\
+             @compute @workgroup_size(256)\n\
+             fn main(@builtin(local_invocation_index) lid: u32) {\n\
+                 for (var i = lid; i < 4096u; i += 256u) { junk[i] = 0x7fffffffu - i; }\n\
+                 workgroupBarrier();\n\
+                 if (lid == 0u) { sink[0] = junk[lid + 7u]; }\n\
+             }"
+            .into(),
+        ),
+    });
+    let junk = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("junk"),
+        layout: None,
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &[],
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    });
+    let sink = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("junk"),
+        size: 16,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("junk"),
+        layout: &junk.get_bind_group_layout(0),
+        entries: &[wgpu::BindGroupEntry {
+            binding: 0,
+            resource: sink.as_entire_binding(),
+        }],
+    });
+    // Every element a candidate, fewer than k: all of them are kept.
+    let (h, w) = (12, 8);
+    let logits = Tensor::from_slice(ctx, [1, 3, h, w], &vec![1.0; 3 * h * w]).unwrap();
+    let region = LevelRegion {
+        y0: 0,
+        x0: 0,
+        height: h as u32,
+        width: w as u32,
+    };
+    let opts = TopKOptions {
+        anchors: 1,
+        classes: 3,
+        k: 1000,
+        score_thresh: 0.2,
+        mode: ScoreMode::Sigmoid,
+    };
+    let out = Tensor::empty(ctx, top_k::output_shape(logits.shape(), 1, opts.k)).unwrap();
+    let launches = top_k::prepare(ctx, &logits, None, &[region], &opts, &out).unwrap();
+    for round in 0..20 {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&junk);
+            pass.set_bind_group(0, &bind_group, &[]);
+            pass.dispatch_workgroups(256, 1, 1);
+            for d in &launches {
+                d.record(&mut pass);
+            }
+        }
+        ctx.queue().submit([encoder.finish()]);
+        let got = out.download(ctx).unwrap();
+        let kept = got.chunks(2).filter(|s| s[0] >= 0.0).count();
+        assert_eq!(kept, 3 * h * w, "round {round}");
+    }
+}

@@ -3,7 +3,9 @@
 // the mean and biased variance of the group's channels over the level's region alone. Then
 // out = (x - mean) / sqrt(var + eps) * gamma[c] + beta[c], ReLU when asked, inside the regions,
 // and zero outside them (what mask_levels does after an unnormalised layer: the next 3x3
-// convolution must see each level with zero padding around it).
+// convolution must see each level with zero padding around it), optionally inside a zero
+// border of pad_y rows and pad_x columns: the padded input of that convolution, without a
+// padding launch of its own.
 //
 // Entry points:
 //   group_norm_stats  one workgroup per (image, group, level): the mean, then the mean of the
@@ -19,25 +21,27 @@
 //   1  affine  [2][C]            gamma, then beta
 //   2  stats   [N, G, L] vec4    (pivot, delta, 1 / sqrt(var + eps), 0): the mean is
 //                                pivot + delta; written by the first launch
-//   3  out     [N, C, HS, WS]
+//   3  out     [N, C, HS + 2 pad_y, WS + 2 pad_x]
 //   4  params  GroupNormParams
 //
 // Grids: group_norm_stats one workgroup per (n, g, l) in that order; group_norm_apply one
 // invocation per element. Both linearise workgroups over x and y.
 
 struct GroupNormParams {
+    // Elements of the output.
     len: u32,
     batch: u32,
     channels: u32,
     groups: u32,
+    // The input map's size; the output's is 2 pad_y rows and 2 pad_x columns more.
     height: u32,
     width: u32,
     count: u32,
     relu: u32,
     eps: f32,
     segments: u32,
-    _pad0: u32,
-    _pad1: u32,
+    pad_y: u32,
+    pad_x: u32,
     // (y0, x0, height, width) of each level, in the packed map.
     regions: array<vec4<u32>, 8>,
 }
@@ -130,19 +134,27 @@ fn group_norm_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if (i >= p.len) {
         return;
     }
-    let plane = p.height * p.width;
-    let pix = i % plane;
-    let l = level_at(pix / p.width, pix % p.width);
+    let out_width = p.width + 2u * p.pad_x;
+    let out_plane = (p.height + 2u * p.pad_y) * out_width;
+    let nc = i / out_plane;
+    let pix = i % out_plane;
+    // The input pixel under this output pixel; the border wraps to huge values and misses.
+    let y = pix / out_width - p.pad_y;
+    let xx = pix % out_width - p.pad_x;
+    var l = p.count;
+    if (y < p.height && xx < p.width) {
+        l = level_at(y, xx);
+    }
     if (l >= p.count) {
         out[i] = 0.0;
         return;
     }
-    let nc = i / plane;
     let c = nc % p.channels;
     let n = nc / p.channels;
     let g = c / (p.channels / p.groups);
     let st = stats[(n * p.groups + g) * p.count + l];
-    var v = ((x[i] - st.x) - st.y) * (st.z * affine[c]) + affine[p.channels + c];
+    let v_in = x[(nc * p.height + y) * p.width + xx];
+    var v = ((v_in - st.x) - st.y) * (st.z * affine[c]) + affine[p.channels + c];
     // select, not max: a NaN stays NaN, as PyTorch's ReLU keeps it.
     if (p.relu != 0u) {
         v = select(v, 0.0, v < 0.0);

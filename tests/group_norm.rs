@@ -1,6 +1,7 @@
 //! The group norm over packed levels against its CPU twin on random data: per image, group and
-//! level statistics, the affine and ReLU, zeros between the levels, two launches whatever the
-//! batch and the levels; and the inputs it refuses.
+//! level statistics, the affine and ReLU, zeros between the levels and in the border it may
+//! write around the map, two launches whatever the batch and the levels; and the inputs it
+//! refuses.
 
 mod common;
 
@@ -34,6 +35,8 @@ struct Case {
     levels: usize,
     offset: f32,
     relu: bool,
+    /// The zero border (rows, columns) written around the map.
+    padding: (usize, usize),
 }
 
 fn check(case: &Case, rng: &mut SplitMix64) -> f64 {
@@ -52,13 +55,16 @@ fn check(case: &Case, rng: &mut SplitMix64) -> f64 {
     let bias = rng.vec(case.c, -0.5, 0.5);
     let gn = GroupNormWeights::new(ctx, &weight, &bias, case.groups, 1e-5).unwrap();
     let xt = Tensor::from_slice(ctx, shape, &x).unwrap();
-    let out = Tensor::empty(ctx, shape).unwrap();
-    let launches = group_norm::prepare(ctx, &xt, &regions, &gn, case.relu, &out).unwrap();
+    let (py, px) = case.padding;
+    let out_shape = [case.n, case.c, h + 2 * py, w + 2 * px];
+    let out = Tensor::empty(ctx, out_shape).unwrap();
+    let launches =
+        group_norm::prepare(ctx, &xt, &regions, &gn, case.relu, case.padding, &out).unwrap();
     assert_eq!(launches.len(), LAUNCHES, "launches for {shape:?}");
     ctx.run(&launches.iter().collect::<Vec<_>>()).unwrap();
     let got = out.download(ctx).unwrap();
     let rects: Vec<_> = regions.iter().map(rect).collect();
-    let want = reference::group_norm_levels(
+    let normed = reference::group_norm_levels(
         &x,
         shape,
         &rects,
@@ -68,19 +74,22 @@ fn check(case: &Case, rng: &mut SplitMix64) -> f64 {
         1e-5,
         case.relu,
     );
-    // Between the levels: exactly zero, whatever was there.
-    for (i, (&g, &v)) in got.iter().zip(&want).enumerate() {
-        if v == 0.0 && g != 0.0 {
-            let pix = i % (h * w);
-            let inside = rects.iter().any(|&(y0, x0, rh, rw)| {
-                (y0..y0 + rh).contains(&(pix / w)) && (x0..x0 + rw).contains(&(pix % w))
-            });
-            assert!(inside, "element {i} lies between the levels but is {g}");
-        }
+    let (want, _) = reference::pad2d(&normed, shape, case.padding);
+    // Between the levels and in the border: exactly zero, whatever was there.
+    let (oh, ow) = (out_shape[2], out_shape[3]);
+    for (i, &g) in got.iter().enumerate() {
+        let (y, xx) = ((i % (oh * ow)) / ow, i % ow);
+        let inside = rects.iter().any(|&(y0, x0, rh, rw)| {
+            (y0 + py..y0 + py + rh).contains(&y) && (x0 + px..x0 + px + rw).contains(&xx)
+        });
+        assert!(
+            inside || g == 0.0,
+            "element {i} lies outside the levels but is {g}"
+        );
     }
     let name = format!(
-        "group norm {shape:?}, {} groups, levels {sizes:?}, offset {}, relu {}",
-        case.groups, case.offset, case.relu
+        "group norm {shape:?}, {} groups, levels {sizes:?}, offset {}, relu {}, padding {:?}",
+        case.groups, case.offset, case.relu, case.padding
     );
     assert_close(&name, &got, &want, 1e-5)
 }
@@ -98,6 +107,7 @@ fn group_norm_over_levels_matches_reference() {
             levels: 5,
             offset: 0.0,
             relu: true,
+            padding: (1, 1),
         },
         // Three pictures, one group, no ReLU.
         Case {
@@ -108,6 +118,7 @@ fn group_norm_over_levels_matches_reference() {
             levels: 3,
             offset: 0.5,
             relu: false,
+            padding: (0, 0),
         },
         // One channel per group; levels down to a single pixel (whose variance is 0).
         Case {
@@ -118,6 +129,7 @@ fn group_norm_over_levels_matches_reference() {
             levels: 5,
             offset: -0.3,
             relu: true,
+            padding: (2, 1),
         },
         // A mean far from zero against a spread of 1.
         Case {
@@ -128,6 +140,7 @@ fn group_norm_over_levels_matches_reference() {
             levels: 4,
             offset: 300.0,
             relu: false,
+            padding: (1, 1),
         },
         // A level of more elements than a workgroup has invocations many times over.
         Case {
@@ -138,6 +151,7 @@ fn group_norm_over_levels_matches_reference() {
             levels: 2,
             offset: 2.0,
             relu: true,
+            padding: (0, 0),
         },
         // One level filling the map.
         Case {
@@ -148,6 +162,7 @@ fn group_norm_over_levels_matches_reference() {
             levels: 1,
             offset: 0.0,
             relu: false,
+            padding: (1, 3),
         },
     ];
     for case in &cases {
@@ -187,33 +202,38 @@ fn group_norm_refuses_bad_input() {
     let out = Tensor::empty(ctx, [1, 12, 8, 8]).unwrap();
     let other = Tensor::empty(ctx, [1, 8, 8, 8]).unwrap();
     let out8 = Tensor::empty(ctx, [1, 8, 8, 8]).unwrap();
-    let e = group_norm::prepare(ctx, &other, &[whole], &gn, false, &out8)
+    let e = group_norm::prepare(ctx, &other, &[whole], &gn, false, (0, 0), &out8)
         .unwrap_err()
         .to_string();
     assert!(e.contains("has 12"), "{e}");
     let outside = LevelRegion { y0: 4, ..whole };
-    let e = group_norm::prepare(ctx, &x, &[outside], &gn, false, &out)
+    let e = group_norm::prepare(ctx, &x, &[outside], &gn, false, (0, 0), &out)
         .unwrap_err()
         .to_string();
     assert!(e.contains("does not lie inside"), "{e}");
-    let e = group_norm::prepare(ctx, &x, &[], &gn, false, &out)
+    let e = group_norm::prepare(ctx, &x, &[], &gn, false, (0, 0), &out)
         .unwrap_err()
         .to_string();
     assert!(e.contains("0 levels"), "{e}");
-    let e = group_norm::prepare(ctx, &x, &[whole], &gn, false, &x)
+    let e = group_norm::prepare(ctx, &x, &[whole], &gn, false, (0, 0), &x)
         .unwrap_err()
         .to_string();
     assert!(e.contains("in-place"), "{e}");
     let half = Tensor::empty_as(ctx, [1, 12, 8, 8], Precision::F16);
     if let Ok(half) = half {
-        let e = group_norm::prepare(ctx, &half, &[whole], &gn, false, &out)
+        let e = group_norm::prepare(ctx, &half, &[whole], &gn, false, (0, 0), &out)
             .unwrap_err()
             .to_string();
         assert!(e.contains("float32"), "{e}");
     }
     let small = Tensor::empty(ctx, [1, 12, 8, 7]).unwrap();
-    let e = group_norm::prepare(ctx, &x, &[whole], &gn, false, &small)
+    let e = group_norm::prepare(ctx, &x, &[whole], &gn, false, (0, 0), &small)
         .unwrap_err()
         .to_string();
     assert!(e.contains("shape"), "{e}");
+    // A border needs an output that much larger.
+    let e = group_norm::prepare(ctx, &x, &[whole], &gn, false, (1, 1), &out)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[1, 12, 10, 10]"), "{e}");
 }

@@ -9,9 +9,9 @@
 
 use std::sync::Arc;
 
-use super::ops::detect::MaskLevels;
+use super::ops::detect::{GroupNormLevels, MaskLevels};
 use super::ops::{Add, BatchNorm, Conv2d, HostConv, Pad2d, Relu, ResidualMode, UpsampleAdd};
-use super::{Graph, Value};
+use super::{Graph, GraphOp, Node, Value};
 use crate::kernels::conv2d::dense_from_grouped;
 use crate::tensor::MemoryFormat;
 
@@ -353,9 +353,10 @@ pub fn halo_into_producer(graph: &mut Graph) -> bool {
     changed
 }
 
-/// `pad2d(mask_levels(x))` becomes a `mask_levels` that writes its zero border itself, when
-/// the mask's value has no other reader: in a detection head, the padded input of the next
-/// convolution in one launch instead of two.
+/// `pad2d(mask_levels(x))` becomes a `mask_levels` that writes its zero border itself, and
+/// likewise `pad2d(group_norm_levels(x))`, when every reader of the masked value pads it the
+/// same way (FCOS's last regression layer feeds two convolutions): in a detection head, the
+/// padded input of the next convolutions in one launch instead of two.
 pub fn pad_into_mask(graph: &mut Graph) -> bool {
     let mut changed = false;
     for k in 0..graph.nodes.len() {
@@ -364,22 +365,48 @@ pub fn pad_into_mask(graph: &mut Graph) -> bool {
             continue;
         };
         let v = graph.nodes[k].inputs[0];
-        if uses[k] == 0 || uses[v] != 1 || graph.is_output(v) {
+        if uses[k] == 0 || graph.is_output(v) {
             continue;
         }
-        let Some(mask) = graph.nodes[v].op::<MaskLevels>() else {
+        let readers: Vec<Value> = (0..graph.nodes.len())
+            .filter(|&i| graph.nodes[i].inputs.contains(&v))
+            .collect();
+        let all_padded = readers.iter().all(|&i| {
+            graph.nodes[i].inputs == [v] && graph.nodes[i].op::<Pad2d>() == Some(&Pad2d(pad))
+        });
+        if !all_padded || readers.len() != uses[v] {
+            continue;
+        }
+        let Some(op) = with_border(&graph.nodes[v], pad) else {
             continue;
         };
-        if mask.padding != (0, 0) {
-            continue;
+        graph.nodes[v].op = op;
+        for r in readers {
+            replace_uses(graph, r, v);
         }
-        let mut mask = mask.clone();
-        mask.padding = pad;
-        graph.nodes[v].op = Arc::new(mask);
-        replace_uses(graph, k, v);
         changed = true;
     }
     changed
+}
+
+/// The masking op of `node` writing a zero border of `pad` around its map, if it is one that
+/// has none yet.
+fn with_border(node: &Node, pad: (usize, usize)) -> Option<Arc<dyn GraphOp>> {
+    if let Some(mask) = node.op::<MaskLevels>() {
+        return (mask.padding == (0, 0)).then(|| {
+            Arc::new(MaskLevels {
+                padding: pad,
+                ..mask.clone()
+            }) as Arc<dyn GraphOp>
+        });
+    }
+    let norm = node.op::<GroupNormLevels>()?;
+    (norm.padding == (0, 0)).then(|| {
+        Arc::new(GroupNormLevels {
+            padding: pad,
+            ..norm.clone()
+        }) as Arc<dyn GraphOp>
+    })
 }
 
 /// Every grouped convolution becomes the dense block-diagonal one it equals

@@ -5,7 +5,8 @@
 //! per image, group and level, over that level's region of the packed map (see
 //! [`crate::kernels::levels`]). Outside the regions the output is zero, which is what the next
 //! 3x3 convolution needs to see each level with zero padding around it: the norm also does the
-//! masking an unnormalised head runs separately.
+//! masking an unnormalised head runs separately, and it may write the zero border the next
+//! convolution's padding needs around the map, sparing that convolution a padding launch.
 //!
 //! Two launches whatever the batch and the number of levels ([`LAUNCHES`]): the statistics,
 //! one workgroup per (image, group, level), then the normalisation, one invocation per element.
@@ -52,7 +53,8 @@ pub(crate) struct GroupNormParams {
     relu: u32,
     eps: f32,
     segments: u32,
-    _pad: [u32; 2],
+    pad_y: u32,
+    pad_x: u32,
     regions: [[u32; 4]; REGION_SLOTS],
 }
 
@@ -129,7 +131,8 @@ impl GroupNormWeights {
 
 /// Builds the [`LAUNCHES`] launches writing `out`: `x` `[N, C, HS, WS]` group-normalised per
 /// image, group and level over each of `regions`, then ReLU when `relu`, and zero outside the
-/// regions. Both tensors are f32 NCHW of one shape.
+/// regions, within a zero border of `padding` (rows, columns) on each side: `out` is
+/// `[N, C, HS + 2 py, WS + 2 px]`. Both tensors are f32 NCHW.
 ///
 /// The statistics' scratch is made here, once; the first launch writes all of it before the
 /// second reads it, so the launches may be recorded any number of times.
@@ -139,6 +142,7 @@ pub fn prepare(
     regions: &[LevelRegion],
     gn: &GroupNormWeights,
     relu: bool,
+    padding: (usize, usize),
     out: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     const OP: &str = "group_norm_levels";
@@ -150,9 +154,11 @@ pub fn prepare(
             "packed level maps are float32; run the detector in Precision::F32",
         ));
     }
-    check_output_shape(OP, out, x.shape())?;
-    check_io(OP, out, &[x])?;
     let [n, c, h, w] = x.shape();
+    let (pad_y, pad_x) = padding;
+    check_output_shape(OP, out, [n, c, h + 2 * pad_y, w + 2 * pad_x])?;
+    check_shape(ctx, OP, "the output", out.shape())?;
+    check_io(OP, out, &[x])?;
     if c != gn.channels {
         return Err(Error::invalid(
             OP,
@@ -182,7 +188,7 @@ pub fn prepare(
         *slot = r.words();
     }
     let params = GroupNormParams {
-        len: x.numel() as u32,
+        len: out.numel() as u32,
         batch: n as u32,
         channels: c as u32,
         groups: gn.groups as u32,
@@ -192,7 +198,8 @@ pub fn prepare(
         relu: relu as u32,
         eps: gn.eps,
         segments: groups,
-        _pad: [0; 2],
+        pad_y: pad_y as u32,
+        pad_x: pad_x as u32,
         regions: table,
     };
     let stats = ctx.storage_zeroed("group norm statistics", stats_bytes);
@@ -215,7 +222,7 @@ pub fn prepare(
         &SHADER,
         Precision::F32,
         "group_norm_apply",
-        x.numel(),
+        out.numel(),
         &params,
         &[
             (0, x.binding()),
@@ -228,7 +235,8 @@ pub fn prepare(
     Ok(vec![stats_launch, apply])
 }
 
-/// Runs the group norm now and returns its output (downloading it waits for the GPU).
+/// Runs the group norm now, without a border, and returns its output (downloading it waits for
+/// the GPU).
 pub fn group_norm_levels(
     ctx: &GpuContext,
     x: &Tensor,
@@ -237,7 +245,7 @@ pub fn group_norm_levels(
     relu: bool,
 ) -> Result<Tensor> {
     let out = Tensor::empty(ctx, x.shape())?;
-    let launches = prepare(ctx, x, regions, gn, relu, &out)?;
+    let launches = prepare(ctx, x, regions, gn, relu, (0, 0), &out)?;
     ctx.submit(&launches.iter().collect::<Vec<_>>())?;
     Ok(out)
 }

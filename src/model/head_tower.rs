@@ -100,6 +100,7 @@ impl Tower {
                         groups: HEAD_NORM_GROUPS,
                         eps: HEAD_NORM_EPS,
                         relu: true,
+                        padding: (0, 0),
                         weights: weights.clone(),
                     },
                     &[y, pictures],

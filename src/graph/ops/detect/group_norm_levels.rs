@@ -22,8 +22,9 @@ pub struct HostGroupNorm {
 }
 
 /// `nn.GroupNorm(groups, C, eps)` of each level of a packed map on its own, then ReLU when
-/// `relu`, zero outside the levels; inputs `[x, pictures]` (the pictures' shape alone is read:
-/// it places the levels).
+/// `relu`, zero outside the levels, within a zero border of `padding` (rows, columns) on each
+/// side; inputs `[x, pictures]` (the pictures' shape alone is read: it places the levels). The
+/// passes give it the padding of the convolution that reads it.
 #[derive(Clone, Debug)]
 pub struct GroupNormLevels {
     /// The levels' packing.
@@ -34,12 +35,19 @@ pub struct GroupNormLevels {
     pub eps: f32,
     /// Whether a ReLU follows (every hidden layer of torchvision's heads).
     pub relu: bool,
+    /// The zero border written around the map.
+    pub padding: (usize, usize),
     /// Gamma and beta.
     pub weights: Arc<HostGroupNorm>,
 }
 
-/// The output shape: the input's, whose channels must be the norm's.
-fn output_shape(channels: usize, groups: usize, x: [usize; 4]) -> Result<[usize; 4]> {
+/// The output shape: the input's with the border, whose channels must be the norm's.
+fn output_shape(
+    channels: usize,
+    groups: usize,
+    (pad_y, pad_x): (usize, usize),
+    x: [usize; 4],
+) -> Result<[usize; 4]> {
     if x[1] != channels {
         return Err(Error::invalid(
             "group_norm_levels",
@@ -55,7 +63,8 @@ fn output_shape(channels: usize, groups: usize, x: [usize; 4]) -> Result<[usize;
             format!("{channels} channels do not split into {groups} groups"),
         ));
     }
-    Ok(x)
+    let [n, c, h, w] = x;
+    Ok([n, c, h + 2 * pad_y, w + 2 * pad_x])
 }
 
 impl GraphOp for GroupNormLevels {
@@ -68,7 +77,12 @@ impl GraphOp for GroupNormLevels {
     }
 
     fn output_shape(&self, inputs: &[[usize; 4]]) -> Result<[usize; 4]> {
-        output_shape(self.weights.weight.len(), self.groups, inputs[0])
+        output_shape(
+            self.weights.weight.len(),
+            self.groups,
+            self.padding,
+            inputs[0],
+        )
     }
 
     fn supports(&self, layout: MemoryFormat, precision: Precision) -> bool {
@@ -80,6 +94,7 @@ impl GraphOp for GroupNormLevels {
         Ok(Box::new(GpuGroupNormLevels {
             geometry: self.geometry.clone(),
             relu: self.relu,
+            padding: self.padding,
             weights: GroupNormWeights::new(ctx, &w.weight, &w.bias, self.groups, self.eps)?,
         }))
     }
@@ -89,12 +104,18 @@ impl GraphOp for GroupNormLevels {
 struct GpuGroupNormLevels {
     geometry: DetectionGeometry,
     relu: bool,
+    padding: (usize, usize),
     weights: GroupNormWeights,
 }
 
 impl GpuOp for GpuGroupNormLevels {
     fn output_shape(&self, inputs: &[[usize; 4]]) -> Result<[usize; 4]> {
-        output_shape(self.weights.channels(), self.weights.groups(), inputs[0])
+        output_shape(
+            self.weights.channels(),
+            self.weights.groups(),
+            self.padding,
+            inputs[0],
+        )
     }
 
     fn prepare(
@@ -105,7 +126,15 @@ impl GpuOp for GpuGroupNormLevels {
         _launch: Launch<'_>,
     ) -> Result<Vec<Dispatch>> {
         let (regions, _) = self.geometry.packed(picture_size(inputs[1].shape()))?;
-        group_norm::prepare(ctx, inputs[0], &regions, &self.weights, self.relu, out)
+        group_norm::prepare(
+            ctx,
+            inputs[0],
+            &regions,
+            &self.weights,
+            self.relu,
+            self.padding,
+            out,
+        )
     }
 
     fn weight_bytes(&self) -> u64 {

@@ -50,10 +50,10 @@ override WG: u32 = 256u;
 // Workgroup size of the statistics launch; a power of two for the tree reduction.
 const STATS_WG: u32 = 256u;
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<act>;
 @group(0) @binding(1) var<storage, read> affine: array<f32>;
 @group(0) @binding(2) var<storage, read_write> stats: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<act>;
 @group(0) @binding(4) var<uniform> p: GroupNormParams;
 
 var<workgroup> partial: array<f32, STATS_WG>;
@@ -98,16 +98,16 @@ fn group_norm_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let r = p.regions[l];
     let elements = per_group * r.z * r.w;
 
-    let pivot = x[segment_index(first_channel, r, 0u)];
+    let pivot = f32(x[segment_index(first_channel, r, 0u)]);
     var sum = 0.0;
     for (var e = lid; e < elements; e += STATS_WG) {
-        sum += x[segment_index(first_channel, r, e)] - pivot;
+        sum += f32(x[segment_index(first_channel, r, e)]) - pivot;
     }
     let delta = workgroup_sum(sum, lid) / f32(elements);
 
     var squares = 0.0;
     for (var e = lid; e < elements; e += STATS_WG) {
-        let d = (x[segment_index(first_channel, r, e)] - pivot) - delta;
+        let d = (f32(x[segment_index(first_channel, r, e)]) - pivot) - delta;
         squares += d * d;
     }
     let variance = workgroup_sum(squares, lid) / f32(elements);
@@ -146,18 +146,18 @@ fn group_norm_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         l = level_at(y, xx);
     }
     if (l >= p.count) {
-        out[i] = 0.0;
+        out[i] = act(0.0);
         return;
     }
     let c = nc % p.channels;
     let n = nc / p.channels;
     let g = c / (p.channels / p.groups);
     let st = stats[(n * p.groups + g) * p.count + l];
-    let v_in = x[(nc * p.height + y) * p.width + xx];
+    let v_in = f32(x[(nc * p.height + y) * p.width + xx]);
     var v = ((v_in - st.x) - st.y) * (st.z * affine[c]) + affine[p.channels + c];
     // select, not max: a NaN stays NaN, as PyTorch's ReLU keeps it.
     if (p.relu != 0u) {
         v = select(v, 0.0, v < 0.0);
     }
-    out[i] = v;
+    out[i] = act(v);
 }

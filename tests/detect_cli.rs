@@ -118,6 +118,35 @@ fn detect_writes_the_library_s_detections_to_a_tensor_file() {
         }
     }
     assert!(total > 0, "the threshold lets some detections through");
+
+    // f16 activations, where the adapter has them: the same pictures, boxes close to f32's.
+    if common::f16_gpu().is_some() {
+        let half = dir.path().join("half.safetensors");
+        let at = args
+            .iter()
+            .position(|a| *a == output.to_str().unwrap())
+            .unwrap();
+        args[at] = half.to_str().unwrap();
+        args.extend(["--precision", "f16"]);
+        let (ok, err) = fpn(&args);
+        assert!(ok, "{err}");
+        let bytes = std::fs::read(&half).unwrap();
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        for (i, det) in want.iter().enumerate() {
+            let scores: Vec<f32> =
+                bytemuck::pod_collect_to_vec(file.tensor(&format!("scores.{i}")).unwrap().data());
+            let close = scores
+                .iter()
+                .zip(&det.scores)
+                .filter(|(a, b)| (*a - *b).abs() <= 1e-2)
+                .count();
+            assert!(
+                close * 10 >= det.len() * 9,
+                "picture {i}: f16 scores {scores:?}, f32 {:?}",
+                det.scores
+            );
+        }
+    }
 }
 
 /// The thresholds not given on the command line are the detector's own: FCOS's 0.2, 0.6 and

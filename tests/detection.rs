@@ -5,7 +5,11 @@
 //! The rule: every torchvision detection is matched by one of ours of the same label with an
 //! IoU of at least 0.99, each coordinate within 1e-3 of the picture's longer side and the score
 //! within 1e-4; only detections scoring within 1e-3 of the threshold may go unmatched, on
-//! either side.
+//! either side. With f16 activations: each matched coordinate within 1e-2 of the longer side
+//! and the score within 1e-2; unmatched, besides detections within 1e-2 of the threshold, at
+//! most 3% of the detections on either side: where two boxes of one label overlap above the NMS
+//! threshold and score within f16's rounding of each other, NMS may keep either, and what the
+//! kept one suppresses changes in turn.
 
 mod common;
 
@@ -15,7 +19,7 @@ use common::gpu;
 use fpn_wgpu::graph::executor::Granularity;
 use fpn_wgpu::model::{DetectorConfig, DetectorKind, ExtraLevels, P6Source};
 use fpn_wgpu::tensor_file::read_tensors;
-use fpn_wgpu::{Detections, Detector, DetectorOptions, FpnConfig, Tensor};
+use fpn_wgpu::{Detections, Detector, DetectorOptions, FpnConfig, GpuContext, Precision, Tensor};
 
 struct Expected {
     boxes: Vec<[f32; 4]>,
@@ -36,14 +40,50 @@ fn distance(a: [f32; 4], b: [f32; 4]) -> f32 {
     (0..4).map(|k| (a[k] - b[k]).abs()).fold(0.0, f32::max)
 }
 
-/// IoU at least 0.99; for boxes of no area (clipped flat at the picture's border), where IoU is
-/// 0/0, the coordinates within the box tolerance.
-fn same_box(a: [f32; 4], b: [f32; 4], longer: f32) -> bool {
-    let flat = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]) == 0.0;
-    if flat(a) && flat(b) {
-        return (0..4).all(|k| (a[k] - b[k]).abs() <= 1e-3 * longer);
+/// How close a detection must be to torchvision's, by the precision of the activations.
+#[derive(Clone, Copy)]
+struct Tolerance {
+    /// Each coordinate, as a fraction of the picture's longer side.
+    coordinate: f32,
+    score: f32,
+    /// Detections scoring this close to the threshold may go unmatched.
+    near_threshold: f32,
+    /// The IoU a match needs; `None`: the coordinates alone decide (f16 moves small boxes
+    /// by more than an IoU bound allows).
+    iou: Option<f32>,
+    /// The share of each side's detections that may go unmatched away from the threshold.
+    unmatched: f32,
+}
+
+impl Tolerance {
+    fn of(precision: Precision) -> Self {
+        match precision {
+            Precision::F32 => Tolerance {
+                coordinate: 1e-3,
+                score: 1e-4,
+                near_threshold: 1e-3,
+                iou: Some(0.99),
+                unmatched: 0.0,
+            },
+            Precision::F16 => Tolerance {
+                coordinate: 1e-2,
+                score: 1e-2,
+                near_threshold: 1e-2,
+                iou: None,
+                unmatched: 0.03,
+            },
+        }
     }
-    iou(a, b) >= 0.99
+}
+
+/// IoU at least the tolerance's; for boxes of no area (clipped flat at the picture's border),
+/// where IoU is 0/0, or without an IoU bound, the coordinates within the box tolerance.
+fn same_box(a: [f32; 4], b: [f32; 4], longer: f32, tol: Tolerance) -> bool {
+    let flat = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]) == 0.0;
+    match tol.iou {
+        Some(bound) if !(flat(a) && flat(b)) => iou(a, b) >= bound,
+        _ => distance(a, b) <= tol.coordinate * longer,
+    }
 }
 
 /// Checks the rule for one picture; returns (matched, worst box error, worst score error).
@@ -53,10 +93,12 @@ fn compare(
     want: &Expected,
     longer: f32,
     thresh: f32,
+    tol: Tolerance,
 ) -> (usize, f32, f32) {
-    let near_thresh = |s: f32| (s - thresh).abs() <= 1e-3;
+    let near_thresh = |s: f32| (s - thresh).abs() <= tol.near_threshold;
     let mut used = vec![false; got.len()];
     let (mut worst_box, mut worst_score, mut matched) = (0.0f32, 0.0f32, 0);
+    let mut unmatched_theirs = 0;
     for (j, (&b, (&s, &l))) in want
         .boxes
         .iter()
@@ -66,11 +108,11 @@ fn compare(
         let best = (0..got.len())
             .filter(|&i| !used[i] && got.labels[i] == l)
             .min_by(|&x, &y| distance(got.boxes[x], b).total_cmp(&distance(got.boxes[y], b)));
-        let Some(i) = best.filter(|&i| same_box(got.boxes[i], b, longer)) else {
-            assert!(
-                near_thresh(s),
-                "{case}: torchvision's detection {j} (label {l}, score {s}, box {b:?}) has no match"
-            );
+        let Some(i) = best.filter(|&i| same_box(got.boxes[i], b, longer, tol)) else {
+            if !near_thresh(s) {
+                eprintln!("{case}: torchvision's detection {j} (label {l}, score {s}, box {b:?}) has no match");
+                unmatched_theirs += 1;
+            }
             continue;
         };
         used[i] = true;
@@ -80,31 +122,51 @@ fn compare(
             .fold(0.0, f32::max);
         let score_err = (got.scores[i] - s).abs();
         assert!(
-            box_err <= 1e-3 * longer,
+            box_err <= tol.coordinate * longer,
             "{case}: detection {j}'s box {:?} is {box_err} from torchvision's {b:?}",
             got.boxes[i]
         );
         assert!(
-            score_err <= 1e-4,
+            score_err <= tol.score,
             "{case}: detection {j}'s score {} is {score_err} from torchvision's {s}",
             got.scores[i]
         );
         worst_box = worst_box.max(box_err);
         worst_score = worst_score.max(score_err);
     }
+    let mut unmatched_ours = 0;
     for (i, &u) in used.iter().enumerate() {
-        assert!(
-            u || near_thresh(got.scores[i]),
-            "{case}: our detection {i} (label {}, score {}, box {:?}) is not torchvision's",
-            got.labels[i],
-            got.scores[i],
-            got.boxes[i]
-        );
+        if !u && !near_thresh(got.scores[i]) {
+            eprintln!(
+                "{case}: our detection {i} (label {}, score {}, box {:?}) is not torchvision's",
+                got.labels[i], got.scores[i], got.boxes[i]
+            );
+            unmatched_ours += 1;
+        }
     }
+    let allowed = |n: usize| (tol.unmatched * n as f32).floor() as usize;
+    assert!(
+        unmatched_theirs <= allowed(want.scores.len()) && unmatched_ours <= allowed(got.len()),
+        "{case}: {unmatched_theirs} of torchvision's {} and {unmatched_ours} of our {} detections unmatched",
+        want.scores.len(),
+        got.len()
+    );
     (matched, worst_box, worst_score)
 }
 
 fn check_fixture(name: &str, kind: DetectorKind) {
+    check_fixture_in(gpu(), name, kind, Precision::F32);
+}
+
+/// The fixture with f16 weights and activations, where the adapter has them.
+fn check_fixture_f16(name: &str, kind: DetectorKind) {
+    match common::f16_gpu() {
+        Some(ctx) => check_fixture_in(ctx, name, kind, Precision::F16),
+        None => eprintln!("{name}: no shader-f16 on this adapter; the f16 detector is not run"),
+    }
+}
+
+fn check_fixture_in(ctx: &GpuContext, name: &str, kind: DetectorKind, precision: Precision) {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.safetensors"));
     let fixture = read_tensors(&path, |_| false).unwrap();
@@ -117,6 +179,7 @@ fn check_fixture(name: &str, kind: DetectorKind) {
         nms_thresh: o[5],
         detections_per_img: o[6] as usize,
         topk_candidates: o[7] as usize,
+        precision,
     };
     let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
     backbone.returned = [false, true, true, true];
@@ -126,7 +189,6 @@ fn check_fixture(name: &str, kind: DetectorKind) {
         backbone,
         num_classes: classes,
     };
-    let ctx = gpu();
     let detector = Detector::random(ctx, config, seed, options).unwrap();
     let pictures = &fixture["pictures"];
     let shape: [usize; 4] = pictures.shape.clone().try_into().unwrap();
@@ -148,9 +210,10 @@ fn check_fixture(name: &str, kind: DetectorKind) {
                 .map(|&l| l as i64)
                 .collect(),
         };
-        let case = format!("{name} picture {i}");
+        let case = format!("{name} picture {i} ({precision})");
+        let tol = Tolerance::of(precision);
         let (matched, box_err, score_err) =
-            compare(&case, det, &want, longer, options.score_thresh);
+            compare(&case, det, &want, longer, options.score_thresh, tol);
         eprintln!(
             "{case}: {matched} of torchvision's {} detections matched ({} ours); worst box error {box_err:.2e} px, worst score error {score_err:.2e}",
             want.scores.len(),
@@ -178,6 +241,14 @@ fn retinanet_v2_matches_torchvision_on_a_batch_of_two_pictures_smaller_than_min_
 #[test]
 fn fcos_matches_torchvision_on_an_odd_picture_scaled_up() {
     check_fixture("det_fcos_150x113", DetectorKind::Fcos);
+}
+
+#[test]
+fn every_kind_matches_torchvision_with_f16_activations() {
+    check_fixture_f16("det_retinanet_batch2_70x90", DetectorKind::RetinaNet);
+    check_fixture_f16("det_retinanet_150x113", DetectorKind::RetinaNet);
+    check_fixture_f16("det_retinanet_v2_batch2_70x90", DetectorKind::RetinaNetV2);
+    check_fixture_f16("det_fcos_150x113", DetectorKind::Fcos);
 }
 
 /// A checkpoint of each kind, written by `random_state_dict`, is recognised from its names and

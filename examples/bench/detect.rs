@@ -7,7 +7,7 @@ use anyhow::Result;
 use fpn_wgpu::graph::executor::Granularity;
 use fpn_wgpu::model::DetectorConfig;
 use fpn_wgpu::rng::SplitMix64;
-use fpn_wgpu::{Detector, DetectorOptions, GpuContext, Tensor};
+use fpn_wgpu::{Detector, DetectorOptions, GpuContext, Precision, Tensor};
 
 /// The part of the detector a stage of its graph belongs to.
 fn part(stage: &str) -> &'static str {
@@ -61,7 +61,7 @@ pub fn run(
 
     println!("adapter: {}", ctx.adapter());
     println!(
-        "detector: RetinaNet ResNet-50 FPN, 91 classes, seeded random weights; pictures {shape:?}, min_size {}, max_size {}",
+        "detector: RetinaNet ResNet-50 FPN, 91 classes, seeded random weights, {precision}; pictures {shape:?}, min_size {}, max_size {}",
         options.min_size, options.max_size
     );
     println!(

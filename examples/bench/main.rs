@@ -93,7 +93,13 @@ mod native {
         let args = Args::parse();
         let ctx = GpuContext::new()?;
         if args.detect {
-            return crate::detect::run(&ctx, args.batch, (args.height, args.width), args.iters);
+            return crate::detect::run(
+                &ctx,
+                args.batch,
+                (args.height, args.width),
+                args.iters,
+                args.precision,
+            );
         }
         if !args.suite {
             return run(&ctx, &args);

@@ -19,6 +19,7 @@
 mod web {
     use fpn_wgpu::detection_output::draw_detections;
     use fpn_wgpu::image_input::{decode_image, ImageOptions};
+    use fpn_wgpu::model::DetectorConfig;
     use fpn_wgpu::tensor_file::{parse_tensors, HostTensor};
     use fpn_wgpu::visualize::energy_picture;
     use fpn_wgpu::weights::VarStore;
@@ -202,15 +203,18 @@ mod web {
                 fpn_wgpu::weights::is_ignored(n)
             })
             .map_err(js_error)?;
-            let defaults = DetectorOptions::default();
-            let options = DetectorOptions {
-                min_size: min_size.map_or(defaults.min_size, |v| v as usize),
-                max_size: max_size.map_or(defaults.max_size, |v| v as usize),
-                score_thresh: score_thresh.unwrap_or(defaults.score_thresh),
-                ..defaults
+            // torchvision's defaults for the kind of detector the weights turn out to be.
+            let options = |config: &DetectorConfig| {
+                let defaults = DetectorOptions::for_kind(config.kind);
+                DetectorOptions {
+                    min_size: min_size.map_or(defaults.min_size, |v| v as usize),
+                    max_size: max_size.map_or(defaults.max_size, |v| v as usize),
+                    score_thresh: score_thresh.unwrap_or(defaults.score_thresh),
+                    ..defaults
+                }
             };
             let detector =
-                Detector::from_tensors(&ctx, name, tensors, options).map_err(js_error)?;
+                Detector::from_tensors_with(&ctx, name, tensors, options).map_err(js_error)?;
             Ok(DetectorSession { ctx, detector })
         }
 
@@ -222,7 +226,8 @@ mod web {
         /// The detector, in words.
         pub fn network(&self) -> String {
             format!(
-                "RetinaNet, {} classes, fetched weights",
+                "{:?}, {} classes, fetched weights",
+                self.detector.config().kind,
                 self.detector.config().num_classes
             )
         }

@@ -11,7 +11,7 @@ use fpn_wgpu::image_input::{load_image_with, ImageOptions};
 use fpn_wgpu::model::DetectorConfig;
 use fpn_wgpu::tensor_file::read_tensors;
 use fpn_wgpu::visualize::save_png;
-use fpn_wgpu::{Detections, Detector, DetectorOptions, GpuContext, Tensor};
+use fpn_wgpu::{Detections, Detector, DetectorOptions, GpuContext, Precision, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
 
 use crate::progress::Progress;
@@ -65,6 +65,11 @@ pub struct DetectArgs {
     /// The best candidates kept per level before NMS [default: 1000].
     #[arg(long)]
     topk_candidates: Option<usize>,
+    /// Storage of the backbone's, FPN's and heads' weights and activations: f32 (PyTorch
+    /// parity) or f16 (half the memory; needs an adapter with shader-f16, see `fpn info`).
+    /// Scores and boxes are f32 either way.
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// No progress or timings on stderr (errors still go there).
     #[arg(long, short)]
     quiet: bool,
@@ -85,6 +90,7 @@ pub fn detect(args: &DetectArgs) -> Result<()> {
                 .detections_per_img
                 .unwrap_or(defaults.detections_per_img),
             topk_candidates: args.topk_candidates.unwrap_or(defaults.topk_candidates),
+            precision: args.precision,
         }
     };
     let ctx = GpuContext::new()?;

@@ -27,7 +27,7 @@ pub const SHADER: ShaderSource = ShaderSource {
     source: include_str!("../../shaders/group_norm.wgsl"),
     params: &[("GroupNormParams", std::mem::size_of::<GroupNormParams>())],
     enables: "",
-    precisions: &[Precision::F32],
+    precisions: &Precision::ALL,
 };
 
 /// The launches [`prepare`] returns: the statistics, then the normalisation.
@@ -148,12 +148,6 @@ pub fn prepare(
     const OP: &str = "group_norm_levels";
     check_nchw(OP, x)?;
     check_shape(ctx, OP, "the packed map", x.shape())?;
-    if x.precision() != Precision::F32 {
-        return Err(Error::invalid(
-            OP,
-            "packed level maps are float32; run the detector in Precision::F32",
-        ));
-    }
     let [n, c, h, w] = x.shape();
     let (pad_y, pad_x) = padding;
     check_output_shape(OP, out, [n, c, h + 2 * pad_y, w + 2 * pad_x])?;
@@ -205,7 +199,7 @@ pub fn prepare(
     let stats = ctx.storage_zeroed("group norm statistics", stats_bytes);
 
     let entry = "group_norm_stats";
-    let stats_pipeline = pipeline(ctx, &SHADER, Precision::F32, entry, &[])?;
+    let stats_pipeline = pipeline(ctx, &SHADER, x.precision(), entry, &[])?;
     let uniform = ctx.uniform(&params);
     let bind_group = ctx.bind_group(
         entry,
@@ -220,7 +214,7 @@ pub fn prepare(
     let apply = elementwise_dispatch(
         ctx,
         &SHADER,
-        Precision::F32,
+        x.precision(),
         "group_norm_apply",
         out.numel(),
         &params,

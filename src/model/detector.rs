@@ -186,6 +186,10 @@ pub struct DetectorOptions {
     pub detections_per_img: usize,
     /// The best candidates kept per level before NMS (1000).
     pub topk_candidates: usize,
+    /// How the weights and activations of the backbone, FPN and heads are stored (not one of
+    /// torchvision's arguments): f32, the default, or f16 where the adapter has it (half the
+    /// memory; f32 sums). The post-processing runs on f32 scores and boxes either way.
+    pub precision: Precision,
 }
 
 impl Default for DetectorOptions {
@@ -209,6 +213,7 @@ impl DetectorOptions {
             nms_thresh,
             detections_per_img,
             topk_candidates: 1000,
+            precision: Precision::F32,
         }
     }
 
@@ -432,7 +437,7 @@ impl Detector {
             ExecutorOptions {
                 fusion: fpn.fusion,
                 algorithms: fpn.algorithms,
-                precision: Precision::F32,
+                precision: options.precision,
                 tuning: fpn.tuning,
             },
         )?;

@@ -85,8 +85,8 @@ impl GraphOp for GroupNormLevels {
         )
     }
 
-    fn supports(&self, layout: MemoryFormat, precision: Precision) -> bool {
-        layout == MemoryFormat::Nchw && precision == Precision::F32
+    fn supports(&self, layout: MemoryFormat, _precision: Precision) -> bool {
+        layout == MemoryFormat::Nchw
     }
 
     fn lower(&self, ctx: &GpuContext, _target: &Target) -> Result<Box<dyn GpuOp>> {

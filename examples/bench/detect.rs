@@ -25,8 +25,12 @@ pub fn run(
     batch: usize,
     (height, width): (usize, usize),
     iters: usize,
+    precision: Precision,
 ) -> Result<()> {
-    let options = DetectorOptions::default();
+    let options = DetectorOptions {
+        precision,
+        ..DetectorOptions::default()
+    };
     let detector = Detector::random(ctx, DetectorConfig::retinanet_resnet50(91), 0, options)?;
     let shape = [batch, 3, height, width];
     let pictures = Tensor::from_slice(

@@ -1,7 +1,7 @@
 //! What `fpn detect` writes: COCO results (JSON) and the boxes drawn on the picture.
 
 use image::{Rgb, RgbImage};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::model::Detections;
 
@@ -102,8 +102,8 @@ pub const COCO_CATEGORIES: [&str; 91] = [
 ];
 
 /// One detection as a COCO results entry (`bbox` is x, y, width, height in pixels), with the
-/// category's name where it is known.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// category's name where it is known. Read back as written (a missing name is `None`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CocoResult {
     /// The picture's id.
     pub image_id: u64,

@@ -1,8 +1,13 @@
-//! Features of many pictures in one process: pictures are decoded on worker threads while the
-//! GPU runs earlier ones, pictures of one size go through the network in batches (gathered
+//! A network over many pictures in one process: pictures are decoded on worker threads while
+//! the GPU runs earlier ones, pictures of one size go through the network in batches (gathered
 //! from a look-ahead, so that sizes mixed in the input still fill them), and each batch's
-//! levels are read back while the next batch runs. One network, one plan per input
-//! size, one device for all of them.
+//! outputs are read back while the next batch runs. One network, one plan per input size, one
+//! device for all of them.
+//!
+//! Any [`BatchNetwork`] runs: an [`Fpn`](crate::Fpn) gives each picture's levels, a
+//! [`Detector`](crate::Detector) its `detections` rows (pictures loaded as RGB in 0..1, see
+//! [`ImageOptions::detection`]; [`Detections::from_rows`](crate::Detections::from_rows) reads
+//! them).
 //!
 //! ```no_run
 //! use fpn_wgpu::extract::{extract_images, ExtractOptions};
@@ -20,6 +25,25 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! ```no_run
+//! use fpn_wgpu::extract::{extract_images, ExtractOptions};
+//! use fpn_wgpu::image_input::ImageOptions;
+//! use fpn_wgpu::{Detections, Detector, DetectorOptions};
+//! # fn main() -> fpn_wgpu::Result<()> {
+//! # let ctx = fpn_wgpu::GpuContext::new()?;
+//! let detector =
+//!     Detector::from_safetensors(&ctx, "retinanet.safetensors".as_ref(), DetectorOptions::default())?;
+//! let pictures: Vec<std::path::PathBuf> = vec!["a.jpg".into(), "b.png".into()];
+//! let options = ExtractOptions { batch: 4, ..ExtractOptions::default() };
+//! for done in extract_images(&detector, pictures, ImageOptions::detection(), options) {
+//!     let outputs = done.result?;
+//!     // A detector's one output: `detections`, [1, 1, D, 6] rows.
+//!     let found = Detections::from_rows(&outputs[0].1)?;
+//!     println!("{:?}: {} boxes", done.item, found[0].len());
+//! }
+//! # Ok(()) }
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -30,7 +54,7 @@ use std::time::Instant;
 
 use crate::error::{panic_message, Error, Result};
 use crate::image_input::{load_image_with, ImageOptions};
-use crate::model::Fpn;
+use crate::model::BatchNetwork;
 use crate::readback::{GpuSpan, Readback};
 use crate::tensor::Tensor;
 use crate::tensor_file::HostTensor;
@@ -58,19 +82,20 @@ impl Default for ExtractOptions {
     }
 }
 
-/// One picture's outcome: the item it came from, and its levels (finest first, NCHW float32,
-/// batch 1) or why there are none.
+/// One picture's outcome: the item it came from, and the network's outputs for it (in the
+/// network's order, float32, batch 1: an FPN's levels finest first, NCHW) or why there are
+/// none.
 pub struct Extracted<I> {
     /// What was handed in for this picture.
     pub item: I,
-    /// The named levels, or the decoding or GPU error.
+    /// The named outputs, or the decoding or GPU error.
     pub result: Result<Vec<(String, HostTensor)>>,
 }
 
 /// What a run has done so far.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ExtractStats {
-    /// Pictures whose levels were returned.
+    /// Pictures whose outputs were returned.
     pub done: usize,
     /// Pictures returned with an error.
     pub failed: usize,
@@ -111,7 +136,7 @@ struct Batch<I> {
     flight: Result<InFlight>,
 }
 
-/// A submitted forward: its levels' names and batch shapes, and their copy on its way.
+/// A submitted forward: its outputs' names and batch shapes, and their copy on its way.
 struct InFlight {
     shapes: Vec<(String, [usize; 4])>,
     readback: Readback,
@@ -124,7 +149,7 @@ struct InFlight {
 /// is always finished, in the oldest batch in flight, or the first of the look-ahead: results
 /// that finish early wait at most a few batches for it.
 pub struct Extractor<'a, I> {
-    fpn: &'a Fpn,
+    network: &'a dyn BatchNetwork,
     batch: usize,
     /// Decoded pictures, in input order, that batches are gathered from.
     lookahead: VecDeque<Waiting<I>>,
@@ -152,14 +177,14 @@ const IN_FLIGHT: usize = 2;
 /// Batches' worth of decoded pictures that a batch is gathered from.
 const LOOKAHEAD_BATCHES: usize = 2;
 
-/// Runs `fpn` on each of `items`, made into an NCHW input of batch 1 by `load` on
-/// [`ExtractOptions::decoders`] worker threads, and yields the levels of each in order.
+/// Runs `network` on each of `items`, made into an NCHW input of batch 1 by `load` on
+/// [`ExtractOptions::decoders`] worker threads, and yields the outputs of each in order.
 ///
 /// A panic inside `load` is reported as that item's error. Every input must have the
-/// channels the network takes; pictures of different sizes are fine (each size gets its
-/// plan, of which the network keeps the most recent few).
+/// channels the network takes, and the values it expects; pictures of different sizes are
+/// fine (each size gets its plan, of which the network keeps the most recent few).
 pub fn extract<'a, I, F>(
-    fpn: &'a Fpn,
+    network: &'a dyn BatchNetwork,
     items: Vec<I>,
     load: F,
     options: ExtractOptions,
@@ -203,7 +228,7 @@ where
         })
         .collect();
     Extractor {
-        fpn,
+        network,
         batch,
         lookahead: VecDeque::new(),
         // A batch of one has no choice to make.
@@ -225,19 +250,20 @@ where
     }
 }
 
-/// [`extract`] on pictures (JPEG or PNG files, decoded, turned, downscaled and normalised by
-/// [`load_image_with`] as `picture` says; its `channels` should be the network's).
-pub fn extract_images<I>(
-    fpn: &Fpn,
+/// [`extract`] on pictures (JPEG or PNG files, decoded, turned, downscaled and scaled by
+/// [`load_image_with`] as `picture` says; its `channels` and `scale` should be what the
+/// network takes: ImageNet-normalised for an FPN, [`ImageOptions::detection`] for a detector).
+pub fn extract_images<'a, I>(
+    network: &'a dyn BatchNetwork,
     pictures: Vec<I>,
     picture: ImageOptions,
     options: ExtractOptions,
-) -> Extractor<'_, I>
+) -> Extractor<'a, I>
 where
     I: AsRef<Path> + Send + 'static,
 {
     extract(
-        fpn,
+        network,
         pictures,
         move |p: &I| load_image_with(p.as_ref(), &picture).map(|input| input.tensor),
         options,
@@ -331,27 +357,42 @@ impl<I> Extractor<'_, I> {
         }
     }
 
-    /// Uploads a batch, runs the network on it and starts reading its levels back.
+    /// Uploads a batch, runs the network on it and starts reading its outputs back.
     fn submit(&mut self, shape: [usize; 4], data: &[f32]) -> Result<InFlight> {
-        let ctx = self.fpn.executor().context();
+        let ctx = self.network.context();
         let x = Tensor::from_slice(ctx, shape, data)?;
         let span = GpuSpan::begin(ctx);
-        let pyramid = self.fpn.forward(&x)?;
-        let levels: Vec<Tensor> = pyramid.levels().iter().map(|(_, t)| t.clone()).collect();
+        let (names, outputs): (Vec<String>, Vec<Tensor>) =
+            self.network.forward_batch(&x)?.into_iter().unzip();
         self.stats.forwards += 1;
+        let shapes: Vec<(String, [usize; 4])> = names
+            .into_iter()
+            .zip(outputs.iter().map(Tensor::shape))
+            .collect();
+        // Outputs are split per picture along their first dimension, which must be the batch.
+        if let Some((name, s)) = shapes.iter().find(|(_, s)| s[0] != shape[0]) {
+            return Err(Error::invalid(
+                "extract",
+                format!(
+                    "the network's output `{name}` has shape {s:?} for a batch of {}; each \
+                     output must have the batch as its first dimension",
+                    shape[0]
+                ),
+            ));
+        }
         Ok(InFlight {
-            shapes: pyramid.shapes(),
-            readback: Readback::start(ctx, &levels, span)?,
+            shapes,
+            readback: Readback::start(ctx, &outputs, span)?,
         })
     }
 
-    /// Waits for a batch and splits its levels per picture.
+    /// Waits for a batch and splits its outputs per picture.
     fn finish(&mut self, batch: Batch<I>) {
-        let ctx = self.fpn.executor().context();
-        let levels = batch
+        let ctx = self.network.context();
+        let outputs = batch
             .flight
             .and_then(|f| Ok((f.shapes, f.readback.wait(ctx)?)));
-        let (shapes, readout) = match levels {
+        let (shapes, readout) = match outputs {
             Ok(v) => v,
             Err(e) => {
                 for (index, item) in batch.members {
@@ -363,12 +404,12 @@ impl<I> Extractor<'_, I> {
         if let Some(s) = readout.gpu_seconds {
             *self.stats.gpu_seconds.get_or_insert(0.0) += s;
         }
-        // values[level][image] -> one list of levels per image.
-        let mut per_level: Vec<_> = readout.images.into_iter().map(Vec::into_iter).collect();
+        // values[output][image] -> one list of outputs per image.
+        let mut per_output: Vec<_> = readout.images.into_iter().map(Vec::into_iter).collect();
         for (index, item) in batch.members {
-            let levels = shapes
+            let outputs = shapes
                 .iter()
-                .zip(&mut per_level)
+                .zip(&mut per_output)
                 .map(|((name, [_, c, h, w]), images)| {
                     let data = images.next().unwrap_or_default();
                     (
@@ -385,7 +426,7 @@ impl<I> Extractor<'_, I> {
                 index,
                 Extracted {
                     item,
-                    result: Ok(levels),
+                    result: Ok(outputs),
                 },
             );
         }

@@ -1,6 +1,7 @@
 //! Pictures into network inputs: decoding (JPEG, PNG), the EXIF orientation, conversion to
 //! what the network takes (RGB, or grayscale for a 1-channel model) whatever the colour type,
-//! optional downscaling, and normalisation into an NCHW tensor.
+//! optional downscaling, and scaling into an NCHW tensor: ImageNet-normalised for the FPN, or
+//! 0..1 for the detectors, whose own transform normalises.
 
 use std::io::Cursor;
 use std::path::Path;
@@ -42,16 +43,30 @@ pub enum ExifOrientation {
     Ignore,
 }
 
+/// The values a picture's pixels become.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PixelScale {
+    /// `(v / 255 - mean) / std`, with [`IMAGENET_MEAN`] and [`IMAGENET_STD`] (RGB) or
+    /// [`GRAY_MEAN_STD`] (gray): what torchvision's backbones were trained on, and what an
+    /// [`Fpn`](crate::Fpn) takes.
+    #[default]
+    ImageNet,
+    /// `v / 255`, in 0..1: what torchvision's detectors take, their transform normalising on
+    /// the GPU, and so what a [`Detector`](crate::Detector) takes.
+    Unit,
+}
+
 /// How a picture becomes a network input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ImageOptions {
     /// Downscale so that the longer side is at most this many pixels (keeping the aspect ratio).
     pub max_size: Option<u32>,
-    /// Channels the network takes: 3 (RGB, ImageNet-normalised) or 1 (gray by
-    /// [`LUMA_WEIGHTS`], normalised by [`GRAY_MEAN_STD`]).
+    /// Channels the network takes: 3 (RGB) or 1 (gray by [`LUMA_WEIGHTS`]).
     pub channels: usize,
     /// Whether the EXIF orientation is applied.
     pub orientation: ExifOrientation,
+    /// ImageNet-normalised (the default, for an FPN) or 0..1 (for a detector).
+    pub scale: PixelScale,
 }
 
 impl Default for ImageOptions {
@@ -60,6 +75,17 @@ impl Default for ImageOptions {
             max_size: None,
             channels: 3,
             orientation: ExifOrientation::Apply,
+            scale: PixelScale::ImageNet,
+        }
+    }
+}
+
+impl ImageOptions {
+    /// The defaults with 0..1 values: RGB as torchvision's detectors take it.
+    pub fn detection() -> Self {
+        ImageOptions {
+            scale: PixelScale::Unit,
+            ..ImageOptions::default()
         }
     }
 }
@@ -75,7 +101,7 @@ pub struct ImageInput {
     /// The EXIF orientation the file declares (`NoTransforms` without a tag), and whether it
     /// was applied.
     pub orientation: (Orientation, bool),
-    /// The normalised input, shape [1, C, H, W].
+    /// The input, shape [1, C, H, W], scaled as [`ImageOptions::scale`] says.
     pub tensor: HostTensor,
 }
 
@@ -93,8 +119,8 @@ pub fn load_image(path: &Path, max_size: Option<u32>) -> Result<ImageInput> {
     )
 }
 
-/// [`load_image`] with the choices of `options`: the network's channels and the EXIF
-/// orientation.
+/// [`load_image`] with the choices of `options`: the network's channels, the EXIF orientation
+/// and the values' scale.
 pub fn load_image_with(path: &Path, options: &ImageOptions) -> Result<ImageInput> {
     let bytes = std::fs::read(path).map_err(|e| Error::File {
         path: path.display().to_string(),
@@ -168,8 +194,8 @@ pub fn from_picture(picture: &DynamicImage, max_size: Option<u32>) -> Result<Ima
     )
 }
 
-/// [`from_picture`] with the network's channels from `options` (its orientation is not used:
-/// a picture in memory has no tag).
+/// [`from_picture`] with the network's channels and the values' scale from `options` (its
+/// orientation is not used: a picture in memory has no tag).
 pub fn from_picture_with(picture: &DynamicImage, options: &ImageOptions) -> Result<ImageInput> {
     let (w, h) = (picture.width(), picture.height());
     let (tw, th) = target_size(w, h, options.max_size)?;
@@ -185,12 +211,18 @@ pub fn from_picture_with(picture: &DynamicImage, options: &ImageOptions) -> Resu
     let (rgb, tensor) = match options.channels {
         3 => {
             let rgb = picture.to_rgb8();
-            let tensor = normalise(&rgb);
+            let tensor = match options.scale {
+                PixelScale::ImageNet => normalise(&rgb),
+                PixelScale::Unit => unit_rgb(&rgb),
+            };
             (rgb, tensor)
         }
         1 => {
             let gray = to_gray(picture);
-            let tensor = normalise_gray(&gray);
+            let tensor = match options.scale {
+                PixelScale::ImageNet => normalise_gray(&gray),
+                PixelScale::Unit => unit_gray(&gray),
+            };
             (DynamicImage::ImageLuma8(gray).to_rgb8(), tensor)
         }
         n => {
@@ -256,11 +288,22 @@ fn target_size(w: u32, h: u32, max_size: Option<u32>) -> Result<(u32, u32)> {
 
 /// RGB bytes to a [1, 3, H, W] tensor: `(v / 255 - mean) / std` per channel.
 pub fn normalise(rgb: &RgbImage) -> HostTensor {
+    planes(rgb, |c, v| (v - IMAGENET_MEAN[c]) / IMAGENET_STD[c])
+}
+
+/// RGB bytes to a [1, 3, H, W] tensor in 0..1: `v / 255`.
+pub fn unit_rgb(rgb: &RgbImage) -> HostTensor {
+    planes(rgb, |_, v| v)
+}
+
+/// RGB bytes to a [1, 3, H, W] tensor, channel planes one after another, each value
+/// `f(channel, v / 255)`.
+fn planes(rgb: &RgbImage, f: impl Fn(usize, f32) -> f32) -> HostTensor {
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     let mut data = vec![0.0f32; 3 * w * h];
     for (i, px) in rgb.pixels().enumerate() {
         for c in 0..3 {
-            data[c * w * h + i] = (px[c] as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+            data[c * w * h + i] = f(c, px[c] as f32 / 255.0);
         }
     }
     HostTensor {
@@ -272,11 +315,17 @@ pub fn normalise(rgb: &RgbImage) -> HostTensor {
 /// Gray bytes to a [1, 1, H, W] tensor: `(v / 255 - mean) / std` with [`GRAY_MEAN_STD`].
 pub fn normalise_gray(gray: &GrayImage) -> HostTensor {
     let (mean, std) = GRAY_MEAN_STD;
+    gray_plane(gray, |v| (v - mean) / std)
+}
+
+/// Gray bytes to a [1, 1, H, W] tensor in 0..1: `v / 255`.
+pub fn unit_gray(gray: &GrayImage) -> HostTensor {
+    gray_plane(gray, |v| v)
+}
+
+fn gray_plane(gray: &GrayImage, f: impl Fn(f32) -> f32) -> HostTensor {
     HostTensor {
         shape: vec![1, 1, gray.height() as usize, gray.width() as usize],
-        data: gray
-            .pixels()
-            .map(|p| (p[0] as f32 / 255.0 - mean) / std)
-            .collect(),
+        data: gray.pixels().map(|p| f(p[0] as f32 / 255.0)).collect(),
     }
 }

@@ -71,6 +71,13 @@ impl FromStr for Shard {
     }
 }
 
+impl Shard {
+    /// Whether the picture at `position` of the sorted set is this worker's.
+    pub fn takes(&self, position: usize) -> bool {
+        position % self.count == self.index
+    }
+}
+
 impl std::fmt::Display for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.index, self.count)
@@ -175,8 +182,9 @@ impl ImageSet {
         let entries = self
             .entries
             .into_iter()
-            .skip(shard.index)
-            .step_by(shard.count)
+            .enumerate()
+            .filter(|(i, _)| shard.takes(*i))
+            .map(|(_, e)| e)
             .collect();
         ImageSet { entries }
     }

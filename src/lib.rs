@@ -18,10 +18,10 @@
 //!   [`Detector`] runs torchvision's RetinaNet from the pictures to boxes, scores and labels,
 //!   post-processing included, in one submit;
 //! - [`image_input`], [`visualize`] and [`detection_output`]: pictures in (decoded,
-//!   ImageNet-normalised) and out (per-level energy maps, an overview; COCO results and boxes
-//!   drawn);
+//!   ImageNet-normalised for the FPN, 0..1 for the detectors) and out (per-level energy maps, an
+//!   overview; COCO results and boxes drawn);
 //! - `image_set` and `extract`: datasets of pictures (folders, lists, shards) and the pipelined
-//!   loop that runs the network over them (not on wasm32).
+//!   loop that runs a network over them, an FPN or a detector (not on wasm32).
 //!
 //! ```no_run
 //! use fpn_wgpu::{Fpn, GpuContext, Tensor};

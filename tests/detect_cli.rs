@@ -3,52 +3,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
+use common::detector::{small_config, small_options, weights, CLASSES, OPTION_FLAGS, SEED};
 use common::{fpn_command, gpu, scratch};
-use fpn_wgpu::model::{DetectorConfig, DetectorKind, ExtraLevels, P6Source};
+use fpn_wgpu::model::{DetectorConfig, DetectorKind};
 use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor};
-use fpn_wgpu::{Detector, DetectorOptions, Fpn, FpnConfig, Tensor};
+use fpn_wgpu::{Detector, DetectorOptions, Fpn, Tensor};
 use safetensors::{Dtype, SafeTensors};
-
-const CLASSES: usize = 3;
-const SEED: u64 = 5;
-
-fn small_config() -> DetectorConfig {
-    let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
-    backbone.returned = [false, true, true, true];
-    backbone.extra = ExtraLevels::P6P7(P6Source::P5);
-    DetectorConfig {
-        backbone,
-        ..DetectorConfig::retinanet_resnet50(CLASSES)
-    }
-}
-
-/// Small pictures, a threshold the random weights pass often enough.
-fn small_options() -> DetectorOptions {
-    DetectorOptions {
-        min_size: 64,
-        max_size: 96,
-        score_thresh: 0.6,
-        ..DetectorOptions::default()
-    }
-}
-
-const OPTION_FLAGS: [&str; 6] = [
-    "--min-size",
-    "64",
-    "--max-size",
-    "96",
-    "--score-thresh",
-    "0.6",
-];
-
-fn weights(dir: &Path) -> PathBuf {
-    let path = dir.join("retinanet.safetensors");
-    let dict = Detector::random_state_dict(small_config(), SEED).unwrap();
-    write_tensors(&path, dict.iter().map(|(n, t)| (n.as_str(), t))).unwrap();
-    path
-}
 
 fn fpn(args: &[&str]) -> (bool, String) {
     let out = fpn_command().args(args).output().unwrap();

@@ -9,38 +9,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::dataset::{files, make_dataset, names};
 use common::{assert_close, gpu};
 use fpn_wgpu::extract::{extract, ExtractOptions};
 use fpn_wgpu::image_input::load_image;
 use fpn_wgpu::tensor_file::{read_tensors, write_tensors_as, HostTensor};
 use fpn_wgpu::{Error, Fpn, FpnConfig, Precision, Tensor};
-use image::{ImageFormat, Rgb, RgbImage};
-
-/// A picture that differs with `seed`.
-fn picture(w: u32, h: u32, seed: u32) -> RgbImage {
-    RgbImage::from_fn(w, h, |x, y| {
-        Rgb([
-            ((x * 7 + seed * 31) % 256) as u8,
-            ((y * 5 + seed * 17) % 256) as u8,
-            ((x * y + seed) % 256) as u8,
-        ])
-    })
-}
-
-/// Writes pictures at the given relative paths (JPEG or PNG by extension) under `dir`.
-fn make_dataset(dir: &Path, names: &[&str], (w, h): (u32, u32)) {
-    for (i, name) in names.iter().enumerate() {
-        let path = dir.join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let format = match name.ends_with(".png") {
-            true => ImageFormat::Png,
-            false => ImageFormat::Jpeg,
-        };
-        picture(w, h, i as u32)
-            .save_with_format(&path, format)
-            .unwrap();
-    }
-}
 
 /// The small network every CLI run here uses (seeded random weights).
 const NETWORK: [&str; 2] = ["--blocks", "1,1,1,1"];
@@ -66,28 +40,6 @@ fn folder_command(source: &Path, out: &Path, extra: &[&str]) -> Command {
         .args(NETWORK)
         .args(extra);
     command
-}
-
-/// Every file under `dir` (relative path -> bytes).
-fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                walk(root, &path, out);
-            } else {
-                let bytes = std::fs::read(&path).unwrap();
-                out.insert(path.strip_prefix(root).unwrap().to_path_buf(), bytes);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
-fn names(files: &BTreeMap<PathBuf, Vec<u8>>) -> Vec<String> {
-    files.keys().map(|p| p.display().to_string()).collect()
 }
 
 #[test]

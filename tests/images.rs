@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use common::gpu;
 use fpn_wgpu::image_input::{
     from_picture, from_picture_with, load_image, load_image_with, ExifOrientation, ImageOptions,
-    GRAY_MEAN_STD, IMAGENET_MEAN, IMAGENET_STD,
+    PixelScale, GRAY_MEAN_STD, IMAGENET_MEAN, IMAGENET_STD,
 };
 use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor, TensorMap};
 use fpn_wgpu::visualize::{colour_map, energy, overview};
@@ -69,6 +69,31 @@ fn pixels_are_normalised_as_torchvision_does() {
             assert!((got as f64 - want).abs() < 1e-6, "{x},{y} channel {c}");
         }
     }
+}
+
+#[test]
+fn detection_pictures_are_rgb_in_zero_to_one_and_gray_likewise() {
+    let picture = test_picture(40, 36);
+    let input = from_picture_with(
+        &DynamicImage::ImageRgb8(picture.clone()),
+        &ImageOptions::detection(),
+    )
+    .unwrap();
+    assert_eq!(ImageOptions::detection().scale, PixelScale::Unit);
+    assert_eq!(input.tensor.shape, vec![1, 3, 36, 40]);
+    // Exactly v / 255, channel planes one after another: what torchvision's ToTensor gives.
+    let want: Vec<f32> = (0..3)
+        .flat_map(|c| picture.pixels().map(move |p| p.0[c] as f32 / 255.0))
+        .collect();
+    assert_eq!(input.tensor.data, want);
+    assert_eq!(input.rgb, picture);
+    let gray = ImageOptions {
+        channels: 1,
+        ..ImageOptions::detection()
+    };
+    let input = from_picture_with(&DynamicImage::ImageRgb8(picture), &gray).unwrap();
+    let want: Vec<f32> = input.rgb.pixels().map(|p| p.0[0] as f32 / 255.0).collect();
+    assert_eq!(input.tensor.data, want);
 }
 
 #[test]

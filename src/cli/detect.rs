@@ -1,4 +1,5 @@
-//! `fpn detect`: a RetinaNet on a picture or a tensor file, boxes out.
+//! `fpn detect`: a RetinaNet on a picture, a folder or list of pictures (`detect_images.rs`) or
+//! a tensor file, boxes out.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,11 +15,13 @@ use fpn_wgpu::visualize::save_png;
 use fpn_wgpu::{Detections, Detector, DetectorOptions, GpuContext, Precision, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
 
+use crate::folder::FolderArgs;
 use crate::progress::Progress;
 
 /// The `detect` command's flags.
 #[derive(Args)]
-#[command(group(ArgGroup::new("source").required(true).args(["image", "input"])))]
+#[command(group(ArgGroup::new("source").required(true).args(["image", "images", "input"])))]
+#[command(group(ArgGroup::new("picture_source").args(["image", "images"])))]
 pub struct DetectArgs {
     /// A whole torchvision RetinaNet state_dict as safetensors (`backbone.` and `head.`); the
     /// backbone and the number of classes are read from it. Without it: seeded random weights
@@ -32,14 +35,27 @@ pub struct DetectArgs {
     /// A JPEG or PNG picture; RGB in 0..1 goes in, as torchvision's detectors take it.
     #[arg(long, requires = "out")]
     image: Option<PathBuf>,
-    /// With --image: the folder for detections.json (COCO results) and detections.png.
-    #[arg(long, requires = "image")]
+    /// A folder (every .jpg, .jpeg and .png under it, recursively, in sorted order) or a text
+    /// file listing pictures, one path per line. Each picture's COCO results go to
+    /// OUT/REL.json, REL being its path relative to the folder (for a list: the deepest folder
+    /// its pictures share), with the picture's position in the sorted list as image_id; all of
+    /// them to OUT/detections.json (OUT/detections.K-of-N.json with --shard K/N).
+    #[arg(long, requires = "out")]
+    images: Option<PathBuf>,
+    /// With --image: the folder for detections.json (COCO results) and detections.png. With
+    /// --images: the folder the outputs go to (made if missing).
+    #[arg(long, requires = "picture_source")]
     out: Option<PathBuf>,
+    /// With --images: also draw each picture's boxes, OUT/REL.png.
+    #[arg(long, requires = "images")]
+    pictures: bool,
+    #[command(flatten)]
+    folder: FolderArgs,
     /// A safetensors file holding `input`, [N, 3, H, W] float32 RGB in 0..1.
     #[arg(long, requires = "output")]
     input: Option<PathBuf>,
     /// With --input: the safetensors file for `boxes.{i}` [K, 4] float32 (x1, y1, x2, y2 in
-    /// input pixels), `scores.{i}` [K] float32 and `labels.{i}` [K] int64, per picture i.
+    /// input pixels), `scores.{i}` `[K]` float32 and `labels.{i}` `[K]` int64, per picture i.
     #[arg(long, requires = "input")]
     output: Option<PathBuf>,
     /// A text file of class names, one per line, label 0 first (91-class models get COCO's).
@@ -78,6 +94,43 @@ pub struct DetectArgs {
 /// Runs `fpn detect`.
 pub fn detect(args: &DetectArgs) -> Result<()> {
     let progress = Progress::new(args.quiet);
+    match (
+        &args.image,
+        &args.images,
+        &args.out,
+        &args.input,
+        &args.output,
+    ) {
+        (Some(image), _, Some(out), _, _) => {
+            let built = build(args, &progress)?;
+            detect_image(&built, image, out, &progress)
+        }
+        (_, Some(images), Some(out), _, _) => crate::detect_images::run(
+            images,
+            out,
+            args.pictures,
+            &args.folder,
+            || build(args, &progress),
+            &progress,
+        ),
+        (_, _, _, Some(input), Some(output)) => {
+            let built = build(args, &progress)?;
+            detect_tensor(&built, input, output, &progress)
+        }
+        // clap's groups and `requires` rule the other combinations out.
+        _ => bail!("give --image and --out, --images and --out, or --input and --output"),
+    }
+}
+
+/// A detector ready to run, on its context, and its classes' names where they have any.
+pub struct Built {
+    pub ctx: GpuContext,
+    pub detector: Detector,
+    pub names: Option<Vec<String>>,
+}
+
+/// The detector the flags describe, on the adapter `GpuContext::new` picks, reported.
+fn build(args: &DetectArgs, progress: &Progress) -> Result<Built> {
     // The flags not given take the detector's own defaults, known once its weights are read.
     let options = |config: &DetectorConfig| {
         let defaults = DetectorOptions::for_kind(config.kind);
@@ -114,15 +167,11 @@ pub fn detect(args: &DetectArgs) -> Result<()> {
         start.elapsed().as_secs_f64()
     ));
     let names = class_names(args.labels.as_deref(), classes)?;
-    match (&args.image, &args.out, &args.input, &args.output) {
-        (Some(image), Some(out), _, _) => {
-            detect_image(&ctx, &detector, image, out, names.as_deref(), &progress)
-        }
-        (_, _, Some(input), Some(output)) => {
-            detect_tensor(&ctx, &detector, input, output, &progress)
-        }
-        _ => bail!("give --image and --out, or --input and --output"),
-    }
+    Ok(Built {
+        ctx,
+        detector,
+        names,
+    })
 }
 
 /// The class names of `--labels`, or COCO's for a 91-class model, or none.
@@ -148,12 +197,8 @@ fn class_names(path: Option<&Path>, classes: usize) -> Result<Option<Vec<String>
     }
 }
 
-fn run(
-    ctx: &GpuContext,
-    detector: &Detector,
-    pictures: &Tensor,
-    progress: &Progress,
-) -> Result<Vec<Detections>> {
+/// Runs the detector on `pictures`, reporting the time and the counts.
+fn run(detector: &Detector, pictures: &Tensor, progress: &Progress) -> Result<Vec<Detections>> {
     let start = Instant::now();
     let found = detector.detect(pictures)?;
     progress.say(format_args!(
@@ -161,28 +206,22 @@ fn run(
         start.elapsed().as_secs_f64(),
         found.iter().map(Detections::len).collect::<Vec<_>>()
     ));
-    let _ = ctx;
     Ok(found)
 }
 
-fn detect_image(
-    ctx: &GpuContext,
-    detector: &Detector,
-    image: &Path,
-    out: &Path,
-    names: Option<&[String]>,
-    progress: &Progress,
-) -> Result<()> {
-    let picture = load_image_with(image, &ImageOptions::default())?;
+fn detect_image(built: &Built, image: &Path, out: &Path, progress: &Progress) -> Result<()> {
+    let Built {
+        ctx,
+        detector,
+        names,
+    } = built;
+    let picture = load_image_with(image, &ImageOptions::detection())?;
     let (w, h) = picture.rgb.dimensions();
-    let rgb: Vec<f32> = (0..3)
-        .flat_map(|c| picture.rgb.pixels().map(move |p| p.0[c] as f32 / 255.0))
-        .collect();
-    let tensor = Tensor::from_slice(ctx, [1, 3, h as usize, w as usize], &rgb)?;
+    let tensor = Tensor::from_slice(ctx, picture.tensor.nchw("input")?, &picture.tensor.data)?;
     progress.say(format_args!("image {}: {w}x{h}", image.display()));
-    let found = run(ctx, detector, &tensor, progress)?;
+    let found = run(detector, &tensor, progress)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let results = coco_results(0, &found[0], names);
+    let results = coco_results(0, &found[0], names.as_deref());
     let json = serde_json::to_vec_pretty(&results)?;
     fpn_wgpu::atomic_file::write(&out.join("detections.json"), &json)?;
     save_png(
@@ -198,13 +237,8 @@ fn detect_image(
     Ok(())
 }
 
-fn detect_tensor(
-    ctx: &GpuContext,
-    detector: &Detector,
-    input: &Path,
-    output: &Path,
-    progress: &Progress,
-) -> Result<()> {
+fn detect_tensor(built: &Built, input: &Path, output: &Path, progress: &Progress) -> Result<()> {
+    let Built { ctx, detector, .. } = built;
     let tensors = read_tensors(input, |_| false)?;
     let Some(x) = tensors.get("input") else {
         bail!(
@@ -217,7 +251,7 @@ fn detect_tensor(
         .nchw("input")
         .with_context(|| input.display().to_string())?;
     let pictures = Tensor::from_slice(ctx, shape, &x.data)?;
-    let found = run(ctx, detector, &pictures, progress)?;
+    let found = run(detector, &pictures, progress)?;
     write_detections(output, &found)?;
     progress.say(format_args!("wrote {}", output.display()));
     Ok(())

@@ -10,7 +10,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use fpn_wgpu::image_input::{load_image_with, ExifOrientation, ImageOptions};
-use fpn_wgpu::image_set::Shard;
 use fpn_wgpu::model::{DetectorConfig, DetectorKind, ExtraLevels, Layout};
 use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor};
 use fpn_wgpu::visualize::{energy_picture, overview, save_png};
@@ -145,22 +144,8 @@ enum Command {
         /// With --images: also write each level's energy map, OUT/REL.p2.png and so on.
         #[arg(long, requires = "images")]
         pictures: bool,
-        /// With --images: most pictures per forward. Pictures of one size share a forward,
-        /// gathered from the next 2N decoded pictures, so mixed sizes still fill batches.
-        #[arg(long, default_value_t = 1, requires = "images", value_parser = clap::value_parser!(u32).range(1..=1024))]
-        batch: u32,
-        /// With --images: take every N-th picture of the sorted list, starting at K (0-based),
-        /// e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT.
-        #[arg(long, requires = "images")]
-        shard: Option<Shard>,
-        /// With --images: redo pictures whose outputs exist (by default they are skipped, so
-        /// that a rerun resumes an interrupted one).
-        #[arg(long, requires = "images")]
-        overwrite: bool,
-        /// With --images: stop at the first picture that fails (by default it is reported and
-        /// skipped, and the exit status is 1 at the end).
-        #[arg(long, requires = "images")]
-        fail_fast: bool,
+        #[command(flatten)]
+        folder: FolderArgs,
         /// A safetensors file holding one NCHW float tensor named `input` (N x C x H x W, C the
         /// model's input channels: 3 for RGB).
         #[arg(long, requires = "output")]
@@ -218,8 +203,8 @@ enum Command {
         #[command(flatten)]
         network: NetworkArgs,
     },
-    /// Run a detector (torchvision's RetinaNet v1 or v2, or FCOS) on a picture or a tensor
-    /// file: boxes, scores and labels, all computed on the GPU.
+    /// Run a detector (torchvision's RetinaNet v1 or v2, or FCOS) on a picture, a folder or
+    /// list of pictures, or a tensor file: boxes, scores and labels, all computed on the GPU.
     Detect(detect::DetectArgs),
     /// Write deterministic seeded random weights as a safetensors state_dict.
     RandomWeights {
@@ -244,9 +229,12 @@ enum Command {
 }
 
 mod detect;
+mod detect_images;
+mod folder;
 mod progress;
 mod run_images;
 
+use folder::FolderArgs;
 use progress::Progress;
 
 /// What every `run` needs to build its network and report.
@@ -591,10 +579,7 @@ fn run_command() -> ExitCode {
             keep_stored_orientation,
             out,
             pictures,
-            batch,
-            shard,
-            overwrite,
-            fail_fast,
+            folder,
             input,
             output,
             bn_eps,
@@ -628,10 +613,7 @@ fn run_command() -> ExitCode {
                     &run_images::FolderOptions {
                         picture: picture_options,
                         pictures: *pictures,
-                        batch: *batch as usize,
-                        shard: *shard,
-                        overwrite: *overwrite,
-                        fail_fast: *fail_fast,
+                        folder: *folder,
                     },
                 ),
                 (_, _, _, Some(input), Some(output)) => run_tensor(&args, input, output),

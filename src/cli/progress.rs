@@ -109,8 +109,8 @@ impl Counter<'_> {
     /// A picture's failure: printed even when quiet, as errors are, above the bar.
     pub fn fail(&self, message: impl std::fmt::Display) {
         match &self.shown {
-            Shown::Bar(bar) => bar.suspend(|| eprintln!("fpn: failed: {message}")),
-            _ => eprintln!("fpn: failed: {message}"),
+            Shown::Bar(bar) => bar.suspend(|| failed(message)),
+            _ => failed(message),
         }
     }
 
@@ -129,4 +129,9 @@ impl Counter<'_> {
             bar.finish_and_clear();
         }
     }
+}
+
+/// A picture's failure, on a line of its own: printed even when quiet, as errors are.
+pub fn failed(message: impl std::fmt::Display) {
+    eprintln!("fpn: failed: {message}");
 }

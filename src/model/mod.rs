@@ -1,8 +1,10 @@
 //! The networks: layers that read their weights by PyTorch name, the ResNet backbone, the heads
 //! of the two supported layouts, the FPN, and checkpoint layout detection.
 
+pub mod batch_network;
 pub mod checkpoint;
 pub mod config;
+mod detection_rows;
 pub mod detector;
 pub mod fcos_head;
 pub mod fpn;
@@ -14,6 +16,7 @@ pub mod retinanet_head;
 pub mod seed_head;
 pub mod torchvision_head;
 
+pub use batch_network::{BatchNetwork, DETECTIONS};
 pub use checkpoint::Checkpoint;
 pub use config::{Block, ExtraLevels, FpnConfig, Layout, P6Source};
 pub use detector::{Detections, Detector, DetectorConfig, DetectorKind, DetectorOptions};

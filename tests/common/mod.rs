@@ -1,6 +1,9 @@
 //! Helpers shared by the GPU tests.
 #![allow(dead_code)]
 
+pub mod dataset;
+pub mod detector;
+
 use std::sync::OnceLock;
 
 use fpn_wgpu::GpuContext;

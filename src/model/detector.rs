@@ -17,7 +17,6 @@ use crate::graph::ops::detect::{
     Normalize, ResizeRule, ScoreMode, StackLevels, TopKScores,
 };
 use crate::graph::{Graph, Value};
-use crate::kernels::box_decode::RECORD;
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{ExtraLevels, FpnConfig, P6Source};
 use crate::model::fcos_head::FcosHead;
@@ -27,7 +26,7 @@ use crate::model::retinanet_head::RetinaNetHead;
 use crate::model::PYRAMID_CHANNELS;
 use crate::precision::Precision;
 use crate::tensor::Tensor;
-use crate::tensor_file::{read_tensors, TensorMap};
+use crate::tensor_file::{read_tensors, HostTensor, TensorMap};
 use crate::weights::{is_ignored, VarBuilder, VarStore};
 
 /// The detectors this crate runs.
@@ -601,7 +600,7 @@ impl Detector {
     pub async fn detect_async(&self, pictures: &Tensor) -> Result<Vec<Detections>> {
         let out = self.forward(pictures)?;
         let rows = out.download_async(self.executor.context()).await?;
-        Ok(unpack(&rows, out.shape()))
+        Detections::from_rows(&HostTensor::new(out.shape().to_vec(), rows)?)
     }
 }
 
@@ -647,23 +646,4 @@ impl Head {
             }
         }
     }
-}
-
-/// The detections of a `[N, 1, D, 6]` tensor's values: each picture's filled slots.
-fn unpack(rows: &[f32], [n, _, d, _]: [usize; 4]) -> Vec<Detections> {
-    (0..n)
-        .map(|i| {
-            let mut det = Detections::default();
-            for r in rows[i * d * RECORD..(i + 1) * d * RECORD].chunks_exact(RECORD) {
-                // Empty slots hold -1 (never NaN: only scores above the threshold are kept).
-                if r[4] < 0.0 {
-                    continue;
-                }
-                det.boxes.push([r[0], r[1], r[2], r[3]]);
-                det.scores.push(r[4]);
-                det.labels.push(r[5].to_bits() as i64);
-            }
-            det
-        })
-        .collect()
 }

@@ -479,15 +479,7 @@ fn convert(input: &Path, output: &Path) -> Result<()> {
 }
 
 fn info() -> Result<()> {
-    let adapters = pollster::block_on(fpn_wgpu::gpu::available_adapters());
-    if adapters.is_empty() {
-        bail!(
-            "{}",
-            fpn_wgpu::Error::NoAdapter {
-                detail: String::new()
-            }
-        );
-    }
+    let adapters = pollster::block_on(fpn_wgpu::gpu::requested_adapters())?;
     for (i, a) in adapters.iter().enumerate() {
         let l = &a.limits;
         println!("{i}: {}", a.summary);
@@ -515,7 +507,16 @@ fn info() -> Result<()> {
             l.max_compute_invocations_per_workgroup
         );
     }
-    println!("WGPU_BACKEND and WGPU_ADAPTER_NAME choose among these; by default the first that runs compute.");
+    match std::env::var("WGPU_BACKEND") {
+        Ok(b) if !b.trim().is_empty() => println!(
+            "These are the adapters of WGPU_BACKEND={b}; unset it to list every backend's. \
+             WGPU_ADAPTER_NAME chooses among them; by default the first that runs compute."
+        ),
+        _ => println!(
+            "WGPU_BACKEND and WGPU_ADAPTER_NAME choose among these; by default the first that \
+             runs compute."
+        ),
+    }
     Ok(())
 }
 

@@ -10,6 +10,11 @@
 //! a view (offset, shape, strides) into a storage the container holds, a numpy array one into
 //! bytes of the pickle.
 //!
+//! Why not a crate: burn's `pytorch-reader` (0.22) reads `.pth` files without PyTorch, but keeps
+//! globals it does not know (`os.system` included) as opaque values instead of refusing them,
+//! and reads no numpy arrays, so detectron2's pickles would need this reader anyway; one
+//! allow-list for both keeps one place to audit and fuzz.
+//!
 //! Values live in an arena and refer to one another by index, so an object fetched again from
 //! the memo is the same object, as in Python (a dict filled after it was memoized is seen
 //! filled), no input can make a copy explode, and nothing walks the graph recursively. Every

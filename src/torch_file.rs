@@ -593,19 +593,29 @@ fn gather(
     if contiguous {
         out.extend_from_slice(&storage[start * size..(start + numel) * size]);
     } else {
-        // An odometer over the indices, last dimension fastest; every offset was bounded by
-        // `last` above.
+        // An odometer over the indices, last dimension fastest. Every offset it reaches was
+        // bounded by `last` above; a dimension of size 1 never moves, so its stride (which
+        // `last` does not bound) is left out.
+        let strides: Vec<usize> = (0..rank)
+            .map(|d| {
+                if view.shape[d] == 1 {
+                    0
+                } else {
+                    view.strides[d]
+                }
+            })
+            .collect();
         let mut index = vec![0usize; rank];
         let mut at = start;
         for _ in 0..numel {
             out.extend_from_slice(&storage[at * size..(at + 1) * size]);
             for d in (0..rank).rev() {
                 index[d] += 1;
-                at += view.strides[d];
+                at += strides[d];
                 if index[d] < view.shape[d] {
                     break;
                 }
-                at -= view.strides[d] * view.shape[d];
+                at -= strides[d] * view.shape[d];
                 index[d] = 0;
             }
         }
@@ -648,6 +658,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c, [5, 6, 7, 8, 9, 10]);
+        // Not contiguous, with a size-1 dimension of a stride no storage could hold.
+        let n = gather(
+            &view(vec![2, 1, 2], vec![1, usize::MAX, 4], 0),
+            &storage,
+            &mut budget,
+        );
+        assert_eq!(n.unwrap(), [0, 4, 1, 5]);
         // An expand: stride 0.
         let e = gather(&view(vec![3, 2], vec![0, 1], 0), &storage[..2], &mut budget).unwrap();
         assert_eq!(e, [0, 1, 0, 1, 0, 1]);

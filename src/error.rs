@@ -11,14 +11,21 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Clone, Debug, Error)]
 pub enum Error {
     /// wgpu found no adapter that can run compute shaders.
-    #[error(
-        "no GPU adapter found{detail}; install a GPU driver, or on headless Linux install Mesa's \
-         software Vulkan driver (`apt-get install mesa-vulkan-drivers`); WGPU_BACKEND and \
-         WGPU_ADAPTER_NAME choose among the adapters that exist"
-    )]
+    #[error("no GPU adapter found{detail}; {advice}")]
     NoAdapter {
         /// Extra context, such as the backend or name filter that was in force.
         detail: String,
+        /// What to do, for this platform and the backends searched.
+        advice: String,
+    },
+
+    /// `WGPU_BACKEND` names no backend, or only backends this platform does not have.
+    #[error("WGPU_BACKEND={value:?} {problem}")]
+    Backend {
+        /// The variable's value.
+        value: String,
+        /// What is wrong with it and what to set instead.
+        problem: String,
     },
 
     /// The adapter refused to create a device.

@@ -49,6 +49,7 @@ pub mod image_set;
 pub mod jpeg;
 pub mod kernels;
 pub mod model;
+mod pickle;
 pub mod precision;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod readback;
@@ -57,6 +58,7 @@ pub mod rng;
 mod signal;
 pub mod tensor;
 pub mod tensor_file;
+mod torch_file;
 pub mod visualize;
 pub mod weights;
 

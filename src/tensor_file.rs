@@ -1,5 +1,6 @@
-//! Named host tensors in safetensors files: reading with dtype conversion, writing as float32 or
-//! float16.
+//! Named host tensors in files: reading weights from safetensors, PyTorch checkpoints (`.pth`,
+//! `.pt`) and detectron2 pickles (`.pkl`), told apart by their content, with dtype conversion;
+//! writing safetensors as float32 or float16.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -9,6 +10,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 use crate::precision::Precision;
+pub use crate::torch_file::{FileFormat, STATE_DICT_KEYS};
 
 /// A tensor in host memory: its shape and float32 data in row-major order.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,6 +83,20 @@ fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     })
 }
 
+/// Converts the stored tensor `name` to float32, or says which dtype it has that holds no
+/// weights.
+pub(crate) fn convert(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>> {
+    to_f32(dtype, bytes).ok_or_else(|| {
+        file_error(
+            path,
+            format!(
+                "tensor `{name}` has dtype {dtype:?}; only float32, float16, bfloat16 and \
+                 float64 are supported"
+            ),
+        )
+    })
+}
+
 /// The first name that appears twice among the header's top-level keys, if any. JSON allows
 /// repeated keys; a map keeps one of them, so they are counted before any map is built.
 fn repeated_name(header: &[u8]) -> Option<String> {
@@ -115,10 +131,135 @@ fn repeated_name(header: &[u8]) -> Option<String> {
         .and_then(|k| k.0)
 }
 
-/// Parses a safetensors image, converting float16, bfloat16 and float64 tensors to float32.
-/// Tensors for which `skip(name)` is true are left out whatever their dtype; any other
-/// non-float tensor is an error naming it.
+/// A weights file read: its tensors, what the file is, and the entry of the dict that wrapped
+/// the state_dict, if one did (`state_dict` in an mmdetection checkpoint, `model` in
+/// detectron2's).
+#[derive(Clone, Debug)]
+pub struct TensorFile {
+    /// The tensors, converted to float32.
+    pub tensors: TensorMap,
+    /// What the file is.
+    pub format: FileFormat,
+    /// The key of the wrapping dict's entry the state_dict was taken from.
+    pub entry: Option<String>,
+}
+
+impl TensorFile {
+    /// What was read, for messages: `a PyTorch zip checkpoint (torch.save), its `state_dict`
+    /// entry`.
+    pub fn describe(&self) -> String {
+        match &self.entry {
+            Some(key) => format!("{}, its `{key}` entry", self.format),
+            None => self.format.to_string(),
+        }
+    }
+}
+
+/// What the first bytes say a file is.
+enum Sniffed {
+    Safetensors,
+    Zip,
+    Pickle,
+    /// Something else, in words.
+    Other(String),
+}
+
+fn sniff(bytes: &[u8]) -> Sniffed {
+    // safetensors: an 8-byte little-endian header length, then the JSON header. Checked first
+    // and strictly, since a header length can start with any byte.
+    let header = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+    let json = bytes.get(8) == Some(&b'{');
+    if json && header.is_some_and(|n| n <= bytes.len() as u64 - 8) {
+        return Sniffed::Safetensors;
+    }
+    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
+        return Sniffed::Zip;
+    }
+    // A pickle of protocol 2 to 5 starts with PROTO; torch.save writes 2 unless told.
+    if let [0x80, 2..=5, op, ..] = bytes {
+        if *op != 0 {
+            return Sniffed::Pickle;
+        }
+    }
+    if json {
+        return Sniffed::Safetensors; // a damaged one: its parser says how
+    }
+    let what = if bytes.is_empty() {
+        "the file is empty".to_string()
+    } else if bytes.starts_with(b"\x89PNG") {
+        "it is a PNG picture".to_string()
+    } else if bytes.starts_with(b"\xff\xd8\xff") {
+        "it is a JPEG picture".to_string()
+    } else if bytes.starts_with(b"\x1f\x8b") {
+        "it is gzip-compressed: decompress it first".to_string()
+    } else if bytes.starts_with(b"\x89HDF") {
+        "it is an HDF5 file (Keras or TensorFlow weights)".to_string()
+    } else if bytes.get(257..262) == Some(b"ustar") {
+        "it is a tar archive (PyTorch's format before 0.1.10 was one: load and save it again \
+         with a current torch.save)"
+            .to_string()
+    } else if let [0x80, p, ..] = bytes {
+        format!("it looks like a pickle of protocol {p}, which Python does not write")
+    } else {
+        let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        format!("it starts with the bytes {}", head.join(" "))
+    };
+    Sniffed::Other(what)
+}
+
+/// Parses a weights file of any format this crate reads, told apart by its content:
+/// safetensors, a PyTorch checkpoint (`torch.save`: zip, or the legacy format) or a pickle of
+/// numpy arrays (detectron2's `.pkl`). A checkpoint that wraps its state_dict in a dict has it
+/// taken from its entry (see [`STATE_DICT_KEYS`]). Float16, bfloat16 and float64 tensors are
+/// converted to float32. Tensors for which `skip(name)` is true are left out whatever their
+/// dtype; any other non-float tensor is an error naming it. Pickles are read without running
+/// anything they name: anything but tensors, numpy arrays and plain data is refused.
+pub fn parse_file(bytes: &[u8], path: &Path, skip: impl Fn(&str) -> bool) -> Result<TensorFile> {
+    let parsed = match sniff(bytes) {
+        Sniffed::Safetensors => {
+            return Ok(TensorFile {
+                tensors: parse_safetensors(bytes, path, &skip)?,
+                format: FileFormat::Safetensors,
+                entry: None,
+            })
+        }
+        Sniffed::Zip => crate::torch_file::parse_zip(bytes, path, &skip)?,
+        Sniffed::Pickle => crate::torch_file::parse_pickles(bytes, path, &skip)?,
+        Sniffed::Other(what) => {
+            // The name says what the file was meant to be; the content, what it is.
+            let named = path.extension().and_then(|e| e.to_str());
+            let lead = match named {
+                Some("safetensors") => {
+                    "not a valid safetensors file (which starts with an \
+                                        8-byte header length, then its JSON header)"
+                }
+                _ => "not a checkpoint",
+            };
+            return Err(file_error(
+                path,
+                format!(
+                    "{lead}: {what}; weights are read from safetensors, a PyTorch .pth/.pt \
+                     (torch.save) or a detectron2 .pkl"
+                ),
+            ));
+        }
+    };
+    Ok(TensorFile {
+        tensors: parsed.tensors,
+        format: parsed.format,
+        entry: parsed.entry,
+    })
+}
+
+/// Parses a weights file's tensors; see [`parse_file`].
 pub fn parse_tensors(bytes: &[u8], path: &Path, skip: impl Fn(&str) -> bool) -> Result<TensorMap> {
+    parse_file(bytes, path, skip).map(|f| f.tensors)
+}
+
+/// Parses a safetensors image.
+fn parse_safetensors(bytes: &[u8], path: &Path, skip: &dyn Fn(&str) -> bool) -> Result<TensorMap> {
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| file_error(path, format!("not a valid safetensors file: {e}")))?;
     // The parse above has checked that the header length fits the file.
@@ -134,15 +275,7 @@ pub fn parse_tensors(bytes: &[u8], path: &Path, skip: impl Fn(&str) -> bool) -> 
         if skip(name) {
             continue;
         }
-        let data = to_f32(view.dtype(), view.data()).ok_or_else(|| {
-            file_error(
-                path,
-                format!(
-                    "tensor `{name}` has dtype {:?}; only float32, float16, bfloat16 and float64 are supported",
-                    view.dtype()
-                ),
-            )
-        })?;
+        let data = convert(path, name, view.dtype(), view.data())?;
         out.insert(
             name.to_string(),
             HostTensor {
@@ -154,10 +287,15 @@ pub fn parse_tensors(bytes: &[u8], path: &Path, skip: impl Fn(&str) -> bool) -> 
     Ok(out)
 }
 
-/// Reads a safetensors file; see [`parse_tensors`].
-pub fn read_tensors(path: &Path, skip: impl Fn(&str) -> bool) -> Result<TensorMap> {
+/// Reads a weights file of any format; see [`parse_file`].
+pub fn read_file(path: &Path, skip: impl Fn(&str) -> bool) -> Result<TensorFile> {
     let bytes = std::fs::read(path).map_err(|e| file_error(path, format!("cannot read: {e}")))?;
-    parse_tensors(&bytes, path, skip)
+    parse_file(&bytes, path, skip)
+}
+
+/// Reads a weights file's tensors; see [`parse_file`].
+pub fn read_tensors(path: &Path, skip: impl Fn(&str) -> bool) -> Result<TensorMap> {
+    read_file(path, skip).map(|f| f.tensors)
 }
 
 /// Writes tensors as float32 safetensors; see [`write_tensors_as`].

@@ -1,5 +1,5 @@
-//! Weights by their PyTorch `state_dict` names: a safetensors file or deterministic seeded random
-//! values, walked with name prefixes (`vb.pp("layer1").pp(0)`) the way candle's `VarBuilder` does.
+//! Weights by their PyTorch `state_dict` names: a weights file (safetensors, a PyTorch
+//! checkpoint or a detectron2 pickle) or deterministic seeded random values, walked with name prefixes (`vb.pp("layer1").pp(0)`) the way candle's `VarBuilder` does.
 //!
 //! Problems do not stop the walk: every missing, mis-shaped or unexpected tensor is collected, and
 //! [`VarStore::finish`] reports them all in one error.
@@ -11,7 +11,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::rng::SplitMix64;
-use crate::tensor_file::{read_tensors, HostTensor, TensorMap};
+use crate::tensor_file::{read_file, FileFormat, HostTensor, TensorMap};
 
 /// How many disagreeing tensors an error lists by name before it only counts the rest.
 pub const LISTED_PROBLEMS: usize = 8;
@@ -45,8 +45,16 @@ pub fn is_ignored(name: &str) -> bool {
 }
 
 enum Source {
-    File { path: String, tensors: TensorMap },
-    Random { seed: u64 },
+    File {
+        path: String,
+        tensors: TensorMap,
+        /// What the file was, when not safetensors: `a PyTorch zip checkpoint (torch.save),
+        /// its `state_dict` entry`.
+        described: Option<String>,
+    },
+    Random {
+        seed: u64,
+    },
 }
 
 /// Where the weights come from, plus the record of what the model asked for.
@@ -59,11 +67,22 @@ pub struct VarStore {
 }
 
 impl VarStore {
-    /// Loads a safetensors `state_dict`; `num_batches_tracked` entries are ignored and float16,
-    /// bfloat16 and float64 tensors are converted to float32.
+    /// Loads a `state_dict` from safetensors, a PyTorch checkpoint (`.pth`, `.pt`, zip or
+    /// legacy, the state_dict alone or wrapped in a dict) or a detectron2 `.pkl`, told apart
+    /// by content (see [`crate::tensor_file::parse_file`]); `num_batches_tracked` entries are
+    /// ignored and float16, bfloat16 and float64 tensors are converted to float32.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let tensors = read_tensors(path, is_ignored)?;
-        Ok(Self::from_tensors(path.display().to_string(), tensors))
+        let file = read_file(path, is_ignored)?;
+        let origin = match &file.entry {
+            Some(key) => format!("{}'s `{key}` entry", path.display()),
+            None => path.display().to_string(),
+        };
+        let described = (file.format != FileFormat::Safetensors).then(|| file.describe());
+        Ok(Self::new(Source::File {
+            path: origin,
+            tensors: file.tensors,
+            described,
+        }))
     }
 
     /// Wraps tensors already in memory; `origin` names them in errors.
@@ -71,7 +90,17 @@ impl VarStore {
         Self::new(Source::File {
             path: origin.into(),
             tensors,
+            described: None,
         })
+    }
+
+    /// What the weights file was when it was not safetensors, for messages: `a PyTorch zip
+    /// checkpoint (torch.save), its `state_dict` entry`.
+    pub fn file_format(&self) -> Option<&str> {
+        match &self.source {
+            Source::File { described, .. } => described.as_deref(),
+            Source::Random { .. } => None,
+        }
     }
 
     /// Deterministic random weights: the same `seed` and name always give the same values, on
@@ -126,8 +155,12 @@ impl VarStore {
     /// drop the tensor (a detection checkpoint's heads, for one). `note` is added to the origin
     /// so that error messages say what was done. Two names mapping to one is an error.
     pub fn map_names(self, note: &str, rename: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let (path, tensors) = match self.source {
-            Source::File { path, tensors } => (path, tensors),
+        let (path, tensors, described) = match self.source {
+            Source::File {
+                path,
+                tensors,
+                described,
+            } => (path, tensors, described),
             random @ Source::Random { .. } => return Ok(Self::new(random)),
         };
         let mut out = TensorMap::new();
@@ -143,7 +176,11 @@ impl VarStore {
                 out.insert(new, t);
             }
         }
-        Ok(Self::from_tensors(format!("{path} ({note})"), out))
+        Ok(Self::new(Source::File {
+            path: format!("{path} ({note})"),
+            tensors: out,
+            described,
+        }))
     }
 
     /// Where the weights come from, for messages: a path or `seeded random (seed N)`.

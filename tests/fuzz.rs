@@ -1,6 +1,8 @@
 //! A property-test loop over the weight loader and the input reader: random bytes and random
 //! mutations of valid files (bit flips, truncations, splices, forged header lengths and
-//! offsets) must each give a value or an error, never a panic or a hang.
+//! offsets) must each give a value or an error, never a panic or a hang. The same for PyTorch
+//! checkpoints (zip and legacy) and detectron2 pickles, whose pickles go through the
+//! restricted pickle reader.
 //!
 //! CI runs it for a few seconds. For a long run:
 //! `FUZZ_SECONDS=600 cargo test --release --test fuzz -- --nocapture`
@@ -56,8 +58,13 @@ fn load_input(bytes: &[u8]) {
 }
 
 fn mutate(rng: &mut SplitMix64, seed: &[u8]) -> Vec<u8> {
-    let mut b = seed.to_vec();
     let header_end = 8 + u64::from_le_bytes(seed[..8].try_into().unwrap()) as usize;
+    mutate_within(rng, seed, header_end)
+}
+
+/// Mutations aimed three times in four before `header_end`.
+fn mutate_within(rng: &mut SplitMix64, seed: &[u8], header_end: usize) -> Vec<u8> {
+    let mut b = seed.to_vec();
     // Most bugs live in the header: aim there three times in four.
     let pos = |rng: &mut SplitMix64, len: usize| -> usize {
         let limit = if rng.next_f32() < 0.75 {
@@ -192,5 +199,106 @@ fn loaders_survive_random_and_mutated_files() {
         iterations += 1;
     }
     eprintln!("fuzz: {iterations} cases in {seconds} s without a panic (FUZZ_SEED={stream})");
+    assert!(iterations > 0);
+}
+
+fn checkpoint_fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/checkpoint_files")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Sets every CRC-32 of a zip archive to 0, which the reader takes as no CRC (`torch.save`
+/// with CRC computation off), so that mutations reach the pickle rather than the CRC check.
+fn without_crcs(mut bytes: Vec<u8>) -> Vec<u8> {
+    for i in 0..bytes.len().saturating_sub(20) {
+        match &bytes[i..i + 4] {
+            b"PK\x03\x04" => bytes[i + 14..i + 18].fill(0),
+            b"PK\x01\x02" => bytes[i + 16..i + 20].fill(0),
+            _ => {}
+        }
+    }
+    bytes
+}
+
+#[test]
+fn checkpoint_readers_survive_random_and_mutated_files() {
+    let seconds: u64 = std::env::var("FUZZ_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let stream: u64 = std::env::var("FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1);
+    // Each seed with where its pickle is: the whole file but for zip archives, whose
+    // `data.pkl` is their first entry.
+    let mut seeds: Vec<(&str, Vec<u8>)> = Vec::new();
+    for name in [
+        "small_zip.pth",
+        "small_mmdet.pth",
+        "whole_model.pth",
+        "evil_zip.pth",
+    ] {
+        let bytes = checkpoint_fixture(name);
+        seeds.push((name, without_crcs(bytes.clone())));
+        seeds.push((name, bytes));
+    }
+    for name in [
+        "small_legacy.pth",
+        "small_d2_model.pth",
+        "small_d2.pkl",
+        "small_d2_py2.pkl",
+        "small_d2_p5.pkl",
+        "evil.pkl",
+    ] {
+        seeds.push((name, checkpoint_fixture(name)));
+    }
+    for (name, bytes) in &seeds {
+        // Every seed is read (or, for the refused ones, refused) as it is.
+        let read = parse_tensors(bytes, Path::new(name), is_ignored);
+        assert_eq!(
+            read.is_ok(),
+            !name.contains("evil") && !name.contains("whole"),
+            "{name}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut iterations = 0u64;
+    while Instant::now() < deadline {
+        let case_seed = stream.wrapping_mul(0x9E37_79B9).wrapping_add(iterations);
+        let mut rng = SplitMix64::new(case_seed);
+        let pick = (rng.next_u64() % (seeds.len() as u64 + 1)) as usize;
+        let bytes = match seeds.get(pick) {
+            // A pickle header and random bytes.
+            None => {
+                let mut b = vec![0x80, 2 + (rng.next_u64() % 4) as u8];
+                b.extend((0..rng.next_u64() % 256).map(|_| rng.next_u64() as u8));
+                b
+            }
+            Some((_, seed)) => {
+                let pickle_end = if seed.starts_with(b"PK") {
+                    seed.len().min(2048)
+                } else {
+                    seed.len()
+                };
+                mutate_within(&mut rng, seed, pickle_end)
+            }
+        };
+        let result = std::panic::catch_unwind(|| {
+            load_weights(&bytes);
+            let _ = parse_tensors(&bytes, Path::new("fuzz.pth"), |_| false);
+        });
+        assert!(
+            result.is_ok(),
+            "panic at iteration {iterations} (FUZZ_SEED={stream}, case seed {case_seed}, seed file {pick}, {} bytes)",
+            bytes.len()
+        );
+        iterations += 1;
+    }
+    eprintln!(
+        "fuzz: {iterations} checkpoint cases in {seconds} s without a panic (FUZZ_SEED={stream})"
+    );
     assert!(iterations > 0);
 }

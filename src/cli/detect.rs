@@ -23,8 +23,9 @@ use crate::progress::Progress;
 #[command(group(ArgGroup::new("source").required(true).args(["image", "images", "input"])))]
 #[command(group(ArgGroup::new("picture_source").args(["image", "images"])))]
 pub struct DetectArgs {
-    /// A whole torchvision RetinaNet state_dict as safetensors (`backbone.` and `head.`); the
-    /// backbone and the number of classes are read from it. Without it: seeded random weights
+    /// A whole torchvision RetinaNet (v1 or v2) or FCOS state_dict (`backbone.` and `head.`),
+    /// as safetensors or a PyTorch .pth; the kind of detector, the backbone and the number of
+    /// classes are read from it. Without it: seeded random weights
     /// of a ResNet-50 RetinaNet with --num-classes classes (boxes of no meaning, for trying
     /// the pipeline).
     #[arg(long)]

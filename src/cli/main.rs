@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use fpn_wgpu::image_input::{load_image_with, ExifOrientation, ImageOptions};
 use fpn_wgpu::model::{DetectorConfig, DetectorKind, ExtraLevels, Layout};
-use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor};
+use fpn_wgpu::tensor_file::{read_file, read_tensors, write_tensors, HostTensor};
 use fpn_wgpu::visualize::{energy_picture, overview, save_png};
 use fpn_wgpu::weights::VarStore;
 use fpn_wgpu::{
@@ -113,8 +113,9 @@ enum Command {
     #[command(group(ArgGroup::new("source").required(true).args(["image", "images", "input"])))]
     #[command(group(ArgGroup::new("picture_source").args(["image", "images"])))]
     Run {
-        /// PyTorch state_dict as safetensors (seed or torchvision layout, or a whole torchvision
-        /// detection model); the architecture is read from its names. Without it: seeded random
+        /// PyTorch state_dict (seed or torchvision layout, or a whole torchvision detection
+        /// model) as safetensors, a PyTorch .pth/.pt or a detectron2 .pkl (see `fpn convert`);
+        /// the architecture is read from its names. Without it: seeded random
         /// weights of the network given by --layout and --preset.
         #[arg(long, conflicts_with_all = ["preset", "blocks", "extra", "returned_layers", "in_channels", "block", "groups", "width_per_group"])]
         weights: Option<PathBuf>,
@@ -206,6 +207,17 @@ enum Command {
     /// Run a detector (torchvision's RetinaNet v1 or v2, or FCOS) on a picture, a folder or
     /// list of pictures, or a tensor file: boxes, scores and labels, all computed on the GPU.
     Detect(detect::DetectArgs),
+    /// Read a weights file and write its state_dict as safetensors (float32), which later runs
+    /// read directly: a PyTorch .pth/.pt (torch.save, zip or legacy; the state_dict alone or in
+    /// a checkpoint's dict, such as mmdetection's {meta, state_dict} or detectron2's {model,
+    /// ...}) or a detectron2 model-zoo .pkl. Files are told apart by content, and read without
+    /// running anything in them. num_batches_tracked entries are left out.
+    Convert {
+        /// The weights file.
+        input: PathBuf,
+        /// The safetensors file to write (atomically: whole or not at all).
+        output: PathBuf,
+    },
     /// Write deterministic seeded random weights as a safetensors state_dict.
     RandomWeights {
         /// The seed.
@@ -275,10 +287,14 @@ fn build_network(ctx: &GpuContext, args: &RunArgs) -> Result<Fpn> {
                 ignored.push_str(&format!(", {n} tensors outside the backbone ignored"));
             }
             let config = checkpoint.config();
+            let read_as = match checkpoint.store().file_format() {
+                Some(format) => format!(" ({format})"),
+                None => String::new(),
+            };
             (
                 checkpoint.into_store(),
                 config,
-                format!("{}{ignored}", path.display()),
+                format!("{}{read_as}{ignored}", path.display()),
             )
         }
         None => (
@@ -436,16 +452,22 @@ fn random_weights(
     Ok(())
 }
 
+fn convert(input: &Path, output: &Path) -> Result<()> {
+    let file = read_file(input, fpn_wgpu::weights::is_ignored)?;
+    let tensors = &file.tensors;
+    write_tensors(output, tensors.iter().map(|(n, t)| (n.as_str(), t)))?;
+    eprintln!(
+        "wrote {} tensors, read from {} ({}), to {} as float32",
+        tensors.len(),
+        input.display(),
+        file.describe(),
+        output.display()
+    );
+    Ok(())
+}
+
 fn info() -> Result<()> {
-    let adapters = pollster::block_on(fpn_wgpu::gpu::available_adapters());
-    if adapters.is_empty() {
-        bail!(
-            "{}",
-            fpn_wgpu::Error::NoAdapter {
-                detail: String::new()
-            }
-        );
-    }
+    let adapters = pollster::block_on(fpn_wgpu::gpu::requested_adapters())?;
     for (i, a) in adapters.iter().enumerate() {
         let l = &a.limits;
         println!("{i}: {}", a.summary);
@@ -473,7 +495,16 @@ fn info() -> Result<()> {
             l.max_compute_invocations_per_workgroup
         );
     }
-    println!("WGPU_BACKEND and WGPU_ADAPTER_NAME choose among these; by default the first that runs compute.");
+    match std::env::var("WGPU_BACKEND") {
+        Ok(b) if !b.trim().is_empty() => println!(
+            "These are the adapters of WGPU_BACKEND={b}; unset it to list every backend's. \
+             WGPU_ADAPTER_NAME chooses among them; by default the first that runs compute."
+        ),
+        _ => println!(
+            "WGPU_BACKEND and WGPU_ADAPTER_NAME choose among these; by default the first that \
+             runs compute."
+        ),
+    }
     Ok(())
 }
 
@@ -644,6 +675,7 @@ fn run_command() -> ExitCode {
             network,
         } => shapes(*height, *width, *batch, network),
         Command::Detect(args) => detect::detect(args),
+        Command::Convert { input, output } => convert(input, output),
         Command::RandomWeights {
             seed,
             output,

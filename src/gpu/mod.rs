@@ -12,8 +12,11 @@ use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
-use self::adapter::{adapter_compute, adapter_rank};
-pub use self::adapter::{available_adapters, compute_support, AdapterReport, AdapterSummary};
+use self::adapter::{adapter_compute, adapter_rank, backend_detail, no_adapter_advice};
+pub use self::adapter::{
+    available_adapters, available_adapters_in, backends_from_env, compute_support,
+    platform_backends, requested_adapters, requested_backends, AdapterReport, AdapterSummary,
+};
 pub(crate) use self::dispatch::grid_2d;
 pub use self::dispatch::Dispatch;
 pub(crate) use self::error_scopes::ErrorScopes;
@@ -85,13 +88,17 @@ impl GpuContext {
 
     /// Picks an adapter without a window and creates a device with the adapter's own limits.
     ///
-    /// `WGPU_BACKEND` (e.g. `vulkan`, `gl`, `metal`, `dx12`) restricts the backends searched and
-    /// `WGPU_ADAPTER_NAME` picks the first adapter whose name contains it (case-insensitive).
-    /// Otherwise a hardware GPU is preferred over a software one.
+    /// `WGPU_BACKEND` (e.g. `vulkan`, `gl`, `metal`, `dx12`; see [`requested_backends`])
+    /// restricts the backends searched and `WGPU_ADAPTER_NAME` picks the first adapter whose
+    /// name contains it (case-insensitive). Otherwise a hardware GPU is preferred over a
+    /// software one.
     pub async fn new_async() -> Result<Self> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let backends = backends_from_env()?;
+        // wgpu's other variables (validation, GL and DX12 options) still apply; the backends
+        // are those read above, so that an empty WGPU_BACKEND means every backend.
+        let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        descriptor.backends = backends;
+        let instance = wgpu::Instance::new(descriptor);
         let mut adapters = instance.enumerate_adapters(backends).await;
         let mut left_out = Vec::new();
         adapters.retain(|a| match adapter_compute(a) {
@@ -102,10 +109,7 @@ impl GpuContext {
                 false
             }
         });
-        let mut detail = match std::env::var("WGPU_BACKEND") {
-            Ok(b) => format!(" for WGPU_BACKEND={b}"),
-            Err(_) => String::new(),
-        };
+        let mut detail = backend_detail();
         if !left_out.is_empty() {
             detail.push_str(&format!(
                 " that runs compute shaders (left out: {}; pick another backend, e.g. \
@@ -124,7 +128,10 @@ impl GpuContext {
         let adapter = adapters
             .into_iter()
             .min_by_key(|a| adapter_rank(&a.get_info()))
-            .ok_or(Error::NoAdapter { detail })?;
+            .ok_or_else(|| Error::NoAdapter {
+                detail,
+                advice: no_adapter_advice(backends),
+            })?;
         Self::from_adapter(&adapter).await
     }
 

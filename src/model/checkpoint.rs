@@ -46,7 +46,8 @@ fn wrapper_prefix(names: &[String]) -> String {
 }
 
 impl Checkpoint {
-    /// Reads a safetensors `state_dict` and recognises its layout.
+    /// Reads a `state_dict` (safetensors, a PyTorch `.pth`/`.pt` or a detectron2 `.pkl`; see
+    /// [`VarStore::from_file`]) and recognises its layout.
     pub fn open(path: &Path) -> Result<Self> {
         Self::from_store(VarStore::from_file(path)?)
     }

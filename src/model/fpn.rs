@@ -68,9 +68,11 @@ pub struct Fpn {
 }
 
 impl Fpn {
-    /// Loads a PyTorch `state_dict` saved as safetensors. The layout (seed or torchvision, a
-    /// whole detection model's backbone included), block counts and extra levels come from its
-    /// names and shapes; see [`Checkpoint`] to change the batch norm epsilon before building.
+    /// Loads a PyTorch `state_dict` saved as safetensors, or as a PyTorch `.pth`/`.pt` or a
+    /// detectron2 `.pkl` (told apart by content; see [`crate::tensor_file::parse_file`]). The
+    /// layout (seed or torchvision, a whole detection model's backbone included), block counts
+    /// and extra levels come from its names and shapes; see [`Checkpoint`] to change the batch
+    /// norm epsilon before building.
     pub fn from_safetensors(ctx: &GpuContext, path: &Path) -> Result<Self> {
         Self::from_safetensors_with(ctx, path, FpnOptions::default())
     }

@@ -230,6 +230,11 @@ fn top_k_scan(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if (seg >= p.batch * p.levels) {
         return;
     }
+    let base = seg * STATE;
+    // The segment's state as the previous pass left it, read before any invocation may
+    // narrow it below: the one that finds the bin rewrites RANK while the others still decide.
+    let all = atomicLoad(&state[base + ALL]);
+    let rank = atomicLoad(&state[base + RANK]);
     // Invocation lid holds BINS_PER_THREAD bins, the first from the top.
     let top = BINS - 1u - lid * BINS_PER_THREAD;
     var counts: array<u32, BINS_PER_THREAD>;
@@ -254,8 +259,7 @@ fn top_k_scan(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
     let through = sums[lid];
     let total = sums[WG - 1u];
-    let base = seg * STATE;
-    if (atomicLoad(&state[base + ALL]) != 0u) {
+    if (all != 0u) {
         return;
     }
     if (p.radix_pass == 0u && total <= p.k) {
@@ -264,7 +268,7 @@ fn top_k_scan(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         }
         return;
     }
-    let wanted = select(atomicLoad(&state[base + RANK]), p.k, p.radix_pass == 0u);
+    let wanted = select(rank, p.k, p.radix_pass == 0u);
     var before = through - mine;
     // One invocation holds the bin where the count from the top reaches the wanted rank. (If
     // the passes ever counted differently, no invocation does and the compaction's caps keep

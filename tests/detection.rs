@@ -419,3 +419,48 @@ fn heads_run_each_layer_once_over_all_levels() {
         }
     }
 }
+
+/// A RetinaNet state_dict whose head layers carry the names of torchvision before its v2 of
+/// the head (`conv.{2i}.weight` for `conv.{i}.0.weight`) loads, as torchvision's own loader
+/// renames them, and runs as the same weights under today's names.
+#[test]
+fn retinanet_heads_saved_under_old_names_load() {
+    let ctx = gpu();
+    let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
+    backbone.returned = [false, true, true, true];
+    backbone.extra = ExtraLevels::P6P7(P6Source::P5);
+    let config = DetectorConfig {
+        backbone,
+        ..DetectorConfig::retinanet_resnet50(3)
+    };
+    let options = DetectorOptions {
+        min_size: 64,
+        max_size: 96,
+        score_thresh: 0.6,
+        ..DetectorOptions::default()
+    };
+    let dict = Detector::random_state_dict(config, 11).unwrap();
+    let old: fpn_wgpu::tensor_file::TensorMap = dict
+        .into_iter()
+        .map(|(name, t)| {
+            let mut renamed = name.clone();
+            for branch in ["classification_head", "regression_head"] {
+                for i in 0..4 {
+                    for kind in ["weight", "bias"] {
+                        if name == format!("head.{branch}.conv.{i}.0.{kind}") {
+                            renamed = format!("head.{branch}.conv.{}.{kind}", 2 * i);
+                        }
+                    }
+                }
+            }
+            (renamed, t)
+        })
+        .collect();
+    assert!(old.contains_key("head.regression_head.conv.6.bias"));
+    let loaded = Detector::from_tensors(ctx, "an old state_dict", old, options).unwrap();
+    let twin = Detector::random(ctx, config, 11, options).unwrap();
+    let x = Tensor::from_slice(ctx, [1, 3, 50, 70], &vec![0.4; 3 * 50 * 70]).unwrap();
+    let (a, b) = (loaded.detect(&x).unwrap(), twin.detect(&x).unwrap());
+    assert!(!b[0].is_empty());
+    assert_eq!(a, b);
+}

@@ -1,5 +1,5 @@
-//! `fpn detect`: a RetinaNet on a picture, a folder or list of pictures (`detect_images.rs`) or
-//! a tensor file, boxes out.
+//! `fpn detect`: a one-stage detector (RetinaNet v1 or v2, FCOS) on a picture, a folder or
+//! list of pictures (`detect_images.rs`) or a tensor file, boxes out.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -132,7 +132,8 @@ impl GroupNormWeights {
 /// Builds the [`LAUNCHES`] launches writing `out`: `x` `[N, C, HS, WS]` group-normalised per
 /// image, group and level over each of `regions`, then ReLU when `relu`, and zero outside the
 /// regions, within a zero border of `padding` (rows, columns) on each side: `out` is
-/// `[N, C, HS + 2 py, WS + 2 px]`. Both tensors are f32 NCHW.
+/// `[N, C, HS + 2 py, WS + 2 px]`. Both tensors are NCHW, of one precision
+/// (f32 or f16; the statistics are f32).
 ///
 /// The statistics' scratch is made here, once; the first launch writes all of it before the
 /// second reads it, so the launches may be recorded any number of times.

@@ -130,10 +130,11 @@ pub(crate) fn check_regions(
         ));
     }
     for (l, r) in regions.iter().enumerate() {
+        // In u64: a caller's region must not wrap around and pass.
         let inside = r.height > 0
             && r.width > 0
-            && (r.y0 + r.height) as usize <= height
-            && (r.x0 + r.width) as usize <= width;
+            && r.y0 as u64 + r.height as u64 <= height as u64
+            && r.x0 as u64 + r.width as u64 <= width as u64;
         if !inside {
             return Err(Error::invalid(
                 op,

@@ -97,7 +97,8 @@ pub struct NmsOptions {
 }
 
 impl Default for NmsOptions {
-    /// torchvision's detector defaults: IoU 0.5, 100 detections, boxes as they are.
+    /// IoU 0.5 (torchvision's RetinaNet), 100 detections (its FCOS and Faster R-CNN; RetinaNet
+    /// keeps 300), boxes as they are.
     fn default() -> Self {
         NmsOptions {
             iou_thresh: 0.5,

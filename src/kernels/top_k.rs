@@ -302,7 +302,8 @@ fn check_inputs<'a>(
 ///
 /// `logits` is `[N, A*C, Hs, Ws]`, every level's logits stacked in one map (what lies outside
 /// the levels' regions is never read); `centerness` is `[N, A, Hs, Ws]`, given exactly when
-/// `opts.mode` is [`ScoreMode::SigmoidWithCenterness`]. All tensors are f32 and NCHW.
+/// `opts.mode` is [`ScoreMode::SigmoidWithCenterness`]. All tensors are NCHW; the logits and
+/// centerness f32 or f16 (one precision), the output f32.
 ///
 /// Slot s of segment (n, l) holds two 32-bit words: the score (an f32) and the element's flat
 /// index within its level, `((h * width + w) * A + a) * C + c` (torchvision's order), stored as

@@ -313,6 +313,8 @@ impl Detector {
         tensors: TensorMap,
         options: impl FnOnce(&DetectorConfig) -> DetectorOptions,
     ) -> Result<Self> {
+        let mut tensors = tensors;
+        rename_v1_head_layers(&mut tensors, origin);
         // The backbone's layout is recognised from its own tensors, which the checkpoint
         // reader takes apart; the detector reads every tensor from the whole map.
         let backbone: TensorMap = tensors
@@ -576,7 +578,7 @@ impl Detector {
         let [_, c, _, _] = pictures.shape();
         if c != self.config.backbone.in_channels {
             return Err(Error::invalid(
-                "Detector::detect",
+                "Detector::forward",
                 format!(
                     "the pictures have {c} channels (shape {:?}); this detector takes [N, {}, H, W]",
                     pictures.shape(),
@@ -645,5 +647,36 @@ impl Head {
                 (out.logits, out.regression, Some(out.centerness))
             }
         }
+    }
+}
+
+/// RetinaNet heads saved before torchvision's v2 of them name their hidden convolutions
+/// `conv.{2i}` (a Sequential of conv, ReLU, ...) where today's say `conv.{i}.0`; torchvision's
+/// own loader renames them (`_v1_to_v2_weights`), and so does this, for a head that has the
+/// old names only. FCOS's `conv.{3i}` heads carry a group norm at `conv.1` and are left alone.
+fn rename_v1_head_layers(tensors: &mut TensorMap, origin: &str) {
+    for branch in ["head.classification_head.", "head.regression_head."] {
+        let old = |i: usize, t: &str| format!("{branch}conv.{}.{t}", 2 * i);
+        let new = |i: usize, t: &str| format!("{branch}conv.{i}.0.{t}");
+        let has_old =
+            tensors.contains_key(&old(0, "weight")) && tensors.contains_key(&old(1, "weight"));
+        let has_new = tensors
+            .keys()
+            .any(|n| n.starts_with(&format!("{branch}conv.0.0.")));
+        let normalised = tensors.contains_key(&format!("{branch}conv.1.weight"));
+        if !has_old || has_new || normalised {
+            continue;
+        }
+        for i in 0..4 {
+            for t in ["weight", "bias"] {
+                if let Some(v) = tensors.remove(&old(i, t)) {
+                    tensors.insert(new(i, t), v);
+                }
+            }
+        }
+        log::info!(
+            "{origin}: `{branch}conv.{{0,2,4,6}}` are the names of a RetinaNet head saved before \
+             torchvision's v2 of it; read as `conv.{{i}}.0`, as torchvision does"
+        );
     }
 }

@@ -26,6 +26,7 @@
 //
 // Grids: group_norm_stats one workgroup per (n, g, l) in that order; group_norm_apply one
 // invocation per element. Both linearise workgroups over x and y.
+// Needs level_regions.wgsl before it.
 
 struct GroupNormParams {
     // Elements of the output.
@@ -114,17 +115,6 @@ fn group_norm_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if (lid == 0u) {
         stats[s] = vec4<f32>(pivot, delta, 1.0 / sqrt(variance + p.eps), 0.0);
     }
-}
-
-// The level whose region holds (y, xx); p.count when none does.
-fn level_at(y: u32, xx: u32) -> u32 {
-    for (var l = 0u; l < p.count; l++) {
-        let r = p.regions[l];
-        if (y >= r.x && y < r.x + r.z && xx >= r.y && xx < r.y + r.w) {
-            return l;
-        }
-    }
-    return p.count;
 }
 
 @compute @workgroup_size(WG)

@@ -18,7 +18,8 @@
 //   6     out             [N, C, HS + 2 pad_y, WS + 2 pad_x]   (pad 0 for stack_levels)
 //   7     params          LevelsParams
 //
-// Grid: one invocation per output element, workgroups linearised over x and y.
+// Grid: one invocation per output element, workgroups linearised over x and y. Needs
+// level_regions.wgsl before it.
 
 struct LevelsParams {
     len: u32,
@@ -49,13 +50,12 @@ override WG: u32 = 256u;
 // The level whose region holds (y, xx) and the pixel's index in that level's plane; level
 // p.count when it lies in none.
 fn locate(y: u32, xx: u32) -> vec2<u32> {
-    for (var l = 0u; l < p.count; l++) {
-        let r = p.regions[l];
-        if (y >= r.x && y < r.x + r.z && xx >= r.y && xx < r.y + r.w) {
-            return vec2<u32>(l, (y - r.x) * r.w + (xx - r.y));
-        }
+    let l = level_at(y, xx);
+    if (l >= p.count) {
+        return vec2<u32>(p.count, 0u);
     }
-    return vec2<u32>(p.count, 0u);
+    let r = p.regions[l];
+    return vec2<u32>(l, (y - r.x) * r.w + (xx - r.y));
 }
 
 fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {

@@ -4,7 +4,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::levels::{check_regions, LevelRegion};
+use crate::kernels::levels::{check_regions, region_table, LevelRegion, REGION_SLOTS};
 use crate::kernels::{check_nchw, check_output_shape, elementwise_dispatch, ShaderSource};
 use crate::precision::Precision;
 use crate::tensor::{check_shape, Tensor};
@@ -86,8 +86,8 @@ pub(crate) struct DecodeParams {
     clip_width: f32,
     xform_clip: f32,
     _pad: u32,
-    regions: [[u32; 4]; 8],
-    strides: [[u32; 4]; 8],
+    regions: [[u32; 4]; REGION_SLOTS],
+    strides: [[u32; 4]; REGION_SLOTS],
 }
 
 /// Builds the launch writing `out` `[N, 1, L*K, 6]` from the top-k output `selected`
@@ -154,11 +154,9 @@ pub fn prepare(
         } => (weights, xform_clip, 0),
         BoxCoding::Linear => ([1.0; 4], 0.0, 1),
     };
-    let mut regions = [[0; 4]; 8];
-    let mut strides = [[0; 4]; 8];
-    for l in 0..levels {
-        regions[l] = spec.regions[l].words();
-        strides[l] = [spec.strides[l].0, spec.strides[l].1, 0, 0];
+    let mut strides = [[0; 4]; REGION_SLOTS];
+    for (slot, &(h, w)) in strides.iter_mut().zip(&spec.strides) {
+        *slot = [h, w, 0, 0];
     }
     let params = DecodeParams {
         len: (n * levels * k) as u32,
@@ -174,7 +172,7 @@ pub fn prepare(
         clip_width: spec.clip.1,
         xform_clip,
         _pad: 0,
-        regions,
+        regions: region_table(&spec.regions),
         strides,
     };
     let anchors = ctx.storage_from("cell anchors", &spec.cell_anchors);

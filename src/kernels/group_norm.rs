@@ -13,7 +13,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, Dispatch, GpuContext};
-use crate::kernels::levels::{check_regions, LevelRegion};
+use crate::kernels::levels::{check_regions, region_table, LevelRegion, REGION_SLOTS};
 use crate::kernels::{
     check_io, check_nchw, check_output_shape, elementwise_dispatch, pipeline, ShaderSource,
 };
@@ -23,8 +23,11 @@ use crate::tensor::{check_shape, Tensor};
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
     name: "group_norm.wgsl",
-    parts: &["group_norm.wgsl"],
-    source: include_str!("../../shaders/group_norm.wgsl"),
+    parts: &["level_regions.wgsl", "group_norm.wgsl"],
+    source: concat!(
+        include_str!("../../shaders/level_regions.wgsl"),
+        include_str!("../../shaders/group_norm.wgsl")
+    ),
     params: &[("GroupNormParams", std::mem::size_of::<GroupNormParams>())],
     enables: "",
     precisions: &Precision::ALL,
@@ -32,9 +35,6 @@ pub const SHADER: ShaderSource = ShaderSource {
 
 /// The launches [`prepare`] returns: the statistics, then the normalisation.
 pub const LAUNCHES: usize = 2;
-
-/// Regions the params struct has room for (the WGSL's `regions` array).
-const REGION_SLOTS: usize = 8;
 
 /// Bytes of one segment's statistics: (pivot, delta, 1 / sqrt(var + eps), 0) as four f32.
 const STATS_BYTES: u64 = 16;
@@ -178,10 +178,6 @@ pub fn prepare(
     let stats_grid = grid_2d(groups, ctx.limits().max_compute_workgroups_per_dimension);
     ctx.check_grid("group_norm_stats", stats_grid)?;
 
-    let mut table = [[0u32; 4]; REGION_SLOTS];
-    for (slot, r) in table.iter_mut().zip(regions) {
-        *slot = r.words();
-    }
     let params = GroupNormParams {
         len: out.numel() as u32,
         batch: n as u32,
@@ -195,7 +191,7 @@ pub fn prepare(
         segments: groups,
         pad_y: pad_y as u32,
         pad_x: pad_x as u32,
-        regions: table,
+        regions: region_table(regions),
     };
     let stats = ctx.storage_zeroed("group norm statistics", stats_bytes);
 

@@ -17,8 +17,11 @@ use crate::tensor::{check_shape, Tensor};
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
     name: "levels.wgsl",
-    parts: &["levels.wgsl"],
-    source: include_str!("../../shaders/levels.wgsl"),
+    parts: &["level_regions.wgsl", "levels.wgsl"],
+    source: concat!(
+        include_str!("../../shaders/level_regions.wgsl"),
+        include_str!("../../shaders/levels.wgsl")
+    ),
     params: &[("LevelsParams", std::mem::size_of::<LevelsParams>())],
     enables: "",
     precisions: &Precision::ALL,
@@ -26,8 +29,8 @@ pub const SHADER: ShaderSource = ShaderSource {
 
 /// Most levels a packed map holds (the bindings of `stack_levels`).
 pub const MAX_LEVELS: usize = 5;
-/// Regions the params struct has room for.
-const REGION_SLOTS: usize = 8;
+/// Regions the params structs of the kernels over packed levels have room for.
+pub(crate) const REGION_SLOTS: usize = 8;
 
 /// Where one level lies in a packed map, in elements.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -96,10 +99,6 @@ pub(crate) struct LevelsParams {
 
 /// The params of a launch writing `out` from a map `padding` smaller on each side.
 fn params(out: &Tensor, regions: &[LevelRegion], (pad_y, pad_x): (usize, usize)) -> LevelsParams {
-    let mut words = [[0; 4]; REGION_SLOTS];
-    for (w, r) in words.iter_mut().zip(regions) {
-        *w = r.words();
-    }
     let [_, _, height, width] = out.shape();
     LevelsParams {
         len: out.numel() as u32,
@@ -110,11 +109,21 @@ fn params(out: &Tensor, regions: &[LevelRegion], (pad_y, pad_x): (usize, usize))
         in_width: (width - 2 * pad_x) as u32,
         pad_y: pad_y as u32,
         pad_x: pad_x as u32,
-        regions: words,
+        regions: region_table(regions),
     }
 }
 
-/// Checks that every region lies inside a `height` x `width` map.
+/// `regions` as the shaders' table, `(y0, x0, height, width)` per slot, unused slots zero.
+pub(crate) fn region_table(regions: &[LevelRegion]) -> [[u32; 4]; REGION_SLOTS] {
+    let mut table = [[0; 4]; REGION_SLOTS];
+    for (slot, r) in table.iter_mut().zip(regions) {
+        *slot = r.words();
+    }
+    table
+}
+
+/// Checks that there are 1 to [`REGION_SLOTS`] regions, each with a row and a column, lying
+/// inside a `height` x `width` map.
 pub(crate) fn check_regions(
     op: &'static str,
     regions: &[LevelRegion],
@@ -124,21 +133,31 @@ pub(crate) fn check_regions(
         return Err(Error::invalid(
             op,
             format!(
-                "{} levels given; a packed map holds 1 to {REGION_SLOTS}",
+                "{} levels were given; between 1 and {REGION_SLOTS} are supported",
                 regions.len()
             ),
         ));
     }
     for (l, r) in regions.iter().enumerate() {
-        // In u64: a caller's region must not wrap around and pass.
-        let inside = r.height > 0
-            && r.width > 0
-            && r.y0 as u64 + r.height as u64 <= height as u64
-            && r.x0 as u64 + r.width as u64 <= width as u64;
-        if !inside {
+        if r.height == 0 || r.width == 0 {
             return Err(Error::invalid(
                 op,
-                format!("level {l}'s region {r:?} does not lie inside the {height}x{width} map"),
+                format!(
+                    "level {l} is {}x{}; every level needs at least one row and one column",
+                    r.height, r.width
+                ),
+            ));
+        }
+        // In u64: a caller's region must not wrap around and pass.
+        let bottom = r.y0 as u64 + r.height as u64;
+        let right = r.x0 as u64 + r.width as u64;
+        if bottom > height as u64 || right > width as u64 {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "level {l} covers rows {}..{bottom} and columns {}..{right}, outside the {height}x{width} map: its region does not lie inside it",
+                    r.y0, r.x0
+                ),
             ));
         }
     }

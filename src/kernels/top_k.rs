@@ -25,7 +25,7 @@ pub const SHADER: ShaderSource = ShaderSource {
 };
 
 /// The most pyramid levels one launch selects from (the size of the params' region table).
-pub const MAX_LEVELS: usize = 8;
+pub const MAX_LEVELS: usize = REGION_SLOTS;
 
 /// The launches [`prepare`] returns: a reset of the scratch and the output, a histogram and a
 /// scan for each of the three radix passes, and the compaction.
@@ -52,6 +52,7 @@ const MIN_ELEMENTS_PER_GROUP: u64 = 8192;
 const MAX_GROUPS_PER_SEGMENT: u64 = 1024;
 
 pub use crate::kernels::levels::LevelRegion;
+use crate::kernels::levels::{check_regions, region_table, REGION_SLOTS};
 
 /// How a class logit becomes a score.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -157,39 +158,10 @@ fn check_levels(
     levels: &[LevelRegion],
     opts: &TopKOptions,
 ) -> Result<([[u32; 4]; MAX_LEVELS], u64)> {
-    if levels.is_empty() || levels.len() > MAX_LEVELS {
-        return Err(Error::invalid(
-            op,
-            format!(
-                "{} levels were given; between 1 and {MAX_LEVELS} are supported (select from more in several calls)",
-                levels.len()
-            ),
-        ));
-    }
     let [_, _, map_h, map_w] = shape;
-    let mut table = [[0u32; 4]; MAX_LEVELS];
+    check_regions(op, levels, (map_h, map_w))?;
     let mut largest = 0u64;
     for (l, r) in levels.iter().enumerate() {
-        if r.height == 0 || r.width == 0 {
-            return Err(Error::invalid(
-                op,
-                format!(
-                    "level {l} is {}x{}; every level needs at least one row and one column",
-                    r.height, r.width
-                ),
-            ));
-        }
-        let bottom = r.y0 as u64 + r.height as u64;
-        let right = r.x0 as u64 + r.width as u64;
-        if bottom > map_h as u64 || right > map_w as u64 {
-            return Err(Error::invalid(
-                op,
-                format!(
-                    "level {l} covers rows {}..{bottom} and columns {}..{right}, outside the {map_h}x{map_w} map of the logits; each level's region must lie inside it",
-                    r.y0, r.x0
-                ),
-            ));
-        }
         let elements = r.height as u64 * r.width as u64 * (opts.anchors * opts.classes) as u64;
         if elements > MAX_ELEMENTS {
             return Err(Error::invalid(
@@ -198,9 +170,8 @@ fn check_levels(
             ));
         }
         largest = largest.max(elements);
-        table[l] = [r.y0, r.x0, r.height, r.width];
     }
-    Ok((table, largest))
+    Ok((region_table(levels), largest))
 }
 
 /// What [`check_inputs`] found.

@@ -631,26 +631,7 @@ fn top_k_unpack_checks_the_shape() {
 /// A context whose device allows only 16 workgroups per grid dimension, so that every launch
 /// of a modest case is cut into a 2-D grid with spare workgroups.
 fn narrow_grid_context() -> GpuContext {
-    let (device, queue) = pollster::block_on(async {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = instance
-            .request_adapter(&wgpu::RequestAdapterOptions::default())
-            .await
-            .unwrap();
-        let limits = wgpu::Limits {
-            max_compute_workgroups_per_dimension: 16,
-            ..adapter.limits()
-        };
-        adapter
-            .request_device(&wgpu::DeviceDescriptor {
-                required_limits: limits,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-    });
-    GpuContext::from_device(device, queue)
+    common::limited_context(|limits| limits.max_compute_workgroups_per_dimension = 16)
 }
 
 #[test]

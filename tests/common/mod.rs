@@ -74,6 +74,12 @@ pub fn assert_close(case: &str, got: &[f32], want: &[f32], tol: f64) -> f64 {
 /// A context on a device the test creates itself (as an embedding application would), with
 /// storage bindings limited to `binding` bytes.
 pub fn small_binding_context(binding: u64) -> GpuContext {
+    limited_context(|limits| limits.max_storage_buffer_binding_size = binding)
+}
+
+/// A context on a device the test creates itself, with the adapter's limits as `narrow`
+/// changes them.
+pub fn limited_context(narrow: impl FnOnce(&mut wgpu::Limits)) -> GpuContext {
     let (device, queue) = pollster::block_on(async {
         let instance =
             wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
@@ -81,10 +87,8 @@ pub fn small_binding_context(binding: u64) -> GpuContext {
             .request_adapter(&wgpu::RequestAdapterOptions::default())
             .await
             .unwrap();
-        let limits = wgpu::Limits {
-            max_storage_buffer_binding_size: binding,
-            ..adapter.limits()
-        };
+        let mut limits = adapter.limits();
+        narrow(&mut limits);
         adapter
             .request_device(&wgpu::DeviceDescriptor {
                 required_limits: limits,

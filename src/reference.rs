@@ -200,6 +200,44 @@ pub fn max_pool2d(x: &[f32], shape: [usize; 4], opts: &PoolSpec) -> (Vec<f32>, [
     (out, [n, c, oh, ow])
 }
 
+/// Average pooling as PyTorch's `AvgPool2d(kernel, stride, padding=0, ceil_mode=True,
+/// count_include_pad=False)`: windows start at every multiple of the stride that lies inside
+/// the input and overhangs its end by less than the stride; each output is the mean of the
+/// window's elements inside the input.
+pub fn avg_pool2d(
+    x: &[f32],
+    shape: [usize; 4],
+    kernel: (usize, usize),
+    stride: (usize, usize),
+) -> (Vec<f32>, [usize; 4]) {
+    let [n, c, h, w] = shape;
+    // The window starts along one axis of `size`.
+    let starts = |size: usize, k: usize, s: usize| -> Vec<usize> {
+        (0..)
+            .map(|j| j * s)
+            .take_while(|&start| start < size && start + k < size + s)
+            .collect()
+    };
+    let ys = starts(h, kernel.0, stride.0);
+    let xs = starts(w, kernel.1, stride.1);
+    let mut out = Vec::with_capacity(n * c * ys.len() * xs.len());
+    for plane in 0..n * c {
+        for &y0 in &ys {
+            for &x0 in &xs {
+                let (y1, x1) = ((y0 + kernel.0).min(h), (x0 + kernel.1).min(w));
+                let mut sum = 0.0f64;
+                for iy in y0..y1 {
+                    for ix in x0..x1 {
+                        sum += x[(plane * h + iy) * w + ix] as f64;
+                    }
+                }
+                out.push((sum / ((y1 - y0) * (x1 - x0)) as f64) as f32);
+            }
+        }
+    }
+    (out, [n, c, ys.len(), xs.len()])
+}
+
 /// Source taps and weights of PyTorch's linear interpolation with `align_corners=False`.
 /// The index arithmetic is f32, as PyTorch's, so the taps agree exactly.
 fn linear_taps(dst: usize, in_size: usize, out_size: usize) -> (usize, usize, f64, f64) {

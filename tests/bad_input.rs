@@ -3,6 +3,7 @@
 mod common;
 
 use common::{gpu, small_binding_context};
+use fpn_wgpu::kernels::avg_pool2d::{self, AvgPool2dOptions};
 use fpn_wgpu::kernels::batch_norm::{self, BatchNormWeights};
 use fpn_wgpu::kernels::conv2d::{self, Conv2dOptions, Conv2dWeights};
 use fpn_wgpu::kernels::elementwise;
@@ -161,6 +162,78 @@ fn other_ops_reject_mismatched_shapes() {
         elementwise::add(ctx, &x, &other),
         &["[1, 3, 4, 5]", "must match"],
     );
+}
+
+#[test]
+fn avg_pool2d_rejects_bad_options_and_tensors() {
+    let ctx = gpu();
+    let x = zeros([1, 3, 5, 5]);
+    for opts in [
+        AvgPool2dOptions::new(0, 2),
+        AvgPool2dOptions::new(2, 0),
+        AvgPool2dOptions {
+            kernel: (2, 0),
+            stride: (2, 2),
+        },
+        AvgPool2dOptions {
+            kernel: (2, 2),
+            stride: (1, 0),
+        },
+    ] {
+        let e = expect_err(avg_pool2d::avg_pool2d(ctx, &x, &opts), &["at least 1"]);
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    }
+    // A window that overhangs by the stride or more (PyTorch: "output size is too small"),
+    // with sizes whose sums would overflow.
+    for opts in [
+        AvgPool2dOptions::new(7, 2),
+        AvgPool2dOptions::new(usize::MAX, 1),
+        AvgPool2dOptions::new(usize::MAX, usize::MAX - 6),
+    ] {
+        expect_err(
+            avg_pool2d::avg_pool2d(ctx, &x, &opts),
+            &["leaves no output"],
+        );
+    }
+    // A huge stride is one window per side, and so is a huge kernel that overhangs by less
+    // than the stride: the mean of the whole map.
+    for opts in [
+        AvgPool2dOptions::new(5, usize::MAX),
+        AvgPool2dOptions::new(usize::MAX, usize::MAX),
+    ] {
+        let ramp: Vec<f32> = (0..75).map(|v| v as f32).collect();
+        let ramp = Tensor::from_slice(ctx, [1, 3, 5, 5], &ramp).unwrap();
+        let pooled = avg_pool2d::avg_pool2d(ctx, &ramp, &opts).unwrap();
+        assert_eq!(pooled.shape(), [1, 3, 1, 1], "{opts:?}");
+        assert_eq!(
+            pooled.download(ctx).unwrap(),
+            [12.0, 37.0, 62.0],
+            "{opts:?}"
+        );
+    }
+    let opts = AvgPool2dOptions::new(2, 2);
+    expect_err(
+        avg_pool2d::prepare(ctx, &x, &zeros([1, 3, 2, 2]), &opts),
+        &["[1, 3, 2, 2]", "[1, 3, 3, 3]"],
+    );
+    expect_err(avg_pool2d::prepare(ctx, &x, &x, &opts), &["has shape"]);
+    let out = zeros([1, 3, 3, 3]);
+    avg_pool2d::prepare(ctx, &x, &out, &opts).unwrap();
+    expect_err(
+        avg_pool2d::prepare(ctx, &out, &out, &AvgPool2dOptions::new(1, 1)),
+        &["shares a buffer"],
+    );
+    // In a graph, a bad option is the node's error.
+    let mut g = fpn_wgpu::graph::Graph::new();
+    let input = g.input();
+    let y = g.push(
+        "shortcut.pool",
+        fpn_wgpu::graph::ops::AvgPool2d(AvgPool2dOptions::new(2, 0)),
+        &[input],
+    );
+    g.output("pooled", y);
+    let r = fpn_wgpu::graph::executor::Executor::new(ctx, g).and_then(|ex| ex.forward(&x));
+    expect_err(r, &["at least 1"]);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{assert_close, gpu};
+use fpn_wgpu::kernels::avg_pool2d::{self, AvgPool2dOptions};
 use fpn_wgpu::kernels::batch_norm::{self, BatchNormWeights};
 use fpn_wgpu::kernels::conv2d::{self, Conv2dOptions, Conv2dWeights};
 use fpn_wgpu::kernels::elementwise;
@@ -12,7 +13,8 @@ use fpn_wgpu::kernels::max_pool2d::{self, MaxPool2dOptions};
 use fpn_wgpu::kernels::upsample_add::{self, UpsampleMode};
 use fpn_wgpu::reference;
 use fpn_wgpu::rng::SplitMix64;
-use fpn_wgpu::Tensor;
+use fpn_wgpu::tensor::MemoryFormat;
+use fpn_wgpu::{Precision, Tensor};
 
 const CONV_TOL: f64 = 1e-4;
 const EXACT_TOL: f64 = 1e-5;
@@ -790,6 +792,206 @@ fn max_pool2d_matches_reference() {
     eprintln!(
         "max_pool2d: {} cases, worst max relative error {worst:e}",
         cases.len()
+    );
+}
+
+/// Input shapes and options of the average pooling tests: ResNet-D's 2x2 stride-2 shortcut pool
+/// on odd and even sizes (the odd ones end in a clipped window), the 1x1 stride-1 identity,
+/// overlapping and overhanging windows, a kernel smaller than the stride (where the last
+/// ceil-mode window is dropped), windows larger than the input and unequal sides.
+fn avg_pool_cases() -> Vec<([usize; 4], AvgPool2dOptions)> {
+    vec![
+        ([1, 3, 17, 23], AvgPool2dOptions::new(2, 2)),
+        ([2, 5, 8, 8], AvgPool2dOptions::new(2, 2)),
+        ([2, 67, 15, 10], AvgPool2dOptions::new(2, 2)),
+        ([3, 4, 1, 1], AvgPool2dOptions::new(2, 2)),
+        ([2, 3, 9, 13], AvgPool2dOptions::new(1, 1)),
+        ([1, 4, 7, 6], AvgPool2dOptions::new(3, 2)),
+        ([2, 6, 12, 11], AvgPool2dOptions::new(3, 2)),
+        ([1, 3, 6, 5], AvgPool2dOptions::new(2, 1)),
+        ([1, 3, 8, 9], AvgPool2dOptions::new(1, 2)),
+        ([2, 2, 5, 9], AvgPool2dOptions::new(1, 3)),
+        ([1, 2, 2, 3], AvgPool2dOptions::new(3, 2)),
+        (
+            [2, 3, 10, 11],
+            AvgPool2dOptions {
+                kernel: (3, 2),
+                stride: (1, 3),
+            },
+        ),
+    ]
+}
+
+#[test]
+fn avg_pool2d_output_shape_follows_pytorch_ceil_mode() {
+    // (size, kernel, stride, PyTorch's output size): ceil((size - kernel) / stride) + 1, less
+    // one where the last window would start past the input.
+    let sizes = [
+        (7, 2, 2, 4),
+        (8, 2, 2, 4),
+        (25, 2, 2, 13),
+        (1, 2, 2, 1),
+        (5, 1, 1, 5),
+        (6, 3, 2, 3),
+        (5, 3, 2, 2),
+        (2, 3, 2, 1),
+        (8, 1, 2, 4),
+        (9, 1, 2, 5),
+        (5, 1, 3, 2),
+        (4, 1, 3, 2),
+    ];
+    for (size, k, s, want) in sizes {
+        let shape = [2, 3, size, size];
+        let got = avg_pool2d::output_shape(shape, &AvgPool2dOptions::new(k, s)).unwrap();
+        assert_eq!(
+            got,
+            [2, 3, want, want],
+            "size {size}, kernel {k}, stride {s}"
+        );
+        let x = vec![0.0; numel(shape)];
+        let (_, reference_shape) = reference::avg_pool2d(&x, shape, (k, k), (s, s));
+        assert_eq!(got, reference_shape, "size {size}, kernel {k}, stride {s}");
+    }
+    // Each side by its own kernel and stride.
+    let opts = AvgPool2dOptions {
+        kernel: (2, 1),
+        stride: (2, 3),
+    };
+    assert_eq!(
+        avg_pool2d::output_shape([1, 4, 7, 5], &opts).unwrap(),
+        [1, 4, 4, 2]
+    );
+    // A window that overhangs the input by the stride or more leaves no output: PyTorch's
+    // "output size is too small".
+    for (size, k, s) in [(1, 3, 2), (1, 3, 1), (2, 5, 3)] {
+        let opts = AvgPool2dOptions::new(k, s);
+        assert!(avg_pool2d::output_shape([1, 1, size, size], &opts).is_err());
+        assert!(avg_pool2d::output_shape([1, 1, 9, size], &opts).is_err());
+    }
+}
+
+#[test]
+fn avg_pool2d_matches_reference() {
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(19);
+    let mut worst: f64 = 0.0;
+    let cases = avg_pool_cases();
+    for (i, (shape, opts)) in cases.iter().enumerate() {
+        // Values far from zero: a divisor that counted out-of-bounds positions would show
+        // as a mean pulled towards 0.
+        let x = rng.vec(numel(*shape), 1.0, 3.0);
+        let xt = Tensor::from_slice(ctx, *shape, &x).unwrap();
+        let got = avg_pool2d::avg_pool2d(ctx, &xt, opts).unwrap();
+        let (want, want_shape) = reference::avg_pool2d(&x, *shape, opts.kernel, opts.stride);
+        assert_eq!(got.shape(), want_shape, "avg pool case {i}");
+        let got = got.download(ctx).unwrap();
+        if opts.kernel == (1, 1) && opts.stride == (1, 1) {
+            assert_eq!(got, x, "avg pool case {i}: 1x1 stride 1 is the identity");
+        }
+        worst = worst.max(assert_close(
+            &format!("avg pool {i} {shape:?} {opts:?}"),
+            &got,
+            &want,
+            EXACT_TOL,
+        ));
+    }
+    eprintln!(
+        "avg_pool2d: {} cases, worst max relative error {worst:e}",
+        cases.len()
+    );
+}
+
+#[test]
+fn avg_pool2d_matches_reference_in_f16_and_channels_last() {
+    let ctx = gpu();
+    let f16 = common::f16_gpu().is_some();
+    let mut rng = SplitMix64::new(23);
+    let mut worst: f64 = 0.0;
+    let mut count = 0;
+    for (i, (shape, opts)) in avg_pool_cases().iter().enumerate() {
+        for layout in [MemoryFormat::Nchw, MemoryFormat::ChannelsLast] {
+            for precision in [Precision::F32, Precision::F16] {
+                if (precision, layout) == (Precision::F32, MemoryFormat::Nchw)
+                    || (precision == Precision::F16 && !f16)
+                {
+                    continue;
+                }
+                // Values representable in the storage type, so that only the pooling's own
+                // rounding differs from the reference.
+                let x: Vec<f32> = rng
+                    .vec(numel(*shape), -4.0, 4.0)
+                    .into_iter()
+                    .map(|v| precision.round(v))
+                    .collect();
+                let xt = Tensor::from_slice_with(ctx, *shape, &x, precision, layout).unwrap();
+                let got = avg_pool2d::avg_pool2d(ctx, &xt, opts).unwrap();
+                assert_eq!(got.memory_format(), layout);
+                assert_eq!(got.precision(), precision);
+                let (want, want_shape) =
+                    reference::avg_pool2d(&x, *shape, opts.kernel, opts.stride);
+                assert_eq!(got.shape(), want_shape, "avg pool case {i}");
+                // f16 output: half an ulp of 2^-11, relative to each value and so to the scale.
+                let tol = if precision == Precision::F16 {
+                    1e-3
+                } else {
+                    EXACT_TOL
+                };
+                worst = worst.max(assert_close(
+                    &format!("avg pool {i} {shape:?} {opts:?} {precision} {layout:?}"),
+                    &got.download(ctx).unwrap(),
+                    &want,
+                    tol,
+                ));
+                count += 1;
+            }
+        }
+    }
+    eprintln!("avg_pool2d f16 / channels-last: {count} cases, worst max relative error {worst:e}");
+}
+
+#[test]
+fn avg_pool2d_runs_in_a_graph() {
+    use fpn_wgpu::graph::executor::{Algorithms, Executor};
+    use fpn_wgpu::graph::ops::AvgPool2d;
+    use fpn_wgpu::graph::Graph;
+
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(29);
+    let shape = [2, 5, 13, 10];
+    let graph = || {
+        let mut g = Graph::new();
+        let x = g.input();
+        let y = g.push("down", AvgPool2d(AvgPool2dOptions::new(2, 2)), &[x]);
+        let z = g.push("same", AvgPool2d(AvgPool2dOptions::new(1, 1)), &[y]);
+        g.output("pooled", z);
+        g
+    };
+    let x: Vec<f32> = rng
+        .vec(numel(shape), -2.0, 2.0)
+        .into_iter()
+        .map(|v| Precision::F16.round(v))
+        .collect();
+    let (want, want_shape) = reference::avg_pool2d(&x, shape, (2, 2), (2, 2));
+    assert_eq!(want_shape, [2, 5, 7, 5]);
+    let xt = Tensor::from_slice(ctx, shape, &x).unwrap();
+    let ex = Executor::new(ctx, graph()).unwrap();
+    let out = ex.forward(&xt).unwrap();
+    assert_eq!(out[0].1.shape(), want_shape);
+    assert_close(
+        "graph avg pool",
+        &out[0].1.download(ctx).unwrap(),
+        &want,
+        EXACT_TOL,
+    );
+    let Some(ctx) = common::f16_gpu() else { return };
+    let half = Executor::with_options(ctx, graph(), Algorithms::Direct, Precision::F16).unwrap();
+    let out = half.forward(&xt).unwrap();
+    assert_eq!(out[0].1.shape(), want_shape);
+    assert_close(
+        "f16 graph avg pool",
+        &out[0].1.download(ctx).unwrap(),
+        &want,
+        1e-3,
     );
 }
 

@@ -3,6 +3,7 @@
 //! records many launches into one pass) and a function that runs the op at once; and the
 //! [`template`] expander of the kernels generated per tile shape.
 
+pub mod avg_pool2d;
 pub mod batch_norm;
 pub mod box_decode;
 pub mod conv2d;
@@ -64,6 +65,7 @@ pub const SHADERS: &[&ShaderSource] = &[
     &conv2d::coop::SHADER,
     &batch_norm::SHADER,
     &max_pool2d::SHADER,
+    &avg_pool2d::SHADER,
     &pad2d::SHADER,
     &upsample_add::SHADER,
     &elementwise::SHADER,

@@ -21,6 +21,7 @@
 //!    `src/reference.rs` and a randomized test against it in `tests/ops.rs`.
 
 mod add;
+mod avg_pool2d;
 mod batch_norm;
 mod conv2d;
 pub mod detect;
@@ -35,6 +36,7 @@ use std::fmt::Debug;
 use std::ops::RangeInclusive;
 
 pub use add::Add;
+pub use avg_pool2d::AvgPool2d;
 pub use batch_norm::{BatchNorm, HostBatchNorm};
 pub use conv2d::{Conv2d, GpuConv2d, HostConv};
 pub use input::Input;
@@ -44,6 +46,7 @@ pub use relu::Relu;
 pub use upsample_add::UpsampleAdd;
 
 // The option types the ops carry, so that models build graphs from `graph::ops` alone.
+pub use crate::kernels::avg_pool2d::AvgPool2dOptions;
 pub use crate::kernels::conv2d::{Conv2dOptions, ConvChoice, ResidualMode};
 pub use crate::kernels::max_pool2d::MaxPool2dOptions;
 pub use crate::kernels::upsample_add::UpsampleMode;

@@ -43,8 +43,21 @@ pub enum ExifOrientation {
     Ignore,
 }
 
+/// A per-channel normalisation of 0..255 pixel values, `(v - mean) / std`, in the channel order
+/// a network was trained on: detectron2's `pixel_mean` / `pixel_std` and mmdetection's
+/// caffe-style `data_preprocessor` (BGR, 0..255, minus the means).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PixelNorm {
+    /// Whether the network takes blue, green, red (OpenCV's order) rather than RGB.
+    pub bgr: bool,
+    /// Per-channel means, in the network's channel order, on 0..255 values.
+    pub mean: [f32; 3],
+    /// Per-channel standard deviations, in the network's channel order.
+    pub std: [f32; 3],
+}
+
 /// The values a picture's pixels become.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum PixelScale {
     /// `(v / 255 - mean) / std`, with [`IMAGENET_MEAN`] and [`IMAGENET_STD`] (RGB) or
     /// [`GRAY_MEAN_STD`] (gray): what torchvision's backbones were trained on, and what an
@@ -54,10 +67,14 @@ pub enum PixelScale {
     /// `v / 255`, in 0..1: what torchvision's detectors take, their transform normalising on
     /// the GPU, and so what a [`Detector`](crate::Detector) takes.
     Unit,
+    /// 0..255 values normalised as a checkpoint says (see
+    /// [`Checkpoint::pixels`](crate::Checkpoint::pixels)); a 1-channel network takes the gray
+    /// value minus the means' average over the deviations' average.
+    Custom(PixelNorm),
 }
 
 /// How a picture becomes a network input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ImageOptions {
     /// Downscale so that the longer side is at most this many pixels (keeping the aspect ratio).
     pub max_size: Option<u32>,
@@ -214,6 +231,10 @@ pub fn from_picture_with(picture: &DynamicImage, options: &ImageOptions) -> Resu
             let tensor = match options.scale {
                 PixelScale::ImageNet => normalise(&rgb),
                 PixelScale::Unit => unit_rgb(&rgb),
+                PixelScale::Custom(norm) => {
+                    let order = if norm.bgr { [2, 1, 0] } else { [0, 1, 2] };
+                    planes_ordered(&rgb, order, |c, v| (v - norm.mean[c]) / norm.std[c])
+                }
             };
             (rgb, tensor)
         }
@@ -222,6 +243,11 @@ pub fn from_picture_with(picture: &DynamicImage, options: &ImageOptions) -> Resu
             let tensor = match options.scale {
                 PixelScale::ImageNet => normalise_gray(&gray),
                 PixelScale::Unit => unit_gray(&gray),
+                PixelScale::Custom(norm) => {
+                    let mean = norm.mean.iter().sum::<f32>() / 3.0;
+                    let std = norm.std.iter().sum::<f32>() / 3.0;
+                    gray_plane(&gray, |v| (v * 255.0 - mean) / std)
+                }
             };
             (DynamicImage::ImageLuma8(gray).to_rgb8(), tensor)
         }
@@ -298,6 +324,22 @@ pub fn unit_rgb(rgb: &RgbImage) -> HostTensor {
 
 /// RGB bytes to a [1, 3, H, W] tensor, channel planes one after another, each value
 /// `f(channel, v / 255)`.
+/// RGB bytes to a [1, 3, H, W] tensor whose channel `c` is `f(c, v)`, `v` the 0..255 value of
+/// the picture's channel `order[c]`.
+fn planes_ordered(rgb: &RgbImage, order: [usize; 3], f: impl Fn(usize, f32) -> f32) -> HostTensor {
+    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
+    let mut data = vec![0.0f32; 3 * w * h];
+    for (i, px) in rgb.pixels().enumerate() {
+        for (c, &from) in order.iter().enumerate() {
+            data[c * w * h + i] = f(c, px[from] as f32);
+        }
+    }
+    HostTensor {
+        shape: vec![1, 3, h, w],
+        data,
+    }
+}
+
 fn planes(rgb: &RgbImage, f: impl Fn(usize, f32) -> f32) -> HostTensor {
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     let mut data = vec![0.0f32; 3 * w * h];

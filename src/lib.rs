@@ -12,9 +12,10 @@
 //!   that runs at once);
 //! - [`reference`](mod@reference): the same ops as plain CPU loops, the oracle of the tests;
 //! - [`graph`]: the model as a graph of ops, its rewrite passes, memory plan and executor;
-//! - [`model`]: the ResNet backbone and the FPN in two layouts (kuangliu's `fpn.py` and
-//!   torchvision's `resnet_fpn_backbone`, whole detection checkpoints included), reading PyTorch
-//!   `state_dict` names through [`weights`]; [`Checkpoint`] recognises a file's layout;
+//! - [`model`]: the ResNet backbone and the FPN under the names of kuangliu's `fpn.py`,
+//!   torchvision's `resnet_fpn_backbone` (and timm's `features_only` ResNets), detectron2 and
+//!   mmdetection, whole detection checkpoints included, reading PyTorch `state_dict` names
+//!   through [`weights`]; [`Checkpoint`] recognises a file's layout;
 //!   [`Detector`] runs torchvision's RetinaNet from the pictures to boxes, scores and labels,
 //!   post-processing included, in one submit;
 //! - [`image_input`], [`visualize`] and [`detection_output`]: pictures in (decoded,

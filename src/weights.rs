@@ -151,6 +151,15 @@ impl VarStore {
         }
     }
 
+    /// The tensor `name` in a loaded file, for values read outside the network's walk (such as
+    /// detectron2's `pixel_mean`).
+    pub fn tensor(&self, name: &str) -> Option<&HostTensor> {
+        match &self.source {
+            Source::File { tensors, .. } => tensors.get(name),
+            Source::Random { .. } => None,
+        }
+    }
+
     /// Renames the tensors of a loaded file: `rename` gives each name its new name, or `None` to
     /// drop the tensor (a detection checkpoint's heads, for one). `note` is added to the origin
     /// so that error messages say what was done. Two names mapping to one is an error.

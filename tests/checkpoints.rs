@@ -66,9 +66,11 @@ fn wrapper_prefixes_alone_or_nested_are_taken_off_either_layout() {
     assert_eq!(checkpoint.unwrapped_prefix(), "");
 }
 
+/// torchvision's layout with `returned` saying which of layer1..4 feed the pyramid.
 fn torchvision(blocks: [usize; 4], returned: [bool; 4]) -> FpnConfig {
+    let [a, b, c, d] = returned;
     FpnConfig {
-        returned,
+        returned: [false, a, b, c, d],
         ..FpnConfig::torchvision(blocks)
     }
 }

@@ -17,7 +17,7 @@ use std::path::Path;
 
 use common::gpu;
 use fpn_wgpu::graph::executor::Granularity;
-use fpn_wgpu::model::{DetectorConfig, DetectorKind, ExtraLevels, P6Source};
+use fpn_wgpu::model::{DetectorConfig, DetectorKind, ExtraLevels, ExtraSource};
 use fpn_wgpu::tensor_file::read_tensors;
 use fpn_wgpu::{Detections, Detector, DetectorOptions, FpnConfig, GpuContext, Precision, Tensor};
 
@@ -182,8 +182,8 @@ fn check_fixture_in(ctx: &GpuContext, name: &str, kind: DetectorKind, precision:
         precision,
     };
     let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
-    backbone.returned = [false, true, true, true];
-    backbone.extra = ExtraLevels::P6P7(kind.p6_source());
+    backbone.returned = [false, false, true, true, true];
+    backbone.extra = ExtraLevels::p6p7(kind.p6_source());
     let config = DetectorConfig {
         kind,
         backbone,
@@ -268,8 +268,8 @@ fn checkpoints_of_every_kind_are_recognised_and_run_as_their_random_twin() {
         (DetectorKind::Fcos, 3),
     ] {
         let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
-        backbone.returned = [false, true, true, true];
-        backbone.extra = ExtraLevels::P6P7(kind.p6_source());
+        backbone.returned = [false, false, true, true, true];
+        backbone.extra = ExtraLevels::p6p7(kind.p6_source());
         let config = DetectorConfig {
             kind,
             backbone,
@@ -329,8 +329,8 @@ fn each_kind_has_torchvision_s_defaults() {
 fn normalised_heads_run_each_layer_once_over_all_levels() {
     for kind in [DetectorKind::RetinaNetV2, DetectorKind::Fcos] {
         let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
-        backbone.returned = [false, true, true, true];
-        backbone.extra = ExtraLevels::P6P7(kind.p6_source());
+        backbone.returned = [false, false, true, true, true];
+        backbone.extra = ExtraLevels::p6p7(kind.p6_source());
         let config = DetectorConfig {
             kind,
             backbone,
@@ -380,8 +380,8 @@ fn normalised_heads_run_each_layer_once_over_all_levels() {
 #[test]
 fn heads_run_each_layer_once_over_all_levels() {
     let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
-    backbone.returned = [false, true, true, true];
-    backbone.extra = ExtraLevels::P6P7(P6Source::P5);
+    backbone.returned = [false, false, true, true, true];
+    backbone.extra = ExtraLevels::p6p7(ExtraSource::Output);
     let config = DetectorConfig {
         backbone,
         ..DetectorConfig::retinanet_resnet50(4)
@@ -427,8 +427,8 @@ fn heads_run_each_layer_once_over_all_levels() {
 fn retinanet_heads_saved_under_old_names_load() {
     let ctx = gpu();
     let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
-    backbone.returned = [false, true, true, true];
-    backbone.extra = ExtraLevels::P6P7(P6Source::P5);
+    backbone.returned = [false, false, true, true, true];
+    backbone.extra = ExtraLevels::p6p7(ExtraSource::Output);
     let config = DetectorConfig {
         backbone,
         ..DetectorConfig::retinanet_resnet50(3)

@@ -32,9 +32,9 @@ fn case_config(path: &Path) -> (FpnConfig, u64) {
         |key: &str| -> Vec<usize> { meta[key].split(',').map(|b| b.parse().unwrap()).collect() };
     assert_eq!(meta["layout"], "torchvision");
     let mut config = FpnConfig::torchvision(list("blocks").try_into().unwrap());
-    config.returned = [false; 4];
+    config.returned = [false; 5];
     for l in list("returned") {
-        config.returned[l - 1] = true;
+        config.returned[l] = true;
     }
     config.extra = meta["extra"].parse::<ExtraLevels>().unwrap();
     config.bn_eps = meta["bn_eps"].parse().unwrap();
@@ -221,7 +221,7 @@ fn seed_and_torchvision_random_weights_are_recognised_by_their_names() {
         FpnConfig::with_blocks([1, 2, 1, 1]),
         FpnConfig::torchvision([1, 1, 2, 1]),
         FpnConfig {
-            returned: [false, true, true, true],
+            returned: [false, false, true, true, true],
             extra: "p6p7".parse().unwrap(),
             ..FpnConfig::torchvision([1, 1, 1, 1])
         },

@@ -9,8 +9,11 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use fpn_wgpu::image_input::{load_image_with, ExifOrientation, ImageOptions};
-use fpn_wgpu::model::{DetectorConfig, DetectorKind, ExtraLevels, Layout};
+use fpn_wgpu::image_input::{load_image_with, ExifOrientation, ImageOptions, PixelScale};
+use fpn_wgpu::model::checkpoint::LoadOptions;
+use fpn_wgpu::model::{
+    DetectorConfig, DetectorKind, ExtraLevels, ExtraSource, Layout, ResNetStyle, Stem,
+};
 use fpn_wgpu::tensor_file::{read_file, read_tensors, write_tensors, HostTensor};
 use fpn_wgpu::visualize::{energy_picture, overview, save_png};
 use fpn_wgpu::weights::VarStore;
@@ -34,8 +37,9 @@ struct Cli {
 /// Which network, when no weights file says it.
 #[derive(Args, Clone)]
 struct NetworkArgs {
-    /// Layout: seed (fpn.py: P2..P5, bilinear; the default) or torchvision
-    /// (resnet_fpn_backbone: P2..P6, nearest). With --weights, only checked against the file's.
+    /// Layout: seed (fpn.py: P2..P5, bilinear; the default), torchvision (resnet_fpn_backbone:
+    /// P2..P6, nearest; timm's features_only ResNets), detectron2 or mmdetection. With
+    /// --weights, only checked against the file's.
     #[arg(long)]
     layout: Option<String>,
     /// Backbone preset: seed (2 bottlenecks per layer), resnet18, resnet34, resnet50, resnet101,
@@ -46,13 +50,34 @@ struct NetworkArgs {
     /// Block counts of layer1..layer4, e.g. 1,1,1,1 (bottlenecks, instead of a preset).
     #[arg(long, value_parser = parse_counts::<4>)]
     blocks: Option<[usize; 4]>,
-    /// torchvision layout: extra levels, one of none, pool (Faster R-CNN's P6), p6p7 (RetinaNet,
-    /// P6 from P5), p6p7-c5 (RetinaNet v2, P6 from C5).
+    /// Extra levels above the backbone's: none, pool (Faster R-CNN's P6), pool:N (N max pools),
+    /// p6p7 (RetinaNet, P6 from P5), p6p7-c5 (RetinaNet v2, P6 from C5), or mmdetection's
+    /// convs:N:on_input|on_lateral|on_output[:relu] (N extra convs; relu_before_extra_convs).
     #[arg(long)]
     extra: Option<String>,
-    /// torchvision layout: the backbone layers feeding the pyramid, e.g. 2,3,4 for RetinaNet.
+    /// The backbone layers feeding the pyramid, e.g. 2,3,4 for RetinaNet; 0 is the stem's
+    /// output (timm's out_indices 0, torchvision layout only).
     #[arg(long, value_delimiter = ',')]
     returned_layers: Option<Vec<usize>>,
+    /// Where the bottlenecks' stride sits: pytorch (the 3x3 conv) or caffe (the first 1x1 conv:
+    /// detectron2's STRIDE_IN_1X1, its default, and mmdetection's style='caffe'). With
+    /// --weights, the file's names cannot show it: this overrides the framework's default.
+    #[arg(long)]
+    resnet_style: Option<ResNetStyle>,
+    /// The stem: plain (7x7 conv), deep (ResNet-D's three 3x3 convs, 32-32-64) or deep-tiered
+    /// (24-32-64).
+    #[arg(long)]
+    stem: Option<Stem>,
+    /// Average-pool shortcuts (ResNet-D, timm's and mmdetection's avg_down).
+    #[arg(long)]
+    avg_down: bool,
+    /// Batch norm inside every FPN conv (torchvision's v2 detectors; detectron2's and
+    /// mmdetection's norm settings), folded into the convs.
+    #[arg(long)]
+    fpn_norm: bool,
+    /// Channels of every pyramid level.
+    #[arg(long, default_value_t = fpn_wgpu::model::PYRAMID_CHANNELS)]
+    pyramid_channels: usize,
     /// Channels of the input image: 3 (RGB) or 1 (grayscale; `run --image` converts the picture).
     #[arg(long, default_value_t = 3)]
     in_channels: usize,
@@ -93,14 +118,26 @@ impl NetworkArgs {
             config.extra = extra.parse::<ExtraLevels>()?;
         }
         if let Some(layers) = &self.returned_layers {
-            config.returned = [false; 4];
+            config.returned = [false; 5];
             for &l in layers {
-                if !(1..=4).contains(&l) {
-                    bail!("--returned-layers: layer {l} does not exist; choose among 1, 2, 3, 4");
+                if l > 4 {
+                    bail!(
+                        "--returned-layers: layer {l} does not exist; choose among 0 (the stem), \
+                         1, 2, 3, 4"
+                    );
                 }
-                config.returned[l - 1] = true;
+                config.returned[l] = true;
             }
         }
+        if let Some(style) = self.resnet_style {
+            config.style = style;
+        }
+        if let Some(stem) = self.stem {
+            config.stem = stem;
+        }
+        config.avg_down = self.avg_down;
+        config.fpn_norm = self.fpn_norm;
+        config.pyramid_channels = self.pyramid_channels;
         config.validate()?;
         Ok(config.trimmed())
     }
@@ -113,14 +150,16 @@ enum Command {
     #[command(group(ArgGroup::new("source").required(true).args(["image", "images", "input"])))]
     #[command(group(ArgGroup::new("picture_source").args(["image", "images"])))]
     Run {
-        /// PyTorch state_dict (seed or torchvision layout, or a whole torchvision detection
-        /// model) as safetensors, a PyTorch .pth/.pt or a detectron2 .pkl (see `fpn convert`);
-        /// the architecture is read from its names. Without it: seeded random
-        /// weights of the network given by --layout and --preset.
-        #[arg(long, conflicts_with_all = ["preset", "blocks", "extra", "returned_layers", "in_channels", "block", "groups", "width_per_group"])]
+        /// PyTorch state_dict (seed, torchvision/timm, detectron2 or mmdetection layout, or a
+        /// whole detection model of those frameworks) as safetensors, a PyTorch .pth/.pt or a
+        /// detectron2 .pkl (see `fpn convert`); the architecture is read from its names (see
+        /// --resnet-style and the mmdetection flags for what names cannot show). Without it:
+        /// seeded random weights of the network given by --layout and --preset.
+        #[arg(long, conflicts_with_all = ["preset", "blocks", "extra", "returned_layers", "in_channels", "block", "groups", "width_per_group", "stem", "avg_down", "fpn_norm", "pyramid_channels"])]
         weights: Option<PathBuf>,
-        /// A JPEG or PNG picture (any colour type); ImageNet-normalised RGB goes in (gray for a
-        /// model whose conv1 takes 1 channel).
+        /// A JPEG or PNG picture (any colour type). ImageNet-normalised RGB goes in (gray for a
+        /// model whose conv1 takes 1 channel), or what the checkpoint says: detectron2's
+        /// pixel_mean / pixel_std, mmdetection's caffe style (BGR minus its means).
         #[arg(long, requires = "out")]
         image: Option<PathBuf>,
         /// A folder (every .jpg, .jpeg and .png under it, recursively, in sorted order) or a
@@ -157,6 +196,8 @@ enum Command {
         /// Batch norm epsilon (default 1e-5; 0 for torchvision's COCO Faster R-CNN weights).
         #[arg(long)]
         bn_eps: Option<f32>,
+        #[command(flatten)]
+        load: LoadArgs,
         /// Keep batch norm, ReLU and residual adds as separate kernels (for debugging).
         #[arg(long)]
         unfused: bool,
@@ -249,9 +290,28 @@ mod run_images;
 use folder::FolderArgs;
 use progress::Progress;
 
+/// mmdetection neck settings that leave no trace in the weights (with --weights).
+#[derive(Args, Clone, Copy)]
+struct LoadArgs {
+    /// mmdetection weights: what the first extra conv reads, on_input, on_lateral or on_output
+    /// (on_input shows in the shapes; the other two look alike). By default taken from the
+    /// detector's head where mmdetection's configs tie it, else on_output.
+    #[arg(long, requires = "weights")]
+    add_extra_convs: Option<ExtraSource>,
+    /// mmdetection weights: a ReLU before every extra conv but the first (true or false). By
+    /// default taken from the head, else false.
+    #[arg(long, requires = "weights")]
+    relu_before_extra_convs: Option<bool>,
+    /// mmdetection weights without extra convs: how many levels the neck outputs (the ones past
+    /// the backbone's are max pools). Default 5, as in mmdetection's configs.
+    #[arg(long, requires = "weights")]
+    num_outs: Option<usize>,
+}
+
 /// What every `run` needs to build its network and report.
 struct RunArgs<'a> {
     weights: Option<&'a Path>,
+    load: LoadArgs,
     bn_eps: Option<f32>,
     unfused: bool,
     precision: Precision,
@@ -259,15 +319,30 @@ struct RunArgs<'a> {
     progress: Progress,
 }
 
-fn build_network(ctx: &GpuContext, args: &RunArgs) -> Result<Fpn> {
+/// Builds the network `args` describe, and says how pictures should be scaled for it (as its
+/// checkpoint says, or ImageNet's normalisation).
+fn build_network(ctx: &GpuContext, args: &RunArgs) -> Result<(Fpn, PixelScale)> {
     let fusion = if args.unfused {
         Fusion::Unfused
     } else {
         Fusion::Fused
     };
+    let mut scale = PixelScale::ImageNet;
     let (store, mut config, note) = match args.weights {
         Some(path) => {
-            let checkpoint = Checkpoint::open(path)?;
+            let options = LoadOptions {
+                resnet_style: args.network.resnet_style,
+                add_extra_convs: args.load.add_extra_convs,
+                relu_before_extra_convs: args.load.relu_before_extra_convs,
+                num_outs: args.load.num_outs,
+            };
+            let checkpoint = Checkpoint::open_with(path, options)?;
+            for note in checkpoint.notes() {
+                args.progress.say(format_args!("weights: {note}"));
+            }
+            if let Some(pixels) = checkpoint.pixels() {
+                scale = PixelScale::Custom(pixels);
+            }
             let found = checkpoint.config().layout;
             if let Some(asked) = &args.network.layout {
                 let asked: Layout = asked.parse()?;
@@ -316,7 +391,7 @@ fn build_network(ctx: &GpuContext, args: &RunArgs) -> Result<Fpn> {
         config.bn_eps,
         args.precision
     ));
-    Ok(fpn)
+    Ok((fpn, scale))
 }
 
 /// Runs the network on `input` and downloads the levels, reporting the time.
@@ -354,7 +429,7 @@ fn run_tensor(args: &RunArgs, input: &Path, output: &Path) -> Result<()> {
     let ctx = GpuContext::new()?;
     args.progress
         .say(format_args!("adapter: {}", ctx.adapter()));
-    let fpn = build_network(&ctx, args)?;
+    let (fpn, _) = build_network(&ctx, args)?;
     let levels = forward(&ctx, &fpn, x, &args.progress)?;
     write_tensors(output, levels.iter().map(|(n, t)| (n.as_str(), t)))?;
     args.progress
@@ -367,9 +442,10 @@ fn run_image(args: &RunArgs, image: &Path, options: ImageOptions, out: &Path) ->
     args.progress
         .say(format_args!("adapter: {}", ctx.adapter()));
     // The network first: its first conv says how many channels the picture becomes.
-    let fpn = build_network(&ctx, args)?;
+    let (fpn, scale) = build_network(&ctx, args)?;
     let options = ImageOptions {
         channels: fpn.config().in_channels,
+        scale,
         ..options
     };
     let picture = load_image_with(image, &options)?;
@@ -614,6 +690,7 @@ fn run_command() -> ExitCode {
             input,
             output,
             bn_eps,
+            load,
             unfused,
             precision,
             quiet,
@@ -621,6 +698,7 @@ fn run_command() -> ExitCode {
         } => {
             let args = RunArgs {
                 weights: weights.as_deref(),
+                load: *load,
                 bn_eps: *bn_eps,
                 unfused: *unfused,
                 precision: *precision,

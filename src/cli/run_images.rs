@@ -34,9 +34,10 @@ pub fn run(args: &RunArgs, source: &Path, out: &Path, options: &FolderOptions) -
 
     let ctx = GpuContext::new()?;
     progress.say(format_args!("adapter: {}", ctx.adapter()));
-    let fpn = build_network(&ctx, args)?;
+    let (fpn, scale) = build_network(&ctx, args)?;
     let picture = ImageOptions {
         channels: fpn.config().in_channels,
+        scale,
         ..options.picture
     };
     let ran = run_pictures(&fpn, plan.todo, picture, folder, progress, |p, levels| {

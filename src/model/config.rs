@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use crate::error::{Error, Result};
 use crate::graph::ops::UpsampleMode;
+use crate::model::PYRAMID_CHANNELS;
 
 /// Which family of checkpoints the network's names and structure follow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -17,13 +18,24 @@ pub enum Layout {
     Seed,
     /// torchvision's `BackboneWithFPN` (`resnet_fpn_backbone`, the backbone of Faster/Mask R-CNN
     /// and RetinaNet): `body.*` with `downsample`, `fpn.inner_blocks.*`, `fpn.layer_blocks.*`;
-    /// nearest top-down path, a 3x3 output conv on every level, plus extra levels.
+    /// nearest top-down path, a 3x3 output conv on every level, plus extra levels. timm's
+    /// `features_only` ResNets (deep stems, average-pool shortcuts, the stem as a level) sit
+    /// under `body.` with the same names.
     Torchvision,
+    /// detectron2's `FPN` backbone (`build_resnet_fpn_backbone`): `bottom_up.stem.conv1`,
+    /// `bottom_up.res2..5` with `shortcut` and `.norm` batch norms, `fpn_lateral{k}`,
+    /// `fpn_output{k}`, `top_block.p6/p7`; nearest top-down path.
+    Detectron2,
+    /// mmdetection's `ResNet` backbone and `FPN` neck: `backbone.conv1` (or the deep stem
+    /// `backbone.stem.*`), `backbone.layer1..4`, `neck.lateral_convs.{i}.conv`,
+    /// `neck.fpn_convs.{i}.conv` (the extra convs after the outputs); nearest top-down path.
+    MmDetection,
 }
 
 impl Layout {
     /// The names [`Layout::from_str`] accepts.
-    pub const NAMES: &'static [&'static str] = &["seed", "torchvision"];
+    pub const NAMES: &'static [&'static str] =
+        &["seed", "torchvision", "detectron2", "mmdetection"];
 }
 
 impl fmt::Display for Layout {
@@ -31,6 +43,8 @@ impl fmt::Display for Layout {
         f.write_str(match self {
             Layout::Seed => "seed",
             Layout::Torchvision => "torchvision",
+            Layout::Detectron2 => "detectron2",
+            Layout::MmDetection => "mmdetection",
         })
     }
 }
@@ -42,6 +56,8 @@ impl FromStr for Layout {
         match s {
             "seed" => Ok(Layout::Seed),
             "torchvision" => Ok(Layout::Torchvision),
+            "detectron2" => Ok(Layout::Detectron2),
+            "mmdetection" => Ok(Layout::MmDetection),
             _ => Err(Error::invalid(
                 "Layout",
                 format!("unknown layout `{s}`; choose one of {:?}", Layout::NAMES),
@@ -105,50 +121,248 @@ impl std::fmt::Display for Block {
     }
 }
 
-/// Where RetinaNet's P6 conv reads from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum P6Source {
-    /// P6 = conv(P5): `p6.weight` has 256 input channels (RetinaNet v1).
-    P5,
-    /// P6 = conv(C5): `p6.weight` has 2048 input channels (RetinaNet v2).
-    C5,
+/// Where a bottleneck's stride sits (ResNet v1 against v1.5). The names cannot tell them apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ResNetStyle {
+    /// On the 3x3 conv: torchvision, timm, and mmdetection's default `style='pytorch'`.
+    #[default]
+    Pytorch,
+    /// On the first 1x1 conv: detectron2's `STRIDE_IN_1X1` (its default, and its MSRA weights)
+    /// and mmdetection's `style='caffe'`.
+    Caffe,
 }
 
-/// Levels above the coarsest backbone level (torchvision layout only).
+impl ResNetStyle {
+    /// The names [`ResNetStyle::from_str`] accepts.
+    pub const NAMES: &'static [&'static str] = &["pytorch", "caffe"];
+}
+
+impl fmt::Display for ResNetStyle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ResNetStyle::Pytorch => "pytorch",
+            ResNetStyle::Caffe => "caffe",
+        })
+    }
+}
+
+impl FromStr for ResNetStyle {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "pytorch" => Ok(ResNetStyle::Pytorch),
+            "caffe" => Ok(ResNetStyle::Caffe),
+            _ => Err(Error::invalid(
+                "ResNetStyle",
+                format!(
+                    "unknown ResNet style `{s}`; choose one of {:?} (caffe puts the stride on \
+                     the bottleneck's first 1x1 conv)",
+                    ResNetStyle::NAMES
+                ),
+            )),
+        }
+    }
+}
+
+/// The backbone's stem, before the 3x3 stride-2 max pool. Its output always has
+/// [`STEM_CHANNELS`] channels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Stem {
+    /// One 7x7 stride-2 conv with batch norm and ReLU.
+    #[default]
+    Plain,
+    /// Three 3x3 convs (the first of stride 2) of the given output widths, then
+    /// [`STEM_CHANNELS`], each with batch norm and ReLU: ResNet-C/D's deep stem (timm's
+    /// `stem_type='deep'`, 32 and 32, or `'deep_tiered'`, 24 and 32; mmdetection's
+    /// `deep_stem`).
+    Deep([usize; 2]),
+}
+
+/// Output channels of every stem, and so the input channels of `layer1`.
+pub const STEM_CHANNELS: usize = 64;
+
+impl Stem {
+    /// The names [`Stem::from_str`] accepts.
+    pub const NAMES: &'static [&'static str] = &["plain", "deep", "deep-tiered"];
+}
+
+impl fmt::Display for Stem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stem::Plain => f.write_str("plain"),
+            Stem::Deep([32, 32]) => f.write_str("deep"),
+            Stem::Deep([24, 32]) => f.write_str("deep-tiered"),
+            Stem::Deep([a, b]) => write!(f, "deep {a}-{b}-{STEM_CHANNELS}"),
+        }
+    }
+}
+
+impl FromStr for Stem {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "plain" => Ok(Stem::Plain),
+            "deep" => Ok(Stem::Deep([32, 32])),
+            "deep-tiered" => Ok(Stem::Deep([24, 32])),
+            _ => Err(Error::invalid(
+                "Stem",
+                format!("unknown stem `{s}`; choose one of {:?}", Stem::NAMES),
+            )),
+        }
+    }
+}
+
+/// What the first extra conv above the backbone's levels reads (mmdetection's
+/// `add_extra_convs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtraSource {
+    /// The coarsest backbone level feeding the pyramid, C5 (`'on_input'`; torchvision's and
+    /// detectron2's P6 from C5, RetinaNet v2's and detectron2 RetinaNet's).
+    Input,
+    /// The coarsest lateral conv's output (`'on_lateral'`).
+    Lateral,
+    /// The coarsest pyramid level, P5 (`'on_output'`; torchvision's RetinaNet v1).
+    Output,
+}
+
+impl ExtraSource {
+    /// mmdetection's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExtraSource::Input => "on_input",
+            ExtraSource::Lateral => "on_lateral",
+            ExtraSource::Output => "on_output",
+        }
+    }
+}
+
+impl FromStr for ExtraSource {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        [
+            ExtraSource::Input,
+            ExtraSource::Lateral,
+            ExtraSource::Output,
+        ]
+        .into_iter()
+        .find(|e| e.name() == s || e.name().replace('_', "-") == s)
+        .ok_or_else(|| {
+            Error::invalid(
+                "ExtraSource",
+                format!("unknown source `{s}`; choose on_input, on_lateral or on_output"),
+            )
+        })
+    }
+}
+
+/// Levels above the coarsest backbone level.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ExtraLevels {
     /// None (the seed network).
     #[default]
     None,
-    /// torchvision's `LastLevelMaxPool`: one more level, a max pool of kernel 1 and stride 2 of
-    /// the coarsest level (what torchvision calls `pool`; named `p6` here).
-    MaxPool,
-    /// torchvision's `LastLevelP6P7` (RetinaNet): `p6` = 3x3 stride-2 conv, `p7` = 3x3 stride-2
-    /// conv of ReLU(P6); weights `fpn.extra_blocks.p6` / `p7`.
-    P6P7(P6Source),
+    /// This many max pools of kernel 1 and stride 2, each of the level before: torchvision's
+    /// and detectron2's `LastLevelMaxPool` (one, what torchvision calls `pool`), mmdetection's
+    /// `num_outs` past the backbone's levels without extra convs.
+    MaxPool(usize),
+    /// This many 3x3 stride-2 convs, the first reading `source`, each next one the level
+    /// before it, through a ReLU when `relu` (mmdetection's `relu_before_extra_convs`).
+    /// torchvision's and detectron2's `LastLevelP6P7` are two convs with the ReLU.
+    Convs {
+        /// How many levels the convs add.
+        count: usize,
+        /// What the first conv reads.
+        source: ExtraSource,
+        /// A ReLU before every conv but the first.
+        relu: bool,
+    },
 }
 
 impl ExtraLevels {
-    /// The names [`ExtraLevels::from_str`] accepts.
-    pub const NAMES: &'static [&'static str] = &["none", "pool", "p6p7", "p6p7-c5"];
+    /// Examples of the names [`ExtraLevels::from_str`] accepts.
+    pub const NAMES: &'static [&'static str] = &[
+        "none",
+        "pool",
+        "pool:N",
+        "p6p7",
+        "p6p7-c5",
+        "convs:N:on_input|on_lateral|on_output[:relu]",
+    ];
+
+    /// RetinaNet's `LastLevelP6P7`: P6 a conv of `source`, P7 a conv of ReLU(P6).
+    pub const fn p6p7(source: ExtraSource) -> Self {
+        ExtraLevels::Convs {
+            count: 2,
+            source,
+            relu: true,
+        }
+    }
+
+    /// How many levels they add.
+    pub fn count(&self) -> usize {
+        match *self {
+            ExtraLevels::None => 0,
+            ExtraLevels::MaxPool(n) | ExtraLevels::Convs { count: n, .. } => n,
+        }
+    }
+}
+
+impl fmt::Display for ExtraLevels {
+    /// The name [`ExtraLevels::from_str`] takes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExtraLevels::None => f.write_str("none"),
+            ExtraLevels::MaxPool(1) => f.write_str("pool"),
+            ExtraLevels::MaxPool(n) => write!(f, "pool:{n}"),
+            e if e == Self::p6p7(ExtraSource::Output) => f.write_str("p6p7"),
+            e if e == Self::p6p7(ExtraSource::Input) => f.write_str("p6p7-c5"),
+            ExtraLevels::Convs {
+                count,
+                source,
+                relu,
+            } => {
+                write!(f, "convs:{count}:{}", source.name())?;
+                if relu {
+                    f.write_str(":relu")?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 impl FromStr for ExtraLevels {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "none" => Ok(ExtraLevels::None),
-            "pool" => Ok(ExtraLevels::MaxPool),
-            "p6p7" => Ok(ExtraLevels::P6P7(P6Source::P5)),
-            "p6p7-c5" => Ok(ExtraLevels::P6P7(P6Source::C5)),
-            _ => Err(Error::invalid(
+        let bad = || {
+            Error::invalid(
                 "ExtraLevels",
                 format!(
                     "unknown extra levels `{s}`; choose one of {:?}",
                     ExtraLevels::NAMES
                 ),
-            )),
+            )
+        };
+        let count = |n: &str| n.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(bad);
+        let parts: Vec<&str> = s.split(':').collect();
+        match parts.as_slice() {
+            ["none"] => Ok(ExtraLevels::None),
+            ["pool"] => Ok(ExtraLevels::MaxPool(1)),
+            ["pool", n] => Ok(ExtraLevels::MaxPool(count(n)?)),
+            ["p6p7"] => Ok(Self::p6p7(ExtraSource::Output)),
+            ["p6p7-c5"] => Ok(Self::p6p7(ExtraSource::Input)),
+            ["convs", n, source, rest @ ..] if rest.is_empty() || rest == ["relu"] => {
+                Ok(ExtraLevels::Convs {
+                    count: count(n)?,
+                    source: source.parse().map_err(|_| bad())?,
+                    relu: !rest.is_empty(),
+                })
+            }
+            _ => Err(bad()),
         }
     }
 }
@@ -159,7 +373,7 @@ pub struct FpnConfig {
     /// The names and head structure.
     pub layout: Layout,
     /// Residual blocks in `layer1`..`layer4`. Layers past the deepest returned one are not
-    /// built in the torchvision layout (torchvision drops them too), and their counts are
+    /// built outside the seed layout (torchvision drops them too), and their counts are
     /// ignored; a checkpoint that lacks them reads as 0.
     pub blocks: [usize; 4],
     /// The block type of every layer.
@@ -170,6 +384,14 @@ pub struct FpnConfig {
     /// 64 for ResNet, 128 for Wide ResNet, 4 or 8 for ResNeXt. A layer's bottleneck width is its
     /// base width (64, 128, 256, 512) times `width_per_group / 64` times `groups`.
     pub width_per_group: usize,
+    /// Which conv of a bottleneck carries the stride.
+    pub style: ResNetStyle,
+    /// The stem before the max pool.
+    pub stem: Stem,
+    /// Projection shortcuts that average-pool (kernel and stride the block's stride, ceil mode,
+    /// padding not counted) before a stride-1 1x1 conv: ResNet-D's, timm's and mmdetection's
+    /// `avg_down`.
+    pub avg_down: bool,
     /// Channels of the input image: 3 (RGB) unless the first conv says otherwise.
     pub in_channels: usize,
     /// Batch norm epsilon: PyTorch's default 1e-5; torchvision's COCO Faster R-CNN weights were
@@ -177,11 +399,18 @@ pub struct FpnConfig {
     pub bn_eps: f32,
     /// How the top-down path resizes a coarser level to the next finer one.
     pub upsample: UpsampleMode,
-    /// Which of C2..C5 feed the pyramid (torchvision's `returned_layers`, 1-based `layer1..4`):
-    /// all four except for RetinaNet, which starts at C3.
-    pub returned: [bool; 4],
+    /// Which backbone stages feed the pyramid, by index: 0 the stem's output (C1, stride 2,
+    /// before the max pool; timm's `out_indices` 0), 1..=4 `layer1..4` (C2..C5, torchvision's
+    /// `returned_layers`). C2..C5 except for RetinaNet, which starts at C3.
+    pub returned: [bool; 5],
     /// Levels above the coarsest one.
     pub extra: ExtraLevels,
+    /// Batch norm inside every FPN conv, folded into it (torchvision's v2 detectors,
+    /// detectron2's and mmdetection's `norm` settings); the convs then have no bias.
+    pub fpn_norm: bool,
+    /// Channels of every pyramid level (torchvision's `out_channels`; 256 in every shipped
+    /// detector).
+    pub pyramid_channels: usize,
 }
 
 impl Default for FpnConfig {
@@ -219,11 +448,16 @@ impl FpnConfig {
             block: Block::Bottleneck,
             groups: 1,
             width_per_group: 64,
+            style: ResNetStyle::Pytorch,
+            stem: Stem::Plain,
+            avg_down: false,
             in_channels: 3,
             bn_eps: 1e-5,
             upsample: UpsampleMode::Bilinear,
-            returned: [true; 4],
+            returned: [false, true, true, true, true],
             extra: ExtraLevels::None,
+            fpn_norm: false,
+            pyramid_channels: PYRAMID_CHANNELS,
         }
     }
 
@@ -233,16 +467,26 @@ impl FpnConfig {
         FpnConfig {
             layout: Layout::Torchvision,
             upsample: UpsampleMode::Nearest,
-            extra: ExtraLevels::MaxPool,
+            extra: ExtraLevels::MaxPool(1),
             ..Self::with_blocks(blocks)
         }
     }
 
-    /// The same backbone in another layout, with that layout's defaults for the rest.
+    /// The same backbone in another layout, with that layout's defaults for the rest: for
+    /// detectron2, its `build_resnet_fpn_backbone` (the stride in the 1x1 convs, the max-pool
+    /// P6); for mmdetection, its Faster R-CNN neck (`num_outs=5`: one max pool above C5).
     pub fn with_layout(self, layout: Layout) -> Self {
         let base = match layout {
             Layout::Seed => Self::with_blocks(self.blocks),
-            Layout::Torchvision => Self::torchvision(self.blocks),
+            Layout::Torchvision | Layout::MmDetection => FpnConfig {
+                layout,
+                ..Self::torchvision(self.blocks)
+            },
+            Layout::Detectron2 => FpnConfig {
+                layout,
+                style: ResNetStyle::Caffe,
+                ..Self::torchvision(self.blocks)
+            },
         };
         FpnConfig {
             bn_eps: self.bn_eps,
@@ -286,17 +530,29 @@ impl FpnConfig {
         })
     }
 
-    /// The backbone levels that feed the pyramid, as indices 0..4 of C2..C5, finest first.
-    pub fn returned_levels(&self) -> Vec<usize> {
-        (0..4).filter(|&l| self.returned[l]).collect()
+    /// The backbone stages that feed the pyramid (0 the stem, 1..=4 `layer1..4`; see
+    /// [`FpnConfig::returned`]), finest first. Stage `s` gives the pyramid level `p{s + 1}`, of
+    /// stride `2^(s + 1)`.
+    pub fn returned_stages(&self) -> Vec<usize> {
+        (0..5).filter(|&s| self.returned[s]).collect()
     }
 
     /// How many of `layer1`..`layer4` are built: all four in the seed layout; up to the deepest
-    /// returned one in torchvision's, whose `IntermediateLayerGetter` drops the layers after it.
+    /// returned one in the others (torchvision's `IntermediateLayerGetter` drops the layers
+    /// after it, and so do detectron2's `out_features`).
     pub fn depth(&self) -> usize {
         match self.layout {
             Layout::Seed => 4,
-            Layout::Torchvision => self.returned_levels().last().map_or(4, |l| l + 1),
+            _ => self.returned_stages().last().copied().unwrap_or(4),
+        }
+    }
+
+    /// Channels of stage `stage`'s output: [`STEM_CHANNELS`] for the stem (0), those of C2..C5
+    /// for 1..=4.
+    pub fn stage_channels(&self, stage: usize) -> usize {
+        match stage {
+            0 => STEM_CHANNELS,
+            s => self.level_channels(s - 1),
         }
     }
 
@@ -350,19 +606,39 @@ impl FpnConfig {
             .backbone_name()
             .map_or(String::new(), |n| format!(" ({n})"));
         let levels: Vec<String> = self
-            .returned_levels()
+            .returned_stages()
             .iter()
-            .map(|l| format!("C{}", l + 2))
+            .map(|s| format!("C{}", s + 1))
             .collect();
+        let mut variants = Vec::new();
+        if self.style == ResNetStyle::Caffe && self.block == Block::Bottleneck {
+            variants.push("the stride in the 1x1 convs (caffe style)".to_string());
+        }
+        if self.stem != Stem::Plain {
+            variants.push(format!("a {} stem", self.stem));
+        }
+        if self.avg_down {
+            variants.push("average-pool shortcuts".to_string());
+        }
+        if self.fpn_norm {
+            variants.push("batch norm in the FPN convs".to_string());
+        }
+        let variants = if variants.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", variants.join(", "))
+        };
         format!(
             "the {} layout's {block} ResNet{name} with blocks {:?}, groups {}, width per group \
-             {}, {} input channels, {} feeding the pyramid, extra levels {:?}",
+             {}, {} input channels{variants}, {} feeding a pyramid of {} channels, extra levels \
+             {}",
             self.layout,
             &self.blocks[..self.depth()],
             self.groups,
             self.width_per_group,
             self.in_channels,
             levels.join("/"),
+            self.pyramid_channels,
             self.extra
         )
     }
@@ -402,13 +678,55 @@ impl FpnConfig {
                 "no backbone level feeds the pyramid: set at least one of `returned`".into(),
             );
         }
-        if self.layout == Layout::Seed
-            && (self.returned != [true; 4] || self.extra != ExtraLevels::None)
+        if self.pyramid_channels == 0 {
+            return bad("pyramid_channels is 0; the FPN needs at least one channel".into());
+        }
+        let layout = self.layout;
+        if layout == Layout::Seed
+            && (self.returned != [false, true, true, true, true]
+                || self.extra != ExtraLevels::None
+                || self.stem != Stem::Plain
+                || self.avg_down
+                || self.fpn_norm
+                || self.pyramid_channels != PYRAMID_CHANNELS)
         {
             return bad(format!(
-                "the seed layout always uses C2..C5 and has no extra levels (got returned {:?}, \
-                 extra {:?}); use Layout::Torchvision for those",
-                self.returned, self.extra
+                "the seed layout is fpn.py's network: C2..C5, no extra levels, the plain stem, \
+                 conv shortcuts, no FPN norm, {PYRAMID_CHANNELS} channels (got {}); use \
+                 Layout::Torchvision for the others",
+                self.describe()
+            ));
+        }
+        if self.returned[0] && layout != Layout::Torchvision {
+            return bad(format!(
+                "the stem's output (C1) feeds the pyramid only in the torchvision layout (timm's \
+                 out_indices 0); the {layout} layout's FPN starts at C2"
+            ));
+        }
+        if layout == Layout::Detectron2 && (self.stem != Stem::Plain || self.avg_down) {
+            return bad(
+                "detectron2's ResNet has the plain stem and conv shortcuts; deep stems and \
+                 average-pool shortcuts load in the torchvision (timm) and mmdetection layouts"
+                    .into(),
+            );
+        }
+        let p6p7 = [
+            ExtraLevels::p6p7(ExtraSource::Input),
+            ExtraLevels::p6p7(ExtraSource::Output),
+        ];
+        let extra_ok = match layout {
+            Layout::Seed | Layout::MmDetection => true,
+            Layout::Torchvision | Layout::Detectron2 => {
+                matches!(self.extra, ExtraLevels::None | ExtraLevels::MaxPool(1))
+                    || p6p7.contains(&self.extra)
+            }
+        };
+        if !extra_ok {
+            return bad(format!(
+                "the {layout} layout's extra levels are none, pool (LastLevelMaxPool), p6p7 or \
+                 p6p7-c5 (LastLevelP6P7), not {}; more max pools or other extra convs are \
+                 mmdetection's",
+                self.extra
             ));
         }
         Ok(())

@@ -18,7 +18,7 @@ use crate::graph::ops::detect::{
 };
 use crate::graph::{Graph, Value};
 use crate::model::checkpoint::Checkpoint;
-use crate::model::config::{ExtraLevels, FpnConfig, P6Source};
+use crate::model::config::{ExtraLevels, ExtraSource, FpnConfig};
 use crate::model::fcos_head::FcosHead;
 use crate::model::fpn::{Fpn, FpnOptions};
 use crate::model::head_tower::TowerStyle;
@@ -86,10 +86,10 @@ impl DetectorKind {
     }
 
     /// Where the FPN's P6 comes from in torchvision's model of this kind.
-    pub fn p6_source(self) -> P6Source {
+    pub fn p6_source(self) -> ExtraSource {
         match self {
-            DetectorKind::RetinaNet | DetectorKind::Fcos => P6Source::P5,
-            DetectorKind::RetinaNetV2 => P6Source::C5,
+            DetectorKind::RetinaNet | DetectorKind::Fcos => ExtraSource::Output,
+            DetectorKind::RetinaNetV2 => ExtraSource::Input,
         }
     }
 }
@@ -142,8 +142,8 @@ impl DetectorConfig {
     /// returns C3..C5 and the FPN adds P6 and P7, P6 from where `kind` takes it.
     pub fn resnet50(kind: DetectorKind, num_classes: usize) -> Self {
         let mut backbone = FpnConfig::torchvision([3, 4, 6, 3]);
-        backbone.returned = [false, true, true, true];
-        backbone.extra = ExtraLevels::P6P7(kind.p6_source());
+        backbone.returned = [false, false, true, true, true];
+        backbone.extra = ExtraLevels::p6p7(kind.p6_source());
         DetectorConfig {
             kind,
             backbone,
@@ -389,13 +389,20 @@ impl Detector {
                 ))
             }
         };
-        if backbone.extra == ExtraLevels::None || !backbone.returned[1] || backbone.returned[0] {
+        let p6p7 = [
+            ExtraLevels::p6p7(ExtraSource::Input),
+            ExtraLevels::p6p7(ExtraSource::Output),
+        ];
+        if !p6p7.contains(&backbone.extra)
+            || backbone.returned != [false, false, true, true, true]
+            || backbone.pyramid_channels != PYRAMID_CHANNELS
+        {
             return Err(Error::invalid(
                 "Detector",
                 format!(
-                    "{origin}: the FPN returns {:?} with extra levels {:?}; {kind} needs \
-                     C3..C5 and P6/P7",
-                    backbone.returned, backbone.extra
+                    "{origin}: the FPN is {}; {kind} needs C3..C5, P6 and P7 \
+                     (LastLevelP6P7) and {PYRAMID_CHANNELS} channels",
+                    backbone.describe()
                 ),
             ));
         }

@@ -12,10 +12,11 @@ use crate::graph::tune::Tuning;
 use crate::graph::{Graph, Value};
 use crate::model::checkpoint::Checkpoint;
 use crate::model::config::{FpnConfig, Layout};
+use crate::model::naming;
 use crate::model::pyramid::Pyramid;
+use crate::model::pyramid_head::PyramidHead;
 use crate::model::resnet::ResNet;
 use crate::model::seed_head::SeedHead;
-use crate::model::torchvision_head::TorchvisionHead;
 use crate::precision::Precision;
 use crate::tensor::Tensor;
 use crate::tensor_file::TensorMap;
@@ -70,8 +71,9 @@ pub struct Fpn {
 impl Fpn {
     /// Loads a PyTorch `state_dict` saved as safetensors, or as a PyTorch `.pth`/`.pt` or a
     /// detectron2 `.pkl` (told apart by content; see [`crate::tensor_file::parse_file`]). The
-    /// layout (seed or torchvision, a whole detection model's backbone included), block counts
-    /// and extra levels come from its names and shapes; see [`Checkpoint`] to change the batch
+    /// layout (seed, torchvision or timm, detectron2 or mmdetection, a whole detection model's
+    /// backbone included), block counts and extra levels come from its names and shapes; see
+    /// [`Checkpoint::open_with`] for the settings names cannot show, and to change the batch
     /// norm epsilon before building.
     pub fn from_safetensors(ctx: &GpuContext, path: &Path) -> Result<Self> {
         Self::from_safetensors_with(ctx, path, FpnOptions::default())
@@ -180,14 +182,15 @@ impl Fpn {
         config.validate()?;
         Ok(match config.layout {
             Layout::Seed => {
-                let backbone = ResNet::new(vb, &config, "shortcut");
+                let backbone = ResNet::new(vb, &config);
                 let head = SeedHead::new(vb, &config);
                 let c = backbone.forward(g, x);
-                head.forward(g, &c)
+                head.forward(g, &c[1..])
             }
-            Layout::Torchvision => {
-                let backbone = ResNet::new(&vb.pp("body"), &config, "downsample");
-                let head = TorchvisionHead::new(&vb.pp("fpn"), &config);
+            layout => {
+                let prefix = naming::backbone_prefix(layout);
+                let backbone = ResNet::new(&vb.pp(prefix), &config);
+                let head = PyramidHead::new(vb, &config);
                 let c = backbone.forward(g, x);
                 head.forward(g, &c)
             }

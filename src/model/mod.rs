@@ -1,5 +1,6 @@
-//! The networks: layers that read their weights by PyTorch name, the ResNet backbone, the heads
-//! of the two supported layouts, the FPN, and checkpoint layout detection.
+//! The networks: layers that read their weights by PyTorch name, the ResNet backbone, the FPN
+//! heads (the seed's, and the one torchvision, detectron2 and mmdetection share under their own
+//! names), the detectors, and checkpoint layout detection.
 
 pub mod batch_network;
 pub mod checkpoint;
@@ -10,15 +11,16 @@ pub mod fcos_head;
 pub mod fpn;
 pub mod head_tower;
 pub mod layers;
+pub mod naming;
 pub mod pyramid;
+pub mod pyramid_head;
 pub mod resnet;
 pub mod retinanet_head;
 pub mod seed_head;
-pub mod torchvision_head;
 
 pub use batch_network::{BatchNetwork, DETECTIONS};
 pub use checkpoint::Checkpoint;
-pub use config::{Block, ExtraLevels, FpnConfig, Layout, P6Source};
+pub use config::{Block, ExtraLevels, ExtraSource, FpnConfig, Layout, ResNetStyle, Stem};
 pub use detector::{Detections, Detector, DetectorConfig, DetectorKind, DetectorOptions};
 pub use fpn::{Fpn, FpnOptions, Fusion, INPUT_CHANNELS, PYRAMID_CHANNELS};
 pub use pyramid::Pyramid;

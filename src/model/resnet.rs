@@ -1,79 +1,154 @@
-//! The bottom-up path: torchvision's ResNet family (basic blocks for ResNet-18/34; bottlenecks,
-//! grouped in ResNeXt and widened in Wide ResNet, for the rest) producing C2..C5.
+//! The bottom-up path: the ResNet family (basic blocks for ResNet-18/34; bottlenecks, grouped in
+//! ResNeXt and widened in Wide ResNet, for the rest) producing C1 (the stem's output) to C5, with
+//! the variants the frameworks train: the stride on the 1x1 conv (caffe style), ResNet-D's deep
+//! stem and average-pool shortcuts. Names come from [`naming`].
 
-use crate::graph::ops::{Add, MaxPool2d, MaxPool2dOptions};
+use crate::graph::ops::{Add, AvgPool2d, AvgPool2dOptions, MaxPool2d, MaxPool2dOptions};
 use crate::graph::{Graph, Value};
-use crate::model::config::{Block, FpnConfig};
+use crate::model::config::{Block, FpnConfig, ResNetStyle, Stem, STEM_CHANNELS};
 use crate::model::layers::{relu, BatchNorm2d, Conv2d};
+use crate::model::naming::{self, ConvNorm};
 use crate::weights::VarBuilder;
 
+/// A conv and its batch norm.
+struct ConvBn {
+    conv: Conv2d,
+    bn: BatchNorm2d,
+}
+
+impl ConvBn {
+    fn new(vb: &VarBuilder, names: &ConvNorm, conv: ConvShape, eps: f32) -> Self {
+        let ConvShape {
+            cin,
+            cout,
+            kernel,
+            stride,
+            groups,
+        } = conv;
+        ConvBn {
+            conv: Conv2d::grouped(
+                &vb.pp(&names.conv),
+                cin,
+                cout,
+                kernel,
+                stride,
+                kernel / 2,
+                groups,
+            ),
+            bn: BatchNorm2d::new(&vb.pp(&names.norm), cout, eps),
+        }
+    }
+
+    fn forward(&self, g: &mut Graph, x: Value) -> Value {
+        let y = self.conv.forward(g, x);
+        self.bn.forward(g, y)
+    }
+}
+
+/// A bias-free conv's channels, kernel (padded to keep the size), stride and groups.
+#[derive(Clone, Copy)]
+struct ConvShape {
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    stride: usize,
+    groups: usize,
+}
+
+impl ConvShape {
+    fn new(cin: usize, cout: usize, kernel: usize, stride: usize) -> Self {
+        ConvShape {
+            cin,
+            cout,
+            kernel,
+            stride,
+            groups: 1,
+        }
+    }
+}
+
+/// A projection shortcut: an optional average pool (ResNet-D), then a 1x1 conv and batch norm.
+struct Shortcut {
+    pool: Option<AvgPool2dOptions>,
+    proj: ConvBn,
+}
+
 /// One residual block: its convs and batch norms in order (a ReLU after each but the last), and
-/// a 1x1 conv + batch norm projection shortcut where the shape changes; ReLU after the sum.
+/// a projection shortcut where the shape changes; ReLU after the sum.
 pub struct ResidualBlock {
-    main: Vec<(Conv2d, BatchNorm2d)>,
-    shortcut: Option<(Conv2d, BatchNorm2d)>,
+    main: Vec<ConvBn>,
+    shortcut: Option<Shortcut>,
     name: String,
 }
 
-/// Where a block sits and what it reads: its layer's index (0..4), its input channels and
-/// stride.
+/// Where a block sits and what it reads: its stage (1..=4), its input channels and stride.
 #[derive(Clone, Copy)]
 struct BlockPlace {
-    level: usize,
+    stage: usize,
     in_planes: usize,
     stride: usize,
 }
 
 impl ResidualBlock {
-    /// Reads a block of `config.block` type at `place`: `conv1..2`/`bn1..2` (basic) or
-    /// `conv1..3`/`bn1..3` (bottleneck, the 3x3 carrying the stride and the groups) and, where
-    /// the shape changes, the shortcut as `{shortcut_name}.0` / `{shortcut_name}.1` (`shortcut`
-    /// in the seed's names, `downsample` in torchvision's).
-    fn new(vb: &VarBuilder, config: &FpnConfig, place: BlockPlace, shortcut_name: &str) -> Self {
+    /// Reads a block of `config.block` type at `place`: two 3x3 convs (basic) or 1x1, 3x3
+    /// (grouped), 1x1 (bottleneck; the stride on the 3x3, or on the first 1x1 in the caffe
+    /// style), each with its norm, and the shortcut, named as the layout names them.
+    fn new(vb: &VarBuilder, config: &FpnConfig, place: BlockPlace) -> Self {
         let BlockPlace {
-            level,
+            stage,
             in_planes,
             stride,
         } = place;
         let eps = config.bn_eps;
-        let out = config.level_channels(level);
-        let width = config.block_width(level);
-        let pair = |name: usize, conv: Conv2d, channels: usize| {
-            (
-                conv,
-                BatchNorm2d::new(&vb.pp(format!("bn{name}")), channels, eps),
-            )
-        };
-        let conv = |i: usize| vb.pp(format!("conv{i}"));
+        let out = config.stage_channels(stage);
+        let width = config.block_width(stage - 1);
+        let names = |i| naming::block_conv(config.layout, i);
         let main = match config.block {
             Block::Basic => vec![
-                pair(
-                    1,
-                    Conv2d::new(&conv(1), in_planes, out, 3, stride, 1, false),
-                    out,
+                ConvBn::new(
+                    vb,
+                    &names(1),
+                    ConvShape::new(in_planes, out, 3, stride),
+                    eps,
                 ),
-                pair(2, Conv2d::new(&conv(2), out, out, 3, 1, 1, false), out),
+                ConvBn::new(vb, &names(2), ConvShape::new(out, out, 3, 1), eps),
             ],
-            Block::Bottleneck => vec![
-                pair(
-                    1,
-                    Conv2d::new(&conv(1), in_planes, width, 1, 1, 0, false),
-                    width,
-                ),
-                pair(
-                    2,
-                    Conv2d::grouped(&conv(2), width, width, 3, stride, 1, config.groups),
-                    width,
-                ),
-                pair(3, Conv2d::new(&conv(3), width, out, 1, 1, 0, false), out),
-            ],
+            Block::Bottleneck => {
+                let (s1, s3) = match config.style {
+                    ResNetStyle::Pytorch => (1, stride),
+                    ResNetStyle::Caffe => (stride, 1),
+                };
+                let grouped = ConvShape {
+                    groups: config.groups,
+                    ..ConvShape::new(width, width, 3, s3)
+                };
+                vec![
+                    ConvBn::new(vb, &names(1), ConvShape::new(in_planes, width, 1, s1), eps),
+                    ConvBn::new(vb, &names(2), grouped, eps),
+                    ConvBn::new(vb, &names(3), ConvShape::new(width, out, 1, 1), eps),
+                ]
+            }
         };
         let shortcut = (stride != 1 || in_planes != out).then(|| {
-            let vb = vb.pp(shortcut_name);
-            (
-                Conv2d::new(&vb.pp(0), in_planes, out, 1, stride, 0, false),
-                BatchNorm2d::new(&vb.pp(1), out, eps),
-            )
+            let names = naming::shortcut(config.layout, config.avg_down);
+            // ResNet-D averages first, so that the 1x1 conv sees every pixel.
+            let (pool, conv_stride) = if config.avg_down {
+                (
+                    (stride > 1).then(|| AvgPool2dOptions::new(stride, stride)),
+                    1,
+                )
+            } else {
+                (None, stride)
+            };
+            Shortcut {
+                pool,
+                proj: ConvBn::new(
+                    vb,
+                    &names,
+                    ConvShape::new(in_planes, out, 1, conv_stride),
+                    eps,
+                ),
+            }
         });
         ResidualBlock {
             main,
@@ -87,16 +162,18 @@ impl ResidualBlock {
         // The shortcut first, so that the residual is ready when the main path's last conv runs
         // and the add can fuse into that conv's epilogue.
         let identity = match &self.shortcut {
-            Some((conv, bn)) => {
-                let s = conv.forward(g, x);
-                bn.forward(g, s)
+            Some(Shortcut { pool, proj }) => {
+                let s = match pool {
+                    Some(opts) => g.push(format!("{}.pool", self.name), AvgPool2d(*opts), &[x]),
+                    None => x,
+                };
+                proj.forward(g, s)
             }
             None => x,
         };
         let mut y = x;
-        for (i, (conv, bn)) in self.main.iter().enumerate() {
-            y = conv.forward(g, y);
-            y = bn.forward(g, y);
+        for (i, layer) in self.main.iter().enumerate() {
+            y = layer.forward(g, y);
             if i + 1 < self.main.len() {
                 y = relu(g, y);
             }
@@ -106,51 +183,66 @@ impl ResidualBlock {
     }
 }
 
-/// The backbone: stem (7x7/2 conv, batch norm, ReLU, 3x3/2 max pool) and `config.depth()` of
-/// the four layers, with base widths 64, 128, 256, 512 and strides 1, 2, 2, 2.
+/// The backbone: the stem (one 7x7/2 conv or ResNet-D's three 3x3 convs, each with batch norm
+/// and ReLU), a 3x3/2 max pool, and `config.depth()` of the four layers, with base widths 64,
+/// 128, 256, 512 and strides 1, 2, 2, 2.
 pub struct ResNet {
-    conv1: Conv2d,
-    bn1: BatchNorm2d,
+    stem: Vec<ConvBn>,
     layers: Vec<Vec<ResidualBlock>>,
 }
 
 impl ResNet {
-    /// Reads `conv1` (with `config.in_channels` inputs), `bn1` and the layers `config` builds;
-    /// `shortcut_name` names the projection shortcuts (see [`ResidualBlock`]).
-    pub fn new(vb: &VarBuilder, config: &FpnConfig, shortcut_name: &str) -> Self {
-        let mut in_planes = 64;
+    /// Reads the stem (with `config.in_channels` inputs) and the layers `config` builds, named
+    /// as `config.layout` names them, under `vb`.
+    pub fn new(vb: &VarBuilder, config: &FpnConfig) -> Self {
+        let eps = config.bn_eps;
+        let names = naming::stem(config.layout, config.stem);
+        let shapes = match config.stem {
+            Stem::Plain => vec![ConvShape::new(config.in_channels, STEM_CHANNELS, 7, 2)],
+            Stem::Deep([a, b]) => vec![
+                ConvShape::new(config.in_channels, a, 3, 2),
+                ConvShape::new(a, b, 3, 1),
+                ConvShape::new(b, STEM_CHANNELS, 3, 1),
+            ],
+        };
+        let stem = names
+            .iter()
+            .zip(shapes)
+            .map(|(names, shape)| ConvBn::new(vb, names, shape, eps))
+            .collect();
+        let mut in_planes = STEM_CHANNELS;
         let mut layers = Vec::with_capacity(4);
-        for (level, &count) in config.blocks.iter().enumerate().take(config.depth()) {
-            let vb_layer = vb.pp(format!("layer{}", level + 1));
-            let layer = (0..count)
+        for stage in 1..=config.depth() {
+            let vb_layer = vb.pp(naming::layer(config.layout, stage));
+            let layer = (0..config.blocks[stage - 1])
                 .map(|b| {
-                    let stride = if b == 0 && level > 0 { 2 } else { 1 };
+                    let stride = if b == 0 && stage > 1 { 2 } else { 1 };
                     let place = BlockPlace {
-                        level,
+                        stage,
                         in_planes,
                         stride,
                     };
-                    in_planes = config.level_channels(level);
-                    ResidualBlock::new(&vb_layer.pp(b), config, place, shortcut_name)
+                    in_planes = config.stage_channels(stage);
+                    ResidualBlock::new(&vb_layer.pp(b), config, place)
                 })
                 .collect();
             layers.push(layer);
         }
-        ResNet {
-            conv1: Conv2d::new(&vb.pp("conv1"), config.in_channels, 64, 7, 2, 3, false),
-            bn1: BatchNorm2d::new(&vb.pp("bn1"), 64, config.bn_eps),
-            layers,
-        }
+        ResNet { stem, layers }
     }
 
-    /// Records the backbone on `x` and returns C2 and up, one per layer built.
+    /// Records the backbone on `x` and returns C1 (the stem's output, before the max pool) and
+    /// C2 and up, one per layer built: stage `s` at index `s`.
     pub fn forward(&self, g: &mut Graph, x: Value) -> Vec<Value> {
         g.set_stage("stem");
-        let y = self.conv1.forward(g, x);
-        let y = self.bn1.forward(g, y);
-        let y = relu(g, y);
+        let mut y = x;
+        for layer in &self.stem {
+            y = layer.forward(g, y);
+            y = relu(g, y);
+        }
+        let mut c = Vec::with_capacity(self.layers.len() + 1);
+        c.push(y);
         let mut y = g.push("maxpool", MaxPool2d(MaxPool2dOptions::new(3, 2, 1)), &[y]);
-        let mut c = Vec::with_capacity(self.layers.len());
         for (l, layer) in self.layers.iter().enumerate() {
             g.set_stage(format!("layer{}", l + 1));
             for block in layer {

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fpn_wgpu::model::{DetectorConfig, ExtraLevels, P6Source};
+use fpn_wgpu::model::{DetectorConfig, ExtraLevels, ExtraSource};
 use fpn_wgpu::tensor_file::write_tensors;
 use fpn_wgpu::{Detector, DetectorOptions, FpnConfig};
 
@@ -13,8 +13,8 @@ pub const SEED: u64 = 5;
 
 pub fn small_config() -> DetectorConfig {
     let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
-    backbone.returned = [false, true, true, true];
-    backbone.extra = ExtraLevels::P6P7(P6Source::P5);
+    backbone.returned = [false, false, true, true, true];
+    backbone.extra = ExtraLevels::p6p7(ExtraSource::Output);
     DetectorConfig {
         backbone,
         ..DetectorConfig::retinanet_resnet50(CLASSES)

@@ -11,6 +11,7 @@ use image::metadata::Orientation;
 use image::{DynamicImage, GrayImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
 use crate::error::{Error, Result};
+pub use crate::model::PixelNorm;
 use crate::tensor_file::HostTensor;
 
 /// Per-channel mean of torchvision's ImageNet normalisation (RGB, on values in [0, 1]).
@@ -41,19 +42,6 @@ pub enum ExifOrientation {
     /// `decode_jpeg` do by default: for parity with a PyTorch pipeline that does not call
     /// `ImageOps.exif_transpose`.
     Ignore,
-}
-
-/// A per-channel normalisation of 0..255 pixel values, `(v - mean) / std`, in the channel order
-/// a network was trained on: detectron2's `pixel_mean` / `pixel_std` and mmdetection's
-/// caffe-style `data_preprocessor` (BGR, 0..255, minus the means).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct PixelNorm {
-    /// Whether the network takes blue, green, red (OpenCV's order) rather than RGB.
-    pub bgr: bool,
-    /// Per-channel means, in the network's channel order, on 0..255 values.
-    pub mean: [f32; 3],
-    /// Per-channel standard deviations, in the network's channel order.
-    pub std: [f32; 3],
 }
 
 /// The values a picture's pixels become.
@@ -322,10 +310,8 @@ pub fn unit_rgb(rgb: &RgbImage) -> HostTensor {
     planes(rgb, |_, v| v)
 }
 
-/// RGB bytes to a [1, 3, H, W] tensor, channel planes one after another, each value
-/// `f(channel, v / 255)`.
-/// RGB bytes to a [1, 3, H, W] tensor whose channel `c` is `f(c, v)`, `v` the 0..255 value of
-/// the picture's channel `order[c]`.
+/// RGB bytes to a [1, 3, H, W] tensor, channel planes one after another, channel `c` holding
+/// `f(c, v)` with `v` the 0..255 value of the picture's channel `order[c]` (`[2, 1, 0]` for BGR).
 fn planes_ordered(rgb: &RgbImage, order: [usize; 3], f: impl Fn(usize, f32) -> f32) -> HostTensor {
     let (w, h) = (rgb.width() as usize, rgb.height() as usize);
     let mut data = vec![0.0f32; 3 * w * h];
@@ -340,18 +326,9 @@ fn planes_ordered(rgb: &RgbImage, order: [usize; 3], f: impl Fn(usize, f32) -> f
     }
 }
 
+/// RGB planes of `f(channel, v / 255)`.
 fn planes(rgb: &RgbImage, f: impl Fn(usize, f32) -> f32) -> HostTensor {
-    let (w, h) = (rgb.width() as usize, rgb.height() as usize);
-    let mut data = vec![0.0f32; 3 * w * h];
-    for (i, px) in rgb.pixels().enumerate() {
-        for c in 0..3 {
-            data[c * w * h + i] = f(c, px[c] as f32 / 255.0);
-        }
-    }
-    HostTensor {
-        shape: vec![1, 3, h, w],
-        data,
-    }
+    planes_ordered(rgb, [0, 1, 2], |c, v| f(c, v / 255.0))
 }
 
 /// Gray bytes to a [1, 1, H, W] tensor: `(v / 255 - mean) / std` with [`GRAY_MEAN_STD`].

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use common::{f16_gpu, fpn_command, gpu, max_rel_error};
 use fpn_wgpu::model::checkpoint::LoadOptions;
-use fpn_wgpu::model::{ExtraLevels, ExtraSource, Layout, ResNetStyle};
+use fpn_wgpu::model::{ExtraLevels, ExtraSource, Layout, PixelNorm, ResNetStyle};
 use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor, TensorMap};
 use fpn_wgpu::weights::VarStore;
 use fpn_wgpu::{Checkpoint, Fpn, FpnConfig, FpnOptions, Precision, Tensor};
@@ -185,7 +185,7 @@ fn detectron2_retinanet_of_basic_blocks_with_p6_from_res5() {
         prefix: "backbone.",
         extra,
         options: LoadOptions::default(),
-        notes: &["detectron2", "pixel_std [57.375, 57.12, 58.395]"],
+        notes: &["detectron2", "pixel_std say: BGR values in 0..255, minus [103.53, 116.28, 123.675], over [57.375, 57.12, 58.395]"],
     });
 }
 
@@ -200,7 +200,11 @@ fn detectron2_with_torchvision_strides_and_batch_norm_in_the_fpn() {
             resnet_style: Some(ResNetStyle::Pytorch),
             ..LoadOptions::default()
         },
-        notes: &["ResNet style pytorch, as asked"],
+        notes: &[
+            "ResNet style pytorch, as asked",
+            "no pixel_mean / pixel_std in the file",
+            "--pixel-mean",
+        ],
     });
 }
 
@@ -236,7 +240,7 @@ fn mmdetection_retinanet_extra_convs_on_the_input_read_from_the_shapes() {
 }
 
 #[test]
-fn mmdetection_fcos_settings_come_from_its_head() {
+fn mmdetection_fcos_neck_settings_come_from_its_head() {
     check(Case {
         name: "mm_fcos",
         prefix: "",
@@ -244,12 +248,16 @@ fn mmdetection_fcos_settings_come_from_its_head() {
             ("bbox_head.conv_centerness.weight", head_tensor()),
             ("bbox_head.conv_cls.weight", head_tensor()),
         ],
-        options: LoadOptions::default(),
+        // FCOS configs train caffe-style and pytorch-style backbones alike: the style is asked.
+        options: LoadOptions {
+            resnet_style: Some(ResNetStyle::Caffe),
+            ..LoadOptions::default()
+        },
         notes: &[
             "add_extra_convs='on_output', as mmdetection's FCOS configs set it",
             "relu_before_extra_convs=true, as mmdetection's FCOS configs set it",
-            "style='caffe', as mmdetection's FCOS configs set it",
-            "BGR",
+            "ResNet style caffe, as asked",
+            "BGR values in 0..255, minus [102.9801, 115.9465, 122.7717]",
         ],
     });
 }
@@ -300,7 +308,10 @@ fn torchvision_v2_batch_norm_in_the_fpn_and_a_128_channel_pyramid() {
             ("roi_heads.box_head.0.0.weight", head_tensor()),
         ],
         options: LoadOptions::default(),
-        notes: &[],
+        notes: &[
+            "whole torchvision detection model",
+            "2 head tensors are left out",
+        ],
     });
 }
 
@@ -423,7 +434,7 @@ fn a_classifier_and_stages_the_neck_does_not_read_are_left_out() {
 
 #[test]
 fn pictures_go_in_as_the_checkpoint_normalises_them() {
-    use fpn_wgpu::image_input::{from_picture_with, ImageOptions, PixelNorm, PixelScale};
+    use fpn_wgpu::image_input::{from_picture_with, ImageOptions, PixelScale};
     let picture = image::DynamicImage::ImageRgb8(
         image::RgbImage::from_raw(2, 1, vec![10, 20, 30, 200, 100, 0]).unwrap(),
     );
@@ -482,7 +493,7 @@ fn pictures_go_in_as_the_checkpoint_normalises_them() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
     assert!(
-        said.contains("pictures go in as BGR values in 0..255"),
+        said.contains("pixel_std say: BGR values in 0..255"),
         "{said}"
     );
     let levels = read_tensors(&dir.join("out/pyramid.safetensors"), |_| false).unwrap();
@@ -537,5 +548,182 @@ fn extra_level_names_round_trip() {
     ] {
         let msg = bad.parse::<ExtraLevels>().unwrap_err().to_string();
         assert!(msg.contains("choose one of"), "{bad}: {msg}");
+    }
+}
+
+#[test]
+fn detect_names_the_framework_whose_heads_do_not_load_yet() {
+    use fpn_wgpu::{Detector, DetectorOptions};
+    let retina = |c: &mut FpnConfig| {
+        c.returned = [false, false, true, true, true];
+        c.extra = ExtraLevels::p6p7(ExtraSource::Input);
+    };
+    let mut d2: TensorMap = layout_dict(Layout::Detectron2, retina)
+        .into_iter()
+        .map(|(n, t)| (format!("backbone.{n}"), t))
+        .collect();
+    d2.insert("head.cls_score.weight".into(), head_tensor());
+    let mut mm = layout_dict(Layout::MmDetection, |c| {
+        retina(c);
+        c.extra = "convs:2:on_input".parse().unwrap();
+    });
+    mm.insert("bbox_head.retina_cls.weight".into(), head_tensor());
+    for (framework, dict) in [("detectron2", d2), ("mmdetection", mm)] {
+        let msg = match Detector::from_tensors(gpu(), "dict", dict, DetectorOptions::default()) {
+            Ok(_) => panic!("a {framework} RetinaNet loaded as torchvision's"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            msg.contains(&format!("is a {framework} checkpoint")) && msg.contains("fpn run"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn mmdetection_heads_tie_the_neck_settings_unless_asked_otherwise() {
+    let dict = layout_dict(Layout::MmDetection, |c| {
+        c.returned = [false, false, true, true, true];
+        c.extra = "convs:2:on_output".parse().unwrap();
+    });
+    for (marker, relu) in [
+        ("bbox_head.atss_cls.weight", false),
+        ("bbox_head.gfl_cls.weight", false),
+        ("bbox_head.vfnet_cls.weight", true),
+        ("bbox_head.tood_cls.weight", false),
+        ("bbox_head.conv_centerness.weight", true),
+    ] {
+        let mut with_head = dict.clone();
+        with_head.insert(marker.into(), head_tensor());
+        let checkpoint = recognise(with_head.clone(), LoadOptions::default()).unwrap();
+        let want = ExtraLevels::Convs {
+            count: 2,
+            source: ExtraSource::Output,
+            relu,
+        };
+        assert_eq!(checkpoint.config().extra, want, "{marker}");
+        assert!(checkpoint.notes()[0].contains(marker), "{marker}");
+        // The flags win over the head.
+        let asked = LoadOptions {
+            add_extra_convs: Some(ExtraSource::Lateral),
+            relu_before_extra_convs: Some(!relu),
+            ..LoadOptions::default()
+        };
+        let checkpoint = recognise(with_head, asked).unwrap();
+        let want = ExtraLevels::Convs {
+            count: 2,
+            source: ExtraSource::Lateral,
+            relu: !relu,
+        };
+        assert_eq!(checkpoint.config().extra, want, "{marker}, asked");
+    }
+    // Without a head: mmdetection's defaults, and the notes name the flags.
+    let checkpoint = recognise(dict, LoadOptions::default()).unwrap();
+    let notes = checkpoint.notes().join("\n");
+    assert!(notes.contains("--add-extra-convs on_lateral"), "{notes}");
+    assert!(notes.contains("--relu-before-extra-convs true"), "{notes}");
+
+    // num_outs when there are no extra convs.
+    let pools = layout_dict(Layout::MmDetection, |_| {});
+    let asked = LoadOptions {
+        num_outs: Some(7),
+        ..LoadOptions::default()
+    };
+    let config = recognise(pools.clone(), asked).unwrap().config();
+    assert_eq!(config.extra, ExtraLevels::MaxPool(3));
+    let asked = LoadOptions {
+        num_outs: Some(3),
+        ..LoadOptions::default()
+    };
+    let msg = refused(pools, asked);
+    assert!(msg.contains("pass --num-outs 4 or more"), "{msg}");
+}
+
+#[test]
+fn caffe_style_pictures_and_detectron2_resnext_defaults() {
+    // mmdetection's caffe style normalises BGR minus the caffe means; RetinaNet's keep them.
+    let mut retina = layout_dict(Layout::MmDetection, |c| {
+        c.returned = [false, false, true, true, true];
+        c.extra = "convs:2:on_input".parse().unwrap();
+    });
+    retina.insert("bbox_head.retina_cls.weight".into(), head_tensor());
+    let caffe = LoadOptions {
+        resnet_style: Some(ResNetStyle::Caffe),
+        ..LoadOptions::default()
+    };
+    let checkpoint = recognise(retina.clone(), caffe).unwrap();
+    assert_eq!(checkpoint.pixels(), Some(PixelNorm::CAFFE));
+    assert_eq!(
+        recognise(retina, LoadOptions::default()).unwrap().pixels(),
+        None
+    );
+
+    // detectron2's ResNeXt configs take torchvision's weights: stride in the 3x3, ImageNet's
+    // deviations in BGR.
+    let resnext = layout_dict(Layout::Detectron2, |c| {
+        c.groups = 32;
+        c.width_per_group = 4;
+    });
+    let checkpoint = recognise(resnext, LoadOptions::default()).unwrap();
+    assert_eq!(checkpoint.config().style, ResNetStyle::Pytorch);
+    assert_eq!(checkpoint.config().groups, 32);
+    assert_eq!(checkpoint.pixels(), Some(PixelNorm::TORCHVISION_BGR));
+    assert!(checkpoint.notes().join(" ").contains("ResNeXt"));
+
+    // The pixels as asked, over what the checkpoint says.
+    let asked = LoadOptions {
+        pixel_std: Some([2.0, 2.0, 2.0]),
+        bgr: Some(false),
+        ..LoadOptions::default()
+    };
+    let d2 = layout_dict(Layout::Detectron2, |_| {});
+    let pixels = recognise(d2.clone(), asked).unwrap().pixels().unwrap();
+    assert_eq!(
+        pixels,
+        PixelNorm {
+            bgr: false,
+            mean: PixelNorm::CAFFE.mean,
+            std: [2.0, 2.0, 2.0]
+        }
+    );
+    let zero = LoadOptions {
+        pixel_std: Some([1.0, 0.0, 1.0]),
+        ..LoadOptions::default()
+    };
+    let msg = recognise(d2, zero).err().unwrap().to_string();
+    assert!(msg.contains("positive"), "{msg}");
+}
+
+#[test]
+fn any_pyramid_width_in_every_layout_and_no_huge_one() {
+    for layout in [Layout::Torchvision, Layout::Detectron2, Layout::MmDetection] {
+        let mut config = FpnConfig::torchvision([1, 1, 1, 1]).with_layout(layout);
+        config.pyramid_channels = 96;
+        config.fpn_norm = layout != Layout::Detectron2;
+        let dict = Fpn::random_state_dict(config, 3).unwrap();
+        let found = recognise(dict, LoadOptions::default()).unwrap().config();
+        assert_eq!(found.describe(), config.describe(), "{layout}");
+    }
+    // A lateral 8192 wide would have the walk expect (and zero-fill) 8192 x 8192 x 9 output
+    // convs: the width is not believed, and the walk reports the tensor.
+    let mut dict = layout_dict(Layout::Torchvision, |_| {});
+    let lateral = "fpn.inner_blocks.0.0.weight";
+    dict.insert(
+        lateral.into(),
+        HostTensor::new(vec![8192, 256, 1, 1], vec![0.0; 8192 * 256]).unwrap(),
+    );
+    let checkpoint = recognise(dict, LoadOptions::default()).unwrap();
+    assert_eq!(checkpoint.config().pyramid_channels, 256);
+    let msg = refused_graph(&checkpoint);
+    assert!(
+        msg.contains(&format!("`{lateral}` has shape [8192, 256, 1, 1]")),
+        "{msg}"
+    );
+}
+
+fn refused_graph(checkpoint: &Checkpoint) -> String {
+    match Fpn::graph(checkpoint.store(), checkpoint.config()) {
+        Ok(_) => panic!("built"),
+        Err(e) => e.to_string(),
     }
 }

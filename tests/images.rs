@@ -1,5 +1,5 @@
 //! Pictures in and out: decoding and normalisation, energy maps and the overview, and the
-//! `fpn run --image` command on both layouts with the bad pictures a user may hand it.
+//! `fpn run --image` command on the seed and torchvision layouts with the bad pictures a user may hand it.
 
 mod common;
 

@@ -51,8 +51,9 @@ struct NetworkArgs {
     #[arg(long, value_parser = parse_counts::<4>)]
     blocks: Option<[usize; 4]>,
     /// Extra levels above the backbone's: none, pool (Faster R-CNN's P6), pool:N (N max pools),
-    /// p6p7 (RetinaNet, P6 from P5), p6p7-c5 (RetinaNet v2, P6 from C5), or mmdetection's
-    /// convs:N:on_input|on_lateral|on_output[:relu] (N extra convs; relu_before_extra_convs).
+    /// p6p7 (RetinaNet, P6 from P5), p6p7-c5 (RetinaNet v2, P6 from C5), or mmdetection's N
+    /// extra convs as convs:N:SOURCE, SOURCE one of on_input, on_lateral, on_output, with
+    /// :relu added for relu_before_extra_convs (convs:2:on_output:relu).
     #[arg(long)]
     extra: Option<String>,
     /// The backbone layers feeding the pyramid, e.g. 2,3,4 for RetinaNet; 0 is the stem's
@@ -306,6 +307,37 @@ struct LoadArgs {
     /// the backbone's are max pools). Default 5, as in mmdetection's configs.
     #[arg(long, requires = "weights")]
     num_outs: Option<usize>,
+    /// With --image or --images: the per-channel means pictures are normalised with, on 0..255
+    /// values in the network's channel order, e.g. 103.53,116.28,123.675 (detectron2's
+    /// MODEL.PIXEL_MEAN, mmdetection's data_preprocessor mean). Default: the checkpoint's.
+    #[arg(long, requires = "weights", value_parser = parse_three)]
+    pixel_mean: Option<[f32; 3]>,
+    /// With --image or --images: the per-channel standard deviations, likewise (1,1,1 for
+    /// caffe-style weights).
+    #[arg(long, requires = "weights", value_parser = parse_three)]
+    pixel_std: Option<[f32; 3]>,
+    /// With --image or --images: the channel order the network takes, rgb or bgr (detectron2's
+    /// INPUT.FORMAT). Default: the checkpoint's.
+    #[arg(long, requires = "weights")]
+    input_format: Option<InputFormat>,
+}
+
+/// A network's input channel order.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum InputFormat {
+    Rgb,
+    Bgr,
+}
+
+/// Parses `a,b,c` into three numbers.
+fn parse_three(s: &str) -> Result<[f32; 3], String> {
+    let values: Vec<f32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<f32>().map_err(|e| format!("`{p}`: {e}")))
+        .collect::<Result<_, _>>()?;
+    values
+        .try_into()
+        .map_err(|v: Vec<f32>| format!("{} values given; give three, one per channel", v.len()))
 }
 
 /// What every `run` needs to build its network and report.
@@ -335,6 +367,12 @@ fn build_network(ctx: &GpuContext, args: &RunArgs) -> Result<(Fpn, PixelScale)> 
                 add_extra_convs: args.load.add_extra_convs,
                 relu_before_extra_convs: args.load.relu_before_extra_convs,
                 num_outs: args.load.num_outs,
+                pixel_mean: args.load.pixel_mean,
+                pixel_std: args.load.pixel_std,
+                bgr: args
+                    .load
+                    .input_format
+                    .map(|f| matches!(f, InputFormat::Bgr)),
             };
             let checkpoint = Checkpoint::open_with(path, options)?;
             for note in checkpoint.notes() {

@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use crate::error::{Error, Result};
 use crate::graph::ops::UpsampleMode;
+pub use crate::model::extra_levels::{ExtraLevels, ExtraSource};
+pub use crate::model::resnet_variants::{Block, ResNetStyle, Stem, STEM_CHANNELS};
 use crate::model::PYRAMID_CHANNELS;
 
 /// Which family of checkpoints the network's names and structure follow.
@@ -66,306 +68,13 @@ impl FromStr for Layout {
     }
 }
 
-/// The residual block the backbone's layers are made of (torchvision's `BasicBlock` or
-/// `Bottleneck`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Block {
-    /// Two 3x3 convs, output channels equal to the width (ResNet-18 and -34).
-    Basic,
-    /// 1x1 reduce, 3x3 (grouped in ResNeXt), 1x1 expand to 4x the layer's base width
-    /// (ResNet-50 and deeper, ResNeXt, Wide ResNet).
-    #[default]
-    Bottleneck,
-}
+/// The widest stem conv or pyramid a file's shapes may describe: far past any framework's
+/// (256 pyramid channels, 128 stem channels), so that a broken file is reported instead of
+/// sizing a network of terabytes.
+pub const MAX_WIDTH: usize = 4096;
 
-impl Block {
-    /// Output channels of a block relative to its layer's base width (64, 128, 256, 512).
-    pub fn expansion(self) -> usize {
-        match self {
-            Block::Basic => 1,
-            Block::Bottleneck => 4,
-        }
-    }
-}
-
-impl Block {
-    /// Every block type.
-    pub const ALL: [Block; 2] = [Block::Basic, Block::Bottleneck];
-    /// The names [`Block::from_str`] accepts, in the order of [`Block::ALL`].
-    pub const NAMES: &'static [&'static str] = &["basic", "bottleneck"];
-}
-
-impl FromStr for Block {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Block::ALL
-            .into_iter()
-            .find(|b| b.to_string() == s)
-            .ok_or_else(|| {
-                Error::invalid(
-                    "Block",
-                    format!("unknown block `{s}`; choose one of {:?}", Block::NAMES),
-                )
-            })
-    }
-}
-
-impl std::fmt::Display for Block {
-    /// The name [`Block::from_str`] takes.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Block::Basic => "basic",
-            Block::Bottleneck => "bottleneck",
-        })
-    }
-}
-
-/// Where a bottleneck's stride sits (ResNet v1 against v1.5). The names cannot tell them apart.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ResNetStyle {
-    /// On the 3x3 conv: torchvision, timm, and mmdetection's default `style='pytorch'`.
-    #[default]
-    Pytorch,
-    /// On the first 1x1 conv: detectron2's `STRIDE_IN_1X1` (its default, and its MSRA weights)
-    /// and mmdetection's `style='caffe'`.
-    Caffe,
-}
-
-impl ResNetStyle {
-    /// The names [`ResNetStyle::from_str`] accepts.
-    pub const NAMES: &'static [&'static str] = &["pytorch", "caffe"];
-}
-
-impl fmt::Display for ResNetStyle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ResNetStyle::Pytorch => "pytorch",
-            ResNetStyle::Caffe => "caffe",
-        })
-    }
-}
-
-impl FromStr for ResNetStyle {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "pytorch" => Ok(ResNetStyle::Pytorch),
-            "caffe" => Ok(ResNetStyle::Caffe),
-            _ => Err(Error::invalid(
-                "ResNetStyle",
-                format!(
-                    "unknown ResNet style `{s}`; choose one of {:?} (caffe puts the stride on \
-                     the bottleneck's first 1x1 conv)",
-                    ResNetStyle::NAMES
-                ),
-            )),
-        }
-    }
-}
-
-/// The backbone's stem, before the 3x3 stride-2 max pool. Its output always has
-/// [`STEM_CHANNELS`] channels.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Stem {
-    /// One 7x7 stride-2 conv with batch norm and ReLU.
-    #[default]
-    Plain,
-    /// Three 3x3 convs (the first of stride 2) of the given output widths, then
-    /// [`STEM_CHANNELS`], each with batch norm and ReLU: ResNet-C/D's deep stem (timm's
-    /// `stem_type='deep'`, 32 and 32, or `'deep_tiered'`, 24 and 32; mmdetection's
-    /// `deep_stem`).
-    Deep([usize; 2]),
-}
-
-/// Output channels of every stem, and so the input channels of `layer1`.
-pub const STEM_CHANNELS: usize = 64;
-
-impl Stem {
-    /// The names [`Stem::from_str`] accepts.
-    pub const NAMES: &'static [&'static str] = &["plain", "deep", "deep-tiered"];
-}
-
-impl fmt::Display for Stem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Stem::Plain => f.write_str("plain"),
-            Stem::Deep([32, 32]) => f.write_str("deep"),
-            Stem::Deep([24, 32]) => f.write_str("deep-tiered"),
-            Stem::Deep([a, b]) => write!(f, "deep {a}-{b}-{STEM_CHANNELS}"),
-        }
-    }
-}
-
-impl FromStr for Stem {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "plain" => Ok(Stem::Plain),
-            "deep" => Ok(Stem::Deep([32, 32])),
-            "deep-tiered" => Ok(Stem::Deep([24, 32])),
-            _ => Err(Error::invalid(
-                "Stem",
-                format!("unknown stem `{s}`; choose one of {:?}", Stem::NAMES),
-            )),
-        }
-    }
-}
-
-/// What the first extra conv above the backbone's levels reads (mmdetection's
-/// `add_extra_convs`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExtraSource {
-    /// The coarsest backbone level feeding the pyramid, C5 (`'on_input'`; torchvision's and
-    /// detectron2's P6 from C5, RetinaNet v2's and detectron2 RetinaNet's).
-    Input,
-    /// The coarsest lateral conv's output (`'on_lateral'`).
-    Lateral,
-    /// The coarsest pyramid level, P5 (`'on_output'`; torchvision's RetinaNet v1).
-    Output,
-}
-
-impl ExtraSource {
-    /// mmdetection's name for it.
-    pub fn name(self) -> &'static str {
-        match self {
-            ExtraSource::Input => "on_input",
-            ExtraSource::Lateral => "on_lateral",
-            ExtraSource::Output => "on_output",
-        }
-    }
-}
-
-impl FromStr for ExtraSource {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        [
-            ExtraSource::Input,
-            ExtraSource::Lateral,
-            ExtraSource::Output,
-        ]
-        .into_iter()
-        .find(|e| e.name() == s || e.name().replace('_', "-") == s)
-        .ok_or_else(|| {
-            Error::invalid(
-                "ExtraSource",
-                format!("unknown source `{s}`; choose on_input, on_lateral or on_output"),
-            )
-        })
-    }
-}
-
-/// Levels above the coarsest backbone level.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum ExtraLevels {
-    /// None (the seed network).
-    #[default]
-    None,
-    /// This many max pools of kernel 1 and stride 2, each of the level before: torchvision's
-    /// and detectron2's `LastLevelMaxPool` (one, what torchvision calls `pool`), mmdetection's
-    /// `num_outs` past the backbone's levels without extra convs.
-    MaxPool(usize),
-    /// This many 3x3 stride-2 convs, the first reading `source`, each next one the level
-    /// before it, through a ReLU when `relu` (mmdetection's `relu_before_extra_convs`).
-    /// torchvision's and detectron2's `LastLevelP6P7` are two convs with the ReLU.
-    Convs {
-        /// How many levels the convs add.
-        count: usize,
-        /// What the first conv reads.
-        source: ExtraSource,
-        /// A ReLU before every conv but the first.
-        relu: bool,
-    },
-}
-
-impl ExtraLevels {
-    /// Examples of the names [`ExtraLevels::from_str`] accepts.
-    pub const NAMES: &'static [&'static str] = &[
-        "none",
-        "pool",
-        "pool:N",
-        "p6p7",
-        "p6p7-c5",
-        "convs:N:on_input|on_lateral|on_output[:relu]",
-    ];
-
-    /// RetinaNet's `LastLevelP6P7`: P6 a conv of `source`, P7 a conv of ReLU(P6).
-    pub const fn p6p7(source: ExtraSource) -> Self {
-        ExtraLevels::Convs {
-            count: 2,
-            source,
-            relu: true,
-        }
-    }
-
-    /// How many levels they add.
-    pub fn count(&self) -> usize {
-        match *self {
-            ExtraLevels::None => 0,
-            ExtraLevels::MaxPool(n) | ExtraLevels::Convs { count: n, .. } => n,
-        }
-    }
-}
-
-impl fmt::Display for ExtraLevels {
-    /// The name [`ExtraLevels::from_str`] takes.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            ExtraLevels::None => f.write_str("none"),
-            ExtraLevels::MaxPool(1) => f.write_str("pool"),
-            ExtraLevels::MaxPool(n) => write!(f, "pool:{n}"),
-            e if e == Self::p6p7(ExtraSource::Output) => f.write_str("p6p7"),
-            e if e == Self::p6p7(ExtraSource::Input) => f.write_str("p6p7-c5"),
-            ExtraLevels::Convs {
-                count,
-                source,
-                relu,
-            } => {
-                write!(f, "convs:{count}:{}", source.name())?;
-                if relu {
-                    f.write_str(":relu")?;
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-impl FromStr for ExtraLevels {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = || {
-            Error::invalid(
-                "ExtraLevels",
-                format!(
-                    "unknown extra levels `{s}`; choose one of {:?}",
-                    ExtraLevels::NAMES
-                ),
-            )
-        };
-        let count = |n: &str| n.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(bad);
-        let parts: Vec<&str> = s.split(':').collect();
-        match parts.as_slice() {
-            ["none"] => Ok(ExtraLevels::None),
-            ["pool"] => Ok(ExtraLevels::MaxPool(1)),
-            ["pool", n] => Ok(ExtraLevels::MaxPool(count(n)?)),
-            ["p6p7"] => Ok(Self::p6p7(ExtraSource::Output)),
-            ["p6p7-c5"] => Ok(Self::p6p7(ExtraSource::Input)),
-            ["convs", n, source, rest @ ..] if rest.is_empty() || rest == ["relu"] => {
-                Ok(ExtraLevels::Convs {
-                    count: count(n)?,
-                    source: source.parse().map_err(|_| bad())?,
-                    relu: !rest.is_empty(),
-                })
-            }
-            _ => Err(bad()),
-        }
-    }
-}
+/// The most extra levels above the backbone's.
+pub const MAX_EXTRA_LEVELS: usize = 8;
 
 /// What varies between the FPN variants this crate runs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -547,11 +256,10 @@ impl FpnConfig {
         }
     }
 
-    /// Channels of stage `stage`'s output: [`STEM_CHANNELS`] for the stem (0), those of C2..C5
-    /// for 1..=4.
+    /// Channels of stage `stage`'s output: the stem's for 0, those of C2..C5 for 1..=4.
     pub fn stage_channels(&self, stage: usize) -> usize {
         match stage {
-            0 => STEM_CHANNELS,
+            0 => self.stem.channels(),
             s => self.level_channels(s - 1),
         }
     }
@@ -678,8 +386,25 @@ impl FpnConfig {
                 "no backbone level feeds the pyramid: set at least one of `returned`".into(),
             );
         }
-        if self.pyramid_channels == 0 {
-            return bad("pyramid_channels is 0; the FPN needs at least one channel".into());
+        if !(1..=MAX_WIDTH).contains(&self.pyramid_channels) {
+            return bad(format!(
+                "pyramid_channels is {}; it must be 1 to {MAX_WIDTH}",
+                self.pyramid_channels
+            ));
+        }
+        if let Stem::Deep(widths) = self.stem {
+            if widths.iter().any(|w| !(1..=MAX_WIDTH).contains(w)) {
+                return bad(format!(
+                    "the deep stem's widths {widths:?} must each be 1 to {MAX_WIDTH}"
+                ));
+            }
+        }
+        if self.extra.count() > MAX_EXTRA_LEVELS {
+            return bad(format!(
+                "{} extra levels asked; at most {MAX_EXTRA_LEVELS} (each halves the coarsest \
+                 level, which is 1x1 long before)",
+                self.extra.count()
+            ));
         }
         let layout = self.layout;
         if layout == Layout::Seed
@@ -710,15 +435,11 @@ impl FpnConfig {
                     .into(),
             );
         }
-        let p6p7 = [
-            ExtraLevels::p6p7(ExtraSource::Input),
-            ExtraLevels::p6p7(ExtraSource::Output),
-        ];
         let extra_ok = match layout {
             Layout::Seed | Layout::MmDetection => true,
             Layout::Torchvision | Layout::Detectron2 => {
                 matches!(self.extra, ExtraLevels::None | ExtraLevels::MaxPool(1))
-                    || p6p7.contains(&self.extra)
+                    || self.extra.is_p6p7()
             }
         };
         if !extra_ok {

@@ -18,7 +18,7 @@ use crate::graph::ops::detect::{
 };
 use crate::graph::{Graph, Value};
 use crate::model::checkpoint::Checkpoint;
-use crate::model::config::{ExtraLevels, ExtraSource, FpnConfig};
+use crate::model::config::{ExtraLevels, ExtraSource, FpnConfig, Layout};
 use crate::model::fcos_head::FcosHead;
 use crate::model::fpn::{Fpn, FpnOptions};
 use crate::model::head_tower::TowerStyle;
@@ -319,7 +319,7 @@ impl Detector {
         // reader takes apart; the detector reads every tensor from the whole map.
         let backbone: TensorMap = tensors
             .iter()
-            .filter(|(n, _)| n.starts_with("backbone."))
+            .filter(|(n, _)| n.starts_with("backbone.") || n.starts_with("neck."))
             .map(|(n, t)| (n.clone(), t.clone()))
             .collect();
         let store = VarStore::from_tensors(origin, tensors);
@@ -355,6 +355,17 @@ impl Detector {
     fn recognise(store: &VarStore, backbone: FpnConfig) -> Result<DetectorConfig> {
         let origin = store.origin();
         let names = store.names();
+        if backbone.layout != Layout::Torchvision {
+            return Err(Error::invalid(
+                "Detector",
+                format!(
+                    "{origin} is a {} checkpoint; detectors load with torchvision's head names \
+                     only so far (`head.classification_head.*`). `fpn run --weights` runs its \
+                     backbone and FPN",
+                    backbone.layout
+                ),
+            ));
+        }
         if !names.iter().any(|n| n.starts_with("head.")) {
             return Err(Error::invalid(
                 "Detector",
@@ -389,11 +400,7 @@ impl Detector {
                 ))
             }
         };
-        let p6p7 = [
-            ExtraLevels::p6p7(ExtraSource::Input),
-            ExtraLevels::p6p7(ExtraSource::Output),
-        ];
-        if !p6p7.contains(&backbone.extra)
+        if !backbone.extra.is_p6p7()
             || backbone.returned != [false, false, true, true, true]
             || backbone.pyramid_channels != PYRAMID_CHANNELS
         {

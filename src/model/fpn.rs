@@ -1,6 +1,7 @@
 //! The Feature Pyramid Network: the ResNet bottom-up path, then the head of its layout (1x1
-//! lateral convs, the top-down path of upsample-and-add, 3x3 smoothing), giving P2..P5 with 256
-//! channels, plus P6 (and P7) in torchvision's layout.
+//! lateral convs, the top-down path of upsample-and-add, 3x3 smoothing), giving P2..P5 (P1 too
+//! where the stem feeds it) with [`FpnConfig::pyramid_channels`] channels, plus the extra levels
+//! above them.
 
 use std::path::Path;
 
@@ -22,7 +23,8 @@ use crate::tensor::Tensor;
 use crate::tensor_file::TensorMap;
 use crate::weights::{VarBuilder, VarStore};
 
-/// Channels of every pyramid level.
+/// Channels of every pyramid level unless a checkpoint says otherwise (every shipped detector's
+/// width, and the one the detectors' heads read).
 pub const PYRAMID_CHANNELS: usize = 256;
 /// Channels of an RGB input image, the default; a checkpoint's `conv1.weight` can say otherwise
 /// ([`FpnConfig::in_channels`]).

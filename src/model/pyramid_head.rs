@@ -1,8 +1,8 @@
 //! The FPN of torchvision (`FeaturePyramidNetwork`), detectron2 (`FPN`) and mmdetection (the
-//! `FPN` neck), one network under three sets of names ([`naming::PyramidNames`]): 1x1 lateral
-//! convs on the returned backbone stages, a nearest-neighbour top-down path, a 3x3 output conv on
-//! every level (the coarsest included), each conv with an optional batch norm, then the extra
-//! levels: max pools, or stride-2 convs as RetinaNet's `LastLevelP6P7` and mmdetection's
+//! `FPN` neck): one network under three sets of names (`naming::PyramidNames`). 1x1 lateral
+//! convs on the returned backbone stages, a nearest-neighbour top-down path, a 3x3 output conv
+//! on every level (the coarsest included), each conv with an optional batch norm, then the
+//! extra levels: max pools, or stride-2 convs as RetinaNet's `LastLevelP6P7` and mmdetection's
 //! `add_extra_convs` make them.
 
 use crate::graph::ops::{MaxPool2d, MaxPool2dOptions, UpsampleAdd, UpsampleMode};

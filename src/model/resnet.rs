@@ -199,10 +199,10 @@ impl ResNet {
         let names = naming::stem(config.layout, config.stem);
         let shapes = match config.stem {
             Stem::Plain => vec![ConvShape::new(config.in_channels, STEM_CHANNELS, 7, 2)],
-            Stem::Deep([a, b]) => vec![
+            Stem::Deep([a, b, c]) => vec![
                 ConvShape::new(config.in_channels, a, 3, 2),
                 ConvShape::new(a, b, 3, 1),
-                ConvShape::new(b, STEM_CHANNELS, 3, 1),
+                ConvShape::new(b, c, 3, 1),
             ],
         };
         let stem = names
@@ -210,7 +210,7 @@ impl ResNet {
             .zip(shapes)
             .map(|(names, shape)| ConvBn::new(vb, names, shape, eps))
             .collect();
-        let mut in_planes = STEM_CHANNELS;
+        let mut in_planes = config.stem.channels();
         let mut layers = Vec::with_capacity(4);
         for stage in 1..=config.depth() {
             let vb_layer = vb.pp(naming::layer(config.layout, stage));

@@ -2,19 +2,15 @@
 //! of a whole model's state_dict, its heads left out. The neck's settings that leave no trace in
 //! the weights are read from the head where mmdetection's shipped configs tie them to it.
 
-use super::{assign_stages, pyramid_width, resnet_shapes, weights_error, Checkpoint, LoadOptions};
+use super::pyramid_shapes::{assign_stages, pyramid_width};
+use super::{refuse, resnet_shapes, Checkpoint, LoadOptions};
 use crate::error::Result;
-use crate::image_input::PixelNorm;
-use crate::model::config::{Block, ExtraLevels, ExtraSource, FpnConfig, Layout, ResNetStyle};
+use crate::model::config::{ExtraLevels, ExtraSource, FpnConfig, Layout, ResNetStyle};
+use crate::model::PixelNorm;
 use crate::weights::VarStore;
 
-/// mmdetection's normalisation for caffe-style backbones: BGR in 0..255 minus the caffe means,
-/// no scaling. (The pytorch style's is torchvision's ImageNet normalisation.)
-const CAFFE_PIXELS: PixelNorm = PixelNorm {
-    bgr: true,
-    mean: [103.530, 116.280, 123.675],
-    std: [1.0, 1.0, 1.0],
-};
+/// What the file looks like, for refusals.
+const FRAMEWORK: &str = "an mmdetection checkpoint";
 
 /// What a dense head's names tie the neck to in mmdetection's configs.
 struct HeadConvention {
@@ -26,8 +22,9 @@ struct HeadConvention {
     source: ExtraSource,
     /// `relu_before_extra_convs`.
     relu: bool,
-    /// Whether its configs train plain ResNets in the caffe style.
-    caffe: bool,
+    /// The means its caffe-style configs normalise with, where they are not
+    /// [`PixelNorm::CAFFE`]'s.
+    caffe_mean: Option<[f32; 3]>,
 }
 
 /// The heads whose configs (`configs/<name>/*_r50*_fpn*.py`) all set the neck alike.
@@ -37,54 +34,95 @@ const HEADS: &[HeadConvention] = &[
         marker: "bbox_head.retina_cls.weight",
         source: ExtraSource::Input,
         relu: false,
-        caffe: false,
+        caffe_mean: None,
     },
     HeadConvention {
         name: "FCOS",
         marker: "bbox_head.conv_centerness.weight",
         source: ExtraSource::Output,
         relu: true,
-        caffe: true,
+        // Detectron's means, which its caffe-style FCOS configs keep.
+        caffe_mean: Some([102.9801, 115.9465, 122.7717]),
     },
     HeadConvention {
         name: "ATSS",
         marker: "bbox_head.atss_cls.weight",
         source: ExtraSource::Output,
         relu: false,
-        caffe: false,
+        caffe_mean: None,
     },
     HeadConvention {
         name: "GFL",
         marker: "bbox_head.gfl_cls.weight",
         source: ExtraSource::Output,
         relu: false,
-        caffe: false,
+        caffe_mean: None,
     },
     HeadConvention {
         name: "VFNet",
         marker: "bbox_head.vfnet_cls.weight",
         source: ExtraSource::Output,
         relu: true,
-        caffe: false,
+        caffe_mean: None,
     },
     HeadConvention {
         name: "TOOD",
         marker: "bbox_head.tood_cls.weight",
         source: ExtraSource::Output,
         relu: false,
-        caffe: false,
+        caffe_mean: None,
     },
 ];
 
 /// mmdetection's `num_outs` in every shipped FPN config.
 const NUM_OUTS: usize = 5;
 
-/// A refusal that says what the file looked like.
-fn refuse(store: &VarStore, problem: String) -> crate::error::Error {
-    weights_error(
-        store,
-        format!("looks like an mmdetection checkpoint, but {problem}"),
-    )
+/// The lateral convs' weights, by name and shape, finest first.
+fn laterals(store: &VarStore) -> Vec<(String, Vec<usize>)> {
+    (0..)
+        .map(|i| format!("neck.lateral_convs.{i}.conv.weight"))
+        .map_while(|name| Some((store.shape_of(&name)?.to_vec(), name)))
+        .map(|(shape, name)| (name, shape))
+        .collect()
+}
+
+/// How many output convs (`neck.fpn_convs.{i}`) the neck has, the extra ones included.
+fn outputs(store: &VarStore) -> usize {
+    (0..)
+        .take_while(|i| {
+            store
+                .shape_of(&format!("neck.fpn_convs.{i}.conv.weight"))
+                .is_some()
+        })
+        .count()
+}
+
+/// The store without the backbone stages past `top`, which mmdetection builds whatever the
+/// neck reads, and how many tensors that left out.
+fn without_stages_after(
+    store: VarStore,
+    top: usize,
+    notes: &mut Vec<String>,
+) -> Result<(VarStore, usize)> {
+    let unused: Vec<String> = (top + 1..=4)
+        .map(|s| format!("backbone.layer{s}."))
+        .collect();
+    let is_unused = |n: &str| unused.iter().any(|u| n.starts_with(u.as_str()));
+    let before = store.names().len();
+    if !store.names().iter().any(|n| is_unused(n)) {
+        return Ok((store, 0));
+    }
+    let listed: Vec<String> = unused.iter().map(|u| format!("`{u}*`")).collect();
+    notes.push(format!(
+        "the neck reads nothing past C{}: {} left out",
+        top + 1,
+        listed.join(", ")
+    ));
+    let store = store.map_names("stages the neck does not read left out", |n| {
+        (!is_unused(n)).then(|| n.to_string())
+    })?;
+    let dropped = before - store.names().len();
+    Ok((store, dropped))
 }
 
 /// Recognises mmdetection's names.
@@ -102,91 +140,55 @@ pub fn recognise(store: VarStore, options: LoadOptions) -> Result<Checkpoint> {
     let store = store.map_names("the `backbone.` and `neck.` of an mmdetection model", |n| {
         (n.starts_with("backbone.") || n.starts_with("neck.")).then(|| n.to_string())
     })?;
-    let ignored = total - store.names().len();
+    let mut ignored = total - store.names().len();
     let blocks = resnet_shapes::block_counts(&store, Layout::MmDetection, "backbone.")
-        .map_err(|e| refuse(&store, e))?;
+        .map_err(|e| refuse(&store, FRAMEWORK, e))?;
     let base = FpnConfig {
         layout: Layout::MmDetection,
         ..FpnConfig::torchvision(blocks)
     };
     let mut config = resnet_shapes::read(&store, "backbone.", base);
-    let mut laterals = Vec::new();
-    while let Some(shape) = store.shape_of(&format!(
-        "neck.lateral_convs.{}.conv.weight",
-        laterals.len()
-    )) {
-        let name = format!("neck.lateral_convs.{}.conv.weight", laterals.len());
-        laterals.push((name, shape.to_vec()));
-    }
+    let laterals = laterals(&store);
     if laterals.is_empty() {
         return Err(refuse(
             &store,
-            "its neck is not an FPN: no `neck.lateral_convs.0.conv.weight`".to_string(),
+            FRAMEWORK,
+            "its neck is not an FPN: no `neck.lateral_convs.0.conv.weight` (only detectors with \
+             an FPN neck load)"
+                .to_string(),
         ));
     }
     let present = blocks.iter().filter(|&&b| b > 0).count();
     let candidates: Vec<usize> = (1..=present).collect();
-    let stages = assign_stages(&store, &laterals, &config, &candidates)?;
+    let (stages, note) = assign_stages(&store, FRAMEWORK, &laterals, &config, &candidates)?;
+    notes.extend(note);
     config.returned = [false; 5];
     for &s in &stages {
         config.returned[s] = true;
     }
-    // mmdetection builds all of the backbone's stages whatever the neck reads; the ones past
-    // its deepest input compute nothing the pyramid uses.
     let top = stages[stages.len() - 1];
-    let unused: Vec<String> = (top + 1..=4)
-        .map(|s| format!("backbone.layer{s}."))
-        .collect();
-    let (store, ignored) = if unused.is_empty()
-        || !store
-            .names()
-            .iter()
-            .any(|n| unused.iter().any(|u| n.starts_with(u.as_str())))
-    {
-        (store, ignored)
-    } else {
-        notes.push(format!(
-            "the neck reads nothing past C{}: {} left out",
-            top + 1,
-            unused
-                .iter()
-                .map(|u| format!("`{u}*`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        let before = store.names().len();
-        let store = store.map_names("stages the neck does not read left out", |n| {
-            (!unused.iter().any(|u| n.starts_with(u.as_str()))).then(|| n.to_string())
-        })?;
-        let dropped = before - store.names().len();
-        (store, ignored + dropped)
-    };
+    let (store, dropped) = without_stages_after(store, top, &mut notes)?;
+    ignored += dropped;
     config.fpn_norm = store
         .shape_of("neck.lateral_convs.0.bn.running_var")
         .is_some();
     if store.shape_of("neck.lateral_convs.0.gn.weight").is_some() {
         return Err(refuse(
             &store,
+            FRAMEWORK,
             "the neck's convs carry GroupNorm (`neck.lateral_convs.0.gn`), which depends on the \
              picture and cannot fold into the convs; only batch norm (`.bn`) or none loads"
                 .to_string(),
         ));
     }
     config.pyramid_channels = pyramid_width(&laterals[0].1, config.pyramid_channels);
-    let mut outputs = 0;
-    while store
-        .shape_of(&format!("neck.fpn_convs.{outputs}.conv.weight"))
-        .is_some()
-    {
-        outputs += 1;
-    }
+    let outputs = outputs(&store);
     let n = laterals.len();
-    let from_head = |what: &str| match head {
+    let from_head = |what: String| match head {
         Some(h) => format!("{what}, as mmdetection's {} configs set it", h.name),
-        None => format!("{what}, mmdetection's default"),
+        None => what,
     };
     config.extra = if outputs > n {
-        let count = outputs - n;
         let first = format!("neck.fpn_convs.{n}.conv.weight");
         let cin = store
             .shape_of(&first)
@@ -204,16 +206,18 @@ pub fn recognise(store: VarStore, options: LoadOptions) -> Result<Checkpoint> {
                 ExtraSource::Input
             }
             None => {
-                let (source, why) = match head {
-                    Some(h) if h.source != ExtraSource::Input => (h.source, from_head("")),
-                    _ => (
-                        ExtraSource::Output,
-                        "; on_lateral and on_output look alike in the weights, pass \
-                         --add-extra-convs on_lateral if the config says so"
-                            .to_string(),
-                    ),
+                let source = match head {
+                    Some(h) if h.source != ExtraSource::Input => h.source,
+                    _ => ExtraSource::Output,
                 };
-                notes.push(format!("add_extra_convs='{}'{why}", source.name()));
+                let what = format!("add_extra_convs='{}'", source.name());
+                notes.push(match head {
+                    Some(h) if h.source == source => from_head(what),
+                    _ => format!(
+                        "{what}: on_lateral and on_output look alike in the weights (pass \
+                         --add-extra-convs on_lateral if the config says so)"
+                    ),
+                });
                 source
             }
         };
@@ -225,21 +229,28 @@ pub fn recognise(store: VarStore, options: LoadOptions) -> Result<Checkpoint> {
             None => {
                 let relu = head.is_some_and(|h| h.relu);
                 let what = format!("relu_before_extra_convs={relu}");
-                notes.push(from_head(&what));
+                notes.push(match head {
+                    Some(_) => from_head(what),
+                    None => format!(
+                        "{what}, mmdetection's default (pass --relu-before-extra-convs true if \
+                         the config sets it)"
+                    ),
+                });
                 relu
             }
         };
         if let Some(outs) = options.num_outs.filter(|&o| o != outputs) {
             return Err(refuse(
                 &store,
+                FRAMEWORK,
                 format!(
-                    "num_outs {outs} was asked, but the neck has {n} lateral and {outputs} \
-                     output convs: num_outs {outputs}"
+                    "num_outs {outs} was asked, and the neck has {n} lateral and {outputs} \
+                     output convs, so num_outs {outputs}: drop --num-outs"
                 ),
             ));
         }
         ExtraLevels::Convs {
-            count,
+            count: outputs - n,
             source,
             relu,
         }
@@ -260,7 +271,11 @@ pub fn recognise(store: VarStore, options: LoadOptions) -> Result<Checkpoint> {
         if outs < n {
             return Err(refuse(
                 &store,
-                format!("num_outs {outs} is fewer than the neck's {n} levels"),
+                FRAMEWORK,
+                format!(
+                    "num_outs {outs} is fewer than the neck's {n} levels: pass --num-outs {n} \
+                     or more"
+                ),
             ));
         }
         match outs - n {
@@ -273,37 +288,33 @@ pub fn recognise(store: VarStore, options: LoadOptions) -> Result<Checkpoint> {
             notes.push(format!("ResNet style {style}, as asked"));
             style
         }
-        None => match head {
-            Some(h) if h.caffe && config.groups == 1 && config.block == Block::Bottleneck => {
-                notes.push(from_head("style='caffe'"));
-                ResNetStyle::Caffe
-            }
-            _ => {
-                notes.push(
-                    "style='pytorch', mmdetection's default (pass --resnet-style caffe for a \
-                     caffe-style backbone)"
-                        .to_string(),
-                );
-                ResNetStyle::Pytorch
-            }
-        },
+        None => {
+            notes.push(
+                "style='pytorch', mmdetection's default (pass --resnet-style caffe for a \
+                 `*-caffe` config's backbone)"
+                    .to_string(),
+            );
+            ResNetStyle::Pytorch
+        }
     };
     let pixels = match config.style {
         ResNetStyle::Caffe => {
+            let mean = head
+                .and_then(|h| h.caffe_mean)
+                .unwrap_or(PixelNorm::CAFFE.mean);
+            let pixels = PixelNorm {
+                mean,
+                ..PixelNorm::CAFFE
+            };
             notes.push(format!(
-                "pictures go in as mmdetection's caffe style takes them: BGR values in 0..255 \
-                 minus {:?}",
-                CAFFE_PIXELS.mean
+                "pictures go in as mmdetection's caffe-style configs take them: {}",
+                pixels.describe()
             ));
-            Some(CAFFE_PIXELS)
+            Some(pixels)
         }
         ResNetStyle::Pytorch => None,
     };
-    let config = FpnConfig {
-        blocks: config.trimmed().blocks,
-        ..config
-    };
-    let mut checkpoint = Checkpoint::new(store, config, ignored);
+    let mut checkpoint = Checkpoint::new(store, config.trimmed(), ignored);
     checkpoint.pixels = pixels;
     checkpoint.notes = notes;
     Ok(checkpoint)

@@ -9,6 +9,7 @@
 
 mod detectron2;
 mod mmdetection;
+mod pyramid_shapes;
 mod resnet_shapes;
 mod torchvision;
 
@@ -16,18 +17,27 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::image_input::PixelNorm;
-use crate::model::config::{ExtraSource, FpnConfig, ResNetStyle};
+use crate::model::config::{ExtraSource, FpnConfig, Layout, ResNetStyle};
+use crate::model::PixelNorm;
 use crate::weights::{infer_block_counts, VarStore};
 
 /// Settings a checkpoint's names cannot show. `None` leaves each to what the checkpoint's other
 /// names imply (a detector head that mmdetection's configs tie to it) or to the framework's
 /// default; [`Checkpoint::notes`] says which was used.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LoadOptions {
-    /// Where the bottlenecks' stride sits (detectron2: caffe by default, its `STRIDE_IN_1X1`;
-    /// mmdetection: pytorch by default).
+    /// Where the bottlenecks' stride sits (detectron2: caffe by default, its `STRIDE_IN_1X1`,
+    /// pytorch for ResNeXt as its configs have it; the others: pytorch).
     pub resnet_style: Option<ResNetStyle>,
+    /// The per-channel means the network's pictures are normalised with, on 0..255 values in
+    /// its channel order (detectron2's `MODEL.PIXEL_MEAN`, mmdetection's
+    /// `data_preprocessor.mean`).
+    pub pixel_mean: Option<[f32; 3]>,
+    /// The per-channel standard deviations, likewise.
+    pub pixel_std: Option<[f32; 3]>,
+    /// Whether the network takes BGR (detectron2's `INPUT.FORMAT`, mmdetection's
+    /// `bgr_to_rgb=False`).
+    pub bgr: Option<bool>,
     /// What mmdetection's first extra conv reads, when its input channels equal the pyramid's
     /// (`on_lateral` and `on_output` look alike); `on_input` shows in the shapes.
     pub add_extra_convs: Option<ExtraSource>,
@@ -92,6 +102,55 @@ impl Checkpoint {
 
     /// [`Checkpoint::from_store`] with the settings the names cannot show.
     pub fn from_store_with(store: VarStore, options: LoadOptions) -> Result<Self> {
+        let mut checkpoint = Self::recognise(store, options)?;
+        checkpoint.apply(options)?;
+        Ok(checkpoint)
+    }
+
+    /// The options the layout's own recognition did not take: the ResNet style elsewhere than
+    /// detectron2 and mmdetection, the pixels, and a note for those that do not apply.
+    fn apply(&mut self, options: LoadOptions) -> Result<()> {
+        let layout = self.config.layout;
+        let framework_reads_style = matches!(layout, Layout::Detectron2 | Layout::MmDetection);
+        if let (Some(style), false) = (options.resnet_style, framework_reads_style) {
+            self.config.style = style;
+            self.notes.push(format!("ResNet style {style}, as asked"));
+        }
+        if layout != Layout::MmDetection {
+            let neck = [
+                options.add_extra_convs.map(|_| "add_extra_convs"),
+                options
+                    .relu_before_extra_convs
+                    .map(|_| "relu_before_extra_convs"),
+                options.num_outs.map(|_| "num_outs"),
+            ];
+            for name in neck.into_iter().flatten() {
+                self.notes.push(format!(
+                    "{name} ignored: it is a setting of mmdetection's neck, and this is a \
+                     {layout} checkpoint"
+                ));
+            }
+        }
+        if options.pixel_mean.is_some() || options.pixel_std.is_some() || options.bgr.is_some() {
+            let base = self.pixels.unwrap_or(PixelNorm::IMAGENET_RGB);
+            let pixels = PixelNorm {
+                bgr: options.bgr.unwrap_or(base.bgr),
+                mean: options.pixel_mean.unwrap_or(base.mean),
+                std: options.pixel_std.unwrap_or(base.std),
+            };
+            pixels
+                .validate()
+                .map_err(|e| Error::invalid("LoadOptions", e))?;
+            self.notes
+                .push(format!("pictures go in as asked: {}", pixels.describe()));
+            self.pixels = Some(pixels);
+        }
+        Ok(())
+    }
+
+    /// Recognises the layout from the names; the options that layout's names cannot show are
+    /// taken where they apply.
+    fn recognise(store: VarStore, options: LoadOptions) -> Result<Self> {
         let names: Vec<String> = store.names().iter().map(|n| n.to_string()).collect();
         let unwrapped = wrapper_prefix(&names);
         if !unwrapped.is_empty() {
@@ -103,7 +162,7 @@ impl Checkpoint {
                 .map_names(&format!("wrapper prefix `{unwrapped}` taken off"), |n| {
                     n.strip_prefix(unwrapped.as_str()).map(str::to_string)
                 })?;
-            let mut checkpoint = Self::from_store_with(store, options)?;
+            let mut checkpoint = Self::recognise(store, options)?;
             checkpoint.unwrapped = format!("{unwrapped}{}", checkpoint.unwrapped);
             return Ok(checkpoint);
         }
@@ -189,96 +248,10 @@ impl Checkpoint {
     }
 }
 
-/// The backbone stage each lateral conv reads (`laterals`: its weight's name and shape, finest
-/// first), from its input channels: stages in increasing order, among `candidates`. The stem
-/// and a basic-block `layer1` both have 64 channels; the stem is taken only where nothing else
-/// fits (timm's `out_indices` 0..4 give five laterals).
-pub(super) fn assign_stages(
-    store: &VarStore,
-    laterals: &[(String, Vec<usize>)],
-    config: &FpnConfig,
-    candidates: &[usize],
-) -> Result<Vec<usize>> {
-    fn search(
-        cins: &[usize],
-        config: &FpnConfig,
-        candidates: &[usize],
-        after: Option<usize>,
-    ) -> Option<Vec<usize>> {
-        let Some((&cin, rest)) = cins.split_first() else {
-            return Some(Vec::new());
-        };
-        let mut order: Vec<usize> = candidates.iter().copied().filter(|&s| s > 0).collect();
-        order.extend(candidates.iter().copied().filter(|&s| s == 0));
-        order.into_iter().find_map(|s| {
-            if after.is_some_and(|a| s <= a) || config.stage_channels(s) != cin {
-                return None;
-            }
-            let mut tail = search(rest, config, candidates, Some(s))?;
-            tail.insert(0, s);
-            Some(tail)
-        })
-    }
-    let cins: Vec<usize> = laterals
-        .iter()
-        .map(|(_, shape)| shape.get(1).copied().unwrap_or(0))
-        .collect();
-    search(&cins, config, candidates, None).ok_or_else(|| {
-        let channels: Vec<String> = candidates
-            .iter()
-            .map(|&s| format!("C{} {}", s + 1, config.stage_channels(s)))
-            .collect();
-        let shapes: Vec<String> = laterals
-            .iter()
-            .map(|(name, shape)| format!("`{name}` {shape:?}"))
-            .collect();
-        weights_error(
-            store,
-            format!(
-                "the lateral convs' input channels match no backbone levels taken from fine to                  coarse: {} against the {} backbone's levels ({})",
-                shapes.join(", "),
-                config.block,
-                channels.join(", ")
-            ),
-        )
-    })
-}
-
-/// The pyramid's width, from a lateral conv's weight shape (`default` when it has none).
-pub(super) fn pyramid_width(lateral: &[usize], default: usize) -> usize {
-    lateral
-        .first()
-        .copied()
-        .filter(|&c| c > 0)
-        .unwrap_or(default)
-}
-
-/// What RetinaNet's P6 conv `name` (of shape `shape`) reads, from its input channels: P5
-/// (the pyramid's width) or the coarsest backbone level.
-pub(super) fn p6_source(
-    store: &VarStore,
-    name: &str,
-    shape: &[usize],
-    config: &FpnConfig,
-    top: usize,
-) -> Result<ExtraSource> {
-    let cin = shape.get(1).copied().unwrap_or(0);
-    let c_top = config.stage_channels(top);
-    if cin == config.pyramid_channels {
-        Ok(ExtraSource::Output)
-    } else if cin == c_top {
-        Ok(ExtraSource::Input)
-    } else {
-        Err(weights_error(
-            store,
-            format!(
-                "`{name}` has shape {shape:?}: RetinaNet's P6 reads P{} ({} channels) or C{}                  ({c_top} channels)",
-                top + 1,
-                config.pyramid_channels,
-                top + 1
-            ),
-        ))
-    }
+/// A refusal that leads with what the file looked like (`framework`: "a detectron2
+/// checkpoint"), then the cause.
+pub(super) fn refuse(store: &VarStore, framework: &str, problem: String) -> Error {
+    weights_error(store, format!("looks like {framework}, but {problem}"))
 }
 
 pub(super) fn weights_error(store: &VarStore, problem: String) -> Error {

@@ -2,7 +2,7 @@
 //! and width, input channels, the stem, and average-pool shortcuts. A shape that says nothing
 //! sensible leaves the default, and the walk then reports the tensors that disagree with it.
 
-use crate::model::config::{Block, FpnConfig, Layout, Stem};
+use crate::model::config::{Block, FpnConfig, Layout, Stem, MAX_WIDTH};
 use crate::model::naming;
 use crate::weights::VarStore;
 
@@ -59,9 +59,17 @@ pub fn read(store: &VarStore, prefix: &str, base: FpnConfig) -> FpnConfig {
     let weight = |name: &str| shape(&format!("{name}.weight"));
     let mut config = base;
     // A layout without a deep stem names its plain one the same way.
-    if let [first, second, ..] = naming::stem(config.layout, Stem::Deep([0, 0])).as_slice() {
-        if let (Some(&[a, ..]), Some(&[b, ..])) = (weight(&first.conv), weight(&second.conv)) {
-            config.stem = Stem::Deep([a, b]);
+    if let [first, second, third] = naming::stem(config.layout, Stem::Deep([0; 3])).as_slice() {
+        if let (Some(&[a, ..]), Some(&[b, ..]), Some(&[c, ..])) = (
+            weight(&first.conv),
+            weight(&second.conv),
+            weight(&third.conv),
+        ) {
+            // Widths past any framework's are a broken file, left to the walk to report
+            // rather than sized from.
+            if [a, b, c].iter().all(|&w| w <= MAX_WIDTH) {
+                config.stem = Stem::Deep([a, b, c]);
+            }
         }
     }
     let stem = naming::stem(config.layout, config.stem);

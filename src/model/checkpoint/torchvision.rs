@@ -3,9 +3,10 @@
 //! `FeatureGetterNet`), have ResNet-D's deep stem and average-pool shortcuts, and feed its stem
 //! to the FPN (timm's `out_indices` starting at 0).
 
-use super::{assign_stages, pyramid_width, resnet_shapes, weights_error, Checkpoint};
+use super::pyramid_shapes::{assign_stages, p6_source, pyramid_width};
+use super::{refuse, resnet_shapes, Checkpoint};
 use crate::error::Result;
-use crate::model::config::{ExtraLevels, FpnConfig, Layout};
+use crate::model::config::{ExtraLevels, ExtraSource, FpnConfig, Layout};
 use crate::weights::VarStore;
 
 /// torchvision's FPN before version 2 named its convs `inner_blocks.{i}.weight`; since then
@@ -40,6 +41,41 @@ fn inner_prefix(store: &VarStore) -> Option<String> {
         [inner] if !inner.is_empty() && inner.ends_with('.') => Some(inner.to_string()),
         _ => None,
     }
+}
+
+/// What the file looks like, for refusals.
+const FRAMEWORK: &str = "a torchvision BackboneWithFPN (`body.`, `fpn.`)";
+
+/// The lateral convs' weights, by name and shape, finest first.
+fn laterals(store: &VarStore) -> Vec<(String, Vec<usize>)> {
+    (0..)
+        .map(|i| format!("fpn.inner_blocks.{i}.0.weight"))
+        .map_while(|name| Some((store.shape_of(&name)?.to_vec(), name)))
+        .map(|(shape, name)| (name, shape))
+        .collect()
+}
+
+/// Why `body.` holds no ResNet, naming where a `layer1` sits if one does.
+fn incomplete_body(store: &VarStore) -> String {
+    let found: std::collections::BTreeSet<String> = store
+        .names()
+        .iter()
+        .filter_map(|n| {
+            let (inner, _) = n.strip_prefix("body.")?.split_once("layer1.")?;
+            Some(format!("`body.{inner}`"))
+        })
+        .collect();
+    let hint = match found.len() {
+        0 => String::new(),
+        _ => format!(
+            "; layer1 sits under {}",
+            found.into_iter().collect::<Vec<_>>().join(", ")
+        ),
+    };
+    format!(
+        "without a complete ResNet under `body.` (expected names such as \
+         `body.layer1.0.conv1.weight` for layer1..layer4){hint}"
+    )
 }
 
 /// Recognises a torchvision-named FPN whose names are already current (`ignored` tensors were
@@ -85,52 +121,23 @@ pub fn recognise(store: VarStore, ignored: usize) -> Result<Checkpoint> {
     } else {
         (store, ignored)
     };
-    let blocks =
-        resnet_shapes::block_counts(&store, Layout::Torchvision, "body.").map_err(|_| {
-            let found: Vec<String> = store
-                .names()
-                .iter()
-                .filter_map(|n| {
-                    n.strip_prefix("body.")?
-                        .split_once(".layer1.")
-                        .map(|(p, _)| format!("`body.{p}.`"))
-                })
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            let hint = match found.as_slice() {
-                [] => String::new(),
-                some => format!("; found layer1 under {}", some.join(", ")),
-            };
-            weights_error(
-                &store,
-                format!(
-                    "looks like a torchvision BackboneWithFPN (`body.`, `fpn.`), but without a \
-                 complete ResNet under `body.` (expected names such as \
-                 `body.layer1.0.conv1.weight` for layer1..layer4){hint}"
-                ),
-            )
-        })?;
+    let blocks = resnet_shapes::block_counts(&store, Layout::Torchvision, "body.")
+        .map_err(|_| refuse(&store, FRAMEWORK, incomplete_body(&store)))?;
     let mut config = resnet_shapes::read(&store, "body.", FpnConfig::torchvision(blocks));
     let present = blocks.iter().filter(|&&b| b > 0).count();
-    let mut cins = Vec::new();
-    while let Some(shape) = store.shape_of(&format!("fpn.inner_blocks.{}.0.weight", cins.len())) {
-        cins.push((
-            format!("fpn.inner_blocks.{}.0.weight", cins.len()),
-            shape.to_vec(),
-        ));
-    }
+    let cins = laterals(&store);
     if cins.is_empty() {
-        return Err(weights_error(
+        return Err(refuse(
             &store,
-            "looks like a torchvision BackboneWithFPN, but without its FPN: no \
-             `fpn.inner_blocks.0.0.weight` (a plain backbone has nothing to build the pyramid \
-             from)"
+            FRAMEWORK,
+            "without its FPN: no `fpn.inner_blocks.0.0.weight` (a plain backbone has nothing to \
+             build the pyramid from; export the model with its FPN)"
                 .to_string(),
         ));
     }
     let candidates: Vec<usize> = (0..=present).collect();
-    let stages = assign_stages(&store, &cins, &config, &candidates)?;
+    let (stages, note) = assign_stages(&store, FRAMEWORK, &cins, &config, &candidates)?;
+    notes.extend(note);
     config.returned = [false; 5];
     for &s in &stages {
         config.returned[s] = true;
@@ -145,16 +152,17 @@ pub fn recognise(store: VarStore, ignored: usize) -> Result<Checkpoint> {
     config.fpn_norm = store.shape_of("fpn.inner_blocks.0.1.running_var").is_some();
     config.pyramid_channels = pyramid_width(&cins[0].1, config.pyramid_channels);
     let top = stages[stages.len() - 1];
-    if let Some(shape) = store.shape_of("fpn.extra_blocks.p6.weight") {
-        let source = super::p6_source(&store, "fpn.extra_blocks.p6.weight", shape, &config, top)?;
+    let p6 = "fpn.extra_blocks.p6.weight";
+    if let Some(shape) = store.shape_of(p6) {
+        // torchvision's LastLevelP6P7 reads P5 when its input channels equal its output's.
+        let tie = ExtraSource::Output;
+        let (source, note) = p6_source(&store, FRAMEWORK, (p6, shape), &config, top, tie)?;
+        notes.extend(note);
         config.extra = ExtraLevels::p6p7(source);
     }
     // torchvision keeps the layers up to the deepest returned one; a count read past it
     // is a layer the file should not have, reported as unexpected tensors when built.
-    let config = FpnConfig {
-        blocks: config.trimmed().blocks,
-        ..config
-    };
+    let config = config.trimmed();
     let mut checkpoint = Checkpoint::new(store, config, ignored);
     checkpoint.notes = notes;
     Ok(checkpoint)

@@ -13,7 +13,9 @@
 //   5     proposals       [N, 1, R, 6]       f32 records x1, y1, x2, y2, score, label bits in
 //                                            the picture's pixels; score not >= 0: empty slot
 //   6     out             [N*R, C, S, S]     `act`; empty slots, boxes of negative or NaN area
-//                                            and boxes mapped to no level are zero
+//                                            and boxes mapped to no level are zero (with one
+//                                            level, every box is pooled from it, as in
+//                                            torchvision, which maps none then)
 //   7     params          RoiAlignParams
 //
 // Grid: one invocation per output element, workgroups linearised over x and y.
@@ -145,7 +147,8 @@ fn roi_align(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let score = proposals[r + 4u];
     var level = p.count;
     if (score >= 0.0) {
-        level = map_level(b);
+        // One level: torchvision pools every box from it, without the mapper.
+        level = select(map_level(b), 0u, p.count == 1u);
     }
     if (level >= p.count) {
         out[i] = act(0.0);

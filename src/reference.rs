@@ -789,7 +789,8 @@ pub fn roi_align(
 /// proposal records `[N, 1, R, 6]` (x1, y1, x2, y2, score, label bits): `[N*R, C, size,
 /// size]`, each box pooled from the level [`roi_level`] gives it with the scale
 /// [`roi_scales`] infers from the levels' heights against `image` (height, width); zeros for
-/// an empty slot (score not >= 0) and for a box mapped to no level.
+/// an empty slot (score not >= 0) and for a box mapped to no level. With one level, every box
+/// is pooled from it: torchvision calls `roi_align` on it without mapping.
 pub fn multi_scale_roi_align(
     levels: &[(&[f32], [usize; 4])],
     proposals: &[f32],
@@ -809,7 +810,13 @@ pub fn multi_scale_roi_align(
             continue;
         }
         let b = [rec[0], rec[1], rec[2], rec[3]];
-        let Some(level) = roi_level(b, k_min, k_max) else {
+        // torchvision maps no box when there is one level: it pools all from it.
+        let mapped = if levels.len() == 1 {
+            Some(0)
+        } else {
+            roi_level(b, k_min, k_max)
+        };
+        let Some(level) = mapped else {
             continue;
         };
         if level < 0 || level as usize >= levels.len() {

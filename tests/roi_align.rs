@@ -373,9 +373,21 @@ fn gpu_maps_boxes_to_the_hand_computed_levels() {
         .iter()
         .flat_map(|(b, _)| [b[0], b[1], b[2], b[3], 0.5, f32::from_bits(1)])
         .collect();
+    // NaN and infinite coordinates: a NaN level (no level), and an infinite area (P5) whose
+    // samples are all NaN and so outside the level: zeros either way, as in torchvision.
+    records.extend_from_slice(&[f32::NAN, 8.0, 232.0, 232.0, 0.5, f32::from_bits(1)]);
+    records.extend_from_slice(&[8.0, 8.0, f32::INFINITY, 232.0, 0.5, f32::from_bits(1)]);
+    assert_eq!(
+        reference::roi_level([f32::NAN, 8.0, 232.0, 232.0], 2, 5),
+        None
+    );
+    assert_eq!(
+        reference::roi_level([8.0, 8.0, f32::INFINITY, 232.0], 2, 5),
+        Some(3)
+    );
     // An empty slot over a box that would have a level.
     records.extend_from_slice(&[8.0, 8.0, 232.0, 232.0, -1.0, f32::from_bits(u32::MAX)]);
-    let rois = cases.len() + 1;
+    let rois = cases.len() + 3;
     let proposals = Tensor::from_slice(ctx, [1, 1, rois, 6], &records).unwrap();
     let refs: Vec<&Tensor> = levels.iter().collect();
     let out =
@@ -397,6 +409,38 @@ fn gpu_maps_boxes_to_the_hand_computed_levels() {
         }
     }
     assert!(got[cases.len() * 98..].iter().all(|&v| v == 0.0));
+}
+
+/// One level: torchvision pools every box from it without the mapper, boxes of negative area
+/// included (which several levels would leave zero).
+#[test]
+fn single_level_pools_every_box() {
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(9);
+    let image = (97, 131);
+    let shape = [2, 3, 16, 17];
+    let x = rng.vec(2 * 3 * 16 * 17, -1.0, 1.0);
+    let rois = 40;
+    let mut records = Vec::new();
+    for i in 0..2 * rois {
+        let mut rec = random_record(&mut rng, image);
+        if i % 9 == 0 {
+            rec[4] = -1.0;
+        }
+        records.extend_from_slice(&rec);
+    }
+    // A box of negative area: pooled all the same.
+    records[6..10].copy_from_slice(&[60.0, 10.0, 20.0, 70.0]);
+    records[10] = 0.5;
+    let xt = Tensor::from_slice(ctx, shape, &x).unwrap();
+    let proposals = Tensor::from_slice(ctx, [2, 1, rois, 6], &records).unwrap();
+    let opts = RoiAlignOptions::new(7);
+    let out = roi_align::multi_scale_roi_align(ctx, &[&xt], &proposals, image, &opts).unwrap();
+    let got = out.download(ctx).unwrap();
+    let want = reference::multi_scale_roi_align(&[(&x, shape)], &records, rois, image, 7, 2);
+    assert!(want[3 * 49..2 * 3 * 49].iter().any(|&v| v != 0.0));
+    let err = assert_close("one level", &got, &want, 1e-5);
+    eprintln!("one level, {} slots: max relative error {err:e}", 2 * rois);
 }
 
 /// Wrong shapes, mismatched levels, a zero output size and the like are errors, before any

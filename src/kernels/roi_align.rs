@@ -29,7 +29,8 @@
 //! canonical_scale) + eps)` with eps 1e-6 added after the logarithm, clamped to
 //! `[k_min, k_max]` (`k_max` when the two cross, as `torch.clamp` has it); a box of negative
 //! or NaN area maps to no level and its output is zeros, as in torchvision, where its NaN
-//! level matches none; a box of zero area maps to `k_min`.
+//! level matches none; a box of zero area maps to `k_min`. With a single level there is no
+//! mapping: torchvision pools every box from it, whatever its area, and so does the kernel.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};

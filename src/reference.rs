@@ -1,5 +1,6 @@
-//! Plain CPU implementations of every GPU op: simple loops, f64 accumulation. They are the oracle
-//! the kernel tests compare against, and a readable statement of each op's semantics.
+//! Plain CPU implementations of every GPU op: simple loops, f64 accumulation (f32 where the op
+//! is defined by its f32 arithmetic: RoIAlign, computed in torchvision's order). They are the
+//! oracle the kernel tests compare against, and a readable statement of each op's semantics.
 //!
 //! Tensors are `(data, [n, c, h, w])` in row-major NCHW order. The module shares no code and no
 //! types with the kernels it checks: its own small specs say what to compute.
@@ -653,6 +654,185 @@ pub fn top_k_scores(
             per_level.push(candidates);
         }
         out.push(per_level);
+    }
+    out
+}
+
+/// torchvision's `LevelMapper(k_min, k_max)` (canonical scale 224, level 4, eps 1e-6) for one
+/// box (x1, y1, x2, y2), as torchvision 0.29 computes it in f32: `floor(4 + log2(sqrt(area) /
+/// 224) + 1e-6)` clamped to `[k_min, k_max]` (to `k_max` when the two cross, as
+/// `torch.clamp`), less `k_min`. `None` where torchvision's level is NaN (negative or NaN
+/// area), which matches no level.
+pub fn roi_level(b: [f32; 4], k_min: i32, k_max: i32) -> Option<i64> {
+    let area = (b[2] - b[0]) * (b[3] - b[1]);
+    let s = area.sqrt();
+    let t = (4.0f32 + (s / 224.0f32).log2() + 1e-6f32).floor();
+    if t.is_nan() {
+        return None;
+    }
+    let t = t.max(k_min as f32).min(k_max as f32);
+    Some(t as i64 - k_min as i64)
+}
+
+/// torchvision's `_setup_scales`: each level's scale `2^round(log2(h_l / h))` from its height
+/// against the picture's `image.0` (the ratio rounded to f32, the logarithm's rounding ties to
+/// even), then `(scales, k_min, k_max)` with `k = -log2(scale)` of the first and last level.
+pub fn roi_scales(level_heights: &[usize], image_height: usize) -> (Vec<f32>, i32, i32) {
+    let scales: Vec<f32> = level_heights
+        .iter()
+        .map(|&h| {
+            let approx = (h as f64 / image_height as f64) as f32;
+            2f64.powf(approx.log2().round_ties_even() as f64) as f32
+        })
+        .collect();
+    let k = |s: f32| -(s.log2()) as i32;
+    let (k_min, k_max) = (k(scales[0]), k(scales[scales.len() - 1]));
+    (scales, k_min, k_max)
+}
+
+/// torchvision's CPU `roi_align(x, [[image, *b]], size, scale, sampling, aligned=False)` for
+/// one box of one image of `x` `[N, C, H, W]`: `[C, size, size]`, in f32 in the CPU kernel's
+/// order (interpolation weights precomputed per sample, each bin the sum of its samples'
+/// `w1 v1 + w2 v2 + w3 v3 + w4 v4` divided by `sampling^2`).
+pub fn roi_align(
+    x: &[f32],
+    shape: [usize; 4],
+    image: usize,
+    b: [f32; 4],
+    scale: f32,
+    size: usize,
+    sampling: usize,
+) -> Vec<f32> {
+    let [_, channels, height, width] = shape;
+    let start_w = b[0] * scale;
+    let start_h = b[1] * scale;
+    let end_w = b[2] * scale;
+    let end_h = b[3] * scale;
+    let roi_w = (end_w - start_w).max(1.0);
+    let roi_h = (end_h - start_h).max(1.0);
+    let bin_h = roi_h / size as f32;
+    let bin_w = roi_w / size as f32;
+    // Per sample, bin-major: four positions in the plane and their weights.
+    let mut pre: Vec<([usize; 4], [f32; 4])> = Vec::new();
+    for ph in 0..size {
+        for pw in 0..size {
+            for iy in 0..sampling {
+                let yy = start_h + ph as f32 * bin_h + (iy as f32 + 0.5) * bin_h / sampling as f32;
+                for ix in 0..sampling {
+                    let xx =
+                        start_w + pw as f32 * bin_w + (ix as f32 + 0.5) * bin_w / sampling as f32;
+                    let (mut y, mut x) = (yy, xx);
+                    if !(y >= -1.0 && y <= height as f32 && x >= -1.0 && x <= width as f32) {
+                        pre.push(([0; 4], [0.0; 4]));
+                        continue;
+                    }
+                    if y <= 0.0 {
+                        y = 0.0;
+                    }
+                    if x <= 0.0 {
+                        x = 0.0;
+                    }
+                    let mut y_low = y as usize;
+                    let mut x_low = x as usize;
+                    let y_high;
+                    let x_high;
+                    if y_low >= height - 1 {
+                        y_low = height - 1;
+                        y_high = y_low;
+                        y = y_low as f32;
+                    } else {
+                        y_high = y_low + 1;
+                    }
+                    if x_low >= width - 1 {
+                        x_low = width - 1;
+                        x_high = x_low;
+                        x = x_low as f32;
+                    } else {
+                        x_high = x_low + 1;
+                    }
+                    let ly = y - y_low as f32;
+                    let lx = x - x_low as f32;
+                    let hy = 1.0 - ly;
+                    let hx = 1.0 - lx;
+                    pre.push((
+                        [
+                            y_low * width + x_low,
+                            y_low * width + x_high,
+                            y_high * width + x_low,
+                            y_high * width + x_high,
+                        ],
+                        [hy * hx, hy * lx, ly * hx, ly * lx],
+                    ));
+                }
+            }
+        }
+    }
+    let count = (sampling * sampling) as f32;
+    let mut out = vec![0.0f32; channels * size * size];
+    for c in 0..channels {
+        let plane = &x[(image * channels + c) * height * width..][..height * width];
+        for bin in 0..size * size {
+            let mut acc = 0.0f32;
+            for (pos, w) in &pre[bin * sampling * sampling..][..sampling * sampling] {
+                acc += w[0] * plane[pos[0]]
+                    + w[1] * plane[pos[1]]
+                    + w[2] * plane[pos[2]]
+                    + w[3] * plane[pos[3]];
+            }
+            out[c * size * size + bin] = acc / count;
+        }
+    }
+    out
+}
+
+/// torchvision's `MultiScaleRoIAlign(names, size, sampling)(levels, boxes, [image] * N)` on
+/// proposal records `[N, 1, R, 6]` (x1, y1, x2, y2, score, label bits): `[N*R, C, size,
+/// size]`, each box pooled from the level [`roi_level`] gives it with the scale
+/// [`roi_scales`] infers from the levels' heights against `image` (height, width); zeros for
+/// an empty slot (score not >= 0) and for a box mapped to no level. With one level, every box
+/// is pooled from it: torchvision calls `roi_align` on it without mapping.
+pub fn multi_scale_roi_align(
+    levels: &[(&[f32], [usize; 4])],
+    proposals: &[f32],
+    rois: usize,
+    image: (usize, usize),
+    size: usize,
+    sampling: usize,
+) -> Vec<f32> {
+    let heights: Vec<usize> = levels.iter().map(|(_, s)| s[2]).collect();
+    let (scales, k_min, k_max) = roi_scales(&heights, image.0);
+    let [n, channels, _, _] = levels[0].1;
+    let per_roi = channels * size * size;
+    let mut out = vec![0.0f32; n * rois * per_roi];
+    for roi in 0..n * rois {
+        let rec = &proposals[roi * 6..roi * 6 + 6];
+        if rec[4].is_nan() || rec[4] < 0.0 {
+            continue;
+        }
+        let b = [rec[0], rec[1], rec[2], rec[3]];
+        // torchvision maps no box when there is one level: it pools all from it.
+        let mapped = if levels.len() == 1 {
+            Some(0)
+        } else {
+            roi_level(b, k_min, k_max)
+        };
+        let Some(level) = mapped else {
+            continue;
+        };
+        if level < 0 || level as usize >= levels.len() {
+            continue;
+        }
+        let (x, shape) = levels[level as usize];
+        let pooled = roi_align(
+            x,
+            shape,
+            roi / rois,
+            b,
+            scales[level as usize],
+            size,
+            sampling,
+        );
+        out[roi * per_roi..(roi + 1) * per_roi].copy_from_slice(&pooled);
     }
     out
 }

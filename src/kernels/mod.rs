@@ -15,6 +15,7 @@ pub mod max_pool2d;
 pub mod nms;
 pub mod pad2d;
 pub mod resize;
+pub mod roi_align;
 pub mod template;
 pub mod top_k;
 pub mod upsample_add;
@@ -75,6 +76,7 @@ pub const SHADERS: &[&ShaderSource] = &[
     &group_norm::SHADER,
     &box_decode::SHADER,
     &top_k::SHADER,
+    &roi_align::SHADER,
     &nms::SORT_SHADER,
     &nms::MASK_SHADER,
     &nms::SWEEP_SHADER,

@@ -1,7 +1,8 @@
 //! The ops of the one-stage detectors (RetinaNet, FCOS), from the picture to the final boxes,
 //! all on the GPU: torchvision's transform, the levels packed for heads that share their
 //! weights across levels (and the group norm of their hidden layers, per level), the per-level
-//! top-k of scores, anchors and box decoding, and batched NMS. Each derives where things lie
+//! top-k of scores, anchors and box decoding, and batched NMS; and, for the two-stage
+//! detectors, the multi-scale RoIAlign of their proposals. Each derives where things lie
 //! from the pictures' shape through one [`DetectionGeometry`], so that they agree.
 
 mod anchors;
@@ -10,6 +11,7 @@ mod geometry;
 mod group_norm_levels;
 mod mask_levels;
 mod nms;
+mod roi_align;
 mod stack_levels;
 mod top_k;
 mod transform;
@@ -20,10 +22,12 @@ pub use geometry::{picture_size, DetectionGeometry, ResizeRule};
 pub use group_norm_levels::{GroupNormLevels, HostGroupNorm};
 pub use mask_levels::MaskLevels;
 pub use nms::BatchedNms;
+pub use roi_align::MultiScaleRoiAlign;
 pub use stack_levels::StackLevels;
 pub use top_k::TopKScores;
 pub use transform::DetectionTransform;
 
 pub use crate::kernels::box_decode::BoxCoding;
 pub use crate::kernels::resize::Normalize;
+pub use crate::kernels::roi_align::RoiAlignOptions;
 pub use crate::kernels::top_k::ScoreMode;

@@ -836,3 +836,60 @@ pub fn multi_scale_roi_align(
     }
     out
 }
+
+/// PyTorch's `F.linear(torch.flatten(x, 1), weight, bias)`, then a ReLU when `relu`: `x` is
+/// `rows` rows of `in_features` values (an NCHW tensor's images, flattened in C, H, W order),
+/// `weight` `[out_features, in_features]` row-major; the result is `rows` rows of
+/// `out_features`, summed in f64.
+pub fn linear(
+    x: &[f32],
+    rows: usize,
+    weight: &[f32],
+    out_features: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
+    let in_features = weight.len() / out_features;
+    assert_eq!(
+        x.len(),
+        rows * in_features,
+        "input against the weight's columns"
+    );
+    let mut out = Vec::with_capacity(rows * out_features);
+    for row in x.chunks(in_features) {
+        for (o, w) in weight.chunks(in_features).enumerate() {
+            let mut acc: f64 = row.iter().zip(w).map(|(&a, &b)| a as f64 * b as f64).sum();
+            if let Some(b) = bias {
+                acc += b[o] as f64;
+            }
+            // NaN stays NaN, as in PyTorch's ReLU.
+            if relu && acc < 0.0 {
+                acc = 0.0;
+            }
+            out.push(acc as f32);
+        }
+    }
+    out
+}
+
+/// `torch.softmax(x, dim=1)` of `x` `[N, C, H, W]`: for each image and pixel, `exp(x_c - max)
+/// / sum exp(x_c' - max)` over the channels, in f64; a row holding a NaN is NaN throughout.
+pub fn softmax_channels(x: &[f32], shape: [usize; 4]) -> Vec<f32> {
+    let [n, c, h, w] = shape;
+    let plane = h * w;
+    let mut out = vec![0.0f32; x.len()];
+    for b in 0..n {
+        for p in 0..plane {
+            let at = |ch: usize| (b * c + ch) * plane + p;
+            let row: Vec<f64> = (0..c).map(|ch| x[at(ch)] as f64).collect();
+            let top = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let exps: Vec<f64> = row.iter().map(|v| (v - top).exp()).collect();
+            let sum: f64 = exps.iter().sum();
+            let nan = row.iter().any(|v| v.is_nan());
+            for (ch, e) in exps.iter().enumerate() {
+                out[at(ch)] = if nan { f32::NAN } else { (e / sum) as f32 };
+            }
+        }
+    }
+    out
+}

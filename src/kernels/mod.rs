@@ -11,11 +11,13 @@ pub mod convert;
 pub mod elementwise;
 pub mod group_norm;
 pub mod levels;
+pub mod linear;
 pub mod max_pool2d;
 pub mod nms;
 pub mod pad2d;
 pub mod resize;
 pub mod roi_align;
+pub mod softmax;
 pub mod template;
 pub mod top_k;
 pub mod upsample_add;
@@ -77,6 +79,8 @@ pub const SHADERS: &[&ShaderSource] = &[
     &box_decode::SHADER,
     &top_k::SHADER,
     &roi_align::SHADER,
+    &linear::SHADER,
+    &softmax::SHADER,
     &nms::SORT_SHADER,
     &nms::MASK_SHADER,
     &nms::SWEEP_SHADER,

@@ -26,9 +26,11 @@ mod batch_norm;
 mod conv2d;
 pub mod detect;
 mod input;
+mod linear;
 mod max_pool2d;
 mod pad2d;
 mod relu;
+mod softmax;
 mod upsample_add;
 
 use std::any::Any;
@@ -40,9 +42,11 @@ pub use avg_pool2d::AvgPool2d;
 pub use batch_norm::{BatchNorm, HostBatchNorm};
 pub use conv2d::{Conv2d, GpuConv2d, HostConv};
 pub use input::Input;
+pub use linear::{HostLinear, Linear};
 pub use max_pool2d::MaxPool2d;
 pub use pad2d::Pad2d;
 pub use relu::Relu;
+pub use softmax::Softmax;
 pub use upsample_add::UpsampleAdd;
 
 // The option types the ops carry, so that models build graphs from `graph::ops` alone.

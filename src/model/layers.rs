@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::graph::ops::{self, Conv2dOptions, HostBatchNorm, HostConv, Relu};
+use crate::graph::ops::{self, Conv2dOptions, HostBatchNorm, HostConv, HostLinear, Relu};
 use crate::graph::{Graph, Value};
 use crate::weights::{Init, VarBuilder};
 
@@ -82,6 +82,64 @@ impl Conv2d {
             ops::Conv2d {
                 weights: self.weights.clone(),
                 opts: self.opts,
+            },
+            &[x],
+        )
+    }
+}
+
+/// `nn.Linear`: `weight` `[out, in]` and, when it has one, `bias` `[out]`; the box head's
+/// `fc6` and `fc7` and the box predictor's `cls_score` and `bbox_pred`. Its input is flattened
+/// from the second dimension, as `TwoMLPHead` does with RoIAlign's `[R, C, S, S]`.
+pub struct Linear {
+    name: String,
+    weights: Arc<HostLinear>,
+    relu: bool,
+}
+
+impl Linear {
+    /// Reads `{prefix}.weight` `[out_features, in_features]` (and `{prefix}.bias`
+    /// `[out_features]` when `bias`) from `vb`. A missing or mis-shaped tensor is a problem
+    /// [`VarStore::finish`](crate::weights::VarStore::finish) reports under its full name.
+    pub fn new(vb: &VarBuilder, in_features: usize, out_features: usize, bias: bool) -> Self {
+        // Init::Conv draws from +-sqrt(3 / fan_in), fan_in being the weight's second
+        // dimension: in_features here, as for a 1x1 convolution.
+        let weight = vb.get("weight", &[out_features, in_features], Init::Conv);
+        let bias = bias.then(|| vb.get("bias", &[out_features], Init::Bias));
+        Linear {
+            name: vb.prefix().to_string(),
+            weights: Arc::new(HostLinear {
+                out_features,
+                in_features,
+                weight,
+                bias,
+            }),
+            relu: false,
+        }
+    }
+
+    /// The same layer followed by a ReLU, fused into its kernel (`F.relu(fc6(x))`).
+    pub fn with_relu(self) -> Self {
+        Linear { relu: true, ..self }
+    }
+
+    /// Input features: `C*H*W` of what it is fed.
+    pub fn in_features(&self) -> usize {
+        self.weights.in_features
+    }
+
+    /// Output features: the channels of its `[M, out, 1, 1]` output.
+    pub fn out_features(&self) -> usize {
+        self.weights.out_features
+    }
+
+    /// Records the layer on `x` `[M, C, H, W]`.
+    pub fn forward(&self, g: &mut Graph, x: Value) -> Value {
+        g.push(
+            &self.name,
+            ops::Linear {
+                weights: self.weights.clone(),
+                relu: self.relu,
             },
             &[x],
         )

@@ -121,9 +121,12 @@ fn box_head_matches_torchvision() {
             let got = &outputs.iter().find(|(n, _)| n == name).unwrap().1;
             // torchvision's [R, X] as [R, X, 1, 1].
             assert_eq!(got.shape(), [want.shape[0], want.shape[1], 1, 1], "{name}");
+            // f32: about 1e-6 (float sums in another order than PyTorch's). f16: the weights
+            // and features are f16 values already, so only fc6's and fc7's outputs and the
+            // logits are rounded (measured 3e-4 to 5e-4 on lavapipe).
             let tol = match precision {
                 Precision::F32 => 1e-5,
-                Precision::F16 => 1e-2,
+                Precision::F16 => 2e-3,
             };
             let err = assert_close(
                 &format!("{name} ({precision})"),

@@ -303,10 +303,12 @@ fn linear_and_softmax_run_in_a_graph() {
             .1
             .download(ctx)
             .unwrap();
+        // f16: the input, weights and hidden values each rounded once (measured 5e-4 on
+        // lavapipe).
         let tol = if precision == Precision::F32 {
             1e-5
         } else {
-            1e-2
+            2e-3
         };
         let e_logits = assert_close(
             &format!("graph logits ({precision})"),

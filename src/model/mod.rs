@@ -1,6 +1,7 @@
 //! The networks: layers that read their weights by PyTorch name, the ResNet backbone, the FPN
 //! heads (the seed's, and the one torchvision, detectron2 and mmdetection share under their own
-//! names), the detectors, the two-stage detectors' region proposal network, and checkpoint layout detection.
+//! names), the detectors, the two-stage detectors' region proposal network, and checkpoint
+//! layout detection.
 
 pub mod batch_network;
 pub mod checkpoint;

@@ -8,8 +8,9 @@
 //! (f32), the score within 1e-5. Unmatched proposals, on either side, are allowed only where
 //! the selection was decided by a hair: scores within 1e-5 of the post-NMS cut (the last kept
 //! score, when the cut acted) or of a differently ranked neighbour, where f32 rounding of the
-//! head's sums may reorder two candidates; at most max(4, 1%) of a picture's proposals. The fixtures have no two equal scores; their logits
-//! lie within +-16, so the sigmoid ranks them as torchvision's logits do.
+//! head's sums may reorder two candidates; at most max(4, 1%) of a picture's proposals. The
+//! fixtures have no two equal scores; their logits lie within +-16, so the sigmoid ranks them as
+//! torchvision's logits do.
 
 mod common;
 

@@ -2,14 +2,17 @@
 // AnchorGenerator: the level's cell anchors shifted by the integer stride), its regression
 // decoded as torchvision's BoxCoder (RetinaNet: centre and log-size deltas) or BoxLinearCoder
 // (FCOS: distances to the sides, scaled by the anchor's size), clipped to the resized picture.
-// The arithmetic is PyTorch's, step by step, in f32.
+// The arithmetic is PyTorch's, step by step, in f32. For the RPN's proposals, boxes smaller than
+// min_size after clipping become empty records (torchvision's remove_small_boxes) and the label
+// is the level (its batched_nms runs per level).
 //
 // Bindings:
 //   0  selected     [N, L, K, 2]        (score, flat index bits) per slot; score < 0: empty
 //   1  regression   [N, A*4, HS, WS]    the regression head's output over the packed levels
 //                                       (stored as `act`; decoded in f32)
 //   2  cell_anchors [L * A] vec4        (x1, y1, x2, y2) of each level's anchors at the origin
-//   3  out          [N, 1, L*K, 6]      x1, y1, x2, y2, score, label bits; score -1: empty
+//   3  out          [N, 1, L*K, 6]      x1, y1, x2, y2, score, label bits (the class, or the
+//                                       level with label_level); score -1: empty
 //   4  params       DecodeParams
 //
 // The flat index of a candidate is torchvision's: ((h * w_l + w) * A + a) * C + c.
@@ -31,7 +34,13 @@ struct DecodeParams {
     clip_width: f32,
     // The most a log-size delta may be (torchvision: log(1000 / 16)).
     xform_clip: f32,
-    _pad: u32,
+    // With remove_small != 0: boxes narrower or lower than this are dropped.
+    min_size: f32,
+    remove_small: u32,
+    // 0: the label is the class; 1: the level index.
+    label_level: u32,
+    _pad0: u32,
+    _pad1: u32,
     // (y0, x0, height, width) of each level in the packed map.
     regions: array<vec4<u32>, 8>,
     // (stride_h, stride_w, 0, 0) of each level, integers as torchvision computes them.
@@ -112,5 +121,15 @@ fn decode_boxes(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
     let lo = vec4<f32>(0.0);
     let hi = vec4<f32>(p.clip_width, p.clip_height, p.clip_width, p.clip_height);
-    write(slot, clamp(decoded, lo, hi), score, label);
+    let clipped = clamp(decoded, lo, hi);
+    // torchvision keeps a box when both sides are >= min_size, which a NaN side is not. clamp
+    // may turn NaN into a bound, so NaN is tested before it, on the bits (a driver allowed to
+    // assume no NaN may fold a float test away).
+    let nan = any((bitcast<vec4<u32>>(decoded) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u));
+    if (p.remove_small != 0u && (nan
+        || !(clipped.z - clipped.x >= p.min_size && clipped.w - clipped.y >= p.min_size))) {
+        write(slot, vec4<f32>(0.0), -1.0, 0xffffffffu);
+        return;
+    }
+    write(slot, clipped, score, select(label, level, p.label_level != 0u));
 }

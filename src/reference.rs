@@ -541,6 +541,37 @@ pub fn decode_boxes(
         .collect()
 }
 
+/// The RPN's proposals of one image and level from its selected `(score, flat index)` pairs
+/// (one class): [`decode_boxes`] with `BoxCoder` `weights` and `xform_clip`, then
+/// torchvision's `remove_small_boxes(boxes, min_size)` (a box is kept when both sides are at
+/// least `min_size`; NaN sides are not), the level index `level_index` as the label. `None`
+/// where a box was removed: the GPU writes an empty record in its slot.
+#[allow(clippy::too_many_arguments)]
+pub fn decode_proposals(
+    selected: &[(f32, u32)],
+    regression: &[f32],
+    map_shape: [usize; 4],
+    image: usize,
+    level: &AnchorLevel,
+    level_index: u32,
+    weights: [f32; 4],
+    xform_clip: f32,
+    clip: (f32, f32),
+    min_size: f32,
+) -> Vec<Option<Candidate>> {
+    let decoded = decode_boxes(
+        selected, regression, map_shape, image, level, 1, false, weights, xform_clip, clip,
+    );
+    // decode_boxes clamps, and f32::clamp keeps NaN: a NaN box fails both comparisons.
+    decoded
+        .into_iter()
+        .map(|(b, score, _)| {
+            let keep = b[2] - b[0] >= min_size && b[3] - b[1] >= min_size;
+            keep.then_some((b, score, level_index))
+        })
+        .collect()
+}
+
 /// torchvision's `batched_nms(boxes, scores, labels, iou_thresh)[:max_detections]` on one
 /// image's records `[x1, y1, x2, y2, score, f32::from_bits(label)]`, returned as exactly
 /// `max_detections` records: the kept ones by score, descending, with x coordinates times

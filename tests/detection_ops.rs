@@ -270,6 +270,8 @@ fn box_decoding_matches_reference_on_every_level_and_both_codings() {
             classes,
             clip: (rh as f32, rw as f32),
             coding,
+            min_size: None,
+            labels: Default::default(),
         };
         let sel = Tensor::from_slice(ctx, [n, levels, k, 2], &selected).unwrap();
         let reg = Tensor::from_slice(ctx, reg_shape, &regression).unwrap();

@@ -1,6 +1,7 @@
 //! Anchors and box decoding for the candidates a per-level top-k selected
 //! (`shaders/box_decode.wgsl`): torchvision's `AnchorGenerator` shifts, `BoxCoder` or
-//! `BoxLinearCoder` decoding and `clip_boxes_to_image`, in one launch for every image and level.
+//! `BoxLinearCoder` decoding and `clip_boxes_to_image`, in one launch for every image and level;
+//! for the RPN's proposals also `remove_small_boxes` and the level as the label.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
@@ -49,6 +50,17 @@ impl BoxCoding {
     }
 }
 
+/// What a decoded record's label word holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LabelSource {
+    /// The candidate's class (the one-stage detectors: NMS runs per class).
+    #[default]
+    Class,
+    /// The index of the level the candidate was selected on (torchvision's RPN, whose
+    /// `batched_nms` takes the level as the class, so that NMS runs per level).
+    Level,
+}
+
 /// Everything the decoding needs besides the tensors.
 #[derive(Clone, Debug)]
 pub struct DecodeSpec {
@@ -67,6 +79,12 @@ pub struct DecodeSpec {
     pub clip: (f32, f32),
     /// How regressions become boxes.
     pub coding: BoxCoding,
+    /// torchvision's `remove_small_boxes(boxes, min_size)` after clipping: a box narrower or
+    /// lower than this (or NaN) becomes an empty record. `None`: boxes are kept whatever their
+    /// size (the one-stage detectors); the RPN's is `Some(1e-3)`.
+    pub min_size: Option<f32>,
+    /// What the label word holds.
+    pub labels: LabelSource,
 }
 
 /// Mirrors `DecodeParams` in the WGSL.
@@ -85,7 +103,10 @@ pub(crate) struct DecodeParams {
     clip_height: f32,
     clip_width: f32,
     xform_clip: f32,
-    _pad: u32,
+    min_size: f32,
+    remove_small: u32,
+    label_level: u32,
+    _pad: [u32; 2],
     regions: [[u32; 4]; REGION_SLOTS],
     strides: [[u32; 4]; REGION_SLOTS],
 }
@@ -146,6 +167,15 @@ pub fn prepare(
         ));
     }
     check_regions(OP, &spec.regions, (mh, mw))?;
+    if spec.min_size.is_some_and(|m| !m.is_finite()) {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "min_size is {:?}; give a finite size in pixels (torchvision's RPN: 1e-3) or None",
+                spec.min_size
+            ),
+        ));
+    }
     check_output_shape(OP, out, [n, 1, levels * k, RECORD])?;
     let (weights, xform_clip, linear) = match spec.coding {
         BoxCoding::Deltas {
@@ -171,7 +201,10 @@ pub fn prepare(
         clip_height: spec.clip.0,
         clip_width: spec.clip.1,
         xform_clip,
-        _pad: 0,
+        min_size: spec.min_size.unwrap_or(0.0),
+        remove_small: spec.min_size.is_some() as u32,
+        label_level: (spec.labels == LabelSource::Level) as u32,
+        _pad: [0; 2],
         regions: region_table(&spec.regions),
         strides,
     };

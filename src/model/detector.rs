@@ -14,7 +14,7 @@ use crate::gpu::GpuContext;
 use crate::graph::executor::{Executor, ExecutorOptions};
 use crate::graph::ops::detect::{
     AnchorSpec, BatchedNms, BoxCoding, DecodeBoxes, DetectionGeometry, DetectionTransform,
-    Normalize, ResizeRule, ScoreMode, StackLevels, TopKScores,
+    LabelSource, Normalize, ResizeRule, ScoreMode, StackLevels, TopKScores,
 };
 use crate::graph::{Graph, Value};
 use crate::model::checkpoint::Checkpoint;
@@ -549,6 +549,8 @@ impl Detector {
                 anchors,
                 classes: config.num_classes,
                 coding: kind.box_coding(),
+                min_size: None,
+                labels: LabelSource::Class,
             },
             &[selected, regression, pictures],
         );
@@ -558,6 +560,7 @@ impl Detector {
                 geometry,
                 iou_thresh: options.nms_thresh,
                 detections: options.detections_per_img,
+                scale_to_pictures: true,
             },
             &[candidates, pictures],
         );

@@ -31,6 +31,19 @@ impl AnchorSpec {
         }
     }
 
+    /// The RPN's anchors of torchvision's Faster and Mask R-CNN on P2..P6 (its
+    /// `_default_anchorgen`): one size per level, 32 to 512, ratios 0.5, 1, 2: three per
+    /// location.
+    pub fn rpn() -> Self {
+        AnchorSpec {
+            sizes: [32.0, 64.0, 128.0, 256.0, 512.0]
+                .iter()
+                .map(|&s| vec![s])
+                .collect(),
+            aspect_ratios: vec![vec![0.5, 1.0, 2.0]; 5],
+        }
+    }
+
     /// FCOS's anchors on P3..P7: one square of side 8..128 per location.
     pub fn fcos() -> Self {
         AnchorSpec {

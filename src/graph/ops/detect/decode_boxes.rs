@@ -8,12 +8,12 @@ use super::geometry::{picture_size, DetectionGeometry};
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::graph::ops::{GpuOp, GraphOp, PlainOp, Target};
-use crate::kernels::box_decode::{self, BoxCoding, DecodeSpec, RECORD};
+use crate::kernels::box_decode::{self, BoxCoding, DecodeSpec, LabelSource, RECORD};
 use crate::precision::Precision;
 use crate::tensor::{MemoryFormat, Tensor};
 
 /// Candidate records `[N, 1, L*K, 6]` (x1, y1, x2, y2 in the resized picture, score, label
-/// bits); inputs `[selected, regression, pictures]`: the top-k output `[N, L, K, 2]`, the
+/// bits: the class, or the level for the RPN's proposals); inputs `[selected, regression, pictures]`: the top-k output `[N, L, K, 2]`, the
 /// packed regression map `[N, A*4, HS, WS]`, and the pictures (whose shape alone is read).
 #[derive(Clone, Debug)]
 pub struct DecodeBoxes {
@@ -25,6 +25,11 @@ pub struct DecodeBoxes {
     pub classes: usize,
     /// How regressions become boxes.
     pub coding: BoxCoding,
+    /// Boxes smaller than this after clipping become empty records (torchvision's RPN:
+    /// `Some(1e-3)`); `None` keeps every box.
+    pub min_size: Option<f32>,
+    /// What the label word holds: the class, or the level (the RPN's per-level NMS).
+    pub labels: LabelSource,
 }
 
 impl GraphOp for DecodeBoxes {
@@ -78,6 +83,8 @@ impl PlainOp for DecodeBoxes {
             classes: self.classes,
             clip: (h as f32, w as f32),
             coding: self.coding,
+            min_size: self.min_size,
+            labels: self.labels,
         };
         Ok(vec![box_decode::prepare(
             ctx, inputs[0], inputs[1], &spec, out,

@@ -2,7 +2,9 @@
 //! all on the GPU: torchvision's transform, the levels packed for heads that share their
 //! weights across levels (and the group norm of their hidden layers, per level), the per-level
 //! top-k of scores, anchors and box decoding, and batched NMS; and, for the two-stage
-//! detectors, the multi-scale RoIAlign of their proposals. Each derives where things lie
+//! detectors, the same top-k, decoding and NMS making the RPN's proposals (per level, labelled
+//! by level, small boxes removed, left in the resized picture) and the multi-scale RoIAlign of
+//! them. Each derives where things lie
 //! from the pictures' shape through one [`DetectionGeometry`], so that they agree.
 
 mod anchors;
@@ -27,7 +29,7 @@ pub use stack_levels::StackLevels;
 pub use top_k::TopKScores;
 pub use transform::DetectionTransform;
 
-pub use crate::kernels::box_decode::BoxCoding;
+pub use crate::kernels::box_decode::{BoxCoding, LabelSource};
 pub use crate::kernels::resize::Normalize;
 pub use crate::kernels::roi_align::RoiAlignOptions;
 pub use crate::kernels::top_k::ScoreMode;

@@ -12,9 +12,9 @@ use crate::precision::Precision;
 use crate::tensor::{MemoryFormat, Tensor};
 
 /// The detections `[N, 1, D, 6]`: per picture, torchvision's `batched_nms` of the candidates
-/// then its best `detections`, boxes in the pictures' pixels; inputs `[candidates,
-/// pictures]` (the pictures' shape alone is read: it gives the scale back from the resized
-/// picture).
+/// then its best `detections`, boxes in the pictures' pixels (or, for the RPN's proposals, left
+/// in the resized picture's); inputs `[candidates, pictures]` (the pictures' shape alone is
+/// read: it gives the scale back from the resized picture).
 #[derive(Clone, Debug)]
 pub struct BatchedNms {
     /// The resize the boxes are taken back through.
@@ -23,6 +23,9 @@ pub struct BatchedNms {
     pub iou_thresh: f32,
     /// Detections kept per picture.
     pub detections: usize,
+    /// Whether the kept boxes are scaled back to the pictures' pixels (the detectors' output)
+    /// or left in the resized picture's (the RPN's proposals, which RoIAlign reads there).
+    pub scale_to_pictures: bool,
 }
 
 impl BatchedNms {
@@ -30,7 +33,13 @@ impl BatchedNms {
         Ok(NmsOptions {
             iou_thresh: self.iou_thresh,
             max_detections: self.detections,
-            output_scale: self.geometry.box_scale(picture_size(pictures))?,
+            output_scale: if self.scale_to_pictures {
+                self.geometry.box_scale(picture_size(pictures))?
+            } else {
+                // Still checks the pictures' size against the resize rule.
+                self.geometry.resized(picture_size(pictures))?;
+                [1.0, 1.0]
+            },
         })
     }
 }

@@ -1,6 +1,6 @@
 //! The networks: layers that read their weights by PyTorch name, the ResNet backbone, the FPN
 //! heads (the seed's, and the one torchvision, detectron2 and mmdetection share under their own
-//! names), the detectors, and checkpoint layout detection.
+//! names), the detectors, the two-stage detectors' RoI heads, and checkpoint layout detection.
 
 pub mod batch_network;
 pub mod checkpoint;
@@ -19,6 +19,7 @@ pub mod pyramid_head;
 pub mod resnet;
 mod resnet_variants;
 pub mod retinanet_head;
+pub mod roi_heads;
 pub mod seed_head;
 
 pub use batch_network::{BatchNetwork, DETECTIONS};
@@ -28,3 +29,4 @@ pub use detector::{Detections, Detector, DetectorConfig, DetectorKind, DetectorO
 pub use fpn::{Fpn, FpnOptions, Fusion, INPUT_CHANNELS, PYRAMID_CHANNELS};
 pub use pixels::PixelNorm;
 pub use pyramid::Pyramid;
+pub use roi_heads::{GpuRoiHeads, RoiHeads, RoiHeadsConfig, RoiHeadsOptions};

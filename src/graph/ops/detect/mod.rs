@@ -2,10 +2,12 @@
 //! all on the GPU: torchvision's transform, the levels packed for heads that share their
 //! weights across levels (and the group norm of their hidden layers, per level), the per-level
 //! top-k of scores, anchors and box decoding, and batched NMS; and, for the two-stage
-//! detectors, the multi-scale RoIAlign of their proposals. Each derives where things lie
-//! from the pictures' shape through one [`DetectionGeometry`], so that they agree.
+//! detectors, the multi-scale RoIAlign of their proposals and their box predictor's candidate
+//! boxes. Each derives where things lie from the pictures' shape through one
+//! [`DetectionGeometry`], so that they agree.
 
 mod anchors;
+mod box_candidates;
 mod decode_boxes;
 mod geometry;
 mod group_norm_levels;
@@ -17,6 +19,7 @@ mod top_k;
 mod transform;
 
 pub use anchors::AnchorSpec;
+pub use box_candidates::BoxCandidates;
 pub use decode_boxes::DecodeBoxes;
 pub use geometry::{picture_size, DetectionGeometry, ResizeRule};
 pub use group_norm_levels::{GroupNormLevels, HostGroupNorm};
@@ -27,6 +30,7 @@ pub use stack_levels::StackLevels;
 pub use top_k::TopKScores;
 pub use transform::DetectionTransform;
 
+pub use crate::kernels::box_candidates::CandidateSpec;
 pub use crate::kernels::box_decode::BoxCoding;
 pub use crate::kernels::resize::Normalize;
 pub use crate::kernels::roi_align::RoiAlignOptions;

@@ -89,10 +89,17 @@ fn box_candidates(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
                 continue;
             }
             let base = (roi * p.classes + c) * 4u;
-            let dx = f32(regression[base]) / p.weights.x;
-            let dy = f32(regression[base + 1u]) / p.weights.y;
-            let dw = min(f32(regression[base + 2u]) / p.weights.z, p.xform_clip);
-            let dh = min(f32(regression[base + 3u]) / p.weights.w, p.xform_clip);
+            let code = vec4<f32>(f32(regression[base]), f32(regression[base + 1u]),
+                                 f32(regression[base + 2u]), f32(regression[base + 3u]));
+            // A NaN in the regression makes a NaN box in PyTorch (its clamp keeps NaN), which
+            // remove_small_boxes drops; WGSL's min() need not keep it, so it is dropped here.
+            if (is_nan(code.x) || is_nan(code.y) || is_nan(code.z) || is_nan(code.w)) {
+                continue;
+            }
+            let dx = code.x / p.weights.x;
+            let dy = code.y / p.weights.y;
+            let dw = min(code.z / p.weights.z, p.xform_clip);
+            let dh = min(code.w / p.weights.w, p.xform_clip);
             let pred_ctr_x = dx * width + ctr_x;
             let pred_ctr_y = dy * height + ctr_y;
             let half_w = 0.5 * (exp(dw) * width);

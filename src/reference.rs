@@ -943,8 +943,16 @@ pub fn box_candidates(
                     let code = &regression[(row * classes + c) * 4..(row * classes + c + 1) * 4];
                     let dx = code[0] / wx;
                     let dy = code[1] / wy;
-                    let dw = (code[2] / ww).min(rule.xform_clip);
-                    let dh = (code[3] / wh).min(rule.xform_clip);
+                    // torch.clamp(max=) keeps a NaN, where f32::min would drop it.
+                    let cap = |d: f32| {
+                        if d > rule.xform_clip {
+                            rule.xform_clip
+                        } else {
+                            d
+                        }
+                    };
+                    let dw = cap(code[2] / ww);
+                    let dh = cap(code[3] / wh);
                     let pred_ctr_x = dx * widths + ctr_x;
                     let pred_ctr_y = dy * heights + ctr_y;
                     let pred_w = dw.exp() * widths;

@@ -931,7 +931,7 @@ pub fn box_candidates(
             for r in 0..rois {
                 let row = n * rois + r;
                 let p = &proposals[row * 6..row * 6 + 6];
-                if !(p[4] >= 0.0) {
+                if p[4].is_nan() || p[4] < 0.0 {
                     continue;
                 }
                 let widths = p[2] - p[0];

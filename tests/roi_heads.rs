@@ -275,6 +275,12 @@ fn check_run(ctx: &GpuContext, t: &TensorMap, run: &str, kind: &str, precision: 
     )
     .unwrap();
     let gpu_heads = heads.lower(ctx, 4, inp.resize, precision).unwrap();
+    // v2's batch norms are folded into its convs, and the ReLUs fused, as in the FPN.
+    let folded = gpu_heads.passes_applied().contains(&"fold_batch_norm");
+    assert_eq!(folded, kind == "v2", "{:?}", gpu_heads.passes_applied());
+    if kind == "v2" {
+        assert!(gpu_heads.passes_applied().contains(&"fuse_relu"));
+    }
     let levels: Vec<Tensor> = inp
         .levels
         .iter()

@@ -460,7 +460,7 @@ impl RoiHeads {
         g.output("candidates", values.candidates);
         g.output("detections", values.detections);
         g.check_wiring()?;
-        passes::optimize(&mut g);
+        let passes_applied = passes::optimize(&mut g);
         let target = Target {
             precision,
             layout: MemoryFormat::Nchw,
@@ -486,6 +486,7 @@ impl RoiHeads {
             outputs: g.outputs().to_vec(),
             levels,
             precision,
+            passes_applied,
         })
     }
 }
@@ -536,9 +537,16 @@ pub struct GpuRoiHeads {
     outputs: Vec<(String, Value)>,
     levels: usize,
     precision: Precision,
+    passes_applied: Vec<&'static str>,
 }
 
 impl GpuRoiHeads {
+    /// The graph passes that changed the heads' graph when they were lowered, in the order
+    /// they did (v2's batch norms: `fold_batch_norm`, then `fuse_relu`).
+    pub fn passes_applied(&self) -> &[&'static str] {
+        &self.passes_applied
+    }
+
     /// Runs the heads in one submit, not waiting for the GPU: `levels` `[N, C, h_l, w_l]`
     /// finest first (converted to the heads' precision if stored otherwise), `proposals` f32
     /// records `[N, 1, R, 6]` in the resized picture's pixels (empty slots, score -1, have no

@@ -924,3 +924,91 @@ pub fn softmax_channels(x: &[f32], shape: [usize; 4]) -> Vec<f32> {
     }
     out
 }
+
+/// The settings of [`box_candidates`]: torchvision's `RoIHeads` box coder and filters.
+#[derive(Clone, Copy, Debug)]
+pub struct CandidateRule {
+    /// `BoxCoder` weights (wx, wy, ww, wh).
+    pub weights: [f32; 4],
+    /// The cap on the log-size deltas.
+    pub xform_clip: f32,
+    /// Candidates score strictly above this.
+    pub score_thresh: f32,
+    /// Candidates have both sides at least this.
+    pub min_size: f32,
+    /// The resized picture's (height, width), which the boxes are clipped to.
+    pub clip: (f32, f32),
+}
+
+/// torchvision's `RoIHeads.postprocess_detections` up to its `batched_nms`, per image: the
+/// records `[x1, y1, x2, y2, score, f32::from_bits(class)]` of every (proposal, class >= 1)
+/// pair in that order whose score is strictly above the threshold and whose clipped box has
+/// both sides at least `min_size`. `proposals` are `n * rois` records of 6 (an empty slot,
+/// score not >= 0, is no proposal), `regression` `[n * rois, 4 C]`, `scores` `[n * rois, C]`,
+/// each row flat. Decoding is `BoxCoder.decode_single` in f32, step by step.
+pub fn box_candidates(
+    proposals: &[f32],
+    rois: usize,
+    regression: &[f32],
+    scores: &[f32],
+    classes: usize,
+    rule: &CandidateRule,
+) -> Vec<Vec<[f32; 6]>> {
+    let images = proposals.len() / 6 / rois.max(1);
+    let [wx, wy, ww, wh] = rule.weights;
+    (0..images)
+        .map(|n| {
+            let mut out = Vec::new();
+            for r in 0..rois {
+                let row = n * rois + r;
+                let p = &proposals[row * 6..row * 6 + 6];
+                if p[4].is_nan() || p[4] < 0.0 {
+                    continue;
+                }
+                let widths = p[2] - p[0];
+                let heights = p[3] - p[1];
+                let ctr_x = p[0] + 0.5 * widths;
+                let ctr_y = p[1] + 0.5 * heights;
+                for c in 1..classes {
+                    let score = scores[row * classes + c];
+                    let code = &regression[(row * classes + c) * 4..(row * classes + c + 1) * 4];
+                    let dx = code[0] / wx;
+                    let dy = code[1] / wy;
+                    // torch.clamp(max=) keeps a NaN, where f32::min would drop it.
+                    let cap = |d: f32| {
+                        if d > rule.xform_clip {
+                            rule.xform_clip
+                        } else {
+                            d
+                        }
+                    };
+                    let dw = cap(code[2] / ww);
+                    let dh = cap(code[3] / wh);
+                    let pred_ctr_x = dx * widths + ctr_x;
+                    let pred_ctr_y = dy * heights + ctr_y;
+                    let pred_w = dw.exp() * widths;
+                    let pred_h = dh.exp() * heights;
+                    let b = [
+                        pred_ctr_x - 0.5 * pred_w,
+                        pred_ctr_y - 0.5 * pred_h,
+                        pred_ctr_x + 0.5 * pred_w,
+                        pred_ctr_y + 0.5 * pred_h,
+                    ];
+                    // torch.clamp keeps NaN; f32::clamp does too.
+                    let (h, w) = rule.clip;
+                    let b = [
+                        b[0].clamp(0.0, w),
+                        b[1].clamp(0.0, h),
+                        b[2].clamp(0.0, w),
+                        b[3].clamp(0.0, h),
+                    ];
+                    let big = b[2] - b[0] >= rule.min_size && b[3] - b[1] >= rule.min_size;
+                    if score > rule.score_thresh && big {
+                        out.push([b[0], b[1], b[2], b[3], score, f32::from_bits(c as u32)]);
+                    }
+                }
+            }
+            out
+        })
+        .collect()
+}

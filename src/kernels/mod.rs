@@ -5,6 +5,7 @@
 
 pub mod avg_pool2d;
 pub mod batch_norm;
+pub mod box_candidates;
 pub mod box_decode;
 pub mod conv2d;
 pub mod convert;
@@ -77,6 +78,7 @@ pub const SHADERS: &[&ShaderSource] = &[
     &levels::SHADER,
     &group_norm::SHADER,
     &box_decode::SHADER,
+    &box_candidates::SHADER,
     &top_k::SHADER,
     &roi_align::SHADER,
     &linear::SHADER,

@@ -1,7 +1,7 @@
 //! The networks: layers that read their weights by PyTorch name, the ResNet backbone, the FPN
 //! heads (the seed's, and the one torchvision, detectron2 and mmdetection share under their own
-//! names), the detectors, the two-stage detectors' region proposal network, and checkpoint
-//! layout detection.
+//! names), the detectors, the two-stage detectors' region proposal network and RoI heads, and
+//! checkpoint layout detection.
 
 pub mod batch_network;
 pub mod checkpoint;
@@ -20,6 +20,7 @@ pub mod pyramid_head;
 pub mod resnet;
 mod resnet_variants;
 pub mod retinanet_head;
+pub mod roi_heads;
 pub mod rpn;
 pub mod seed_head;
 
@@ -30,4 +31,5 @@ pub use detector::{Detections, Detector, DetectorConfig, DetectorKind, DetectorO
 pub use fpn::{Fpn, FpnOptions, Fusion, INPUT_CHANNELS, PYRAMID_CHANNELS};
 pub use pixels::PixelNorm;
 pub use pyramid::Pyramid;
+pub use roi_heads::{GpuRoiHeads, RoiHeads, RoiHeadsConfig, RoiHeadsOptions};
 pub use rpn::{RegionProposalNetwork, RpnConfig, RpnOptions};

@@ -3,11 +3,12 @@
 //! weights across levels (and the group norm of their hidden layers, per level), the per-level
 //! top-k of scores, anchors and box decoding, and batched NMS; and, for the two-stage
 //! detectors, the same top-k, decoding and NMS making the RPN's proposals (per level, labelled
-//! by level, small boxes removed, left in the resized picture) and the multi-scale RoIAlign of
-//! them. Each derives where things lie
-//! from the pictures' shape through one [`DetectionGeometry`], so that they agree.
+//! by level, small boxes removed, left in the resized picture), the multi-scale RoIAlign of
+//! them and the box predictor's candidate boxes. Each derives where things lie from the
+//! pictures' shape through one [`DetectionGeometry`], so that they agree.
 
 mod anchors;
+mod box_candidates;
 mod decode_boxes;
 mod geometry;
 mod group_norm_levels;
@@ -19,6 +20,7 @@ mod top_k;
 mod transform;
 
 pub use anchors::AnchorSpec;
+pub use box_candidates::BoxCandidates;
 pub use decode_boxes::DecodeBoxes;
 pub use geometry::{picture_size, DetectionGeometry, ResizeRule};
 pub use group_norm_levels::{GroupNormLevels, HostGroupNorm};
@@ -29,6 +31,7 @@ pub use stack_levels::StackLevels;
 pub use top_k::TopKScores;
 pub use transform::DetectionTransform;
 
+pub use crate::kernels::box_candidates::CandidateSpec;
 pub use crate::kernels::box_decode::{BoxCoding, LabelSource};
 pub use crate::kernels::resize::Normalize;
 pub use crate::kernels::roi_align::RoiAlignOptions;

@@ -1012,3 +1012,195 @@ pub fn box_candidates(
         })
         .collect()
 }
+
+/// Stride, padding, output padding, dilation and the closing ReLU of a transposed convolution
+/// (PyTorch's `ConvTranspose2d` arguments, groups 1), each (vertical, horizontal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvTransposeSpec {
+    /// Stride, each at least 1.
+    pub stride: (usize, usize),
+    /// Rows and columns taken off each side of the output.
+    pub padding: (usize, usize),
+    /// Rows and columns added at the bottom and right.
+    pub output_padding: (usize, usize),
+    /// Kernel dilation, each at least 1.
+    pub dilation: (usize, usize),
+    /// ReLU after the bias.
+    pub relu: bool,
+}
+
+/// PyTorch's `ConvTranspose2d` (groups 1) with `weight` `[cin, cout, kh, kw]`, then a ReLU when
+/// `spec.relu`: every input pixel scattered through every tap into the output of size
+/// `(h - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1`, summed in f64.
+pub fn conv_transpose2d(
+    x: &[f32],
+    x_shape: [usize; 4],
+    weight: &[f32],
+    w_shape: [usize; 4],
+    bias: Option<&[f32]>,
+    spec: &ConvTransposeSpec,
+) -> (Vec<f32>, [usize; 4]) {
+    let [n, cin, h, w] = x_shape;
+    let [wcin, cout, kh, kw] = w_shape;
+    assert_eq!(cin, wcin, "input channels against the weight's");
+    let (sh, sw) = spec.stride;
+    let (ph, pw) = spec.padding;
+    let (dh, dw) = spec.dilation;
+    let oh = (h - 1) * sh + dh * (kh - 1) + spec.output_padding.0 + 1 - 2 * ph;
+    let ow = (w - 1) * sw + dw * (kw - 1) + spec.output_padding.1 + 1 - 2 * pw;
+    let mut acc = vec![0.0f64; n * cout * oh * ow];
+    for b in 0..n {
+        for ci in 0..cin {
+            for iy in 0..h {
+                for ix in 0..w {
+                    let v = x[((b * cin + ci) * h + iy) * w + ix] as f64;
+                    for co in 0..cout {
+                        for ky in 0..kh {
+                            // Output row before the padding is taken off.
+                            let oy = (iy * sh + ky * dh) as isize - ph as isize;
+                            if oy < 0 || oy >= oh as isize {
+                                continue;
+                            }
+                            for kx in 0..kw {
+                                let ox = (ix * sw + kx * dw) as isize - pw as isize;
+                                if ox < 0 || ox >= ow as isize {
+                                    continue;
+                                }
+                                let wv = weight[((ci * cout + co) * kh + ky) * kw + kx] as f64;
+                                acc[((b * cout + co) * oh + oy as usize) * ow + ox as usize] +=
+                                    v * wv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let plane = oh * ow;
+    let out = acc
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| {
+            let co = i / plane % cout;
+            let mut v = a + bias.map_or(0.0, |b| b[co] as f64);
+            // NaN stays NaN, as in PyTorch's ReLU.
+            if spec.relu && v < 0.0 {
+                v = 0.0;
+            }
+            v as f32
+        })
+        .collect();
+    (out, [n, cout, oh, ow])
+}
+
+/// torchvision's `maskrcnn_inference` on logits `[K, C, M, M]` and `K` detection records
+/// `[x1, y1, x2, y2, score, f32::from_bits(label)]`: per record, `sigmoid` of the logits'
+/// channel `label`, `[K, 1, M, M]`, in f64. A record whose score is not >= 0 (an empty slot)
+/// or whose label is not below C gives zeros.
+pub fn select_masks(logits: &[f32], shape: [usize; 4], records: &[f32]) -> Vec<f32> {
+    let [k, c, m, _] = shape;
+    assert_eq!(records.len(), k * 6, "one record per row of logits");
+    let plane = m * m;
+    let mut out = vec![0.0f32; k * plane];
+    for (row, rec) in records.chunks(6).enumerate() {
+        let label = rec[5].to_bits() as usize;
+        if rec[4].is_nan() || rec[4] < 0.0 || label >= c {
+            continue;
+        }
+        let from = &logits[(row * c + label) * plane..(row * c + label + 1) * plane];
+        for (o, &v) in out[row * plane..(row + 1) * plane].iter_mut().zip(from) {
+            *o = (1.0 / (1.0 + (-(v as f64)).exp())) as f32;
+        }
+    }
+    out
+}
+
+/// PyTorch's `F.interpolate(x, size=(oh, ow), mode='bilinear', align_corners=False)` of one
+/// `ih x iw` plane in f32, as its CPU kernel computes it: scale `in / out` in f32, source index
+/// `max(scale * (dst + 0.5) - 0.5, 0)`, first tap at most the last index, each row's taps
+/// weighed along x, then the rows along y.
+fn resize_bilinear_f32(x: &[f32], (ih, iw): (usize, usize), (oh, ow): (usize, usize)) -> Vec<f32> {
+    let taps = |dst: usize, in_size: usize, out_size: usize| {
+        let scale = in_size as f32 / out_size as f32;
+        let src = (scale * (dst as f32 + 0.5) - 0.5).max(0.0);
+        let i0 = (src.floor() as usize).min(in_size - 1);
+        let l1 = (src - i0 as f32).clamp(0.0, 1.0);
+        let i1 = if i0 < in_size - 1 { i0 + 1 } else { i0 };
+        (i0, i1, 1.0 - l1, l1)
+    };
+    let columns: Vec<_> = (0..ow).map(|ox| taps(ox, iw, ow)).collect();
+    let mut out = Vec::with_capacity(oh * ow);
+    for oy in 0..oh {
+        let (y0, y1, wy0, wy1) = taps(oy, ih, oh);
+        for &(x0, x1, wx0, wx1) in &columns {
+            let top = x[y0 * iw + x0] * wx0 + x[y0 * iw + x1] * wx1;
+            let bottom = x[y1 * iw + x0] * wx0 + x[y1 * iw + x1] * wx1;
+            out.push(top * wy0 + bottom * wy1);
+        }
+    }
+    out
+}
+
+/// torchvision's `paste_masks_in_image(masks, boxes, (height, width), padding=1)` of `K` masks
+/// `[K, 1, M, M]` and `K` detection records, `[K, 1, height, width]`, following its code:
+/// each mask padded with one pixel of zeros, its box expanded about the centre by
+/// `(M + 2) / M` (that scale rounded to f32, the arithmetic in f32) and truncated toward zero
+/// to integers, the padded mask resized bilinearly (in f32, as PyTorch) to
+/// `w = max(x2 - x1 + 1, 1)` by `h = max(y2 - y1 + 1, 1)`, and the part of it inside the
+/// picture copied to `[max(y1, 0), min(y2 + 1, height))` x `[max(x1, 0), min(x2 + 1, width))`.
+///
+/// Empty slots (score not >= 0) give zeros; so do boxes wholly outside the picture (where
+/// torchvision's slicing wraps negative ends around or fails) and boxes whose expanded
+/// coordinates are not finite or beyond +-2^24. The resized mask is made in full, so the
+/// boxes must be of sizes a test can afford.
+pub fn paste_masks(
+    masks: &[f32],
+    m: usize,
+    records: &[f32],
+    (height, width): (usize, usize),
+) -> Vec<f32> {
+    let k = records.len() / 6;
+    assert_eq!(masks.len(), k * m * m, "one mask per record");
+    let side = m + 2;
+    let scale = ((m + 2) as f64 / m as f64) as f32;
+    let mut out = vec![0.0f32; k * height * width];
+    for (row, rec) in records.chunks(6).enumerate() {
+        if rec[4].is_nan() || rec[4] < 0.0 {
+            continue;
+        }
+        // expand_boxes, in f32.
+        let w_half = (rec[2] - rec[0]) * 0.5 * scale;
+        let h_half = (rec[3] - rec[1]) * 0.5 * scale;
+        let x_c = (rec[2] + rec[0]) * 0.5;
+        let y_c = (rec[3] + rec[1]) * 0.5;
+        let expanded = [x_c - w_half, y_c - h_half, x_c + w_half, y_c + h_half];
+        if !expanded.iter().all(|v| v.abs() <= 16_777_216.0) {
+            continue;
+        }
+        let [bx1, by1, bx2, by2] = expanded.map(|v| v.trunc() as i64);
+        let w = (bx2 - bx1 + 1).max(1) as usize;
+        let h = (by2 - by1 + 1).max(1) as usize;
+        let x0 = bx1.max(0);
+        let x1 = (bx2 + 1).min(width as i64);
+        let y0 = by1.max(0);
+        let y1 = (by2 + 1).min(height as i64);
+        if x0 >= x1 || y0 >= y1 {
+            continue;
+        }
+        let mut padded = vec![0.0f32; side * side];
+        for y in 0..m {
+            let src = &masks[(row * m + y) * m..(row * m + y + 1) * m];
+            padded[(y + 1) * side + 1..(y + 1) * side + 1 + m].copy_from_slice(src);
+        }
+        let resized = resize_bilinear_f32(&padded, (side, side), (h, w));
+        let picture = &mut out[row * height * width..(row + 1) * height * width];
+        for y in y0..y1 {
+            let from = (y - by1) as usize * w;
+            let to = y as usize * width;
+            for x in x0..x1 {
+                picture[to + x as usize] = resized[from + (x - bx1) as usize];
+            }
+        }
+    }
+    out
+}

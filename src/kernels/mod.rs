@@ -8,11 +8,13 @@ pub mod batch_norm;
 pub mod box_candidates;
 pub mod box_decode;
 pub mod conv2d;
+pub mod conv_transpose2d;
 pub mod convert;
 pub mod elementwise;
 pub mod group_norm;
 pub mod levels;
 pub mod linear;
+pub mod masks;
 pub mod max_pool2d;
 pub mod nms;
 pub mod pad2d;
@@ -86,6 +88,8 @@ pub const SHADERS: &[&ShaderSource] = &[
     &nms::SORT_SHADER,
     &nms::MASK_SHADER,
     &nms::SWEEP_SHADER,
+    &conv_transpose2d::SHADER,
+    &masks::SHADER,
 ];
 
 /// Every template of generated entry points the crate expands (each appended to one of

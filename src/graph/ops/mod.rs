@@ -24,6 +24,7 @@ mod add;
 mod avg_pool2d;
 mod batch_norm;
 mod conv2d;
+mod conv_transpose2d;
 pub mod detect;
 mod input;
 mod linear;
@@ -41,6 +42,7 @@ pub use add::Add;
 pub use avg_pool2d::AvgPool2d;
 pub use batch_norm::{BatchNorm, HostBatchNorm};
 pub use conv2d::{Conv2d, GpuConv2d, HostConv};
+pub use conv_transpose2d::{ConvTranspose2d, HostConvTranspose};
 pub use input::Input;
 pub use linear::{HostLinear, Linear};
 pub use max_pool2d::MaxPool2d;
@@ -52,6 +54,7 @@ pub use upsample_add::UpsampleAdd;
 // The option types the ops carry, so that models build graphs from `graph::ops` alone.
 pub use crate::kernels::avg_pool2d::AvgPool2dOptions;
 pub use crate::kernels::conv2d::{Conv2dOptions, ConvChoice, ResidualMode};
+pub use crate::kernels::conv_transpose2d::ConvTranspose2dOptions;
 pub use crate::kernels::max_pool2d::MaxPool2dOptions;
 pub use crate::kernels::upsample_add::UpsampleMode;
 

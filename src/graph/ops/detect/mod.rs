@@ -4,8 +4,9 @@
 //! top-k of scores, anchors and box decoding, and batched NMS; and, for the two-stage
 //! detectors, the same top-k, decoding and NMS making the RPN's proposals (per level, labelled
 //! by level, small boxes removed, left in the resized picture), the multi-scale RoIAlign of
-//! them and the box predictor's candidate boxes. Each derives where things lie from the
-//! pictures' shape through one [`DetectionGeometry`], so that they agree.
+//! them and the box predictor's candidate boxes; and Mask R-CNN's mask selection and pasting.
+//! Each derives where things lie from the pictures' shape through one [`DetectionGeometry`],
+//! so that they agree.
 
 mod anchors;
 mod box_candidates;
@@ -14,7 +15,9 @@ mod geometry;
 mod group_norm_levels;
 mod mask_levels;
 mod nms;
+mod paste_masks;
 mod roi_align;
+mod select_masks;
 mod stack_levels;
 mod top_k;
 mod transform;
@@ -26,7 +29,9 @@ pub use geometry::{picture_size, DetectionGeometry, ResizeRule};
 pub use group_norm_levels::{GroupNormLevels, HostGroupNorm};
 pub use mask_levels::MaskLevels;
 pub use nms::BatchedNms;
+pub use paste_masks::PasteMasks;
 pub use roi_align::MultiScaleRoiAlign;
+pub use select_masks::SelectMasks;
 pub use stack_levels::StackLevels;
 pub use top_k::TopKScores;
 pub use transform::DetectionTransform;

@@ -114,3 +114,26 @@ fn nms_sweep(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         out[dst + 5u] = ABSENT;
     }
 }
+
+// Records already kept, in the resized picture's pixels, scaled to the pictures' as
+// write_record scales them: the same f32 product per coordinate, the score and label words
+// copied bit for bit (a label's bits are a denormal or a NaN as an f32, which arithmetic could
+// flush or quieten). For a detector whose kept boxes are read in both frames (Mask R-CNN pools
+// its masks at the resized boxes and pastes them at the scaled ones).
+//   bindings 0 the records [N, M, 6] as the candidates, 3 out [N, M, 6], 4 p (images, candidates
+//   = M, scale_x, scale_y); one invocation per word.
+@compute @workgroup_size(WG)
+fn scale_records(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = group_index(wid, nwg) * WG + lid;
+    if (i >= p.images * p.candidates * RECORD) {
+        return;
+    }
+    let f = i % RECORD;
+    if (f < 4u) {
+        let scale = select(p.scale_y, p.scale_x, f % 2u == 0u);
+        out[i] = bitcast<u32>(bitcast<f32>(candidates[i]) * scale);
+    } else {
+        out[i] = candidates[i];
+    }
+}

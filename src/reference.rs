@@ -627,6 +627,17 @@ pub fn batched_nms(
     out
 }
 
+/// Records `[x1, y1, x2, y2, score, label bits]` with their x coordinates times `scale[0]` and
+/// y coordinates times `scale[1]` (torchvision's `resize_boxes` with ratios original / resized),
+/// scores and labels as they are: the CPU twin of `kernels::nms::prepare_scale_records`.
+pub fn scale_records(records: &[[f32; 6]], scale: [f32; 2]) -> Vec<[f32; 6]> {
+    let [sx, sy] = scale;
+    records
+        .iter()
+        .map(|r| [r[0] * sx, r[1] * sy, r[2] * sx, r[3] * sy, r[4], r[5]])
+        .collect()
+}
+
 /// Per-level top-k of detection scores, as torchvision's RetinaNet and FCOS
 /// `postprocess_detections` select them.
 ///

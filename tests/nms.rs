@@ -391,3 +391,64 @@ fn nms_refuses_a_mask_larger_than_a_binding() {
         "{e}"
     );
 }
+
+/// NMS keeping the resized boxes, then the scaling launch, gives the bits NMS gives when it
+/// scales as it writes (what lets Mask R-CNN pool at the first and paste at the second), and
+/// the CPU twin's; labels whose bits are NaNs or denormals as f32 and empty records travel
+/// untouched. Bad records and scales are refused.
+#[test]
+fn scaled_records_match_nms_scaling() {
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(31);
+    let (batch, m) = (2, 700);
+    let images: Vec<Vec<Record>> = (0..batch).map(|_| image(&mut rng, m, 0.2)).collect();
+    // torchvision's ratios for a 45x61 picture resized to 83x112: original / resized in f32.
+    let scale = [61.0f32 / 112.0, 45.0f32 / 83.0];
+    let keep = NmsOptions {
+        iou_thresh: 0.5,
+        max_detections: 600,
+        output_scale: [1.0, 1.0],
+    };
+    let resized = run(ctx, &images, &keep);
+    let flat: Vec<f32> = resized.iter().flatten().flatten().copied().collect();
+    let records = Tensor::from_slice(ctx, [batch, 1, 600, 6], &flat).unwrap();
+    let out = Tensor::empty(ctx, [batch, 1, 600, 6]).unwrap();
+    let launch = nms::prepare_scale_records(ctx, &records, &out, scale).unwrap();
+    ctx.submit(&[&launch]).unwrap();
+    let got = out.download(ctx).unwrap();
+    let scaled = run(
+        ctx,
+        &images,
+        &NmsOptions {
+            output_scale: scale,
+            ..keep
+        },
+    );
+    let direct: Vec<f32> = scaled.iter().flatten().flatten().copied().collect();
+    assert_eq!(bits(&got), bits(&direct));
+    let twin: Vec<f32> = resized
+        .iter()
+        .flat_map(|im| reference::scale_records(im, scale))
+        .flatten()
+        .collect();
+    assert_eq!(bits(&got), bits(&twin));
+    assert!(kept(&resized[0]) > 10 && kept(&resized[0]) < 600);
+
+    let refused = |records: &Tensor, out: &Tensor, scale: [f32; 2]| {
+        let e = nms::prepare_scale_records(ctx, records, out, scale)
+            .err()
+            .unwrap();
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    };
+    refused(&records, &out, [f32::NAN, 1.0]);
+    let five = Tensor::empty(ctx, [batch, 1, 180, 5]).unwrap();
+    refused(&five, &five.clone(), scale);
+    let other = Tensor::empty(ctx, [batch, 1, 599, 6]).unwrap();
+    refused(&records, &other, scale);
+    refused(&records, &records.clone(), scale);
+    if let Some(ctx16) = common::f16_gpu() {
+        let half = Tensor::from_slice_as(ctx16, [batch, 1, 600, 6], &flat, Precision::F16).unwrap();
+        let out16 = Tensor::empty(ctx16, [batch, 1, 600, 6]).unwrap();
+        assert!(nms::prepare_scale_records(ctx16, &half, &out16, scale).is_err());
+    }
+}

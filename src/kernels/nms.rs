@@ -353,3 +353,78 @@ pub fn batched_nms(ctx: &GpuContext, candidates: &Tensor, opts: &NmsOptions) -> 
     ctx.submit(&dispatches.iter().collect::<Vec<_>>())?;
     Ok(out)
 }
+
+/// Builds the launch writing `out` = `records` (`[N, 1, D, 6]`, f32, as [`prepare`] writes
+/// them) with their boxes' x coordinates multiplied by `scale[0]` and y coordinates by
+/// `scale[1]`, the same f32 products [`NmsOptions::output_scale`] makes; scores and labels are
+/// copied bit for bit, empty records stay empty. For records kept in the resized picture's
+/// pixels that are also wanted in the original picture's.
+pub fn prepare_scale_records(
+    ctx: &GpuContext,
+    records: &Tensor,
+    out: &Tensor,
+    scale: [f32; 2],
+) -> Result<Dispatch> {
+    const OP: &str = "scale_records";
+    for (t, what) in [(records, "the records"), (out, "the output")] {
+        if t.precision() != Precision::F32 {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{what} tensor is {}; records are f32 (word 5 holds a label's u32 bits, which f16 cannot carry)",
+                    t.precision()
+                ),
+            ));
+        }
+        check_nchw(OP, t)?;
+    }
+    let shape = records.shape();
+    let [n, channels, d, record] = shape;
+    if channels != 1 || record != RECORD {
+        return Err(Error::invalid(
+            OP,
+            format!(
+                "the records have shape {shape:?}; expected [N, 1, D, 6]: per image, D records of x1, y1, x2, y2, score, label bits"
+            ),
+        ));
+    }
+    if !scale.iter().all(|s| s.is_finite()) {
+        return Err(Error::invalid(
+            OP,
+            format!("the scale is {scale:?}; it must be finite"),
+        ));
+    }
+    check_shape(ctx, OP, "the records", shape)?;
+    check_output_shape(OP, out, shape)?;
+    check_io(OP, out, &[records])?;
+    let words = n * d * RECORD;
+    let params = NmsParams {
+        images: n as u32,
+        candidates: d as u32,
+        padded: 0,
+        words: 0,
+        block: 0,
+        row_blocks: 0,
+        col_blocks: 0,
+        max_detections: d as u32,
+        iou_thresh: 0.0,
+        scale_x: scale[0],
+        scale_y: scale[1],
+        k: 0,
+        k_last: 0,
+        j: 0,
+        _pad: [0; 2],
+    };
+    let pipeline = pipeline(ctx, &SWEEP_SHADER, Precision::F32, OP, &[])?;
+    let groups = u32::try_from(words.div_ceil(WG as usize)).unwrap_or(u32::MAX);
+    let workgroups = grid_2d(groups, ctx.limits().max_compute_workgroups_per_dimension);
+    ctx.check_grid(OP, workgroups)?;
+    let uniform = ctx.uniform(&params);
+    let entries = [
+        (0, records.binding()),
+        (3, out.binding()),
+        (4, uniform.binding()),
+    ];
+    let bind_group = ctx.bind_group(OP, &pipeline, &entries);
+    Ok(Dispatch::new(OP, pipeline, bind_group, workgroups))
+}

@@ -179,3 +179,49 @@ pub fn relu(g: &mut Graph, x: Value) -> Value {
     let name = format!("{}.relu", g.nodes()[x].name);
     g.push(name, Relu, &[x])
 }
+
+/// `nn.ConvTranspose2d` (groups 1): `weight` `[in, out, kh, kw]` and, when it has one, `bias`
+/// `[out]`; Mask R-CNN's `mask_predictor.conv5_mask`.
+pub struct ConvTranspose2d {
+    name: String,
+    weights: Arc<ops::HostConvTranspose>,
+    opts: ops::ConvTranspose2dOptions,
+}
+
+impl ConvTranspose2d {
+    /// Reads `{prefix}.weight` `[cin, cout, kernel, kernel]` (and `{prefix}.bias` when `bias`)
+    /// from `vb`; `opts` gives the stride, padding and whether a ReLU follows (fused).
+    pub fn new(
+        vb: &VarBuilder,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        bias: bool,
+        opts: ops::ConvTranspose2dOptions,
+    ) -> Self {
+        let shape = [cin, cout, kernel, kernel];
+        let weight = vb.get("weight", &shape, Init::Conv);
+        let bias = bias.then(|| vb.get("bias", &[cout], Init::Bias));
+        ConvTranspose2d {
+            name: vb.prefix().to_string(),
+            weights: Arc::new(ops::HostConvTranspose {
+                shape,
+                weight,
+                bias,
+            }),
+            opts,
+        }
+    }
+
+    /// Records the transposed convolution of `x`.
+    pub fn forward(&self, g: &mut Graph, x: Value) -> Value {
+        g.push(
+            &self.name,
+            ops::ConvTranspose2d {
+                weights: self.weights.clone(),
+                opts: self.opts,
+            },
+            &[x],
+        )
+    }
+}

@@ -13,6 +13,7 @@ pub mod fcos_head;
 pub mod fpn;
 pub mod head_tower;
 pub mod layers;
+pub mod mask_heads;
 pub mod naming;
 mod pixels;
 pub mod pyramid;

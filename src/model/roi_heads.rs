@@ -7,7 +7,8 @@
 //! (`cls_score`, `bbox_pred`), the softmax of the class logits, then `postprocess_detections`:
 //! per proposal and class but the background, decoding with weights (10, 10, 5, 5), clipping,
 //! the score threshold and the small-box filter ([`BoxCandidates`]), `batched_nms` per class
-//! and the best `box_detections_per_img`, boxes scaled back to the pictures ([`BatchedNms`]).
+//! and the best `box_detections_per_img` ([`BatchedNms`]), boxes scaled back to the pictures
+//! ([`ScaleToPictures`]; the boxes in the resized picture stay available to the mask branch).
 //!
 //! The weights are read under torchvision's names (`roi_heads.box_head.fc6.weight`,
 //! `roi_heads.box_head.0.0.weight`, `roi_heads.box_predictor.cls_score.weight`, ...); the head's
@@ -22,7 +23,7 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::graph::ops::detect::{
-    BatchedNms, BoxCandidates, DetectionGeometry, MultiScaleRoiAlign, ResizeRule,
+    BatchedNms, BoxCandidates, DetectionGeometry, MultiScaleRoiAlign, ResizeRule, ScaleToPictures,
 };
 use crate::graph::ops::{GpuOp, Input, Launch, Softmax, Target};
 use crate::graph::passes;
@@ -253,6 +254,10 @@ pub struct RoiHeadsValues {
     pub box_regression: Value,
     /// The candidates before NMS `[N, 1, R K, 6]` (see [`BoxCandidates`]).
     pub candidates: Value,
+    /// The detections `[N, 1, box_detections_per_img, 6]` as NMS keeps them, boxes in the
+    /// resized picture's pixels: where torchvision's mask branch pools them
+    /// ([`MaskHeads::record`](crate::model::mask_heads::MaskHeads::record)).
+    pub resized_detections: Value,
     /// The detections `[N, 1, box_detections_per_img, 6]`: x1, y1, x2, y2 in the pictures'
     /// pixels, score, label bits (`f32::to_bits`), best first; empty records (score -1) after
     /// the last.
@@ -335,7 +340,9 @@ impl RoiHeads {
         })
     }
 
-    /// The heads of a `state_dict` (a whole Faster R-CNN's, or its `roi_heads.*` alone), for
+    /// The heads of a `state_dict` (a whole Faster or Mask R-CNN's, or its `roi_heads.*` alone;
+    /// the mask branch's `roi_heads.mask_*` are left to
+    /// [`MaskHeads`](crate::model::mask_heads::MaskHeads)), for
     /// levels of `in_channels`: the `roi_heads.` tensors recognised
     /// ([`RoiHeadsConfig::recognise`]) and read; any of them missing, mis-shaped or left over
     /// is an [`Error::Weights`] naming it. Other tensors are left to the rest of the model.
@@ -347,7 +354,10 @@ impl RoiHeads {
     ) -> Result<Self> {
         let heads: TensorMap = tensors
             .iter()
-            .filter(|(n, _)| n.starts_with("roi_heads.") && !is_ignored(n))
+            // The mask branch's tensors are read by `MaskHeads`.
+            .filter(|(n, _)| {
+                n.starts_with("roi_heads.") && !n.starts_with("roi_heads.mask_") && !is_ignored(n)
+            })
             .map(|(n, t)| (n.clone(), t.clone()))
             .collect();
         let store = VarStore::from_tensors(origin, heads);
@@ -410,7 +420,9 @@ impl RoiHeads {
             BoxCandidates::new(resize, self.options.box_score_thresh),
             &[proposals, box_regression, scores, pictures],
         );
-        let detections = g.push(
+        // NMS keeps the resized picture's pixels, which the mask branch pools at; a launch of
+        // its own scales them (the same f32 products NMS would make) for the output.
+        let resized_detections = g.push(
             "roi_heads.nms",
             BatchedNms {
                 geometry: DetectionGeometry {
@@ -419,14 +431,20 @@ impl RoiHeads {
                 },
                 iou_thresh: self.options.box_nms_thresh,
                 detections: self.options.box_detections_per_img,
-                scale_to_pictures: true,
+                scale_to_pictures: false,
             },
             &[candidates, pictures],
+        );
+        let detections = g.push(
+            "roi_heads.detections",
+            ScaleToPictures { resize },
+            &[resized_detections, pictures],
         );
         RoiHeadsValues {
             scores,
             box_regression,
             candidates,
+            resized_detections,
             detections,
         }
     }

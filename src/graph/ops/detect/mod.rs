@@ -28,7 +28,7 @@ pub use decode_boxes::DecodeBoxes;
 pub use geometry::{picture_size, DetectionGeometry, ResizeRule};
 pub use group_norm_levels::{GroupNormLevels, HostGroupNorm};
 pub use mask_levels::MaskLevels;
-pub use nms::BatchedNms;
+pub use nms::{BatchedNms, ScaleToPictures};
 pub use paste_masks::PasteMasks;
 pub use roi_align::MultiScaleRoiAlign;
 pub use select_masks::SelectMasks;

@@ -432,22 +432,40 @@ fn outputs_are_pooled_and_reused_only_once_dropped() {
 /// the kind of device; the upsample-add fusion only runs channels-last on GPUs.
 #[test]
 fn pass_pipelines_follow_fusion_layout_and_device() {
-    use fpn_wgpu::graph::passes::{pipelines, Fusion, CHANNELS_LAST_CPU, CHANNELS_LAST_GPU};
-    let names = |fusion, layout, gpu| -> Vec<&str> {
-        pipelines(fusion, layout, gpu)
+    use fpn_wgpu::graph::passes::{
+        pipelines, Fusion, CHANNELS_LAST_CPU, CHANNELS_LAST_GPU, CHANNELS_LAST_PORTABLE,
+    };
+    let names = |fusion, layout, gpu, coop| -> Vec<&str> {
+        pipelines(fusion, layout, gpu, coop)
             .iter()
             .map(|p| p.name)
             .collect()
     };
     let cl = Some(MemoryFormat::ChannelsLast);
-    assert_eq!(names(Fusion::Fused, None, true), ["fuse"]);
-    assert!(names(Fusion::Unfused, None, true).is_empty());
-    assert!(names(Fusion::Fused, Some(MemoryFormat::Nchw), true).is_empty());
-    assert_eq!(names(Fusion::Fused, cl, true), [CHANNELS_LAST_GPU.name]);
-    assert_eq!(names(Fusion::Unfused, cl, false), [CHANNELS_LAST_CPU.name]);
+    assert_eq!(names(Fusion::Fused, None, true, true), ["fuse"]);
+    assert!(names(Fusion::Unfused, None, true, true).is_empty());
+    assert!(names(Fusion::Fused, Some(MemoryFormat::Nchw), true, true).is_empty());
+    assert_eq!(
+        names(Fusion::Fused, cl, true, true),
+        [CHANNELS_LAST_GPU.name]
+    );
+    assert_eq!(
+        names(Fusion::Unfused, cl, false, true),
+        [CHANNELS_LAST_CPU.name]
+    );
+    // Channels-last without cooperative matrices (asked for): no halos, which only those
+    // kernels write.
+    for gpu in [true, false] {
+        assert_eq!(
+            names(Fusion::Fused, cl, gpu, false),
+            [CHANNELS_LAST_PORTABLE.name]
+        );
+    }
     let has = |p: &passes::Pipeline, pass: &str| p.passes.iter().any(|(n, _)| *n == pass);
     assert!(has(&CHANNELS_LAST_GPU, "fuse_upsample_add"));
     assert!(!has(&CHANNELS_LAST_CPU, "fuse_upsample_add"));
+    assert!(!has(&CHANNELS_LAST_PORTABLE, "halo_into_producer"));
+    assert!(has(&CHANNELS_LAST_PORTABLE, "explicit_padding"));
 
     // The executor runs them and reports what changed the graph.
     let (g, ..) = sample_graph();

@@ -184,3 +184,47 @@ pub fn jpeg_with_orientation_6(path: &std::path::Path) -> image::RgbImage {
     std::fs::write(path, bytes).unwrap();
     stored
 }
+
+/// Both layouts, for the kernels that take either.
+pub const LAYOUTS: [fpn_wgpu::tensor::MemoryFormat; 2] = [
+    fpn_wgpu::tensor::MemoryFormat::Nchw,
+    fpn_wgpu::tensor::MemoryFormat::ChannelsLast,
+];
+
+/// An f32 tensor of `shape` in `layout` whose whole storage (padding channels too) holds NaN,
+/// so that whatever a kernel leaves unwritten shows in its output.
+pub fn poisoned(
+    ctx: &GpuContext,
+    shape: [usize; 4],
+    layout: fpn_wgpu::tensor::MemoryFormat,
+) -> fpn_wgpu::Tensor {
+    let t = fpn_wgpu::Tensor::empty_with(ctx, shape, fpn_wgpu::Precision::F32, layout).unwrap();
+    let nan = vec![f32::NAN; t.storage_len()];
+    ctx.queue()
+        .write_buffer(t.buffer(), t.offset(), bytemuck::cast_slice(&nan));
+    t
+}
+
+/// Checks that an f32 tensor's storage holds no NaN (see [`poisoned`]) and, channels-last,
+/// zeros in its padding channels.
+pub fn assert_storage_written(ctx: &GpuContext, t: &fpn_wgpu::Tensor, what: &str) {
+    assert_eq!(t.precision(), fpn_wgpu::Precision::F32, "{what}");
+    let len = t.storage_len();
+    let raw = fpn_wgpu::Tensor::from_buffer(t.buffer().clone(), [1, 1, 1, len])
+        .unwrap()
+        .download(ctx)
+        .unwrap();
+    let [_, c, _, _] = t.shape();
+    let stride = t.memory_format().pixel_stride(c);
+    for (i, v) in raw.iter().enumerate() {
+        let padding =
+            t.memory_format() == fpn_wgpu::tensor::MemoryFormat::ChannelsLast && i % stride >= c;
+        assert!(
+            !v.is_nan(),
+            "{what}: storage element {i} was left unwritten"
+        );
+        if padding {
+            assert_eq!(*v, 0.0, "{what}: padding channel at storage element {i}");
+        }
+    }
+}

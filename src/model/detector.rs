@@ -4,6 +4,10 @@
 //! The graph: torchvision's transform (normalise, resize, pad), the backbone and FPN, the levels
 //! packed into one map, each head layer run once over it, the per-level top-k of the class
 //! scores, anchors and box decoding, batched NMS, the boxes scaled back to the pictures.
+//!
+//! Its activations are laid out as the FPN's are ([`DetectorOptions::layout`]): in f16 where
+//! cooperative matrices run, channels-last with every convolution on them; the selections,
+//! boxes and rows of the post-processing are NCHW f32 records whatever the activations are.
 
 use std::fmt;
 use std::path::Path;

@@ -12,7 +12,9 @@
 //! (`node.op::<Conv2d>()`, through `dyn GraphOp`'s `downcast`), as tract's optimisers do.
 //!
 //! # Adding an op
-//! 1. A file here with the op's type (attributes, host weights) implementing [`GraphOp`], and
+//! 1. A file here with the op's type (attributes, host weights) implementing [`GraphOp`]
+//!    (with [`GraphOp::output_precision`] and [`GraphOp::output_layout`] where its output is a
+//!    record rather than a map of the graph's storage), and
 //!    its lowered form implementing [`GpuOp`] (the launches, through the kernel in
 //!    `src/kernels/` that computes it); an op without weights implements [`PlainOp`] instead
 //!    and is its own lowered form.

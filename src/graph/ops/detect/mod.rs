@@ -4,6 +4,12 @@
 //! top-k of scores, anchors and box decoding, and batched NMS; and, for the two-stage
 //! detectors, the multi-scale RoIAlign of their proposals. Each derives where things lie
 //! from the pictures' shape through one [`DetectionGeometry`], so that they agree.
+//!
+//! Every op reading an activation takes it NCHW or channels-last (its kernel's
+//! `CHANNELS_LAST` pipeline constant); the ops whose outputs are records (the top-k's
+//! selection, the decoded candidates, NMS's rows) write them NCHW f32 whatever the graph's
+//! layout and precision ([`GraphOp::output_layout`](super::GraphOp::output_layout),
+//! [`GraphOp::output_precision`](super::GraphOp::output_precision)).
 
 mod anchors;
 mod decode_boxes;

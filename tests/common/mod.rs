@@ -19,6 +19,13 @@ pub fn gpu() -> &'static GpuContext {
     })
 }
 
+/// A context of the test's own, as [`gpu`] makes it. For a test whose submits run long: wgpu's
+/// GL backend holds its adapter's lock while a submit's work runs, and a test waiting on that
+/// lock gives up after 6 s, so such a test must not share the binary's context over GL.
+pub fn own_gpu() -> GpuContext {
+    GpuContext::new().unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
+}
+
 /// The `fpn` binary in a controlled environment, so that no test depends on the caller's: no
 /// `XDG_RUNTIME_DIR` (the bare environment of containers, CI runners and root over ssh, where
 /// Mesa's libwayland probe would print errors unless the binary deals with it) and no

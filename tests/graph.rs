@@ -478,3 +478,57 @@ fn pass_pipelines_follow_fusion_layout_and_device() {
     // input, pad, conv, relu, conv: the fused graph of the first test.
     assert_eq!(ex.node_count(), 5);
 }
+
+/// `LayoutChoice` forces either layout: channels-last runs the fused graph (on the portable
+/// direct kernel, f32 having no cooperative matrices) to the NCHW run's outputs, handed back as
+/// NCHW f32 tensors; `Auto` keeps an f32 graph NCHW; an unfused graph (its padding not made
+/// explicit, its batch norm not folded: NCHW kernels only) is refused channels-last with the
+/// first such op named.
+#[test]
+fn layout_choice_forces_either_layout_or_says_why_not() {
+    use fpn_wgpu::graph::executor::{ExecutorOptions, LayoutChoice};
+    use fpn_wgpu::graph::passes::Fusion;
+    let ctx = gpu();
+    let build = |layout, fusion| {
+        let options = ExecutorOptions {
+            fusion,
+            layout,
+            ..ExecutorOptions::default()
+        };
+        Executor::build(ctx, sample_graph().0, options)
+    };
+    let auto = build(LayoutChoice::Auto, Fusion::Fused).unwrap();
+    assert_eq!(auto.memory_format(), MemoryFormat::Nchw);
+    let nchw = build(LayoutChoice::Nchw, Fusion::Fused).unwrap();
+    let cl = build(LayoutChoice::ChannelsLast, Fusion::Fused).unwrap();
+    assert_eq!(nchw.memory_format(), MemoryFormat::Nchw);
+    assert_eq!(cl.memory_format(), MemoryFormat::ChannelsLast);
+    assert!(!cl.cooperative());
+    let shape = [2, C, 7, 5];
+    let x = SplitMix64::new(3).vec(shape.iter().product(), -1.0, 1.0);
+    let xt = Tensor::from_slice(ctx, shape, &x).unwrap();
+    let want = nchw.forward(&xt).unwrap();
+    let got = cl.forward(&xt).unwrap();
+    for ((name, g), (_, w)) in got.iter().zip(&want) {
+        assert_eq!(g.memory_format(), MemoryFormat::Nchw, "{name}");
+        assert_eq!(g.precision(), Precision::F32, "{name}");
+        let (g, w) = (g.download(ctx).unwrap(), w.download(ctx).unwrap());
+        assert_close(&format!("{name}: channels-last"), &g, &w, 1e-5);
+    }
+    let e = build(LayoutChoice::ChannelsLast, Fusion::Unfused)
+        .err()
+        .expect("an unfused graph cannot be channels-last")
+        .to_string();
+    assert!(
+        e.contains("`c1` (conv2d)") && e.contains("unfused") && e.contains("LayoutChoice::Nchw"),
+        "{e}"
+    );
+    assert_eq!(
+        "nhwc".parse::<LayoutChoice>(),
+        Ok(LayoutChoice::ChannelsLast)
+    );
+    assert!("planar"
+        .parse::<LayoutChoice>()
+        .unwrap_err()
+        .contains("channels-last"));
+}

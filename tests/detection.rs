@@ -17,9 +17,13 @@ use std::path::Path;
 
 use common::gpu;
 use fpn_wgpu::graph::executor::Granularity;
+use fpn_wgpu::kernels::conv2d::coop;
 use fpn_wgpu::model::{DetectorConfig, DetectorKind, ExtraLevels, ExtraSource};
+use fpn_wgpu::tensor::MemoryFormat;
 use fpn_wgpu::tensor_file::read_tensors;
-use fpn_wgpu::{Detections, Detector, DetectorOptions, FpnConfig, GpuContext, Precision, Tensor};
+use fpn_wgpu::{
+    Detections, Detector, DetectorOptions, FpnConfig, GpuContext, LayoutChoice, Precision, Tensor,
+};
 
 struct Expected {
     boxes: Vec<[f32; 4]>,
@@ -155,18 +159,28 @@ fn compare(
 }
 
 fn check_fixture(name: &str, kind: DetectorKind) {
-    check_fixture_in(gpu(), name, kind, Precision::F32);
+    check_fixture_in(gpu(), name, kind, Precision::F32, LayoutChoice::Auto);
 }
 
 /// The fixture with f16 weights and activations, where the adapter has them.
 fn check_fixture_f16(name: &str, kind: DetectorKind) {
     match common::f16_gpu() {
-        Some(ctx) => check_fixture_in(ctx, name, kind, Precision::F16),
+        Some(ctx) => {
+            check_fixture_in(ctx, name, kind, Precision::F16, LayoutChoice::Auto);
+        }
         None => eprintln!("{name}: no shader-f16 on this adapter; the f16 detector is not run"),
     }
 }
 
-fn check_fixture_in(ctx: &GpuContext, name: &str, kind: DetectorKind, precision: Precision) {
+/// Runs the fixture's detector as `precision` and `layout` say and checks it against
+/// torchvision's detections; returns the detector and its detections.
+fn check_fixture_in(
+    ctx: &GpuContext,
+    name: &str,
+    kind: DetectorKind,
+    precision: Precision,
+    layout: LayoutChoice,
+) -> (Detector, Vec<Detections>) {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.safetensors"));
     let fixture = read_tensors(&path, |_| false).unwrap();
@@ -180,6 +194,7 @@ fn check_fixture_in(ctx: &GpuContext, name: &str, kind: DetectorKind, precision:
         detections_per_img: o[6] as usize,
         topk_candidates: o[7] as usize,
         precision,
+        layout,
     };
     let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
     backbone.returned = [false, false, true, true, true];
@@ -210,7 +225,10 @@ fn check_fixture_in(ctx: &GpuContext, name: &str, kind: DetectorKind, precision:
                 .map(|&l| l as i64)
                 .collect(),
         };
-        let case = format!("{name} picture {i} ({precision})");
+        let case = format!(
+            "{name} picture {i} ({precision}, {:?})",
+            detector.executor().memory_format()
+        );
         let tol = Tolerance::of(precision);
         let (matched, box_err, score_err) =
             compare(&case, det, &want, longer, options.score_thresh, tol);
@@ -221,6 +239,7 @@ fn check_fixture_in(ctx: &GpuContext, name: &str, kind: DetectorKind, precision:
         );
         assert!(matched > 0, "{case}: nothing to compare");
     }
+    (detector, got)
 }
 
 #[test]
@@ -249,6 +268,133 @@ fn every_kind_matches_torchvision_with_f16_activations() {
     check_fixture_f16("det_retinanet_150x113", DetectorKind::RetinaNet);
     check_fixture_f16("det_retinanet_v2_batch2_70x90", DetectorKind::RetinaNetV2);
     check_fixture_f16("det_fcos_150x113", DetectorKind::Fcos);
+}
+
+/// The fixtures of every kind with the activations channels-last, in f32 (the portable direct
+/// kernel: cooperative matrices take f16) and in f16 (on cooperative matrices where
+/// `coop::verified` holds, else the portable kernel), each against torchvision's detections
+/// and against the NCHW run of the same precision, with the rule above.
+#[test]
+fn every_kind_matches_torchvision_channels_last() {
+    let fixtures = [
+        ("det_retinanet_batch2_70x90", DetectorKind::RetinaNet),
+        ("det_retinanet_150x113", DetectorKind::RetinaNet),
+        ("det_retinanet_v2_batch2_70x90", DetectorKind::RetinaNetV2),
+        ("det_fcos_150x113", DetectorKind::Fcos),
+    ];
+    // Its own context: the portable kernel's f32 forwards are long on llvmpipe over GL (see
+    // common::own_gpu).
+    let ctx = &common::own_gpu();
+    let mut precisions = vec![Precision::F32];
+    if ctx.supports_f16() {
+        precisions.push(Precision::F16);
+    } else {
+        // common::f16_gpu checks that such an adapter refuses f16 with the reason.
+        assert!(common::f16_gpu().is_none());
+        eprintln!("no shader-f16 on this adapter; the f16 detectors are not run");
+    }
+    for precision in precisions {
+        let coop = precision == Precision::F16 && coop::verified(ctx);
+        for (name, kind) in fixtures {
+            let (cl, got) =
+                check_fixture_in(ctx, name, kind, precision, LayoutChoice::ChannelsLast);
+            let ex = cl.executor();
+            assert_eq!(ex.memory_format(), MemoryFormat::ChannelsLast, "{name}");
+            assert_eq!(ex.cooperative(), coop, "{name} ({precision})");
+            let (nchw, want) = check_fixture_in(ctx, name, kind, precision, LayoutChoice::Nchw);
+            assert_eq!(nchw.executor().memory_format(), MemoryFormat::Nchw);
+            let tol = Tolerance::of(precision);
+            let thresh = cl.options().score_thresh;
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let expected = Expected {
+                    boxes: w.boxes.clone(),
+                    scores: w.scores.clone(),
+                    labels: w.labels.clone(),
+                };
+                // The longer side of the fixture's pictures: the rows are in their pixels.
+                let longer = cl_longer(name);
+                let case = format!("{name} picture {i} ({precision}): channels-last vs NCHW");
+                let (matched, box_err, score_err) =
+                    compare(&case, g, &expected, longer, thresh, tol);
+                eprintln!(
+                    "{case}: {matched} of {} matched ({} channels-last); worst box error {box_err:.2e} px, worst score error {score_err:.2e}",
+                    w.len(),
+                    g.len()
+                );
+            }
+        }
+    }
+}
+
+/// The longer side of a fixture's pictures.
+fn cl_longer(name: &str) -> f32 {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.safetensors"));
+    let fixture = read_tensors(&path, |n| n != "pictures").unwrap();
+    let shape = &fixture["pictures"].shape;
+    shape[2].max(shape[3]) as f32
+}
+
+/// With f16 activations and the default layout, a detector runs channels-last with every
+/// convolution on cooperative matrices where `coop::verified` holds (as the FPN does), NCHW on
+/// the direct kernels elsewhere; its rows come back as NCHW f32 records either way.
+#[test]
+fn f16_detectors_run_every_convolution_on_cooperative_matrices_where_verified() {
+    let Some(ctx) = common::f16_gpu() else {
+        eprintln!("no shader-f16 on this adapter; the f16 detectors are not run");
+        return;
+    };
+    let verified = coop::verified(ctx);
+    for kind in DetectorKind::ALL {
+        let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
+        backbone.returned = [false, false, true, true, true];
+        backbone.extra = ExtraLevels::p6p7(kind.p6_source());
+        let config = DetectorConfig {
+            kind,
+            backbone,
+            num_classes: 3,
+        };
+        let options = DetectorOptions {
+            min_size: 64,
+            max_size: 96,
+            ..DetectorOptions::for_kind(kind).with_precision(Precision::F16)
+        };
+        let detector = Detector::random(ctx, config, 3, options).unwrap();
+        let ex = detector.executor();
+        let want = if verified {
+            MemoryFormat::ChannelsLast
+        } else {
+            MemoryFormat::Nchw
+        };
+        assert_eq!(ex.memory_format(), want, "{kind}");
+        assert_eq!(ex.cooperative(), verified, "{kind}");
+        let plan = ex.plan([2, 3, 50, 70]).unwrap();
+        let convs: Vec<&str> = plan
+            .kernels()
+            .into_iter()
+            .map(|(_, k)| k)
+            .filter(|k| k.starts_with("conv2d"))
+            .collect();
+        assert!(!convs.is_empty());
+        for k in &convs {
+            assert_eq!(k.starts_with("conv2d_coop"), verified, "{kind}: {convs:?}");
+        }
+        let x = Tensor::from_slice(ctx, [2, 3, 50, 70], &vec![0.4; 2 * 3 * 50 * 70]).unwrap();
+        let rows = detector.forward(&x).unwrap();
+        assert_eq!(rows.memory_format(), MemoryFormat::Nchw);
+        assert_eq!(rows.precision(), Precision::F32);
+        eprintln!(
+            "{kind} f16: {:?}, {} launches, {} convolutions on {}",
+            ex.memory_format(),
+            plan.dispatches().len(),
+            convs.len(),
+            if verified {
+                "cooperative matrices"
+            } else {
+                "the direct kernels"
+            }
+        );
+    }
 }
 
 /// A checkpoint of each kind, written by `random_state_dict`, is recognised from its names and

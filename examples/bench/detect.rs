@@ -4,10 +4,10 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use fpn_wgpu::graph::executor::Granularity;
+use fpn_wgpu::graph::executor::{Granularity, Plan};
 use fpn_wgpu::model::DetectorConfig;
 use fpn_wgpu::rng::SplitMix64;
-use fpn_wgpu::{Detector, DetectorOptions, GpuContext, Precision, Tensor};
+use fpn_wgpu::{Detector, DetectorOptions, GpuContext, LayoutChoice, Precision, Tensor};
 
 /// The part of the detector a stage of its graph belongs to.
 fn part(stage: &str) -> &'static str {
@@ -20,19 +20,69 @@ fn part(stage: &str) -> &'static str {
 
 const PARTS: [&str; 3] = ["backbone and FPN", "heads", "post-processing"];
 
-pub fn run(
-    ctx: &GpuContext,
-    batch: usize,
-    (height, width): (usize, usize),
-    iters: usize,
-    precision: Precision,
-) -> Result<()> {
-    let options = DetectorOptions {
+/// What `bench --detect` runs.
+pub struct Run {
+    pub batch: usize,
+    /// The pictures' (height, width).
+    pub size: (usize, usize),
+    pub iters: usize,
+    pub precision: Precision,
+    pub layout: LayoutChoice,
+    /// Report the plan's launches and stop.
+    pub plan_only: bool,
+}
+
+/// Launches per part of the detector, and how many of its convolutions run on cooperative
+/// matrices.
+fn launches(plan: &Plan) -> ([usize; 3], usize, usize) {
+    let mut parts = [0; 3];
+    for (label, range) in plan.groups(Granularity::Stages) {
+        let p = PARTS.iter().position(|&p| p == part(&label)).unwrap_or(0);
+        parts[p] += range.len();
+    }
+    let kernels = plan.kernels();
+    let convs = kernels
+        .iter()
+        .filter(|(_, k)| k.starts_with("conv2d"))
+        .count();
+    let coop = kernels
+        .iter()
+        .filter(|(_, k)| k.starts_with("conv2d_coop"))
+        .count();
+    (parts, convs, coop)
+}
+
+pub fn run(ctx: &GpuContext, run: Run) -> Result<()> {
+    let Run {
+        batch,
+        size: (height, width),
+        iters,
         precision,
-        ..DetectorOptions::default()
-    };
+        layout,
+        plan_only,
+    } = run;
+    let options = DetectorOptions::default()
+        .with_precision(precision)
+        .with_layout(layout);
     let detector = Detector::random(ctx, DetectorConfig::retinanet_resnet50(91), 0, options)?;
     let shape = [batch, 3, height, width];
+    if plan_only {
+        let plan = detector.executor().plan(shape)?;
+        let (parts, convs, coop) = launches(&plan);
+        println!("adapter: {}", ctx.adapter());
+        println!(
+            "detector: RetinaNet ResNet-50 FPN, 91 classes, {precision}, {:?} (asked: {layout:?}); pictures {shape:?}",
+            detector.executor().memory_format()
+        );
+        println!(
+            "plan: {} launches: backbone and FPN {}, heads {}, post-processing {}; {convs} convolution launches, {coop} on cooperative matrices",
+            plan.dispatches().len(),
+            parts[0],
+            parts[1],
+            parts[2]
+        );
+        return Ok(());
+    }
     let pictures = Tensor::from_slice(
         ctx,
         shape,
@@ -65,11 +115,14 @@ pub fn run(
 
     println!("adapter: {}", ctx.adapter());
     println!(
-        "detector: RetinaNet ResNet-50 FPN, 91 classes, seeded random weights, {precision}; pictures {shape:?}, min_size {}, max_size {}",
-        options.min_size, options.max_size
+        "detector: RetinaNet ResNet-50 FPN, 91 classes, seeded random weights, {precision}, {:?}; pictures {shape:?}, min_size {}, max_size {}",
+        detector.executor().memory_format(),
+        options.min_size,
+        options.max_size
     );
+    let (_, convs, coop) = launches(&plan);
     println!(
-        "plan: {plan_s:.3} s, {} launches; detections per picture: {:?}",
+        "plan: {plan_s:.3} s, {} launches ({convs} convolution launches, {coop} on cooperative matrices); detections per picture: {:?}",
         plan.dispatches().len(),
         first.iter().map(|d| d.len()).collect::<Vec<_>>()
     );

@@ -9,11 +9,13 @@
 //! cargo run --release --example bench -- --height 224 --width 224 --per-op   # one line per launch
 //! cargo run --release --example bench -- --suite   # batch 1 and 8, 600x900 and 224x224, f32 and f16
 //! cargo run --release --example bench -- --detect --height 800 --width 1333   # RetinaNet
+//! cargo run --release --example bench -- --detect --precision f16 --layout nchw --plan-only
 //! ```
 //!
 //! `--detect` times a whole RetinaNet (ResNet-50, 91 classes, seeded random weights) from the
 //! pictures to the boxes instead, with the GPU time of its three parts: backbone and FPN,
-//! heads, post-processing (top-k, decoding, NMS).
+//! heads, post-processing (top-k, decoding, NMS); `--layout` chooses how its activations are
+//! laid out, and `--plan-only` reports the launches without running them.
 
 #[cfg(not(target_arch = "wasm32"))]
 mod detect;
@@ -82,6 +84,13 @@ mod native {
         /// most 1333).
         #[arg(long)]
         detect: bool,
+        /// With --detect: how the activations are laid out: auto (channels-last on
+        /// cooperative matrices where they run), nchw or channels-last.
+        #[arg(long, default_value = "auto")]
+        layout: fpn_wgpu::LayoutChoice,
+        /// With --detect: build the plan and report its launches per part, without running.
+        #[arg(long)]
+        plan_only: bool,
     }
 
     fn mib(bytes: u64) -> f64 {
@@ -95,10 +104,14 @@ mod native {
         if args.detect {
             return crate::detect::run(
                 &ctx,
-                args.batch,
-                (args.height, args.width),
-                args.iters,
-                args.precision,
+                crate::detect::Run {
+                    batch: args.batch,
+                    size: (args.height, args.width),
+                    iters: args.iters,
+                    precision: args.precision,
+                    layout: args.layout,
+                    plan_only: args.plan_only,
+                },
             );
         }
         if !args.suite {
@@ -151,6 +164,7 @@ mod native {
             algorithms,
             precision: args.precision,
             tuning: args.tune,
+            ..FpnOptions::default()
         };
         let fpn = Fpn::with_options(ctx, &VarStore::random(0), config, options)?;
         let shape = [args.batch, 3, args.height, args.width];

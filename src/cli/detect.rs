@@ -145,6 +145,7 @@ fn build(args: &DetectArgs, progress: &Progress) -> Result<Built> {
                 .unwrap_or(defaults.detections_per_img),
             topk_candidates: args.topk_candidates.unwrap_or(defaults.topk_candidates),
             precision: args.precision,
+            ..defaults
         }
     };
     let ctx = GpuContext::new()?;

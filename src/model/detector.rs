@@ -4,6 +4,10 @@
 //! The graph: torchvision's transform (normalise, resize, pad), the backbone and FPN, the levels
 //! packed into one map, each head layer run once over it, the per-level top-k of the class
 //! scores, anchors and box decoding, batched NMS, the boxes scaled back to the pictures.
+//!
+//! Its activations are laid out as the FPN's are ([`DetectorOptions::layout`]): in f16 where
+//! cooperative matrices run, channels-last with every convolution on them; the selections,
+//! boxes and rows of the post-processing are NCHW f32 records whatever the activations are.
 
 use std::fmt;
 use std::path::Path;
@@ -11,7 +15,7 @@ use std::str::FromStr;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::graph::executor::{Executor, ExecutorOptions};
+use crate::graph::executor::{Executor, ExecutorOptions, LayoutChoice};
 use crate::graph::ops::detect::{
     AnchorSpec, BatchedNms, BoxCoding, DecodeBoxes, DetectionGeometry, DetectionTransform,
     LabelSource, Normalize, ResizeRule, ScoreMode, StackLevels, TopKScores,
@@ -189,6 +193,12 @@ pub struct DetectorOptions {
     /// torchvision's arguments): f32, the default, or f16 where the adapter has it (half the
     /// memory; f32 sums). The post-processing runs on f32 scores and boxes either way.
     pub precision: Precision,
+    /// How the activations are laid out (not one of torchvision's arguments): by default
+    /// channels-last f16 with every convolution on cooperative matrices where the adapter has
+    /// them and they passed their check, NCHW elsewhere, as for the FPN (see
+    /// [`LayoutChoice`]). The selections, boxes and rows of the post-processing are NCHW
+    /// records either way.
+    pub layout: LayoutChoice,
 }
 
 impl Default for DetectorOptions {
@@ -213,7 +223,18 @@ impl DetectorOptions {
             detections_per_img,
             topk_candidates: 1000,
             precision: Precision::F32,
+            layout: LayoutChoice::Auto,
         }
+    }
+
+    /// The same options with the activations stored in `precision`.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        DetectorOptions { precision, ..self }
+    }
+
+    /// The same options with the activations laid out as `layout` says.
+    pub fn with_layout(self, layout: LayoutChoice) -> Self {
+        DetectorOptions { layout, ..self }
     }
 
     fn check(&self) -> Result<()> {
@@ -454,6 +475,7 @@ impl Detector {
                 algorithms: fpn.algorithms,
                 precision: options.precision,
                 tuning: fpn.tuning,
+                layout: options.layout,
             },
         )?;
         Ok(Detector {

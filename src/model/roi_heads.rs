@@ -465,6 +465,7 @@ impl RoiHeads {
         let target = Target {
             precision,
             layout: MemoryFormat::Nchw,
+            cooperative: false,
             winograd: false,
         };
         let mut nodes = Vec::with_capacity(g.nodes().len());

@@ -19,6 +19,13 @@ pub fn gpu() -> &'static GpuContext {
     })
 }
 
+/// A context of the test's own, as [`gpu`] makes it. For a test whose submits run long: wgpu's
+/// GL backend holds its adapter's lock while a submit's work runs, and a test waiting on that
+/// lock gives up after 6 s, so such a test must not share the binary's context over GL.
+pub fn own_gpu() -> GpuContext {
+    GpuContext::new().unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
+}
+
 /// The `fpn` binary in a controlled environment, so that no test depends on the caller's: no
 /// `XDG_RUNTIME_DIR` (the bare environment of containers, CI runners and root over ssh, where
 /// Mesa's libwayland probe would print errors unless the binary deals with it) and no
@@ -183,4 +190,48 @@ pub fn jpeg_with_orientation_6(path: &std::path::Path) -> image::RgbImage {
     .unwrap();
     std::fs::write(path, bytes).unwrap();
     stored
+}
+
+/// Both layouts, for the kernels that take either.
+pub const LAYOUTS: [fpn_wgpu::tensor::MemoryFormat; 2] = [
+    fpn_wgpu::tensor::MemoryFormat::Nchw,
+    fpn_wgpu::tensor::MemoryFormat::ChannelsLast,
+];
+
+/// An f32 tensor of `shape` in `layout` whose whole storage (padding channels too) holds NaN,
+/// so that whatever a kernel leaves unwritten shows in its output.
+pub fn poisoned(
+    ctx: &GpuContext,
+    shape: [usize; 4],
+    layout: fpn_wgpu::tensor::MemoryFormat,
+) -> fpn_wgpu::Tensor {
+    let t = fpn_wgpu::Tensor::empty_with(ctx, shape, fpn_wgpu::Precision::F32, layout).unwrap();
+    let nan = vec![f32::NAN; t.storage_len()];
+    ctx.queue()
+        .write_buffer(t.buffer(), t.offset(), bytemuck::cast_slice(&nan));
+    t
+}
+
+/// Checks that an f32 tensor's storage holds no NaN (see [`poisoned`]) and, channels-last,
+/// zeros in its padding channels.
+pub fn assert_storage_written(ctx: &GpuContext, t: &fpn_wgpu::Tensor, what: &str) {
+    assert_eq!(t.precision(), fpn_wgpu::Precision::F32, "{what}");
+    let len = t.storage_len();
+    let raw = fpn_wgpu::Tensor::from_buffer(t.buffer().clone(), [1, 1, 1, len])
+        .unwrap()
+        .download(ctx)
+        .unwrap();
+    let [_, c, _, _] = t.shape();
+    let stride = t.memory_format().pixel_stride(c);
+    for (i, v) in raw.iter().enumerate() {
+        let padding =
+            t.memory_format() == fpn_wgpu::tensor::MemoryFormat::ChannelsLast && i % stride >= c;
+        assert!(
+            !v.is_nan(),
+            "{what}: storage element {i} was left unwritten"
+        );
+        if padding {
+            assert_eq!(*v, 0.0, "{what}: padding channel at storage element {i}");
+        }
+    }
 }

@@ -1,11 +1,12 @@
-//! `bench --detect`: a RetinaNet from the pictures to the boxes, with the GPU time of its
-//! backbone and FPN, its heads and its post-processing.
+//! `bench --detect`: a detector (RetinaNet by default, `--detector` for another kind) from the
+//! pictures to the boxes, with the GPU time of its backbone and FPN, its heads (for Faster
+//! R-CNN: its RPN and its RoI heads) and its post-processing.
 
 use std::time::Instant;
 
 use anyhow::Result;
 use fpn_wgpu::graph::executor::Granularity;
-use fpn_wgpu::model::DetectorConfig;
+use fpn_wgpu::model::{DetectorConfig, DetectorKind};
 use fpn_wgpu::rng::SplitMix64;
 use fpn_wgpu::{Detector, DetectorOptions, GpuContext, Precision, Tensor};
 
@@ -13,25 +14,37 @@ use fpn_wgpu::{Detector, DetectorOptions, GpuContext, Precision, Tensor};
 fn part(stage: &str) -> &'static str {
     match stage {
         "heads" | "classification head" | "regression head" => "heads",
+        "rpn head" | "rpn proposals" => "RPN",
+        "roi heads" => "RoI heads",
         "postprocess" => "post-processing",
         _ => "backbone and FPN",
     }
 }
 
-const PARTS: [&str; 3] = ["backbone and FPN", "heads", "post-processing"];
+const PARTS: [&str; 5] = [
+    "backbone and FPN",
+    "heads",
+    "RPN",
+    "RoI heads",
+    "post-processing",
+];
 
 pub fn run(
     ctx: &GpuContext,
+    kind: DetectorKind,
+    (min_size, max_size): (usize, usize),
     batch: usize,
     (height, width): (usize, usize),
     iters: usize,
     precision: Precision,
 ) -> Result<()> {
     let options = DetectorOptions {
+        min_size,
+        max_size,
         precision,
-        ..DetectorOptions::default()
+        ..DetectorOptions::for_kind(kind)
     };
-    let detector = Detector::random(ctx, DetectorConfig::retinanet_resnet50(91), 0, options)?;
+    let detector = Detector::random(ctx, DetectorConfig::resnet50(kind, 91), 0, options)?;
     let shape = [batch, 3, height, width];
     let pictures = Tensor::from_slice(
         ctx,
@@ -65,7 +78,7 @@ pub fn run(
 
     println!("adapter: {}", ctx.adapter());
     println!(
-        "detector: RetinaNet ResNet-50 FPN, 91 classes, seeded random weights, {precision}; pictures {shape:?}, min_size {}, max_size {}",
+        "detector: {kind} ResNet-50 FPN, 91 classes, seeded random weights, {precision}; pictures {shape:?}, min_size {}, max_size {}",
         options.min_size, options.max_size
     );
     println!(
@@ -79,7 +92,7 @@ pub fn run(
         times.len()
     );
     println!("read back per forward: {read_back} bytes (the detection rows only)");
-    let mut parts = [(0.0f64, 0usize); 3];
+    let mut parts = [(0.0f64, 0usize); PARTS.len()];
     for (label, range) in &groups {
         let p = PARTS.iter().position(|&p| p == part(label)).unwrap_or(0);
         parts[p].1 += range.len();
@@ -99,6 +112,9 @@ pub fn run(
             }
             println!("GPU time per part:");
             for (name, (t, launches)) in PARTS.iter().zip(parts) {
+                if launches == 0 {
+                    continue;
+                }
                 println!(
                     "  {name:<20} {:>9.1} ms  {:>5.1} %  {launches} launches",
                     t * 1e3,
@@ -109,6 +125,9 @@ pub fn run(
         None => {
             println!("GPU time per stage: this adapter has no timestamp queries");
             for (name, (_, launches)) in PARTS.iter().zip(parts) {
+                if launches == 0 {
+                    continue;
+                }
                 println!("  {name:<20} {launches} launches");
             }
         }

@@ -414,11 +414,35 @@ fn each_kind_has_torchvision_s_defaults() {
     for kind in [DetectorKind::RetinaNet, DetectorKind::RetinaNetV2] {
         assert_eq!(DetectorOptions::for_kind(kind), DetectorOptions::default());
     }
+    // FasterRCNN's constructor: box_score_thresh, box_nms_thresh, box_detections_per_img and
+    // the RPN's test-time settings.
+    for kind in [DetectorKind::FasterRcnn, DetectorKind::FasterRcnnV2] {
+        let o = DetectorOptions::for_kind(kind);
+        assert_eq!(
+            (o.min_size, o.max_size, o.score_thresh, o.nms_thresh),
+            (800, 1333, 0.05, 0.5)
+        );
+        assert_eq!(o.detections_per_img, 100);
+        let rpn = o.rpn;
+        assert_eq!(
+            (
+                rpn.rpn_pre_nms_top_n_test,
+                rpn.rpn_post_nms_top_n_test,
+                rpn.rpn_nms_thresh,
+                rpn.rpn_score_thresh
+            ),
+            (1000, 1000, 0.7, 0.0)
+        );
+        assert!(kind.is_two_stage());
+    }
     for kind in DetectorKind::ALL {
         assert_eq!(kind.name().parse::<DetectorKind>().unwrap(), kind);
     }
     let e = "yolo".parse::<DetectorKind>().unwrap_err().to_string();
-    assert!(e.contains("retinanet_v2") && e.contains("fcos"), "{e}");
+    assert!(
+        e.contains("retinanet_v2") && e.contains("fcos") && e.contains("fasterrcnn_v2"),
+        "{e}"
+    );
 }
 
 /// The normalised heads (RetinaNet v2, FCOS) run each layer once over all five levels: per

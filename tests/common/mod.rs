@@ -8,20 +8,33 @@ use std::sync::OnceLock;
 
 use fpn_wgpu::GpuContext;
 
-/// The one GPU context of a test binary. Every GPU test needs an adapter and none is skipped:
-/// without one this panics with the error, which names the fix.
+/// The GPU context of a test: the binary's one context, but over GL one per test thread. Every
+/// GPU test needs an adapter and none is skipped: without one this panics with the error,
+/// which names the fix.
+///
+/// Why GL differs: wgpu's GL backend holds its adapter's lock while a submit's work runs, and
+/// a thread waiting on that lock panics after 6 s, so tests sharing a GL context fail whenever
+/// another test's forward runs long (the detectors' on llvmpipe do). Contexts of their own
+/// have locks of their own.
 pub fn gpu() -> &'static GpuContext {
     static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| {
+    let shared = CTX.get_or_init(|| {
         let ctx = GpuContext::new().unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
         eprintln!("testing on {}", ctx.adapter());
         ctx
-    })
+    });
+    if shared.adapter().backend != wgpu::Backend::Gl {
+        return shared;
+    }
+    thread_local! {
+        // Leaked: a test thread's context lives as long as the tests that borrow it.
+        static OWN: &'static GpuContext = Box::leak(Box::new(own_gpu()));
+    }
+    OWN.with(|ctx| *ctx)
 }
 
-/// A context of the test's own, as [`gpu`] makes it. For a test whose submits run long: wgpu's
-/// GL backend holds its adapter's lock while a submit's work runs, and a test waiting on that
-/// lock gives up after 6 s, so such a test must not share the binary's context over GL.
+/// A context of the test's own, as [`gpu`] makes it, for a test that must not share one on
+/// any backend.
 pub fn own_gpu() -> GpuContext {
     GpuContext::new().unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
 }

@@ -9,7 +9,8 @@
 // Bindings:
 //   0  selected     [N, L, K, 2]        (score, flat index bits) per slot; score < 0: empty
 //   1  regression   [N, A*4, HS, WS]    the regression head's output over the packed levels
-//                                       (stored as `act`; decoded in f32)
+//                                       (stored as `act`, NCHW or channels-last as the
+//                                       CHANNELS_LAST override says; decoded in f32)
 //   2  cell_anchors [L * A] vec4        (x1, y1, x2, y2) of each level's anchors at the origin
 //   3  out          [N, 1, L*K, 6]      x1, y1, x2, y2, score, label bits (the class, or the
 //                                       level with label_level); score -1: empty
@@ -39,8 +40,9 @@ struct DecodeParams {
     remove_small: u32,
     // 0: the label is the class; 1: the level index.
     label_level: u32,
+    // Channels-last: the regression's padded channel count; 0 for NCHW.
+    cl: u32,
     _pad0: u32,
-    _pad1: u32,
     // (y0, x0, height, width) of each level in the packed map.
     regions: array<vec4<u32>, 8>,
     // (stride_h, stride_w, 0, 0) of each level, integers as torchvision computes them.
@@ -48,6 +50,8 @@ struct DecodeParams {
 }
 
 override WG: u32 = 256u;
+// The regression's layout, a constant per pipeline.
+override CHANNELS_LAST: bool = false;
 
 @group(0) @binding(0) var<storage, read> selected: array<f32>;
 @group(0) @binding(1) var<storage, read> regression: array<act>;
@@ -93,9 +97,15 @@ fn decode_boxes(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let box = shift + cell_anchors[level * p.anchors + a];
     let plane = p.map_height * p.map_width;
     let at = (r.x + h) * p.map_width + r.y + w;
-    let base = (n * p.anchors * 4u + a * 4u) * plane + at;
-    let code = vec4<f32>(f32(regression[base]), f32(regression[base + plane]),
-                         f32(regression[base + 2u * plane]), f32(regression[base + 3u * plane]));
+    // The anchor's four codes are a plane apart in NCHW, neighbours in channels-last.
+    var base = (n * p.anchors * 4u + a * 4u) * plane + at;
+    var step = plane;
+    if (CHANNELS_LAST) {
+        base = (n * plane + at) * p.cl + a * 4u;
+        step = 1u;
+    }
+    let code = vec4<f32>(f32(regression[base]), f32(regression[base + step]),
+                         f32(regression[base + 2u * step]), f32(regression[base + 3u * step]));
     var decoded: vec4<f32>;
     if (p.linear == 0u) {
         let width = box.z - box.x;

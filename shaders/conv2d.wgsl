@@ -7,7 +7,10 @@
 // Entry points (the Rust wrapper picks one per convolution):
 //   conv2d               any kernel, stride and zero padding (bounds checked per tap)
 //   conv2d_winograd      Winograd F(2x2, 3x3), stride 1, weights pre-transformed on the host
-// conv2d takes the upsampled-residual epilogue when the pipeline sets the UPSAMPLE override.
+// conv2d takes the upsampled-residual epilogue when the pipeline sets the UPSAMPLE override,
+// and channels-last tensors when it sets CHANNELS_LAST (conv2d_nchw.wgsl): the portable kernel
+// of channels-last networks where no cooperative matrices run; it writes the zero padding
+// channels too.
 //
 // Grid: x = pixel tiles of WG_PIX * PIX_TILE (Winograd: WG_PIX 2x2 tiles), y = groups of WG_CO
 // output channel tiles, z = batch. Each invocation owns COUT_TILE output channels by PIX_TILE
@@ -37,12 +40,17 @@ struct Tile {
     hi: array<vec4<f32>, PIX_TILE>,
 }
 
-// Stores a tile through the epilogue.
+// Stores a tile through the epilogue. Channels-last, the padding channels of the tile (from
+// out_channels up to p.out_cl) are stored as zeros: whatever reads them next must not meet
+// stale values.
 fn store_tile(t: Tile, upsample: bool) {
     let plane = p.out_height * p.out_width;
     for (var c = 0u; c < COUT_TILE; c++) {
         let co = t.co_base + c;
         if (co >= p.out_channels) {
+            if (CHANNELS_LAST) {
+                zero_channels(t.n, co, t.pix);
+            }
             return;
         }
         for (var j = 0u; j < PIX_TILE; j++) {
@@ -105,8 +113,17 @@ fn accumulate(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
     let w = i32(p.in_width);
     let in_plane = p.in_height * p.in_width;
     var w_idx = co_tile * 2u;
+    // Element (ci, iy, ix) of image n is at x_base + (iy * w + ix) * step: NCHW, the
+    // channel's plane; channels-last, the pixel's channels (p.in_cl of them, padded).
+    var step = 1u;
+    if (CHANNELS_LAST) {
+        step = p.in_cl;
+    }
     for (var ci = 0u; ci < p.in_channels; ci++) {
-        let x_base = (n * p.in_channels + ci) * in_plane;
+        var x_base = (n * p.in_channels + ci) * in_plane;
+        if (CHANNELS_LAST) {
+            x_base = n * in_plane * p.in_cl + ci;
+        }
         for (var ky = 0u; ky < p.kernel_h; ky++) {
             for (var kx = 0u; kx < p.kernel_w; kx++) {
                 let w_lo = vec4<f32>(weights[w_idx]);
@@ -116,7 +133,7 @@ fn accumulate(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
                     let iy = iy0[j] + i32(ky);
                     let ix = ix0[j] + i32(kx);
                     let inside = iy >= 0 && iy < h && ix >= 0 && ix < w;
-                    let idx = select(0u, x_base + u32(iy * w + ix), inside);
+                    let idx = select(0u, x_base + u32(iy * w + ix) * step, inside);
                     let v = vec4(select(0.0, f32(x[idx]), inside));
                     acc_lo[j] = fma(w_lo, v, acc_lo[j]);
                     acc_hi[j] = fma(w_hi, v, acc_hi[j]);
@@ -129,11 +146,31 @@ fn accumulate(wid: vec3<u32>, lid: vec3<u32>) -> Tile {
     return t;
 }
 
+// Channels-last: zeros in the padding channels from `first` to the tile's end (and past it up
+// to p.out_cl) at the tile's pixels.
+fn zero_channels(n: u32, first: u32, pix: array<u32, PIX_TILE>) {
+    let plane = p.out_height * p.out_width;
+    let end = min(p.out_cl, (first / COUT_TILE + 1u) * COUT_TILE);
+    for (var co = first; co < end; co++) {
+        for (var j = 0u; j < PIX_TILE; j++) {
+            if (pix[j] < plane) {
+                out[(n * plane + pix[j]) * p.out_cl + co] = act(0.0);
+            }
+        }
+    }
+}
+
 @compute @workgroup_size(WG_PIX, WG_CO)
 fn conv2d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let t = accumulate(wid, lid);
     if (t.live) {
         store_tile(t, UPSAMPLE);
+    } else if (CHANNELS_LAST) {
+        // A tile wholly in the padding channels (the grid covers p.out_cl of them).
+        let s = tile_start(wid, lid);
+        if (s.pix[0] < p.out_height * p.out_width && s.co_base < p.out_cl) {
+            zero_channels(s.n, s.co_base, s.pix);
+        }
     }
 }
 

@@ -24,9 +24,12 @@
 //   3  out     [N, C, HS + 2 pad_y, WS + 2 pad_x]
 //   4  params  GroupNormParams
 //
+// Either layout (both tensors in the same one): channels-last, the statistics walk each pixel's
+// channels of the group in turn, and the padding channels of the output are written as zeros.
+//
 // Grids: group_norm_stats one workgroup per (n, g, l) in that order; group_norm_apply one
-// invocation per element. Both linearise workgroups over x and y.
-// Needs level_regions.wgsl before it.
+// invocation per element of the output's storage. Both linearise workgroups over x and y.
+// Needs layout.wgsl and level_regions.wgsl before it.
 
 struct GroupNormParams {
     // Elements of the output.
@@ -43,11 +46,19 @@ struct GroupNormParams {
     segments: u32,
     pad_y: u32,
     pad_x: u32,
+    // Channels-last: the padded channel count of both tensors; 0 for NCHW.
+    cl: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
     // (y0, x0, height, width) of each level, in the packed map.
     regions: array<vec4<u32>, 8>,
 }
 
 override WG: u32 = 256u;
+// The layout, a constant per pipeline so that the other layout's index arithmetic is compiled
+// out.
+override CHANNELS_LAST: bool = false;
 // Workgroup size of the statistics launch; a power of two for the tree reduction.
 const STATS_WG: u32 = 256u;
 
@@ -75,9 +86,17 @@ fn workgroup_sum(v: f32, lid: u32) -> f32 {
     return total;
 }
 
-// The index in x of element e of a segment: channel first_channel + e / area, then the
-// region's pixels row by row.
-fn segment_index(first_channel: u32, r: vec4<u32>, e: u32) -> u32 {
+// The index in x of element e of a segment: NCHW, channel first_channel + e / area, then the
+// region's pixels row by row (first_channel counts the planes of earlier images too);
+// channels-last, in memory order too: pixel e / per_group of the region, then its channel
+// first_channel + e % per_group (first_channel within the image, which is n).
+fn segment_index(n: u32, first_channel: u32, per_group: u32, r: vec4<u32>, e: u32) -> u32 {
+    if (CHANNELS_LAST) {
+        let pix = e / per_group;
+        let y = r.x + pix / r.w;
+        let xx = r.y + pix % r.w;
+        return ((n * p.height + y) * p.width + xx) * p.cl + first_channel + e % per_group;
+    }
     let area = r.z * r.w;
     let c = first_channel + e / area;
     let pix = e % area;
@@ -94,21 +113,27 @@ fn group_norm_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     let l = s % p.count;
     let ng = s / p.count;
     let per_group = p.channels / p.groups;
-    // (n * C + g * C/G): the segment's first channel plane, as n * G + g times C/G.
-    let first_channel = ng * per_group;
+    // NCHW: (n * C + g * C/G), the segment's first channel plane, as n * G + g times C/G.
+    // Channels-last: g * C/G, within image n.
+    let n = ng / p.groups;
+    var first_channel = ng * per_group;
+    if (CHANNELS_LAST) {
+        first_channel = (ng % p.groups) * per_group;
+    }
     let r = p.regions[l];
     let elements = per_group * r.z * r.w;
 
-    let pivot = f32(x[segment_index(first_channel, r, 0u)]);
+    // Element 0 is the region's first pixel of the group's first channel in either order.
+    let pivot = f32(x[segment_index(n, first_channel, per_group, r, 0u)]);
     var sum = 0.0;
     for (var e = lid; e < elements; e += STATS_WG) {
-        sum += f32(x[segment_index(first_channel, r, e)]) - pivot;
+        sum += f32(x[segment_index(n, first_channel, per_group, r, e)]) - pivot;
     }
     let delta = workgroup_sum(sum, lid) / f32(elements);
 
     var squares = 0.0;
     for (var e = lid; e < elements; e += STATS_WG) {
-        let d = (f32(x[segment_index(first_channel, r, e)]) - pivot) - delta;
+        let d = (f32(x[segment_index(n, first_channel, per_group, r, e)]) - pivot) - delta;
         squares += d * d;
     }
     let variance = workgroup_sum(squares, lid) / f32(elements);
@@ -125,25 +150,44 @@ fn group_norm_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
         return;
     }
     let out_width = p.width + 2u * p.pad_x;
-    let out_plane = (p.height + 2u * p.pad_y) * out_width;
-    let nc = i / out_plane;
-    let pix = i % out_plane;
+    let out_height = p.height + 2u * p.pad_y;
+    var n: u32;
+    var c: u32;
+    var oy: u32;
+    var ox: u32;
+    if (CHANNELS_LAST) {
+        let pos = position(i, p.channels, out_height, out_width, p.cl);
+        n = pos.n;
+        c = pos.c;
+        oy = pos.y;
+        ox = pos.x;
+    } else {
+        let out_plane = out_height * out_width;
+        let nc = i / out_plane;
+        let pix = i % out_plane;
+        n = nc / p.channels;
+        c = nc % p.channels;
+        oy = pix / out_width;
+        ox = pix % out_width;
+    }
     // The input pixel under this output pixel; the border wraps to huge values and misses.
-    let y = pix / out_width - p.pad_y;
-    let xx = pix % out_width - p.pad_x;
+    let y = oy - p.pad_y;
+    let xx = ox - p.pad_x;
     var l = p.count;
-    if (y < p.height && xx < p.width) {
+    if (y < p.height && xx < p.width && c < p.channels) {
         l = level_at(y, xx);
     }
     if (l >= p.count) {
         out[i] = act(0.0);
         return;
     }
-    let c = nc % p.channels;
-    let n = nc / p.channels;
     let g = c / (p.channels / p.groups);
     let st = stats[(n * p.groups + g) * p.count + l];
-    let v_in = f32(x[(nc * p.height + y) * p.width + xx]);
+    var src = ((n * p.channels + c) * p.height + y) * p.width + xx;
+    if (CHANNELS_LAST) {
+        src = ((n * p.height + y) * p.width + xx) * p.cl + c;
+    }
+    let v_in = f32(x[src]);
     var v = ((v_in - st.x) - st.y) * (st.z * affine[c]) + affine[p.channels + c];
     // select, not max: a NaN stays NaN, as PyTorch's ReLU keeps it.
     if (p.relu != 0u) {

@@ -18,8 +18,11 @@
 //   6     out             [N, C, HS + 2 pad_y, WS + 2 pad_x]   (pad 0 for stack_levels)
 //   7     params          LevelsParams
 //
-// Grid: one invocation per output element, workgroups linearised over x and y. Needs
-// level_regions.wgsl before it.
+// Either layout (every tensor in the same one; channels-last padding channels are written as
+// zeros).
+//
+// Grid: one invocation per element of the output's storage, workgroups linearised over x and y.
+// Needs layout.wgsl and level_regions.wgsl before it.
 
 struct LevelsParams {
     len: u32,
@@ -32,11 +35,19 @@ struct LevelsParams {
     in_width: u32,
     pad_y: u32,
     pad_x: u32,
+    // The channels, and channels-last their padded count (0 for NCHW).
+    channels: u32,
+    cl: u32,
+    _pad0: u32,
+    _pad1: u32,
     // (y0, x0, height, width) of each level, in the packed map.
     regions: array<vec4<u32>, 8>,
 }
 
 override WG: u32 = 256u;
+// The layout, a constant per pipeline so that the other layout's index arithmetic is compiled
+// out.
+override CHANNELS_LAST: bool = false;
 
 @group(0) @binding(0) var<storage, read> level0: array<act>;
 @group(0) @binding(1) var<storage, read> level1: array<act>;
@@ -62,6 +73,34 @@ fn element(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid;
 }
 
+// The output element i: its image n, channel c (channels-last, possibly a padding one), and
+// the pixel (y, xx) of the output map; `nc` is n * channels + c for NCHW.
+struct At {
+    n: u32,
+    c: u32,
+    nc: u32,
+    y: u32,
+    xx: u32,
+}
+
+fn output_position(i: u32) -> At {
+    var at: At;
+    if (CHANNELS_LAST) {
+        let pos = position(i, p.channels, p.height, p.width, p.cl);
+        at.n = pos.n;
+        at.c = pos.c;
+        at.y = pos.y;
+        at.xx = pos.x;
+    } else {
+        let plane = p.height * p.width;
+        at.nc = i / plane;
+        let pix = i % plane;
+        at.y = pix / p.width;
+        at.xx = pix % p.width;
+    }
+    return at;
+}
+
 @compute @workgroup_size(WG)
 fn stack_levels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
@@ -69,14 +108,15 @@ fn stack_levels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     if (i >= p.len) {
         return;
     }
-    let plane = p.height * p.width;
-    let nc = i / plane;
-    let pix = i % plane;
-    let at = locate(pix / p.width, pix % p.width);
+    let o = output_position(i);
+    let at = locate(o.y, o.xx);
     var v = act(0.0);
-    if (at.x < p.count) {
+    if (at.x < p.count && (!CHANNELS_LAST || o.c < p.channels)) {
         let r = p.regions[at.x];
-        let src = nc * r.z * r.w + at.y;
+        var src = o.nc * r.z * r.w + at.y;
+        if (CHANNELS_LAST) {
+            src = (o.n * r.z * r.w + at.y) * p.cl + o.c;
+        }
         switch at.x {
             case 0u: { v = level0[src]; }
             case 1u: { v = level1[src]; }
@@ -95,15 +135,18 @@ fn mask_levels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (i >= p.len) {
         return;
     }
-    let plane = p.height * p.width;
-    let nc = i / plane;
-    let pix = i % plane;
+    let o = output_position(i);
     // The input pixel under this output pixel; the border wraps to huge values and misses.
-    let y = pix / p.width - p.pad_y;
-    let xx = pix % p.width - p.pad_x;
+    let y = o.y - p.pad_y;
+    let xx = o.xx - p.pad_x;
     var v = act(0.0);
-    if (y < p.in_height && xx < p.in_width && locate(y, xx).x < p.count) {
-        v = x[(nc * p.in_height + y) * p.in_width + xx];
+    if (y < p.in_height && xx < p.in_width && locate(y, xx).x < p.count
+            && (!CHANNELS_LAST || o.c < p.channels)) {
+        var src = (o.nc * p.in_height + y) * p.in_width + xx;
+        if (CHANNELS_LAST) {
+            src = ((o.n * p.in_height + y) * p.in_width + xx) * p.cl + o.c;
+        }
+        v = x[src];
     }
     out[i] = v;
 }

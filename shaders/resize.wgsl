@@ -3,7 +3,8 @@
 // align_corners=False) to out_height x out_width, and pad with zeros on the bottom and right
 // to padded_height x padded_width (a multiple of 32). Each of the four taps is normalised
 // before it is weighted, in the order PyTorch computes them, in f32 whatever `act` stores.
-// Needs common.wgsl before it.
+// Either layout (both tensors in the same one; channels-last padding channels are written as
+// zeros). Needs common.wgsl and layout.wgsl before it.
 //
 // Bindings:
 //   0  x       [N, C, in_height, in_width]
@@ -24,21 +25,27 @@ struct ResizeParams {
     // in / out, divided in f32 as PyTorch does.
     scale_h: f32,
     scale_w: f32,
+    // Channels-last: the padded channel count of both tensors; 0 for NCHW.
+    cl: u32,
     _pad0: u32,
-    _pad1: u32,
     // Per channel (at most 4), as vec4s for the uniform layout.
     mean: vec4<f32>,
     stddev: vec4<f32>,
 }
 
 override WG: u32 = 256u;
+// The layout, a constant per pipeline so that the other layout's index arithmetic is compiled
+// out.
+override CHANNELS_LAST: bool = false;
 
 @group(0) @binding(0) var<storage, read> x: array<act>;
 @group(0) @binding(1) var<storage, read_write> out: array<act>;
 @group(0) @binding(2) var<uniform> p: ResizeParams;
 
-fn tap(base: u32, y: u32, xx: u32, mean: f32, stddev: f32) -> f32 {
-    return (f32(x[base + y * p.in_width + xx]) - mean) / stddev;
+// Pixel (y, xx) of the channel whose plane starts at `base`, `step` apart (1 for NCHW, the
+// padded channel count for channels-last), normalised.
+fn tap(base: u32, step: u32, y: u32, xx: u32, mean: f32, stddev: f32) -> f32 {
+    return (f32(x[base + (y * p.in_width + xx) * step]) - mean) / stddev;
 }
 
 @compute @workgroup_size(WG)
@@ -48,21 +55,38 @@ fn normalize_resize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if (i >= p.len) {
         return;
     }
-    let plane = p.padded_height * p.padded_width;
-    let nc = i / plane;
-    let oy = i % plane / p.padded_width;
-    let ox = i % p.padded_width;
-    if (oy >= p.out_height || ox >= p.out_width) {
+    var oy: u32;
+    var ox: u32;
+    var c: u32;
+    var base: u32;
+    var step = 1u;
+    if (CHANNELS_LAST) {
+        let pos = position(i, p.channels, p.padded_height, p.padded_width, p.cl);
+        oy = pos.y;
+        ox = pos.x;
+        c = pos.c;
+        step = p.cl;
+        base = pos.n * p.in_height * p.in_width * p.cl + pos.c;
+    } else {
+        let plane = p.padded_height * p.padded_width;
+        let nc = i / plane;
+        oy = i % plane / p.padded_width;
+        ox = i % p.padded_width;
+        c = nc % p.channels;
+        base = nc * p.in_height * p.in_width;
+    }
+    // The padding (and channels-last, the padding channels) hold zeros.
+    if (oy >= p.out_height || ox >= p.out_width || c >= p.channels) {
         out[i] = act(0.0);
         return;
     }
-    let c = nc % p.channels;
     let mean = p.mean[c];
     let stddev = p.stddev[c];
-    let base = nc * p.in_height * p.in_width;
     let h = linear_taps(oy, p.in_height, p.scale_h);
     let w = linear_taps(ox, p.in_width, p.scale_w);
-    let top = w.l0 * tap(base, h.i0, w.i0, mean, stddev) + w.l1 * tap(base, h.i0, w.i1, mean, stddev);
-    let bottom = w.l0 * tap(base, h.i1, w.i0, mean, stddev) + w.l1 * tap(base, h.i1, w.i1, mean, stddev);
+    let top = w.l0 * tap(base, step, h.i0, w.i0, mean, stddev)
+        + w.l1 * tap(base, step, h.i0, w.i1, mean, stddev);
+    let bottom = w.l0 * tap(base, step, h.i1, w.i0, mean, stddev)
+        + w.l1 * tap(base, step, h.i1, w.i1, mean, stddev);
     out[i] = act(h.l0 * top + h.l1 * bottom);
 }

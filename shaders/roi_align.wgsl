@@ -18,6 +18,10 @@
 //                                            torchvision, which maps none then)
 //   7     params          RoiAlignParams
 //
+// The levels and the output are NCHW, or all channels-last (the CHANNELS_LAST override; the
+// output's padding channels are written as zeros); the proposals are NCHW f32 records.
+// Needs layout.wgsl before it.
+//
 // Grid: one invocation per output element, workgroups linearised over x and y.
 
 struct RoiAlignParams {
@@ -37,12 +41,15 @@ struct RoiAlignParams {
     canonical_scale: f32,
     canonical_level: f32,
     eps: f32,
-    _pad: u32,
+    // Channels-last: the padded channel count of the levels and the output; 0 for NCHW.
+    cl: u32,
     // (height, width, spatial scale as f32 bits, 0) per level.
     levels: array<vec4<u32>, 5>,
 }
 
 override WG: u32 = 256u;
+// The layout of the levels and the output, a constant per pipeline.
+override CHANNELS_LAST: bool = false;
 
 @group(0) @binding(0) var<storage, read> level0: array<act>;
 @group(0) @binding(1) var<storage, read> level1: array<act>;
@@ -90,9 +97,11 @@ fn map_level(b: vec4<f32>) -> u32 {
     return u32(l);
 }
 
-// One sample's bilinear interpolation of plane `base` of a level, as torchvision's
-// pre_calc_for_bilinear_interpolate weighs it: w1 v1 + w2 v2 + w3 v3 + w4 v4.
-fn sample(level: u32, base: u32, height: u32, width: u32, y_in: f32, x_in: f32) -> f32 {
+// One sample's bilinear interpolation of the channel of a level whose pixel (y, x) is at
+// base + (y * width + x) * step (step 1 for NCHW, the padded channel count for channels-last),
+// as torchvision's pre_calc_for_bilinear_interpolate weighs it: w1 v1 + w2 v2 + w3 v3 + w4 v4.
+fn sample(level: u32, base: u32, step: u32, height: u32, width: u32, y_in: f32,
+          x_in: f32) -> f32 {
     let h = f32(height);
     let w = f32(width);
     if (!(y_in >= -1.0 && y_in <= h && x_in >= -1.0 && x_in <= w)) {
@@ -122,10 +131,10 @@ fn sample(level: u32, base: u32, height: u32, width: u32, y_in: f32, x_in: f32) 
     let lx = x - f32(x_low);
     let hy = 1.0 - ly;
     let hx = 1.0 - lx;
-    let v1 = fetch(level, base + y_low * width + x_low);
-    let v2 = fetch(level, base + y_low * width + x_high);
-    let v3 = fetch(level, base + y_high * width + x_low);
-    let v4 = fetch(level, base + y_high * width + x_high);
+    let v1 = fetch(level, base + (y_low * width + x_low) * step);
+    let v2 = fetch(level, base + (y_low * width + x_high) * step);
+    let v3 = fetch(level, base + (y_high * width + x_low) * step);
+    let v4 = fetch(level, base + (y_high * width + x_high) * step);
     return hy * hx * v1 + hy * lx * v2 + ly * hx * v3 + ly * lx * v4;
 }
 
@@ -137,10 +146,27 @@ fn roi_align(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         return;
     }
     let s = p.size;
-    let pw = i % s;
-    let ph = i / s % s;
-    let c = i / (s * s) % p.channels;
-    let roi = i / (s * s * p.channels);
+    var pw: u32;
+    var ph: u32;
+    var c: u32;
+    var roi: u32;
+    if (CHANNELS_LAST) {
+        let pos = position(i, p.channels, s, s, p.cl);
+        pw = pos.x;
+        ph = pos.y;
+        c = pos.c;
+        roi = pos.n;
+        // The padding channels hold zeros.
+        if (c >= p.channels) {
+            out[i] = act(0.0);
+            return;
+        }
+    } else {
+        pw = i % s;
+        ph = i / s % s;
+        c = i / (s * s) % p.channels;
+        roi = i / (s * s * p.channels);
+    }
     let image = roi / p.rois;
     let r = roi * 6u;
     let b = vec4<f32>(proposals[r], proposals[r + 1u], proposals[r + 2u], proposals[r + 3u]);
@@ -168,13 +194,18 @@ fn roi_align(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let bin_h = roi_height / f32(s);
     let bin_w = roi_width / f32(s);
     let grid = f32(p.sampling);
-    let base = (image * p.channels + c) * height * width;
+    var base = (image * p.channels + c) * height * width;
+    var step = 1u;
+    if (CHANNELS_LAST) {
+        base = image * height * width * p.cl + c;
+        step = p.cl;
+    }
     var acc = 0.0;
     for (var iy = 0u; iy < p.sampling; iy++) {
         let y = start_h + f32(ph) * bin_h + (f32(iy) + 0.5) * bin_h / grid;
         for (var ix = 0u; ix < p.sampling; ix++) {
             let x = start_w + f32(pw) * bin_w + (f32(ix) + 0.5) * bin_w / grid;
-            acc += sample(level, base, height, width, y, x);
+            acc += sample(level, base, step, height, width, y, x);
         }
     }
     out[i] = act(acc / (grid * grid));

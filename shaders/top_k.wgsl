@@ -17,6 +17,7 @@
 // Bindings:
 //   0  logits      [N, A*C, Hs, Ws]  the levels' class logits, stacked in one map
 //   1  centerness  [N, A, Hs, Ws]    FCOS's centerness logits (a placeholder otherwise)
+//                                    (both NCHW, or both channels-last: CHANNELS_LAST)
 //   2  out         [N, L, K, 2]      per slot: the score's bits, the flat index
 //   3  hist        [N*L, BINS]       the current pass's histogram per segment
 //   4  state       [N*L, STATE]      the selection's state per segment (see below)
@@ -42,10 +43,19 @@ struct TopKParams {
     // Which radix pass the histogram and scan launches do: 0, 1 or 2.
     radix_pass: u32,
     with_centerness: u32,
-    _pad: u32,
+    // Channels-last: the padded channel counts of the logits and the centerness (0 for NCHW).
+    logits_cl: u32,
+    centerness_cl: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
     // Per level: (y0, x0, height, width) of its rectangle in the stacked map.
     regions: array<vec4<u32>, 8>,
 }
+
+// The layout of the logits and the centerness, a constant per pipeline so that the other
+// layout's index arithmetic is compiled out.
+override CHANNELS_LAST: bool = false;
 
 // Mirrored by WG, BINS and STATE_WORDS in src/kernels/top_k.rs.
 const WG: u32 = 256u;
@@ -105,16 +115,25 @@ struct Element {
     index: u32,
 }
 
-// Element e of level `level` of image n, counted in memory order (channel, row, column) so that
-// neighbouring invocations read neighbouring words.
+// Element e of level `level` of image n, counted in memory order so that neighbouring
+// invocations read neighbouring words: NCHW (channel, row, column), channels-last (row,
+// column, channel).
 fn element(n: u32, level: u32, e: u32) -> Element {
     let r = p.regions[level];
     let y0 = r.x;
     let x0 = r.y;
     let width = r.w;
     let plane = r.z * width;
-    let ch = e / plane;
-    let pix = e - ch * plane;
+    let channels = p.anchors * p.classes;
+    var ch: u32;
+    var pix: u32;
+    if (CHANNELS_LAST) {
+        pix = e / channels;
+        ch = e - pix * channels;
+    } else {
+        ch = e / plane;
+        pix = e - ch * plane;
+    }
     let y = pix / width;
     let x = pix - y * width;
     let a = ch / p.classes;
@@ -124,13 +143,19 @@ fn element(n: u32, level: u32, e: u32) -> Element {
     var el: Element;
     el.index = ((y * width + x) * p.anchors + a) * p.classes + c;
     el.key = NO_KEY;
-    let logit = f32(logits[(n * p.anchors * p.classes + ch) * map_plane + at]);
+    var logit_at = (n * channels + ch) * map_plane + at;
+    var ctr_at = (n * p.anchors + a) * map_plane + at;
+    if (CHANNELS_LAST) {
+        logit_at = (n * map_plane + at) * p.logits_cl + ch;
+        ctr_at = (n * map_plane + at) * p.centerness_cl + a;
+    }
+    let logit = f32(logits[logit_at]);
     if (is_nan(logit)) {
         return el;
     }
     var score = sigmoid(logit);
     if (p.with_centerness != 0u) {
-        let ctr = f32(centerness[(n * p.anchors + a) * map_plane + at]);
+        let ctr = f32(centerness[ctr_at]);
         if (is_nan(ctr)) {
             return el;
         }

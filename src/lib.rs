@@ -65,6 +65,7 @@ pub mod weights;
 
 pub use error::{Error, Result};
 pub use gpu::{AdapterSummary, Dispatch, GpuContext};
+pub use graph::executor::LayoutChoice;
 pub use graph::tune::Tuning;
 pub use model::{
     Checkpoint, Detections, Detector, DetectorOptions, Fpn, FpnConfig, FpnOptions, Fusion, Layout,

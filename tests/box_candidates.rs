@@ -167,6 +167,7 @@ fn run_case(ctx: &GpuContext, case: &Case) -> (Tensor, Vec<Vec<[f32; 6]>>, usize
     let target = Target {
         precision: case.precision,
         layout: MemoryFormat::Nchw,
+        cooperative: false,
         winograd: false,
     };
     assert!(op.supports(target.layout, target.precision));

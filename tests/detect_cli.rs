@@ -5,7 +5,7 @@ mod common;
 
 use common::detector::{small_config, small_options, weights, CLASSES, OPTION_FLAGS, SEED};
 use common::{fpn_command, gpu, scratch};
-use fpn_wgpu::model::{DetectorConfig, DetectorKind};
+use fpn_wgpu::model::{DetectorConfig, DetectorKind, RpnOptions};
 use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor};
 use fpn_wgpu::{Detector, DetectorOptions, Fpn, Tensor};
 use safetensors::{Dtype, SafeTensors};
@@ -293,4 +293,142 @@ fn tiny_huge_and_wrong_pictures_get_detections_or_errors_never_panics() {
     let x = Tensor::from_slice(ctx, [1, 1, 32, 32], &vec![0.5; 1024]).unwrap();
     let e = detector.detect(&x).unwrap_err().to_string();
     assert!(e.contains("channels"), "{e}");
+}
+
+/// A Faster R-CNN written by `fpn random-weights --detector fasterrcnn` runs through `fpn
+/// detect` as through the library, the RPN's flags mapped to torchvision's options, in the
+/// tensor and the picture mode; the flags of the other family of detectors are refused.
+#[test]
+fn detect_runs_a_faster_rcnn_and_refuses_the_other_family_s_flags() {
+    let dir = scratch("detect-frcnn");
+    let weights = dir.path().join("frcnn.safetensors");
+    let w = weights.to_str().unwrap();
+    let (ok, err) = fpn(&[
+        "random-weights",
+        "--layout",
+        "torchvision",
+        "--blocks",
+        "1,1,1,1",
+        "--detector",
+        "fasterrcnn",
+        "--num-classes",
+        "3",
+        "--representation-size",
+        "32",
+        "--seed",
+        "4",
+        "--output",
+        w,
+    ]);
+    assert!(ok, "{err}");
+    let input = dir.path().join("in.safetensors");
+    let x = pictures(2, 45, 61);
+    write_tensors(&input, [("input", &x)]).unwrap();
+    let output = dir.path().join("out.safetensors");
+    let flags = [
+        "--min-size",
+        "64",
+        "--max-size",
+        "96",
+        "--rpn-pre-nms-top-n",
+        "150",
+        "--rpn-post-nms-top-n",
+        "80",
+        "--rpn-nms-thresh",
+        "0.6",
+        "--detections-per-img",
+        "20",
+    ];
+    let mut args = vec!["detect", "--weights", w, "--input", input.to_str().unwrap()];
+    args.extend(["--output", output.to_str().unwrap()]);
+    args.extend(flags);
+    let (ok, err) = fpn(&args);
+    assert!(ok, "{err}");
+    assert!(err.contains("Faster R-CNN with 3 classes"), "{err}");
+
+    let ctx = gpu();
+    let options = DetectorOptions {
+        min_size: 64,
+        max_size: 96,
+        detections_per_img: 20,
+        rpn: RpnOptions {
+            rpn_pre_nms_top_n_test: 150,
+            rpn_post_nms_top_n_test: 80,
+            rpn_nms_thresh: 0.6,
+            ..RpnOptions::default()
+        },
+        ..DetectorOptions::for_kind(DetectorKind::FasterRcnn)
+    };
+    let detector = Detector::from_safetensors(ctx, &weights, options).unwrap();
+    assert_eq!(detector.config().kind, DetectorKind::FasterRcnn);
+    let want = detector
+        .detect(&Tensor::from_slice(ctx, [2, 3, 45, 61], &x.data).unwrap())
+        .unwrap();
+    let bytes = std::fs::read(&output).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let read = |name: String| file.tensor(&name).unwrap().data().to_vec();
+    for (i, det) in want.iter().enumerate() {
+        assert!(
+            !det.is_empty() && det.len() <= 20,
+            "picture {i}: {}",
+            det.len()
+        );
+        let boxes: Vec<f32> = bytemuck::pod_collect_to_vec(&read(format!("boxes.{i}")));
+        let scores: Vec<f32> = bytemuck::pod_collect_to_vec(&read(format!("scores.{i}")));
+        let labels: Vec<i64> = bytemuck::pod_collect_to_vec(&read(format!("labels.{i}")));
+        assert_eq!(boxes, det.boxes.concat());
+        assert_eq!(scores, det.scores);
+        assert_eq!(labels, det.labels);
+        assert!(
+            det.labels.iter().all(|&l| (1..3).contains(&l)),
+            "no background"
+        );
+    }
+
+    let picture = image::RgbImage::from_fn(61, 45, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x + y) * 2) as u8])
+    });
+    let path = dir.path().join("photo.png");
+    picture.save(&path).unwrap();
+    let out = dir.path().join("out");
+    let mut args = vec!["detect", "--weights", w, "--image", path.to_str().unwrap()];
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend(flags);
+    let (ok, err) = fpn(&args);
+    assert!(ok, "{err}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("detections.json")).unwrap()).unwrap();
+    let rows = json.as_array().unwrap();
+    assert!(!rows.is_empty() && rows.len() <= 20, "{}", rows.len());
+    assert!(out.join("detections.png").exists());
+
+    let mut args = vec!["detect", "--weights", w, "--input", input.to_str().unwrap()];
+    args.extend([
+        "--output",
+        output.to_str().unwrap(),
+        "--topk-candidates",
+        "10",
+    ]);
+    let (ok, err) = fpn(&args);
+    assert!(!ok);
+    assert!(
+        err.contains("--topk-candidates") && err.contains("one-stage"),
+        "{err}"
+    );
+
+    let retinanet = common::detector::weights(dir.path());
+    let mut args = vec!["detect", "--weights", retinanet.to_str().unwrap()];
+    args.extend(["--input", input.to_str().unwrap()]);
+    args.extend([
+        "--output",
+        output.to_str().unwrap(),
+        "--rpn-nms-thresh",
+        "0.5",
+    ]);
+    let (ok, err) = fpn(&args);
+    assert!(!ok);
+    assert!(
+        err.contains("--rpn-nms-thresh") && err.contains("two-stage"),
+        "{err}"
+    );
 }

@@ -1,20 +1,21 @@
-//! The one-stage detectors' own kernels against their CPU twins on random data: the detection
-//! transform (normalise, resize, pad), packing levels into one map and masking it, anchors and
-//! box decoding; and the crate's anchors against torchvision's.
+//! The one-stage detectors' own kernels against their CPU twins on random data, in both
+//! layouts: the detection transform (normalise, resize, pad), packing levels into one map and
+//! masking it, anchors and box decoding; and the crate's anchors against torchvision's.
 
 mod common;
 
 use std::path::Path;
 
-use common::{assert_close, gpu};
+use common::{assert_close, assert_storage_written, gpu, poisoned, LAYOUTS};
 use fpn_wgpu::graph::ops::detect::{AnchorSpec, DetectionGeometry, ResizeRule};
 use fpn_wgpu::kernels::box_decode::{self, BoxCoding, DecodeSpec};
 use fpn_wgpu::kernels::levels::{self, pack, LevelRegion};
 use fpn_wgpu::kernels::resize::{self, Normalize};
 use fpn_wgpu::reference::{self, AnchorLevel};
 use fpn_wgpu::rng::SplitMix64;
+use fpn_wgpu::tensor::MemoryFormat;
 use fpn_wgpu::tensor_file::read_tensors;
-use fpn_wgpu::Tensor;
+use fpn_wgpu::{Precision, Tensor};
 
 fn numel(s: [usize; 4]) -> usize {
     s.iter().product()
@@ -44,13 +45,17 @@ fn normalize_resize_matches_reference_up_down_and_at_size() {
     let norm = Normalize::IMAGENET;
     for (shape, size, padded) in cases {
         let x = rng.vec(numel(shape), 0.0, 1.0);
-        let xt = Tensor::from_slice(ctx, shape, &x).unwrap();
-        let out = Tensor::empty(ctx, [shape[0], shape[1], padded.0, padded.1]).unwrap();
-        let d = resize::prepare(ctx, &xt, size, &norm, &out).unwrap();
-        ctx.run(&[&d]).unwrap();
-        let got = out.download(ctx).unwrap();
         let (want, _) = reference::normalize_resize(&x, shape, &norm.mean, &norm.std, size, padded);
-        assert_close(&format!("resize {shape:?} to {size:?}"), &got, &want, 1e-6);
+        // NCHW, and channels-last as a detector on cooperative matrices stores its pictures.
+        for layout in LAYOUTS {
+            let xt = Tensor::from_slice_with(ctx, shape, &x, Precision::F32, layout).unwrap();
+            let out = poisoned(ctx, [shape[0], shape[1], padded.0, padded.1], layout);
+            let d = resize::prepare(ctx, &xt, size, &norm, &out).unwrap();
+            ctx.run(&[&d]).unwrap();
+            let what = format!("resize {shape:?} to {size:?} ({layout:?})");
+            assert_storage_written(ctx, &out, &what);
+            assert_close(&what, &out.download(ctx).unwrap(), &want, 1e-6);
+        }
     }
 }
 
@@ -139,19 +144,22 @@ fn stacked_levels_and_their_mask_match_reference() {
         let levels = pyramid(&mut rng, n, c, top, count);
         let sizes: Vec<_> = levels.iter().map(|(_, s)| (s[2], s[3])).collect();
         let (regions, (h, w)) = pack(&sizes);
-        let tensors: Vec<Tensor> = levels
-            .iter()
-            .map(|(d, s)| Tensor::from_slice(ctx, *s, d).unwrap())
-            .collect();
-        let refs: Vec<&Tensor> = tensors.iter().collect();
-        let out = Tensor::empty(ctx, [n, c, h, w]).unwrap();
-        let d = levels::prepare_stack(ctx, &refs, &out).unwrap();
-        ctx.run(&[&d]).unwrap();
         let rects: Vec<_> = regions.iter().map(rect).collect();
         let inputs: Vec<_> = levels.iter().map(|(d, s)| (d.as_slice(), *s)).collect();
         let want = reference::stack_levels(&inputs, &rects, (h, w));
-        let got = out.download(ctx).unwrap();
-        assert_eq!(got, want, "packed levels {sizes:?}");
+        for layout in LAYOUTS {
+            let tensors: Vec<Tensor> = levels
+                .iter()
+                .map(|(d, s)| Tensor::from_slice_with(ctx, *s, d, Precision::F32, layout).unwrap())
+                .collect();
+            let refs: Vec<&Tensor> = tensors.iter().collect();
+            let out = poisoned(ctx, [n, c, h, w], layout);
+            let d = levels::prepare_stack(ctx, &refs, &out).unwrap();
+            ctx.run(&[&d]).unwrap();
+            let what = format!("packed levels {sizes:?} ({layout:?})");
+            assert_storage_written(ctx, &out, &what);
+            assert_eq!(out.download(ctx).unwrap(), want, "{what}");
+        }
         // Regions never touch: a 3x3 window inside one level sees no other level.
         for (i, a) in rects.iter().enumerate() {
             for b in &rects[i + 1..] {
@@ -161,19 +169,20 @@ fn stacked_levels_and_their_mask_match_reference() {
             }
         }
         let noisy = rng.vec(numel([n, c, h, w]), -1.0, 1.0);
-        let xt = Tensor::from_slice(ctx, [n, c, h, w], &noisy).unwrap();
         let want = reference::mask_levels(&noisy, [n, c, h, w], &rects);
-        // As it is, and inside the zero border a following 3x3 (or 5x3) convolution reads.
-        for pad in [(0, 0), (1, 1), (2, 1)] {
-            let masked = Tensor::empty(ctx, [n, c, h + 2 * pad.0, w + 2 * pad.1]).unwrap();
-            let d = levels::prepare_mask(ctx, &xt, &regions, pad, &masked).unwrap();
-            ctx.run(&[&d]).unwrap();
-            let (want, _) = reference::pad2d(&want, [n, c, h, w], pad);
-            assert_eq!(
-                masked.download(ctx).unwrap(),
-                want,
-                "masked map {sizes:?}, padding {pad:?}"
-            );
+        for layout in LAYOUTS {
+            let xt =
+                Tensor::from_slice_with(ctx, [n, c, h, w], &noisy, Precision::F32, layout).unwrap();
+            // As it is, and inside the zero border a following 3x3 (or 5x3) convolution reads.
+            for pad in [(0, 0), (1, 1), (2, 1)] {
+                let masked = poisoned(ctx, [n, c, h + 2 * pad.0, w + 2 * pad.1], layout);
+                let d = levels::prepare_mask(ctx, &xt, &regions, pad, &masked).unwrap();
+                ctx.run(&[&d]).unwrap();
+                let (want, _) = reference::pad2d(&want, [n, c, h, w], pad);
+                let what = format!("masked map {sizes:?}, padding {pad:?} ({layout:?})");
+                assert_storage_written(ctx, &masked, &what);
+                assert_eq!(masked.download(ctx).unwrap(), want, "{what}");
+            }
         }
     }
 }
@@ -205,6 +214,18 @@ fn levels_refuse_bad_input() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("does not lie inside"), "{e}");
+    // One layout for the levels and the packed map.
+    let cl = Tensor::empty_with(
+        ctx,
+        [1, 4, 8, 8],
+        Precision::F32,
+        MemoryFormat::ChannelsLast,
+    )
+    .unwrap();
+    let e = levels::prepare_stack(ctx, &[&cl], &m)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("layout"), "{e}");
 }
 
 #[test]
@@ -274,11 +295,29 @@ fn box_decoding_matches_reference_on_every_level_and_both_codings() {
             labels: Default::default(),
         };
         let sel = Tensor::from_slice(ctx, [n, levels, k, 2], &selected).unwrap();
-        let reg = Tensor::from_slice(ctx, reg_shape, &regression).unwrap();
-        let out = Tensor::empty(ctx, [n, 1, levels * k, 6]).unwrap();
-        let d = box_decode::prepare(ctx, &sel, &reg, &spec, &out).unwrap();
-        ctx.run(&[&d]).unwrap();
-        let got = out.download(ctx).unwrap();
+        // The regression as the activations are stored: NCHW, or channels-last (its 36 or
+        // 4 channels padded); the selection and the boxes are NCHW records either way.
+        let outputs: Vec<Vec<f32>> = LAYOUTS
+            .iter()
+            .map(|&layout| {
+                let reg =
+                    Tensor::from_slice_with(ctx, reg_shape, &regression, Precision::F32, layout)
+                        .unwrap();
+                let out = Tensor::empty(ctx, [n, 1, levels * k, 6]).unwrap();
+                let d = box_decode::prepare(ctx, &sel, &reg, &spec, &out).unwrap();
+                ctx.run(&[&d]).unwrap();
+                out.download(ctx).unwrap()
+            })
+            .collect();
+        // The same arithmetic on the same values: bit for bit (an empty slot's label bits
+        // read as a NaN, so the bits are compared).
+        let differ = outputs[0]
+            .iter()
+            .zip(&outputs[1])
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(differ, 0, "{coding:?}: channels-last regression");
+        let got = &outputs[1];
         let cells = anchors.cell_anchors();
         let (linear, weights, xform_clip) = match coding {
             BoxCoding::Deltas {

@@ -432,22 +432,40 @@ fn outputs_are_pooled_and_reused_only_once_dropped() {
 /// the kind of device; the upsample-add fusion only runs channels-last on GPUs.
 #[test]
 fn pass_pipelines_follow_fusion_layout_and_device() {
-    use fpn_wgpu::graph::passes::{pipelines, Fusion, CHANNELS_LAST_CPU, CHANNELS_LAST_GPU};
-    let names = |fusion, layout, gpu| -> Vec<&str> {
-        pipelines(fusion, layout, gpu)
+    use fpn_wgpu::graph::passes::{
+        pipelines, Fusion, CHANNELS_LAST_CPU, CHANNELS_LAST_GPU, CHANNELS_LAST_PORTABLE,
+    };
+    let names = |fusion, layout, gpu, coop| -> Vec<&str> {
+        pipelines(fusion, layout, gpu, coop)
             .iter()
             .map(|p| p.name)
             .collect()
     };
     let cl = Some(MemoryFormat::ChannelsLast);
-    assert_eq!(names(Fusion::Fused, None, true), ["fuse"]);
-    assert!(names(Fusion::Unfused, None, true).is_empty());
-    assert!(names(Fusion::Fused, Some(MemoryFormat::Nchw), true).is_empty());
-    assert_eq!(names(Fusion::Fused, cl, true), [CHANNELS_LAST_GPU.name]);
-    assert_eq!(names(Fusion::Unfused, cl, false), [CHANNELS_LAST_CPU.name]);
+    assert_eq!(names(Fusion::Fused, None, true, true), ["fuse"]);
+    assert!(names(Fusion::Unfused, None, true, true).is_empty());
+    assert!(names(Fusion::Fused, Some(MemoryFormat::Nchw), true, true).is_empty());
+    assert_eq!(
+        names(Fusion::Fused, cl, true, true),
+        [CHANNELS_LAST_GPU.name]
+    );
+    assert_eq!(
+        names(Fusion::Unfused, cl, false, true),
+        [CHANNELS_LAST_CPU.name]
+    );
+    // Channels-last without cooperative matrices (asked for): no halos, which only those
+    // kernels write.
+    for gpu in [true, false] {
+        assert_eq!(
+            names(Fusion::Fused, cl, gpu, false),
+            [CHANNELS_LAST_PORTABLE.name]
+        );
+    }
     let has = |p: &passes::Pipeline, pass: &str| p.passes.iter().any(|(n, _)| *n == pass);
     assert!(has(&CHANNELS_LAST_GPU, "fuse_upsample_add"));
     assert!(!has(&CHANNELS_LAST_CPU, "fuse_upsample_add"));
+    assert!(!has(&CHANNELS_LAST_PORTABLE, "halo_into_producer"));
+    assert!(has(&CHANNELS_LAST_PORTABLE, "explicit_padding"));
 
     // The executor runs them and reports what changed the graph.
     let (g, ..) = sample_graph();
@@ -459,4 +477,58 @@ fn pass_pipelines_follow_fusion_layout_and_device() {
     assert!(ex.passes_applied().contains(&"fold_batch_norm"));
     // input, pad, conv, relu, conv: the fused graph of the first test.
     assert_eq!(ex.node_count(), 5);
+}
+
+/// `LayoutChoice` forces either layout: channels-last runs the fused graph (on the portable
+/// direct kernel, f32 having no cooperative matrices) to the NCHW run's outputs, handed back as
+/// NCHW f32 tensors; `Auto` keeps an f32 graph NCHW; an unfused graph (its padding not made
+/// explicit, its batch norm not folded: NCHW kernels only) is refused channels-last with the
+/// first such op named.
+#[test]
+fn layout_choice_forces_either_layout_or_says_why_not() {
+    use fpn_wgpu::graph::executor::{ExecutorOptions, LayoutChoice};
+    use fpn_wgpu::graph::passes::Fusion;
+    let ctx = gpu();
+    let build = |layout, fusion| {
+        let options = ExecutorOptions {
+            fusion,
+            layout,
+            ..ExecutorOptions::default()
+        };
+        Executor::build(ctx, sample_graph().0, options)
+    };
+    let auto = build(LayoutChoice::Auto, Fusion::Fused).unwrap();
+    assert_eq!(auto.memory_format(), MemoryFormat::Nchw);
+    let nchw = build(LayoutChoice::Nchw, Fusion::Fused).unwrap();
+    let cl = build(LayoutChoice::ChannelsLast, Fusion::Fused).unwrap();
+    assert_eq!(nchw.memory_format(), MemoryFormat::Nchw);
+    assert_eq!(cl.memory_format(), MemoryFormat::ChannelsLast);
+    assert!(!cl.cooperative());
+    let shape = [2, C, 7, 5];
+    let x = SplitMix64::new(3).vec(shape.iter().product(), -1.0, 1.0);
+    let xt = Tensor::from_slice(ctx, shape, &x).unwrap();
+    let want = nchw.forward(&xt).unwrap();
+    let got = cl.forward(&xt).unwrap();
+    for ((name, g), (_, w)) in got.iter().zip(&want) {
+        assert_eq!(g.memory_format(), MemoryFormat::Nchw, "{name}");
+        assert_eq!(g.precision(), Precision::F32, "{name}");
+        let (g, w) = (g.download(ctx).unwrap(), w.download(ctx).unwrap());
+        assert_close(&format!("{name}: channels-last"), &g, &w, 1e-5);
+    }
+    let e = build(LayoutChoice::ChannelsLast, Fusion::Unfused)
+        .err()
+        .expect("an unfused graph cannot be channels-last")
+        .to_string();
+    assert!(
+        e.contains("`c1` (conv2d)") && e.contains("unfused") && e.contains("LayoutChoice::Nchw"),
+        "{e}"
+    );
+    assert_eq!(
+        "nhwc".parse::<LayoutChoice>(),
+        Ok(LayoutChoice::ChannelsLast)
+    );
+    assert!("planar"
+        .parse::<LayoutChoice>()
+        .unwrap_err()
+        .contains("channels-last"));
 }

@@ -5,11 +5,12 @@
 
 mod common;
 
-use common::{assert_close, gpu};
+use common::{assert_close, assert_storage_written, gpu, poisoned, LAYOUTS};
 use fpn_wgpu::kernels::group_norm::{self, GroupNormWeights, LAUNCHES};
 use fpn_wgpu::kernels::levels::{pack, LevelRegion};
 use fpn_wgpu::reference;
 use fpn_wgpu::rng::SplitMix64;
+use fpn_wgpu::tensor::MemoryFormat;
 use fpn_wgpu::{Precision, Tensor};
 
 fn numel(s: [usize; 4]) -> usize {
@@ -39,7 +40,7 @@ struct Case {
     padding: (usize, usize),
 }
 
-fn check(case: &Case, rng: &mut SplitMix64) -> f64 {
+fn check(case: &Case, layout: MemoryFormat, rng: &mut SplitMix64) -> f64 {
     let ctx = gpu();
     let sizes: Vec<_> = (0..case.levels)
         .map(|l| (case.top.0.div_ceil(1 << l), case.top.1.div_ceil(1 << l)))
@@ -54,14 +55,15 @@ fn check(case: &Case, rng: &mut SplitMix64) -> f64 {
     let weight = rng.vec(case.c, 0.5, 1.5);
     let bias = rng.vec(case.c, -0.5, 0.5);
     let gn = GroupNormWeights::new(ctx, &weight, &bias, case.groups, 1e-5).unwrap();
-    let xt = Tensor::from_slice(ctx, shape, &x).unwrap();
+    let xt = Tensor::from_slice_with(ctx, shape, &x, Precision::F32, layout).unwrap();
     let (py, px) = case.padding;
     let out_shape = [case.n, case.c, h + 2 * py, w + 2 * px];
-    let out = Tensor::empty(ctx, out_shape).unwrap();
+    let out = poisoned(ctx, out_shape, layout);
     let launches =
         group_norm::prepare(ctx, &xt, &regions, &gn, case.relu, case.padding, &out).unwrap();
     assert_eq!(launches.len(), LAUNCHES, "launches for {shape:?}");
     ctx.run(&launches.iter().collect::<Vec<_>>()).unwrap();
+    assert_storage_written(ctx, &out, &format!("group norm {shape:?} ({layout:?})"));
     let got = out.download(ctx).unwrap();
     let rects: Vec<_> = regions.iter().map(rect).collect();
     let normed = reference::group_norm_levels(
@@ -88,7 +90,7 @@ fn check(case: &Case, rng: &mut SplitMix64) -> f64 {
         );
     }
     let name = format!(
-        "group norm {shape:?}, {} groups, levels {sizes:?}, offset {}, relu {}, padding {:?}",
+        "group norm {shape:?} ({layout:?}), {} groups, levels {sizes:?}, offset {}, relu {}, padding {:?}",
         case.groups, case.offset, case.relu, case.padding
     );
     assert_close(&name, &got, &want, 1e-5)
@@ -165,12 +167,16 @@ fn group_norm_over_levels_matches_reference() {
             padding: (1, 3),
         },
     ];
-    for case in &cases {
-        let err = check(case, &mut rng);
-        eprintln!(
-            "n {} c {} groups {} top {:?} levels {}: max relative error {err:.2e}",
-            case.n, case.c, case.groups, case.top, case.levels
-        );
+    // NCHW, and channels-last as a head on cooperative matrices stores its values (the
+    // statistics then walk each pixel's channels of the group in turn).
+    for layout in LAYOUTS {
+        for case in &cases {
+            let err = check(case, layout, &mut rng);
+            eprintln!(
+                "n {} c {} groups {} top {:?} levels {} ({layout:?}): max relative error {err:.2e}",
+                case.n, case.c, case.groups, case.top, case.levels
+            );
+        }
     }
 }
 

@@ -53,6 +53,7 @@ fn target(precision: Precision) -> Target {
     Target {
         precision,
         layout: MemoryFormat::Nchw,
+        cooperative: false,
         winograd: false,
     }
 }

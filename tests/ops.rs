@@ -656,6 +656,124 @@ fn winograd_conv2d_matches_reference() {
     eprintln!("conv2d winograd: {count} cases, worst max relative error {worst:e}");
 }
 
+/// The general direct kernel on channels-last tensors (the portable kernel of a channels-last
+/// network where no cooperative matrices run): every case and epilogue, the residual as it is
+/// and upsampled, f32 and (where the adapter has it) f16, with the padding channels of its
+/// output written as zeros.
+#[test]
+fn conv2d_on_channels_last_tensors_without_cooperative_matrices_matches_reference() {
+    use fpn_wgpu::kernels::conv2d::{ResidualMode, WeightLayout};
+    let ctx = gpu();
+    let cl = MemoryFormat::ChannelsLast;
+    let mut precisions = vec![Precision::F32];
+    if common::f16_gpu().is_some() {
+        precisions.push(Precision::F16);
+    }
+    let mut rng = SplitMix64::new(71);
+    let mut worst: f64 = 0.0;
+    for precision in precisions {
+        let tol = if precision == Precision::F32 {
+            CONV_TOL
+        } else {
+            1e-2
+        };
+        let round =
+            |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| precision.round(x)).collect() };
+        for (i, c) in CONV_CASES.iter().enumerate() {
+            let cin = c.input[1];
+            let w_shape = [c.cout, cin, c.kernel.0, c.kernel.1];
+            let x = round(rng.vec(numel(c.input), -1.0, 1.0));
+            let bound = (3.0 / (cin * c.kernel.0 * c.kernel.1) as f32).sqrt();
+            let w = round(rng.vec(numel(w_shape), -bound, bound));
+            let bias = rng.vec(c.cout, -0.5, 0.5);
+            let opts = Conv2dOptions::new(c.stride, c.padding).with_relu(i % 2 == 0);
+            let out_shape = conv2d::output_shape(c.input, w_shape, &opts).unwrap();
+            let residual = round(rng.vec(numel(out_shape), -1.0, 1.0));
+            let weights = Conv2dWeights::with_precision(
+                ctx,
+                w_shape,
+                &w,
+                Some(&bias),
+                None,
+                WeightLayout::KMajor,
+                precision,
+            )
+            .unwrap();
+            let xt = Tensor::from_slice_with(ctx, c.input, &x, precision, cl).unwrap();
+            let rt = Tensor::from_slice_with(ctx, out_shape, &residual, precision, cl).unwrap();
+            let (want, _) = reference::conv2d(
+                &x,
+                c.input,
+                &w,
+                w_shape,
+                Some(&bias),
+                None,
+                Some(&residual),
+                &common::conv_spec(&opts),
+            );
+            let name = format!("channels-last conv case {i} {:?} ({precision})", c.input);
+            let got = if precision == Precision::F32 {
+                let out = common::poisoned(ctx, out_shape, cl);
+                let launches = conv2d::prepare(ctx, &xt, &weights, Some(&rt), &out, &opts).unwrap();
+                assert!(launches.iter().all(|d| d.label() == "conv2d"), "{name}");
+                ctx.run(&launches.iter().collect::<Vec<_>>()).unwrap();
+                common::assert_storage_written(ctx, &out, &name);
+                out
+            } else {
+                conv2d::conv2d(ctx, &xt, &weights, Some(&rt), &opts).unwrap()
+            };
+            assert_eq!(got.memory_format(), cl);
+            worst = worst.max(assert_close(&name, &got.download(ctx).unwrap(), &want, tol));
+        }
+        // The FPN's top-down merge in the epilogue: the coarse map upsampled, channels-last.
+        for (input, cout, coarse_hw) in [([1, 16, 7, 9], 12, [4, 5]), ([2, 3, 10, 12], 67, [5, 6])]
+        {
+            let w_shape = [cout, input[1], 1, 1];
+            let x = round(rng.vec(numel(input), -1.0, 1.0));
+            let w = round(rng.vec(numel(w_shape), -0.5, 0.5));
+            let coarse_shape = [input[0], cout, coarse_hw[0], coarse_hw[1]];
+            let coarse = round(rng.vec(numel(coarse_shape), -1.0, 1.0));
+            let weights = Conv2dWeights::with_precision(
+                ctx,
+                w_shape,
+                &w,
+                None,
+                None,
+                WeightLayout::KMajor,
+                precision,
+            )
+            .unwrap();
+            let xt = Tensor::from_slice_with(ctx, input, &x, precision, cl).unwrap();
+            let ct = Tensor::from_slice_with(ctx, coarse_shape, &coarse, precision, cl).unwrap();
+            for mode in [UpsampleMode::Bilinear, UpsampleMode::Nearest] {
+                let opts = Conv2dOptions::new(1, 0).with_residual(ResidualMode::Upsampled(mode));
+                let got = conv2d::conv2d(ctx, &xt, &weights, Some(&ct), &opts).unwrap();
+                let (lateral, shape) = reference::conv2d(
+                    &x,
+                    input,
+                    &w,
+                    w_shape,
+                    None,
+                    None,
+                    None,
+                    &common::conv_spec(&Conv2dOptions::new(1, 0)),
+                );
+                let want = reference::upsample_add(
+                    &coarse,
+                    coarse_shape,
+                    &lateral,
+                    shape,
+                    common::resize(mode),
+                );
+                let name =
+                    format!("channels-last upsampled residual {input:?} {mode:?} ({precision})");
+                worst = worst.max(assert_close(&name, &got.download(ctx).unwrap(), &want, tol));
+            }
+        }
+    }
+    eprintln!("channels-last direct convolutions: worst max relative error {worst:e}");
+}
+
 #[test]
 fn conv2d_adds_an_upsampled_residual_in_its_epilogue() {
     use fpn_wgpu::kernels::conv2d::ResidualMode;

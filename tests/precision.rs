@@ -641,8 +641,11 @@ fn channels_last_tensors_convert_pad_and_pool_like_nchw() {
             );
         }
     }
-    // NCHW-only kernels refuse channels-last tensors with a way out.
-    let t = Tensor::from_slice_with(ctx, [1, 4, 3, 3], &[0.5; 36], F16, cl).unwrap();
+    // Weights for the NCHW kernels run on channels-last tensors too: on the general direct
+    // kernel, the portable one of channels-last networks without cooperative matrices.
+    let data: Vec<f32> = (0..36).map(|i| F16.round(i as f32 / 36.0)).collect();
+    let t = Tensor::from_slice_with(ctx, [1, 4, 3, 3], &data, F16, cl).unwrap();
+    let t_nchw = Tensor::from_slice_as(ctx, [1, 4, 3, 3], &data, F16).unwrap();
     let w = Conv2dWeights::with_precision(
         ctx,
         [4, 4, 1, 1],
@@ -653,7 +656,14 @@ fn channels_last_tensors_convert_pad_and_pool_like_nchw() {
         F16,
     )
     .unwrap();
-    let e = conv2d::conv2d(ctx, &t, &w, None, &Conv2dOptions::default()).unwrap_err();
+    let got = conv2d::conv2d(ctx, &t, &w, None, &Conv2dOptions::default()).unwrap();
+    assert_eq!(got.memory_format(), cl);
+    let want = conv2d::conv2d(ctx, &t_nchw, &w, None, &Conv2dOptions::default()).unwrap();
+    assert_eq!(got.download(ctx).unwrap(), want.download(ctx).unwrap());
+    // NCHW-only kernels refuse channels-last tensors with a way out.
+    let bn = BatchNormWeights::new(ctx, &[0.0; 4], &[1.0; 4], &[1.0; 4], &[0.0; 4], 1e-5).unwrap();
+    let out = Tensor::empty_with(ctx, [1, 4, 3, 3], F16, cl).unwrap();
+    let e = batch_norm::prepare(ctx, &t, &bn, &out).unwrap_err();
     assert!(e.to_string().contains("NCHW"), "{e}");
 }
 

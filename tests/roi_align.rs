@@ -86,6 +86,8 @@ struct Case {
     rois: usize,
     size: usize,
     precision: Precision,
+    /// How the levels and the output are stored.
+    layout: MemoryFormat,
     seed: u64,
 }
 
@@ -134,7 +136,7 @@ fn run_case(ctx: &GpuContext, case: &Case) -> (f64, [usize; 4]) {
 
     let level_tensors: Vec<Tensor> = levels
         .iter()
-        .map(|(d, s)| Tensor::from_slice_as(ctx, *s, d, case.precision).unwrap())
+        .map(|(d, s)| Tensor::from_slice_with(ctx, *s, d, case.precision, case.layout).unwrap())
         .collect();
     let prop = Tensor::from_slice(ctx, [n, 1, case.rois, 6], &proposals).unwrap();
     let pictures = Tensor::empty(ctx, [n, 3, case.picture.0, case.picture.1]).unwrap();
@@ -146,12 +148,15 @@ fn run_case(ctx: &GpuContext, case: &Case) -> (f64, [usize; 4]) {
     assert_eq!(shape, [n * case.rois, c, case.size, case.size]);
     let target = Target {
         precision: case.precision,
-        layout: MemoryFormat::Nchw,
+        layout: case.layout,
+        cooperative: false,
         winograd: false,
     };
     assert!(op.supports(target.layout, target.precision));
+    // The output is pooled maps, laid out as the levels are.
+    assert_eq!(op.output_layout(case.layout), case.layout);
     let gpu_op = op.lower(ctx, &target).unwrap();
-    let out = Tensor::empty_as(ctx, shape, case.precision).unwrap();
+    let out = Tensor::empty_with(ctx, shape, case.precision, case.layout).unwrap();
     let launches = gpu_op
         .prepare(ctx, &inputs, &out, Launch::default())
         .unwrap();
@@ -199,7 +204,7 @@ fn run_case(ctx: &GpuContext, case: &Case) -> (f64, [usize; 4]) {
     (err, hits)
 }
 
-fn cases(precision: Precision) -> Vec<Case> {
+fn cases(precision: Precision, layout: MemoryFormat) -> Vec<Case> {
     let small = ResizeRule {
         min_size: 150,
         max_size: 400,
@@ -216,6 +221,7 @@ fn cases(precision: Precision) -> Vec<Case> {
             rois: 61,
             size: 7,
             precision,
+            layout,
             seed: 1,
         },
         // 97x131 as it is, padded to 128x160: P2 32x40 ... P5 4x5; an odd number of channels.
@@ -232,6 +238,7 @@ fn cases(precision: Precision) -> Vec<Case> {
             rois: 47,
             size: 14,
             precision,
+            layout,
             seed: 2,
         },
         // A portrait picture with odd sides: 113x67 to 253x150, padded 256x160.
@@ -244,17 +251,21 @@ fn cases(precision: Precision) -> Vec<Case> {
             rois: 80,
             size: 7,
             precision,
+            layout,
             seed: 3,
         },
     ]
 }
 
 fn run_cases(ctx: &GpuContext, precision: Precision) {
-    for case in cases(precision) {
+    for case in [MemoryFormat::Nchw, MemoryFormat::ChannelsLast]
+        .into_iter()
+        .flat_map(|layout| cases(precision, layout))
+    {
         let (err, hits) = run_case(ctx, &case);
         eprintln!(
-            "{} ({precision}): max relative error {err:e}, boxes per level P2..P5 {hits:?}",
-            case.name
+            "{} ({precision}, {:?}): max relative error {err:e}, boxes per level P2..P5 {hits:?}",
+            case.name, case.layout
         );
         assert!(
             hits.iter().all(|&h| h > 0),

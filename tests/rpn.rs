@@ -72,6 +72,7 @@ fn run_graph(ctx: &GpuContext, graph: &Graph, inputs: Vec<(Value, Tensor)>) -> V
     let target = Target {
         precision: Precision::F32,
         layout: MemoryFormat::Nchw,
+        cooperative: false,
         winograd: false,
     };
     let mut values: Vec<Option<Tensor>> = (0..graph.nodes().len()).map(|_| None).collect();

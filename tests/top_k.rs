@@ -11,6 +11,7 @@ use common::gpu;
 use fpn_wgpu::kernels::top_k::{self, LevelRegion, ScoreMode, TopKOptions, UNUSED_INDEX};
 use fpn_wgpu::reference;
 use fpn_wgpu::rng::SplitMix64;
+use fpn_wgpu::tensor::MemoryFormat;
 use fpn_wgpu::{Error, GpuContext, Precision, Tensor};
 
 /// How far a GPU score may be from the reference's, and how close to the k-th score (or to the
@@ -375,6 +376,75 @@ fn top_k_matches_reference_on_random_pyramids() {
         let values = out.download(ctx).unwrap();
         check_against_reference(&case, &inputs, &values);
     }
+}
+
+/// Logits and centerness stored channels-last (a detector's on cooperative matrices: their
+/// channels padded to 16), f32 and f16 where the adapter has it: the selection is that of
+/// their values, as for NCHW ones.
+#[test]
+fn top_k_reads_channels_last_logits() {
+    let ctx = gpu();
+    let mut precisions = vec![Precision::F32];
+    if common::f16_gpu().is_some() {
+        precisions.push(Precision::F16);
+    }
+    let mut rng = SplitMix64::new(47);
+    for precision in precisions {
+        for case in cases().into_iter().filter(|c| c.map.0 * c.map.1 < 100_000) {
+            let mut inputs = inputs(ctx, &mut rng, &case);
+            let round = |v: &mut Vec<f32>| v.iter_mut().for_each(|x| *x = precision.round(*x));
+            round(&mut inputs.logits);
+            if let Some(c) = inputs.centerness.as_mut() {
+                round(c);
+            }
+            let upload = |v: &[f32], shape| {
+                Tensor::from_slice_with(ctx, shape, v, precision, MemoryFormat::ChannelsLast)
+                    .unwrap()
+            };
+            inputs.logits_gpu = upload(&inputs.logits, inputs.shape);
+            inputs.centerness_gpu = inputs
+                .centerness
+                .as_ref()
+                .map(|c| upload(c, [case.batch, case.anchors, case.map.0, case.map.1]));
+            let out = top_k::top_k(
+                ctx,
+                &inputs.logits_gpu,
+                inputs.centerness_gpu.as_ref(),
+                &regions(&case.levels),
+                &options(&case),
+            )
+            .unwrap_or_else(|e| panic!("{} ({precision}, channels-last): {e}", case.name));
+            assert_eq!(out.memory_format(), MemoryFormat::Nchw);
+            let values = out.download(ctx).unwrap();
+            check_against_reference(&case, &inputs, &values);
+        }
+    }
+    // The logits and the centerness share one layout.
+    let logits = Tensor::empty_with(
+        ctx,
+        [1, 6, 8, 8],
+        Precision::F32,
+        MemoryFormat::ChannelsLast,
+    )
+    .unwrap();
+    let centerness = Tensor::empty(ctx, [1, 2, 8, 8]).unwrap();
+    let level = [LevelRegion {
+        y0: 0,
+        x0: 0,
+        height: 8,
+        width: 8,
+    }];
+    let opts = TopKOptions {
+        anchors: 2,
+        classes: 3,
+        k: 4,
+        score_thresh: 0.05,
+        mode: ScoreMode::SigmoidWithCenterness,
+    };
+    let e = top_k::top_k(ctx, &logits, Some(&centerness), &level, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("layout"), "{e}");
 }
 
 /// Logits stored as f16 (a detector whose activations are): the selection is that of their

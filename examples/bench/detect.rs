@@ -1,38 +1,110 @@
-//! `bench --detect`: a RetinaNet from the pictures to the boxes, with the GPU time of its
-//! backbone and FPN, its heads and its post-processing.
+//! `bench --detect`: a detector (RetinaNet by default, `--detector` for another kind) from the
+//! pictures to the boxes, with the GPU time of its backbone and FPN, its heads (for Faster
+//! R-CNN: its RPN and its RoI heads) and its post-processing.
 
 use std::time::Instant;
 
 use anyhow::Result;
-use fpn_wgpu::graph::executor::Granularity;
-use fpn_wgpu::model::DetectorConfig;
+use fpn_wgpu::graph::executor::{Granularity, Plan};
+use fpn_wgpu::model::{DetectorConfig, DetectorKind};
 use fpn_wgpu::rng::SplitMix64;
-use fpn_wgpu::{Detector, DetectorOptions, GpuContext, Precision, Tensor};
+use fpn_wgpu::{Detector, DetectorOptions, GpuContext, LayoutChoice, Precision, Tensor};
 
 /// The part of the detector a stage of its graph belongs to.
 fn part(stage: &str) -> &'static str {
     match stage {
         "heads" | "classification head" | "regression head" => "heads",
+        "rpn head" | "rpn proposals" => "RPN",
+        "roi heads" => "RoI heads",
         "postprocess" => "post-processing",
         _ => "backbone and FPN",
     }
 }
 
-const PARTS: [&str; 3] = ["backbone and FPN", "heads", "post-processing"];
+const PARTS: [&str; 5] = [
+    "backbone and FPN",
+    "heads",
+    "RPN",
+    "RoI heads",
+    "post-processing",
+];
 
-pub fn run(
-    ctx: &GpuContext,
-    batch: usize,
-    (height, width): (usize, usize),
-    iters: usize,
-    precision: Precision,
-) -> Result<()> {
-    let options = DetectorOptions {
+/// What `bench --detect` runs.
+pub struct Run {
+    pub kind: DetectorKind,
+    /// torchvision's `min_size` and `max_size`.
+    pub sizes: (usize, usize),
+    pub batch: usize,
+    /// The pictures' (height, width).
+    pub size: (usize, usize),
+    pub iters: usize,
+    pub precision: Precision,
+    pub layout: LayoutChoice,
+    /// Report the plan's launches and stop.
+    pub plan_only: bool,
+}
+
+/// Launches per part of the detector, and how many of its convolutions run on cooperative
+/// matrices.
+fn launches(plan: &Plan) -> ([usize; PARTS.len()], usize, usize) {
+    let mut parts = [0; PARTS.len()];
+    for (label, range) in plan.groups(Granularity::Stages) {
+        let p = PARTS.iter().position(|&p| p == part(&label)).unwrap_or(0);
+        parts[p] += range.len();
+    }
+    let kernels = plan.kernels();
+    let convs = kernels
+        .iter()
+        .filter(|(_, k)| k.starts_with("conv2d"))
+        .count();
+    let coop = kernels
+        .iter()
+        .filter(|(_, k)| k.starts_with("conv2d_coop"))
+        .count();
+    (parts, convs, coop)
+}
+
+pub fn run(ctx: &GpuContext, run: Run) -> Result<()> {
+    let Run {
+        kind,
+        sizes: (min_size, max_size),
+        batch,
+        size: (height, width),
+        iters,
         precision,
-        ..DetectorOptions::default()
+        layout,
+        plan_only,
+    } = run;
+    let options = DetectorOptions {
+        min_size,
+        max_size,
+        precision,
+        layout,
+        ..DetectorOptions::for_kind(kind)
     };
-    let detector = Detector::random(ctx, DetectorConfig::retinanet_resnet50(91), 0, options)?;
+    let detector = Detector::random(ctx, DetectorConfig::resnet50(kind, 91), 0, options)?;
     let shape = [batch, 3, height, width];
+    if plan_only {
+        let plan = detector.executor().plan(shape)?;
+        let (parts, convs, coop) = launches(&plan);
+        println!("adapter: {}", ctx.adapter());
+        println!(
+            "detector: {kind} ResNet-50 FPN, 91 classes, {precision}, {:?} (asked: {layout:?}); pictures {shape:?}",
+            detector.executor().memory_format()
+        );
+        let per_part: Vec<String> = PARTS
+            .iter()
+            .zip(parts)
+            .filter(|(_, n)| *n > 0)
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        println!(
+            "plan: {} launches: {}; {convs} convolution launches, {coop} on cooperative matrices",
+            plan.dispatches().len(),
+            per_part.join(", ")
+        );
+        return Ok(());
+    }
     let pictures = Tensor::from_slice(
         ctx,
         shape,
@@ -65,11 +137,14 @@ pub fn run(
 
     println!("adapter: {}", ctx.adapter());
     println!(
-        "detector: RetinaNet ResNet-50 FPN, 91 classes, seeded random weights, {precision}; pictures {shape:?}, min_size {}, max_size {}",
-        options.min_size, options.max_size
+        "detector: {kind} ResNet-50 FPN, 91 classes, seeded random weights, {precision}, {:?}; pictures {shape:?}, min_size {}, max_size {}",
+        detector.executor().memory_format(),
+        options.min_size,
+        options.max_size
     );
+    let (_, convs, coop) = launches(&plan);
     println!(
-        "plan: {plan_s:.3} s, {} launches; detections per picture: {:?}",
+        "plan: {plan_s:.3} s, {} launches ({convs} convolution launches, {coop} on cooperative matrices); detections per picture: {:?}",
         plan.dispatches().len(),
         first.iter().map(|d| d.len()).collect::<Vec<_>>()
     );
@@ -79,7 +154,7 @@ pub fn run(
         times.len()
     );
     println!("read back per forward: {read_back} bytes (the detection rows only)");
-    let mut parts = [(0.0f64, 0usize); 3];
+    let mut parts = [(0.0f64, 0usize); PARTS.len()];
     for (label, range) in &groups {
         let p = PARTS.iter().position(|&p| p == part(label)).unwrap_or(0);
         parts[p].1 += range.len();
@@ -99,6 +174,9 @@ pub fn run(
             }
             println!("GPU time per part:");
             for (name, (t, launches)) in PARTS.iter().zip(parts) {
+                if launches == 0 {
+                    continue;
+                }
                 println!(
                     "  {name:<20} {:>9.1} ms  {:>5.1} %  {launches} launches",
                     t * 1e3,
@@ -109,6 +187,9 @@ pub fn run(
         None => {
             println!("GPU time per stage: this adapter has no timestamp queries");
             for (name, (_, launches)) in PARTS.iter().zip(parts) {
+                if launches == 0 {
+                    continue;
+                }
                 println!("  {name:<20} {launches} launches");
             }
         }

@@ -9,11 +9,15 @@
 //! cargo run --release --example bench -- --height 224 --width 224 --per-op   # one line per launch
 //! cargo run --release --example bench -- --suite   # batch 1 and 8, 600x900 and 224x224, f32 and f16
 //! cargo run --release --example bench -- --detect --height 800 --width 1333   # RetinaNet
+//! cargo run --release --example bench -- --detect --detector fasterrcnn --height 800 --width 1333
+//! cargo run --release --example bench -- --detect --precision f16 --layout nchw --plan-only
 //! ```
 //!
-//! `--detect` times a whole RetinaNet (ResNet-50, 91 classes, seeded random weights) from the
-//! pictures to the boxes instead, with the GPU time of its three parts: backbone and FPN,
-//! heads, post-processing (top-k, decoding, NMS).
+//! `--detect` times a whole detector (ResNet-50, 91 classes, seeded random weights; RetinaNet
+//! unless `--detector` names another kind) from the pictures to the boxes instead, with the GPU
+//! time of its parts: backbone and FPN, heads (Faster R-CNN: RPN and RoI heads),
+//! post-processing (top-k, decoding, NMS); `--layout` chooses how its activations are laid
+//! out, and `--plan-only` reports the launches without running them.
 
 #[cfg(not(target_arch = "wasm32"))]
 mod detect;
@@ -77,11 +81,28 @@ mod native {
         /// adapter has it), each reported as a single run would be; for GPUs.
         #[arg(long)]
         suite: bool,
-        /// Time a RetinaNet (ResNet-50, 91 classes, random weights) end to end instead: the
-        /// pictures are resized as torchvision's transform does (shorter side 800, longer at
-        /// most 1333).
+        /// Time a detector (ResNet-50, 91 classes, random weights; RetinaNet unless --detector
+        /// says otherwise) end to end instead: the pictures are resized as torchvision's
+        /// transform does (shorter side --min-size, longer at most --max-size).
         #[arg(long)]
         detect: bool,
+        /// With --detect: how the activations are laid out: auto (channels-last on
+        /// cooperative matrices where they run), nchw or channels-last.
+        #[arg(long, default_value = "auto")]
+        layout: fpn_wgpu::LayoutChoice,
+        /// With --detect: build the plan and report its launches per part, without running.
+        #[arg(long)]
+        plan_only: bool,
+        /// With --detect: the shorter side pictures are resized to.
+        #[arg(long, default_value_t = 800, requires = "detect")]
+        min_size: usize,
+        /// With --detect: the most the longer side may be after resizing.
+        #[arg(long, default_value_t = 1333, requires = "detect")]
+        max_size: usize,
+        /// With --detect: the kind of detector, retinanet, retinanet_v2, fcos, fasterrcnn or
+        /// fasterrcnn_v2.
+        #[arg(long, default_value = "retinanet", requires = "detect")]
+        detector: fpn_wgpu::model::DetectorKind,
     }
 
     fn mib(bytes: u64) -> f64 {
@@ -95,10 +116,16 @@ mod native {
         if args.detect {
             return crate::detect::run(
                 &ctx,
-                args.batch,
-                (args.height, args.width),
-                args.iters,
-                args.precision,
+                crate::detect::Run {
+                    kind: args.detector,
+                    sizes: (args.min_size, args.max_size),
+                    batch: args.batch,
+                    size: (args.height, args.width),
+                    iters: args.iters,
+                    precision: args.precision,
+                    layout: args.layout,
+                    plan_only: args.plan_only,
+                },
             );
         }
         if !args.suite {
@@ -151,6 +178,7 @@ mod native {
             algorithms,
             precision: args.precision,
             tuning: args.tune,
+            ..FpnOptions::default()
         };
         let fpn = Fpn::with_options(ctx, &VarStore::random(0), config, options)?;
         let shape = [args.batch, 3, args.height, args.width];

@@ -1,5 +1,5 @@
-//! `fpn detect`: a one-stage detector (RetinaNet v1 or v2, FCOS) on a picture, a folder or
-//! list of pictures (`detect_images.rs`) or a tensor file, boxes out.
+//! `fpn detect`: a detector (RetinaNet v1 or v2, FCOS, Faster R-CNN v1 or v2) on a picture, a
+//! folder or list of pictures (`detect_images.rs`) or a tensor file, boxes out.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args};
 use fpn_wgpu::detection_output::{coco_results, draw_detections, COCO_CATEGORIES};
 use fpn_wgpu::image_input::{load_image_with, ImageOptions};
-use fpn_wgpu::model::DetectorConfig;
+use fpn_wgpu::model::{DetectorConfig, DetectorKind, RpnOptions};
 use fpn_wgpu::tensor_file::read_tensors;
 use fpn_wgpu::visualize::save_png;
 use fpn_wgpu::{Detections, Detector, DetectorOptions, GpuContext, Precision, Tensor};
@@ -24,8 +24,9 @@ use crate::progress::Progress;
 #[command(group(ArgGroup::new("picture_source").args(["image", "images"])))]
 pub struct DetectArgs {
     /// A whole torchvision RetinaNet (v1 or v2) or FCOS state_dict (`backbone.` and `head.`),
-    /// as safetensors or a PyTorch .pth; the kind of detector, the backbone and the number of
-    /// classes are read from it. Without it: seeded random weights
+    /// or Faster R-CNN (v1 or v2: `backbone.`, `rpn.` and `roi_heads.`), as safetensors or a
+    /// PyTorch .pth; the kind of detector, the backbone and the number of classes are read
+    /// from it. Without it: seeded random weights
     /// of a ResNet-50 RetinaNet with --num-classes classes (boxes of no meaning, for trying
     /// the pipeline).
     #[arg(long)]
@@ -69,19 +70,32 @@ pub struct DetectArgs {
     #[arg(long, default_value_t = 1333)]
     max_size: usize,
     /// Candidates scoring at most this are dropped [default: the detector's, as torchvision
-    /// has it: RetinaNet 0.05, FCOS 0.2].
+    /// has it: RetinaNet 0.05, FCOS 0.2, Faster R-CNN 0.05 (its box_score_thresh)].
     #[arg(long)]
     score_thresh: Option<f32>,
     /// IoU above which a box of a class is dropped for a better one of its class [default:
-    /// RetinaNet 0.5, FCOS 0.6].
+    /// RetinaNet 0.5, FCOS 0.6, Faster R-CNN 0.5 (box_nms_thresh)].
     #[arg(long)]
     nms_thresh: Option<f32>,
-    /// The most detections kept per picture [default: RetinaNet 300, FCOS 100].
+    /// The most detections kept per picture [default: RetinaNet 300, FCOS 100, Faster R-CNN
+    /// 100 (box_detections_per_img)].
     #[arg(long)]
     detections_per_img: Option<usize>,
-    /// The best candidates kept per level before NMS [default: 1000].
+    /// One-stage detectors: the best candidates kept per level before NMS [default: 1000].
     #[arg(long)]
     topk_candidates: Option<usize>,
+    /// Faster R-CNN: the best proposals kept per picture and level before the RPN's NMS
+    /// (rpn_pre_nms_top_n_test) [default: 1000].
+    #[arg(long)]
+    rpn_pre_nms_top_n: Option<usize>,
+    /// Faster R-CNN: the best proposals kept per picture after the RPN's NMS
+    /// (rpn_post_nms_top_n_test) [default: 1000].
+    #[arg(long)]
+    rpn_post_nms_top_n: Option<usize>,
+    /// Faster R-CNN: IoU above which a proposal is dropped for a better one of its level
+    /// (rpn_nms_thresh) [default: 0.7].
+    #[arg(long)]
+    rpn_nms_thresh: Option<f32>,
     /// Storage of the backbone's, FPN's and heads' weights and activations: f32 (PyTorch
     /// parity) or f16 (half the memory; needs an adapter with shader-f16, see `fpn info`).
     /// Scores and boxes are f32 either way.
@@ -144,7 +158,18 @@ fn build(args: &DetectArgs, progress: &Progress) -> Result<Built> {
                 .detections_per_img
                 .unwrap_or(defaults.detections_per_img),
             topk_candidates: args.topk_candidates.unwrap_or(defaults.topk_candidates),
+            rpn: RpnOptions {
+                rpn_pre_nms_top_n_test: args
+                    .rpn_pre_nms_top_n
+                    .unwrap_or(defaults.rpn.rpn_pre_nms_top_n_test),
+                rpn_post_nms_top_n_test: args
+                    .rpn_post_nms_top_n
+                    .unwrap_or(defaults.rpn.rpn_post_nms_top_n_test),
+                rpn_nms_thresh: args.rpn_nms_thresh.unwrap_or(defaults.rpn.rpn_nms_thresh),
+                ..defaults.rpn
+            },
             precision: args.precision,
+            ..defaults
         }
     };
     let ctx = GpuContext::new()?;
@@ -160,6 +185,7 @@ fn build(args: &DetectArgs, progress: &Progress) -> Result<Built> {
             Detector::random(&ctx, config, 0, options(&config))?
         }
     };
+    check_stage_flags(args, detector.config().kind)?;
     let classes = detector.config().num_classes;
     progress.say(format_args!(
         "{} with {classes} classes ({}), built in {:.2} s",
@@ -173,6 +199,37 @@ fn build(args: &DetectArgs, progress: &Progress) -> Result<Built> {
         detector,
         names,
     })
+}
+
+/// Refuses the flags of the other family of detectors than `kind`'s: they would change
+/// nothing, and a run that silently ignores a setting reads as if it had applied it.
+fn check_stage_flags(args: &DetectArgs, kind: DetectorKind) -> Result<()> {
+    let (given, family): (Vec<&str>, &str) = if kind.is_two_stage() {
+        let given = [("--topk-candidates", args.topk_candidates.is_some())];
+        (
+            given.iter().filter(|g| g.1).map(|g| g.0).collect(),
+            "one-stage",
+        )
+    } else {
+        let given = [
+            ("--rpn-pre-nms-top-n", args.rpn_pre_nms_top_n.is_some()),
+            ("--rpn-post-nms-top-n", args.rpn_post_nms_top_n.is_some()),
+            ("--rpn-nms-thresh", args.rpn_nms_thresh.is_some()),
+        ];
+        (
+            given.iter().filter(|g| g.1).map(|g| g.0).collect(),
+            "two-stage",
+        )
+    };
+    if !given.is_empty() {
+        bail!(
+            "{} set{} the {family} detectors only, and the weights are a {kind}; leave {} out",
+            given.join(", "),
+            if given.len() == 1 { "s" } else { "" },
+            if given.len() == 1 { "it" } else { "them" }
+        );
+    }
+    Ok(())
 }
 
 /// The class names of `--labels`, or COCO's for a 91-class model, or none.

@@ -246,8 +246,9 @@ enum Command {
         #[command(flatten)]
         network: NetworkArgs,
     },
-    /// Run a detector (torchvision's RetinaNet v1 or v2, or FCOS) on a picture, a folder or
-    /// list of pictures, or a tensor file: boxes, scores and labels, all computed on the GPU.
+    /// Run a detector (torchvision's RetinaNet v1 or v2, FCOS, or Faster R-CNN v1 or v2) on a
+    /// picture, a folder or list of pictures, or a tensor file: boxes, scores and labels, all
+    /// computed on the GPU.
     Detect(detect::DetectArgs),
     /// Read a weights file and write its state_dict as safetensors (float32), which later runs
     /// read directly: a PyTorch .pth/.pt (torch.save, zip or legacy; the state_dict alone or in
@@ -268,15 +269,21 @@ enum Command {
         /// Output file.
         #[arg(long)]
         output: PathBuf,
-        /// Write a whole detector's state_dict (`backbone.` and `head.`) instead of a backbone
-        /// and FPN: retinanet, retinanet_v2 or fcos (torchvision's heads, on the network the
-        /// other flags describe, which needs --layout torchvision --returned-layers 2,3,4 and
-        /// --extra p6p7, or p6p7-c5 as torchvision's retinanet_v2 has it).
+        /// Write a whole detector's state_dict instead of a backbone and FPN: retinanet,
+        /// retinanet_v2 or fcos (`backbone.` and `head.`: torchvision's heads, on the network
+        /// the other flags describe, which needs --layout torchvision --returned-layers 2,3,4
+        /// and --extra p6p7, or p6p7-c5 as torchvision's retinanet_v2 has it), fasterrcnn or
+        /// fasterrcnn_v2 (`backbone.`, `rpn.` and `roi_heads.`: --returned-layers 1,2,3,4
+        /// --extra pool, and --fpn-norm for v2 as torchvision builds it).
         #[arg(long)]
         detector: Option<String>,
         /// Classes of the detector's head (with --detector).
         #[arg(long, default_value_t = 91, requires = "detector")]
         num_classes: usize,
+        /// Faster R-CNN: the width of the box head's linear layers (torchvision's
+        /// representation_size).
+        #[arg(long, default_value_t = fpn_wgpu::model::REPRESENTATION_SIZE, requires = "detector")]
+        representation_size: usize,
         #[command(flatten)]
         network: NetworkArgs,
     },
@@ -540,7 +547,7 @@ fn parse_counts<const N: usize>(s: &str) -> Result<[usize; N], String> {
 fn random_weights(
     network: &NetworkArgs,
     detector: Option<&str>,
-    num_classes: usize,
+    (num_classes, representation): (usize, usize),
     seed: u64,
     output: &Path,
 ) -> Result<()> {
@@ -549,9 +556,9 @@ fn random_weights(
         None => Fpn::random_state_dict(config, seed)?,
         Some(name) => Detector::random_state_dict(
             DetectorConfig {
-                kind: name.parse::<DetectorKind>()?,
                 backbone: config,
-                num_classes,
+                representation,
+                ..DetectorConfig::resnet50(name.parse::<DetectorKind>()?, num_classes)
             },
             seed,
         )?,
@@ -797,8 +804,15 @@ fn run_command() -> ExitCode {
             output,
             detector,
             num_classes,
+            representation_size,
             network,
-        } => random_weights(network, detector.as_deref(), *num_classes, *seed, output),
+        } => random_weights(
+            network,
+            detector.as_deref(),
+            (*num_classes, *representation_size),
+            *seed,
+            output,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

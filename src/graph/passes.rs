@@ -77,19 +77,34 @@ pub const CHANNELS_LAST_CPU: Pipeline = Pipeline {
     ],
 };
 
+/// For channels-last values without cooperative matrices (asked for by the caller; the
+/// portable direct kernel runs the convolutions): grouped convolutions made dense and every
+/// padding explicit, which that kernel needs as the cooperative-matrix ones do, but no halos,
+/// which only the cooperative-matrix kernels write.
+pub const CHANNELS_LAST_PORTABLE: Pipeline = Pipeline {
+    name: "channels-last without cooperative matrices",
+    passes: &[
+        ("dense_groups", dense_groups),
+        ("explicit_padding", explicit_padding),
+    ],
+};
+
 /// The pipelines that run, in order, for a graph built with `fusion` whose values are stored
-/// in `layout` on a GPU (`gpu`) or a CPU adapter. The layout is chosen after the fusion
+/// in `layout` on a GPU (`gpu`) or a CPU adapter, with the channels-last convolutions on
+/// cooperative matrices or not (`cooperative`). The layout is chosen after the fusion
 /// pipeline (it depends on the ops left), so this is asked twice: with `layout` `None` for
 /// the fusion stage, then with the layout for the rest.
 pub fn pipelines(
     fusion: Fusion,
     layout: Option<MemoryFormat>,
     gpu: bool,
+    cooperative: bool,
 ) -> Vec<&'static Pipeline> {
     match (layout, fusion) {
         (None, Fusion::Fused) => vec![&FUSE],
         (None, Fusion::Unfused) => vec![],
         (Some(MemoryFormat::Nchw), _) => vec![],
+        (Some(MemoryFormat::ChannelsLast), _) if !cooperative => vec![&CHANNELS_LAST_PORTABLE],
         (Some(MemoryFormat::ChannelsLast), _) if gpu => vec![&CHANNELS_LAST_GPU],
         (Some(MemoryFormat::ChannelsLast), _) => vec![&CHANNELS_LAST_CPU],
     }

@@ -6,9 +6,9 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::levels::{check_regions, region_table, LevelRegion, REGION_SLOTS};
-use crate::kernels::{check_nchw, check_output_shape, elementwise_dispatch, ShaderSource};
+use crate::kernels::{check_nchw, check_output_shape, layout_dispatch, ShaderSource};
 use crate::precision::Precision;
-use crate::tensor::{check_shape, Tensor};
+use crate::tensor::{check_shape, check_shape_in, Tensor};
 
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
@@ -106,13 +106,15 @@ pub(crate) struct DecodeParams {
     min_size: f32,
     remove_small: u32,
     label_level: u32,
-    _pad: [u32; 2],
+    cl: u32,
+    _pad: u32,
     regions: [[u32; 4]; REGION_SLOTS],
     strides: [[u32; 4]; REGION_SLOTS],
 }
 
 /// Builds the launch writing `out` `[N, 1, L*K, 6]` from the top-k output `selected`
-/// `[N, L, K, 2]` and the packed regression map `regression` `[N, A*4, HS, WS]`.
+/// `[N, L, K, 2]` and the packed regression map `regression` `[N, A*4, HS, WS]` (NCHW or
+/// channels-last, f32 or f16; the selection and the output are NCHW f32).
 pub fn prepare(
     ctx: &GpuContext,
     selected: &Tensor,
@@ -121,10 +123,19 @@ pub fn prepare(
     out: &Tensor,
 ) -> Result<Dispatch> {
     const OP: &str = "decode_boxes";
-    for t in [selected, regression, out] {
+    // The selection and the boxes are NCHW records; the regression is laid out as the
+    // activations are.
+    for t in [selected, out] {
         check_nchw(OP, t)?;
         check_shape(ctx, OP, "a tensor", t.shape())?;
     }
+    check_shape_in(
+        ctx,
+        OP,
+        "the regression",
+        regression.shape(),
+        regression.memory_format(),
+    )?;
     // The regression may be stored as the activations are; the selection and the boxes are
     // f32, whatever they are.
     if selected.precision() != Precision::F32 || out.precision() != Precision::F32 {
@@ -204,15 +215,16 @@ pub fn prepare(
         min_size: spec.min_size.unwrap_or(0.0),
         remove_small: spec.min_size.is_some() as u32,
         label_level: (spec.labels == LabelSource::Level) as u32,
-        _pad: [0; 2],
+        cl: regression.memory_format().wgsl_flag(rc),
+        _pad: 0,
         regions: region_table(&spec.regions),
         strides,
     };
     let anchors = ctx.storage_from("cell anchors", &spec.cell_anchors);
-    elementwise_dispatch(
+    layout_dispatch(
         ctx,
         &SHADER,
-        regression.precision(),
+        (regression.precision(), regression.memory_format()),
         OP,
         n * levels * k,
         &params,

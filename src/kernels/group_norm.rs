@@ -14,17 +14,16 @@
 use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, Dispatch, GpuContext};
 use crate::kernels::levels::{check_regions, region_table, LevelRegion, REGION_SLOTS};
-use crate::kernels::{
-    check_io, check_nchw, check_output_shape, elementwise_dispatch, pipeline, ShaderSource,
-};
+use crate::kernels::{check_io, check_output_shape, layout_dispatch, pipeline, ShaderSource};
 use crate::precision::Precision;
-use crate::tensor::{check_shape, Tensor};
+use crate::tensor::{check_shape_in, MemoryFormat, Tensor};
 
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
     name: "group_norm.wgsl",
-    parts: &["level_regions.wgsl", "group_norm.wgsl"],
+    parts: &["layout.wgsl", "level_regions.wgsl", "group_norm.wgsl"],
     source: concat!(
+        include_str!("../../shaders/layout.wgsl"),
         include_str!("../../shaders/level_regions.wgsl"),
         include_str!("../../shaders/group_norm.wgsl")
     ),
@@ -55,6 +54,8 @@ pub(crate) struct GroupNormParams {
     segments: u32,
     pad_y: u32,
     pad_x: u32,
+    cl: u32,
+    _pad: [u32; 3],
     regions: [[u32; 4]; REGION_SLOTS],
 }
 
@@ -132,8 +133,8 @@ impl GroupNormWeights {
 /// Builds the [`LAUNCHES`] launches writing `out`: `x` `[N, C, HS, WS]` group-normalised per
 /// image, group and level over each of `regions`, then ReLU when `relu`, and zero outside the
 /// regions, within a zero border of `padding` (rows, columns) on each side: `out` is
-/// `[N, C, HS + 2 py, WS + 2 px]`. Both tensors are NCHW, of one precision
-/// (f32 or f16; the statistics are f32).
+/// `[N, C, HS + 2 py, WS + 2 px]`. Both tensors are NCHW or both channels-last (the padding
+/// channels come out zero), of one precision (f32 or f16; the statistics are f32).
 ///
 /// The statistics' scratch is made here, once; the first launch writes all of it before the
 /// second reads it, so the launches may be recorded any number of times.
@@ -147,12 +148,12 @@ pub fn prepare(
     out: &Tensor,
 ) -> Result<Vec<Dispatch>> {
     const OP: &str = "group_norm_levels";
-    check_nchw(OP, x)?;
-    check_shape(ctx, OP, "the packed map", x.shape())?;
+    let layout = x.memory_format();
+    check_shape_in(ctx, OP, "the packed map", x.shape(), layout)?;
     let [n, c, h, w] = x.shape();
     let (pad_y, pad_x) = padding;
     check_output_shape(OP, out, [n, c, h + 2 * pad_y, w + 2 * pad_x])?;
-    check_shape(ctx, OP, "the output", out.shape())?;
+    check_shape_in(ctx, OP, "the output", out.shape(), out.memory_format())?;
     check_io(OP, out, &[x])?;
     if c != gn.channels {
         return Err(Error::invalid(
@@ -179,7 +180,7 @@ pub fn prepare(
     ctx.check_grid("group_norm_stats", stats_grid)?;
 
     let params = GroupNormParams {
-        len: out.numel() as u32,
+        len: out.storage_len() as u32,
         batch: n as u32,
         channels: c as u32,
         groups: gn.groups as u32,
@@ -191,12 +192,18 @@ pub fn prepare(
         segments: groups,
         pad_y: pad_y as u32,
         pad_x: pad_x as u32,
+        cl: layout.wgsl_flag(c),
+        _pad: [0; 3],
         regions: region_table(regions),
     };
     let stats = ctx.storage_zeroed("group norm statistics", stats_bytes);
 
     let entry = "group_norm_stats";
-    let stats_pipeline = pipeline(ctx, &SHADER, x.precision(), entry, &[])?;
+    let constants: &[(&str, u32)] = match layout {
+        MemoryFormat::Nchw => &[],
+        MemoryFormat::ChannelsLast => &[("CHANNELS_LAST", 1)],
+    };
+    let stats_pipeline = pipeline(ctx, &SHADER, x.precision(), entry, constants)?;
     let uniform = ctx.uniform(&params);
     let bind_group = ctx.bind_group(
         entry,
@@ -208,12 +215,12 @@ pub fn prepare(
         ],
     );
     let stats_launch = Dispatch::new(entry, stats_pipeline, bind_group, stats_grid);
-    let apply = elementwise_dispatch(
+    let apply = layout_dispatch(
         ctx,
         &SHADER,
-        x.precision(),
+        (x.precision(), layout),
         "group_norm_apply",
-        out.numel(),
+        out.storage_len(),
         &params,
         &[
             (0, x.binding()),
@@ -226,8 +233,8 @@ pub fn prepare(
     Ok(vec![stats_launch, apply])
 }
 
-/// Runs the group norm now, without a border, and returns its output (downloading it waits for
-/// the GPU).
+/// Runs the group norm now, without a border, and returns its output, stored as `x` is
+/// (downloading it waits for the GPU).
 pub fn group_norm_levels(
     ctx: &GpuContext,
     x: &Tensor,
@@ -235,7 +242,7 @@ pub fn group_norm_levels(
     gn: &GroupNormWeights,
     relu: bool,
 ) -> Result<Tensor> {
-    let out = Tensor::empty(ctx, x.shape())?;
+    let out = Tensor::empty_with(ctx, x.shape(), x.precision(), x.memory_format())?;
     let launches = prepare(ctx, x, regions, gn, relu, (0, 0), &out)?;
     ctx.submit(&launches.iter().collect::<Vec<_>>())?;
     Ok(out)

@@ -8,17 +8,16 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::{
-    check_io, check_nchw, check_output_shape, elementwise_dispatch, ShaderSource,
-};
+use crate::kernels::{check_io, check_output_shape, layout_dispatch, ShaderSource};
 use crate::precision::Precision;
-use crate::tensor::{check_shape, Tensor};
+use crate::tensor::{check_shape_in, Tensor};
 
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
     name: "levels.wgsl",
-    parts: &["level_regions.wgsl", "levels.wgsl"],
+    parts: &["layout.wgsl", "level_regions.wgsl", "levels.wgsl"],
     source: concat!(
+        include_str!("../../shaders/layout.wgsl"),
         include_str!("../../shaders/level_regions.wgsl"),
         include_str!("../../shaders/levels.wgsl")
     ),
@@ -94,14 +93,17 @@ pub(crate) struct LevelsParams {
     in_width: u32,
     pad_y: u32,
     pad_x: u32,
+    channels: u32,
+    cl: u32,
+    _pad: [u32; 2],
     regions: [[u32; 4]; REGION_SLOTS],
 }
 
 /// The params of a launch writing `out` from a map `padding` smaller on each side.
 fn params(out: &Tensor, regions: &[LevelRegion], (pad_y, pad_x): (usize, usize)) -> LevelsParams {
-    let [_, _, height, width] = out.shape();
+    let [_, channels, height, width] = out.shape();
     LevelsParams {
-        len: out.numel() as u32,
+        len: out.storage_len() as u32,
         height: height as u32,
         width: width as u32,
         count: regions.len() as u32,
@@ -109,6 +111,9 @@ fn params(out: &Tensor, regions: &[LevelRegion], (pad_y, pad_x): (usize, usize))
         in_width: (width - 2 * pad_x) as u32,
         pad_y: pad_y as u32,
         pad_x: pad_x as u32,
+        channels: channels as u32,
+        cl: out.memory_format().wgsl_flag(channels),
+        _pad: [0; 2],
         regions: region_table(regions),
     }
 }
@@ -165,7 +170,8 @@ pub(crate) fn check_regions(
 }
 
 /// Builds the launch that packs `levels` (each `[N, C, h_l, w_l]`, finest first, at most
-/// [`MAX_LEVELS`]) into `out` as [`pack`] places them.
+/// [`MAX_LEVELS`]) into `out` as [`pack`] places them. Every tensor NCHW or every one
+/// channels-last, of one precision.
 pub fn prepare_stack(ctx: &GpuContext, levels: &[&Tensor], out: &Tensor) -> Result<Dispatch> {
     const OP: &str = "stack_levels";
     if levels.is_empty() || levels.len() > MAX_LEVELS {
@@ -180,8 +186,7 @@ pub fn prepare_stack(ctx: &GpuContext, levels: &[&Tensor], out: &Tensor) -> Resu
     let [n, c, _, _] = levels[0].shape();
     let mut sizes = Vec::with_capacity(levels.len());
     for (l, t) in levels.iter().enumerate() {
-        check_nchw(OP, t)?;
-        check_shape(ctx, OP, "a level", t.shape())?;
+        check_shape_in(ctx, OP, "a level", t.shape(), t.memory_format())?;
         let [ln, lc, h, w] = t.shape();
         if (ln, lc) != (n, c) {
             return Err(Error::invalid(
@@ -197,18 +202,18 @@ pub fn prepare_stack(ctx: &GpuContext, levels: &[&Tensor], out: &Tensor) -> Resu
     }
     let (regions, (height, width)) = pack(&sizes);
     check_output_shape(OP, out, [n, c, height, width])?;
-    check_shape(ctx, OP, "the packed map", out.shape())?;
+    check_shape_in(ctx, OP, "the packed map", out.shape(), out.memory_format())?;
     check_io(OP, out, levels)?;
     let mut buffers: Vec<(u32, wgpu::BindingResource<'_>)> = (0..MAX_LEVELS)
         .map(|l| (l as u32, levels.get(l).unwrap_or(&levels[0]).binding()))
         .collect();
     buffers.push((6, out.binding()));
-    elementwise_dispatch(
+    layout_dispatch(
         ctx,
         &SHADER,
-        out.precision(),
+        (out.precision(), out.memory_format()),
         OP,
-        out.numel(),
+        out.storage_len(),
         &params(out, &regions, (0, 0)),
         &buffers,
         7,
@@ -217,6 +222,7 @@ pub fn prepare_stack(ctx: &GpuContext, levels: &[&Tensor], out: &Tensor) -> Resu
 
 /// Builds the launch computing `out = x` inside `regions` and 0 outside them, within a zero
 /// border of `padding` (rows, columns) on each side: `out` is `[N, C, HS + 2 py, WS + 2 px]`.
+/// Both NCHW or both channels-last, of one precision.
 pub fn prepare_mask(
     ctx: &GpuContext,
     x: &Tensor,
@@ -225,18 +231,17 @@ pub fn prepare_mask(
     out: &Tensor,
 ) -> Result<Dispatch> {
     const OP: &str = "mask_levels";
-    check_nchw(OP, x)?;
-    check_shape(ctx, OP, "the packed map", x.shape())?;
+    check_shape_in(ctx, OP, "the packed map", x.shape(), x.memory_format())?;
     let [n, c, h, w] = x.shape();
     check_output_shape(OP, out, [n, c, h + 2 * padding.0, w + 2 * padding.1])?;
     check_io(OP, out, &[x])?;
     check_regions(OP, regions, (h, w))?;
-    elementwise_dispatch(
+    layout_dispatch(
         ctx,
         &SHADER,
-        out.precision(),
+        (out.precision(), out.memory_format()),
         OP,
-        out.numel(),
+        out.storage_len(),
         &params(out, regions, padding),
         &[(5, x.binding()), (6, out.binding())],
         7,

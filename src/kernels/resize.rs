@@ -3,18 +3,17 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::{
-    check_io, check_nchw, check_output_shape, elementwise_dispatch, ShaderSource,
-};
+use crate::kernels::{check_io, check_output_shape, layout_dispatch, ShaderSource};
 use crate::precision::Precision;
-use crate::tensor::{check_shape, Tensor};
+use crate::tensor::{check_shape_in, Tensor};
 
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
     name: "resize.wgsl",
-    parts: &["common.wgsl", "resize.wgsl"],
+    parts: &["common.wgsl", "layout.wgsl", "resize.wgsl"],
     source: concat!(
         include_str!("../../shaders/common.wgsl"),
+        include_str!("../../shaders/layout.wgsl"),
         include_str!("../../shaders/resize.wgsl")
     ),
     params: &[("ResizeParams", std::mem::size_of::<ResizeParams>())],
@@ -39,7 +38,8 @@ pub(crate) struct ResizeParams {
     padded_width: u32,
     scale_h: f32,
     scale_w: f32,
-    _pad: [u32; 2],
+    cl: u32,
+    _pad: u32,
     mean: [f32; 4],
     stddev: [f32; 4],
 }
@@ -63,6 +63,8 @@ impl Normalize {
 
 /// Builds the launch writing `out` `[N, C, PH, PW]`: `x` `[N, C, H, W]` normalised, resized
 /// bilinearly (`align_corners=False`) to `size` (height, width) and zero-padded to PH x PW.
+/// Both tensors NCHW or both channels-last (whose padding channels come out zero), of one
+/// precision.
 pub fn prepare(
     ctx: &GpuContext,
     x: &Tensor,
@@ -71,9 +73,8 @@ pub fn prepare(
     out: &Tensor,
 ) -> Result<Dispatch> {
     const OP: &str = "normalize_resize";
-    check_nchw(OP, x)?;
-    check_shape(ctx, OP, "the pictures", x.shape())?;
-    check_shape(ctx, OP, "the output", out.shape())?;
+    check_shape_in(ctx, OP, "the pictures", x.shape(), x.memory_format())?;
+    check_shape_in(ctx, OP, "the output", out.shape(), out.memory_format())?;
     let [n, c, h, w] = x.shape();
     let [_, _, ph, pw] = out.shape();
     if c > MAX_CHANNELS {
@@ -93,7 +94,7 @@ pub fn prepare(
     check_output_shape(OP, out, [n, c, ph, pw])?;
     check_io(OP, out, &[x])?;
     let params = ResizeParams {
-        len: out.numel() as u32,
+        len: out.storage_len() as u32,
         channels: c as u32,
         in_height: h as u32,
         in_width: w as u32,
@@ -104,16 +105,17 @@ pub fn prepare(
         // PyTorch divides in f32 (`area_pixel_compute_scale`).
         scale_h: h as f32 / size.0 as f32,
         scale_w: w as f32 / size.1 as f32,
-        _pad: [0; 2],
+        cl: x.memory_format().wgsl_flag(c),
+        _pad: 0,
         mean: norm.mean,
         stddev: norm.std,
     };
-    elementwise_dispatch(
+    layout_dispatch(
         ctx,
         &SHADER,
-        out.precision(),
+        (out.precision(), out.memory_format()),
         OP,
-        out.numel(),
+        out.storage_len(),
         &params,
         &[(0, x.binding()), (1, out.binding())],
         2,

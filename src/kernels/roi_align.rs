@@ -35,19 +35,20 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::box_decode::RECORD;
-use crate::kernels::{
-    check_io, check_nchw, check_output_shape, elementwise_dispatch, ShaderSource,
-};
+use crate::kernels::{check_io, check_nchw, check_output_shape, layout_dispatch, ShaderSource};
 use crate::precision::Precision;
-use crate::tensor::{check_shape, Tensor};
+use crate::tensor::{check_shape, check_shape_in, Tensor};
 
 const OP: &str = "roi_align";
 
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
     name: "roi_align.wgsl",
-    parts: &["roi_align.wgsl"],
-    source: include_str!("../../shaders/roi_align.wgsl"),
+    parts: &["layout.wgsl", "roi_align.wgsl"],
+    source: concat!(
+        include_str!("../../shaders/layout.wgsl"),
+        include_str!("../../shaders/roi_align.wgsl")
+    ),
     params: &[("RoiAlignParams", std::mem::size_of::<RoiAlignParams>())],
     enables: "",
     precisions: &Precision::ALL,
@@ -78,7 +79,7 @@ pub(crate) struct RoiAlignParams {
     canonical_scale: f32,
     canonical_level: f32,
     eps: f32,
-    _pad: u32,
+    cl: u32,
     levels: [[u32; 4]; MAX_LEVELS],
 }
 
@@ -221,8 +222,9 @@ pub fn output_shape(
 }
 
 /// Builds the launch writing `out` `[N*R, C, S, S]` from `levels` (each `[N, C, h_l, w_l]`,
-/// finest first, one precision) and `proposals` (f32 `[N, 1, R, 6]`), with each level's
-/// scale and the mapper's range from `spec`.
+/// finest first, one precision) and `proposals` (NCHW f32 `[N, 1, R, 6]`), with each level's
+/// scale and the mapper's range from `spec`. The levels and the output are NCHW, or all
+/// channels-last.
 pub fn prepare(
     ctx: &GpuContext,
     levels: &[&Tensor],
@@ -258,8 +260,7 @@ pub fn prepare(
     }
     let [n, c, _, _] = levels[0].shape();
     for (l, t) in levels.iter().enumerate() {
-        check_nchw(OP, t)?;
-        check_shape(ctx, OP, "a level", t.shape())?;
+        check_shape_in(ctx, OP, "a level", t.shape(), t.memory_format())?;
         let [ln, lc, _, _] = t.shape();
         if (ln, lc) != (n, c) {
             return Err(Error::invalid(
@@ -285,8 +286,8 @@ pub fn prepare(
     }
     let shape = output_shape(levels[0].shape(), proposals.shape(), opts)?;
     check_output_shape(OP, out, shape)?;
-    check_nchw(OP, out)?;
-    check_shape(ctx, OP, "the output", shape)?;
+    check_shape_in(ctx, OP, "the output", shape, out.memory_format())?;
+    // One layout and precision for the levels and the output.
     check_io(OP, out, levels)?;
     if proposals.buffer() == out.buffer() {
         return Err(Error::invalid(
@@ -294,7 +295,7 @@ pub fn prepare(
             "the output shares a buffer with the proposals; give the output its own tensor",
         ));
     }
-    let len = u32::try_from(out.numel()).map_err(|_| {
+    let len = u32::try_from(out.storage_len()).map_err(|_| {
         Error::invalid(
             OP,
             format!("the output {shape:?} has more than 2^32 elements"),
@@ -317,7 +318,7 @@ pub fn prepare(
         canonical_scale: opts.canonical_scale as f32,
         canonical_level: opts.canonical_level as f32,
         eps: 1e-6,
-        _pad: 0,
+        cl: out.memory_format().wgsl_flag(c),
         levels: table,
     };
     let mut buffers: Vec<(u32, wgpu::BindingResource<'_>)> = (0..MAX_LEVELS)
@@ -325,12 +326,12 @@ pub fn prepare(
         .collect();
     buffers.push((5, proposals.binding()));
     buffers.push((6, out.binding()));
-    elementwise_dispatch(
+    layout_dispatch(
         ctx,
         &SHADER,
-        out.precision(),
+        (out.precision(), out.memory_format()),
         OP,
-        out.numel(),
+        out.storage_len(),
         &params,
         &buffers,
         7,
@@ -356,7 +357,7 @@ pub fn multi_scale_roi_align(
         .first()
         .ok_or_else(|| Error::invalid(OP, "no levels given; 1 to 5 can be pooled from"))?;
     let shape = output_shape(first.shape(), proposals.shape(), opts)?;
-    let out = Tensor::empty_as(ctx, shape, first.precision())?;
+    let out = Tensor::empty_with(ctx, shape, first.precision(), first.memory_format())?;
     ctx.submit(&[&prepare(ctx, levels, proposals, &spec, opts, &out)?])?;
     Ok(out)
 }

@@ -10,9 +10,9 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, Dispatch, GpuContext};
-use crate::kernels::{check_nchw, check_output_shape, pipeline, ShaderSource};
+use crate::kernels::{check_output_shape, pipeline, ShaderSource};
 use crate::precision::Precision;
-use crate::tensor::{check_shape, Tensor};
+use crate::tensor::{check_shape, check_shape_in, MemoryFormat, Tensor};
 
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
@@ -99,7 +99,9 @@ pub(crate) struct TopKParams {
     pub blocks: u32,
     pub radix_pass: u32,
     pub with_centerness: u32,
-    pub _pad: u32,
+    pub logits_cl: u32,
+    pub centerness_cl: u32,
+    pub _pad: [u32; 3],
     pub regions: [[u32; 4]; MAX_LEVELS],
 }
 
@@ -121,9 +123,24 @@ fn min_key(thresh: f32) -> u32 {
     }
 }
 
-/// Checks that `t` is an NCHW tensor of `precision`: the logits' (either precision; the
-/// scores are computed in f32), or f32 for the output.
-fn check_stored(op: &'static str, what: &str, t: &Tensor, precision: Precision) -> Result<()> {
+/// Checks that `t` is a tensor of `precision` and `layout`: the logits' (either precision and
+/// layout; the scores are computed in f32), or NCHW f32 for the output.
+fn check_stored(
+    op: &'static str,
+    what: &str,
+    t: &Tensor,
+    precision: Precision,
+    layout: MemoryFormat,
+) -> Result<()> {
+    if t.memory_format() != layout {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "got {what} stored {:?}; it must be {layout:?} here (the logits and the centerness share one layout, the output is NCHW; convert with kernels::convert::convert_to)",
+                t.memory_format()
+            ),
+        ));
+    }
     if t.precision() != precision {
         return Err(Error::invalid(
             op,
@@ -133,7 +150,7 @@ fn check_stored(op: &'static str, what: &str, t: &Tensor, precision: Precision) 
             ),
         ));
     }
-    check_nchw(op, t)
+    Ok(())
 }
 
 fn check_indexable(op: &'static str, what: &str, t: &Tensor) -> Result<()> {
@@ -211,8 +228,13 @@ fn check_inputs<'a>(
             "the score threshold is NaN; give a number (torchvision's default is 0.05)",
         ));
     }
-    check_nchw(OP, logits)?;
-    check_shape(ctx, OP, "the logits", logits.shape())?;
+    check_shape_in(
+        ctx,
+        OP,
+        "the logits",
+        logits.shape(),
+        logits.memory_format(),
+    )?;
     check_indexable(OP, "the logits", logits)?;
     let shape = logits.shape();
     let [n, channels, map_h, map_w] = shape;
@@ -245,8 +267,14 @@ fn check_inputs<'a>(
         }
     };
     if let Some(c) = centerness {
-        check_stored(OP, "the centerness", c, logits.precision())?;
-        check_shape(ctx, OP, "the centerness", c.shape())?;
+        check_stored(
+            OP,
+            "the centerness",
+            c,
+            logits.precision(),
+            logits.memory_format(),
+        )?;
+        check_shape_in(ctx, OP, "the centerness", c.shape(), c.memory_format())?;
         check_indexable(OP, "the centerness", c)?;
         let want = [n, opts.anchors, map_h, map_w];
         if c.shape() != want {
@@ -273,8 +301,8 @@ fn check_inputs<'a>(
 ///
 /// `logits` is `[N, A*C, Hs, Ws]`, every level's logits stacked in one map (what lies outside
 /// the levels' regions is never read); `centerness` is `[N, A, Hs, Ws]`, given exactly when
-/// `opts.mode` is [`ScoreMode::SigmoidWithCenterness`]. All tensors are NCHW; the logits and
-/// centerness f32 or f16 (one precision), the output f32.
+/// `opts.mode` is [`ScoreMode::SigmoidWithCenterness`]. The logits and centerness are NCHW or
+/// channels-last, f32 or f16 (one precision and layout); the output NCHW f32.
 ///
 /// Slot s of segment (n, l) holds two 32-bit words: the score (an f32) and the element's flat
 /// index within its level, `((h * width + w) * A + a) * C + c` (torchvision's order), stored as
@@ -301,7 +329,7 @@ pub fn prepare(
     } = check_inputs(ctx, logits, centerness, levels, opts)?;
     let shape = logits.shape();
     let [n, _, map_h, map_w] = shape;
-    check_stored(OP, "the output", out, Precision::F32)?;
+    check_stored(OP, "the output", out, Precision::F32, MemoryFormat::Nchw)?;
     check_output_shape(OP, out, output_shape(shape, levels.len(), opts.k))?;
     check_shape(ctx, OP, "the output", out.shape())?;
     check_indexable(OP, "the output", out)?;
@@ -352,7 +380,11 @@ pub fn prepare(
         blocks: blocks as u32,
         radix_pass,
         with_centerness: centerness.is_some() as u32,
-        _pad: 0,
+        logits_cl: logits
+            .memory_format()
+            .wgsl_flag(opts.anchors * opts.classes),
+        centerness_cl: logits.memory_format().wgsl_flag(opts.anchors),
+        _pad: [0; 3],
         regions,
     };
     let uniforms: Vec<_> = (0..3).map(|pass| ctx.uniform(&params(pass))).collect();
@@ -360,12 +392,16 @@ pub fn prepare(
         Some(c) => c.binding(),
         None => ctx.placeholder().as_entire_binding(),
     };
+    let constants: &[(&str, u32)] = match logits.memory_format() {
+        MemoryFormat::Nchw => &[],
+        MemoryFormat::ChannelsLast => &[("CHANNELS_LAST", 1)],
+    };
     let launch = |entry: &'static str,
                   workgroups: [u32; 3],
                   pass: usize,
                   buffers: &[(u32, wgpu::BindingResource<'_>)]|
      -> Result<Dispatch> {
-        let pipeline = pipeline(ctx, &SHADER, logits.precision(), entry, &[])?;
+        let pipeline = pipeline(ctx, &SHADER, logits.precision(), entry, constants)?;
         let mut entries = buffers.to_vec();
         entries.push((5, uniforms[pass].binding()));
         let bind_group = ctx.bind_group(entry, &pipeline, &entries);

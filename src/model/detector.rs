@@ -1,9 +1,22 @@
-//! One-stage detectors on the FPN (torchvision's RetinaNet v1 and v2, FCOS): from pictures to
-//! boxes, scores and labels in one GPU graph and one submit. Only the final rows are read back.
+//! Detectors on the FPN, from pictures to boxes, scores and labels in one GPU graph and one
+//! submit; only the final rows are read back. One-stage: torchvision's RetinaNet v1 and v2 and
+//! FCOS; two-stage: Faster R-CNN v1 and v2.
 //!
-//! The graph: torchvision's transform (normalise, resize, pad), the backbone and FPN, the levels
-//! packed into one map, each head layer run once over it, the per-level top-k of the class
-//! scores, anchors and box decoding, batched NMS, the boxes scaled back to the pictures.
+//! The one-stage graph: torchvision's transform (normalise, resize, pad), the backbone and FPN,
+//! the levels packed into one map, each head layer run once over it, the per-level top-k of the
+//! class scores, anchors and box decoding, batched NMS, the boxes scaled back to the pictures.
+//!
+//! The two-stage graph: the same transform, the backbone and FPN with the max-pool P6
+//! (torchvision's `pool`), the region proposal network on P2..P6 ([`RegionProposalNetwork`]),
+//! then the RoI heads on P2..P5 with those proposals ([`RoiHeads`]): pooling, box head,
+//! predictor, softmax, decoding, batched NMS, the boxes scaled back to the pictures. The
+//! proposals never leave the GPU.
+//!
+//! Activations are laid out as the FPN's are ([`DetectorOptions::layout`]): in f16 where
+//! cooperative matrices run, channels-last with every convolution on them; the selections,
+//! boxes and rows of the post-processing are NCHW f32 records whatever the activations are.
+//! The two-stage graphs' box candidates and linear layers have NCHW kernels only, so those
+//! graphs stay NCHW.
 
 use std::fmt;
 use std::path::Path;
@@ -11,7 +24,7 @@ use std::str::FromStr;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::graph::executor::{Executor, ExecutorOptions};
+use crate::graph::executor::{Executor, ExecutorOptions, LayoutChoice};
 use crate::graph::ops::detect::{
     AnchorSpec, BatchedNms, BoxCoding, DecodeBoxes, DetectionGeometry, DetectionTransform,
     LabelSource, Normalize, ResizeRule, ScoreMode, StackLevels, TopKScores,
@@ -23,6 +36,8 @@ use crate::model::fcos_head::FcosHead;
 use crate::model::fpn::{Fpn, FpnOptions};
 use crate::model::head_tower::TowerStyle;
 use crate::model::retinanet_head::RetinaNetHead;
+use crate::model::roi_heads::{BoxHeadKind, RoiHeads, RoiHeadsConfig, RoiHeadsOptions};
+use crate::model::rpn::{rename_v1_conv, RegionProposalNetwork, RpnConfig, RpnOptions};
 use crate::model::PYRAMID_CHANNELS;
 use crate::precision::Precision;
 use crate::tensor::Tensor;
@@ -42,54 +57,95 @@ pub enum DetectorKind {
     /// one anchor per location (sides 8..128), boxes as distances to the sides scaled by the
     /// anchor's size, scores `sqrt(sigmoid(class) * sigmoid(centerness))`.
     Fcos,
+    /// torchvision's `fasterrcnn_resnet50_fpn` (v1): C2..C5 and the max-pool P6, an RPN head
+    /// of one 3x3 conv, the `TwoMLPHead` box head and softmax class scores.
+    FasterRcnn,
+    /// torchvision's `fasterrcnn_resnet50_fpn_v2`: batch norm in the FPN's convs, an RPN head
+    /// of two 3x3 convs, the `FastRCNNConvFCHead` box head (four 3x3 convs with batch norm,
+    /// one linear layer).
+    FasterRcnnV2,
 }
 
 impl DetectorKind {
     /// Every kind, in the order [`DetectorKind::name`]s are listed.
-    pub const ALL: [DetectorKind; 3] = [
+    pub const ALL: [DetectorKind; 5] = [
         DetectorKind::RetinaNet,
         DetectorKind::RetinaNetV2,
         DetectorKind::Fcos,
+        DetectorKind::FasterRcnn,
+        DetectorKind::FasterRcnnV2,
     ];
 
-    /// The name the command line takes: `retinanet`, `retinanet_v2`, `fcos`.
+    /// The name the command line takes: `retinanet`, `retinanet_v2`, `fcos`, `fasterrcnn`,
+    /// `fasterrcnn_v2`.
     pub fn name(self) -> &'static str {
         match self {
             DetectorKind::RetinaNet => "retinanet",
             DetectorKind::RetinaNetV2 => "retinanet_v2",
             DetectorKind::Fcos => "fcos",
+            DetectorKind::FasterRcnn => "fasterrcnn",
+            DetectorKind::FasterRcnnV2 => "fasterrcnn_v2",
         }
     }
 
-    /// The anchors of each level.
+    /// Whether the detector has a second stage (region proposals, then RoI heads).
+    pub fn is_two_stage(self) -> bool {
+        matches!(self, DetectorKind::FasterRcnn | DetectorKind::FasterRcnnV2)
+    }
+
+    /// The anchors of each level (a two-stage detector's are its RPN's).
     pub fn anchors(self) -> AnchorSpec {
         match self {
             DetectorKind::RetinaNet | DetectorKind::RetinaNetV2 => AnchorSpec::retinanet(),
             DetectorKind::Fcos => AnchorSpec::fcos(),
+            DetectorKind::FasterRcnn | DetectorKind::FasterRcnnV2 => AnchorSpec::rpn(),
         }
     }
 
-    /// How regressions become boxes.
+    /// How a one-stage head's regressions become boxes (a two-stage detector's RPN codes its
+    /// proposals as RetinaNet does; its RoI heads use the weights (10, 10, 5, 5)).
     pub fn box_coding(self) -> BoxCoding {
         match self {
-            DetectorKind::RetinaNet | DetectorKind::RetinaNetV2 => BoxCoding::retinanet(),
             DetectorKind::Fcos => BoxCoding::Linear,
+            _ => BoxCoding::retinanet(),
         }
     }
 
-    /// How class logits become scores.
+    /// How a one-stage head's class logits become scores (a two-stage detector ranks its
+    /// proposals by the objectness's sigmoid and scores its boxes by a softmax).
     pub fn score_mode(self) -> ScoreMode {
         match self {
-            DetectorKind::RetinaNet | DetectorKind::RetinaNetV2 => ScoreMode::Sigmoid,
             DetectorKind::Fcos => ScoreMode::SigmoidWithCenterness,
+            _ => ScoreMode::Sigmoid,
         }
     }
 
-    /// Where the FPN's P6 comes from in torchvision's model of this kind.
+    /// Where a one-stage detector's P6 comes from in torchvision's model of this kind (the
+    /// two-stage ones have no P7 and take P6 by a max pool: see [`DetectorKind::extra_levels`]).
     pub fn p6_source(self) -> ExtraSource {
         match self {
-            DetectorKind::RetinaNet | DetectorKind::Fcos => ExtraSource::Output,
             DetectorKind::RetinaNetV2 => ExtraSource::Input,
+            _ => ExtraSource::Output,
+        }
+    }
+
+    /// The levels torchvision's FPN of this kind adds above C5: P6 and P7 for the one-stage
+    /// detectors, the max-pool P6 (`pool`) for the two-stage ones.
+    pub fn extra_levels(self) -> ExtraLevels {
+        if self.is_two_stage() {
+            ExtraLevels::MaxPool(1)
+        } else {
+            ExtraLevels::p6p7(self.p6_source())
+        }
+    }
+
+    /// The backbone stages torchvision's FPN of this kind reads: C3..C5 for the one-stage
+    /// detectors, C2..C5 for the two-stage ones.
+    pub fn returned(self) -> [bool; 5] {
+        if self.is_two_stage() {
+            [false, true, true, true, true]
+        } else {
+            [false, false, true, true, true]
         }
     }
 }
@@ -100,6 +156,8 @@ impl fmt::Display for DetectorKind {
             DetectorKind::RetinaNet => "RetinaNet",
             DetectorKind::RetinaNetV2 => "RetinaNet v2",
             DetectorKind::Fcos => "FCOS",
+            DetectorKind::FasterRcnn => "Faster R-CNN",
+            DetectorKind::FasterRcnnV2 => "Faster R-CNN v2",
         })
     }
 }
@@ -125,6 +183,9 @@ impl FromStr for DetectorKind {
     }
 }
 
+/// torchvision's box head width (`TwoMLPHead`'s and v2's linear layers): 1024.
+pub const REPRESENTATION_SIZE: usize = 1024;
+
 /// A detector's structure: its kind, backbone and FPN, and classes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DetectorConfig {
@@ -135,19 +196,71 @@ pub struct DetectorConfig {
     /// Classes of the classification head (torchvision's `num_classes`, background included
     /// where the model has one: 91 for COCO).
     pub num_classes: usize,
+    /// Two-stage detectors: the width of the box head's linear layers (v1's `fc6` and `fc7`,
+    /// v2's one linear layer after its four convs of the pyramid's width), torchvision's
+    /// `representation_size`, [`REPRESENTATION_SIZE`]. One-stage detectors have no box head
+    /// and leave it at that.
+    pub representation: usize,
 }
 
 impl DetectorConfig {
-    /// torchvision's ResNet-50 detector of `kind` with `num_classes` classes: the backbone
-    /// returns C3..C5 and the FPN adds P6 and P7, P6 from where `kind` takes it.
+    /// torchvision's ResNet-50 detector of `kind` with `num_classes` classes: for the one-stage
+    /// kinds the backbone returns C3..C5 and the FPN adds P6 and P7, P6 from where `kind` takes
+    /// it; for Faster R-CNN it returns C2..C5 and adds the max-pool P6, v2 with batch norm in
+    /// the FPN's convs.
     pub fn resnet50(kind: DetectorKind, num_classes: usize) -> Self {
         let mut backbone = FpnConfig::torchvision([3, 4, 6, 3]);
-        backbone.returned = [false, false, true, true, true];
-        backbone.extra = ExtraLevels::p6p7(kind.p6_source());
+        backbone.returned = kind.returned();
+        backbone.extra = kind.extra_levels();
+        backbone.fpn_norm = kind == DetectorKind::FasterRcnnV2;
         DetectorConfig {
             kind,
             backbone,
             num_classes,
+            representation: REPRESENTATION_SIZE,
+        }
+    }
+
+    /// torchvision's `fasterrcnn_resnet50_fpn` with `num_classes` classes.
+    pub fn fasterrcnn_resnet50(num_classes: usize) -> Self {
+        Self::resnet50(DetectorKind::FasterRcnn, num_classes)
+    }
+
+    /// torchvision's `fasterrcnn_resnet50_fpn_v2` with `num_classes` classes.
+    pub fn fasterrcnn_resnet50_v2(num_classes: usize) -> Self {
+        Self::resnet50(DetectorKind::FasterRcnnV2, num_classes)
+    }
+
+    /// A two-stage detector's RPN head: v1 one conv, v2 two, of the pyramid's width.
+    fn rpn(&self) -> RpnConfig {
+        RpnConfig {
+            channels: self.backbone.pyramid_channels,
+            conv_depth: if self.kind == DetectorKind::FasterRcnnV2 {
+                2
+            } else {
+                1
+            },
+        }
+    }
+
+    /// A two-stage detector's RoI heads, as torchvision's builders make them.
+    fn roi_heads(&self) -> RoiHeadsConfig {
+        let c = self.backbone.pyramid_channels;
+        let box_head = if self.kind == DetectorKind::FasterRcnnV2 {
+            BoxHeadKind::ConvFc {
+                convs: vec![c; 4],
+                fcs: vec![self.representation],
+            }
+        } else {
+            BoxHeadKind::TwoMlp {
+                representation: self.representation,
+            }
+        };
+        RoiHeadsConfig {
+            in_channels: c,
+            box_head,
+            num_classes: self.num_classes,
+            bn_eps: 1e-5,
         }
     }
 
@@ -168,8 +281,13 @@ impl DetectorConfig {
 }
 
 /// How a detector runs, named and defaulted as torchvision's constructor arguments (the
-/// defaults in parentheses are RetinaNet's, which [`Default`] gives; FCOS's differ: see
-/// [`DetectorOptions::for_kind`]).
+/// defaults in parentheses are RetinaNet's, which [`Default`] gives; FCOS's and Faster
+/// R-CNN's differ: see [`DetectorOptions::for_kind`]).
+///
+/// For Faster R-CNN, `score_thresh`, `nms_thresh` and `detections_per_img` are torchvision's
+/// `box_score_thresh`, `box_nms_thresh` and `box_detections_per_img` (the RoI heads'), `rpn`
+/// holds the proposals' settings and `topk_candidates` is not used; the one-stage detectors
+/// do not use `rpn`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DetectorOptions {
     /// The shorter side pictures are resized to (800).
@@ -181,14 +299,24 @@ pub struct DetectorOptions {
     /// Boxes of one class overlapping a better one by more than this IoU are dropped (0.5;
     /// FCOS 0.6).
     pub nms_thresh: f32,
-    /// The most detections kept per picture (300; FCOS 100).
+    /// The most detections kept per picture (300; FCOS and Faster R-CNN 100).
     pub detections_per_img: usize,
-    /// The best candidates kept per level before NMS (1000).
+    /// The best candidates kept per level before NMS (1000; one-stage detectors only).
     pub topk_candidates: usize,
+    /// The region proposal network's settings (two-stage detectors only; torchvision's
+    /// `rpn_pre_nms_top_n_test` 1000, `rpn_post_nms_top_n_test` 1000, `rpn_nms_thresh` 0.7,
+    /// `rpn_score_thresh` 0).
+    pub rpn: RpnOptions,
     /// How the weights and activations of the backbone, FPN and heads are stored (not one of
     /// torchvision's arguments): f32, the default, or f16 where the adapter has it (half the
     /// memory; f32 sums). The post-processing runs on f32 scores and boxes either way.
     pub precision: Precision,
+    /// How the activations are laid out (not one of torchvision's arguments): by default
+    /// channels-last f16 with every convolution on cooperative matrices where the adapter has
+    /// them and they passed their check, NCHW elsewhere, as for the FPN (see
+    /// [`LayoutChoice`]). The selections, boxes and rows of the post-processing are NCHW
+    /// records either way.
+    pub layout: LayoutChoice,
 }
 
 impl Default for DetectorOptions {
@@ -204,6 +332,7 @@ impl DetectorOptions {
         let (score_thresh, nms_thresh, detections_per_img) = match kind {
             DetectorKind::RetinaNet | DetectorKind::RetinaNetV2 => (0.05, 0.5, 300),
             DetectorKind::Fcos => (0.2, 0.6, 100),
+            DetectorKind::FasterRcnn | DetectorKind::FasterRcnnV2 => (0.05, 0.5, 100),
         };
         DetectorOptions {
             min_size: 800,
@@ -212,7 +341,28 @@ impl DetectorOptions {
             nms_thresh,
             detections_per_img,
             topk_candidates: 1000,
+            rpn: RpnOptions::default(),
             precision: Precision::F32,
+            layout: LayoutChoice::Auto,
+        }
+    }
+
+    /// The same options with the activations stored in `precision`.
+    pub fn with_precision(self, precision: Precision) -> Self {
+        DetectorOptions { precision, ..self }
+    }
+
+    /// The same options with the activations laid out as `layout` says.
+    pub fn with_layout(self, layout: LayoutChoice) -> Self {
+        DetectorOptions { layout, ..self }
+    }
+
+    /// The RoI heads' settings, torchvision's `box_*` arguments.
+    fn roi_heads(&self) -> RoiHeadsOptions {
+        RoiHeadsOptions {
+            box_score_thresh: self.score_thresh,
+            box_nms_thresh: self.nms_thresh,
+            box_detections_per_img: self.detections_per_img,
         }
     }
 
@@ -314,7 +464,11 @@ impl Detector {
         options: impl FnOnce(&DetectorConfig) -> DetectorOptions,
     ) -> Result<Self> {
         let mut tensors = tensors;
+        // A page's or a caller's map may hold PyTorch's bookkeeping (files read from disk
+        // have it dropped already); no layer reads it.
+        tensors.retain(|name, _| !is_ignored(name));
         rename_v1_head_layers(&mut tensors, origin);
+        rename_v1_conv(&mut tensors, origin);
         // The backbone's layout is recognised from its own tensors, which the checkpoint
         // reader takes apart; the detector reads every tensor from the whole map.
         let backbone: TensorMap = tensors
@@ -360,19 +514,25 @@ impl Detector {
                 "Detector",
                 format!(
                     "{origin} is a {} checkpoint; detectors load with torchvision's head names \
-                     only so far (`head.classification_head.*`). `fpn run --weights` runs its \
-                     backbone and FPN",
+                     only so far (`head.classification_head.*`, `rpn.head.*`, \
+                     `roi_heads.box_head.*`). `fpn run --weights` runs its backbone and FPN",
                     backbone.layout
                 ),
             ));
+        }
+        if names
+            .iter()
+            .any(|n| n.starts_with("rpn.") || n.starts_with("roi_heads."))
+        {
+            return Self::recognise_two_stage(store, backbone);
         }
         if !names.iter().any(|n| n.starts_with("head.")) {
             return Err(Error::invalid(
                 "Detector",
                 format!(
-                    "{origin} holds a backbone and FPN but no detection head (no `head.` \
-                     tensors); run it with `fpn run`, or give a whole RetinaNet or FCOS \
-                     state_dict"
+                    "{origin} holds a backbone and FPN but no detection head (no `head.`, \
+                     `rpn.` or `roi_heads.` tensors); run it with `fpn run`, or give a whole \
+                     RetinaNet, FCOS or Faster R-CNN state_dict"
                 ),
             ));
         }
@@ -417,7 +577,74 @@ impl Detector {
             kind,
             backbone,
             num_classes: classes,
+            representation: REPRESENTATION_SIZE,
         })
+    }
+
+    /// The Faster R-CNN a `state_dict`'s `rpn.*` and `roi_heads.*` names and shapes describe,
+    /// on `backbone`: v1 or v2 from the box head (`fc6`, or convs at `box_head.0.0`), the
+    /// classes and the representation size from the shapes; the RPN head's depth must be the
+    /// kind's.
+    fn recognise_two_stage(store: &VarStore, backbone: FpnConfig) -> Result<DetectorConfig> {
+        let origin = store.origin();
+        let names = store.names();
+        let bad = |msg: String| Err(Error::invalid("Detector", format!("{origin}: {msg}")));
+        if names.iter().any(|n| n.starts_with("roi_heads.mask_")) {
+            return bad(
+                "a Mask R-CNN (`roi_heads.mask_head.*`); of the two-stage detectors only \
+                 Faster R-CNN runs end to end so far. `fpn run --weights` runs its backbone \
+                 and FPN"
+                    .to_string(),
+            );
+        }
+        let kind_of_levels = DetectorKind::FasterRcnn;
+        if backbone.returned != kind_of_levels.returned()
+            || backbone.extra != kind_of_levels.extra_levels()
+        {
+            return bad(format!(
+                "the FPN is {}; Faster R-CNN needs C2..C5 and the max-pool P6 \
+                 (LastLevelMaxPool)",
+                backbone.describe()
+            ));
+        }
+        let c = backbone.pyramid_channels;
+        let heads = RoiHeadsConfig::recognise(store, c)?;
+        let (kind, representation) = match &heads.box_head {
+            BoxHeadKind::TwoMlp { representation } => (DetectorKind::FasterRcnn, *representation),
+            BoxHeadKind::ConvFc { convs, fcs } => match fcs[..] {
+                [r] if convs.len() == 4 && convs.iter().all(|&w| w == c) => {
+                    (DetectorKind::FasterRcnnV2, r)
+                }
+                _ => {
+                    return bad(format!(
+                        "the box head has convs {convs:?} and linear layers {fcs:?}; Faster \
+                         R-CNN v2's (FastRCNNConvFCHead as torchvision builds it) has four \
+                         convs of the pyramid's {c} channels and one linear layer"
+                    ))
+                }
+            },
+        };
+        let config = DetectorConfig {
+            kind,
+            backbone,
+            num_classes: heads.num_classes,
+            representation,
+        };
+        let depth = (0..)
+            .take_while(|i| {
+                store
+                    .shape_of(&format!("rpn.head.conv.{i}.0.weight"))
+                    .is_some()
+            })
+            .count();
+        let want = config.rpn().conv_depth;
+        if depth != want {
+            return bad(format!(
+                "the RPN head has {depth} 3x3 conv(s) (`rpn.head.conv.{{i}}.0.weight`); the \
+                 box head is {kind}'s, whose RPN head has {want}"
+            ));
+        }
+        Ok(config)
     }
 
     /// Deterministic seeded random weights, for tests, demos and benchmarks.
@@ -454,6 +681,7 @@ impl Detector {
                 algorithms: fpn.algorithms,
                 precision: options.precision,
                 tuning: fpn.tuning,
+                layout: options.layout,
             },
         )?;
         Ok(Detector {
@@ -464,14 +692,19 @@ impl Detector {
         })
     }
 
-    /// The geometry of the detector's levels for `options`.
+    /// torchvision's `GeneralizedRCNNTransform` resize for `options`.
+    fn resize(options: &DetectorOptions) -> ResizeRule {
+        ResizeRule {
+            min_size: options.min_size,
+            max_size: options.max_size,
+            size_divisible: 32,
+        }
+    }
+
+    /// The geometry of a one-stage detector's levels for `options`.
     fn geometry(options: &DetectorOptions) -> DetectionGeometry {
         DetectionGeometry {
-            resize: ResizeRule {
-                min_size: options.min_size,
-                max_size: options.max_size,
-                size_divisible: 32,
-            },
+            resize: Self::resize(options),
             levels: vec![3, 4, 5, 6, 7],
         }
     }
@@ -483,6 +716,9 @@ impl Detector {
         options: &DetectorOptions,
     ) -> Result<Graph> {
         options.check()?;
+        if config.kind.is_two_stage() {
+            return Self::two_stage_graph(store, config, options);
+        }
         let geometry = Self::geometry(options);
         let kind = config.kind;
         let anchors = kind.anchors();
@@ -568,6 +804,55 @@ impl Detector {
         Ok(g)
     }
 
+    /// Faster R-CNN's graph: the transform, the backbone and FPN (P2..P6), the RPN on all five
+    /// levels, the RoI heads on P2..P5 with its proposals.
+    fn two_stage_graph(
+        store: &VarStore,
+        config: DetectorConfig,
+        options: &DetectorOptions,
+    ) -> Result<Graph> {
+        let kind = config.kind;
+        let resize = Self::resize(options);
+        let geometry = RegionProposalNetwork::geometry(resize);
+        let vb = store.root();
+        let mut g = Graph::new();
+        let pictures = g.input();
+        g.set_stage("transform");
+        let x = g.push(
+            "transform",
+            DetectionTransform {
+                geometry: geometry.clone(),
+                normalize: Normalize::IMAGENET,
+            },
+            &[pictures],
+        );
+        let levels = Fpn::levels(&vb.pp("backbone"), config.backbone, &mut g, x)?;
+        let rpn = RegionProposalNetwork::new(&vb, config.rpn(), options.rpn)?;
+        let roi_heads = config.roi_heads();
+        let heads = RoiHeads::new(&vb, &roi_heads, options.roi_heads())?;
+        store.finish_for(&format!(
+            "{kind} ({}) on {}",
+            roi_heads.describe(),
+            config.backbone.describe()
+        ))?;
+        let levels: Vec<Value> = levels.iter().map(|(_, v)| *v).collect();
+        if levels.len() != geometry.levels.len() {
+            return Err(Error::invalid(
+                "Detector",
+                format!(
+                    "the FPN gives {} levels; {kind} runs on P2..P6",
+                    levels.len()
+                ),
+            ));
+        }
+        let proposals = rpn.forward(&mut g, &levels, pictures, &geometry)?;
+        // The RoI heads pool from P2..P5: torchvision's `MultiScaleRoIAlign(["0", "1", "2",
+        // "3"])` leaves out `pool`.
+        let heads = heads.record(&mut g, resize, &levels[..4], proposals, pictures);
+        g.output("detections", heads.detections);
+        Ok(g)
+    }
+
     /// The detector's structure.
     pub fn config(&self) -> &DetectorConfig {
         &self.config
@@ -632,9 +917,6 @@ enum Head {
 impl Head {
     fn new(vb: &VarBuilder, kind: DetectorKind, anchors: usize, classes: usize) -> Self {
         match kind {
-            DetectorKind::RetinaNet => {
-                Head::RetinaNet(RetinaNetHead::new(vb, TowerStyle::Plain, anchors, classes))
-            }
             DetectorKind::RetinaNetV2 => Head::RetinaNet(RetinaNetHead::new(
                 vb,
                 TowerStyle::NormActivation,
@@ -642,6 +924,9 @@ impl Head {
                 classes,
             )),
             DetectorKind::Fcos => Head::Fcos(FcosHead::new(vb, anchors, classes)),
+            // The two-stage kinds have no one-stage head: `Detector::graph` builds theirs
+            // before it comes here.
+            _ => Head::RetinaNet(RetinaNetHead::new(vb, TowerStyle::Plain, anchors, classes)),
         }
     }
 

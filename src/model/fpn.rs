@@ -7,7 +7,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::graph::executor::{Algorithms, Executor, ExecutorOptions, Plan};
+use crate::graph::executor::{Algorithms, Executor, ExecutorOptions, LayoutChoice, Plan};
 pub use crate::graph::passes::Fusion;
 use crate::graph::tune::Tuning;
 use crate::graph::{Graph, Value};
@@ -44,6 +44,9 @@ pub struct FpnOptions {
     /// time and cached on disk, presets on CPU adapters; `FPN_TUNE=off|cache|full` overrides
     /// the default. See [`Tuning`].
     pub tuning: Tuning,
+    /// How the values are laid out: by default channels-last where the convolutions run on
+    /// cooperative matrices, NCHW elsewhere (see [`LayoutChoice`]).
+    pub layout: LayoutChoice,
 }
 
 impl FpnOptions {
@@ -60,6 +63,11 @@ impl FpnOptions {
     /// The same options with the graph passes on or off.
     pub fn with_fusion(self, fusion: Fusion) -> Self {
         FpnOptions { fusion, ..self }
+    }
+
+    /// The same options with the values laid out as `layout` says.
+    pub fn with_layout(self, layout: LayoutChoice) -> Self {
+        FpnOptions { layout, ..self }
     }
 }
 
@@ -144,6 +152,7 @@ impl Fpn {
             algorithms: options.algorithms,
             precision: options.precision,
             tuning: options.tuning,
+            layout: options.layout,
         };
         Ok(Fpn {
             executor: Executor::build(ctx, graph, options)?,

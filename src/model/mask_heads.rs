@@ -393,6 +393,7 @@ impl MaskHeads {
         let target = Target {
             precision,
             layout: MemoryFormat::Nchw,
+            cooperative: false,
             winograd: false,
         };
         let mut nodes = Vec::with_capacity(g.nodes().len());

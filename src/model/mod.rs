@@ -28,7 +28,9 @@ pub mod seed_head;
 pub use batch_network::{BatchNetwork, DETECTIONS};
 pub use checkpoint::Checkpoint;
 pub use config::{Block, ExtraLevels, ExtraSource, FpnConfig, Layout, ResNetStyle, Stem};
-pub use detector::{Detections, Detector, DetectorConfig, DetectorKind, DetectorOptions};
+pub use detector::{
+    Detections, Detector, DetectorConfig, DetectorKind, DetectorOptions, REPRESENTATION_SIZE,
+};
 pub use fpn::{Fpn, FpnOptions, Fusion, INPUT_CHANNELS, PYRAMID_CHANNELS};
 pub use pixels::PixelNorm;
 pub use pyramid::Pyramid;

@@ -16,9 +16,9 @@
 //! ([`RoiHeadsConfig::recognise`]).
 //!
 //! [`RoiHeads::record`] adds the heads to a detector's graph, after the ops that make the
-//! levels and the proposals. Until the region proposal network is part of the crate's graphs,
-//! [`RoiHeads::lower`] runs the same graph on levels and proposals the caller gives
-//! ([`GpuRoiHeads::forward`]).
+//! levels and the proposals: [`Detector`](crate::Detector) runs Faster R-CNN so, from the
+//! pictures on. [`RoiHeads::lower`] runs the same graph on levels and proposals the caller
+//! gives ([`GpuRoiHeads::forward`]), for tests of the heads alone.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
@@ -389,6 +389,7 @@ impl RoiHeads {
         proposals: Value,
         pictures: Value,
     ) -> RoiHeadsValues {
+        g.set_stage("roi heads");
         let mut pool_inputs = levels.to_vec();
         pool_inputs.extend([proposals, pictures]);
         let mut x = g.push(
@@ -415,6 +416,7 @@ impl RoiHeads {
         let logits = self.cls_score.forward(g, x);
         let box_regression = self.bbox_pred.forward(g, x);
         let scores = g.push("roi_heads.softmax", Softmax, &[logits]);
+        g.set_stage("postprocess");
         let candidates = g.push(
             "roi_heads.candidates",
             BoxCandidates::new(resize, self.options.box_score_thresh),
@@ -483,6 +485,7 @@ impl RoiHeads {
         let target = Target {
             precision,
             layout: MemoryFormat::Nchw,
+            cooperative: false,
             winograd: false,
         };
         let mut nodes = Vec::with_capacity(g.nodes().len());

@@ -362,7 +362,7 @@ impl RegionProposalNetwork {
 /// `RPNHead` before torchvision's version 2 of it named its one conv `conv`; torchvision's
 /// `_load_from_state_dict` renames `conv.{weight,bias}` to `conv.0.0.*`, and so does this,
 /// unless the new names are there too (then the old ones are reported as unexpected).
-fn rename_v1_conv(tensors: &mut TensorMap, origin: &str) {
+pub(crate) fn rename_v1_conv(tensors: &mut TensorMap, origin: &str) {
     let mut renamed = false;
     for t in ["weight", "bias"] {
         let (old, new) = (

@@ -8,15 +8,35 @@ use std::sync::OnceLock;
 
 use fpn_wgpu::GpuContext;
 
-/// The one GPU context of a test binary. Every GPU test needs an adapter and none is skipped:
-/// without one this panics with the error, which names the fix.
+/// The GPU context of a test: the binary's one context, but over GL one per test thread. Every
+/// GPU test needs an adapter and none is skipped: without one this panics with the error,
+/// which names the fix.
+///
+/// Why GL differs: wgpu's GL backend holds its adapter's lock while a submit's work runs, and
+/// a thread waiting on that lock panics after 6 s, so tests sharing a GL context fail whenever
+/// another test's forward runs long (the detectors' on llvmpipe do). Contexts of their own
+/// have locks of their own.
 pub fn gpu() -> &'static GpuContext {
     static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| {
+    let shared = CTX.get_or_init(|| {
         let ctx = GpuContext::new().unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
         eprintln!("testing on {}", ctx.adapter());
         ctx
-    })
+    });
+    if shared.adapter().backend != wgpu::Backend::Gl {
+        return shared;
+    }
+    thread_local! {
+        // Leaked: a test thread's context lives as long as the tests that borrow it.
+        static OWN: &'static GpuContext = Box::leak(Box::new(own_gpu()));
+    }
+    OWN.with(|ctx| *ctx)
+}
+
+/// A context of the test's own, as [`gpu`] makes it, for a test that must not share one on
+/// any backend.
+pub fn own_gpu() -> GpuContext {
+    GpuContext::new().unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"))
 }
 
 /// The `fpn` binary in a controlled environment, so that no test depends on the caller's: no
@@ -183,4 +203,48 @@ pub fn jpeg_with_orientation_6(path: &std::path::Path) -> image::RgbImage {
     .unwrap();
     std::fs::write(path, bytes).unwrap();
     stored
+}
+
+/// Both layouts, for the kernels that take either.
+pub const LAYOUTS: [fpn_wgpu::tensor::MemoryFormat; 2] = [
+    fpn_wgpu::tensor::MemoryFormat::Nchw,
+    fpn_wgpu::tensor::MemoryFormat::ChannelsLast,
+];
+
+/// An f32 tensor of `shape` in `layout` whose whole storage (padding channels too) holds NaN,
+/// so that whatever a kernel leaves unwritten shows in its output.
+pub fn poisoned(
+    ctx: &GpuContext,
+    shape: [usize; 4],
+    layout: fpn_wgpu::tensor::MemoryFormat,
+) -> fpn_wgpu::Tensor {
+    let t = fpn_wgpu::Tensor::empty_with(ctx, shape, fpn_wgpu::Precision::F32, layout).unwrap();
+    let nan = vec![f32::NAN; t.storage_len()];
+    ctx.queue()
+        .write_buffer(t.buffer(), t.offset(), bytemuck::cast_slice(&nan));
+    t
+}
+
+/// Checks that an f32 tensor's storage holds no NaN (see [`poisoned`]) and, channels-last,
+/// zeros in its padding channels.
+pub fn assert_storage_written(ctx: &GpuContext, t: &fpn_wgpu::Tensor, what: &str) {
+    assert_eq!(t.precision(), fpn_wgpu::Precision::F32, "{what}");
+    let len = t.storage_len();
+    let raw = fpn_wgpu::Tensor::from_buffer(t.buffer().clone(), [1, 1, 1, len])
+        .unwrap()
+        .download(ctx)
+        .unwrap();
+    let [_, c, _, _] = t.shape();
+    let stride = t.memory_format().pixel_stride(c);
+    for (i, v) in raw.iter().enumerate() {
+        let padding =
+            t.memory_format() == fpn_wgpu::tensor::MemoryFormat::ChannelsLast && i % stride >= c;
+        assert!(
+            !v.is_nan(),
+            "{what}: storage element {i} was left unwritten"
+        );
+        if padding {
+            assert_eq!(*v, 0.0, "{what}: padding channel at storage element {i}");
+        }
+    }
 }

@@ -54,6 +54,40 @@ pub enum Granularity {
     Ops,
 }
 
+/// How the values of a graph are laid out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LayoutChoice {
+    /// Channels-last where the convolutions run on cooperative matrices: f16 values, a
+    /// device that has them and on which they passed their check, and every op with a
+    /// channels-last kernel; NCHW otherwise.
+    #[default]
+    Auto,
+    /// NCHW everywhere.
+    Nchw,
+    /// Channels-last everywhere but the ops' records (see
+    /// [`GraphOp::output_layout`](crate::graph::ops::GraphOp::output_layout)), on
+    /// cooperative matrices where [`LayoutChoice::Auto`] would use them and on the portable
+    /// direct kernel elsewhere (f32, or a device without them): for tests and comparisons.
+    /// A graph with an op that has no channels-last kernel is refused.
+    ChannelsLast,
+}
+
+impl std::str::FromStr for LayoutChoice {
+    type Err = String;
+
+    /// `auto`, `nchw` or `channels-last` (`channels_last`, `nhwc`).
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(LayoutChoice::Auto),
+            "nchw" => Ok(LayoutChoice::Nchw),
+            "channels-last" | "channels_last" | "nhwc" => Ok(LayoutChoice::ChannelsLast),
+            _ => Err(format!(
+                "unknown layout {s:?}; use auto, nchw or channels-last"
+            )),
+        }
+    }
+}
+
 /// How an executor lowers and runs its graph.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExecutorOptions {
@@ -65,6 +99,8 @@ pub struct ExecutorOptions {
     pub precision: Precision,
     /// How convolutions get their kernel configuration.
     pub tuning: Tuning,
+    /// How the values are laid out.
+    pub layout: LayoutChoice,
 }
 
 /// A graph uploaded to the GPU, ready to run on any input shape.
@@ -72,6 +108,7 @@ pub struct Executor {
     ctx: GpuContext,
     precision: Precision,
     layout: MemoryFormat,
+    cooperative: bool,
     /// How convolutions get their kernel configuration (resolved for the device).
     tuning: Tuning,
     nodes: Vec<GpuNode>,
@@ -107,6 +144,7 @@ impl Executor {
             algorithms,
             precision,
             tuning: Tuning::Off,
+            layout: LayoutChoice::Auto,
         };
         Self::build(ctx, graph, options)
     }
@@ -120,6 +158,7 @@ impl Executor {
             ctx: ctx.clone(),
             precision: options.precision,
             layout: lowered.layout,
+            cooperative: lowered.cooperative,
             tuning: options.tuning.resolve(ctx),
             nodes: lowered.nodes,
             outputs: lowered.outputs,
@@ -158,9 +197,15 @@ impl Executor {
     }
 
     /// How the values are stored: channels-last where the convolutions run on cooperative
-    /// matrices, NCHW otherwise.
+    /// matrices (or where [`LayoutChoice::ChannelsLast`] asked for it), NCHW otherwise. The
+    /// records some ops write are NCHW whatever this is.
     pub fn memory_format(&self) -> MemoryFormat {
         self.layout
+    }
+
+    /// Whether the channels-last convolutions run on cooperative matrices.
+    pub fn cooperative(&self) -> bool {
+        self.cooperative
     }
 
     /// Number of nodes (kernel launches plus the input).

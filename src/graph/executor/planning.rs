@@ -154,7 +154,7 @@ impl Executor {
                 "plan",
                 &format!("the output of `{}`", node.name),
                 shape,
-                self.layout,
+                node.layout,
             )?;
         }
         Ok(shapes)
@@ -166,7 +166,7 @@ impl Executor {
         let sizes: Vec<u64> = shapes
             .iter()
             .zip(&self.nodes)
-            .map(|(&s, node)| padded_bytes(s, node.precision, self.layout))
+            .map(|(&s, node)| padded_bytes(s, node.precision, node.layout))
             .collect();
         let inputs: Vec<Vec<usize>> = self.nodes.iter().map(|n| n.inputs.clone()).collect();
         let outputs: Vec<usize> = self.outputs.iter().map(|&(_, v)| v).collect();
@@ -211,7 +211,7 @@ impl Executor {
                     memory.offset_of[v],
                     shape,
                     self.nodes[v].precision,
-                    self.layout,
+                    self.nodes[v].layout,
                 )
             })
             .collect();

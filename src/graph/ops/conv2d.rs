@@ -68,8 +68,9 @@ impl GraphOp for Conv2d {
     }
 
     /// Every layout and precision for NCHW. Channels-last values are read by the
-    /// cooperative-matrix kernels, which take padded inputs: a dense convolution must have had
-    /// its padding made explicit; a grouped one gets it made explicit when it is made dense.
+    /// cooperative-matrix kernels (or the portable direct kernel where they do not run), which
+    /// take padded inputs: a dense convolution must have had its padding made explicit; a
+    /// grouped one gets it made explicit when it is made dense.
     fn supports(&self, layout: MemoryFormat, _precision: Precision) -> bool {
         layout == MemoryFormat::Nchw || self.opts.padding == (0, 0) || self.opts.groups > 1
     }
@@ -78,7 +79,8 @@ impl GraphOp for Conv2d {
         let w = &self.weights;
         let affine = w.affine.as_ref().map(|(s, t)| (s.as_slice(), t.as_slice()));
         let problem = ConvProblem::layer(w.shape, &self.opts, target.precision, target.layout)
-            .with_winograd(target.winograd);
+            .with_winograd(target.winograd)
+            .with_cooperative(target.cooperative);
         let weights = Conv2dWeights::with_precision(
             ctx,
             w.shape,

@@ -12,7 +12,9 @@
 //! (`node.op::<Conv2d>()`, through `dyn GraphOp`'s `downcast`), as tract's optimisers do.
 //!
 //! # Adding an op
-//! 1. A file here with the op's type (attributes, host weights) implementing [`GraphOp`], and
+//! 1. A file here with the op's type (attributes, host weights) implementing [`GraphOp`]
+//!    (with [`GraphOp::output_precision`] and [`GraphOp::output_layout`] where its output is a
+//!    record rather than a map of the graph's storage), and
 //!    its lowered form implementing [`GpuOp`] (the launches, through the kernel in
 //!    `src/kernels/` that computes it); an op without weights implements [`PlainOp`] instead
 //!    and is its own lowered form.
@@ -85,6 +87,14 @@ pub trait GraphOp: Debug + Send + Sync + AsAny {
         graph
     }
 
+    /// How the op's output is laid out in a graph whose values are stored in `graph`: the
+    /// graph's own layout, but for ops whose outputs are records rather than maps (the
+    /// detectors' selections, boxes and NMS rows), which are NCHW whatever the activations
+    /// are, so that the ops reading them and the caller see one record layout.
+    fn output_layout(&self, graph: MemoryFormat) -> MemoryFormat {
+        graph
+    }
+
     /// Uploads the op's weights for `target` and returns the op as the executor runs it (an
     /// op without weights returns itself: see [`PlainOp`]).
     fn lower(&self, ctx: &GpuContext, target: &Target) -> Result<Box<dyn GpuOp>>;
@@ -120,8 +130,13 @@ impl dyn GraphOp {
 pub struct Target {
     /// How weights and values are stored.
     pub precision: Precision,
-    /// Channels-last where the convolutions run on cooperative matrices, NCHW otherwise.
+    /// How the values are stored: channels-last where the convolutions run on cooperative
+    /// matrices (or where the caller asked for it), NCHW otherwise. Ops whose outputs are
+    /// records store those as [`GraphOp::output_layout`] says.
     pub layout: MemoryFormat,
+    /// Whether the channels-last f16 convolutions run on cooperative matrices (the device has
+    /// them and they passed their check there); the portable direct kernel otherwise.
+    pub cooperative: bool,
     /// Winograd F(2x2, 3x3) for the stride-1 3x3 convolutions that allow it.
     pub winograd: bool,
 }

@@ -1,5 +1,7 @@
-//! The NCHW convolution kernels: direct (`shaders/conv2d.wgsl`, any kernel and stride), the
-//! row-tiled kernels generated per kernel size ([`super::rows`]) and Winograd F(2x2, 3x3).
+//! The NCHW convolution kernels: direct (`shaders/conv2d.wgsl`, any kernel and stride; it
+//! also indexes channels-last tensors, for channels-last networks where no cooperative
+//! matrices run), the row-tiled kernels generated per kernel size ([`super::rows`]) and
+//! Winograd F(2x2, 3x3).
 
 use super::{
     check_nchw_tensors, residual_binding, Conv2dOptions, Conv2dParams, Conv2dWeights, ConvChoice,
@@ -9,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, Dispatch, GpuContext};
 use crate::kernels::{pipeline, ShaderSource};
 use crate::precision::Precision;
-use crate::tensor::Tensor;
+use crate::tensor::{MemoryFormat, Tensor};
 
 /// The WGSL source.
 pub const SHADER: ShaderSource = ShaderSource {
@@ -62,7 +64,11 @@ pub(super) fn prepare(
         out,
         opts,
         "the NCHW kernels write",
+        // The general kernel indexes channels-last tensors too (the portable kernel of a
+        // channels-last network without cooperative matrices); the others NCHW only.
+        matches!(choice, ConvChoice::Direct { .. }),
     )?;
+    let channels_last = x.memory_format() == MemoryFormat::ChannelsLast;
     let precision = x.precision();
     let [n, cout, oh, ow] = shape;
     let cin = weights.shape[1];
@@ -142,8 +148,16 @@ pub(super) fn prepare(
         ConvChoice::Direct { workgroup } => {
             let lanes = (oh * ow).div_ceil(PIX_TILE);
             constants.extend([("WG_PIX", workgroup.0), ("WG_CO", workgroup.1)]);
+            // Channels-last, the padding channels are written too (as zeros): the channel
+            // tiles cover the padded count, a multiple of COUT_TILE.
+            let channel_tiles = if channels_last {
+                constants.push(("CHANNELS_LAST", 1));
+                MemoryFormat::ChannelsLast.pixel_stride(cout) / COUT_TILE
+            } else {
+                cout.div_ceil(COUT_TILE)
+            };
             let pipeline = pipeline(ctx, &SHADER, precision, "conv2d", &constants)?;
-            let grid = grid_for(lanes, cout.div_ceil(COUT_TILE), n, workgroup);
+            let grid = grid_for(lanes, channel_tiles, n, workgroup);
             (pipeline, "conv2d", grid, x.binding())
         }
         ConvChoice::Grouped { .. } | ConvChoice::Coop(_) => {
@@ -154,7 +168,7 @@ pub(super) fn prepare(
         }
     };
     ctx.check_grid(OP, grid)?;
-    let params = Conv2dParams::new(
+    let mut params = Conv2dParams::new(
         opts,
         weights,
         residual,
@@ -163,6 +177,8 @@ pub(super) fn prepare(
         (out_h, out_w),
         splits,
     );
+    params.in_cl = x.memory_format().wgsl_flag(cin);
+    params.out_cl = out.memory_format().wgsl_flag(cout);
     let uniform = ctx.uniform(&params);
     let residual = residual_binding(ctx, residual);
     if let (true, Some((tile, constants))) = (splits > 1, row_tile) {

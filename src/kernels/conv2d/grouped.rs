@@ -77,6 +77,7 @@ pub(super) fn prepare(
         out,
         opts,
         "the grouped kernel writes",
+        false,
     )?;
     let precision = x.precision();
     let [n, cout, oh, ow] = shape;

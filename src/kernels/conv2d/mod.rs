@@ -98,7 +98,11 @@ pub(crate) struct Conv2dParams {
     pub splits: u32,
     pub batch: u32,
     pub groups: u32,
-    pub _pad: [u32; 3],
+    /// The input's and the output's padded channel counts when they are channels-last (the
+    /// general direct kernel only), 0 for NCHW.
+    pub in_cl: u32,
+    pub out_cl: u32,
+    pub _pad: u32,
 }
 
 impl Conv2dParams {
@@ -142,7 +146,9 @@ impl Conv2dParams {
             splits: splits as u32,
             batch: n as u32,
             groups: opts.groups as u32,
-            _pad: [0; 3],
+            in_cl: 0,
+            out_cl: 0,
+            _pad: 0,
         }
     }
 }
@@ -342,8 +348,10 @@ fn residual_binding<'a>(
     }
 }
 
-/// [`check_tensors`] for the kernels that read and write NCHW tensors and write no output halo;
+/// [`check_tensors`] for the kernels that read and write NCHW tensors (or channels-last ones
+/// too, where `channels_last_ok`: the general direct kernel) and write no output halo;
 /// `kernels` names them in the refusal.
+#[allow(clippy::too_many_arguments)]
 fn check_nchw_tensors(
     ctx: &GpuContext,
     x: &Tensor,
@@ -352,6 +360,7 @@ fn check_nchw_tensors(
     out: &Tensor,
     opts: &Conv2dOptions,
     kernels: &str,
+    channels_last_ok: bool,
 ) -> Result<[usize; 4]> {
     const OP: &str = "conv2d";
     if opts.out_padding != (0, 0) {
@@ -365,7 +374,9 @@ fn check_nchw_tensors(
     }
     let shape = check_tensors(ctx, x, weights, residual, out, opts)?;
     // One layout for all of them is checked above, so the output's stands for the input's.
-    check_nchw(OP, out)?;
+    if !channels_last_ok {
+        check_nchw(OP, out)?;
+    }
     Ok(shape)
 }
 

@@ -35,8 +35,9 @@ impl GraphOp for MaskLevels {
         Ok([n, c, h + 2 * self.padding.0, w + 2 * self.padding.1])
     }
 
-    fn supports(&self, layout: MemoryFormat, _precision: Precision) -> bool {
-        layout == MemoryFormat::Nchw
+    /// NCHW and channels-last (the kernel's `CHANNELS_LAST` variant), f32 and f16.
+    fn supports(&self, _layout: MemoryFormat, _precision: Precision) -> bool {
+        true
     }
 
     fn lower(&self, _ctx: &GpuContext, _target: &Target) -> Result<Box<dyn GpuOp>> {

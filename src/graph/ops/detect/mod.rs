@@ -7,6 +7,13 @@
 //! them and the box predictor's candidate boxes; and Mask R-CNN's mask selection and pasting.
 //! Each derives where things lie from the pictures' shape through one [`DetectionGeometry`],
 //! so that they agree.
+//!
+//! Every one-stage op reading an activation, and RoIAlign, takes it NCHW or channels-last (its
+//! kernel's `CHANNELS_LAST` pipeline constant); the box candidates and the mask ops are NCHW
+//! only for now, so a two-stage detector's graph stays NCHW. The ops whose outputs are records (the top-k's
+//! selection, the decoded candidates, NMS's rows) write them NCHW f32 whatever the graph's
+//! layout and precision ([`GraphOp::output_layout`](super::GraphOp::output_layout),
+//! [`GraphOp::output_precision`](super::GraphOp::output_precision)).
 
 mod anchors;
 mod box_candidates;

@@ -59,8 +59,15 @@ impl GraphOp for BatchedNms {
     }
 
     /// NCHW values in either precision; the output is f32 whatever the activations are.
-    fn supports(&self, layout: MemoryFormat, _precision: Precision) -> bool {
-        layout == MemoryFormat::Nchw
+    /// Either layout: it reads only the candidates' records (NCHW whatever the graph's
+    /// layout) and the pictures' shape.
+    fn supports(&self, _layout: MemoryFormat, _precision: Precision) -> bool {
+        true
+    }
+
+    /// Records, NCHW whatever the activations are.
+    fn output_layout(&self, _graph: MemoryFormat) -> MemoryFormat {
+        MemoryFormat::Nchw
     }
 
     fn output_precision(&self, _graph: Precision) -> Precision {

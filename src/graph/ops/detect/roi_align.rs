@@ -102,8 +102,9 @@ impl GraphOp for MultiScaleRoiAlign {
     }
 
     /// NCHW levels in either precision; the proposals are f32 whatever the activations are.
-    fn supports(&self, layout: MemoryFormat, _precision: Precision) -> bool {
-        layout == MemoryFormat::Nchw
+    /// NCHW and channels-last (the kernel's `CHANNELS_LAST` variant), f32 and f16.
+    fn supports(&self, _layout: MemoryFormat, _precision: Precision) -> bool {
+        true
     }
 
     fn lower(&self, _ctx: &GpuContext, _target: &Target) -> Result<Box<dyn GpuOp>> {

@@ -77,8 +77,14 @@ impl GraphOp for TopKScores {
     }
 
     /// NCHW values in either precision; the output is f32 whatever the activations are.
-    fn supports(&self, layout: MemoryFormat, _precision: Precision) -> bool {
-        layout == MemoryFormat::Nchw
+    /// NCHW and channels-last (the kernel's `CHANNELS_LAST` variant), f32 and f16.
+    fn supports(&self, _layout: MemoryFormat, _precision: Precision) -> bool {
+        true
+    }
+
+    /// Records, NCHW whatever the activations are.
+    fn output_layout(&self, _graph: MemoryFormat) -> MemoryFormat {
+        MemoryFormat::Nchw
     }
 
     fn output_precision(&self, _graph: Precision) -> Precision {

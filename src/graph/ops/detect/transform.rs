@@ -36,8 +36,9 @@ impl GraphOp for DetectionTransform {
         Ok([n, c, h, w])
     }
 
-    fn supports(&self, layout: MemoryFormat, _precision: Precision) -> bool {
-        layout == MemoryFormat::Nchw
+    /// NCHW and channels-last (the kernel's `CHANNELS_LAST` variant), f32 and f16.
+    fn supports(&self, _layout: MemoryFormat, _precision: Precision) -> bool {
+        true
     }
 
     fn lower(&self, _ctx: &GpuContext, _target: &Target) -> Result<Box<dyn GpuOp>> {

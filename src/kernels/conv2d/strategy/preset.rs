@@ -53,18 +53,23 @@ enum Family {
 
 /// The kernel family of `problem`, which depends on no input size: grouped convolutions take
 /// the grouped kernel (the channels-last networks expand them to dense ones before this, see
-/// the graph's `dense_groups` pass); channels-last f16 ones the cooperative matrices
-/// (the layout is chosen so only where the device has them and they passed their check);
-/// Winograd where wanted and the layer allows it (3x3, stride 1, no upsampled residual); the
-/// row kernel where there is no padding; the general direct kernel otherwise.
+/// the graph's `dense_groups` pass); channels-last f16 ones the cooperative matrices where the
+/// problem says they run ([`ConvProblem::cooperative`]: the device has them and they passed
+/// their check); other channels-last ones the general direct kernel, the only NCHW kernel
+/// that also indexes channels-last tensors; Winograd where wanted and the layer allows it
+/// (3x3, stride 1, no upsampled residual); the row kernel where there is no padding; the
+/// general direct kernel otherwise.
 fn family(problem: &ConvProblem) -> Family {
     let winograd_fits = problem.weight[2..] == [3, 3]
         && problem.stride == (1, 1)
         && !matches!(problem.residual, ResidualMode::Upsampled(_));
+    let channels_last = problem.layout == MemoryFormat::ChannelsLast;
     if problem.groups > 1 {
         Family::Grouped
-    } else if problem.layout == MemoryFormat::ChannelsLast && problem.precision == Precision::F16 {
+    } else if channels_last && problem.precision == Precision::F16 && problem.cooperative {
         Family::Coop
+    } else if channels_last {
+        Family::Direct
     } else if problem.winograd && winograd_fits {
         Family::Winograd
     } else if problem.padding == (0, 0) {

@@ -35,11 +35,15 @@ pub struct ConvProblem {
     pub layout: MemoryFormat,
     /// Whether Winograd F(2x2, 3x3) is wanted where the layer allows it.
     pub winograd: bool,
+    /// Whether a channels-last f16 layer runs on cooperative matrices (where the device has
+    /// them and they passed their check) or on the portable direct kernel.
+    pub cooperative: bool,
 }
 
 impl ConvProblem {
     /// The layer of weights `weight` run with `opts` on tensors of `precision` and `layout`,
-    /// before its input is known: no residual given, no Winograd.
+    /// before its input is known: no residual given, no Winograd, on cooperative matrices
+    /// where the tensors are channels-last f16 (see [`ConvProblem::with_cooperative`]).
     pub fn layer(
         weight: [usize; 4],
         opts: &Conv2dOptions,
@@ -57,11 +61,12 @@ impl ConvProblem {
             precision,
             layout,
             winograd: false,
+            cooperative: layout == MemoryFormat::ChannelsLast && precision == Precision::F16,
         }
     }
 
-    /// The convolution of `x` by `weights` with `opts`, and `residual` if given; Winograd
-    /// where the weights are laid out for it.
+    /// The convolution of `x` by `weights` with `opts`, and `residual` if given; Winograd or
+    /// cooperative matrices where the weights are laid out for them.
     pub fn of(
         x: &Tensor,
         weights: &Conv2dWeights,
@@ -71,6 +76,7 @@ impl ConvProblem {
         ConvProblem::layer(weights.shape(), opts, x.precision(), x.memory_format())
             .with_input(x.shape(), residual.is_some())
             .with_winograd(weights.layout() == WeightLayout::Winograd)
+            .with_cooperative(weights.layout() == WeightLayout::TapMajor)
     }
 
     /// The same layer on an input of `input` shape, with a residual or without.
@@ -85,6 +91,17 @@ impl ConvProblem {
     /// The same layer with Winograd wanted or not.
     pub fn with_winograd(self, winograd: bool) -> Self {
         ConvProblem { winograd, ..self }
+    }
+
+    /// The same layer on cooperative matrices or not: a channels-last f16 layer runs on them
+    /// only where the device has them, and on the portable direct kernel elsewhere.
+    pub fn with_cooperative(self, cooperative: bool) -> Self {
+        ConvProblem {
+            cooperative: cooperative
+                && self.layout == MemoryFormat::ChannelsLast
+                && self.precision == Precision::F16,
+            ..self
+        }
     }
 
     /// The options the problem was made from (ReLU and output halo aside, which no choice

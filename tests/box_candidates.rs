@@ -551,4 +551,20 @@ fn bad_input_is_refused() {
     refused(op.output_shape(&good[..3]).unwrap_err());
     let nan = BoxCandidates::new(ResizeRule::default(), f32::NAN);
     refused(nan.output_shape(&good).unwrap_err());
+    // COCO's 91 classes at an evaluation threshold: 1000 proposals of 90 slots are more
+    // candidates than the NMS takes, said in the flags a user can change.
+    let coco = [
+        [1, 1, 1000, 6],
+        [1000, 4 * 91, 1, 1],
+        [1000, 91, 1, 1],
+        [1, 3, 600, 800],
+    ];
+    let low = BoxCandidates::new(ResizeRule::default(), 0.001);
+    let msg = refused(low.output_shape(&coco).unwrap_err());
+    assert!(
+        msg.contains("--score-thresh") && msg.contains("--rpn-post-nms-top-n"),
+        "{msg}"
+    );
+    let usual = BoxCandidates::new(ResizeRule::default(), 0.05);
+    assert_eq!(usual.output_shape(&coco).unwrap(), [1, 1, 20_000, 6]);
 }

@@ -412,6 +412,19 @@ fn rpn_refuses_bad_options_and_levels() {
             rpn_score_thresh: f32::NAN,
             ..RpnOptions::default()
         },
+        // Counts no NMS takes, up to ones whose shapes would overflow.
+        RpnOptions {
+            rpn_pre_nms_top_n_test: 20_000,
+            ..RpnOptions::default()
+        },
+        RpnOptions {
+            rpn_pre_nms_top_n_test: usize::MAX,
+            ..RpnOptions::default()
+        },
+        RpnOptions {
+            rpn_post_nms_top_n_test: usize::MAX,
+            ..RpnOptions::default()
+        },
     ] {
         let e = RegionProposalNetwork::random(1, config, bad)
             .err()

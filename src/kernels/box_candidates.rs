@@ -140,7 +140,12 @@ pub fn per_proposal(classes: usize, score_thresh: f32) -> usize {
 /// K = [`per_proposal`].
 pub fn output_shape(proposals: [usize; 4], classes: usize, score_thresh: f32) -> [usize; 4] {
     let [n, _, r, _] = proposals;
-    [n, 1, r * per_proposal(classes, score_thresh), RECORD]
+    [
+        n,
+        1,
+        r.saturating_mul(per_proposal(classes, score_thresh)),
+        RECORD,
+    ]
 }
 
 /// Checks the inputs' shapes against each other: proposals `[N, 1, R, 6]`, regression

@@ -27,7 +27,7 @@ use crate::gpu::GpuContext;
 use crate::graph::executor::{Executor, ExecutorOptions, LayoutChoice};
 use crate::graph::ops::detect::{
     AnchorSpec, BatchedNms, BoxCoding, DecodeBoxes, DetectionGeometry, DetectionTransform,
-    LabelSource, Normalize, ResizeRule, ScoreMode, StackLevels, TopKScores,
+    LabelSource, Normalize, ResizeRule, ScoreMode, StackLevels, TopKScores, MAX_CANDIDATES,
 };
 use crate::graph::{Graph, Value};
 use crate::model::checkpoint::Checkpoint;
@@ -378,6 +378,15 @@ impl DetectorOptions {
             return bad(format!(
                 "detections_per_img {} and topk_candidates {} must be positive",
                 self.detections_per_img, self.topk_candidates
+            ));
+        }
+        // Each level's top-k goes to one batched NMS, which takes MAX_CANDIDATES records per
+        // picture; checked before any shape is computed from the count.
+        if self.topk_candidates > MAX_CANDIDATES {
+            return bad(format!(
+                "topk_candidates {} must be at most {MAX_CANDIDATES}: every level's candidates go \
+                 to one NMS, which takes {MAX_CANDIDATES} per picture (torchvision's default: 1000)",
+                self.topk_candidates
             ));
         }
         if !self.score_thresh.is_finite() || !self.nms_thresh.is_finite() {

@@ -25,7 +25,7 @@
 use crate::error::{Error, Result};
 use crate::graph::ops::detect::{
     AnchorSpec, BatchedNms, BoxCoding, DecodeBoxes, DetectionGeometry, LabelSource, MaskLevels,
-    ResizeRule, ScoreMode, StackLevels, TopKScores,
+    ResizeRule, ScoreMode, StackLevels, TopKScores, MAX_CANDIDATES,
 };
 use crate::graph::{Graph, Value};
 use crate::model::layers::{relu, Conv2d};
@@ -73,6 +73,18 @@ impl RpnOptions {
             return bad(format!(
                 "rpn_pre_nms_top_n_test {} and rpn_post_nms_top_n_test {} must be at least 1 \
                  (torchvision's defaults: 1000 and 1000)",
+                self.rpn_pre_nms_top_n_test, self.rpn_post_nms_top_n_test
+            ));
+        }
+        // Every level's top-n goes to one batched NMS, which takes MAX_CANDIDATES records per
+        // picture; checked here, before any shape is computed from these counts.
+        let levels = RPN_LEVELS.len();
+        let most = MAX_CANDIDATES / levels;
+        if self.rpn_pre_nms_top_n_test > most || self.rpn_post_nms_top_n_test > MAX_CANDIDATES {
+            return bad(format!(
+                "rpn_pre_nms_top_n_test {} and rpn_post_nms_top_n_test {} must be at most {most} \
+                 and {MAX_CANDIDATES}: the {levels} levels' candidates go to one NMS, which \
+                 takes {MAX_CANDIDATES} per picture (torchvision's defaults: 1000 and 1000)",
                 self.rpn_pre_nms_top_n_test, self.rpn_post_nms_top_n_test
             ));
         }

@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::graph::ops::{GpuOp, GraphOp, PlainOp, Target};
 use crate::kernels::box_candidates::{self, CandidateSpec};
+use crate::kernels::nms::MAX_CANDIDATES;
 use crate::precision::Precision;
 use crate::tensor::{MemoryFormat, Tensor};
 
@@ -83,6 +84,25 @@ impl GraphOp for BoxCandidates {
         }
         let spec = self.spec(*pictures)?;
         spec.check()?;
+        // The candidates go to the batched NMS, which takes MAX_CANDIDATES per picture: said
+        // here in the terms a Faster R-CNN user can change, rather than by the NMS.
+        let slots = box_candidates::per_proposal(classes, spec.score_thresh);
+        let rois = proposals[2];
+        if rois.saturating_mul(slots) > MAX_CANDIDATES {
+            return Err(Error::invalid(
+                "box_candidates",
+                format!(
+                    "{rois} proposals with {slots} candidate slots each (the classes that can score \
+                     above box_score_thresh {}: at most 1 / thresh of them) make {} candidates \
+                     per picture; the batched NMS takes at most {MAX_CANDIDATES}: raise the score \
+                     threshold (`--score-thresh`) or keep at most {} proposals \
+                     (`--rpn-post-nms-top-n`)",
+                    spec.score_thresh,
+                    rois.saturating_mul(slots),
+                    MAX_CANDIDATES / slots
+                ),
+            ));
+        }
         Ok(box_candidates::output_shape(
             *proposals,
             classes,

@@ -53,11 +53,11 @@ impl GraphOp for DecodeBoxes {
                 ),
             ));
         }
-        Ok([n, 1, levels * k, RECORD])
+        Ok([n, 1, levels.saturating_mul(k), RECORD])
     }
 
-    /// NCHW values in either precision; the output is f32 whatever the activations are.
-    /// NCHW and channels-last (the kernel's `CHANNELS_LAST` variant), f32 and f16.
+    /// NCHW and channels-last (the kernel's `CHANNELS_LAST` variant), f32 and f16; the output
+    /// is f32 whatever the activations are.
     fn supports(&self, _layout: MemoryFormat, _precision: Precision) -> bool {
         true
     }

@@ -1,16 +1,17 @@
-//! The ops of the one-stage detectors (RetinaNet, FCOS), from the picture to the final boxes,
-//! all on the GPU: torchvision's transform, the levels packed for heads that share their
-//! weights across levels (and the group norm of their hidden layers, per level), the per-level
-//! top-k of scores, anchors and box decoding, and batched NMS; and, for the two-stage
+//! The detectors' ops, from the picture to the final boxes, all on the GPU: for the one-stage
+//! detectors (RetinaNet, FCOS) torchvision's transform, the levels packed for heads that share
+//! their weights across levels (and the group norm of their hidden layers, per level), the
+//! per-level top-k of scores, anchors and box decoding, and batched NMS; for the two-stage
 //! detectors, the same top-k, decoding and NMS making the RPN's proposals (per level, labelled
 //! by level, small boxes removed, left in the resized picture), the multi-scale RoIAlign of
-//! them and the box predictor's candidate boxes; and Mask R-CNN's mask selection and pasting.
+//! them, the box predictor's candidate boxes, and Mask R-CNN's mask selection and pasting.
 //! Each derives where things lie from the pictures' shape through one [`DetectionGeometry`],
 //! so that they agree.
 //!
 //! Every one-stage op reading an activation, and RoIAlign, takes it NCHW or channels-last (its
-//! kernel's `CHANNELS_LAST` pipeline constant); the box candidates and the mask ops are NCHW
-//! only for now, so a two-stage detector's graph stays NCHW. The ops whose outputs are records (the top-k's
+//! kernel's `CHANNELS_LAST` pipeline constant). The box candidates, the mask ops and the
+//! two-stage heads' `Linear`, `Softmax` and `ConvTranspose2d` are NCHW only for now, so a
+//! two-stage detector's graph stays NCHW. The ops whose outputs are records (the top-k's
 //! selection, the decoded candidates, NMS's rows) write them NCHW f32 whatever the graph's
 //! layout and precision ([`GraphOp::output_layout`](super::GraphOp::output_layout),
 //! [`GraphOp::output_precision`](super::GraphOp::output_precision)).
@@ -45,6 +46,7 @@ pub use transform::DetectionTransform;
 
 pub use crate::kernels::box_candidates::CandidateSpec;
 pub use crate::kernels::box_decode::{BoxCoding, LabelSource};
+pub use crate::kernels::nms::MAX_CANDIDATES;
 pub use crate::kernels::resize::Normalize;
 pub use crate::kernels::roi_align::RoiAlignOptions;
 pub use crate::kernels::top_k::ScoreMode;

@@ -58,8 +58,7 @@ impl GraphOp for BatchedNms {
         Ok(nms::output_shape(inputs[0], &self.options(inputs[1])?))
     }
 
-    /// NCHW values in either precision; the output is f32 whatever the activations are.
-    /// Either layout: it reads only the candidates' records (NCHW whatever the graph's
+    /// Either layout, either precision (the output is f32 whatever the activations are): it reads only the candidates' records (NCHW whatever the graph's
     /// layout) and the pictures' shape.
     fn supports(&self, _layout: MemoryFormat, _precision: Precision) -> bool {
         true
@@ -130,13 +129,18 @@ impl GraphOp for ScaleToPictures {
         Ok(records)
     }
 
-    /// NCHW; the records are f32 whatever the activations are.
-    fn supports(&self, layout: MemoryFormat, _precision: Precision) -> bool {
-        layout == MemoryFormat::Nchw
+    /// Either layout, either precision, as [`BatchedNms`]: it reads only records (NCHW f32
+    /// whatever the graph's layout) and the pictures' shape.
+    fn supports(&self, _layout: MemoryFormat, _precision: Precision) -> bool {
+        true
     }
 
     fn output_precision(&self, _graph: Precision) -> Precision {
         Precision::F32
+    }
+
+    fn output_layout(&self, _graph: MemoryFormat) -> MemoryFormat {
+        MemoryFormat::Nchw
     }
 
     fn lower(&self, _ctx: &GpuContext, _target: &Target) -> Result<Box<dyn GpuOp>> {

@@ -101,8 +101,8 @@ impl GraphOp for MultiScaleRoiAlign {
         roi_align::output_shape(levels[0], proposals, &self.options)
     }
 
-    /// NCHW levels in either precision; the proposals are f32 whatever the activations are.
-    /// NCHW and channels-last (the kernel's `CHANNELS_LAST` variant), f32 and f16.
+    /// Levels NCHW or channels-last (the kernel's `CHANNELS_LAST` variant), f32 or f16; the
+    /// proposals are f32 whatever the activations are.
     fn supports(&self, _layout: MemoryFormat, _precision: Precision) -> bool {
         true
     }

@@ -28,21 +28,18 @@
 //! The widths and `num_classes` come from the shapes ([`MaskHeadsConfig::recognise`]).
 
 use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, GpuContext};
+use crate::gpu::GpuContext;
 #[cfg(doc)]
 use crate::graph::ops::detect::ScaleToPictures;
 use crate::graph::ops::detect::{MultiScaleRoiAlign, PasteMasks, ResizeRule, SelectMasks};
-use crate::graph::ops::{ConvTranspose2dOptions, GpuOp, Input, Launch, Target};
-use crate::graph::passes;
-use crate::graph::{at_node, Graph, Value};
-use crate::kernels::convert;
-use crate::kernels::roi_align::MAX_LEVELS;
+use crate::graph::ops::ConvTranspose2dOptions;
+use crate::graph::{Graph, Value};
 use crate::model::layers::{relu, BatchNorm2d, Conv2d, ConvTranspose2d};
-use crate::model::roi_heads::RoiHeads;
 #[cfg(doc)]
 use crate::model::roi_heads::RoiHeadsValues;
+use crate::model::roi_heads::{LoweredHeads, RoiHeads};
 use crate::precision::Precision;
-use crate::tensor::{MemoryFormat, Tensor};
+use crate::tensor::Tensor;
 use crate::tensor_file::TensorMap;
 use crate::weights::{is_ignored, VarBuilder, VarStore};
 
@@ -353,13 +350,6 @@ impl MaskHeads {
         resize: ResizeRule,
         precision: Precision,
     ) -> Result<GpuMaskRcnnHeads> {
-        ctx.check_precision(OP, precision)?;
-        if levels == 0 || levels > MAX_LEVELS {
-            return Err(Error::invalid(
-                OP,
-                format!("{levels} levels; the pooling takes 1 to {MAX_LEVELS} (P2..P5: 4)"),
-            ));
-        }
         let b = boxes.config();
         if b.in_channels != self.config.in_channels || b.num_classes != self.config.num_classes {
             return Err(Error::invalid(
@@ -370,54 +360,26 @@ impl MaskHeads {
                 ),
             ));
         }
-        let mut g = Graph::new();
-        let pictures = g.input();
-        let level_values: Vec<Value> = (0..levels)
-            .map(|l| g.push(format!("level {l}"), Input, &[]))
-            .collect();
-        let proposals = g.push("proposals", Input, &[]);
-        let box_values = boxes.record(&mut g, resize, &level_values, proposals, pictures);
-        let mask_values = self.record(
-            &mut g,
-            resize,
-            &level_values,
-            box_values.resized_detections,
-            box_values.detections,
-            pictures,
-        );
-        g.output("detections", box_values.detections);
-        g.output("probabilities", mask_values.probabilities);
-        g.output("masks", mask_values.masks);
-        g.check_wiring()?;
-        let passes_applied = passes::optimize(&mut g);
-        let target = Target {
-            precision,
-            layout: MemoryFormat::Nchw,
-            cooperative: false,
-            winograd: false,
-        };
-        let mut nodes = Vec::with_capacity(g.nodes().len());
-        for node in g.nodes() {
-            let op = node
-                .op
-                .lower(ctx, &target)
-                .map_err(|e| at_node(&node.name, e))?;
-            nodes.push(LoweredNode {
-                name: node.name.clone(),
-                input: node.op.is::<Input>(),
-                op,
-                inputs: node.inputs.clone(),
-                precision: node.op.output_precision(precision),
-            });
-        }
-        Ok(GpuMaskRcnnHeads {
-            ctx: ctx.clone(),
-            nodes,
-            outputs: g.outputs().to_vec(),
+        let heads = LoweredHeads::build(
+            ctx,
             levels,
             precision,
-            passes_applied,
-        })
+            |g, level_values, proposals, pictures| {
+                let box_values = boxes.record(g, resize, level_values, proposals, pictures);
+                let mask_values = self.record(
+                    g,
+                    resize,
+                    level_values,
+                    box_values.resized_detections,
+                    box_values.detections,
+                    pictures,
+                );
+                g.output("detections", box_values.detections);
+                g.output("probabilities", mask_values.probabilities);
+                g.output("masks", mask_values.masks);
+            },
+        )?;
+        Ok(GpuMaskRcnnHeads { heads })
     }
 }
 
@@ -461,16 +423,6 @@ fn rename_mask_fcn(tensors: &mut TensorMap, origin: &str) {
     }
 }
 
-/// A lowered node of [`GpuMaskRcnnHeads`].
-struct LoweredNode {
-    name: String,
-    /// A value the caller gives (the pictures, a level, the proposals).
-    input: bool,
-    op: Box<dyn GpuOp>,
-    inputs: Vec<usize>,
-    precision: Precision,
-}
-
 /// The outputs of [`GpuMaskRcnnHeads::forward`], on the GPU.
 pub struct MaskRcnnOutput {
     /// The detections `[N, 1, D, 6]`: boxes in the pictures' pixels, score, label bits; best
@@ -485,18 +437,13 @@ pub struct MaskRcnnOutput {
 /// Mask R-CNN's second stage (boxes, then masks) on a device, run on levels and proposals the
 /// caller gives.
 pub struct GpuMaskRcnnHeads {
-    ctx: GpuContext,
-    nodes: Vec<LoweredNode>,
-    outputs: Vec<(String, Value)>,
-    levels: usize,
-    precision: Precision,
-    passes_applied: Vec<&'static str>,
+    heads: LoweredHeads,
 }
 
 impl GpuMaskRcnnHeads {
     /// The graph passes that changed the graph when it was lowered, in the order they did.
     pub fn passes_applied(&self) -> &[&'static str] {
-        &self.passes_applied
+        self.heads.passes_applied()
     }
 
     /// Runs both branches in one submit, not waiting for the GPU: `levels` `[N, C, h_l, w_l]`
@@ -509,68 +456,11 @@ impl GpuMaskRcnnHeads {
         proposals: &Tensor,
         pictures: [usize; 4],
     ) -> Result<MaskRcnnOutput> {
-        self.ctx.check_alive()?;
-        if levels.len() != self.levels {
-            return Err(Error::invalid(
-                OP,
-                format!(
-                    "{} levels given; these heads were lowered for {}",
-                    levels.len(),
-                    self.levels
-                ),
-            ));
-        }
-        if proposals.precision() != Precision::F32 {
-            return Err(Error::invalid(
-                OP,
-                "the proposals must be a float32 tensor of records (word 5 holds a label's u32 bits)",
-            ));
-        }
-        let [n, _, h, w] = pictures;
-        // Only the pictures' shape is read: one channel stands in for them.
-        let stand_in = Tensor::empty(&self.ctx, [n, 1, h, w])?;
-        let mut given = vec![stand_in];
-        for level in levels {
-            given.push(convert::convert(&self.ctx, level, self.precision)?);
-        }
-        given.push(proposals.clone());
-        let mut given = given.into_iter();
-        let mut values: Vec<Tensor> = Vec::with_capacity(self.nodes.len());
-        let mut dispatches: Vec<Dispatch> = Vec::new();
-        for node in &self.nodes {
-            if node.input {
-                let Some(t) = given.next() else {
-                    return Err(Error::invalid(OP, "more graph inputs than values given"));
-                };
-                values.push(t);
-                continue;
-            }
-            let inputs: Vec<&Tensor> = node.inputs.iter().map(|&i| &values[i]).collect();
-            let shapes: Vec<[usize; 4]> = inputs.iter().map(|t| t.shape()).collect();
-            let shape = node
-                .op
-                .output_shape(&shapes)
-                .map_err(|e| at_node(&node.name, e))?;
-            let out = Tensor::empty_as(&self.ctx, shape, node.precision)?;
-            dispatches.extend(
-                node.op
-                    .prepare(&self.ctx, &inputs, &out, Launch::default())
-                    .map_err(|e| at_node(&node.name, e))?,
-            );
-            values.push(out);
-        }
-        self.ctx.submit(&dispatches.iter().collect::<Vec<_>>())?;
-        let output = |name: &str| -> Result<Tensor> {
-            self.outputs
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|&(_, v)| values[v].clone())
-                .ok_or_else(|| Error::invalid(OP, format!("no output `{name}`")))
-        };
+        let out = self.heads.run(levels, proposals, pictures)?;
         Ok(MaskRcnnOutput {
-            detections: output("detections")?,
-            probabilities: output("probabilities")?,
-            masks: output("masks")?,
+            detections: out.get("detections")?,
+            probabilities: out.get("probabilities")?,
+            masks: out.get("masks")?,
         })
     }
 }

@@ -462,6 +462,69 @@ impl RoiHeads {
         resize: ResizeRule,
         precision: Precision,
     ) -> Result<GpuRoiHeads> {
+        let heads = LoweredHeads::build(
+            ctx,
+            levels,
+            precision,
+            |g, level_values, proposals, pictures| {
+                let values = self.record(g, resize, level_values, proposals, pictures);
+                g.output("scores", values.scores);
+                g.output("box_regression", values.box_regression);
+                g.output("candidates", values.candidates);
+                g.output("detections", values.detections);
+            },
+        )?;
+        Ok(GpuRoiHeads { heads })
+    }
+}
+
+impl RoiHeadsConfig {
+    /// The box head in words, for messages.
+    pub fn describe(&self) -> String {
+        match &self.box_head {
+            BoxHeadKind::TwoMlp { representation } => format!(
+                "v1: TwoMLPHead of {representation} on {} channels, {} classes",
+                self.in_channels, self.num_classes
+            ),
+            BoxHeadKind::ConvFc { convs, fcs } => format!(
+                "v2: FastRCNNConvFCHead, convs {convs:?}, linear layers {fcs:?} on {} channels, {} classes",
+                self.in_channels, self.num_classes
+            ),
+        }
+    }
+}
+
+/// A lowered node of [`LoweredHeads`].
+struct LoweredNode {
+    name: String,
+    /// A value the caller gives (the pictures, a level, the proposals).
+    input: bool,
+    op: Box<dyn GpuOp>,
+    inputs: Vec<usize>,
+    precision: Precision,
+}
+
+/// A second stage's graph lowered to run on levels and proposals the caller gives, for the
+/// standalone heads ([`GpuRoiHeads`], and Mask R-CNN's box and mask branches together): the
+/// executor takes one input, the pictures, where these take the pyramid and the proposals.
+pub(crate) struct LoweredHeads {
+    ctx: GpuContext,
+    nodes: Vec<LoweredNode>,
+    outputs: Vec<(String, Value)>,
+    levels: usize,
+    precision: Precision,
+    passes_applied: Vec<&'static str>,
+}
+
+impl LoweredHeads {
+    /// The graph `record` builds on inputs (pictures, `levels` levels, proposals) and whose
+    /// outputs it names, batch norm folded and ReLUs fused, lowered on `ctx` in `precision`.
+    pub(crate) fn build(
+        ctx: &GpuContext,
+        levels: usize,
+        precision: Precision,
+        record: impl FnOnce(&mut Graph, &[Value], Value, Value),
+    ) -> Result<Self> {
         ctx.check_precision(OP, precision)?;
         if levels == 0 || levels > MAX_LEVELS {
             return Err(Error::invalid(
@@ -475,11 +538,7 @@ impl RoiHeads {
             .map(|l| g.push(format!("level {l}"), Input, &[]))
             .collect();
         let proposals = g.push("proposals", Input, &[]);
-        let values = self.record(&mut g, resize, &level_values, proposals, pictures);
-        g.output("scores", values.scores);
-        g.output("box_regression", values.box_regression);
-        g.output("candidates", values.candidates);
-        g.output("detections", values.detections);
+        record(&mut g, &level_values, proposals, pictures);
         g.check_wiring()?;
         let passes_applied = passes::optimize(&mut g);
         let target = Target {
@@ -502,7 +561,7 @@ impl RoiHeads {
                 precision: node.op.output_precision(precision),
             });
         }
-        Ok(GpuRoiHeads {
+        Ok(LoweredHeads {
             ctx: ctx.clone(),
             nodes,
             outputs: g.outputs().to_vec(),
@@ -511,74 +570,21 @@ impl RoiHeads {
             passes_applied,
         })
     }
-}
 
-impl RoiHeadsConfig {
-    /// The box head in words, for messages.
-    pub fn describe(&self) -> String {
-        match &self.box_head {
-            BoxHeadKind::TwoMlp { representation } => format!(
-                "v1: TwoMLPHead of {representation} on {} channels, {} classes",
-                self.in_channels, self.num_classes
-            ),
-            BoxHeadKind::ConvFc { convs, fcs } => format!(
-                "v2: FastRCNNConvFCHead, convs {convs:?}, linear layers {fcs:?} on {} channels, {} classes",
-                self.in_channels, self.num_classes
-            ),
-        }
-    }
-}
-
-/// A lowered node of [`GpuRoiHeads`].
-struct LoweredNode {
-    name: String,
-    /// A value the caller gives (the pictures, a level, the proposals).
-    input: bool,
-    op: Box<dyn GpuOp>,
-    inputs: Vec<usize>,
-    precision: Precision,
-}
-
-/// The outputs of [`GpuRoiHeads::forward`], on the GPU.
-pub struct RoiHeadsOutput {
-    /// The class probabilities `[N R, C, 1, 1]` (f32).
-    pub scores: Tensor,
-    /// `bbox_pred`'s output `[N R, 4 C, 1, 1]`, stored in the heads' precision.
-    pub box_regression: Tensor,
-    /// The candidates before NMS `[N, 1, R K, 6]`.
-    pub candidates: Tensor,
-    /// The detections `[N, 1, D, 6]`: boxes in the pictures' pixels, score, label bits; best
-    /// first, empty records (score -1) after the last.
-    pub detections: Tensor,
-}
-
-/// [`RoiHeads`] on a device, run on levels and proposals the caller gives.
-pub struct GpuRoiHeads {
-    ctx: GpuContext,
-    nodes: Vec<LoweredNode>,
-    outputs: Vec<(String, Value)>,
-    levels: usize,
-    precision: Precision,
-    passes_applied: Vec<&'static str>,
-}
-
-impl GpuRoiHeads {
-    /// The graph passes that changed the heads' graph when they were lowered, in the order
-    /// they did (v2's batch norms: `fold_batch_norm`, then `fuse_relu`).
-    pub fn passes_applied(&self) -> &[&'static str] {
+    /// The graph passes that changed the graph when it was lowered, in the order they did.
+    pub(crate) fn passes_applied(&self) -> &[&'static str] {
         &self.passes_applied
     }
 
-    /// Runs the heads in one submit, not waiting for the GPU: `levels` `[N, C, h_l, w_l]`
+    /// Runs the graph in one submit, not waiting for the GPU: `levels` `[N, C, h_l, w_l]`
     /// finest first (converted to the heads' precision if stored otherwise), `proposals` f32
-    /// records `[N, 1, R, 6]` in the resized picture's pixels (empty slots, score -1, have no
-    /// detections), for `N` pictures of shape `pictures` `[N, 3, H, W]` before the resize.
-    pub fn forward(
+    /// records `[N, 1, R, 6]`, for `N` pictures of shape `pictures`; returns its outputs.
+    pub(crate) fn run(
         &self,
         levels: &[&Tensor],
         proposals: &Tensor,
         pictures: [usize; 4],
-    ) -> Result<RoiHeadsOutput> {
+    ) -> Result<HeadsOutputs> {
         self.ctx.check_alive()?;
         if levels.len() != self.levels {
             return Err(Error::invalid(
@@ -608,7 +614,6 @@ impl GpuRoiHeads {
         let mut values: Vec<Tensor> = Vec::with_capacity(self.nodes.len());
         let mut dispatches: Vec<Dispatch> = Vec::new();
         for node in &self.nodes {
-            let inputs: Vec<&Tensor> = node.inputs.iter().map(|&i| &values[i]).collect();
             if node.input {
                 let Some(t) = given.next() else {
                     return Err(Error::invalid(OP, "more graph inputs than values given"));
@@ -616,6 +621,7 @@ impl GpuRoiHeads {
                 values.push(t);
                 continue;
             }
+            let inputs: Vec<&Tensor> = node.inputs.iter().map(|&i| &values[i]).collect();
             let shapes: Vec<[usize; 4]> = inputs.iter().map(|t| t.shape()).collect();
             let shape = node
                 .op
@@ -630,18 +636,70 @@ impl GpuRoiHeads {
             values.push(out);
         }
         self.ctx.submit(&dispatches.iter().collect::<Vec<_>>())?;
-        let output = |name: &str| -> Result<Tensor> {
+        Ok(HeadsOutputs(
             self.outputs
                 .iter()
-                .find(|(n, _)| n == name)
-                .map(|&(_, v)| values[v].clone())
-                .ok_or_else(|| Error::invalid(OP, format!("no output `{name}`")))
-        };
+                .map(|(name, v)| (name.clone(), values[*v].clone()))
+                .collect(),
+        ))
+    }
+}
+
+/// The named outputs of one [`LoweredHeads::run`].
+pub(crate) struct HeadsOutputs(Vec<(String, Tensor)>);
+
+impl HeadsOutputs {
+    /// The output `name`.
+    pub(crate) fn get(&self, name: &str) -> Result<Tensor> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.clone())
+            .ok_or_else(|| Error::invalid(OP, format!("no output `{name}`")))
+    }
+}
+
+/// The outputs of [`GpuRoiHeads::forward`], on the GPU.
+pub struct RoiHeadsOutput {
+    /// The class probabilities `[N R, C, 1, 1]` (f32).
+    pub scores: Tensor,
+    /// `bbox_pred`'s output `[N R, 4 C, 1, 1]`, stored in the heads' precision.
+    pub box_regression: Tensor,
+    /// The candidates before NMS `[N, 1, R K, 6]`.
+    pub candidates: Tensor,
+    /// The detections `[N, 1, D, 6]`: boxes in the pictures' pixels, score, label bits; best
+    /// first, empty records (score -1) after the last.
+    pub detections: Tensor,
+}
+
+/// [`RoiHeads`] on a device, run on levels and proposals the caller gives.
+pub struct GpuRoiHeads {
+    heads: LoweredHeads,
+}
+
+impl GpuRoiHeads {
+    /// The graph passes that changed the heads' graph when they were lowered, in the order
+    /// they did (v2's batch norms: `fold_batch_norm`, then `fuse_relu`).
+    pub fn passes_applied(&self) -> &[&'static str] {
+        self.heads.passes_applied()
+    }
+
+    /// Runs the heads in one submit, not waiting for the GPU: `levels` `[N, C, h_l, w_l]`
+    /// finest first (converted to the heads' precision if stored otherwise), `proposals` f32
+    /// records `[N, 1, R, 6]` in the resized picture's pixels (empty slots, score -1, have no
+    /// detections), for `N` pictures of shape `pictures` `[N, 3, H, W]` before the resize.
+    pub fn forward(
+        &self,
+        levels: &[&Tensor],
+        proposals: &Tensor,
+        pictures: [usize; 4],
+    ) -> Result<RoiHeadsOutput> {
+        let out = self.heads.run(levels, proposals, pictures)?;
         Ok(RoiHeadsOutput {
-            scores: output("scores")?,
-            box_regression: output("box_regression")?,
-            candidates: output("candidates")?,
-            detections: output("detections")?,
+            scores: out.get("scores")?,
+            box_regression: out.get("box_regression")?,
+            candidates: out.get("candidates")?,
+            detections: out.get("detections")?,
         })
     }
 }

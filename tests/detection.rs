@@ -375,15 +375,15 @@ fn every_kind_matches_torchvision_with_f16_activations() {
     check_fixture_f16("det_fcos_150x113", DetectorKind::Fcos);
 }
 
-/// The fixtures of every kind with the activations channels-last, in f32 (the portable direct
-/// kernel: cooperative matrices take f16) and in f16 (on cooperative matrices where
-/// `coop::verified` holds, else the portable kernel), each against torchvision's detections
-/// and against the NCHW run of the same precision, with the rule above.
+/// Fixtures with the activations channels-last, each against torchvision's detections by the
+/// rule above: a fixture of each kind in f16 (on cooperative matrices where `coop::verified`
+/// holds, else the portable direct kernel), a batch and an odd picture in f32 (the portable
+/// kernel: cooperative matrices take f16; RetinaNet v2 adds only group norm, whose
+/// channels-last kernel `tests/group_norm.rs` checks). The NCHW runs are the tests above.
 #[test]
 fn every_kind_matches_torchvision_channels_last() {
     let fixtures = [
         ("det_retinanet_batch2_70x90", DetectorKind::RetinaNet),
-        ("det_retinanet_150x113", DetectorKind::RetinaNet),
         ("det_retinanet_v2_batch2_70x90", DetectorKind::RetinaNetV2),
         ("det_fcos_150x113", DetectorKind::Fcos),
     ];
@@ -401,43 +401,15 @@ fn every_kind_matches_torchvision_channels_last() {
     for precision in precisions {
         let coop = precision == Precision::F16 && coop::verified(ctx);
         for (name, kind) in fixtures {
-            let (cl, got) =
-                check_fixture_in(ctx, name, kind, precision, LayoutChoice::ChannelsLast);
+            if precision == Precision::F32 && kind == DetectorKind::RetinaNetV2 {
+                continue;
+            }
+            let (cl, _) = check_fixture_in(ctx, name, kind, precision, LayoutChoice::ChannelsLast);
             let ex = cl.executor();
             assert_eq!(ex.memory_format(), MemoryFormat::ChannelsLast, "{name}");
             assert_eq!(ex.cooperative(), coop, "{name} ({precision})");
-            let (nchw, want) = check_fixture_in(ctx, name, kind, precision, LayoutChoice::Nchw);
-            assert_eq!(nchw.executor().memory_format(), MemoryFormat::Nchw);
-            let tol = Tolerance::of(precision);
-            let thresh = cl.options().score_thresh;
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                let expected = Expected {
-                    boxes: w.boxes.clone(),
-                    scores: w.scores.clone(),
-                    labels: w.labels.clone(),
-                };
-                // The longer side of the fixture's pictures: the rows are in their pixels.
-                let longer = cl_longer(name);
-                let case = format!("{name} picture {i} ({precision}): channels-last vs NCHW");
-                let (matched, box_err, score_err) =
-                    compare(&case, g, &expected, longer, thresh, tol);
-                eprintln!(
-                    "{case}: {matched} of {} matched ({} channels-last); worst box error {box_err:.2e} px, worst score error {score_err:.2e}",
-                    w.len(),
-                    g.len()
-                );
-            }
         }
     }
-}
-
-/// The longer side of a fixture's pictures.
-fn cl_longer(name: &str) -> f32 {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.safetensors"));
-    let fixture = read_tensors(&path, |n| n != "pictures").unwrap();
-    let shape = &fixture["pictures"].shape;
-    shape[2].max(shape[3]) as f32
 }
 
 /// With f16 activations and the default layout, a detector runs channels-last with every

@@ -64,6 +64,21 @@ fn launches(plan: &Plan) -> ([usize; PARTS.len()], usize, usize) {
     (parts, convs, coop)
 }
 
+/// The GPU memory the executor holds for a forward of `plan`: its pooled activation buffers
+/// (the last stage's outputs and the split-K scratch among them) and the weights.
+fn print_memory(plan: &Plan, detector: &Detector) {
+    let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
+    let weights = detector.executor().weight_bytes();
+    println!(
+        "memory: activations {:.1} MiB in {} buffers (liveness lower bound {:.1} MiB), weights {:.1} MiB; peak {:.1} MiB",
+        mib(plan.activation_bytes()),
+        plan.buffer_count(),
+        mib(plan.activation_lower_bound()),
+        mib(weights),
+        mib(plan.activation_bytes() + weights)
+    );
+}
+
 pub fn run(ctx: &GpuContext, run: Run) -> Result<()> {
     let Run {
         kind,
@@ -103,6 +118,7 @@ pub fn run(ctx: &GpuContext, run: Run) -> Result<()> {
             plan.dispatches().len(),
             per_part.join(", ")
         );
+        print_memory(&plan, &detector);
         return Ok(());
     }
     let pictures = Tensor::from_slice(
@@ -154,6 +170,7 @@ pub fn run(ctx: &GpuContext, run: Run) -> Result<()> {
         times.len()
     );
     println!("read back per forward: {read_back} bytes (the detection rows only)");
+    print_memory(&plan, &detector);
     let mut parts = [(0.0f64, 0usize); PARTS.len()];
     for (label, range) in &groups {
         let p = PARTS.iter().position(|&p| p == part(label)).unwrap_or(0);

@@ -11,7 +11,8 @@ use common::{assert_close, gpu};
 use fpn_wgpu::graph::executor::Executor;
 use fpn_wgpu::graph::ops::{GraphOp, HostLinear, Linear, Softmax};
 use fpn_wgpu::graph::Graph;
-use fpn_wgpu::kernels::linear::{self, LinearWeights};
+use fpn_wgpu::kernels::conv2d::coop;
+use fpn_wgpu::kernels::linear::{self, coop::BLOCKS, LinearKernel, LinearWeights};
 use fpn_wgpu::kernels::softmax;
 use fpn_wgpu::reference;
 use fpn_wgpu::rng::SplitMix64;
@@ -426,4 +427,84 @@ fn linear_and_softmax_refuse_bad_input() {
         let msg = invalid(linear::linear(ctx, &x16, &weights, false).unwrap_err());
         assert!(msg.contains("precision"), "{msg}");
     }
+}
+
+/// Set to `1` where the adapter must have cooperative matrices (CI's Mesa 26 lavapipe stage):
+/// the cooperative-matrix test then fails instead of skipping.
+const REQUIRE_COOPERATIVE_MATRIX_ENV: &str = "FPN_REQUIRE_COOPERATIVE_MATRIX";
+
+/// In f16 on a device whose cooperative matrices passed their check, the layers at least one
+/// matrix wide each way with K in whole matrices run on them: rows and outputs not multiples of
+/// the matrix side or of any block (the last tiles moved back), a row count of one matrix
+/// exactly, blocks past the grid's end, every block size, ReLU and no bias, torchvision's fc6
+/// width; each against the reference within f16's bound. The others stay on the tiled GEMM.
+#[test]
+fn linear_runs_on_cooperative_matrices_where_verified() {
+    let required = std::env::var(REQUIRE_COOPERATIVE_MATRIX_ENV).is_ok_and(|v| v == "1");
+    let Some(ctx) = common::f16_gpu() else {
+        assert!(
+            !required,
+            "{REQUIRE_COOPERATIVE_MATRIX_ENV}=1 but the adapter has no f16"
+        );
+        return;
+    };
+    if !coop::verified(ctx) {
+        assert!(
+            !required,
+            "{REQUIRE_COOPERATIVE_MATRIX_ENV}=1 but {} has no verified cooperative matrices",
+            ctx.adapter()
+        );
+        eprintln!(
+            "SKIPPED: {} has no verified cooperative matrices; CI runs this test on Mesa 26 lavapipe",
+            ctx.adapter()
+        );
+        return;
+    }
+    let side = coop::support(ctx).unwrap().side as usize;
+    let cases = [
+        case([side, 2 * side, 1, 1], side, true, false),
+        case([37, 13 * side, 1, 1], 29, true, true),
+        case([3 * side + 5, side, 2, 2], 9 * side + 3, false, true),
+        case([203, 64, 7, 7], 91, true, false),
+        // 2x4 and 4x4 blocks: the smallest with at least 256 blocks, whatever the side.
+        case([75 * side, 4 * side, 1, 1], 37 * side + 3, true, true),
+        case([130 * side, 16 * side, 1, 1], 45 * side + 1, false, false),
+        case([130, 256, 7, 7], 96, true, true),
+    ];
+    let mut rng = SplitMix64::new(13);
+    let mut blocks = std::collections::HashSet::new();
+    for c in &cases {
+        let rows = c.input[0];
+        let k: usize = c.input[1..].iter().product();
+        let kernel = LinearKernel::choose(ctx, Precision::F16, rows, [c.outputs, k]);
+        let LinearKernel::Cooperative { block, .. } = kernel else {
+            panic!("{:?} -> {}: {kernel:?}", c.input, c.outputs);
+        };
+        blocks.insert(block);
+        let (x, w) = layer(&mut rng, c, Precision::F16);
+        let got = run_linear(ctx, &x, c, &w, Precision::F16);
+        let want = want_linear(&x, c, &w);
+        let name = format!(
+            "linear {:?} -> {} (relu {}) on {block:?}",
+            c.input, c.outputs, c.relu
+        );
+        let err = assert_close(&name, &got, &want, 1e-3);
+        eprintln!("{name}: f16 max relative error {err:e}");
+    }
+    assert_eq!(blocks.len(), BLOCKS.len(), "{blocks:?}");
+    for (rows, shape) in [
+        (side - 1, [64, 64]),
+        (64, [side - 1, 64]),
+        (64, [64, side + 1]),
+    ] {
+        assert_eq!(
+            LinearKernel::choose(ctx, Precision::F16, rows, shape),
+            LinearKernel::Tiled,
+            "{rows} rows, {shape:?}"
+        );
+    }
+    assert_eq!(
+        LinearKernel::choose(ctx, Precision::F32, 64, [64, 64]),
+        LinearKernel::Tiled
+    );
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use fpn_wgpu::kernels::conv2d::coop::{self, StagedBlock, TILES};
 use fpn_wgpu::kernels::conv2d::rows::{self, RowTile};
 use fpn_wgpu::kernels::conv2d::EPILOGUE_FLAGS;
-use fpn_wgpu::kernels::{SHADERS, TEMPLATES};
+use fpn_wgpu::kernels::{linear, SHADERS, TEMPLATES};
 use fpn_wgpu::Precision;
 
 fn validate(name: &str, source: &str) -> naga::Module {
@@ -92,7 +92,7 @@ fn every_shader_validates_in_every_precision_and_params_match_rust() {
         let module = validate(&format!("{} ({precision})", s.name), &s.module(precision));
         // The row and cooperative-matrix kernels' entry points are generated; the tests below
         // validate those.
-        let generated = [rows::SHADER.name];
+        let generated = [rows::SHADER.name, linear::coop::SHADER.name];
         assert!(
             !module.entry_points.is_empty() || generated.contains(&s.name),
             "{} has no entry point",
@@ -203,6 +203,15 @@ fn generated_cooperative_matrix_kernels_validate_and_compile_to_spirv() {
                 limit,
             ));
         }
+        for block in linear::coop::BLOCKS {
+            modules.push((
+                block.key(side),
+                block.module_source(side),
+                vec!["linear_coop"],
+                block.workgroup_bytes(side),
+                limit,
+            ));
+        }
         let staged = StagedBlock {
             side: side as usize,
             subgroup,
@@ -225,7 +234,12 @@ fn generated_cooperative_matrix_kernels_validate_and_compile_to_spirv() {
         let info = validator.validate(&module).unwrap();
         for entry in entries {
             let stage = Some((naga::ShaderStage::Compute, entry));
-            let constants = [("SG".to_string(), 32.0), ("UPSAMPLE".to_string(), 1.0)]
+            let flag = if entry == "linear_coop" {
+                "RELU"
+            } else {
+                "UPSAMPLE"
+            };
+            let constants = [("SG".to_string(), 32.0), (flag.to_string(), 1.0)]
                 .into_iter()
                 .collect();
             let (module, info) = naga::back::pipeline_constants::process_overrides(
@@ -247,6 +261,10 @@ fn generated_cooperative_matrix_kernels_validate_and_compile_to_spirv() {
         }
         assert!(bytes <= limit, "{name}: {bytes} bytes of workgroup memory");
     }
-    assert_eq!(count, 2 * (TILES.len() * 3 + 1));
+    assert_eq!(
+        count,
+        2 * (TILES.len() * 3 + 1 + linear::coop::BLOCKS.len())
+    );
     assert_eq!(coop::SHADER.precisions, &[Precision::F16]);
+    assert_eq!(linear::coop::SHADER.precisions, &[Precision::F16]);
 }

@@ -44,8 +44,8 @@ pub struct Run {
     pub plan_only: bool,
 }
 
-/// Launches per part of the detector, and how many of its convolutions run on cooperative
-/// matrices.
+/// Launches per part of the detector, its convolution launches, and how many launches of
+/// convolutions and linear layers run on cooperative matrices.
 fn launches(plan: &Plan) -> ([usize; PARTS.len()], usize, usize) {
     let mut parts = [0; PARTS.len()];
     for (label, range) in plan.groups(Granularity::Stages) {
@@ -59,7 +59,7 @@ fn launches(plan: &Plan) -> ([usize; PARTS.len()], usize, usize) {
         .count();
     let coop = kernels
         .iter()
-        .filter(|(_, k)| k.starts_with("conv2d_coop"))
+        .filter(|(_, k)| k.starts_with("conv2d_coop") || k.starts_with("linear_coop"))
         .count();
     (parts, convs, coop)
 }
@@ -114,7 +114,7 @@ pub fn run(ctx: &GpuContext, run: Run) -> Result<()> {
             .map(|(name, n)| format!("{name} {n}"))
             .collect();
         println!(
-            "plan: {} launches: {}; {convs} convolution launches, {coop} on cooperative matrices",
+            "plan: {} launches: {}; {convs} convolution launches; {coop} convolution and linear launches on cooperative matrices",
             plan.dispatches().len(),
             per_part.join(", ")
         );
@@ -160,7 +160,7 @@ pub fn run(ctx: &GpuContext, run: Run) -> Result<()> {
     );
     let (_, convs, coop) = launches(&plan);
     println!(
-        "plan: {plan_s:.3} s, {} launches ({convs} convolution launches, {coop} on cooperative matrices); detections per picture: {:?}",
+        "plan: {plan_s:.3} s, {} launches ({convs} convolution launches; {coop} convolution and linear launches on cooperative matrices); detections per picture: {:?}",
         plan.dispatches().len(),
         first.iter().map(|d| d.len()).collect::<Vec<_>>()
     );

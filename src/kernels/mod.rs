@@ -84,6 +84,7 @@ pub const SHADERS: &[&ShaderSource] = &[
     &top_k::SHADER,
     &roi_align::SHADER,
     &linear::SHADER,
+    &linear::coop::SHADER,
     &softmax::SHADER,
     &nms::SORT_SHADER,
     &nms::MASK_SHADER,
@@ -98,6 +99,7 @@ pub const TEMPLATES: &[&template::ShaderTemplate] = &[
     &conv2d::rows::ENTRY,
     &conv2d::coop::tile::ENTRY,
     &conv2d::coop::staged::ENTRY,
+    &linear::coop::ENTRY,
 ];
 
 /// Returns the context's cached pipeline for a shader entry point in `precision` and its

@@ -13,9 +13,18 @@
 //! The weights keep `nn.Linear`'s `[out, in]` layout, as saved: the kernel reads both operands
 //! along K, so no transposed copy is needed. They are stored as the activations are (f32 or
 //! f16); the bias stays f32, and the sums are f32 in either precision.
+//!
+//! # Two kernels
+//! In f16, where the device's cooperative matrices passed their check ([`conv2d::coop::verified`])
+//! and the layer is at least one matrix wide each way with K in whole matrices (torchvision's
+//! box heads are: K = 12544 or 1024), the layer runs on them ([`coop`]); otherwise, and in f32,
+//! on the tiled GEMM. [`LinearKernel::choose`] is where that is decided.
+
+pub mod coop;
 
 use crate::error::{Error, Result};
 use crate::gpu::{grid_2d, Dispatch, GpuContext};
+use crate::kernels::conv2d;
 use crate::kernels::{check_io, check_nchw, check_output_shape, pipeline, ShaderSource};
 use crate::precision::Precision;
 use crate::tensor::{check_shape, Tensor};
@@ -27,8 +36,8 @@ pub const SHADER: ShaderSource = ShaderSource {
     name: "linear.wgsl",
     parts: &["common.wgsl", "linear.wgsl"],
     source: concat!(
-        include_str!("../../shaders/common.wgsl"),
-        include_str!("../../shaders/linear.wgsl")
+        include_str!("../../../shaders/common.wgsl"),
+        include_str!("../../../shaders/linear.wgsl")
     ),
     params: &[("LinearParams", std::mem::size_of::<LinearParams>())],
     enables: "",
@@ -41,6 +50,68 @@ pub const TILE_M: usize = 64;
 pub const TILE_N: usize = 64;
 /// Features per step through K (WGSL `TILE_K`).
 pub const TILE_K: usize = 16;
+
+/// Blocks a layer should have for the largest block of [`coop::BLOCKS`] to be taken: about two
+/// workgroups for each compute unit of a large GPU (132 on an H100 or H200), so that a small
+/// layer (the predictor's 91 or 364 outputs) spreads over the device with smaller blocks.
+const COOP_MIN_BLOCKS: usize = 256;
+
+/// The kernel a linear layer runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinearKernel {
+    /// The tiled GEMM of `shaders/linear.wgsl`: any precision and shape.
+    Tiled,
+    /// Cooperative matrices (`shaders/linear_coop.wgsl`).
+    Cooperative {
+        /// The matrices' side (16 on NVIDIA, 8 on lavapipe).
+        side: u32,
+        /// Lanes per subgroup: one subgroup per workgroup.
+        subgroup_size: u32,
+        /// Matrices of the output per subgroup.
+        block: coop::LinearBlock,
+    },
+}
+
+impl LinearKernel {
+    /// The kernel for `rows` rows through weights `[out, in]` stored in `precision` on `ctx`:
+    /// cooperative matrices where the device's passed their check, in f16, with `rows` and
+    /// `out` at least one matrix side and `in` a multiple of it; the tiled GEMM otherwise.
+    pub fn choose(
+        ctx: &GpuContext,
+        precision: Precision,
+        rows: usize,
+        [out_features, in_features]: [usize; 2],
+    ) -> Self {
+        if precision != Precision::F16 {
+            return LinearKernel::Tiled;
+        }
+        let Some(support) = conv2d::coop::support(ctx) else {
+            return LinearKernel::Tiled;
+        };
+        let side = support.side as usize;
+        if rows < side
+            || out_features < side
+            || in_features % side != 0
+            || !conv2d::coop::verified(ctx)
+        {
+            return LinearKernel::Tiled;
+        }
+        let blocks = |b: &coop::LinearBlock| {
+            let (bm, bn) = b.extent(support.side);
+            rows.div_ceil(bm) * out_features.div_ceil(bn)
+        };
+        let block = coop::BLOCKS
+            .iter()
+            .copied()
+            .find(|b| blocks(b) >= COOP_MIN_BLOCKS)
+            .unwrap_or(coop::BLOCKS[coop::BLOCKS.len() - 1]);
+        LinearKernel::Cooperative {
+            side: support.side,
+            subgroup_size: support.subgroup_size,
+            block,
+        }
+    }
+}
 
 /// Mirrors `LinearParams` in the WGSL.
 #[repr(C)]
@@ -167,7 +238,7 @@ pub fn output_shape(
 }
 
 /// Builds the launch writing `out` `[M, out, 1, 1]` = `relu?(x Wᵀ + b)` for `x` `[M, C, H, W]`
-/// stored as the weights are.
+/// stored as the weights are, on the kernel [`LinearKernel::choose`] picks.
 pub fn prepare(
     ctx: &GpuContext,
     x: &Tensor,
@@ -194,6 +265,14 @@ pub fn prepare(
     check_io(OP, out, &[x])?;
     let [out_features, in_features] = weights.shape;
     let rows = shape[0];
+    if let LinearKernel::Cooperative {
+        side,
+        subgroup_size,
+        block,
+    } = LinearKernel::choose(ctx, x.precision(), rows, weights.shape)
+    {
+        return coop::prepare(ctx, x, weights, relu, out, (side, subgroup_size, block));
+    }
     let too_many = |what: &str| {
         Error::invalid(
             OP,

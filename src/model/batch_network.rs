@@ -7,8 +7,11 @@ use crate::gpu::GpuContext;
 use crate::model::{Detector, Fpn};
 use crate::tensor::Tensor;
 
-/// The name of a [`Detector`]'s one output.
+/// The name of a [`Detector`]'s detection rows.
 pub const DETECTIONS: &str = "detections";
+
+/// The name of a Mask R-CNN [`Detector`]'s masks pasted into the pictures.
+pub const MASKS: &str = "masks";
 
 /// A network that maps an `[N, C, H, W]` batch to named `[N, ...]` tensors.
 pub trait BatchNetwork {
@@ -36,8 +39,18 @@ impl BatchNetwork for Detector {
         self.executor().context()
     }
 
-    /// `detections`, `[N, 1, D, 6]` ([`Detector::forward`]); the input is RGB in 0..1.
+    /// `detections`, `[N, 1, D, 6]` ([`Detector::forward`]), and for Mask R-CNN `masks`
+    /// seen as `[N, D, H, W]` (the `[N D, 1, H, W]` of [`Detector::forward_outputs`], one
+    /// picture's D slots per batch entry: channel `k` is slot `k`'s mask); the input is RGB
+    /// in 0..1.
     fn forward_batch(&self, input: &Tensor) -> Result<Vec<(String, Tensor)>> {
-        Ok(vec![(DETECTIONS.to_string(), self.forward(input)?)])
+        let out = self.forward_outputs(input)?;
+        let [n, _, d, _] = out.detections.shape();
+        let mut outputs = vec![(DETECTIONS.to_string(), out.detections)];
+        if let Some(masks) = out.masks {
+            let [_, _, h, w] = masks.shape();
+            outputs.push((MASKS.to_string(), masks.reshape([n, d, h, w])?));
+        }
+        Ok(outputs)
     }
 }

@@ -208,12 +208,12 @@ fn load_error(dict: TensorMap, kind: DetectorKind) -> String {
 /// number of classes, the other version's convs, a missing predictor tensor.
 #[test]
 fn mask_rcnn_checkpoints_that_do_not_fit_are_refused_with_what_they_hold() {
-    let v1 = Detector::random_state_dict(mask_rcnn_config(DetectorKind::MaskRcnn, 3, 32), 1)
-        .unwrap();
-    let v2 = Detector::random_state_dict(mask_rcnn_config(DetectorKind::MaskRcnnV2, 3, 32), 1)
-        .unwrap();
-    let other = Detector::random_state_dict(mask_rcnn_config(DetectorKind::MaskRcnn, 5, 32), 1)
-        .unwrap();
+    let v1 =
+        Detector::random_state_dict(mask_rcnn_config(DetectorKind::MaskRcnn, 3, 32), 1).unwrap();
+    let v2 =
+        Detector::random_state_dict(mask_rcnn_config(DetectorKind::MaskRcnnV2, 3, 32), 1).unwrap();
+    let other =
+        Detector::random_state_dict(mask_rcnn_config(DetectorKind::MaskRcnn, 5, 32), 1).unwrap();
     let mask_branch = |dict: &TensorMap| -> TensorMap {
         dict.iter()
             .filter(|(n, _)| n.starts_with("roi_heads.mask_"))
@@ -238,7 +238,10 @@ fn mask_rcnn_checkpoints_that_do_not_fit_are_refused_with_what_they_hold() {
     let mut mixed = without_masks(&v1);
     mixed.extend(mask_branch(&v2));
     let e = load_error(mixed, DetectorKind::MaskRcnn);
-    assert!(e.contains("batch norm") && e.contains("Mask R-CNN's"), "{e}");
+    assert!(
+        e.contains("batch norm") && e.contains("Mask R-CNN's"),
+        "{e}"
+    );
 
     let mut missing = v2.clone();
     missing.remove("roi_heads.mask_predictor.conv5_mask.weight");

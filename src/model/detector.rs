@@ -294,11 +294,7 @@ impl DetectorConfig {
     fn rpn(&self) -> RpnConfig {
         RpnConfig {
             channels: self.backbone.pyramid_channels,
-            conv_depth: if self.kind.is_two_stage_v2() {
-                2
-            } else {
-                1
-            },
+            conv_depth: if self.kind.is_two_stage_v2() { 2 } else { 1 },
         }
     }
 
@@ -505,7 +501,10 @@ pub struct Masks {
 impl Masks {
     /// How many masks (K).
     pub fn len(&self) -> usize {
-        self.data.len().checked_div(self.height * self.width).unwrap_or(0)
+        self.data
+            .len()
+            .checked_div(self.height * self.width)
+            .unwrap_or(0)
     }
 
     /// Whether there are none.
@@ -779,7 +778,11 @@ impl Detector {
     /// Checks that the mask branch of a `state_dict` is the one torchvision builds for `kind`
     /// with the box branch's classes (`want`): the predictors' classes agree, v2's convs have
     /// batch norm and v1's biases, and the widths are the builders'.
-    fn check_mask_heads(store: &VarStore, want: &MaskHeadsConfig, kind: DetectorKind) -> Result<()> {
+    fn check_mask_heads(
+        store: &VarStore,
+        want: &MaskHeadsConfig,
+        kind: DetectorKind,
+    ) -> Result<()> {
         let origin = store.origin();
         let bad = |msg: String| Err(Error::invalid("Detector", format!("{origin}: {msg}")));
         let got = MaskHeadsConfig::recognise(store, want.in_channels)?;
@@ -794,7 +797,10 @@ impl Detector {
         }
         if got.batch_norm != want.batch_norm {
             let (has, needs) = if got.batch_norm {
-                ("batch norm (`roi_heads.mask_head.0.1.*`)", "biases and no norm")
+                (
+                    "batch norm (`roi_heads.mask_head.0.1.*`)",
+                    "biases and no norm",
+                )
             } else {
                 ("biases and no norm", "batch norm after each conv")
             };
@@ -1107,16 +1113,15 @@ impl Detector {
         let d = self.options.detections_per_img as u64;
         let per_mask = 4 * h as u64 * w as u64;
         let limits = self.executor.context().limits();
-        let (binding_name, binding) = if limits.max_storage_buffer_binding_size
-            <= limits.max_buffer_size
-        {
-            (
-                "max_storage_buffer_binding_size",
-                limits.max_storage_buffer_binding_size,
-            )
-        } else {
-            ("max_buffer_size", limits.max_buffer_size)
-        };
+        let (binding_name, binding) =
+            if limits.max_storage_buffer_binding_size <= limits.max_buffer_size {
+                (
+                    "max_storage_buffer_binding_size",
+                    limits.max_storage_buffer_binding_size,
+                )
+            } else {
+                ("max_buffer_size", limits.max_buffer_size)
+            };
         let picture = per_mask.saturating_mul(d);
         if picture > binding {
             let fits = binding / per_mask.max(1);
@@ -1147,7 +1152,10 @@ impl Detector {
         if batch > limits.max_buffer_size {
             return Err(Error::LimitExceeded {
                 op: "Detector",
-                what: format!("the byte size of the batch's pasted masks [{}, 1, {h}, {w}]", n as u64 * d),
+                what: format!(
+                    "the byte size of the batch's pasted masks [{}, 1, {h}, {w}]",
+                    n as u64 * d
+                ),
                 value: batch,
                 limit_name: "max_buffer_size",
                 limit: limits.max_buffer_size,

@@ -150,4 +150,3 @@ pub fn compare(
         worst_score,
     }
 }
-

@@ -349,7 +349,7 @@ mod tests {
                 dx * dx + dy * dy < r * r
             }
             4 => x >= w / 2,
-            _ => ((x / 5 + y / 7) % 2 == 0) != ((x * y) % 13 == 0),
+            _ => (x / 5 + y / 7).is_multiple_of(2) != (x * y).is_multiple_of(13),
         }
     }
 

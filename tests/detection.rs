@@ -437,8 +437,13 @@ fn each_kind_has_torchvision_s_defaults() {
         assert_eq!(DetectorOptions::for_kind(kind), DetectorOptions::default());
     }
     // FasterRCNN's constructor: box_score_thresh, box_nms_thresh, box_detections_per_img and
-    // the RPN's test-time settings.
-    for kind in [DetectorKind::FasterRcnn, DetectorKind::FasterRcnnV2] {
+    // the RPN's test-time settings; MaskRCNN's passes them on.
+    for kind in [
+        DetectorKind::FasterRcnn,
+        DetectorKind::FasterRcnnV2,
+        DetectorKind::MaskRcnn,
+        DetectorKind::MaskRcnnV2,
+    ] {
         let o = DetectorOptions::for_kind(kind);
         assert_eq!(
             (o.min_size, o.max_size, o.score_thresh, o.nms_thresh),
@@ -462,7 +467,10 @@ fn each_kind_has_torchvision_s_defaults() {
     }
     let e = "yolo".parse::<DetectorKind>().unwrap_err().to_string();
     assert!(
-        e.contains("retinanet_v2") && e.contains("fcos") && e.contains("fasterrcnn_v2"),
+        e.contains("retinanet_v2")
+            && e.contains("fcos")
+            && e.contains("fasterrcnn_v2")
+            && e.contains("maskrcnn_v2"),
         "{e}"
     );
 }
@@ -673,8 +681,9 @@ fn faster_rcnn_checkpoints_are_recognised_and_run_as_their_random_twin() {
 }
 
 /// Two-stage state_dicts the detector cannot run are refused with what they hold: an RPN head
-/// of the other version than the box head, a Mask R-CNN's mask head, a missing predictor
-/// tensor, a v2 box head of other widths than torchvision builds.
+/// of the other version than the box head, a mask head with no conv (Mask R-CNN's own
+/// refusals are in `tests/mask_rcnn.rs`), a missing predictor tensor, a v2 box head of other
+/// widths than torchvision builds.
 #[test]
 fn faster_rcnn_checkpoints_that_do_not_fit_are_refused_with_what_they_hold() {
     let v1 = Detector::random_state_dict(faster_rcnn_config(DetectorKind::FasterRcnn, 3, 32), 1)

@@ -517,27 +517,45 @@ impl Tensor {
             ));
         }
         let per_row = c * h * w;
-        let row_bytes = per_row as u64 * self.precision.bytes();
-        let copyable = self.layout == MemoryFormat::Nchw
-            && row_bytes.is_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
-            && self.offset.is_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
-        if !copyable {
-            // Rows of another layout, or whose bytes do not start on a copy's 4-byte
-            // alignment, come from the whole tensor.
-            let all = self.download_async(ctx).await?;
-            return Ok(rows
-                .iter()
-                .map(|r| all[r.start * per_row..r.end * per_row].to_vec())
-                .collect());
-        }
-        let copies: Vec<(u64, u64)> = rows
+        let values: Vec<_> = rows
             .iter()
-            .map(|r| {
-                (
-                    self.offset + r.start as u64 * row_bytes,
-                    r.len() as u64 * row_bytes,
-                )
-            })
+            .map(|r| r.start * per_row..r.end * per_row)
+            .collect();
+        self.download_values_async(ctx, &values).await
+    }
+
+    /// Copies `ranges` of an NCHW tensor's values (indices into its row-major values) to host
+    /// memory as f32, in one copy and one read: [`Tensor::download_rows_async`] for ranges
+    /// that need not be whole rows (a few channels of an image, say).
+    pub async fn download_values_async(
+        &self,
+        ctx: &GpuContext,
+        ranges: &[std::ops::Range<usize>],
+    ) -> Result<Vec<Vec<f32>>> {
+        let numel = self.numel();
+        if let Some(r) = ranges.iter().find(|r| r.start > r.end || r.end > numel) {
+            return Err(Error::invalid(
+                "Tensor::download_values",
+                format!(
+                    "values {r:?} of a tensor of shape {:?}; give ranges within 0..{numel}",
+                    self.shape
+                ),
+            ));
+        }
+        let bytes = self.precision.bytes();
+        let aligned = |i: usize| (i as u64 * bytes).is_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        let copyable = self.layout == MemoryFormat::Nchw
+            && self.offset.is_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+            && ranges.iter().all(|r| aligned(r.start) && aligned(r.end));
+        if !copyable {
+            // Values of another layout, or whose bytes do not start and end on a copy's 4-byte
+            // alignment (odd f16 counts), come from the whole tensor.
+            let all = self.download_async(ctx).await?;
+            return Ok(ranges.iter().map(|r| all[r.clone()].to_vec()).collect());
+        }
+        let copies: Vec<(u64, u64)> = ranges
+            .iter()
+            .map(|r| (self.offset + r.start as u64 * bytes, r.len() as u64 * bytes))
             .collect();
         let bytes = self.read_bytes(ctx, &copies).await?;
         let mut at = 0usize;

@@ -5,8 +5,9 @@
 //! every pixel (f32; the fixtures store them as f16, 2^-11 of rounding at most).
 //!
 //! Also: checkpoints of both versions are recognised and run as their random twin, mask
-//! branches that do not fit the box branch are refused, and masks too large for the device
-//! are refused with the limit and the fix.
+//! branches that do not fit the box branch are refused, masks too large for the device are
+//! refused with the limit and the fix, and the pipeline over many pictures reads back only
+//! the kept detections' masks.
 
 mod common;
 
@@ -14,9 +15,12 @@ use std::path::Path;
 
 use common::gpu;
 use common::matching::{compare, Expected, Tolerance};
-use fpn_wgpu::model::{DetectorConfig, DetectorKind, RpnOptions};
-use fpn_wgpu::tensor_file::{read_tensors, TensorMap};
-use fpn_wgpu::{Detector, DetectorOptions, Error, FpnConfig, GpuContext, Precision, Tensor};
+use fpn_wgpu::extract::{extract, ExtractOptions};
+use fpn_wgpu::model::{DetectorConfig, DetectorKind, RpnOptions, MASKS};
+use fpn_wgpu::tensor_file::{read_tensors, HostTensor, TensorMap};
+use fpn_wgpu::{
+    Detections, Detector, DetectorOptions, Error, FpnConfig, GpuContext, Precision, Tensor,
+};
 
 /// A Mask R-CNN of `kind` on the fixtures' small backbone (one bottleneck per layer; v2 with
 /// batch norm in the FPN's convs, as torchvision builds it).
@@ -156,7 +160,9 @@ fn small_options(kind: DetectorKind) -> DetectorOptions {
 /// Mask R-CNN state_dicts of both versions, as `random_state_dict` writes them under
 /// torchvision's names, are recognised (kind, classes, representation size) and run as their
 /// random twin, masks included; v1's mask convs under their names before torchvision's v2 of
-/// `MaskRCNNHeads` (`mask_head.mask_fcn{i}`) load, as torchvision renames them.
+/// `MaskRCNNHeads` (`mask_head.mask_fcn{i}`) load, as torchvision renames them. The pipeline
+/// over many pictures (`extract`, `fpn detect --images`) gives the same masks, reading back
+/// only the kept detections'.
 #[test]
 fn mask_rcnn_checkpoints_are_recognised_and_run_as_their_random_twin() {
     let ctx = gpu();
@@ -194,6 +200,18 @@ fn mask_rcnn_checkpoints_are_recognised_and_run_as_their_random_twin() {
         assert_eq!(masks.shape(), [want[0].len(), 1, 50, 70], "{kind}");
         assert!(masks.data.iter().any(|&p| p > 0.0), "{kind}: empty masks");
         assert_eq!(got, want, "{kind}");
+
+        // The pipeline over many pictures reads back the picture's K masks (K its
+        // detections), not every slot's, and they are `detect`'s.
+        let picture = HostTensor::new(shape.to_vec(), data.clone()).unwrap();
+        let load = move |_: &usize| Ok(picture.clone());
+        for done in extract(&random, vec![0], load, ExtractOptions::default()) {
+            let outputs = done.result.unwrap();
+            let read = &outputs.iter().find(|(n, _)| n == MASKS).unwrap().1;
+            assert_eq!(read.shape, [1, want[0].len(), 50, 70], "{kind}");
+            let found = Detections::from_outputs(&outputs).unwrap();
+            assert_eq!(found, want, "{kind}");
+        }
     }
 }
 

@@ -158,8 +158,8 @@ fn small_options(kind: DetectorKind) -> DetectorOptions {
 }
 
 /// Mask R-CNN state_dicts of both versions, as `random_state_dict` writes them under
-/// torchvision's names, are recognised (kind, classes, representation size) and run as their
-/// random twin, masks included; v1's mask convs under their names before torchvision's v2 of
+/// torchvision's names, are recognised (kind, classes, representation size), and v1 runs as
+/// its random twin, masks included; v1's mask convs under their names before torchvision's v2 of
 /// `MaskRCNNHeads` (`mask_head.mask_fcn{i}`) load, as torchvision renames them. The pipeline
 /// over many pictures (`extract`, `fpn detect --images`) gives the same masks, reading back
 /// only the kept detections'.
@@ -190,6 +190,11 @@ fn mask_rcnn_checkpoints_are_recognised_and_run_as_their_random_twin() {
             Detector::from_tensors_with(ctx, "a state_dict", dict, |c| small_options(c.kind))
                 .unwrap();
         assert_eq!(loaded.config(), &config, "{kind}");
+        if kind == DetectorKind::MaskRcnnV2 {
+            // Read by the same names as v1, less the renaming; its forward is the parity
+            // test's, and a software adapter spends seconds on each.
+            continue;
+        }
         let random = Detector::random(ctx, config, 9, small_options(kind)).unwrap();
         let (got, want) = (
             loaded.detect(&input).unwrap(),

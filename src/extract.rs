@@ -5,9 +5,13 @@
 //! device for all of them.
 //!
 //! Any [`BatchNetwork`] runs: an [`Fpn`](crate::Fpn) gives each picture's levels, a
-//! [`Detector`](crate::Detector) its `detections` rows (pictures loaded as RGB in 0..1, see
-//! [`ImageOptions::detection`]; [`Detections::from_rows`](crate::Detections::from_rows) reads
-//! them).
+//! [`Detector`](crate::Detector) its `detections` rows and Mask R-CNN's `masks` (pictures
+//! loaded as RGB in 0..1, see [`ImageOptions::detection`];
+//! [`Detections::from_outputs`](crate::Detections::from_outputs) reads them). Outputs a
+//! network [reads in part](crate::model::BatchNetwork::read_in_part) are copied back once the
+//! others are on the host, only what each image needs: Mask R-CNN's masks of the kept
+//! detections, not of every slot. That second copy waits for the forward submitted after the
+//! batch's.
 //!
 //! ```no_run
 //! use fpn_wgpu::extract::{extract_images, ExtractOptions};
@@ -38,7 +42,7 @@
 //! let options = ExtractOptions { batch: 4, ..ExtractOptions::default() };
 //! for done in extract_images(&detector, pictures, ImageOptions::detection(), options) {
 //!     let outputs = done.result?;
-//!     // A detector's one output: `detections`, [1, 1, D, 6] rows.
+//!     // A detector's first output: `detections`, [1, 1, D, 6] rows (Mask R-CNN's masks follow).
 //!     let found = Detections::from_rows(&outputs[0].1)?;
 //!     println!("{:?}: {} boxes", done.item, found[0].len());
 //! }

@@ -1071,7 +1071,11 @@ impl Detector {
 
     /// Submits a forward on `pictures` (`[N, 3, H, W]` float32 RGB in 0..1, torchvision's
     /// detection input) and returns the detections tensor `[N, 1, D, 6]` still on the GPU:
-    /// per slot x1, y1, x2, y2, score, label bits; score -1 marks an empty slot.
+    /// per slot x1, y1, x2, y2, score, label bits; score -1 marks an empty slot. Mask R-CNN's
+    /// masks are computed and let go: [`Detector::forward_outputs`] keeps them.
+    ///
+    /// Mask R-CNN pastes every slot's mask at the pictures' size; pictures whose masks do not
+    /// fit the device are an [`Error::LimitExceeded`] naming the limit, before anything runs.
     pub fn forward(&self, pictures: &Tensor) -> Result<Tensor> {
         Ok(self.forward_outputs(pictures)?.detections)
     }

@@ -5,9 +5,13 @@
 //! device for all of them.
 //!
 //! Any [`BatchNetwork`] runs: an [`Fpn`](crate::Fpn) gives each picture's levels, a
-//! [`Detector`](crate::Detector) its `detections` rows (pictures loaded as RGB in 0..1, see
-//! [`ImageOptions::detection`]; [`Detections::from_rows`](crate::Detections::from_rows) reads
-//! them).
+//! [`Detector`](crate::Detector) its `detections` rows and Mask R-CNN's `masks` (pictures
+//! loaded as RGB in 0..1, see [`ImageOptions::detection`];
+//! [`Detections::from_outputs`](crate::Detections::from_outputs) reads them). Outputs a
+//! network [reads in part](crate::model::BatchNetwork::read_in_part) are copied back once the
+//! others are on the host, only what each image needs: Mask R-CNN's masks of the kept
+//! detections, not of every slot. That second copy waits for the forward submitted after the
+//! batch's.
 //!
 //! ```no_run
 //! use fpn_wgpu::extract::{extract_images, ExtractOptions};
@@ -38,7 +42,7 @@
 //! let options = ExtractOptions { batch: 4, ..ExtractOptions::default() };
 //! for done in extract_images(&detector, pictures, ImageOptions::detection(), options) {
 //!     let outputs = done.result?;
-//!     // A detector's one output: `detections`, [1, 1, D, 6] rows.
+//!     // A detector's first output: `detections`, [1, 1, D, 6] rows (Mask R-CNN's masks follow).
 //!     let found = Detections::from_rows(&outputs[0].1)?;
 //!     println!("{:?}: {} boxes", done.item, found[0].len());
 //! }
@@ -136,10 +140,12 @@ struct Batch<I> {
     flight: Result<InFlight>,
 }
 
-/// A submitted forward: its outputs' names and batch shapes, and their copy on its way.
+/// A submitted forward: its outputs' names and batch shapes, their copy on its way, and the
+/// outputs read in part once the others are back (by position among the outputs).
 struct InFlight {
     shapes: Vec<(String, [usize; 4])>,
     readback: Readback,
+    later: Vec<(usize, Tensor)>,
 }
 
 /// The iterator [`extract`] returns. Results come in the order the items were given. Dropping
@@ -380,19 +386,29 @@ impl<I> Extractor<'_, I> {
                 ),
             ));
         }
+        let (now, later): (Vec<_>, Vec<_>) = outputs
+            .into_iter()
+            .enumerate()
+            .partition(|(i, _)| !self.network.read_in_part(&shapes[*i].0));
+        let now: Vec<Tensor> = now.into_iter().map(|(_, t)| t).collect();
         Ok(InFlight {
+            readback: Readback::start(ctx, &now, span)?,
             shapes,
-            readback: Readback::start(ctx, &outputs, span)?,
+            later,
         })
     }
 
     /// Waits for a batch and splits its outputs per picture.
     fn finish(&mut self, batch: Batch<I>) {
         let ctx = self.network.context();
-        let outputs = batch
-            .flight
-            .and_then(|f| Ok((f.shapes, f.readback.wait(ctx)?)));
-        let (shapes, readout) = match outputs {
+        let outputs = batch.flight.and_then(|f| {
+            let readout = f.readback.wait(ctx)?;
+            if let Some(s) = readout.gpu_seconds {
+                *self.stats.gpu_seconds.get_or_insert(0.0) += s;
+            }
+            self.per_image(&f.shapes, readout.images, &f.later)
+        });
+        let per_image = match outputs {
             Ok(v) => v,
             Err(e) => {
                 for (index, item) in batch.members {
@@ -401,26 +417,7 @@ impl<I> Extractor<'_, I> {
                 return;
             }
         };
-        if let Some(s) = readout.gpu_seconds {
-            *self.stats.gpu_seconds.get_or_insert(0.0) += s;
-        }
-        // values[output][image] -> one list of outputs per image.
-        let mut per_output: Vec<_> = readout.images.into_iter().map(Vec::into_iter).collect();
-        for (index, item) in batch.members {
-            let outputs = shapes
-                .iter()
-                .zip(&mut per_output)
-                .map(|((name, [_, c, h, w]), images)| {
-                    let data = images.next().unwrap_or_default();
-                    (
-                        name.clone(),
-                        HostTensor {
-                            shape: vec![1, *c, *h, *w],
-                            data,
-                        },
-                    )
-                })
-                .collect();
+        for ((index, item), outputs) in batch.members.into_iter().zip(per_image) {
             self.stats.done += 1;
             self.finished.insert(
                 index,
@@ -430,6 +427,58 @@ impl<I> Extractor<'_, I> {
                 },
             );
         }
+    }
+}
+
+impl<I> Extractor<'_, I> {
+    /// One list of outputs per image of a batch: those read back whole (`images`, per output
+    /// then image, in the order of `shapes` less the `later` ones), then each `later` output's
+    /// leading channels each image needs ([`BatchNetwork::channels_needed`]), read in one
+    /// copy per output and put back in its place.
+    fn per_image(
+        &self,
+        shapes: &[(String, [usize; 4])],
+        images: Vec<Vec<Vec<f32>>>,
+        later: &[(usize, Tensor)],
+    ) -> Result<Vec<Vec<(String, HostTensor)>>> {
+        let n = shapes.first().map_or(0, |(_, s)| s[0]);
+        let is_later = |i: usize| later.iter().any(|(j, _)| *j == i);
+        let now = shapes.iter().enumerate().filter(|(i, _)| !is_later(*i));
+        let mut out: Vec<Vec<(String, HostTensor)>> = (0..n).map(|_| Vec::new()).collect();
+        for ((_, (name, [_, c, h, w])), values) in now.zip(images) {
+            for (image, data) in out.iter_mut().zip(values) {
+                image.push((
+                    name.clone(),
+                    HostTensor {
+                        shape: vec![1, *c, *h, *w],
+                        data,
+                    },
+                ));
+            }
+        }
+        for (position, tensor) in later {
+            let name = &shapes[*position].0;
+            let [_, c, h, w] = tensor.shape();
+            let plane = h * w;
+            let mut ranges = Vec::with_capacity(n);
+            for (b, image) in out.iter().enumerate() {
+                let k = self.network.channels_needed(name, image)?.min(c);
+                let start = b * c * plane;
+                ranges.push(start..start + k * plane);
+            }
+            let read =
+                pollster::block_on(tensor.download_values_async(self.network.context(), &ranges))?;
+            for ((image, data), range) in out.iter_mut().zip(read).zip(&ranges) {
+                let tensor = HostTensor {
+                    shape: vec![1, range.len() / plane.max(1), h, w],
+                    data,
+                };
+                // Positions ascend, so each goes back where the network put it.
+                let at = (*position).min(image.len());
+                image.insert(at, (name.clone(), tensor));
+            }
+        }
+        Ok(out)
     }
 }
 

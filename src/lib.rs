@@ -69,7 +69,7 @@ pub use graph::executor::LayoutChoice;
 pub use graph::tune::Tuning;
 pub use model::{
     Checkpoint, Detections, Detector, DetectorOptions, Fpn, FpnConfig, FpnOptions, Fusion, Layout,
-    Pyramid,
+    Masks, Pyramid,
 };
 pub use precision::Precision;
 pub use tensor::Tensor;

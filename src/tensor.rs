@@ -491,8 +491,92 @@ impl Tensor {
     /// Copies the tensor to host memory; resolves when the GPU has finished the work that writes
     /// it, without blocking the thread.
     pub async fn download_async(&self, ctx: &GpuContext) -> Result<Vec<f32>> {
+        let bytes = self
+            .read_bytes(ctx, &[(self.offset, self.word_size())])
+            .await?;
+        Ok(self.host_values(&bytes))
+    }
+
+    /// Copies `rows`, ranges of the first dimension of an NCHW tensor, to host memory (each as
+    /// NCHW f32), in one copy and one read: only those rows cross to the host, not the whole
+    /// tensor (a Mask R-CNN's masks of the kept detections out of all slots, say). Resolves
+    /// when the GPU has finished the work that writes the tensor, without blocking the thread.
+    pub async fn download_rows_async(
+        &self,
+        ctx: &GpuContext,
+        rows: &[std::ops::Range<usize>],
+    ) -> Result<Vec<Vec<f32>>> {
+        let [n, c, h, w] = self.shape;
+        if let Some(r) = rows.iter().find(|r| r.start > r.end || r.end > n) {
+            return Err(Error::invalid(
+                "Tensor::download_rows",
+                format!(
+                    "rows {r:?} of a tensor of shape {:?}; give ranges within 0..{n}",
+                    self.shape
+                ),
+            ));
+        }
+        let per_row = c * h * w;
+        let values: Vec<_> = rows
+            .iter()
+            .map(|r| r.start * per_row..r.end * per_row)
+            .collect();
+        self.download_values_async(ctx, &values).await
+    }
+
+    /// Copies `ranges` of an NCHW tensor's values (indices into its row-major values) to host
+    /// memory as f32, in one copy and one read: [`Tensor::download_rows_async`] for ranges
+    /// that need not be whole rows (a few channels of an image, say).
+    pub async fn download_values_async(
+        &self,
+        ctx: &GpuContext,
+        ranges: &[std::ops::Range<usize>],
+    ) -> Result<Vec<Vec<f32>>> {
+        let numel = self.numel();
+        if let Some(r) = ranges.iter().find(|r| r.start > r.end || r.end > numel) {
+            return Err(Error::invalid(
+                "Tensor::download_values",
+                format!(
+                    "values {r:?} of a tensor of shape {:?}; give ranges within 0..{numel}",
+                    self.shape
+                ),
+            ));
+        }
+        let bytes = self.precision.bytes();
+        let aligned = |i: usize| (i as u64 * bytes).is_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        let copyable = self.layout == MemoryFormat::Nchw
+            && self.offset.is_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT)
+            && ranges.iter().all(|r| aligned(r.start) && aligned(r.end));
+        if !copyable {
+            // Values of another layout, or whose bytes do not start and end on a copy's 4-byte
+            // alignment (odd f16 counts), come from the whole tensor.
+            let all = self.download_async(ctx).await?;
+            return Ok(ranges.iter().map(|r| all[r.clone()].to_vec()).collect());
+        }
+        let copies: Vec<(u64, u64)> = ranges
+            .iter()
+            .map(|r| (self.offset + r.start as u64 * bytes, r.len() as u64 * bytes))
+            .collect();
+        let bytes = self.read_bytes(ctx, &copies).await?;
+        let mut at = 0usize;
+        Ok(copies
+            .iter()
+            .map(|&(_, size)| {
+                let part = &bytes[at..at + size as usize];
+                at += size as usize;
+                self.precision.decode(part)
+            })
+            .collect())
+    }
+
+    /// The bytes of `copies` ((offset, size) in the tensor's buffer, each a multiple of 4)
+    /// one after the other, read in one copy pass and one map.
+    async fn read_bytes(&self, ctx: &GpuContext, copies: &[(u64, u64)]) -> Result<Vec<u8>> {
         ctx.check_alive()?;
-        let size = self.word_size();
+        let size: u64 = copies.iter().map(|c| c.1).sum();
+        if size == 0 {
+            return Ok(Vec::new());
+        }
         let staging = ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size,
@@ -504,7 +588,13 @@ impl Tensor {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("readback"),
             });
-        encoder.copy_buffer_to_buffer(&self.buffer, self.offset, &staging, 0, size);
+        let mut at = 0;
+        for &(offset, bytes) in copies {
+            if bytes > 0 {
+                encoder.copy_buffer_to_buffer(&self.buffer, offset, &staging, at, bytes);
+            }
+            at += bytes;
+        }
         ctx.queue().submit([encoder.finish()]);
         let (tx, rx) = signal();
         let on_stall = tx.clone();
@@ -521,10 +611,28 @@ impl Tensor {
         let view = staging
             .get_mapped_range(..)
             .map_err(|e| Error::Readback(e.to_string()))?;
-        let out = self.host_values(&view);
+        let out = view.to_vec();
         drop(view);
         staging.unmap();
         Ok(out)
+    }
+
+    /// The same NCHW values seen as `shape` (as many values), sharing the buffer.
+    pub fn reshape(&self, shape: [usize; 4]) -> Result<Tensor> {
+        if self.layout != MemoryFormat::Nchw || numel(shape) != self.numel() {
+            return Err(Error::invalid(
+                "Tensor::reshape",
+                format!(
+                    "a {:?} tensor of shape {:?} cannot be seen as {shape:?}; an NCHW tensor of \
+                     as many values can",
+                    self.layout, self.shape
+                ),
+            ));
+        }
+        Ok(Tensor {
+            shape,
+            ..self.clone()
+        })
     }
 
     /// The tensor's values as NCHW f32, from a copy of its stored bytes (at least

@@ -5,6 +5,8 @@ mod common;
 
 use common::detector::{small_config, small_options, weights, CLASSES, OPTION_FLAGS, SEED};
 use common::{fpn_command, gpu, scratch};
+use fpn_wgpu::detection_output::{coco_results, draw_detections, CocoResult};
+use fpn_wgpu::image_input::{load_image_with, ImageOptions};
 use fpn_wgpu::model::{DetectorConfig, DetectorKind, RpnOptions};
 use fpn_wgpu::tensor_file::{read_tensors, write_tensors, HostTensor};
 use fpn_wgpu::{Detector, DetectorOptions, Fpn, Tensor};
@@ -431,4 +433,143 @@ fn detect_runs_a_faster_rcnn_and_refuses_the_other_family_s_flags() {
         err.contains("--rpn-nms-thresh") && err.contains("two-stage"),
         "{err}"
     );
+}
+
+/// A Mask R-CNN from `fpn random-weights --detector maskrcnn`: its masks are the library's in
+/// every output, `masks.{i}` [K, 1, H, W] of the tensor mode, the RLE `segmentation`s of the
+/// picture and folder modes' COCO results, and the masks laid over the drawn pictures.
+#[test]
+fn detect_writes_a_mask_rcnn_s_masks_in_every_output() {
+    let dir = scratch("detect-mrcnn");
+    let weights = dir.path().join("mrcnn.safetensors");
+    let w = weights.to_str().unwrap();
+    let (ok, err) = fpn(&[
+        "random-weights",
+        "--layout",
+        "torchvision",
+        "--blocks",
+        "1,1,1,1",
+        "--returned-layers",
+        "1,2,3,4",
+        "--extra",
+        "pool",
+        "--detector",
+        "maskrcnn",
+        "--num-classes",
+        "3",
+        "--representation-size",
+        "32",
+        "--seed",
+        "4",
+        "--output",
+        w,
+    ]);
+    assert!(ok, "{err}");
+    let flags = [
+        "--min-size",
+        "64",
+        "--max-size",
+        "96",
+        "--rpn-pre-nms-top-n",
+        "100",
+        "--rpn-post-nms-top-n",
+        "50",
+        "--detections-per-img",
+        "6",
+    ];
+    let ctx = gpu();
+    let options = DetectorOptions {
+        min_size: 64,
+        max_size: 96,
+        detections_per_img: 6,
+        rpn: RpnOptions {
+            rpn_pre_nms_top_n_test: 100,
+            rpn_post_nms_top_n_test: 50,
+            ..RpnOptions::default()
+        },
+        ..DetectorOptions::for_kind(DetectorKind::MaskRcnn)
+    };
+    let detector = Detector::from_safetensors(ctx, &weights, options).unwrap();
+    assert_eq!(detector.config().kind, DetectorKind::MaskRcnn);
+
+    // Tensor mode.
+    let input = dir.path().join("in.safetensors");
+    let x = pictures(2, 45, 61);
+    write_tensors(&input, [("input", &x)]).unwrap();
+    let output = dir.path().join("out.safetensors");
+    let mut args = vec!["detect", "--weights", w, "--input", input.to_str().unwrap()];
+    args.extend(["--output", output.to_str().unwrap()]);
+    args.extend(flags);
+    let (ok, err) = fpn(&args);
+    assert!(ok, "{err}");
+    assert!(err.contains("Mask R-CNN with 3 classes"), "{err}");
+    let want = detector
+        .detect(&Tensor::from_slice(ctx, [2, 3, 45, 61], &x.data).unwrap())
+        .unwrap();
+    let bytes = std::fs::read(&output).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    for (i, det) in want.iter().enumerate() {
+        assert!(!det.is_empty(), "picture {i}: no detections");
+        let masks = det.masks.as_ref().unwrap();
+        let t = file.tensor(&format!("masks.{i}")).unwrap();
+        assert_eq!(
+            (t.dtype(), t.shape()),
+            (Dtype::F32, &[det.len(), 1, 45, 61][..])
+        );
+        let got: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
+        assert_eq!(got, masks.data, "picture {i}");
+        let boxes: Vec<f32> =
+            bytemuck::pod_collect_to_vec(file.tensor(&format!("boxes.{i}")).unwrap().data());
+        assert_eq!(boxes, det.boxes.concat());
+    }
+
+    // Picture mode.
+    let picture = image::RgbImage::from_fn(61, 45, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x + y) * 2) as u8])
+    });
+    let path = dir.path().join("photo.png");
+    picture.save(&path).unwrap();
+    let out = dir.path().join("out");
+    let mut args = vec!["detect", "--weights", w, "--image", path.to_str().unwrap()];
+    args.extend(["--out", out.to_str().unwrap()]);
+    args.extend(flags);
+    let (ok, err) = fpn(&args);
+    assert!(ok, "{err}");
+    let loaded = load_image_with(&path, &ImageOptions::detection()).unwrap();
+    let tensor = Tensor::from_slice(
+        ctx,
+        loaded.tensor.nchw("input").unwrap(),
+        &loaded.tensor.data,
+    )
+    .unwrap();
+    let found = detector.detect(&tensor).unwrap().remove(0);
+    assert!(!found.is_empty());
+    let results: Vec<CocoResult> =
+        serde_json::from_slice(&std::fs::read(out.join("detections.json")).unwrap()).unwrap();
+    assert_eq!(results, coco_results(0, &found, None));
+    assert!(results.iter().all(|r| r.segmentation.is_some()));
+    let drawn = image::open(out.join("detections.png")).unwrap().to_rgb8();
+    assert_eq!(drawn, draw_detections(&loaded.rgb, &found));
+
+    // Folder mode.
+    let folder = dir.path().join("pictures");
+    std::fs::create_dir_all(&folder).unwrap();
+    picture.save(folder.join("a.png")).unwrap();
+    let folder_out = dir.path().join("folder-out");
+    let mut args = vec![
+        "detect",
+        "--weights",
+        w,
+        "--images",
+        folder.to_str().unwrap(),
+    ];
+    args.extend(["--out", folder_out.to_str().unwrap(), "--pictures"]);
+    args.extend(flags);
+    let (ok, err) = fpn(&args);
+    assert!(ok, "{err}");
+    let results: Vec<CocoResult> =
+        serde_json::from_slice(&std::fs::read(folder_out.join("a.png.json")).unwrap()).unwrap();
+    assert_eq!(results, coco_results(0, &found, None));
+    let drawn = image::open(folder_out.join("a.png.png")).unwrap().to_rgb8();
+    assert_eq!(drawn, draw_detections(&loaded.rgb, &found));
 }

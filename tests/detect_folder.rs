@@ -241,6 +241,7 @@ fn a_rerun_skips_what_is_done_and_still_writes_every_picture_s_results() {
         category_name: None,
         bbox: [1.0, 2.0, 3.0, 4.0],
         score: 0.75,
+        segmentation: None,
     };
     let planted_file = out.join("3.png.json");
     std::fs::write(&planted_file, serde_json::to_vec(&[&planted]).unwrap()).unwrap();

@@ -18,6 +18,7 @@ mod common;
 use std::path::Path;
 
 use common::gpu;
+use common::matching::{compare, Expected, Tolerance};
 use fpn_wgpu::graph::executor::Granularity;
 use fpn_wgpu::kernels::conv2d::coop;
 use fpn_wgpu::model::RpnOptions;
@@ -29,139 +30,6 @@ use fpn_wgpu::tensor_file::{read_tensors, TensorMap};
 use fpn_wgpu::{
     Detections, Detector, DetectorOptions, FpnConfig, GpuContext, LayoutChoice, Precision, Tensor,
 };
-
-struct Expected {
-    boxes: Vec<[f32; 4]>,
-    scores: Vec<f32>,
-    labels: Vec<i64>,
-}
-
-fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
-    let area = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    inter / (area(a) + area(b) - inter)
-}
-
-/// The largest coordinate difference.
-fn distance(a: [f32; 4], b: [f32; 4]) -> f32 {
-    (0..4).map(|k| (a[k] - b[k]).abs()).fold(0.0, f32::max)
-}
-
-/// How close a detection must be to torchvision's, by the precision of the activations.
-#[derive(Clone, Copy)]
-struct Tolerance {
-    /// Each coordinate, as a fraction of the picture's longer side.
-    coordinate: f32,
-    score: f32,
-    /// Detections scoring this close to the threshold may go unmatched.
-    near_threshold: f32,
-    /// The IoU a match needs; `None`: the coordinates alone decide (f16 moves small boxes
-    /// by more than an IoU bound allows).
-    iou: Option<f32>,
-    /// The share of each side's detections that may go unmatched away from the threshold.
-    unmatched: f32,
-}
-
-impl Tolerance {
-    fn of(precision: Precision) -> Self {
-        match precision {
-            Precision::F32 => Tolerance {
-                coordinate: 1e-3,
-                score: 1e-4,
-                near_threshold: 1e-3,
-                iou: Some(0.99),
-                unmatched: 0.0,
-            },
-            Precision::F16 => Tolerance {
-                coordinate: 1e-2,
-                score: 1e-2,
-                near_threshold: 1e-2,
-                iou: None,
-                unmatched: 0.03,
-            },
-        }
-    }
-}
-
-/// IoU at least the tolerance's; for boxes of no area (clipped flat at the picture's border),
-/// where IoU is 0/0, or without an IoU bound, the coordinates within the box tolerance.
-fn same_box(a: [f32; 4], b: [f32; 4], longer: f32, tol: Tolerance) -> bool {
-    let flat = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]) == 0.0;
-    match tol.iou {
-        Some(bound) if !(flat(a) && flat(b)) => iou(a, b) >= bound,
-        _ => distance(a, b) <= tol.coordinate * longer,
-    }
-}
-
-/// Checks the rule for one picture; returns (matched, worst box error, worst score error).
-fn compare(
-    case: &str,
-    got: &Detections,
-    want: &Expected,
-    longer: f32,
-    thresh: f32,
-    tol: Tolerance,
-) -> (usize, f32, f32) {
-    let near_thresh = |s: f32| (s - thresh).abs() <= tol.near_threshold;
-    let mut used = vec![false; got.len()];
-    let (mut worst_box, mut worst_score, mut matched) = (0.0f32, 0.0f32, 0);
-    let mut unmatched_theirs = 0;
-    for (j, (&b, (&s, &l))) in want
-        .boxes
-        .iter()
-        .zip(want.scores.iter().zip(&want.labels))
-        .enumerate()
-    {
-        let best = (0..got.len())
-            .filter(|&i| !used[i] && got.labels[i] == l)
-            .min_by(|&x, &y| distance(got.boxes[x], b).total_cmp(&distance(got.boxes[y], b)));
-        let Some(i) = best.filter(|&i| same_box(got.boxes[i], b, longer, tol)) else {
-            if !near_thresh(s) {
-                eprintln!("{case}: torchvision's detection {j} (label {l}, score {s}, box {b:?}) has no match");
-                unmatched_theirs += 1;
-            }
-            continue;
-        };
-        used[i] = true;
-        matched += 1;
-        let box_err = (0..4)
-            .map(|k| (got.boxes[i][k] - b[k]).abs())
-            .fold(0.0, f32::max);
-        let score_err = (got.scores[i] - s).abs();
-        assert!(
-            box_err <= tol.coordinate * longer,
-            "{case}: detection {j}'s box {:?} is {box_err} from torchvision's {b:?}",
-            got.boxes[i]
-        );
-        assert!(
-            score_err <= tol.score,
-            "{case}: detection {j}'s score {} is {score_err} from torchvision's {s}",
-            got.scores[i]
-        );
-        worst_box = worst_box.max(box_err);
-        worst_score = worst_score.max(score_err);
-    }
-    let mut unmatched_ours = 0;
-    for (i, &u) in used.iter().enumerate() {
-        if !u && !near_thresh(got.scores[i]) {
-            eprintln!(
-                "{case}: our detection {i} (label {}, score {}, box {:?}) is not torchvision's",
-                got.labels[i], got.scores[i], got.boxes[i]
-            );
-            unmatched_ours += 1;
-        }
-    }
-    let allowed = |n: usize| (tol.unmatched * n as f32).floor() as usize;
-    assert!(
-        unmatched_theirs <= allowed(want.scores.len()) && unmatched_ours <= allowed(got.len()),
-        "{case}: {unmatched_theirs} of torchvision's {} and {unmatched_ours} of our {} detections unmatched",
-        want.scores.len(),
-        got.len()
-    );
-    (matched, worst_box, worst_score)
-}
 
 fn check_fixture(name: &str, kind: DetectorKind) {
     check_fixture_in(gpu(), name, kind, Precision::F32, LayoutChoice::Auto);
@@ -256,8 +124,8 @@ fn check_detections(
             // proposal changes the detections pooled from it. Measured: at most 8 of 90.
             tol.unmatched = 0.12;
         }
-        let (matched, box_err, score_err) =
-            compare(&case, det, &want, longer, options.score_thresh, tol);
+        let m = compare(&case, det, &want, longer, options.score_thresh, tol);
+        let (matched, box_err, score_err) = (m.pairs.len(), m.worst_box, m.worst_score);
         eprintln!(
             "{case}: {matched} of torchvision's {} detections matched ({} ours); worst box error {box_err:.2e} px, worst score error {score_err:.2e}",
             want.scores.len(),
@@ -541,8 +409,13 @@ fn each_kind_has_torchvision_s_defaults() {
         assert_eq!(DetectorOptions::for_kind(kind), DetectorOptions::default());
     }
     // FasterRCNN's constructor: box_score_thresh, box_nms_thresh, box_detections_per_img and
-    // the RPN's test-time settings.
-    for kind in [DetectorKind::FasterRcnn, DetectorKind::FasterRcnnV2] {
+    // the RPN's test-time settings; MaskRCNN's passes them on.
+    for kind in [
+        DetectorKind::FasterRcnn,
+        DetectorKind::FasterRcnnV2,
+        DetectorKind::MaskRcnn,
+        DetectorKind::MaskRcnnV2,
+    ] {
         let o = DetectorOptions::for_kind(kind);
         assert_eq!(
             (o.min_size, o.max_size, o.score_thresh, o.nms_thresh),
@@ -566,7 +439,10 @@ fn each_kind_has_torchvision_s_defaults() {
     }
     let e = "yolo".parse::<DetectorKind>().unwrap_err().to_string();
     assert!(
-        e.contains("retinanet_v2") && e.contains("fcos") && e.contains("fasterrcnn_v2"),
+        e.contains("retinanet_v2")
+            && e.contains("fcos")
+            && e.contains("fasterrcnn_v2")
+            && e.contains("maskrcnn_v2"),
         "{e}"
     );
 }
@@ -777,8 +653,9 @@ fn faster_rcnn_checkpoints_are_recognised_and_run_as_their_random_twin() {
 }
 
 /// Two-stage state_dicts the detector cannot run are refused with what they hold: an RPN head
-/// of the other version than the box head, a Mask R-CNN's mask head, a missing predictor
-/// tensor, a v2 box head of other widths than torchvision builds.
+/// of the other version than the box head, a mask head with no conv (Mask R-CNN's own
+/// refusals are in `tests/mask_rcnn.rs`), a missing predictor tensor, a v2 box head of other
+/// widths than torchvision builds.
 #[test]
 fn faster_rcnn_checkpoints_that_do_not_fit_are_refused_with_what_they_hold() {
     let v1 = Detector::random_state_dict(faster_rcnn_config(DetectorKind::FasterRcnn, 3, 32), 1)

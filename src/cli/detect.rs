@@ -1,5 +1,6 @@
-//! `fpn detect`: a detector (RetinaNet v1 or v2, FCOS, Faster R-CNN v1 or v2) on a picture, a
-//! folder or list of pictures (`detect_images.rs`) or a tensor file, boxes out.
+//! `fpn detect`: a detector (RetinaNet v1 or v2, FCOS, Faster R-CNN v1 or v2, Mask R-CNN v1 or
+//! v2) on a picture, a folder or list of pictures (`detect_images.rs`) or a tensor file, boxes
+//! (and masks) out.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,9 +25,11 @@ use crate::progress::Progress;
 #[command(group(ArgGroup::new("picture_source").args(["image", "images"])))]
 pub struct DetectArgs {
     /// A whole torchvision RetinaNet (v1 or v2) or FCOS state_dict (`backbone.` and `head.`),
-    /// or Faster R-CNN (v1 or v2: `backbone.`, `rpn.` and `roi_heads.`), as safetensors or a
-    /// PyTorch .pth; the kind of detector, the backbone and the number of classes are read
-    /// from it. Without it: seeded random weights
+    /// or Faster R-CNN or Mask R-CNN (v1 or v2: `backbone.`, `rpn.` and `roi_heads.`, with
+    /// `roi_heads.mask_*` for Mask R-CNN), as safetensors or a PyTorch .pth; the kind of
+    /// detector, the backbone and the number of classes are read from it. Mask R-CNN's masks
+    /// go to the outputs too: as COCO RLE `segmentation`s (the pixels above 0.5) in the JSON
+    /// results, laid over the drawn pictures, and as `masks.{i}` with --output. Without it: seeded random weights
     /// of a ResNet-50 RetinaNet with --num-classes classes (boxes of no meaning, for trying
     /// the pipeline).
     #[arg(long)]
@@ -44,11 +47,12 @@ pub struct DetectArgs {
     /// them to OUT/detections.json (OUT/detections.K-of-N.json with --shard K/N).
     #[arg(long, requires = "out")]
     images: Option<PathBuf>,
-    /// With --image: the folder for detections.json (COCO results) and detections.png. With
+    /// With --image: the folder for detections.json (COCO results) and detections.png (the
+    /// boxes, and Mask R-CNN's masks, drawn on the picture). With
     /// --images: the folder the outputs go to (made if missing).
     #[arg(long, requires = "picture_source")]
     out: Option<PathBuf>,
-    /// With --images: also draw each picture's boxes, OUT/REL.png.
+    /// With --images: also draw each picture's boxes (and Mask R-CNN's masks), OUT/REL.png.
     #[arg(long, requires = "images")]
     pictures: bool,
     #[command(flatten)]
@@ -57,7 +61,9 @@ pub struct DetectArgs {
     #[arg(long, requires = "output")]
     input: Option<PathBuf>,
     /// With --input: the safetensors file for `boxes.{i}` [K, 4] float32 (x1, y1, x2, y2 in
-    /// input pixels), `scores.{i}` `[K]` float32 and `labels.{i}` `[K]` int64, per picture i.
+    /// input pixels), `scores.{i}` `[K]` float32 and `labels.{i}` `[K]` int64, per picture i;
+    /// Mask R-CNN adds `masks.{i}` [K, 1, H, W] float32, each detection's probabilities in the
+    /// picture's pixels, as torchvision returns them.
     #[arg(long, requires = "input")]
     output: Option<PathBuf>,
     /// A text file of class names, one per line, label 0 first (91-class models get COCO's).
@@ -70,29 +76,30 @@ pub struct DetectArgs {
     #[arg(long, default_value_t = 1333)]
     max_size: usize,
     /// Candidates scoring at most this are dropped [default: the detector's, as torchvision
-    /// has it: RetinaNet 0.05, FCOS 0.2, Faster R-CNN 0.05 (its box_score_thresh)].
+    /// has it: RetinaNet 0.05, FCOS 0.2, Faster and Mask R-CNN 0.05 (box_score_thresh)].
     #[arg(long)]
     score_thresh: Option<f32>,
     /// IoU above which a box of a class is dropped for a better one of its class [default:
-    /// RetinaNet 0.5, FCOS 0.6, Faster R-CNN 0.5 (box_nms_thresh)].
+    /// RetinaNet 0.5, FCOS 0.6, Faster and Mask R-CNN 0.5 (box_nms_thresh)].
     #[arg(long)]
     nms_thresh: Option<f32>,
-    /// The most detections kept per picture [default: RetinaNet 300, FCOS 100, Faster R-CNN
-    /// 100 (box_detections_per_img)].
+    /// The most detections kept per picture [default: RetinaNet 300, FCOS 100, Faster and Mask
+    /// R-CNN 100 (box_detections_per_img)]. Mask R-CNN pastes a mask at the picture's size for
+    /// each of these slots on the GPU: lower it for large pictures on small GPUs.
     #[arg(long)]
     detections_per_img: Option<usize>,
     /// One-stage detectors: the best candidates kept per level before NMS [default: 1000].
     #[arg(long)]
     topk_candidates: Option<usize>,
-    /// Faster R-CNN: the best proposals kept per picture and level before the RPN's NMS
+    /// Faster and Mask R-CNN: the best proposals kept per picture and level before the RPN's NMS
     /// (rpn_pre_nms_top_n_test) [default: 1000].
     #[arg(long)]
     rpn_pre_nms_top_n: Option<usize>,
-    /// Faster R-CNN: the best proposals kept per picture after the RPN's NMS
+    /// Faster and Mask R-CNN: the best proposals kept per picture after the RPN's NMS
     /// (rpn_post_nms_top_n_test) [default: 1000].
     #[arg(long)]
     rpn_post_nms_top_n: Option<usize>,
-    /// Faster R-CNN: IoU above which a proposal is dropped for a better one of its level
+    /// Faster and Mask R-CNN: IoU above which a proposal is dropped for a better one of its level
     /// (rpn_nms_thresh) [default: 0.7].
     #[arg(long)]
     rpn_nms_thresh: Option<f32>,
@@ -315,7 +322,8 @@ fn detect_tensor(built: &Built, input: &Path, output: &Path, progress: &Progress
     Ok(())
 }
 
-/// Writes `boxes.{i}`, `scores.{i}` (float32) and `labels.{i}` (int64) per picture, atomically.
+/// Writes `boxes.{i}`, `scores.{i}` (float32) and `labels.{i}` (int64) per picture, and
+/// Mask R-CNN's `masks.{i}` (float32 [K, 1, H, W]), atomically.
 fn write_detections(path: &Path, found: &[Detections]) -> Result<()> {
     let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for (i, d) in found.iter().enumerate() {
@@ -338,6 +346,14 @@ fn write_detections(path: &Path, found: &[Detections]) -> Result<()> {
             vec![k],
             bytemuck::cast_slice(&d.labels).to_vec(),
         ));
+        if let Some(masks) = &d.masks {
+            buffers.push((
+                format!("masks.{i}"),
+                Dtype::F32,
+                masks.shape().to_vec(),
+                bytemuck::cast_slice(&masks.data).to_vec(),
+            ));
+        }
     }
     let views: Vec<(String, TensorView<'_>)> = buffers
         .iter()

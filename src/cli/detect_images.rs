@@ -1,5 +1,6 @@
 //! `fpn detect --images DIR|LIST --out DIR`: a detector over a dataset, resumable and
-//! shardable as `fpn run --images`. Each picture's COCO results go to `OUT/REL.json`, with the
+//! shardable as `fpn run --images`. Each picture's COCO results (with Mask R-CNN's masks as
+//! RLE `segmentation`s) go to `OUT/REL.json`, with the
 //! picture's position in the whole sorted list as `image_id` (so that shards never share an
 //! id), and all of the shard's, pictures done by earlier runs included, to one file.
 
@@ -11,7 +12,6 @@ use fpn_wgpu::atomic_file;
 use fpn_wgpu::detection_output::{coco_results, draw_detections, CocoResult};
 use fpn_wgpu::image_input::{load_image_with, ImageOptions};
 use fpn_wgpu::image_set::Shard;
-use fpn_wgpu::model::DETECTIONS;
 use fpn_wgpu::tensor_file::HostTensor;
 use fpn_wgpu::visualize::save_png;
 use fpn_wgpu::Detections;
@@ -114,13 +114,9 @@ fn write_picture(
     names: Option<&[String]>,
     draw: Option<&ImageOptions>,
 ) -> Result<Vec<CocoResult>> {
-    let rows = outputs
-        .iter()
-        .find(|(name, _)| name == DETECTIONS)
-        .map(|(_, rows)| rows)
-        .context("the detector returned no detections")?;
-    // One picture's rows, [1, 1, D, 6]: one list of detections.
-    let found = Detections::from_rows(rows)?
+    // One picture's rows, [1, 1, D, 6] (and Mask R-CNN's masks, [1, D, H, W]): one list of
+    // detections.
+    let found = Detections::from_outputs(outputs)?
         .into_iter()
         .next()
         .unwrap_or_default();

@@ -246,9 +246,9 @@ enum Command {
         #[command(flatten)]
         network: NetworkArgs,
     },
-    /// Run a detector (torchvision's RetinaNet v1 or v2, FCOS, or Faster R-CNN v1 or v2) on a
-    /// picture, a folder or list of pictures, or a tensor file: boxes, scores and labels, all
-    /// computed on the GPU.
+    /// Run a detector (torchvision's RetinaNet v1 or v2, FCOS, Faster R-CNN v1 or v2, or Mask
+    /// R-CNN v1 or v2) on a picture, a folder or list of pictures, or a tensor file: boxes,
+    /// scores and labels (and Mask R-CNN's masks), all computed on the GPU.
     Detect(detect::DetectArgs),
     /// Read a weights file and write its state_dict as safetensors (float32), which later runs
     /// read directly: a PyTorch .pth/.pt (torch.save, zip or legacy; the state_dict alone or in
@@ -272,15 +272,16 @@ enum Command {
         /// Write a whole detector's state_dict instead of a backbone and FPN: retinanet,
         /// retinanet_v2 or fcos (`backbone.` and `head.`: torchvision's heads, on the network
         /// the other flags describe, which needs --layout torchvision --returned-layers 2,3,4
-        /// and --extra p6p7, or p6p7-c5 as torchvision's retinanet_v2 has it), fasterrcnn or
-        /// fasterrcnn_v2 (`backbone.`, `rpn.` and `roi_heads.`: --returned-layers 1,2,3,4
-        /// --extra pool, and --fpn-norm for v2 as torchvision builds it).
+        /// and --extra p6p7, or p6p7-c5 as torchvision's retinanet_v2 has it), fasterrcnn,
+        /// fasterrcnn_v2, maskrcnn or maskrcnn_v2 (`backbone.`, `rpn.` and `roi_heads.`, Mask
+        /// R-CNN's with its mask branch: --returned-layers 1,2,3,4 --extra pool, and
+        /// --fpn-norm for v2 as torchvision builds it).
         #[arg(long)]
         detector: Option<String>,
         /// Classes of the detector's head (with --detector).
         #[arg(long, default_value_t = 91, requires = "detector")]
         num_classes: usize,
-        /// Faster R-CNN: the width of the box head's linear layers (torchvision's
+        /// Faster and Mask R-CNN: the width of the box head's linear layers (torchvision's
         /// representation_size).
         #[arg(long, default_value_t = fpn_wgpu::model::REPRESENTATION_SIZE, requires = "detector")]
         representation_size: usize,

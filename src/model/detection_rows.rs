@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::box_decode::RECORD;
-use crate::model::Detections;
+use crate::model::{Detections, Masks, DETECTIONS, MASKS};
 use crate::tensor_file::HostTensor;
 
 impl Detections {
@@ -42,5 +42,49 @@ impl Detections {
                 det
             })
             .collect())
+    }
+
+    /// Each picture's detections in a detector's outputs as a pipeline reads them back
+    /// ([`BatchNetwork::forward_batch`](crate::model::BatchNetwork::forward_batch)):
+    /// `detections` rows as [`Detections::from_rows`] reads them and, for Mask R-CNN, `masks`
+    /// `[N, D, H, W]` (picture `i`'s slot `k` at channel `k`), of which each picture keeps its
+    /// first K, K its detections.
+    pub fn from_outputs(outputs: &[(String, HostTensor)]) -> Result<Vec<Detections>> {
+        let find = |name: &str| outputs.iter().find(|(n, _)| n == name).map(|(_, t)| t);
+        let rows = find(DETECTIONS).ok_or_else(|| {
+            Error::invalid(
+                "Detections::from_outputs",
+                format!("no `{DETECTIONS}` among the outputs; give a detector's"),
+            )
+        })?;
+        let mut found = Self::from_rows(rows)?;
+        let Some(masks) = find(MASKS) else {
+            return Ok(found);
+        };
+        let (n, d, h, w) = match masks.shape[..] {
+            [n, d, h, w] if n == found.len() && masks.data.len() == n * d * h * w => (n, d, h, w),
+            _ => {
+                return Err(Error::invalid(
+                    "Detections::from_outputs",
+                    format!(
+                        "masks of shape {:?} with {} values for {} pictures; a Mask R-CNN's are \
+                         [N, D, H, W]",
+                        masks.shape,
+                        masks.data.len(),
+                        found.len()
+                    ),
+                ))
+            }
+        };
+        for (i, det) in found.iter_mut().enumerate().take(n) {
+            let k = det.len().min(d);
+            let start = i * d * h * w;
+            det.masks = Some(Masks {
+                height: h,
+                width: w,
+                data: masks.data[start..start + k * h * w].to_vec(),
+            });
+        }
+        Ok(found)
     }
 }

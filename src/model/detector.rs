@@ -1,6 +1,6 @@
 //! Detectors on the FPN, from pictures to boxes, scores and labels in one GPU graph and one
 //! submit; only the final rows are read back. One-stage: torchvision's RetinaNet v1 and v2 and
-//! FCOS; two-stage: Faster R-CNN v1 and v2.
+//! FCOS; two-stage: Faster R-CNN v1 and v2, Mask R-CNN v1 and v2.
 //!
 //! The one-stage graph: torchvision's transform (normalise, resize, pad), the backbone and FPN,
 //! the levels packed into one map, each head layer run once over it, the per-level top-k of the
@@ -10,7 +10,10 @@
 //! (torchvision's `pool`), the region proposal network on P2..P6 ([`RegionProposalNetwork`]),
 //! then the RoI heads on P2..P5 with those proposals ([`RoiHeads`]): pooling, box head,
 //! predictor, softmax, decoding, batched NMS, the boxes scaled back to the pictures. The
-//! proposals never leave the GPU.
+//! proposals never leave the GPU. Mask R-CNN then runs its mask branch ([`MaskHeads`]) on the
+//! kept boxes in the same graph and pastes each detection's mask into its picture; of the
+//! pasted masks `[N D, 1, H, W]` only each picture's first K rows (its K detections) are read
+//! back.
 //!
 //! Activations are laid out as the FPN's are ([`DetectorOptions::layout`]): in f16 where
 //! cooperative matrices run, channels-last with every convolution on them; the selections,
@@ -35,10 +38,11 @@ use crate::model::config::{ExtraLevels, ExtraSource, FpnConfig, Layout};
 use crate::model::fcos_head::FcosHead;
 use crate::model::fpn::{Fpn, FpnOptions};
 use crate::model::head_tower::TowerStyle;
+use crate::model::mask_heads::{rename_mask_fcn, MaskHeads, MaskHeadsConfig};
 use crate::model::retinanet_head::RetinaNetHead;
 use crate::model::roi_heads::{BoxHeadKind, RoiHeads, RoiHeadsConfig, RoiHeadsOptions};
 use crate::model::rpn::{rename_v1_conv, RegionProposalNetwork, RpnConfig, RpnOptions};
-use crate::model::PYRAMID_CHANNELS;
+use crate::model::{DETECTIONS, MASKS, PYRAMID_CHANNELS};
 use crate::precision::Precision;
 use crate::tensor::Tensor;
 use crate::tensor_file::{read_tensors, HostTensor, TensorMap};
@@ -64,20 +68,30 @@ pub enum DetectorKind {
     /// of two 3x3 convs, the `FastRCNNConvFCHead` box head (four 3x3 convs with batch norm,
     /// one linear layer).
     FasterRcnnV2,
+    /// torchvision's `maskrcnn_resnet50_fpn` (v1): Faster R-CNN v1 and the mask branch
+    /// (`MaskRCNNHeads` of four 3x3 convs with biases, `MaskRCNNPredictor`), each detection's
+    /// mask pasted into its picture.
+    MaskRcnn,
+    /// torchvision's `maskrcnn_resnet50_fpn_v2`: Faster R-CNN v2 and the mask branch with
+    /// batch norm after each of its convs.
+    MaskRcnnV2,
 }
 
 impl DetectorKind {
     /// Every kind, in the order [`DetectorKind::name`]s are listed.
-    pub const ALL: [DetectorKind; 5] = [
+    pub const ALL: [DetectorKind; 7] = [
         DetectorKind::RetinaNet,
         DetectorKind::RetinaNetV2,
         DetectorKind::Fcos,
         DetectorKind::FasterRcnn,
         DetectorKind::FasterRcnnV2,
+        DetectorKind::MaskRcnn,
+        DetectorKind::MaskRcnnV2,
     ];
 
-    /// The name the command line takes: `retinanet`, `retinanet_v2`, `fcos`, `fasterrcnn`,
-    /// `fasterrcnn_v2`.
+    /// The name the command line takes, as torchvision's builders have it (less
+    /// `_resnet50_fpn`): `retinanet`, `retinanet_v2`, `fcos`, `fasterrcnn`, `fasterrcnn_v2`,
+    /// `maskrcnn`, `maskrcnn_v2`.
     pub fn name(self) -> &'static str {
         match self {
             DetectorKind::RetinaNet => "retinanet",
@@ -85,12 +99,28 @@ impl DetectorKind {
             DetectorKind::Fcos => "fcos",
             DetectorKind::FasterRcnn => "fasterrcnn",
             DetectorKind::FasterRcnnV2 => "fasterrcnn_v2",
+            DetectorKind::MaskRcnn => "maskrcnn",
+            DetectorKind::MaskRcnnV2 => "maskrcnn_v2",
         }
     }
 
     /// Whether the detector has a second stage (region proposals, then RoI heads).
     pub fn is_two_stage(self) -> bool {
-        matches!(self, DetectorKind::FasterRcnn | DetectorKind::FasterRcnnV2)
+        !matches!(
+            self,
+            DetectorKind::RetinaNet | DetectorKind::RetinaNetV2 | DetectorKind::Fcos
+        )
+    }
+
+    /// Whether the detector gives each detection a mask (Mask R-CNN).
+    pub fn has_masks(self) -> bool {
+        matches!(self, DetectorKind::MaskRcnn | DetectorKind::MaskRcnnV2)
+    }
+
+    /// Whether a two-stage detector is torchvision's v2 of it: batch norm in the FPN's convs,
+    /// two RPN convs, the conv box head (and Mask R-CNN's mask convs with batch norm).
+    fn is_two_stage_v2(self) -> bool {
+        matches!(self, DetectorKind::FasterRcnnV2 | DetectorKind::MaskRcnnV2)
     }
 
     /// The anchors of each level (a two-stage detector's are its RPN's).
@@ -98,7 +128,7 @@ impl DetectorKind {
         match self {
             DetectorKind::RetinaNet | DetectorKind::RetinaNetV2 => AnchorSpec::retinanet(),
             DetectorKind::Fcos => AnchorSpec::fcos(),
-            DetectorKind::FasterRcnn | DetectorKind::FasterRcnnV2 => AnchorSpec::rpn(),
+            _ => AnchorSpec::rpn(),
         }
     }
 
@@ -158,6 +188,8 @@ impl fmt::Display for DetectorKind {
             DetectorKind::Fcos => "FCOS",
             DetectorKind::FasterRcnn => "Faster R-CNN",
             DetectorKind::FasterRcnnV2 => "Faster R-CNN v2",
+            DetectorKind::MaskRcnn => "Mask R-CNN",
+            DetectorKind::MaskRcnnV2 => "Mask R-CNN v2",
         })
     }
 }
@@ -186,6 +218,9 @@ impl FromStr for DetectorKind {
 /// torchvision's box head width (`TwoMLPHead`'s and v2's linear layers): 1024.
 pub const REPRESENTATION_SIZE: usize = 1024;
 
+/// The channels of Mask R-CNN's `conv5_mask` (torchvision's `dim_reduced`): 256.
+pub const MASK_DIM_REDUCED: usize = 256;
+
 /// A detector's structure: its kind, backbone and FPN, and classes.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DetectorConfig {
@@ -206,13 +241,13 @@ pub struct DetectorConfig {
 impl DetectorConfig {
     /// torchvision's ResNet-50 detector of `kind` with `num_classes` classes: for the one-stage
     /// kinds the backbone returns C3..C5 and the FPN adds P6 and P7, P6 from where `kind` takes
-    /// it; for Faster R-CNN it returns C2..C5 and adds the max-pool P6, v2 with batch norm in
-    /// the FPN's convs.
+    /// it; for Faster and Mask R-CNN it returns C2..C5 and adds the max-pool P6, v2 with batch
+    /// norm in the FPN's convs.
     pub fn resnet50(kind: DetectorKind, num_classes: usize) -> Self {
         let mut backbone = FpnConfig::torchvision([3, 4, 6, 3]);
         backbone.returned = kind.returned();
         backbone.extra = kind.extra_levels();
-        backbone.fpn_norm = kind == DetectorKind::FasterRcnnV2;
+        backbone.fpn_norm = kind.is_two_stage_v2();
         DetectorConfig {
             kind,
             backbone,
@@ -231,22 +266,42 @@ impl DetectorConfig {
         Self::resnet50(DetectorKind::FasterRcnnV2, num_classes)
     }
 
+    /// torchvision's `maskrcnn_resnet50_fpn` with `num_classes` classes.
+    pub fn maskrcnn_resnet50(num_classes: usize) -> Self {
+        Self::resnet50(DetectorKind::MaskRcnn, num_classes)
+    }
+
+    /// torchvision's `maskrcnn_resnet50_fpn_v2` with `num_classes` classes.
+    pub fn maskrcnn_resnet50_v2(num_classes: usize) -> Self {
+        Self::resnet50(DetectorKind::MaskRcnnV2, num_classes)
+    }
+
+    /// Mask R-CNN's mask branch as torchvision's builders make it (four 3x3 convs of the
+    /// pyramid's width, `dim_reduced` 256; v2 with batch norm), on this detector's pyramid
+    /// and classes; `None` for the other kinds.
+    pub fn mask_heads(&self) -> Option<MaskHeadsConfig> {
+        self.kind.has_masks().then(|| MaskHeadsConfig {
+            in_channels: self.backbone.pyramid_channels,
+            layers: vec![self.backbone.pyramid_channels; 4],
+            batch_norm: self.kind.is_two_stage_v2(),
+            dim_reduced: MASK_DIM_REDUCED,
+            num_classes: self.num_classes,
+            bn_eps: 1e-5,
+        })
+    }
+
     /// A two-stage detector's RPN head: v1 one conv, v2 two, of the pyramid's width.
     fn rpn(&self) -> RpnConfig {
         RpnConfig {
             channels: self.backbone.pyramid_channels,
-            conv_depth: if self.kind == DetectorKind::FasterRcnnV2 {
-                2
-            } else {
-                1
-            },
+            conv_depth: if self.kind.is_two_stage_v2() { 2 } else { 1 },
         }
     }
 
     /// A two-stage detector's RoI heads, as torchvision's builders make them.
     fn roi_heads(&self) -> RoiHeadsConfig {
         let c = self.backbone.pyramid_channels;
-        let box_head = if self.kind == DetectorKind::FasterRcnnV2 {
+        let box_head = if self.kind.is_two_stage_v2() {
             BoxHeadKind::ConvFc {
                 convs: vec![c; 4],
                 fcs: vec![self.representation],
@@ -281,10 +336,10 @@ impl DetectorConfig {
 }
 
 /// How a detector runs, named and defaulted as torchvision's constructor arguments (the
-/// defaults in parentheses are RetinaNet's, which [`Default`] gives; FCOS's and Faster
-/// R-CNN's differ: see [`DetectorOptions::for_kind`]).
+/// defaults in parentheses are RetinaNet's, which [`Default`] gives; FCOS's and Faster and
+/// Mask R-CNN's differ: see [`DetectorOptions::for_kind`]).
 ///
-/// For Faster R-CNN, `score_thresh`, `nms_thresh` and `detections_per_img` are torchvision's
+/// For Faster and Mask R-CNN, `score_thresh`, `nms_thresh` and `detections_per_img` are torchvision's
 /// `box_score_thresh`, `box_nms_thresh` and `box_detections_per_img` (the RoI heads'), `rpn`
 /// holds the proposals' settings and `topk_candidates` is not used; the one-stage detectors
 /// do not use `rpn`.
@@ -332,7 +387,8 @@ impl DetectorOptions {
         let (score_thresh, nms_thresh, detections_per_img) = match kind {
             DetectorKind::RetinaNet | DetectorKind::RetinaNetV2 => (0.05, 0.5, 300),
             DetectorKind::Fcos => (0.2, 0.6, 100),
-            DetectorKind::FasterRcnn | DetectorKind::FasterRcnnV2 => (0.05, 0.5, 100),
+            // Mask R-CNN's builders take Faster R-CNN's defaults.
+            _ => (0.05, 0.5, 100),
         };
         DetectorOptions {
             min_size: 800,
@@ -400,7 +456,7 @@ impl DetectorOptions {
 }
 
 /// One picture's detections, best first: boxes (x1, y1, x2, y2) in the picture's pixels, their
-/// scores and their class indices.
+/// scores and their class indices, and for Mask R-CNN their masks.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Detections {
     /// (x1, y1, x2, y2) per detection, in input pixels.
@@ -409,6 +465,9 @@ pub struct Detections {
     pub scores: Vec<f32>,
     /// Class indices, as torchvision's `labels`.
     pub labels: Vec<i64>,
+    /// Mask R-CNN: each detection's mask in the picture, in the detections' order; `None`
+    /// for the detectors without masks.
+    pub masks: Option<Masks>,
 }
 
 impl Detections {
@@ -421,6 +480,59 @@ impl Detections {
     pub fn is_empty(&self) -> bool {
         self.scores.is_empty()
     }
+}
+
+/// One picture's Mask R-CNN masks, torchvision's `masks` `[K, 1, H, W]`: per detection, the
+/// probability (f32 in 0..1) that each pixel of the picture (H x W, the picture's own size)
+/// belongs to the detected object, the class's mask pasted into the detection's box; zero
+/// outside the box. torchvision's and COCO's evaluation take the pixels above 0.5 as the
+/// object.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Masks {
+    /// The picture's height H.
+    pub height: usize,
+    /// The picture's width W.
+    pub width: usize,
+    /// `K * H * W` probabilities: detection `i`'s mask is `data[i * H * W..(i + 1) * H * W]`,
+    /// row-major (pixel `(x, y)` at `y * W + x`).
+    pub data: Vec<f32>,
+}
+
+impl Masks {
+    /// How many masks (K).
+    pub fn len(&self) -> usize {
+        self.data
+            .len()
+            .checked_div(self.height * self.width)
+            .unwrap_or(0)
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// The shape `[K, 1, H, W]`.
+    pub fn shape(&self) -> [usize; 4] {
+        [self.len(), 1, self.height, self.width]
+    }
+
+    /// Detection `i`'s mask, `H * W` probabilities row-major; `None` past the last.
+    pub fn get(&self, i: usize) -> Option<&[f32]> {
+        let plane = self.height * self.width;
+        self.data.get(i * plane..(i + 1) * plane)
+    }
+}
+
+/// What a forward leaves on the GPU ([`Detector::forward_outputs`]).
+pub struct DetectorOutputs {
+    /// The detections `[N, 1, D, 6]`: per slot x1, y1, x2, y2, score, label bits; best first,
+    /// empty slots (score -1) after the last.
+    pub detections: Tensor,
+    /// Mask R-CNN: the masks pasted into the pictures `[N D, 1, H, W]` (f32 probabilities),
+    /// row `i D + k` for picture `i`'s slot `k`, zeros for empty slots. `None` for the other
+    /// detectors.
+    pub masks: Option<Tensor>,
 }
 
 /// A detector whose weights live on the GPU, ready to run on batches of pictures of any size.
@@ -478,6 +590,7 @@ impl Detector {
         tensors.retain(|name, _| !is_ignored(name));
         rename_v1_head_layers(&mut tensors, origin);
         rename_v1_conv(&mut tensors, origin);
+        rename_mask_fcn(&mut tensors, origin);
         // The backbone's layout is recognised from its own tensors, which the checkpoint
         // reader takes apart; the detector reads every tensor from the whole map.
         let backbone: TensorMap = tensors
@@ -598,20 +711,18 @@ impl Detector {
         let origin = store.origin();
         let names = store.names();
         let bad = |msg: String| Err(Error::invalid("Detector", format!("{origin}: {msg}")));
-        if names.iter().any(|n| n.starts_with("roi_heads.mask_")) {
-            return bad(
-                "a Mask R-CNN (`roi_heads.mask_head.*`); of the two-stage detectors only \
-                 Faster R-CNN runs end to end so far. `fpn run --weights` runs its backbone \
-                 and FPN"
-                    .to_string(),
-            );
-        }
+        let has_masks = names.iter().any(|n| n.starts_with("roi_heads.mask_"));
+        let family = if has_masks {
+            "Mask R-CNN"
+        } else {
+            "Faster R-CNN"
+        };
         let kind_of_levels = DetectorKind::FasterRcnn;
         if backbone.returned != kind_of_levels.returned()
             || backbone.extra != kind_of_levels.extra_levels()
         {
             return bad(format!(
-                "the FPN is {}; Faster R-CNN needs C2..C5 and the max-pool P6 \
+                "the FPN is {}; {family} needs C2..C5 and the max-pool P6 \
                  (LastLevelMaxPool)",
                 backbone.describe()
             ));
@@ -626,12 +737,17 @@ impl Detector {
                 }
                 _ => {
                     return bad(format!(
-                        "the box head has convs {convs:?} and linear layers {fcs:?}; Faster \
-                         R-CNN v2's (FastRCNNConvFCHead as torchvision builds it) has four \
-                         convs of the pyramid's {c} channels and one linear layer"
+                        "the box head has convs {convs:?} and linear layers {fcs:?}; {family} \
+                         v2's (FastRCNNConvFCHead as torchvision builds it) has four convs of \
+                         the pyramid's {c} channels and one linear layer"
                     ))
                 }
             },
+        };
+        let kind = match (has_masks, kind) {
+            (false, kind) => kind,
+            (true, DetectorKind::FasterRcnn) => DetectorKind::MaskRcnn,
+            (true, _) => DetectorKind::MaskRcnnV2,
         };
         let config = DetectorConfig {
             kind,
@@ -653,7 +769,55 @@ impl Detector {
                  box head is {kind}'s, whose RPN head has {want}"
             ));
         }
+        if let Some(want) = config.mask_heads() {
+            Self::check_mask_heads(store, &want, kind)?;
+        }
         Ok(config)
+    }
+
+    /// Checks that the mask branch of a `state_dict` is the one torchvision builds for `kind`
+    /// with the box branch's classes (`want`): the predictors' classes agree, v2's convs have
+    /// batch norm and v1's biases, and the widths are the builders'.
+    fn check_mask_heads(
+        store: &VarStore,
+        want: &MaskHeadsConfig,
+        kind: DetectorKind,
+    ) -> Result<()> {
+        let origin = store.origin();
+        let bad = |msg: String| Err(Error::invalid("Detector", format!("{origin}: {msg}")));
+        let got = MaskHeadsConfig::recognise(store, want.in_channels)?;
+        if got.num_classes != want.num_classes {
+            return bad(format!(
+                "the mask predictor has {} classes \
+                 (`roi_heads.mask_predictor.mask_fcn_logits.weight`) but the box predictor {} \
+                 (`roi_heads.box_predictor.cls_score.weight`); a Mask R-CNN's two branches \
+                 share their classes: give both from one model",
+                got.num_classes, want.num_classes
+            ));
+        }
+        if got.batch_norm != want.batch_norm {
+            let (has, needs) = if got.batch_norm {
+                (
+                    "batch norm (`roi_heads.mask_head.0.1.*`)",
+                    "biases and no norm",
+                )
+            } else {
+                ("biases and no norm", "batch norm after each conv")
+            };
+            return bad(format!(
+                "the mask head's convs have {has} but the box head is {kind}'s, whose mask \
+                 head has {needs}; give both branches of one model"
+            ));
+        }
+        if got.layers != want.layers || got.dim_reduced != want.dim_reduced {
+            return bad(format!(
+                "the mask head has convs {:?} and conv5_mask {} channels wide; {kind}'s, as \
+                 torchvision builds it, has four convs of the pyramid's {} channels and \
+                 conv5_mask {} wide",
+                got.layers, got.dim_reduced, want.in_channels, want.dim_reduced
+            ));
+        }
+        Ok(())
     }
 
     /// Deterministic seeded random weights, for tests, demos and benchmarks.
@@ -718,7 +882,8 @@ impl Detector {
         }
     }
 
-    /// The unoptimised graph: pictures in, `detections` `[N, 1, detections_per_img, 6]` out.
+    /// The unoptimised graph: pictures in, `detections` `[N, 1, detections_per_img, 6]` out,
+    /// and for Mask R-CNN `masks` `[N detections_per_img, 1, H, W]`.
     pub fn graph(
         store: &VarStore,
         config: DetectorConfig,
@@ -813,8 +978,9 @@ impl Detector {
         Ok(g)
     }
 
-    /// Faster R-CNN's graph: the transform, the backbone and FPN (P2..P6), the RPN on all five
-    /// levels, the RoI heads on P2..P5 with its proposals.
+    /// Faster and Mask R-CNN's graph: the transform, the backbone and FPN (P2..P6), the RPN on
+    /// all five levels, the RoI heads on P2..P5 with its proposals; Mask R-CNN's mask branch
+    /// on P2..P5 with the kept boxes.
     fn two_stage_graph(
         store: &VarStore,
         config: DetectorConfig,
@@ -839,8 +1005,16 @@ impl Detector {
         let rpn = RegionProposalNetwork::new(&vb, config.rpn(), options.rpn)?;
         let roi_heads = config.roi_heads();
         let heads = RoiHeads::new(&vb, &roi_heads, options.roi_heads())?;
+        let mask_config = config.mask_heads();
+        let masks = mask_config
+            .as_ref()
+            .map(|m| MaskHeads::new(&vb, m))
+            .transpose()?;
+        let mask_words = mask_config
+            .map(|m| format!("; mask branch {}", m.describe()))
+            .unwrap_or_default();
         store.finish_for(&format!(
-            "{kind} ({}) on {}",
+            "{kind} ({}{mask_words}) on {}",
             roi_heads.describe(),
             config.backbone.describe()
         ))?;
@@ -858,7 +1032,20 @@ impl Detector {
         // The RoI heads pool from P2..P5: torchvision's `MultiScaleRoIAlign(["0", "1", "2",
         // "3"])` leaves out `pool`.
         let heads = heads.record(&mut g, resize, &levels[..4], proposals, pictures);
-        g.output("detections", heads.detections);
+        g.output(DETECTIONS, heads.detections);
+        if let Some(masks) = masks {
+            // The mask branch pools at the boxes in the resized picture's pixels and pastes
+            // at the boxes in the pictures', each as torchvision has them.
+            let masks = masks.record(
+                &mut g,
+                resize,
+                &levels[..4],
+                heads.resized_detections,
+                heads.detections,
+                pictures,
+            );
+            g.output(MASKS, masks.masks);
+        }
         Ok(g)
     }
 
@@ -884,8 +1071,18 @@ impl Detector {
 
     /// Submits a forward on `pictures` (`[N, 3, H, W]` float32 RGB in 0..1, torchvision's
     /// detection input) and returns the detections tensor `[N, 1, D, 6]` still on the GPU:
-    /// per slot x1, y1, x2, y2, score, label bits; score -1 marks an empty slot.
+    /// per slot x1, y1, x2, y2, score, label bits; score -1 marks an empty slot. Mask R-CNN's
+    /// masks are computed and let go: [`Detector::forward_outputs`] keeps them.
+    ///
+    /// Mask R-CNN pastes every slot's mask at the pictures' size; pictures whose masks do not
+    /// fit the device are an [`Error::LimitExceeded`] naming the limit, before anything runs.
     pub fn forward(&self, pictures: &Tensor) -> Result<Tensor> {
+        Ok(self.forward_outputs(pictures)?.detections)
+    }
+
+    /// [`Detector::forward`] with every output: the detections and, for Mask R-CNN, the
+    /// masks pasted into the pictures, still on the GPU.
+    pub fn forward_outputs(&self, pictures: &Tensor) -> Result<DetectorOutputs> {
         let [_, c, _, _] = pictures.shape();
         if c != self.config.backbone.in_channels {
             return Err(Error::invalid(
@@ -897,8 +1094,83 @@ impl Detector {
                 ),
             ));
         }
-        let mut outputs = self.executor.forward(pictures)?;
-        Ok(outputs.remove(0).1)
+        self.check_masks(pictures.shape())?;
+        let mut outputs = self.executor.forward(pictures)?.into_iter();
+        let detections = outputs
+            .next()
+            .map(|(_, t)| t)
+            .ok_or_else(|| Error::invalid("Detector::forward", "the graph gave no detections"))?;
+        Ok(DetectorOutputs {
+            detections,
+            masks: outputs.next().map(|(_, t)| t),
+        })
+    }
+
+    /// Refuses pictures whose pasted masks do not fit this device, before anything is
+    /// allocated: every detection slot's mask is pasted at the picture's size, so one
+    /// picture's take `detections_per_img * H * W * 4` bytes in one binding, and the batch's
+    /// one buffer.
+    fn check_masks(&self, [n, _, h, w]: [usize; 4]) -> Result<()> {
+        if !self.config.kind.has_masks() {
+            return Ok(());
+        }
+        let d = self.options.detections_per_img as u64;
+        let per_mask = 4 * h as u64 * w as u64;
+        let limits = self.executor.context().limits();
+        let (binding_name, binding) =
+            if limits.max_storage_buffer_binding_size <= limits.max_buffer_size {
+                (
+                    "max_storage_buffer_binding_size",
+                    limits.max_storage_buffer_binding_size,
+                )
+            } else {
+                ("max_buffer_size", limits.max_buffer_size)
+            };
+        let picture = per_mask.saturating_mul(d);
+        if picture > binding {
+            let fits = binding / per_mask.max(1);
+            let fewer = if fits > 0 {
+                format!(
+                    "lower detections_per_img (`fpn detect --detections-per-img`) to at most \
+                     {fits}, or "
+                )
+            } else {
+                String::new()
+            };
+            return Err(Error::LimitExceeded {
+                op: "Detector",
+                what: format!(
+                    "the byte size of one picture's pasted masks [{d}, 1, {h}, {w}] \
+                     (detections_per_img {d} masks of {h}x{w} f32 probabilities)"
+                ),
+                value: picture,
+                limit_name: binding_name,
+                limit: binding,
+                hint: format!(
+                    "{fewer}give smaller pictures: Mask R-CNN pastes every detection slot's mask \
+                     at the picture's own size"
+                ),
+            });
+        }
+        let batch = picture.saturating_mul(n as u64);
+        if batch > limits.max_buffer_size {
+            return Err(Error::LimitExceeded {
+                op: "Detector",
+                what: format!(
+                    "the byte size of the batch's pasted masks [{}, 1, {h}, {w}]",
+                    n as u64 * d
+                ),
+                value: batch,
+                limit_name: "max_buffer_size",
+                limit: limits.max_buffer_size,
+                hint: format!(
+                    "give at most {} pictures of this size at once (`fpn detect --batch`), \
+                     fewer detections per picture or smaller pictures",
+                    (limits.max_buffer_size / picture.max(1)).max(1)
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Runs the detector on `pictures` (`[N, 3, H, W]` float32 RGB in 0..1) and returns each
@@ -909,11 +1181,34 @@ impl Detector {
     }
 
     /// [`Detector::detect`] without blocking the thread: only the final rows, at most
-    /// `detections_per_img` per picture, are read back.
+    /// `detections_per_img` per picture, are read back, and for Mask R-CNN each picture's
+    /// first K masks, K its detections, not the empty slots'.
     pub async fn detect_async(&self, pictures: &Tensor) -> Result<Vec<Detections>> {
-        let out = self.forward(pictures)?;
-        let rows = out.download_async(self.executor.context()).await?;
-        Detections::from_rows(&HostTensor::new(out.shape().to_vec(), rows)?)
+        let ctx = self.executor.context();
+        let out = self.forward_outputs(pictures)?;
+        let rows = out.detections.download_async(ctx).await?;
+        let mut found =
+            Detections::from_rows(&HostTensor::new(out.detections.shape().to_vec(), rows)?)?;
+        if let Some(masks) = &out.masks {
+            let [_, _, h, w] = masks.shape();
+            let d = out.detections.shape()[2];
+            // The kept records come first in each picture's slots, so its masks are the
+            // first K rows of its D.
+            let ranges: Vec<_> = found
+                .iter()
+                .enumerate()
+                .map(|(i, det)| i * d..i * d + det.len())
+                .collect();
+            let read = masks.download_rows_async(ctx, &ranges).await?;
+            for (det, data) in found.iter_mut().zip(read) {
+                det.masks = Some(Masks {
+                    height: h,
+                    width: w,
+                    data,
+                });
+            }
+        }
+        Ok(found)
     }
 }
 

@@ -387,7 +387,7 @@ impl MaskHeads {
 /// `MaskRCNNHeads` a sequence of `Conv2dNormActivation`, its COCO v1 weights among them) to
 /// `mask_head.{i-1}.0.*`, as torchvision's `_load_from_state_dict` does, unless the new name
 /// is there too (the old one is then reported as unexpected).
-fn rename_mask_fcn(tensors: &mut TensorMap, origin: &str) {
+pub(crate) fn rename_mask_fcn(tensors: &mut TensorMap, origin: &str) {
     let prefix = "roi_heads.mask_head.mask_fcn";
     let old: Vec<String> = tensors
         .keys()

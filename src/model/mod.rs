@@ -25,11 +25,12 @@ pub mod roi_heads;
 pub mod rpn;
 pub mod seed_head;
 
-pub use batch_network::{BatchNetwork, DETECTIONS};
+pub use batch_network::{BatchNetwork, DETECTIONS, MASKS};
 pub use checkpoint::Checkpoint;
 pub use config::{Block, ExtraLevels, ExtraSource, FpnConfig, Layout, ResNetStyle, Stem};
 pub use detector::{
-    Detections, Detector, DetectorConfig, DetectorKind, DetectorOptions, REPRESENTATION_SIZE,
+    Detections, Detector, DetectorConfig, DetectorKind, DetectorOptions, DetectorOutputs, Masks,
+    MASK_DIM_REDUCED, REPRESENTATION_SIZE,
 };
 pub use fpn::{Fpn, FpnOptions, Fusion, INPUT_CHANNELS, PYRAMID_CHANNELS};
 pub use pixels::PixelNorm;

@@ -3,6 +3,7 @@
 
 pub mod dataset;
 pub mod detector;
+pub mod matching;
 
 use std::sync::OnceLock;
 

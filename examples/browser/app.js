@@ -53,7 +53,8 @@ async function report(levels, forwardMs, firstMs) {
   return { shapes, forward_ms: forwardMs, first_result_ms: firstMs };
 }
 
-// Detector mode (`?detector=W.safetensors`): the picture with its boxes drawn, and a list.
+// Detector mode (`?detector=W.safetensors`): the picture with its boxes (and masks) drawn, and
+// a list.
 function drawDetections(found) {
   const box = $("levels");
   box.querySelectorAll("figure.level").forEach((f) => f.remove());
@@ -86,19 +87,18 @@ async function runDetector(detector, bytes, name) {
 }
 
 async function reportDetections(found) {
-  for (const [name, values] of [["boxes", found.boxes()], ["scores", found.scores()], ["labels", found.labels()]]) {
+  const reports = [["boxes", found.boxes()], ["scores", found.scores()], ["labels", found.labels()]];
+  if (found.mask_count() > 0) reports.push(["masks", found.masks()], ["pixels", found.pixels()]);
+  for (const [name, values] of reports) {
     const response = await fetch(`report/${name}`, { method: "POST", body: values });
     if (!response.ok) throw new Error(`the harness refused ${name}: ${response.status}`);
   }
-  return { count: found.count(), forward_ms: found.forward_ms() };
+  return { count: found.count(), masks: found.mask_count(), size: [found.height(), found.width()],
+    forward_ms: found.forward_ms() };
 }
 
 async function detectorMain() {
-  document.querySelector("h1").textContent = "RetinaNet on WebGPU";
-  document.querySelector("h1 + p").textContent = "torchvision's RetinaNet runs in WGSL compute " +
-    "shaders on this browser's GPU adapter, from the picture to the boxes: the transform, the " +
-    "backbone and FPN, the heads, the per-level top-k, the box decoding and the batched NMS. " +
-    "Each box is drawn in its class's colour, the class number on its tag.";
+  document.querySelector("h1").textContent = "Detection on WebGPU";
   $("max-size").parentElement.style.display = "none";
   const response = await fetch(params.get("detector"));
   if (!response.ok) throw new Error(`cannot fetch the detector ${params.get("detector")}: ${response.status}`);
@@ -106,11 +106,20 @@ async function detectorMain() {
   const number = (key) => (params.has(key) ? Number(params.get(key)) : undefined);
   let detector;
   try {
-    detector = await DetectorSession.create(weights, number("min_size"), number("max_size"), number("score_thresh"));
+    detector = await DetectorSession.create(weights, number("min_size"), number("max_size"),
+      number("score_thresh"), number("detections_per_img"), number("rpn_post_nms_top_n"));
   } catch (e) {
     fail(`No detector could be made on this browser's GPU: ${e.message}`);
     return;
   }
+  const kind = detector.kind();
+  document.querySelector("h1").textContent = `${kind} on WebGPU`;
+  document.querySelector("h1 + p").textContent = `torchvision's ${kind} runs in WGSL compute ` +
+    "shaders on this browser's GPU adapter, from the picture to the " +
+    (detector.has_masks() ? "boxes and masks: the transform, the backbone and FPN, the RPN, " +
+      "RoIAlign, the box and mask heads, the NMS and the masks pasted into the picture. "
+      : "boxes: the transform, the backbone and FPN, the heads, the box decoding and the NMS. ") +
+    "Each detection is drawn in its class's colour, the class number on its tag.";
   adapterName = detector.adapter();
   const url = params.get("picture") ?? "picture.png";
   const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());

@@ -9,9 +9,10 @@
 //! each [`Session::run`] decodes a JPEG or PNG with the crate's own decoder (the same pixels as
 //! `fpn run --image`), runs the network and reads every level back.
 //!
-//! Given a whole RetinaNet `state_dict` instead (`index.html?detector=retinanet.safetensors`),
-//! the page makes a [`DetectorSession`] and each [`DetectorSession::run`] finds boxes in the
-//! picture, all on the GPU, and draws them.
+//! Given a whole torchvision detection `state_dict` instead
+//! (`index.html?detector=maskrcnn.safetensors`: RetinaNet, FCOS, Faster or Mask R-CNN), the page
+//! makes a [`DetectorSession`] and each [`DetectorSession::run`] finds boxes (and for Mask R-CNN
+//! masks) in the picture, all on the GPU, and draws them.
 //!
 //! On a native target this example is empty.
 
@@ -19,7 +20,7 @@
 mod web {
     use fpn_wgpu::detection_output::draw_detections;
     use fpn_wgpu::image_input::{decode_image, ImageOptions};
-    use fpn_wgpu::model::DetectorConfig;
+    use fpn_wgpu::model::{DetectorConfig, RpnOptions};
     use fpn_wgpu::tensor_file::{parse_tensors, HostTensor};
     use fpn_wgpu::visualize::energy_picture;
     use fpn_wgpu::weights::VarStore;
@@ -186,15 +187,18 @@ mod web {
 
     #[wasm_bindgen]
     impl DetectorSession {
-        /// Picks the browser's adapter and builds the detector a whole torchvision RetinaNet
+        /// Picks the browser's adapter and builds the detector a whole torchvision detection
         /// `state_dict` (the bytes of its safetensors file) describes, with torchvision's
-        /// options but where given: the shorter side's size, the longer side's bound and the
-        /// score threshold.
+        /// options but where given: the shorter side's size, the longer side's bound, the score
+        /// threshold, the most detections per picture and (two-stage detectors) the proposals
+        /// kept after the RPN's NMS.
         pub async fn create(
             weights: Vec<u8>,
             min_size: Option<u32>,
             max_size: Option<u32>,
             score_thresh: Option<f32>,
+            detections_per_img: Option<u32>,
+            rpn_post_nms_top_n: Option<u32>,
         ) -> Result<DetectorSession, JsError> {
             console_error_panic_hook();
             let ctx = GpuContext::new_async().await.map_err(js_error)?;
@@ -210,6 +214,13 @@ mod web {
                     min_size: min_size.map_or(defaults.min_size, |v| v as usize),
                     max_size: max_size.map_or(defaults.max_size, |v| v as usize),
                     score_thresh: score_thresh.unwrap_or(defaults.score_thresh),
+                    detections_per_img: detections_per_img
+                        .map_or(defaults.detections_per_img, |v| v as usize),
+                    rpn: RpnOptions {
+                        rpn_post_nms_top_n_test: rpn_post_nms_top_n
+                            .map_or(defaults.rpn.rpn_post_nms_top_n_test, |v| v as usize),
+                        ..defaults.rpn
+                    },
                     ..defaults
                 }
             };
@@ -226,10 +237,20 @@ mod web {
         /// The detector, in words.
         pub fn network(&self) -> String {
             format!(
-                "{:?}, {} classes, fetched weights",
+                "{}, {} classes, fetched weights",
                 self.detector.config().kind,
                 self.detector.config().num_classes
             )
+        }
+
+        /// The kind of detector, as torchvision's papers name it ("Mask R-CNN").
+        pub fn kind(&self) -> String {
+            self.detector.config().kind.to_string()
+        }
+
+        /// Whether the detector finds masks as well as boxes (Mask R-CNN).
+        pub fn has_masks(&self) -> bool {
+            self.detector.config().kind.has_masks()
         }
 
         /// Finds the boxes in a JPEG or PNG (its bytes; `name` names it in errors): RGB in
@@ -250,6 +271,7 @@ mod web {
             let drawn = draw_detections(&input.rgb, &detections);
             Ok(Found {
                 size: (w, h),
+                pixels: rgb,
                 rgba: drawn
                     .pixels()
                     .flat_map(|p| [p[0], p[1], p[2], 255])
@@ -264,6 +286,7 @@ mod web {
     #[wasm_bindgen]
     pub struct Found {
         size: (u32, u32),
+        pixels: Vec<f32>,
         rgba: Vec<u8>,
         detections: Detections,
         forward_ms: f64,
@@ -291,6 +314,25 @@ mod web {
             self.detections.labels.iter().map(|&l| l as f32).collect()
         }
 
+        /// How many masks (as many as detections for Mask R-CNN, else none).
+        pub fn mask_count(&self) -> usize {
+            self.detections.masks.as_ref().map_or(0, |m| m.len())
+        }
+
+        /// Each detection's mask in the picture's pixels, flattened `[K, 1, H, W]`: the
+        /// probabilities torchvision's `masks` holds (empty without masks).
+        pub fn masks(&self) -> Vec<f32> {
+            self.detections
+                .masks
+                .as_ref()
+                .map_or_else(Vec::new, |m| m.data.clone())
+        }
+
+        /// The picture as the detector took it: `[1, 3, H, W]` RGB in 0..1, flattened.
+        pub fn pixels(&self) -> Vec<f32> {
+            self.pixels.clone()
+        }
+
         /// The picture's width.
         pub fn width(&self) -> u32 {
             self.size.0
@@ -301,7 +343,7 @@ mod web {
             self.size.1
         }
 
-        /// The picture with the boxes drawn: RGBA bytes for a canvas's `ImageData`.
+        /// The picture with the boxes (and masks) drawn: RGBA bytes for a canvas's `ImageData`.
         pub fn drawn_rgba(&self) -> Vec<u8> {
             self.rgba.clone()
         }

@@ -99,8 +99,8 @@ mod native {
         /// With --detect: the most the longer side may be after resizing.
         #[arg(long, default_value_t = 1333, requires = "detect")]
         max_size: usize,
-        /// With --detect: the kind of detector, retinanet, retinanet_v2, fcos, fasterrcnn or
-        /// fasterrcnn_v2.
+        /// With --detect: the kind of detector, retinanet, retinanet_v2, fcos, fasterrcnn,
+        /// fasterrcnn_v2, maskrcnn or maskrcnn_v2.
         #[arg(long, default_value = "retinanet", requires = "detect")]
         detector: fpn_wgpu::model::DetectorKind,
     }

@@ -309,6 +309,7 @@ impl MaskHeads {
         detections: Value,
         pictures: Value,
     ) -> MaskHeadsValues {
+        g.set_stage("mask head");
         let mut pool_inputs = levels.to_vec();
         pool_inputs.extend([resized_detections, pictures]);
         let mut x = g.push(
@@ -326,6 +327,7 @@ impl MaskHeads {
         x = self.conv5_mask.forward(g, x);
         let logits = self.mask_fcn_logits.forward(g, x);
         let probabilities = g.push("roi_heads.mask_probs", SelectMasks, &[logits, detections]);
+        g.set_stage("postprocess");
         let masks = g.push(
             "transform.paste_masks",
             PasteMasks,

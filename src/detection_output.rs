@@ -134,7 +134,7 @@ pub struct CocoResult {
 pub struct Rle {
     /// Height and width.
     pub size: [usize; 2],
-    /// The runs, LEB128-like in 6-bit characters from `0` (48), each run after the second
+    /// The runs, LEB128-like in 6-bit characters from `0` (48), each run after the third
     /// written as its difference from the run two before.
     pub counts: String,
 }

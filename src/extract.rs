@@ -406,7 +406,20 @@ impl<I> Extractor<'_, I> {
             if let Some(s) = readout.gpu_seconds {
                 *self.stats.gpu_seconds.get_or_insert(0.0) += s;
             }
-            self.per_image(&f.shapes, readout.images, &f.later)
+            let per_image = self.per_image(&f.shapes, readout.images, &f.later)?;
+            // Every member must be finished, with its outputs or an error: a picture left out
+            // would stall the ordered results behind it.
+            if per_image.len() != batch.members.len() {
+                return Err(Error::invalid(
+                    "extract",
+                    format!(
+                        "a batch of {} pictures came back as {} pictures' outputs; the network's outputs must have the batch as their first dimension",
+                        batch.members.len(),
+                        per_image.len()
+                    ),
+                ));
+            }
+            Ok(per_image)
         });
         let per_image = match outputs {
             Ok(v) => v,

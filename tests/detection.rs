@@ -344,6 +344,39 @@ fn f16_detectors_run_every_convolution_on_cooperative_matrices_where_verified() 
     }
 }
 
+/// With f16 activations, the two-stage detectors stay NCHW, but their box head's linear layers
+/// run on cooperative matrices where `coop::verified` holds (each at least one matrix wide,
+/// which nine classes make the predictor), on the tiled GEMM elsewhere.
+#[test]
+fn two_stage_detectors_run_their_linear_layers_on_cooperative_matrices_where_verified() {
+    let Some(ctx) = common::f16_gpu() else {
+        eprintln!("no shader-f16 on this adapter; the f16 detectors are not run");
+        return;
+    };
+    let verified = coop::verified(ctx);
+    for kind in [DetectorKind::FasterRcnn, DetectorKind::FasterRcnnV2] {
+        let options = DetectorOptions {
+            min_size: 64,
+            max_size: 96,
+            ..DetectorOptions::for_kind(kind).with_precision(Precision::F16)
+        };
+        let detector = Detector::random(ctx, faster_rcnn_config(kind, 9, 32), 3, options).unwrap();
+        assert_eq!(detector.executor().memory_format(), MemoryFormat::Nchw);
+        let plan = detector.executor().plan([1, 3, 50, 70]).unwrap();
+        let linear: Vec<&str> = plan
+            .kernels()
+            .into_iter()
+            .map(|(_, k)| k)
+            .filter(|k| k.starts_with("linear"))
+            .collect();
+        assert!(linear.len() >= 3, "{kind}: {linear:?}");
+        for k in &linear {
+            assert_eq!(*k == "linear_coop", verified, "{kind}: {linear:?}");
+        }
+        eprintln!("{kind} f16: linear layers on {linear:?}");
+    }
+}
+
 /// A checkpoint of each kind, written by `random_state_dict`, is recognised from its names and
 /// shapes (kind, classes, where P6 comes from) and runs exactly as the random detector does.
 #[test]

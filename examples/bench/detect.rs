@@ -67,18 +67,25 @@ fn launches(plan: &Plan) -> ([usize; PARTS.len()], usize, usize) {
     (parts, convs, coop)
 }
 
-/// The GPU memory the executor holds for a forward of `plan`: its pooled activation buffers
-/// (the last stage's outputs and the split-K scratch among them) and the weights.
+/// The GPU memory a forward of `plan` holds: the executor's pooled activation buffers (the
+/// split-K scratch among them), the weights, and the output tensors the results are copied into
+/// (f32: the rows, and Mask R-CNN's pasted masks of every detection slot).
 fn print_memory(plan: &Plan, detector: &Detector) {
     let mib = |bytes: u64| bytes as f64 / (1u64 << 20) as f64;
     let weights = detector.executor().weight_bytes();
+    let outputs: u64 = plan
+        .output_shapes()
+        .iter()
+        .map(|(_, shape)| shape.iter().product::<usize>() as u64 * 4)
+        .sum();
     println!(
-        "memory: activations {:.1} MiB in {} buffers (liveness lower bound {:.1} MiB), weights {:.1} MiB; peak {:.1} MiB",
+        "memory: activations {:.1} MiB in {} buffers (liveness lower bound {:.1} MiB), weights {:.1} MiB, outputs {:.1} MiB; peak {:.1} MiB",
         mib(plan.activation_bytes()),
         plan.buffer_count(),
         mib(plan.activation_lower_bound()),
         mib(weights),
-        mib(plan.activation_bytes() + weights)
+        mib(outputs),
+        mib(plan.activation_bytes() + weights + outputs)
     );
 }
 

@@ -114,7 +114,7 @@ fn write_picture(
     names: Option<&[String]>,
     draw: Option<&ImageOptions>,
 ) -> Result<Vec<CocoResult>> {
-    // One picture's rows, [1, 1, D, 6] (and Mask R-CNN's masks, [1, D, H, W]): one list of
+    // One picture's rows, [1, 1, D, 6] (and Mask R-CNN's kept masks, [1, K, H, W]): one list of
     // detections.
     let found = Detections::from_outputs(outputs)?
         .into_iter()

@@ -73,7 +73,8 @@ impl BatchNetwork for Detector {
         name == MASKS
     }
 
-    /// The picture's detections, from its rows.
+    /// The picture's detections, from its rows: its masks are its first K slots
+    /// (`Detections::mask_slots`).
     fn channels_needed(&self, name: &str, others: &[(String, HostTensor)]) -> Result<usize> {
         if name != MASKS {
             return Ok(usize::MAX);

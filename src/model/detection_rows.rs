@@ -10,6 +10,17 @@ use crate::model::{Detections, Masks, DETECTIONS, MASKS};
 use crate::tensor_file::HostTensor;
 
 impl Detections {
+    /// Where each picture's masks lie among Mask R-CNN's mask slots, `slots` (D) per picture,
+    /// numbered across the batch: its K detections' masks are the first K of its D slots, since
+    /// the NMS writes the kept records first and the mask of slot k is record k's.
+    pub(crate) fn mask_slots(found: &[Detections], slots: usize) -> Vec<std::ops::Range<usize>> {
+        found
+            .iter()
+            .enumerate()
+            .map(|(i, det)| i * slots..i * slots + det.len().min(slots))
+            .collect()
+    }
+
     /// Each picture's detections in `rows`, the values of a `[N, 1, D, 6]` detections tensor:
     /// per slot x1, y1, x2, y2, score and the label's bits; a negative score marks an empty
     /// slot. The same as [`Detector::detect`](crate::Detector::detect) gives for the forward.
@@ -76,13 +87,12 @@ impl Detections {
                 ))
             }
         };
-        for (i, det) in found.iter_mut().enumerate().take(n) {
-            let k = det.len().min(d);
-            let start = i * d * h * w;
+        let slots = Self::mask_slots(&found[..n], d);
+        for (det, range) in found.iter_mut().zip(slots) {
             det.masks = Some(Masks {
                 height: h,
                 width: w,
-                data: masks.data[start..start + k * h * w].to_vec(),
+                data: masks.data[range.start * h * w..range.end * h * w].to_vec(),
             });
         }
         Ok(found)

@@ -1191,14 +1191,7 @@ impl Detector {
             Detections::from_rows(&HostTensor::new(out.detections.shape().to_vec(), rows)?)?;
         if let Some(masks) = &out.masks {
             let [_, _, h, w] = masks.shape();
-            let d = out.detections.shape()[2];
-            // The kept records come first in each picture's slots, so its masks are the
-            // first K rows of its D.
-            let ranges: Vec<_> = found
-                .iter()
-                .enumerate()
-                .map(|(i, det)| i * d..i * d + det.len())
-                .collect();
+            let ranges = Detections::mask_slots(&found, out.detections.shape()[2]);
             let read = masks.download_rows_async(ctx, &ranges).await?;
             for (det, data) in found.iter_mut().zip(read) {
                 det.masks = Some(Masks {

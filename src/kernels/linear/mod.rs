@@ -265,14 +265,7 @@ pub fn prepare(
     check_io(OP, out, &[x])?;
     let [out_features, in_features] = weights.shape;
     let rows = shape[0];
-    if let LinearKernel::Cooperative {
-        side,
-        subgroup_size,
-        block,
-    } = LinearKernel::choose(ctx, x.precision(), rows, weights.shape)
-    {
-        return coop::prepare(ctx, x, weights, relu, out, (side, subgroup_size, block));
-    }
+    // Both kernels index in u32.
     let too_many = |what: &str| {
         Error::invalid(
             OP,
@@ -284,6 +277,14 @@ pub fn prepare(
     }
     if u32::try_from(out.numel()).is_err() {
         return Err(too_many("the output"));
+    }
+    if let LinearKernel::Cooperative {
+        side,
+        subgroup_size,
+        block,
+    } = LinearKernel::choose(ctx, x.precision(), rows, weights.shape)
+    {
+        return coop::prepare(ctx, x, weights, relu, out, (side, subgroup_size, block));
     }
     let tiles_n = out_features.div_ceil(TILE_N);
     let tiles = (rows.div_ceil(TILE_M) as u64) * tiles_n as u64;

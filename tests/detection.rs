@@ -19,6 +19,7 @@ use std::path::Path;
 
 use common::gpu;
 use common::matching::{compare, Expected, Tolerance};
+use common::two_stage;
 use fpn_wgpu::graph::executor::Granularity;
 use fpn_wgpu::kernels::conv2d::coop;
 use fpn_wgpu::model::RpnOptions;
@@ -100,19 +101,7 @@ fn check_detections(
     assert_eq!(got.len(), shape[0]);
     let longer = shape[2].max(shape[3]) as f32;
     for (i, det) in got.iter().enumerate() {
-        let boxes = &fixture[&format!("boxes.{i}")].data;
-        let want = Expected {
-            boxes: boxes
-                .chunks_exact(4)
-                .map(|b| [b[0], b[1], b[2], b[3]])
-                .collect(),
-            scores: fixture[&format!("scores.{i}")].data.clone(),
-            labels: fixture[&format!("labels.{i}")]
-                .data
-                .iter()
-                .map(|&l| l as i64)
-                .collect(),
-        };
+        let want = Expected::from_fixture(fixture, i);
         let case = format!(
             "{name} picture {i} ({precision}, {:?})",
             detector.executor().memory_format()
@@ -156,42 +145,13 @@ fn fcos_matches_torchvision_on_an_odd_picture_scaled_up() {
     check_fixture("det_fcos_150x113", DetectorKind::Fcos);
 }
 
-/// A Faster R-CNN of `kind` on the fixtures' small backbone (one bottleneck per layer; v2 with
-/// batch norm in the FPN's convs, as torchvision builds it).
-fn faster_rcnn_config(kind: DetectorKind, classes: usize, representation: usize) -> DetectorConfig {
-    let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
-    backbone.fpn_norm = kind == DetectorKind::FasterRcnnV2;
-    DetectorConfig {
-        backbone,
-        representation,
-        ..DetectorConfig::resnet50(kind, classes)
-    }
-}
-
 /// A Faster R-CNN fixture of `tests/fixtures/make_faster_rcnn_fixtures.py`, its weights drawn
 /// again from the seed, run end to end by the detector in `precision`.
 fn check_faster_rcnn_in(ctx: &GpuContext, name: &str, kind: DetectorKind, precision: Precision) {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.safetensors"));
     let fixture = read_tensors(&path, |_| false).unwrap();
-    let o = &fixture["options"].data;
-    let config = faster_rcnn_config(kind, o[1] as usize, o[2] as usize);
-    let options = DetectorOptions {
-        min_size: o[3] as usize,
-        max_size: o[4] as usize,
-        score_thresh: o[5],
-        nms_thresh: o[6],
-        detections_per_img: o[7] as usize,
-        rpn: RpnOptions {
-            rpn_pre_nms_top_n_test: o[8] as usize,
-            rpn_post_nms_top_n_test: o[9] as usize,
-            rpn_nms_thresh: o[10],
-            ..RpnOptions::default()
-        },
-        precision,
-        ..DetectorOptions::for_kind(kind)
-    };
-    let detector = Detector::random(ctx, config, o[0] as u64, options).unwrap();
+    let detector = two_stage::detector(ctx, &fixture, kind, precision);
     check_detections(ctx, name, &fixture, &detector);
 }
 
@@ -360,7 +320,7 @@ fn two_stage_detectors_run_their_linear_layers_on_cooperative_matrices_where_ver
             max_size: 96,
             ..DetectorOptions::for_kind(kind).with_precision(Precision::F16)
         };
-        let detector = Detector::random(ctx, faster_rcnn_config(kind, 9, 32), 3, options).unwrap();
+        let detector = Detector::random(ctx, two_stage::config(kind, 9, 32), 3, options).unwrap();
         assert_eq!(detector.executor().memory_format(), MemoryFormat::Nchw);
         let plan = detector.executor().plan([1, 3, 50, 70]).unwrap();
         let linear: Vec<&str> = plan
@@ -660,7 +620,7 @@ fn faster_rcnn_checkpoints_are_recognised_and_run_as_their_random_twin() {
         (DetectorKind::FasterRcnn, 3, 32),
         (DetectorKind::FasterRcnnV2, 4, 24),
     ] {
-        let config = faster_rcnn_config(kind, classes, representation);
+        let config = two_stage::config(kind, classes, representation);
         let mut dict = Detector::random_state_dict(config, 9).unwrap();
         if kind == DetectorKind::FasterRcnn {
             for t in ["weight", "bias"] {
@@ -691,9 +651,9 @@ fn faster_rcnn_checkpoints_are_recognised_and_run_as_their_random_twin() {
 /// widths than torchvision builds.
 #[test]
 fn faster_rcnn_checkpoints_that_do_not_fit_are_refused_with_what_they_hold() {
-    let v1 = Detector::random_state_dict(faster_rcnn_config(DetectorKind::FasterRcnn, 3, 32), 1)
-        .unwrap();
-    let v2 = Detector::random_state_dict(faster_rcnn_config(DetectorKind::FasterRcnnV2, 3, 32), 1)
+    let v1 =
+        Detector::random_state_dict(two_stage::config(DetectorKind::FasterRcnn, 3, 32), 1).unwrap();
+    let v2 = Detector::random_state_dict(two_stage::config(DetectorKind::FasterRcnnV2, 3, 32), 1)
         .unwrap();
 
     let mut mixed = v1.clone();

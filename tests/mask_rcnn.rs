@@ -18,26 +18,11 @@ use std::path::Path;
 
 use common::gpu;
 use common::matching::{compare, Expected, Tolerance};
+use common::two_stage;
 use fpn_wgpu::extract::{extract, ExtractOptions};
-use fpn_wgpu::model::{DetectorConfig, DetectorKind, RpnOptions, MASKS};
+use fpn_wgpu::model::{DetectorKind, RpnOptions, MASKS};
 use fpn_wgpu::tensor_file::{read_tensors, HostTensor, TensorMap};
-use fpn_wgpu::{
-    Detections, Detector, DetectorOptions, Error, FpnConfig, GpuContext, Precision, Tensor,
-};
-
-/// A Mask R-CNN of `kind` on the fixtures' small backbone (one bottleneck per layer; v2 with
-/// batch norm in the FPN's convs, as torchvision builds it).
-fn mask_rcnn_config(kind: DetectorKind, classes: usize, representation: usize) -> DetectorConfig {
-    let mut backbone = FpnConfig::torchvision([1, 1, 1, 1]);
-    backbone.returned = kind.returned();
-    backbone.extra = kind.extra_levels();
-    backbone.fpn_norm = kind == DetectorKind::MaskRcnnV2;
-    DetectorConfig {
-        backbone,
-        representation,
-        ..DetectorConfig::resnet50(kind, classes)
-    }
-}
+use fpn_wgpu::{Detections, Detector, DetectorOptions, Error, GpuContext, Precision, Tensor};
 
 /// Runs a fixture's Mask R-CNN, its weights drawn again from the seed, in `precision` and
 /// checks its detections and masks against torchvision's.
@@ -45,24 +30,8 @@ fn check_fixture(ctx: &GpuContext, name: &str, kind: DetectorKind, precision: Pr
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/{name}.safetensors"));
     let fixture = read_tensors(&path, |_| false).unwrap();
-    let o = &fixture["options"].data;
-    let config = mask_rcnn_config(kind, o[1] as usize, o[2] as usize);
-    let options = DetectorOptions {
-        min_size: o[3] as usize,
-        max_size: o[4] as usize,
-        score_thresh: o[5],
-        nms_thresh: o[6],
-        detections_per_img: o[7] as usize,
-        rpn: RpnOptions {
-            rpn_pre_nms_top_n_test: o[8] as usize,
-            rpn_post_nms_top_n_test: o[9] as usize,
-            rpn_nms_thresh: o[10],
-            ..RpnOptions::default()
-        },
-        precision,
-        ..DetectorOptions::for_kind(kind)
-    };
-    let detector = Detector::random(ctx, config, o[0] as u64, options).unwrap();
+    let detector = two_stage::detector(ctx, &fixture, kind, precision);
+    let options = detector.options();
     let pictures = &fixture["pictures"];
     let shape: [usize; 4] = pictures.shape.clone().try_into().unwrap();
     let [_, _, h, w] = shape;
@@ -79,19 +48,7 @@ fn check_fixture(ctx: &GpuContext, name: &str, kind: DetectorKind, precision: Pr
     }
     let mask_tol = 1e-2;
     for (i, det) in got.iter().enumerate() {
-        let want = Expected {
-            boxes: fixture[&format!("boxes.{i}")]
-                .data
-                .chunks_exact(4)
-                .map(|b| [b[0], b[1], b[2], b[3]])
-                .collect(),
-            scores: fixture[&format!("scores.{i}")].data.clone(),
-            labels: fixture[&format!("labels.{i}")]
-                .data
-                .iter()
-                .map(|&l| l as i64)
-                .collect(),
-        };
+        let want = Expected::from_fixture(&fixture, i);
         let case = format!("{name} picture {i} ({precision})");
         let longer = h.max(w) as f32;
         let m = compare(&case, det, &want, longer, options.score_thresh, tol);
@@ -180,7 +137,7 @@ fn mask_rcnn_checkpoints_are_recognised_and_run_as_their_random_twin() {
         (DetectorKind::MaskRcnn, 3, 32),
         (DetectorKind::MaskRcnnV2, 4, 24),
     ] {
-        let config = mask_rcnn_config(kind, classes, representation);
+        let config = two_stage::config(kind, classes, representation);
         let mut dict = Detector::random_state_dict(config, 9).unwrap();
         assert!(dict.contains_key("roi_heads.mask_predictor.mask_fcn_logits.weight"));
         if kind == DetectorKind::MaskRcnn {
@@ -239,11 +196,11 @@ fn load_error(dict: TensorMap, kind: DetectorKind) -> String {
 #[test]
 fn mask_rcnn_checkpoints_that_do_not_fit_are_refused_with_what_they_hold() {
     let v1 =
-        Detector::random_state_dict(mask_rcnn_config(DetectorKind::MaskRcnn, 3, 32), 1).unwrap();
+        Detector::random_state_dict(two_stage::config(DetectorKind::MaskRcnn, 3, 32), 1).unwrap();
     let v2 =
-        Detector::random_state_dict(mask_rcnn_config(DetectorKind::MaskRcnnV2, 3, 32), 1).unwrap();
+        Detector::random_state_dict(two_stage::config(DetectorKind::MaskRcnnV2, 3, 32), 1).unwrap();
     let other =
-        Detector::random_state_dict(mask_rcnn_config(DetectorKind::MaskRcnn, 5, 32), 1).unwrap();
+        Detector::random_state_dict(two_stage::config(DetectorKind::MaskRcnn, 5, 32), 1).unwrap();
     let mask_branch = |dict: &TensorMap| -> TensorMap {
         dict.iter()
             .filter(|(n, _)| n.starts_with("roi_heads.mask_"))
@@ -284,7 +241,7 @@ fn mask_rcnn_checkpoints_that_do_not_fit_are_refused_with_what_they_hold() {
 #[test]
 fn masks_larger_than_the_device_binds_are_an_error_naming_the_limit_and_the_fix() {
     let ctx = gpu();
-    let config = mask_rcnn_config(DetectorKind::MaskRcnn, 3, 32);
+    let config = two_stage::config(DetectorKind::MaskRcnn, 3, 32);
     let options = DetectorOptions {
         detections_per_img: 100,
         ..small_options(DetectorKind::MaskRcnn)

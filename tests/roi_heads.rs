@@ -21,155 +21,20 @@ mod common;
 use std::path::Path;
 
 use common::gpu;
+use common::matching::{compare, Expected, Tolerance};
 use fpn_wgpu::graph::ops::detect::{DetectionGeometry, ResizeRule};
 use fpn_wgpu::model::roi_heads::{BoxHeadKind, RoiHeads, RoiHeadsConfig, RoiHeadsOptions};
 use fpn_wgpu::reference::{self, CandidateRule};
-use fpn_wgpu::tensor_file::{read_tensors, TensorMap};
+use fpn_wgpu::tensor_file::{read_tensors, HostTensor, TensorMap};
 use fpn_wgpu::weights::is_ignored;
-use fpn_wgpu::{Error, GpuContext, Precision, Tensor};
+use fpn_wgpu::{Detections, Error, GpuContext, Precision, Tensor};
 
 const CHANNELS: usize = 64;
 
-/// One picture's detections.
-#[derive(Default)]
-struct Dets {
-    boxes: Vec<[f32; 4]>,
-    scores: Vec<f32>,
-    labels: Vec<u32>,
-}
-
-impl Dets {
-    /// The non-empty records of `[D, 6]` rows.
-    fn from_records(records: &[f32]) -> Self {
-        let mut d = Dets::default();
-        for r in records.chunks(6).filter(|r| r[4] >= 0.0) {
-            d.boxes.push([r[0], r[1], r[2], r[3]]);
-            d.scores.push(r[4]);
-            d.labels.push(r[5].to_bits());
-        }
-        d
-    }
-
-    fn len(&self) -> usize {
-        self.scores.len()
-    }
-}
-
-fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
-    let area = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]);
-    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
-    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
-    let inter = w * h;
-    inter / (area(a) + area(b) - inter)
-}
-
-/// The largest coordinate difference.
-fn distance(a: [f32; 4], b: [f32; 4]) -> f32 {
-    (0..4).map(|k| (a[k] - b[k]).abs()).fold(0.0, f32::max)
-}
-
-#[derive(Clone, Copy)]
-struct Tolerance {
-    /// Each coordinate, as a fraction of the picture's longer side.
-    coordinate: f32,
-    score: f32,
-    /// Detections scoring this close to the threshold may go unmatched.
-    near_threshold: f32,
-    /// The IoU a match needs; `None`: the coordinates alone decide.
-    iou: Option<f32>,
-    /// The share of each side's detections that may go unmatched away from the threshold.
-    unmatched: f32,
-}
-
-impl Tolerance {
-    fn of(precision: Precision) -> Self {
-        match precision {
-            Precision::F32 => Tolerance {
-                coordinate: 1e-3,
-                score: 1e-4,
-                near_threshold: 1e-3,
-                iou: Some(0.99),
-                unmatched: 0.0,
-            },
-            Precision::F16 => Tolerance {
-                coordinate: 1e-2,
-                score: 1e-2,
-                near_threshold: 1e-2,
-                iou: None,
-                unmatched: 0.03,
-            },
-        }
-    }
-}
-
-fn same_box(a: [f32; 4], b: [f32; 4], longer: f32, tol: Tolerance) -> bool {
-    let flat = |r: [f32; 4]| (r[2] - r[0]) * (r[3] - r[1]) == 0.0;
-    match tol.iou {
-        Some(bound) if !(flat(a) && flat(b)) => iou(a, b) >= bound,
-        _ => distance(a, b) <= tol.coordinate * longer,
-    }
-}
-
-/// Checks the rule for one picture; returns (matched, worst box error, worst score error).
-fn compare(
-    case: &str,
-    got: &Dets,
-    want: &Dets,
-    longer: f32,
-    thresh: f32,
-    tol: Tolerance,
-) -> (usize, f32, f32) {
-    let near_thresh = |s: f32| (s - thresh).abs() <= tol.near_threshold;
-    let mut used = vec![false; got.len()];
-    let (mut worst_box, mut worst_score, mut matched) = (0.0f32, 0.0f32, 0);
-    let mut unmatched_theirs = 0;
-    for j in 0..want.len() {
-        let (b, s, l) = (want.boxes[j], want.scores[j], want.labels[j]);
-        let best = (0..got.len())
-            .filter(|&i| !used[i] && got.labels[i] == l)
-            .min_by(|&x, &y| distance(got.boxes[x], b).total_cmp(&distance(got.boxes[y], b)));
-        let Some(i) = best.filter(|&i| same_box(got.boxes[i], b, longer, tol)) else {
-            if !near_thresh(s) {
-                eprintln!("{case}: torchvision's detection {j} (label {l}, score {s}, box {b:?}) has no match");
-                unmatched_theirs += 1;
-            }
-            continue;
-        };
-        used[i] = true;
-        matched += 1;
-        let box_err = distance(got.boxes[i], b);
-        let score_err = (got.scores[i] - s).abs();
-        assert!(
-            box_err <= tol.coordinate * longer,
-            "{case}: detection {j}'s box {:?} is {box_err} from torchvision's {b:?}",
-            got.boxes[i]
-        );
-        assert!(
-            score_err <= tol.score,
-            "{case}: detection {j}'s score {} is {score_err} from torchvision's {s}",
-            got.scores[i]
-        );
-        worst_box = worst_box.max(box_err);
-        worst_score = worst_score.max(score_err);
-    }
-    let mut unmatched_ours = 0;
-    for (i, &u) in used.iter().enumerate() {
-        if !u && !near_thresh(got.scores[i]) {
-            eprintln!(
-                "{case}: our detection {i} (label {}, score {}, box {:?}) is not torchvision's",
-                got.labels[i], got.scores[i], got.boxes[i]
-            );
-            unmatched_ours += 1;
-        }
-    }
-    let allowed = |n: usize| (tol.unmatched * n as f32).floor() as usize;
-    assert!(
-        unmatched_theirs <= allowed(want.len()) && unmatched_ours <= allowed(got.len()),
-        "{case}: {unmatched_theirs} of torchvision's {} and {unmatched_ours} of our {} detections unmatched",
-        want.len(),
-        got.len()
-    );
-    (matched, worst_box, worst_score)
+/// One picture's detections in its `[D, 6]` records, read as the detector reads them.
+fn detections(records: &[f32]) -> Detections {
+    let rows = HostTensor::new(vec![1, 1, records.len() / 6, 6], records.to_vec()).unwrap();
+    Detections::from_rows(&rows).unwrap().remove(0)
 }
 
 /// The fixture, `num_batches_tracked` left out as every loader of the crate does.
@@ -238,7 +103,7 @@ fn inputs(t: &TensorMap) -> Inputs {
 }
 
 /// torchvision's detections of `run`, per picture, and its options.
-fn expected(t: &TensorMap, run: &str, n: usize) -> (Vec<Dets>, RoiHeadsOptions) {
+fn expected(t: &TensorMap, run: &str, n: usize) -> (Vec<Expected>, RoiHeadsOptions) {
     let o = &t[&format!("{run}.options")].data;
     let options = RoiHeadsOptions {
         box_score_thresh: o[0],
@@ -248,13 +113,13 @@ fn expected(t: &TensorMap, run: &str, n: usize) -> (Vec<Dets>, RoiHeadsOptions) 
     let dets = (0..n)
         .map(|i| {
             let boxes = &t[&format!("{run}.boxes{i}")].data;
-            Dets {
+            Expected {
                 boxes: boxes.chunks(4).map(|b| [b[0], b[1], b[2], b[3]]).collect(),
                 scores: t[&format!("{run}.scores{i}")].data.clone(),
                 labels: t[&format!("{run}.labels{i}")]
                     .data
                     .iter()
-                    .map(|&l| l as u32)
+                    .map(|&l| l as i64)
                     .collect(),
             }
         })
@@ -297,13 +162,13 @@ fn check_run(ctx: &GpuContext, t: &TensorMap, run: &str, kind: &str, precision: 
     let longer = inp.pictures[2].max(inp.pictures[3]) as f32;
     let tol = Tolerance::of(precision);
     for (i, want) in want.iter().enumerate() {
-        let got = Dets::from_records(&records[i * d * 6..(i + 1) * d * 6]);
+        let got = detections(&records[i * d * 6..(i + 1) * d * 6]);
         let case = format!("{run} ({precision}) picture {i}");
-        let (matched, box_err, score_err) =
-            compare(&case, &got, want, longer, options.box_score_thresh, tol);
+        let m = compare(&case, &got, want, longer, options.box_score_thresh, tol);
+        let (matched, box_err, score_err) = (m.pairs.len(), m.worst_box, m.worst_score);
         eprintln!(
             "{case}: {matched} of torchvision's {} detections matched (ours {}), max box error {box_err:.2e} px ({:.2e} of the longer side), max score error {score_err:.2e}",
-            want.len(),
+            want.scores.len(),
             got.len(),
             box_err / longer
         );
@@ -393,9 +258,9 @@ fn reference_v1_matches_torchvision() {
             options.box_detections_per_img,
             scale,
         );
-        let got = Dets::from_records(kept.as_flattened());
+        let got = detections(kept.as_flattened());
         let case = format!("reference v1 picture {i}");
-        let (matched, box_err, score_err) = compare(
+        let m = compare(
             &case,
             &got,
             &want[i],
@@ -403,9 +268,10 @@ fn reference_v1_matches_torchvision() {
             options.box_score_thresh,
             Tolerance::of(Precision::F32),
         );
+        let (matched, box_err, score_err) = (m.pairs.len(), m.worst_box, m.worst_score);
         eprintln!(
             "{case}: {matched} of {} matched from {} candidates, max box error {box_err:.2e} px, max score error {score_err:.2e}",
-            want[i].len(),
+            want[i].scores.len(),
             cands.len()
         );
     }

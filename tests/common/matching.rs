@@ -1,5 +1,6 @@
 //! The rule by which a detector's detections match torchvision's (see `tests/detection.rs`).
 
+use fpn_wgpu::tensor_file::TensorMap;
 use fpn_wgpu::{Detections, Precision};
 
 /// torchvision's detections of one picture.
@@ -7,6 +8,25 @@ pub struct Expected {
     pub boxes: Vec<[f32; 4]>,
     pub scores: Vec<f32>,
     pub labels: Vec<i64>,
+}
+
+impl Expected {
+    /// Picture `i`'s detections in a detection fixture: `boxes.{i}`, `scores.{i}`, `labels.{i}`.
+    pub fn from_fixture(fixture: &TensorMap, i: usize) -> Self {
+        Expected {
+            boxes: fixture[&format!("boxes.{i}")]
+                .data
+                .chunks_exact(4)
+                .map(|b| [b[0], b[1], b[2], b[3]])
+                .collect(),
+            scores: fixture[&format!("scores.{i}")].data.clone(),
+            labels: fixture[&format!("labels.{i}")]
+                .data
+                .iter()
+                .map(|&l| l as i64)
+                .collect(),
+        }
+    }
 }
 
 pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {

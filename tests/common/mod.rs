@@ -4,6 +4,7 @@
 pub mod dataset;
 pub mod detector;
 pub mod matching;
+pub mod two_stage;
 
 use std::sync::OnceLock;
 

@@ -138,18 +138,7 @@ pub(super) fn prepare(
         "linear_coop",
         &constants,
     )?;
-    let uniform = ctx.uniform(&params);
-    let bind_group = ctx.bind_group(
-        OP,
-        &pipeline,
-        &[
-            (0, x.binding()),
-            (1, weights.weight.as_entire_binding()),
-            (2, weights.bias.as_entire_binding()),
-            (3, out.binding()),
-            (4, uniform.binding()),
-        ],
-    );
+    let bind_group = super::bind(ctx, &pipeline, x, weights, out, &params);
     Ok(
         Dispatch::new("linear_coop", pipeline, bind_group, grid).with_config(format!(
             "{}x{} {side}x{side} matrices, {blocks} subgroups{}",

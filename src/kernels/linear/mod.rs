@@ -301,10 +301,29 @@ pub fn prepare(
     };
     let constants: &[(&'static str, u32)] = if relu { &[("RELU", 1)] } else { &[] };
     let pipeline = pipeline(ctx, &SHADER, x.precision(), OP, constants)?;
-    let uniform = ctx.uniform(&params);
-    let bind_group = ctx.bind_group(
+    let bind_group = bind(ctx, &pipeline, x, weights, out, &params);
+    Ok(
+        Dispatch::new(OP, pipeline, bind_group, grid).with_config(format!(
+            "{TILE_M}x{TILE_N} blocks, {tiles} workgroups{}",
+            if relu { ", relu" } else { "" }
+        )),
+    )
+}
+
+/// The bindings both kernels declare (`shaders/linear.wgsl`, `shaders/linear_coop.wgsl`), with
+/// `params` as the uniform.
+fn bind<P: bytemuck::Pod>(
+    ctx: &GpuContext,
+    pipeline: &wgpu::ComputePipeline,
+    x: &Tensor,
+    weights: &LinearWeights,
+    out: &Tensor,
+    params: &P,
+) -> wgpu::BindGroup {
+    let uniform = ctx.uniform(params);
+    ctx.bind_group(
         OP,
-        &pipeline,
+        pipeline,
         &[
             (0, x.binding()),
             (1, weights.weight.as_entire_binding()),
@@ -312,12 +331,6 @@ pub fn prepare(
             (3, out.binding()),
             (4, uniform.binding()),
         ],
-    );
-    Ok(
-        Dispatch::new(OP, pipeline, bind_group, grid).with_config(format!(
-            "{TILE_M}x{TILE_N} blocks, {tiles} workgroups{}",
-            if relu { ", relu" } else { "" }
-        )),
     )
 }
 

@@ -28,8 +28,10 @@
 //   3  out      [N, Cout, OH, OW]              `act`
 //   4  params   ConvTranspose2dParams
 //
-// Grid: x = phase * tiles + tile (tiles of WG_PIX * PIX_TILE pixels of one phase, over the
-// batch), y = tiles of COUT_TILE output channels, z = 1. Pixel j of an invocation is
+// Grid: x = tiles of WG_PIX * PIX_TILE pixels of one phase, over the batch (enough for the
+// largest phase, phase 0), y = tiles of COUT_TILE output channels, z = the phase: a grid with
+// fewer x tiles covers the first images alone, so the launch can be sized by a count of live
+// images (an indirect launch on Mask R-CNN's kept detections). Pixel j of an invocation is
 // tile * WG_PIX * PIX_TILE + lane + j * WG_PIX, so that neighbouring lanes read neighbouring
 // input columns.
 
@@ -50,11 +52,10 @@ struct ConvTranspose2dParams {
     dil_h: u32,
     dil_w: u32,
     batch: u32,
-    // Tiles per phase: enough for the largest phase (phase 0) of the whole batch.
-    tiles: u32,
     relu: u32,
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
 }
 
 const COUT_TILE: u32 = 8u;
@@ -78,8 +79,8 @@ fn phase_len(size: u32, r: u32, s: u32) -> u32 {
 @compute @workgroup_size(WG_PIX)
 fn conv_transpose2d(@builtin(workgroup_id) wid: vec3<u32>,
                     @builtin(local_invocation_index) lane: u32) {
-    let phase = wid.x / p.tiles;
-    let tile = wid.x % p.tiles;
+    let phase = wid.z;
+    let tile = wid.x;
     let py = phase / p.stride_w;
     let px = phase % p.stride_w;
     let co_base = wid.y * COUT_TILE;

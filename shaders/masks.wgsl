@@ -14,7 +14,8 @@
 //   paste_masks    bindings 4 masks [K, 1, M, M] f32, 1 detections, 5 out [K, 1, H, W] f32,
 //                  6 PasteParams. Empty slots, boxes with a coordinate (after the expansion)
 //                  beyond +-2^24 or not finite, and boxes wholly outside the picture give
-//                  zeros.
+//                  zeros. With rows_in_record, mask k goes to the output row word 5 of record
+//                  k names rather than to row k, and empty records write nothing.
 
 struct SelectParams {
     len: u32,
@@ -36,7 +37,9 @@ struct PasteParams {
     // Always 0: XORed into the expanded half-sizes' bits so that the compiler cannot fuse
     // their product into the following add (see expanded_box).
     zero: u32,
-    _pad0: u32,
+    // 1: word 5 of each record is the output row of its mask (records compacted from the
+    // [N, 1, D, 6] detections: their row there); 0: row k for record k.
+    rows_in_record: u32,
     _pad1: u32,
 }
 
@@ -141,8 +144,13 @@ fn paste_masks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let py = i32(pix / pp.width);
     let px = i32(pix % pp.width);
     let r = k * 6u;
+    // Where the mask goes: its record's row, or the row word 5 names (compacted records,
+    // whose empty ones name none: they write nothing).
+    let o = select(k, bitcast<u32>(detections[r + 5u]), pp.rows_in_record != 0u) * picture + pix;
     if (!(detections[r + 4u] >= 0.0)) {
-        pasted[i] = 0.0;
+        if (pp.rows_in_record == 0u) {
+            pasted[o] = 0.0;
+        }
         return;
     }
     let e = expanded_box(vec4<f32>(detections[r], detections[r + 1u], detections[r + 2u],
@@ -155,7 +163,7 @@ fn paste_masks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let y0 = max(b.y, 0);
     let y1 = min(b.w + 1, i32(pp.height));
     if (!e.ok || px < x0 || px >= x1 || py < y0 || py >= y1) {
-        pasted[i] = 0.0;
+        pasted[o] = 0.0;
         return;
     }
     let w = u32(max(b.z - b.x + 1, 1));
@@ -168,5 +176,5 @@ fn paste_masks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     // PyTorch's order: each row's taps weighed along x, then the rows along y.
     let top = padded(base, m, ty.i0, tx.i0) * tx.l0 + padded(base, m, ty.i0, tx.i1) * tx.l1;
     let bottom = padded(base, m, ty.i1, tx.i0) * tx.l0 + padded(base, m, ty.i1, tx.i1) * tx.l1;
-    pasted[i] = top * ty.l0 + bottom * ty.l1;
+    pasted[o] = top * ty.l0 + bottom * ty.l1;
 }

@@ -11,7 +11,11 @@
 //   0..4  level0..level4  [N, C, h_l, w_l]   the levels, finest first (unused ones bound to
 //                                            level 0); stored as `act`, sampled in f32
 //   5     proposals       [N, 1, R, 6]       f32 records x1, y1, x2, y2, score, label bits in
-//                                            the picture's pixels; score not >= 0: empty slot
+//                                            the picture's pixels; score not >= 0: empty slot.
+//                                            With rows_in_record, word 5 holds the record's row
+//                                            in the records it was compacted from instead,
+//                                            which says its picture (as torchvision's rois
+//                                            [K, 5] carry theirs)
 //   6     out             [N*R, C, S, S]     `act`; empty slots, boxes of negative or NaN area
 //                                            and boxes mapped to no level are zero (with one
 //                                            level, every box is pooled from it, as in
@@ -43,6 +47,12 @@ struct RoiAlignParams {
     eps: f32,
     // Channels-last: the padded channel count of the levels and the output; 0 for NCHW.
     cl: u32,
+    // 1: word 5 of each record holds its row in the records it was compacted from (records
+    // compacted across a batch), whose picture is that row / rois; 0: record k's is k / rois.
+    rows_in_record: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
     // (height, width, spatial scale as f32 bits, 0) per level.
     levels: array<vec4<u32>, 5>,
 }
@@ -167,8 +177,8 @@ fn roi_align(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         c = i / (s * s) % p.channels;
         roi = i / (s * s * p.channels);
     }
-    let image = roi / p.rois;
     let r = roi * 6u;
+    let image = select(roi, bitcast<u32>(proposals[r + 5u]), p.rows_in_record != 0u) / p.rois;
     let b = vec4<f32>(proposals[r], proposals[r + 1u], proposals[r + 2u], proposals[r + 3u]);
     let score = proposals[r + 4u];
     var level = p.count;

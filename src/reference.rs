@@ -832,7 +832,9 @@ pub fn roi_align(
 /// size]`, each box pooled from the level [`roi_level`] gives it with the scale
 /// [`roi_scales`] infers from the levels' heights against `image` (height, width); zeros for
 /// an empty slot (score not >= 0) and for a box mapped to no level. With one level, every box
-/// is pooled from it: torchvision calls `roi_align` on it without mapping.
+/// is pooled from it: torchvision calls `roi_align` on it without mapping. With
+/// `rows_in_record`, word 5 of each record is its row in the records it was compacted from,
+/// not the label: its picture is that row / `rois`, not `k / rois`.
 pub fn multi_scale_roi_align(
     levels: &[(&[f32], [usize; 4])],
     proposals: &[f32],
@@ -840,6 +842,7 @@ pub fn multi_scale_roi_align(
     image: (usize, usize),
     size: usize,
     sampling: usize,
+    rows_in_record: bool,
 ) -> Vec<f32> {
     let heights: Vec<usize> = levels.iter().map(|(_, s)| s[2]).collect();
     let (scales, k_min, k_max) = roi_scales(&heights, image.0);
@@ -865,15 +868,13 @@ pub fn multi_scale_roi_align(
             continue;
         }
         let (x, shape) = levels[level as usize];
-        let pooled = roi_align(
-            x,
-            shape,
-            roi / rois,
-            b,
-            scales[level as usize],
-            size,
-            sampling,
-        );
+        let row = if rows_in_record {
+            rec[5].to_bits() as usize
+        } else {
+            roi
+        };
+        let picture = row / rois;
+        let pooled = roi_align(x, shape, picture, b, scales[level as usize], size, sampling);
         out[roi * per_roi..(roi + 1) * per_roi].copy_from_slice(&pooled);
     }
     out
@@ -1163,12 +1164,15 @@ fn resize_bilinear_f32(x: &[f32], (ih, iw): (usize, usize), (oh, ow): (usize, us
 /// Empty slots (score not >= 0) give zeros; so do boxes wholly outside the picture (where
 /// torchvision's slicing wraps negative ends around or fails) and boxes whose expanded
 /// coordinates are not finite or beyond +-2^24. The resized mask is made in full, so the
-/// boxes must be of sizes a test can afford.
+/// boxes must be of sizes a test can afford. With `rows_in_record`, record `k`'s mask goes to
+/// the output row in its word 5 (compacted records) rather than to row `k`; rows no non-empty
+/// record names stay zeros.
 pub fn paste_masks(
     masks: &[f32],
     m: usize,
     records: &[f32],
     (height, width): (usize, usize),
+    rows_in_record: bool,
 ) -> Vec<f32> {
     let k = records.len() / 6;
     assert_eq!(masks.len(), k * m * m, "one mask per record");
@@ -1204,7 +1208,12 @@ pub fn paste_masks(
             padded[(y + 1) * side + 1..(y + 1) * side + 1 + m].copy_from_slice(src);
         }
         let resized = resize_bilinear_f32(&padded, (side, side), (h, w));
-        let picture = &mut out[row * height * width..(row + 1) * height * width];
+        let to_row = if rows_in_record {
+            rec[5].to_bits() as usize
+        } else {
+            row
+        };
+        let picture = &mut out[to_row * height * width..(to_row + 1) * height * width];
         for y in y0..y1 {
             let from = (y - by1) as usize * w;
             let to = y as usize * width;
@@ -1214,4 +1223,50 @@ pub fn paste_masks(
         }
     }
     out
+}
+
+/// Detection records `[N, 1, D, 6]` compacted across the batch: the records whose score is
+/// `>= 0`, picture by picture and in order, in the first rows, the rest empty (zeros, score
+/// -1). With `source_row`, word 5 of each holds the record's row in `records` (`n * D + j`)
+/// as u32 bits instead of the label.
+pub fn compact_records(records: &[f32], source_row: bool) -> Vec<f32> {
+    let mut out = Vec::with_capacity(records.len());
+    for (row, rec) in records.chunks_exact(6).enumerate() {
+        if rec[4] >= 0.0 {
+            out.extend_from_slice(&rec[..5]);
+            out.push(if source_row {
+                f32::from_bits(row as u32)
+            } else {
+                rec[5]
+            });
+        }
+    }
+    while out.len() < records.len() {
+        out.extend_from_slice(&[0.0, 0.0, 0.0, 0.0, -1.0, 0.0]);
+    }
+    out
+}
+
+/// The grid `dispatch_workgroups_indirect` reads for a launch of full grid `full` when
+/// `records` (compacted, `[rows, 6]`) hold `live` records with a score `>= 0`: `kind` 0 puts
+/// `live * per_row` workgroups along z, 1 `ceil(live * per_row / per_group)` along x, 2 that
+/// many laid out over x and y with at most `max_per_dim` per dimension (x as even as y allows).
+pub fn indirect_grid(
+    records: &[f32],
+    kind: u32,
+    full: [u32; 3],
+    (per_row, per_group): (u32, u32),
+    max_per_dim: u32,
+) -> [u32; 3] {
+    let live = records.chunks_exact(6).filter(|r| r[4] >= 0.0).count() as u64;
+    let groups = (live * per_row as u64).div_ceil(per_group.max(1) as u64) as u32;
+    match kind {
+        0 => [full[0], full[1], live as u32 * per_row],
+        1 => [groups, full[1], full[2]],
+        _ if groups == 0 => [0, 1, 1],
+        _ => {
+            let y = groups.div_ceil(max_per_dim);
+            [groups.div_ceil(y), y, 1]
+        }
+    }
 }

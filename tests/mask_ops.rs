@@ -8,12 +8,13 @@
 mod common;
 
 use common::{assert_close, gpu};
-use fpn_wgpu::graph::ops::detect::{PasteMasks, SelectMasks};
+use fpn_wgpu::gpu::BatchGrid;
+use fpn_wgpu::graph::ops::detect::{CompactOptions, CompactRecords, PasteMasks, SelectMasks};
 use fpn_wgpu::graph::ops::{
     ConvTranspose2d, ConvTranspose2dOptions, GraphOp, HostConvTranspose, Launch, Target,
 };
 use fpn_wgpu::kernels::conv_transpose2d::{self, ConvTranspose2dWeights};
-use fpn_wgpu::kernels::masks;
+use fpn_wgpu::kernels::{indirect_grid, masks};
 use fpn_wgpu::reference::{self, ConvTransposeSpec};
 use fpn_wgpu::rng::SplitMix64;
 use fpn_wgpu::tensor::MemoryFormat;
@@ -348,10 +349,15 @@ fn paste_masks_matches_reference() {
         let mt = Tensor::from_slice(ctx, [k, 1, m, m], &probs).unwrap();
         let rt = Tensor::from_slice(ctx, [n, 1, d, 6], &records).unwrap();
         let pictures = Tensor::empty(ctx, [n, 3, picture.0, picture.1]).unwrap();
-        let out = run_op(ctx, &PasteMasks, Precision::F32, &[&mt, &rt, &pictures]);
+        let out = run_op(
+            ctx,
+            &PasteMasks::default(),
+            Precision::F32,
+            &[&mt, &rt, &pictures],
+        );
         assert_eq!(out.shape(), [k, 1, picture.0, picture.1]);
         let got = out.download(ctx).unwrap();
-        let want = reference::paste_masks(&probs, m, &records, picture);
+        let want = reference::paste_masks(&probs, m, &records, picture, false);
         let err = max_abs(&got, &want);
         let case = format!(
             "paste {n}x{d} masks {m}x{m} into {}x{}",
@@ -388,7 +394,7 @@ fn paste_masks_matches_reference() {
         .unwrap()
         .download(ctx)
         .unwrap();
-    let want = reference::paste_masks(&probs, 28, &records, (31, 19));
+    let want = reference::paste_masks(&probs, 28, &records, (31, 19), false);
     assert!(max_abs(&got, &want) <= 1e-5);
 }
 
@@ -414,7 +420,7 @@ fn paste_places_boxes_as_torchvision_rounds_them() {
             .unwrap()
             .download(ctx)
             .unwrap();
-        let want = reference::paste_masks(&ones, 2, &record(b, 0.5, 0), (1, 40));
+        let want = reference::paste_masks(&ones, 2, &record(b, 0.5, 0), (1, 40), false);
         assert!(max_abs(&got, &want) <= 1e-6, "{b:?}");
         // The ring of zeros makes the outer columns small but, for wide boxes, not zero: find
         // the placed columns from the reference's support, which must match the expectation.
@@ -520,7 +526,7 @@ fn mask_ops_refuse_bad_input() {
         err(masks::prepare_select(ctx, &logits, &r, &o16).unwrap_err());
     }
     // The graph op: pictures of another batch.
-    let e = PasteMasks
+    let e = PasteMasks::default()
         .output_shape(&[[6, 1, 28, 28], [2, 1, 3, 6], [1, 3, 40, 50]])
         .unwrap_err();
     assert!(err(e).contains("pictures"));
@@ -657,8 +663,13 @@ fn mask_ops_match_torchvision() {
         // The reference from torchvision's own selected probabilities.
         let twin_sel = reference::select_masks(&get("logits").data, logits_shape, &records);
         let e_twin_sel = max_abs(&twin_sel, &get("selected").data);
-        let twin =
-            reference::paste_masks(&get("selected").data, logits_shape[2], &records, picture);
+        let twin = reference::paste_masks(
+            &get("selected").data,
+            logits_shape[2],
+            &records,
+            picture,
+            false,
+        );
         let e_cpu = max_abs(&twin, &get("pasted").data);
         eprintln!(
             "torchvision masks, case {case} ({n}x{d} into {}x{}): selection max abs difference GPU {e_sel:e}, reference {e_twin_sel:e}; pasted GPU {e_gpu:e}, reference {e_cpu:e}",
@@ -675,4 +686,101 @@ fn mask_ops_match_torchvision() {
         worst = worst.max(e_gpu);
     }
     eprintln!("pasted masks: max abs difference from torchvision {worst:e} (bar 1e-4; the issue's Mask R-CNN bar is 1e-2)");
+}
+
+/// Mask R-CNN's mask branch runs on the kept detections of a batch, compacted: the
+/// compaction against its CPU twin (bit for bit, with the label or each record's row kept),
+/// the pasting of compacted records back to their slots, and the grids the indirect launches
+/// read for the count of live rows, against theirs.
+#[test]
+fn compacted_records_size_and_place_the_masks() {
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(29);
+    for (n, d, m, picture) in [
+        (2, 23, 28, (45, 67)),
+        (3, 9, 5, (21, 30)),
+        (1, 7, 3, (9, 8)),
+    ] {
+        let k = n * d;
+        let records = random_records(&mut rng, n, d, 4, picture);
+        let rt = Tensor::from_slice(ctx, [n, 1, d, 6], &records).unwrap();
+        let mut compacted = Vec::new();
+        for source_row in [false, true] {
+            let op = CompactRecords(CompactOptions { source_row });
+            let out = run_op(ctx, &op, Precision::F32, &[&rt]);
+            assert_eq!(out.shape(), [n, 1, d, 6]);
+            let got = out.download(ctx).unwrap();
+            let want = reference::compact_records(&records, source_row);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{n}x{d}, source_row {source_row}");
+            compacted.push((out, want));
+        }
+        let (placed, placed_host) = &compacted[1];
+        let live = placed_host.chunks(6).filter(|r| r[4] >= 0.0).count();
+        assert!(live > 0 && live < k, "{n}x{d}: {live} live records");
+
+        // Mask r belongs to compacted record r and goes back to its detection's slot.
+        let probs = rng.vec(k * m * m, 0.0, 1.0);
+        let mt = Tensor::from_slice(ctx, [k, 1, m, m], &probs).unwrap();
+        let pictures = Tensor::empty(ctx, [n, 3, picture.0, picture.1]).unwrap();
+        let paste = PasteMasks {
+            rows_in_record: true,
+        };
+        let out = run_op(ctx, &paste, Precision::F32, &[&mt, placed, &pictures]);
+        let got = out.download(ctx).unwrap();
+        let want = reference::paste_masks(&probs, m, placed_host, picture, true);
+        let plane = picture.0 * picture.1;
+        for rec in placed_host.chunks(6).filter(|r| r[4] >= 0.0) {
+            let row = rec[5].to_bits() as usize;
+            let range = row * plane..(row + 1) * plane;
+            let err = max_abs(&got[range.clone()], &want[range]);
+            assert!(err <= 1e-5, "{n}x{d}: slot {row} differs by {err:e}");
+        }
+
+        // The grids of the three kinds of launches for the live rows, and the same through
+        // the CPU's rule.
+        let max = ctx.limits().max_compute_workgroups_per_dimension;
+        let launches = [
+            (BatchGrid::Z { per_row: 3 }, [5, 2, (3 * k) as u32]),
+            (
+                BatchGrid::X {
+                    items_per_row: 196,
+                    items_per_group: 512,
+                },
+                [(196 * k as u32).div_ceil(512), 32, 4],
+            ),
+            (
+                BatchGrid::Flat {
+                    items_per_row: (plane) as u32,
+                    items_per_group: 256,
+                },
+                [(plane as u32 * k as u32).div_ceil(256), 1, 1],
+            ),
+            (
+                BatchGrid::Flat {
+                    items_per_row: 1 << 24,
+                    items_per_group: 64,
+                },
+                [max, (k as u32 * (1 << 18)).div_ceil(max), 1],
+            ),
+        ];
+        let grids = indirect_grid::grids(ctx, placed, &launches).unwrap();
+        for (i, ((batch, full), got)) in launches.iter().zip(&grids).enumerate() {
+            let (kind, per) = match *batch {
+                BatchGrid::Z { per_row } => (0, (per_row, 1)),
+                BatchGrid::X {
+                    items_per_row,
+                    items_per_group,
+                } => (1, (items_per_row, items_per_group)),
+                BatchGrid::Flat {
+                    items_per_row,
+                    items_per_group,
+                } => (2, (items_per_row, items_per_group)),
+            };
+            let want = reference::indirect_grid(placed_host, kind, *full, per, max);
+            assert_eq!(*got, want, "{n}x{d}: launch {i} ({batch:?})");
+            assert_eq!(batch.grid(*full, live as u32, max), want, "launch {i}");
+        }
+        eprintln!("compacted {n}x{d}: {live} live rows, grids {grids:?}");
+    }
 }

@@ -106,6 +106,47 @@ fn mask_rcnn_v2_matches_torchvision_on_an_odd_picture_scaled_down() {
     );
 }
 
+/// The mask branch runs on the kept detections alone, as torchvision's does: after the
+/// detections are compacted, one small launch writes the grids of every launch of the branch
+/// from their count, and those launches are recorded indirect. (The fixtures above check the
+/// masks this gives, on a batch of two.)
+#[test]
+fn the_mask_branch_is_sized_on_the_gpu_by_the_kept_detections() {
+    let ctx = gpu();
+    // lavapipe and llvmpipe's GL both execute indirect launches.
+    assert!(ctx.supports_indirect_dispatch());
+    for kind in [DetectorKind::MaskRcnn, DetectorKind::MaskRcnnV2] {
+        let config = two_stage::config(kind, 9, 32);
+        let detector = Detector::random(ctx, config, 3, small_options(kind)).unwrap();
+        let plan = detector.executor().plan([2, 3, 50, 70]).unwrap();
+        let kernels = plan.kernels();
+        let indirect: Vec<bool> = plan.dispatches().iter().map(|d| d.is_indirect()).collect();
+        let grid = kernels
+            .iter()
+            .position(|(_, k)| *k == "indirect_grid")
+            .expect("a grid launch");
+        assert_eq!(
+            kernels
+                .iter()
+                .filter(|(_, k)| *k == "indirect_grid")
+                .count(),
+            1
+        );
+        assert!(!indirect[..=grid].contains(&true), "{kind}: {kernels:?}");
+        let sized: Vec<(&str, &str)> = kernels[grid + 1..].to_vec();
+        assert!(indirect[grid + 1..].iter().all(|&i| i), "{kind}: {sized:?}");
+        // The pooling, the convs, the transposed conv, the predictor, the selection and the
+        // pasting.
+        assert!(sized.len() >= 9, "{kind}: {sized:?}");
+        assert_eq!(sized.first().map(|k| k.0), Some("roi_heads.mask_roi_pool"));
+        assert_eq!(sized.last().map(|k| k.0), Some("transform.paste_masks"));
+        eprintln!(
+            "{kind}: {} launches sized by the kept detections",
+            sized.len()
+        );
+    }
+}
+
 /// Small pictures, few proposals and few detection slots: the mask branch runs on every slot.
 fn small_options(kind: DetectorKind) -> DetectorOptions {
     DetectorOptions {

@@ -165,7 +165,7 @@ fn run_case(ctx: &GpuContext, case: &Case) -> (f64, [usize; 4]) {
 
     let refs: Vec<(&[f32], [usize; 4])> = levels.iter().map(|(d, s)| (&d[..], *s)).collect();
     let want: Vec<f32> =
-        reference::multi_scale_roi_align(&refs, &proposals, case.rois, image, case.size, 2)
+        reference::multi_scale_roi_align(&refs, &proposals, case.rois, image, case.size, 2, false)
             .into_iter()
             .map(|v| case.precision.round(v))
             .collect();
@@ -448,10 +448,70 @@ fn single_level_pools_every_box() {
     let opts = RoiAlignOptions::new(7);
     let out = roi_align::multi_scale_roi_align(ctx, &[&xt], &proposals, image, &opts).unwrap();
     let got = out.download(ctx).unwrap();
-    let want = reference::multi_scale_roi_align(&[(&x, shape)], &records, rois, image, 7, 2);
+    let want = reference::multi_scale_roi_align(&[(&x, shape)], &records, rois, image, 7, 2, false);
     assert!(want[3 * 49..2 * 3 * 49].iter().any(|&v| v != 0.0));
     let err = assert_close("one level", &got, &want, 1e-5);
     eprintln!("one level, {} slots: max relative error {err:e}", 2 * rois);
+}
+
+/// Records compacted across a batch (Mask R-CNN's kept detections) carry the row they came
+/// from, which says their picture: each is pooled from its own picture's map, as it was in its
+/// slot.
+#[test]
+fn compacted_records_are_pooled_from_their_own_pictures() {
+    let ctx = gpu();
+    let mut rng = SplitMix64::new(13);
+    let image = (97, 131);
+    let (n, rois) = (3, 11);
+    let shape = [n, 2, 16, 17];
+    let x = rng.vec(n * 2 * 16 * 17, -1.0, 1.0);
+    let mut records = Vec::new();
+    for i in 0..n * rois {
+        let mut rec = random_record(&mut rng, image);
+        if i % 4 == 1 || i < rois {
+            // The first picture has no detection left: the others' move to its rows.
+            rec[4] = -1.0;
+        }
+        records.extend_from_slice(&rec);
+    }
+    let compacted = reference::compact_records(&records, true);
+    let xt = Tensor::from_slice(ctx, shape, &x).unwrap();
+    let opts = RoiAlignOptions {
+        rows_in_record: true,
+        ..RoiAlignOptions::new(7)
+    };
+    let pooled = |records: &[f32], opts: &RoiAlignOptions| {
+        let t = Tensor::from_slice(ctx, [n, 1, rois, 6], records).unwrap();
+        roi_align::multi_scale_roi_align(ctx, &[&xt], &t, image, opts)
+            .unwrap()
+            .download(ctx)
+            .unwrap()
+    };
+    let got = pooled(&compacted, &opts);
+    let want =
+        reference::multi_scale_roi_align(&[(&x, shape)], &compacted, rois, image, 7, 2, true);
+    let err = assert_close("compacted records", &got, &want, 1e-5);
+    let in_slots = pooled(&records, &RoiAlignOptions::new(7));
+    let per_roi = 2 * 49;
+    let mut live = 0;
+    for (r, rec) in compacted.chunks(6).enumerate() {
+        if rec[4] < 0.0 {
+            assert!(got[r * per_roi..(r + 1) * per_roi]
+                .iter()
+                .all(|&v| v == 0.0));
+            continue;
+        }
+        let slot = rec[5].to_bits() as usize;
+        assert!(slot >= rois, "the first picture's slots are empty");
+        assert_eq!(
+            got[r * per_roi..(r + 1) * per_roi],
+            in_slots[slot * per_roi..(slot + 1) * per_roi],
+            "record {r} from slot {slot}"
+        );
+        live += 1;
+    }
+    assert!(live > rois, "{live} live records");
+    eprintln!("{live} compacted records: max relative error {err:e}, as pooled in their slots");
 }
 
 /// Wrong shapes, mismatched levels, a zero output size and the like are errors, before any
@@ -599,7 +659,7 @@ fn roi_align_matches_torchvision() {
             &want.data,
             1e-5,
         );
-        let twin = reference::multi_scale_roi_align(&host, &records, r, image, size, 2);
+        let twin = reference::multi_scale_roi_align(&host, &records, r, image, size, 2, false);
         let e_cpu = assert_close(
             &format!("reference vs torchvision, {size}x{size}"),
             &twin,

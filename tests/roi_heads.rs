@@ -224,7 +224,7 @@ fn reference_v1_matches_torchvision() {
     let levels: Vec<(&[f32], [usize; 4])> = inp.levels.iter().map(|(d, s)| (&d[..], *s)).collect();
     let rows = n * inp.rois;
     let pooled =
-        reference::multi_scale_roi_align(&levels, &inp.proposals, inp.rois, inp.image, 7, 2);
+        reference::multi_scale_roi_align(&levels, &inp.proposals, inp.rois, inp.image, 7, 2, false);
     let x = layer("box_head.fc6", &pooled, rows, true);
     let x = layer("box_head.fc7", &x, rows, true);
     let logits = layer("box_predictor.cls_score", &x, rows, false);

@@ -45,6 +45,8 @@ pub struct Run {
     pub layout: LayoutChoice,
     /// Report the plan's launches and stop.
     pub plan_only: bool,
+    /// The detections' score threshold, if not the kind's default.
+    pub score_thresh: Option<f32>,
 }
 
 /// Launches per part of the detector, its convolution launches, and how many launches of
@@ -99,13 +101,16 @@ pub fn run(ctx: &GpuContext, run: Run) -> Result<()> {
         precision,
         layout,
         plan_only,
+        score_thresh,
     } = run;
+    let defaults = DetectorOptions::for_kind(kind);
     let options = DetectorOptions {
         min_size,
         max_size,
         precision,
         layout,
-        ..DetectorOptions::for_kind(kind)
+        score_thresh: score_thresh.unwrap_or(defaults.score_thresh),
+        ..defaults
     };
     let detector = Detector::random(ctx, DetectorConfig::resnet50(kind, 91), 0, options)?;
     let shape = [batch, 3, height, width];
@@ -179,10 +184,12 @@ pub fn run(ctx: &GpuContext, run: Run) -> Result<()> {
         options.max_size
     );
     let (_, convs, coop) = launches(&plan);
+    let indirect = plan.dispatches().iter().filter(|d| d.is_indirect()).count();
     println!(
-        "plan: {plan_s:.3} s, {} launches ({convs} convolution launches; {coop} convolution and linear launches on cooperative matrices); detections per picture: {:?}",
+        "plan: {plan_s:.3} s, {} launches ({convs} convolution launches; {coop} convolution and linear launches on cooperative matrices; {indirect} sized on the GPU by the kept detections); detections per picture: {:?} (score threshold {})",
         plan.dispatches().len(),
-        first.iter().map(|d| d.len()).collect::<Vec<_>>()
+        first.iter().map(|d| d.len()).collect::<Vec<_>>(),
+        options.score_thresh
     );
     println!("CPU time to record and submit a forward: median {encode_ms:.3} ms");
     println!(

@@ -103,6 +103,11 @@ mod native {
         /// fasterrcnn_v2, maskrcnn or maskrcnn_v2.
         #[arg(long, default_value = "retinanet", requires = "detect")]
         detector: fpn_wgpu::model::DetectorKind,
+        /// With --detect: the score threshold of the detections (torchvision's
+        /// `box_score_thresh` or `score_thresh`; its default for the kind when not given).
+        /// Higher keeps fewer detections, on which Mask R-CNN's mask branch then runs.
+        #[arg(long, requires = "detect")]
+        score_thresh: Option<f32>,
     }
 
     fn mib(bytes: u64) -> f64 {
@@ -125,6 +130,7 @@ mod native {
                     precision: args.precision,
                     layout: args.layout,
                     plan_only: args.plan_only,
+                    score_thresh: args.score_thresh,
                 },
             );
         }

@@ -17,8 +17,8 @@ pub use self::adapter::{
     available_adapters, available_adapters_in, backends_from_env, compute_support,
     platform_backends, requested_adapters, requested_backends, AdapterReport, AdapterSummary,
 };
-pub(crate) use self::dispatch::grid_2d;
-pub use self::dispatch::Dispatch;
+pub(crate) use self::dispatch::{grid_2d, IndirectGrid};
+pub use self::dispatch::{BatchGrid, Dispatch};
 pub(crate) use self::error_scopes::ErrorScopes;
 pub(crate) use self::uniform::Uniform;
 use self::uniform::UniformArena;
@@ -55,9 +55,15 @@ struct Inner {
     cooperative_matrix: Vec<wgpu::CooperativeMatrixProperties>,
     /// The adapter's (smallest, largest) subgroup size.
     subgroup_sizes: (u32, u32),
+    /// Whether launches may read their grid from a buffer (`dispatch_workgroups_indirect`).
+    indirect: bool,
     /// Values other modules keep per context, by type: see [`GpuContext::memo`].
     memos: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
+
+/// Set to `0` to record every launch at its full grid, never sized on the GPU by a count
+/// (`dispatch_workgroups_indirect`), for comparisons and for drivers that mishandle it.
+pub const INDIRECT_DISPATCH_ENV: &str = "FPN_INDIRECT_DISPATCH";
 
 /// Set to `0` to create devices without cooperative matrices (wgpu has them as an experimental
 /// feature), so that f16 networks use the portable kernels.
@@ -185,18 +191,24 @@ impl GpuContext {
                 adapter: info.name.clone(),
                 reason: e.to_string(),
             })?;
+        let indirect = adapter
+            .get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::INDIRECT_EXECUTION);
         Ok(Self::build(
             device,
             queue,
             AdapterSummary::from_info(&info),
             cooperative_matrix,
             (info.subgroup_min_size, info.subgroup_max_size),
+            indirect,
         ))
     }
 
     /// Wraps a device and queue that the caller already owns (a renderer's or a game engine's).
     /// The kernels then respect that device's limits, whatever they are. Cooperative matrices
-    /// are not used on such a device: its adapter's configurations are not known here.
+    /// and indirect launches are not used on such a device: its adapter's configurations and
+    /// downlevel capabilities are not known here.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         let adapter = AdapterSummary {
             name: "caller-provided device".into(),
@@ -204,7 +216,7 @@ impl GpuContext {
             device_type: wgpu::DeviceType::Other,
             driver: String::new(),
         };
-        Self::build(device, queue, adapter, Vec::new(), (0, 0))
+        Self::build(device, queue, adapter, Vec::new(), (0, 0), false)
     }
 
     fn build(
@@ -213,7 +225,10 @@ impl GpuContext {
         adapter: AdapterSummary,
         cooperative_matrix: Vec<wgpu::CooperativeMatrixProperties>,
         subgroup_sizes: (u32, u32),
+        indirect: bool,
     ) -> Self {
+        let indirect =
+            indirect && std::env::var(INDIRECT_DISPATCH_ENV).map_or(true, |v| v.trim() != "0");
         #[cfg(not(target_arch = "wasm32"))]
         if adapter.backend == wgpu::Backend::Gl {
             keep_until_exit(&device);
@@ -250,6 +265,7 @@ impl GpuContext {
                 lost,
                 cooperative_matrix,
                 subgroup_sizes,
+                indirect,
                 memos: Mutex::new(HashMap::new()),
             }),
         }
@@ -294,6 +310,25 @@ impl GpuContext {
     /// The limits the device was created with.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.inner.limits
+    }
+
+    /// Whether launches can be sized on the GPU (`dispatch_workgroups_indirect`): the adapter
+    /// executes indirect launches and [`INDIRECT_DISPATCH_ENV`] does not turn them off.
+    pub fn supports_indirect_dispatch(&self) -> bool {
+        self.inner.indirect
+    }
+
+    /// A buffer of `words` u32 zeros that kernels write launch grids into and indirect
+    /// launches read them from.
+    pub(crate) fn indirect_buffer(&self, label: &str, words: usize) -> wgpu::Buffer {
+        self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (words.max(4) * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::INDIRECT
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
     }
 
     /// Whether compute passes can write GPU timestamps (for per-stage profiles).

@@ -7,6 +7,7 @@
 //! ([`plan`]) and runs it.
 
 pub mod executor;
+pub(crate) mod indirect;
 pub mod ops;
 pub mod passes;
 pub mod plan;
@@ -33,6 +34,17 @@ pub struct Node {
     pub inputs: Vec<Value>,
     /// The part of the network (`stem`, `layer1`, `top-down`, ...) for timings.
     pub stage: String,
+    /// The records value whose live rows size this node's launches, where only the first rows
+    /// of its output are worth computing (see [`Graph::set_rows`]).
+    pub rows: Option<Value>,
+}
+
+impl Node {
+    /// The values this node needs to run: its inputs, and the records its launches are
+    /// sized by.
+    pub fn reads(&self) -> impl Iterator<Item = Value> + '_ {
+        self.inputs.iter().copied().chain(self.rows)
+    }
 }
 
 impl Node {
@@ -48,6 +60,7 @@ pub struct Graph {
     pub(crate) nodes: Vec<Node>,
     pub(crate) outputs: Vec<(String, Value)>,
     stage: String,
+    rows: Option<Value>,
 }
 
 impl Default for Graph {
@@ -65,15 +78,27 @@ impl Graph {
                 op: Arc::new(Input),
                 inputs: vec![],
                 stage: "input".into(),
+                rows: None,
             }],
             outputs: vec![],
             stage: String::new(),
+            rows: None,
         }
     }
 
     /// Labels the nodes pushed from now on as belonging to `stage` (e.g. `layer2`).
     pub fn set_stage(&mut self, stage: impl Into<String>) {
         self.stage = stage.into();
+    }
+
+    /// Sizes the launches of the nodes pushed from now on by the live rows of `records`
+    /// (`None`: by their outputs' full size): f32 `[N, 1, D, 6]` records whose live records come
+    /// first ([`CompactRecords`](ops::detect::CompactRecords) writes them so). Their outputs'
+    /// leading dimension must be the records' `N * D` rows; rows past the live ones are then
+    /// left as they were. Where the device cannot launch indirectly, or a kernel's grid cannot
+    /// be cut by rows, launches run at full size, which gives the same live rows.
+    pub fn set_rows(&mut self, records: Option<Value>) {
+        self.rows = records;
     }
 
     /// The graph input.
@@ -92,6 +117,7 @@ impl Graph {
             op: Arc::new(op),
             inputs: inputs.to_vec(),
             stage: self.stage.clone(),
+            rows: self.rows,
         });
         self.nodes.len() - 1
     }
@@ -115,7 +141,7 @@ impl Graph {
     pub fn use_counts(&self) -> Vec<usize> {
         let mut uses = vec![0; self.nodes.len()];
         for n in &self.nodes {
-            for &i in &n.inputs {
+            for i in n.reads() {
                 uses[i] += 1;
             }
         }
@@ -135,7 +161,7 @@ impl Graph {
     pub fn check_wiring(&self) -> Result<()> {
         for (i, n) in self.nodes.iter().enumerate() {
             let arity = if i == 0 { 0..=0 } else { n.op.arity() };
-            if !arity.contains(&n.inputs.len()) || n.inputs.iter().any(|&v| v >= i) {
+            if !arity.contains(&n.inputs.len()) || n.reads().any(|v| v >= i) {
                 return Err(Error::invalid(
                     "graph",
                     format!(

@@ -161,7 +161,7 @@ fn absorbable_conv(graph: &Graph, uses: &[usize], v: Value) -> Option<Conv2d> {
 /// Redirects every use of `from` (as input or output) to `to`.
 fn replace_uses(graph: &mut Graph, from: Value, to: Value) {
     for n in &mut graph.nodes {
-        for i in &mut n.inputs {
+        for i in n.inputs.iter_mut().chain(&mut n.rows) {
             if *i == from {
                 *i = to;
             }
@@ -311,7 +311,7 @@ pub fn explicit_padding(graph: &mut Graph) -> bool {
     let mut new_index = Vec::with_capacity(graph.nodes.len());
     let mut nodes = Vec::with_capacity(graph.nodes.len() + 8);
     for mut node in graph.nodes.drain(..) {
-        for v in &mut node.inputs {
+        for v in node.inputs.iter_mut().chain(&mut node.rows) {
             *v = new_index[*v];
         }
         if let Some(conv) = node.op::<Conv2d>().filter(|c| padded_dense(c)) {
@@ -321,6 +321,7 @@ pub fn explicit_padding(graph: &mut Graph) -> bool {
                 op: Arc::new(Pad2d(conv.opts.padding)),
                 inputs: vec![node.inputs[0]],
                 stage: node.stage.clone(),
+                rows: node.rows,
             });
             node.inputs[0] = nodes.len() - 1;
             conv.opts.padding = (0, 0);
@@ -472,7 +473,7 @@ pub fn remove_dead(graph: &mut Graph) {
     }
     for i in (0..graph.nodes.len()).rev() {
         if live[i] {
-            for &j in &graph.nodes[i].inputs {
+            for j in graph.nodes[i].reads() {
                 live[j] = true;
             }
         }
@@ -486,7 +487,7 @@ pub fn remove_dead(graph: &mut Graph) {
         }
     }
     for n in &mut nodes {
-        for v in &mut n.inputs {
+        for v in n.inputs.iter_mut().chain(&mut n.rows) {
             *v = new_index[*v];
         }
     }

@@ -20,7 +20,7 @@
 //! invocation reads its 8 output channels as two vec4s; only `groups = 1` is implemented.
 
 use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, GpuContext};
+use crate::gpu::{BatchGrid, Dispatch, GpuContext};
 use crate::kernels::{check_io, check_nchw, check_output_shape, pipeline, ShaderSource};
 use crate::precision::Precision;
 use crate::tensor::{check_shape, Tensor};
@@ -70,9 +70,8 @@ pub(crate) struct ConvTranspose2dParams {
     dil_h: u32,
     dil_w: u32,
     batch: u32,
-    tiles: u32,
     relu: u32,
-    _pad: [u32; 2],
+    _pad: [u32; 3],
 }
 
 /// PyTorch's `ConvTranspose2d` arguments besides the channels and the kernel size (which come
@@ -394,11 +393,10 @@ pub fn prepare(
     // Phase 0 is the largest: ceil(OH / sh) x ceil(OW / sw) pixels per image.
     let phase0 = (oh.div_ceil(sh) * ow.div_ceil(sw)) as u64 * n as u64;
     let tiles = phase0.div_ceil(WG_PIX as u64 * PIX_TILE as u64);
-    let grid_x = (sh * sw) as u64 * tiles;
     let grid = [
-        u32::try_from(grid_x).unwrap_or(u32::MAX),
+        u32::try_from(tiles).unwrap_or(u32::MAX),
         u32::try_from(cout.div_ceil(COUT_TILE)).unwrap_or(u32::MAX),
-        1,
+        (sh * sw) as u32,
     ];
     ctx.check_grid(OP, grid)?;
     let params = ConvTranspose2dParams {
@@ -418,9 +416,8 @@ pub fn prepare(
         dil_h: opts.dilation.0 as u32,
         dil_w: opts.dilation.1 as u32,
         batch: n as u32,
-        tiles: tiles as u32,
         relu: opts.relu as u32,
-        _pad: [0; 2],
+        _pad: [0; 3],
     };
     let one_tap = opts.one_tap((kh, kw));
     let mut constants = vec![("WG_PIX", WG_PIX)];
@@ -440,14 +437,17 @@ pub fn prepare(
             (4, uniform.binding()),
         ],
     );
-    Ok(
-        Dispatch::new(OP, pipeline, bind_group, grid).with_config(format!(
+    Ok(Dispatch::new(OP, pipeline, bind_group, grid)
+        .with_config(format!(
             "{} phases x {tiles} tiles{}{}",
             sh * sw,
             if one_tap { ", one tap" } else { "" },
             if opts.relu { ", relu" } else { "" }
-        )),
-    )
+        ))
+        .with_batch(BatchGrid::X {
+            items_per_row: u32::try_from(phase0 / n.max(1) as u64).unwrap_or(u32::MAX),
+            items_per_group: WG_PIX * PIX_TILE as u32,
+        }))
 }
 
 /// Runs a transposed convolution now and returns `relu?(conv_transpose(x) + bias)`.

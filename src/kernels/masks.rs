@@ -30,7 +30,9 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::box_decode::RECORD;
-use crate::kernels::{check_nchw, check_output_shape, elementwise_dispatch, ShaderSource};
+use crate::kernels::{
+    check_nchw, check_output_shape, elementwise_dispatch, follows_batch, ShaderSource,
+};
 use crate::precision::Precision;
 use crate::tensor::{check_shape, Tensor};
 
@@ -73,7 +75,8 @@ pub(crate) struct PasteParams {
     size: u32,
     scale: f32,
     zero: u32,
-    _pad: [u32; 2],
+    rows_in_record: u32,
+    _pad: u32,
 }
 
 /// Checks that `detections` is `[N, 1, D, 6]` and returns `(N, D)`.
@@ -185,7 +188,7 @@ pub fn prepare_select(
         plane: (m * m) as u32,
         _pad: 0,
     };
-    elementwise_dispatch(
+    let launch = elementwise_dispatch(
         ctx,
         &SHADER,
         logits.precision(),
@@ -198,7 +201,8 @@ pub fn prepare_select(
             (2, out.binding()),
         ],
         3,
-    )
+    )?;
+    Ok(follows_batch(launch, out))
 }
 
 /// Runs the mask selection now: f32 `[K, 1, M, M]` probabilities.
@@ -306,6 +310,7 @@ pub fn prepare_paste(
     masks: &Tensor,
     detections: &Tensor,
     out: &Tensor,
+    rows_in_record: bool,
 ) -> Result<Dispatch> {
     const OP: &str = "paste_masks";
     check_nchw(OP, masks)?;
@@ -340,9 +345,10 @@ pub fn prepare_paste(
         size: m as u32,
         scale: ((m + 2 * PASTE_PADDING) as f64 / m as f64) as f32,
         zero: 0,
-        _pad: [0; 2],
+        rows_in_record: rows_in_record as u32,
+        _pad: 0,
     };
-    elementwise_dispatch(
+    let launch = elementwise_dispatch(
         ctx,
         &SHADER,
         Precision::F32,
@@ -355,7 +361,8 @@ pub fn prepare_paste(
             (5, out.binding()),
         ],
         6,
-    )
+    )?;
+    Ok(follows_batch(launch, out))
 }
 
 /// Runs the paste now: f32 `[K, 1, H, W]` masks in pictures of `picture` (height, width).
@@ -370,6 +377,6 @@ pub fn paste_masks(
     let shape = paste_output_shape(masks.shape(), detections.shape(), picture)?;
     check_paste_size(ctx, shape)?;
     let out = Tensor::empty(ctx, shape)?;
-    ctx.submit(&[&prepare_paste(ctx, masks, detections, &out)?])?;
+    ctx.submit(&[&prepare_paste(ctx, masks, detections, &out, false)?])?;
     Ok(out)
 }

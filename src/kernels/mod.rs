@@ -7,11 +7,13 @@ pub mod avg_pool2d;
 pub mod batch_norm;
 pub mod box_candidates;
 pub mod box_decode;
+pub mod compact_records;
 pub mod conv2d;
 pub mod conv_transpose2d;
 pub mod convert;
 pub mod elementwise;
 pub mod group_norm;
+pub mod indirect_grid;
 pub mod levels;
 pub mod linear;
 pub mod masks;
@@ -26,7 +28,7 @@ pub mod top_k;
 pub mod upsample_add;
 
 use crate::error::{Error, Result};
-use crate::gpu::{grid_2d, Dispatch, GpuContext};
+use crate::gpu::{grid_2d, BatchGrid, Dispatch, GpuContext};
 use crate::precision::Precision;
 use crate::tensor::{MemoryFormat, Tensor};
 
@@ -91,6 +93,8 @@ pub const SHADERS: &[&ShaderSource] = &[
     &nms::SWEEP_SHADER,
     &conv_transpose2d::SHADER,
     &masks::SHADER,
+    &compact_records::SHADER,
+    &indirect_grid::SHADER,
 ];
 
 /// Every template of generated entry points the crate expands (each appended to one of
@@ -179,6 +183,16 @@ pub(crate) fn layout_dispatch<P: bytemuck::Pod>(
     entries.push((params_binding, uniform.binding()));
     let bind_group = ctx.bind_group(entry, &pipeline, &entries);
     Ok(Dispatch::new(entry, pipeline, bind_group, workgroups))
+}
+
+/// `launch`, a [`layout_dispatch`] over every element of `out`, marked as following `out`'s
+/// batch: its first rows alone are computed by a grid cut down to their elements.
+pub(crate) fn follows_batch(launch: Dispatch, out: &Tensor) -> Dispatch {
+    let per_row = out.storage_len() / out.shape()[0].max(1);
+    launch.with_batch(BatchGrid::Flat {
+        items_per_row: u32::try_from(per_row).unwrap_or(u32::MAX),
+        items_per_group: ELEMENTWISE_WG,
+    })
 }
 
 /// Checks that two tensors have the same shape.

@@ -3,7 +3,7 @@
 
 use crate::error::Result;
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::{check_io, check_output_shape, layout_dispatch, ShaderSource};
+use crate::kernels::{check_io, check_output_shape, follows_batch, layout_dispatch, ShaderSource};
 use crate::precision::Precision;
 use crate::tensor::{check_shape_in, Tensor};
 
@@ -64,7 +64,7 @@ pub fn prepare(
         channels_last: x.memory_format().wgsl_flag(c),
         _pad: 0,
     };
-    layout_dispatch(
+    let launch = layout_dispatch(
         ctx,
         &SHADER,
         (out.precision(), out.memory_format()),
@@ -73,7 +73,8 @@ pub fn prepare(
         &params,
         &[(0, x.binding()), (1, out.binding())],
         2,
-    )
+    )?;
+    Ok(follows_batch(launch, out))
 }
 
 /// Submits a zero padding now and returns its output (downloading it waits for the GPU).

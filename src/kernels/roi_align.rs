@@ -35,7 +35,9 @@
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
 use crate::kernels::box_decode::RECORD;
-use crate::kernels::{check_io, check_nchw, check_output_shape, layout_dispatch, ShaderSource};
+use crate::kernels::{
+    check_io, check_nchw, check_output_shape, follows_batch, layout_dispatch, ShaderSource,
+};
 use crate::precision::Precision;
 use crate::tensor::{check_shape, check_shape_in, Tensor};
 
@@ -80,6 +82,8 @@ pub(crate) struct RoiAlignParams {
     canonical_level: f32,
     eps: f32,
     cl: u32,
+    rows_in_record: u32,
+    _pad: [u32; 3],
     levels: [[u32; 4]; MAX_LEVELS],
 }
 
@@ -95,6 +99,11 @@ pub struct RoiAlignOptions {
     pub canonical_scale: u32,
     /// The level of a box of the canonical side (4).
     pub canonical_level: u32,
+    /// Whether word 5 of each record holds its row in the `[N, 1, R, 6]` records it was
+    /// compacted from ([`crate::kernels::compact_records`]), whose picture is that row / R (as
+    /// torchvision's `rois` `[K, 5]` carry theirs), rather than the label, record `k` then
+    /// belonging to picture `k / R`.
+    pub rows_in_record: bool,
 }
 
 impl RoiAlignOptions {
@@ -106,6 +115,7 @@ impl RoiAlignOptions {
             sampling_ratio: 2,
             canonical_scale: 224,
             canonical_level: 4,
+            rows_in_record: false,
         }
     }
 
@@ -319,6 +329,8 @@ pub fn prepare(
         canonical_level: opts.canonical_level as f32,
         eps: 1e-6,
         cl: out.memory_format().wgsl_flag(c),
+        rows_in_record: opts.rows_in_record as u32,
+        _pad: [0; 3],
         levels: table,
     };
     let mut buffers: Vec<(u32, wgpu::BindingResource<'_>)> = (0..MAX_LEVELS)
@@ -326,7 +338,7 @@ pub fn prepare(
         .collect();
     buffers.push((5, proposals.binding()));
     buffers.push((6, out.binding()));
-    layout_dispatch(
+    let launch = layout_dispatch(
         ctx,
         &SHADER,
         (out.precision(), out.memory_format()),
@@ -335,7 +347,8 @@ pub fn prepare(
         &params,
         &buffers,
         7,
-    )
+    )?;
+    Ok(follows_batch(launch, out))
 }
 
 /// Runs a multi-scale RoIAlign now and returns its output: `levels` finest first, pictures

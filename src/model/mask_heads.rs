@@ -31,7 +31,9 @@ use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
 #[cfg(doc)]
 use crate::graph::ops::detect::ScaleToPictures;
-use crate::graph::ops::detect::{MultiScaleRoiAlign, PasteMasks, ResizeRule, SelectMasks};
+use crate::graph::ops::detect::{
+    CompactOptions, CompactRecords, MultiScaleRoiAlign, PasteMasks, ResizeRule, SelectMasks,
+};
 use crate::graph::ops::ConvTranspose2dOptions;
 use crate::graph::{Graph, Value};
 use crate::model::layers::{relu, BatchNorm2d, Conv2d, ConvTranspose2d};
@@ -185,16 +187,25 @@ impl MaskHeadsConfig {
     }
 }
 
-/// The values [`MaskHeads::record`] adds to a graph, `K = N D` rows, one per detection slot.
+/// The values [`MaskHeads::record`] adds to a graph, each of `N D` rows. The branch runs on
+/// the kept detections of the batch alone, as torchvision's runs on its list of them: row `r`
+/// of `kept`, `logits` and `probabilities` is the `r`-th kept detection in picture order
+/// (picture `n`'s `K_n` from row `K_0 + ... + K_{n-1}`), and the pasted masks go back to their
+/// detections' slots (`masks` row `n D + j` for picture `n`'s detection `j`). Rows beyond
+/// those are not computed where the device launches indirectly (see [`Graph::set_rows`]);
+/// read the kept detections' rows only.
 #[derive(Clone, Copy, Debug)]
 pub struct MaskHeadsValues {
-    /// `mask_fcn_logits`' output `[K, num_classes, 28, 28]`.
+    /// The kept detections `[N, 1, D, 6]` in the pictures' pixels, compacted; empty records
+    /// (score -1) after the last.
+    pub kept: Value,
+    /// `mask_fcn_logits`' output `[N D, num_classes, 28, 28]`, row `r` for `kept`'s record `r`.
     pub logits: Value,
-    /// The probabilities of each detection's class `[K, 1, 28, 28]` (f32; zeros for empty
-    /// slots): torchvision's `masks` before the transform's `postprocess`.
+    /// The probabilities of each detection's class `[N D, 1, 28, 28]` (f32), row `r` for
+    /// `kept`'s record `r`: torchvision's `masks` before the transform's `postprocess`.
     pub probabilities: Value,
-    /// The masks pasted into the pictures `[K, 1, H, W]` (f32 probabilities; zeros for empty
-    /// slots): torchvision's final `masks`.
+    /// The masks pasted into the pictures `[N D, 1, H, W]` (f32 probabilities), row `n D + j`
+    /// for picture `n`'s detection `j`: torchvision's final `masks`.
     pub masks: Value,
 }
 
@@ -310,13 +321,24 @@ impl MaskHeads {
         pictures: Value,
     ) -> MaskHeadsValues {
         g.set_stage("mask head");
-        let mut pool_inputs = levels.to_vec();
-        pool_inputs.extend([resized_detections, pictures]);
-        let mut x = g.push(
-            "roi_heads.mask_roi_pool",
-            MultiScaleRoiAlign::new(resize, MASK_POOLED_SIZE),
-            &pool_inputs,
+        // The kept detections first, so that the branch's launches are sized by their count
+        // rather than by the N D slots. The records the pooling and the pasting read carry
+        // each detection's slot (its picture, and where its mask goes back to); the selection
+        // reads the labels.
+        let from_slots = CompactRecords(CompactOptions { source_row: true });
+        let rois = g.push("roi_heads.mask_rois", from_slots, &[resized_detections]);
+        let kept = g.push(
+            "roi_heads.mask_detections",
+            CompactRecords(CompactOptions::default()),
+            &[detections],
         );
+        let placed = g.push("transform.mask_boxes", from_slots, &[detections]);
+        g.set_rows(Some(kept));
+        let mut pool_inputs = levels.to_vec();
+        pool_inputs.extend([rois, pictures]);
+        let mut pool = MultiScaleRoiAlign::new(resize, MASK_POOLED_SIZE);
+        pool.options.rows_in_record = true;
+        let mut x = g.push("roi_heads.mask_roi_pool", pool, &pool_inputs);
         for (conv, bn) in &self.convs {
             x = conv.forward(g, x);
             if let Some(bn) = bn {
@@ -326,14 +348,18 @@ impl MaskHeads {
         }
         x = self.conv5_mask.forward(g, x);
         let logits = self.mask_fcn_logits.forward(g, x);
-        let probabilities = g.push("roi_heads.mask_probs", SelectMasks, &[logits, detections]);
+        let probabilities = g.push("roi_heads.mask_probs", SelectMasks, &[logits, kept]);
         g.set_stage("postprocess");
         let masks = g.push(
             "transform.paste_masks",
-            PasteMasks,
-            &[probabilities, detections, pictures],
+            PasteMasks {
+                rows_in_record: true,
+            },
+            &[probabilities, placed, pictures],
         );
+        g.set_rows(None);
         MaskHeadsValues {
+            kept,
             logits,
             probabilities,
             masks,
@@ -430,9 +456,12 @@ pub struct MaskRcnnOutput {
     /// The detections `[N, 1, D, 6]`: boxes in the pictures' pixels, score, label bits; best
     /// first, empty records (score -1) after the last.
     pub detections: Tensor,
-    /// Each detection's class probabilities at 28x28 `[N D, 1, 28, 28]` (f32).
+    /// Each kept detection's class probabilities at 28x28 `[N D, 1, 28, 28]` (f32), row `r`
+    /// for the `r`-th kept detection of the batch in picture order (see [`MaskHeadsValues`]):
+    /// only the first `K_0 + ... + K_{N-1}` rows hold masks.
     pub probabilities: Tensor,
-    /// The masks pasted into the pictures `[N D, 1, H, W]` (f32), row `k` for record `k`.
+    /// The masks pasted into the pictures `[N D, 1, H, W]` (f32), row `n D + j` for picture
+    /// `n`'s detection `j`; only the first `K_n` of each picture's `D` rows hold masks.
     pub masks: Tensor,
 }
 

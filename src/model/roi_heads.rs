@@ -22,6 +22,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
+use crate::graph::indirect::{size_by_rows, NodeLaunches};
 use crate::graph::ops::detect::{
     BatchedNms, BoxCandidates, DetectionGeometry, MultiScaleRoiAlign, ResizeRule, ScaleToPictures,
 };
@@ -501,6 +502,8 @@ struct LoweredNode {
     input: bool,
     op: Box<dyn GpuOp>,
     inputs: Vec<usize>,
+    /// The records whose live rows size the node's launches.
+    rows: Option<usize>,
     precision: Precision,
 }
 
@@ -558,6 +561,7 @@ impl LoweredHeads {
                 input: node.op.is::<Input>(),
                 op,
                 inputs: node.inputs.clone(),
+                rows: node.rows,
                 precision: node.op.output_precision(precision),
             });
         }
@@ -612,7 +616,6 @@ impl LoweredHeads {
         given.push(proposals.clone());
         let mut given = given.into_iter();
         let mut values: Vec<Tensor> = Vec::with_capacity(self.nodes.len());
-        let mut dispatches: Vec<Dispatch> = Vec::new();
         for node in &self.nodes {
             if node.input {
                 let Some(t) = given.next() else {
@@ -621,21 +624,37 @@ impl LoweredHeads {
                 values.push(t);
                 continue;
             }
-            let inputs: Vec<&Tensor> = node.inputs.iter().map(|&i| &values[i]).collect();
-            let shapes: Vec<[usize; 4]> = inputs.iter().map(|t| t.shape()).collect();
+            let shapes: Vec<[usize; 4]> = node.inputs.iter().map(|&i| values[i].shape()).collect();
             let shape = node
                 .op
                 .output_shape(&shapes)
                 .map_err(|e| at_node(&node.name, e))?;
-            let out = Tensor::empty_as(&self.ctx, shape, node.precision)?;
-            dispatches.extend(
-                node.op
-                    .prepare(&self.ctx, &inputs, &out, Launch::default())
-                    .map_err(|e| at_node(&node.name, e))?,
-            );
-            values.push(out);
+            values.push(Tensor::empty_as(&self.ctx, shape, node.precision)?);
         }
-        self.ctx.submit(&dispatches.iter().collect::<Vec<_>>())?;
+        let mut prepared = Vec::with_capacity(self.nodes.len());
+        for (i, node) in self.nodes.iter().enumerate() {
+            let launches = if node.input {
+                Vec::new()
+            } else {
+                let inputs: Vec<&Tensor> = node.inputs.iter().map(|&v| &values[v]).collect();
+                node.op
+                    .prepare(&self.ctx, &inputs, &values[i], Launch::default())
+                    .map_err(|e| at_node(&node.name, e))?
+            };
+            prepared.push(NodeLaunches {
+                name: &node.name,
+                launches,
+                out: &values[i],
+                rows: node.rows.map(|v| &values[v]),
+            });
+        }
+        let grids = size_by_rows(&self.ctx, &mut prepared)?;
+        let mut dispatches: Vec<&Dispatch> = Vec::new();
+        for (node, grid) in prepared.iter().zip(&grids) {
+            dispatches.extend(grid);
+            dispatches.extend(&node.launches);
+        }
+        self.ctx.submit(&dispatches)?;
         Ok(HeadsOutputs(
             self.outputs
                 .iter()

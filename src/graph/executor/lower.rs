@@ -25,6 +25,8 @@ pub(super) struct GpuNode {
     /// How the op's output is laid out: the graph's layout, or NCHW for records.
     pub layout: MemoryFormat,
     pub inputs: Vec<usize>,
+    /// The records whose live rows size the node's launches (see `Graph::set_rows`).
+    pub rows: Option<usize>,
 }
 
 /// A graph lowered onto a device.
@@ -117,6 +119,7 @@ pub(super) fn lower(ctx: &GpuContext, graph: Graph, options: &ExecutorOptions) -
             layout: node.op.output_layout(target.layout),
             op,
             inputs: node.inputs,
+            rows: node.rows,
         });
     }
     Ok(Lowered {

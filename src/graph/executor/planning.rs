@@ -12,6 +12,7 @@ use super::{Executor, Granularity};
 use crate::error::Result;
 use crate::gpu::Dispatch;
 use crate::graph::at_node;
+use crate::graph::indirect::{size_by_rows, NodeLaunches};
 use crate::graph::ops::{ConvChoice, Launch};
 use crate::graph::plan::{plan_memory, MemoryPlan};
 use crate::graph::tune::{self, Source, TuneCache, Tuning, TUNE_BUDGET_S};
@@ -168,7 +169,12 @@ impl Executor {
             .zip(&self.nodes)
             .map(|(&s, node)| padded_bytes(s, node.precision, node.layout))
             .collect();
-        let inputs: Vec<Vec<usize>> = self.nodes.iter().map(|n| n.inputs.clone()).collect();
+        // The records sizing a node's launches are read by its grid launch: live until then.
+        let inputs: Vec<Vec<usize>> = self
+            .nodes
+            .iter()
+            .map(|n| n.inputs.iter().copied().chain(n.rows).collect())
+            .collect();
         let outputs: Vec<usize> = self.outputs.iter().map(|&(_, v)| v).collect();
         let limits = ctx.limits();
         let mut memory = plan_memory(
@@ -243,10 +249,7 @@ impl Executor {
         ctx.check_buffer_size("plan", "the split-K partial sums", bytes)?;
         let partials = (bytes > 0).then(|| ctx.storage_zeroed("split-K partial sums", bytes));
 
-        let mut dispatches = Vec::with_capacity(self.nodes.len());
-        let mut stages = Vec::with_capacity(self.nodes.len());
-        let mut names = Vec::with_capacity(self.nodes.len());
-        let mut dispatch_flops = Vec::with_capacity(self.nodes.len());
+        let mut prepared = Vec::with_capacity(self.nodes.len());
         for (i, node) in self.nodes.iter().enumerate() {
             let ins: Vec<&Tensor> = node.inputs.iter().map(|&v| &values[v]).collect();
             let launch = Launch {
@@ -257,8 +260,33 @@ impl Executor {
                 .op
                 .prepare(ctx, &ins, &values[i], launch)
                 .map_err(|e| at_node(&node.name, e))?;
+            prepared.push(NodeLaunches {
+                name: &node.name,
+                launches,
+                out: &values[i],
+                rows: node.rows.map(|v| &values[v]),
+            });
+        }
+        let grids = size_by_rows(ctx, &mut prepared)?;
+
+        let mut dispatches = Vec::with_capacity(self.nodes.len());
+        let mut stages = Vec::with_capacity(self.nodes.len());
+        let mut names = Vec::with_capacity(self.nodes.len());
+        let mut dispatch_flops = Vec::with_capacity(self.nodes.len());
+        for (i, (node, (prepared, grid))) in self
+            .nodes
+            .iter()
+            .zip(prepared.into_iter().zip(grids))
+            .enumerate()
+        {
+            if let Some(grid) = grid {
+                dispatches.push(grid);
+                stages.push(node.stage.clone());
+                names.push(format!("{} rows", node.name));
+                dispatch_flops.push(0);
+            }
             // A split-K convolution is two launches; its FLOPs count on the first.
-            for (k, mut d) in launches.into_iter().enumerate() {
+            for (k, mut d) in prepared.launches.into_iter().enumerate() {
                 if choices[i].is_some() {
                     let config = match d.config() {
                         "" => sources[i].to_string(),

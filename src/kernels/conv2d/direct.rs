@@ -8,7 +8,7 @@ use super::{
     ConvProblem, Partials, ResidualMode,
 };
 use crate::error::{Error, Result};
-use crate::gpu::{grid_2d, Dispatch, GpuContext};
+use crate::gpu::{grid_2d, BatchGrid, Dispatch, GpuContext};
 use crate::kernels::{pipeline, ShaderSource};
 use crate::precision::Precision;
 use crate::tensor::{MemoryFormat, Tensor};
@@ -221,10 +221,19 @@ pub(super) fn prepare(
         let reduce_grid = grid_2d(groups, ctx.limits().max_compute_workgroups_per_dimension);
         ctx.check_grid(OP, reduce_grid)?;
         let config = format!("split {splits}");
+        let per_image = u32::try_from(cout * oh * ow).unwrap_or(u32::MAX);
         return Ok(vec![
-            Dispatch::new(label, pipeline, conv_group, grid).with_config(config.clone()),
+            Dispatch::new(label, pipeline, conv_group, grid)
+                .with_config(config.clone())
+                .with_batch(BatchGrid::Z {
+                    per_row: splits as u32,
+                }),
             Dispatch::new("conv2d_rows_reduce", reduce, reduce_group, reduce_grid)
-                .with_config(config),
+                .with_config(config)
+                .with_batch(BatchGrid::Flat {
+                    items_per_row: per_image,
+                    items_per_group: REDUCE_WG as u32,
+                }),
         ]);
     }
     let bind_group = ctx.bind_group(
@@ -239,7 +248,10 @@ pub(super) fn prepare(
             (5, uniform.binding()),
         ],
     );
-    Ok(vec![Dispatch::new(label, pipeline, bind_group, grid)])
+    // Every kernel here has one image per z (times the split-K parts).
+    Ok(vec![
+        Dispatch::new(label, pipeline, bind_group, grid).with_batch(BatchGrid::Z { per_row: 1 })
+    ])
 }
 
 /// Workgroup size of `conv2d_rows_reduce` (WGSL `REDUCE_WG`).

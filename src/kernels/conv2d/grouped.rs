@@ -9,7 +9,7 @@ use super::{
     check_nchw_tensors, residual_binding, Conv2dOptions, Conv2dParams, Conv2dWeights, ResidualMode,
 };
 use crate::error::{Error, Result};
-use crate::gpu::{Dispatch, GpuContext};
+use crate::gpu::{BatchGrid, Dispatch, GpuContext};
 use crate::kernels::{pipeline, ShaderSource};
 use crate::precision::Precision;
 use crate::tensor::Tensor;
@@ -118,5 +118,7 @@ pub(super) fn prepare(
             (5, uniform.binding()),
         ],
     );
-    Ok(vec![Dispatch::new(entry, pipeline, bind_group, grid)])
+    Ok(vec![
+        Dispatch::new(entry, pipeline, bind_group, grid).with_batch(BatchGrid::Z { per_row: 1 })
+    ])
 }

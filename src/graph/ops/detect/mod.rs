@@ -18,6 +18,7 @@
 
 mod anchors;
 mod box_candidates;
+mod compact_records;
 mod decode_boxes;
 mod geometry;
 mod group_norm_levels;
@@ -32,6 +33,7 @@ mod transform;
 
 pub use anchors::AnchorSpec;
 pub use box_candidates::BoxCandidates;
+pub use compact_records::CompactRecords;
 pub use decode_boxes::DecodeBoxes;
 pub use geometry::{picture_size, DetectionGeometry, ResizeRule};
 pub use group_norm_levels::{GroupNormLevels, HostGroupNorm};
@@ -46,6 +48,7 @@ pub use transform::DetectionTransform;
 
 pub use crate::kernels::box_candidates::CandidateSpec;
 pub use crate::kernels::box_decode::{BoxCoding, LabelSource};
+pub use crate::kernels::compact_records::CompactOptions;
 pub use crate::kernels::nms::MAX_CANDIDATES;
 pub use crate::kernels::resize::Normalize;
 pub use crate::kernels::roi_align::RoiAlignOptions;

@@ -19,7 +19,12 @@ use crate::tensor::{MemoryFormat, Tensor};
 /// The output is large (100 detections of an 800x1333 picture: 427 MB); a device that cannot
 /// bind it refuses the launch with an error naming its limit.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct PasteMasks;
+pub struct PasteMasks {
+    /// Whether word 5 of each detection record is the output row of its mask (records
+    /// compacted by [`super::CompactRecords`] with `source_row`: each mask goes back to its
+    /// detection's slot) rather than its label, mask `k` then going to row `k`.
+    pub rows_in_record: bool,
+}
 
 impl GraphOp for PasteMasks {
     fn kind(&self) -> &'static str {
@@ -72,6 +77,12 @@ impl PlainOp for PasteMasks {
                 ),
             ));
         }
-        Ok(vec![masks::prepare_paste(ctx, inputs[0], inputs[1], out)?])
+        Ok(vec![masks::prepare_paste(
+            ctx,
+            inputs[0],
+            inputs[1],
+            out,
+            self.rows_in_record,
+        )?])
     }
 }

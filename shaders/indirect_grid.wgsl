@@ -1,7 +1,6 @@
 // The grids of launches sized by a count of live rows, for dispatch_workgroups_indirect: the
-// live rows are the records before the first empty one (compact_records.wgsl writes them
-// first), and each launch's grid follows from them by its rule, as BatchGrid::grid computes
-// on the CPU.
+// live rows are the non-empty records, which compact_records.wgsl writes first, and each
+// launch's grid follows from their count by its rule, as BatchGrid::grid computes on the CPU.
 //
 // Bindings:
 //   0  records  [rows * 6]       f32 records; a score (word 4) that is not >= 0: empty

@@ -146,11 +146,16 @@ fn paste_masks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let r = k * 6u;
     // Where the mask goes: its record's row, or the row word 5 names (compacted records,
     // whose empty ones name none: they write nothing).
-    let o = select(k, bitcast<u32>(detections[r + 5u]), pp.rows_in_record != 0u) * picture + pix;
+    let row = select(k, bitcast<u32>(detections[r + 5u]), pp.rows_in_record != 0u);
+    let o = row * picture + pix;
     if (!(detections[r + 4u] >= 0.0)) {
         if (pp.rows_in_record == 0u) {
             pasted[o] = 0.0;
         }
+        return;
+    }
+    // A row beyond the output is no detection's: nothing to write.
+    if (row >= pp.len / picture) {
         return;
     }
     let e = expanded_box(vec4<f32>(detections[r], detections[r + 1u], detections[r + 2u],

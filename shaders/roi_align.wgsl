@@ -179,10 +179,12 @@ fn roi_align(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
     let r = roi * 6u;
     let image = select(roi, bitcast<u32>(proposals[r + 5u]), p.rows_in_record != 0u) / p.rois;
+    // A record naming a row beyond the batch's (rows_in_record) is pooled from no picture.
+    let images = p.len / (s * s * select(p.channels, p.cl, CHANNELS_LAST)) / p.rois;
     let b = vec4<f32>(proposals[r], proposals[r + 1u], proposals[r + 2u], proposals[r + 3u]);
     let score = proposals[r + 4u];
     var level = p.count;
-    if (score >= 0.0) {
+    if (score >= 0.0 && image < images) {
         // One level: torchvision pools every box from it, without the mapper.
         level = select(map_level(b), 0u, p.count == 1u);
     }

@@ -156,13 +156,6 @@ fn check(ctx: &GpuContext, t: &TensorMap, kind: &str, precision: Precision) -> W
     let probs = out.probabilities.download(ctx).unwrap();
     let pasted = out.masks.download(ctx).unwrap();
     let plane = h * w;
-    for row in 0..n * d {
-        let sum: f32 = pasted[row * plane..(row + 1) * plane].iter().sum();
-        eprintln!(
-            "DEBUG row {row} sum {sum} rec {:?}",
-            &records[row * 6..row * 6 + 6]
-        );
-    }
     let longer = h.max(w) as f32;
     let (coordinate, score_tol, near) = match precision {
         Precision::F32 => (1e-3, 1e-4, 1e-3),

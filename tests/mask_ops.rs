@@ -761,10 +761,15 @@ fn compacted_records_size_and_place_the_masks() {
                     items_per_row: 1 << 24,
                     items_per_group: 64,
                 },
-                [max, (k as u32 * (1 << 18)).div_ceil(max), 1],
+                {
+                    // grid_2d's layout of all k rows' workgroups.
+                    let total = k as u32 * (1 << 18);
+                    let y = total.div_ceil(max);
+                    [total.div_ceil(y), y, 1]
+                },
             ),
         ];
-        let grids = indirect_grid::grids(ctx, placed, &launches).unwrap();
+        let grids = pollster::block_on(indirect_grid::grids(ctx, placed, &launches)).unwrap();
         for (i, ((batch, full), got)) in launches.iter().zip(&grids).enumerate() {
             let (kind, per) = match *batch {
                 BatchGrid::Z { per_row } => (0, (per_row, 1)),

@@ -114,7 +114,10 @@ fn mask_rcnn_v2_matches_torchvision_on_an_odd_picture_scaled_down() {
 fn the_mask_branch_is_sized_on_the_gpu_by_the_kept_detections() {
     let ctx = gpu();
     // lavapipe and llvmpipe's GL both execute indirect launches.
-    assert!(ctx.supports_indirect_dispatch());
+    assert!(
+        ctx.supports_indirect_dispatch(),
+        "this adapter does not execute indirect launches, or FPN_INDIRECT_DISPATCH=0 is set"
+    );
     for kind in [DetectorKind::MaskRcnn, DetectorKind::MaskRcnnV2] {
         let config = two_stage::config(kind, 9, 32);
         let detector = Detector::random(ctx, config, 3, small_options(kind)).unwrap();
@@ -147,7 +150,7 @@ fn the_mask_branch_is_sized_on_the_gpu_by_the_kept_detections() {
     }
 }
 
-/// Small pictures, few proposals and few detection slots: the mask branch runs on every slot.
+/// Small pictures, few proposals and few detection slots.
 fn small_options(kind: DetectorKind) -> DetectorOptions {
     DetectorOptions {
         min_size: 64,

@@ -5,7 +5,7 @@
 /// out of a fixed capacity) be sized on the GPU from the count of live rows, with
 /// `dispatch_workgroups_indirect`, instead of by its capacity. Kernels whose workgroups each
 /// stay inside the rows they were given and whose grid shrinks along one of these forms say so
-/// with [`Dispatch::with_batch`]; the other launches always run their whole grid.
+/// with `Dispatch::with_batch`; the other launches always run their whole grid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BatchGrid {
     /// `per_row` workgroups per row along z: `[x, y, rows * per_row]` (the convolutions,
@@ -22,7 +22,7 @@ pub enum BatchGrid {
         /// Items per workgroup.
         items_per_group: u32,
     },
-    /// `ceil(rows * items_per_row / items_per_group)` workgroups laid out by [`grid_2d`] (the
+    /// `ceil(rows * items_per_row / items_per_group)` workgroups laid out by `grid_2d` (the
     /// kernels with one invocation per output element).
     Flat {
         /// Items (elements) per row.

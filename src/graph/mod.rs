@@ -45,9 +45,7 @@ impl Node {
     pub fn reads(&self) -> impl Iterator<Item = Value> + '_ {
         self.inputs.iter().copied().chain(self.rows)
     }
-}
 
-impl Node {
     /// The op as its concrete type, if it is a `T`.
     pub fn op<T: GraphOp>(&self) -> Option<&T> {
         self.op.downcast()
@@ -94,9 +92,11 @@ impl Graph {
     /// Sizes the launches of the nodes pushed from now on by the live rows of `records`
     /// (`None`: by their outputs' full size): f32 `[N, 1, D, 6]` records whose live records come
     /// first ([`CompactRecords`](ops::detect::CompactRecords) writes them so). Their outputs'
-    /// leading dimension must be the records' `N * D` rows; rows past the live ones are then
-    /// left as they were. Where the device cannot launch indirectly, or a kernel's grid cannot
-    /// be cut by rows, launches run at full size, which gives the same live rows.
+    /// leading dimension must be the records' `N * D` rows, one per record: a launch then
+    /// computes the live records' rows (or, like the pasting of compacted records, the results
+    /// of the live records, placed where each record says) and leaves the other rows as they
+    /// were. Where the device cannot launch indirectly, or a kernel's grid cannot be cut by
+    /// rows, launches run at full size, which gives the same live rows.
     pub fn set_rows(&mut self, records: Option<Value>) {
         self.rows = records;
     }

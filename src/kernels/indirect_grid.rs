@@ -72,10 +72,10 @@ impl GridRule {
 }
 
 /// Builds the launch writing into `args` (3 u32 per launch, a buffer made by
-/// [`GpuContext::indirect_buffer`]) the grid of each launch of `launches` (how its grid follows
+/// `GpuContext::indirect_buffer`) the grid of each launch of `launches` (how its grid follows
 /// the batch, and its grid at full size) for the live rows of `records` (f32 `[N, 1, D, 6]`,
 /// the live records first).
-pub fn prepare(
+pub(crate) fn prepare(
     ctx: &GpuContext,
     records: &Tensor,
     launches: &[(BatchGrid, [u32; 3])],
@@ -129,12 +129,15 @@ pub fn prepare(
 }
 
 /// Runs the grid launch now for `launches` on the live rows of `records` and returns the
-/// grids it wrote, in order (what the indirect launches would read).
-pub fn grids(
+/// grids it wrote, in order (what the indirect launches would read), once the GPU is done.
+pub async fn grids(
     ctx: &GpuContext,
     records: &Tensor,
     launches: &[(BatchGrid, [u32; 3])],
 ) -> Result<Vec<[u32; 3]>> {
+    if launches.is_empty() {
+        return Ok(Vec::new());
+    }
     let words = 3 * launches.len();
     let args = ctx.indirect_buffer("indirect grids", words);
     let launch = prepare(ctx, records, launches, &args)?;
@@ -147,7 +150,7 @@ pub fn grids(
         });
     encoder.copy_buffer_to_buffer(&args, 0, out.buffer(), out.offset(), (words * 4) as u64);
     ctx.queue().submit([encoder.finish()]);
-    let values = out.download(ctx)?;
+    let values = out.download_async(ctx).await?;
     Ok(values
         .chunks_exact(3)
         .map(|g| [g[0].to_bits(), g[1].to_bits(), g[2].to_bits()])

@@ -7,7 +7,10 @@
 //! The detections are the records the crate's NMS writes, f32 `[N, 1, D, 6]` (x1, y1, x2, y2,
 //! score, the label's u32 bits; a score that is not >= 0 marks an empty slot), boxes in the
 //! original picture's pixels; mask row `k` belongs to record `k` (image `k / D`, slot
-//! `k % D`), as RoIAlign writes its rows. Empty slots give zeros.
+//! `k % D`), as RoIAlign writes its rows. Empty slots give zeros. The pasting also takes
+//! records compacted across the batch ([`crate::kernels::compact_records`], word 5 holding each
+//! one's row in the detections): mask `k` then goes back to that row, and empty records write
+//! nothing.
 //!
 //! # The paste's arithmetic
 //! torchvision's, step by step: the MxM map padded by one pixel of zeros, the box expanded
@@ -304,7 +307,9 @@ pub fn check_paste_size(ctx: &GpuContext, shape: [usize; 4]) -> Result<()> {
 
 /// Builds the launch writing `out` (f32 `[K, 1, H, W]`) = each record's mask of `masks` (f32
 /// `[K, 1, M, M]` probabilities) pasted into its box in an `H x W` picture of zeros, as
-/// torchvision's `paste_masks_in_image(masks, boxes, (H, W), padding=1)`.
+/// torchvision's `paste_masks_in_image(masks, boxes, (H, W), padding=1)`. With
+/// `rows_in_record`, record `k`'s mask goes to the row of `out` its word 5 names (compacted
+/// records) and empty records write nothing.
 pub fn prepare_paste(
     ctx: &GpuContext,
     masks: &Tensor,

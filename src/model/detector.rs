@@ -530,8 +530,9 @@ pub struct DetectorOutputs {
     /// empty slots (score -1) after the last.
     pub detections: Tensor,
     /// Mask R-CNN: the masks pasted into the pictures `[N D, 1, H, W]` (f32 probabilities),
-    /// row `i D + k` for picture `i`'s slot `k`, zeros for empty slots. `None` for the other
-    /// detectors.
+    /// row `i D + k` for picture `i`'s detection `k`. Only each picture's first K rows, its K
+    /// detections', are written: the others hold whatever the memory held. `None` for the
+    /// other detectors.
     pub masks: Option<Tensor>,
 }
 

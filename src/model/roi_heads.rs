@@ -645,7 +645,7 @@ impl LoweredHeads {
                 name: &node.name,
                 launches,
                 out: &values[i],
-                rows: node.rows.map(|v| &values[v]),
+                rows: node.rows.map(|v| (v, &values[v])),
             });
         }
         let grids = size_by_rows(&self.ctx, &mut prepared)?;

@@ -264,7 +264,7 @@ impl Executor {
                 name: &node.name,
                 launches,
                 out: &values[i],
-                rows: node.rows.map(|v| &values[v]),
+                rows: node.rows.map(|v| (v, &values[v])),
             });
         }
         let grids = size_by_rows(ctx, &mut prepared)?;

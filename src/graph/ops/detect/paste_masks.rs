@@ -14,7 +14,8 @@ use crate::tensor::{MemoryFormat, Tensor};
 /// The masks in the pictures `[N*D, 1, H, W]` (f32 probabilities); inputs `[masks, detections,
 /// pictures]`: the selected probabilities `[N*D, 1, M, M]` (f32, as [`super::SelectMasks`]
 /// writes them), the detection records `[N, 1, D, 6]` with boxes in the pictures' pixels, and
-/// the pictures `[N, c, H, W]`, whose shape alone is read. Empty slots give zeros.
+/// the pictures `[N, c, H, W]`, whose shape alone is read. Empty slots give zeros (with
+/// `rows_in_record`, they write nothing: their rows are no detection's).
 ///
 /// The output is large (100 detections of an 800x1333 picture: 427 MB); a device that cannot
 /// bind it refuses the launch with an error naming its limit.

@@ -23,6 +23,21 @@ pub const SHADER: ShaderSource = ShaderSource {
 /// Words of one candidate record: x1, y1, x2, y2, score, label (u32 bits).
 pub const RECORD: usize = 6;
 
+/// Checks that `detections` is `[N, 1, D, 6]`, the records NMS writes and the ops after it
+/// read, and returns `(N, D)`.
+pub(crate) fn check_records(op: &'static str, detections: [usize; 4]) -> Result<(usize, usize)> {
+    let [n, one, d, record] = detections;
+    if one != 1 || record != RECORD || n == 0 || d == 0 {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "the detections have shape {detections:?}; expected [N, 1, D, {RECORD}] (D records of x1, y1, x2, y2, score, label per image, as NMS writes them)"
+            ),
+        ));
+    }
+    Ok((n, d))
+}
+
 /// How a regression is turned into a box.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum BoxCoding {

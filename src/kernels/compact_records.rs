@@ -13,7 +13,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::box_decode::RECORD;
+use crate::kernels::box_decode::check_records;
 use crate::kernels::{check_nchw, check_output_shape, pipeline, ShaderSource};
 use crate::precision::Precision;
 use crate::tensor::{check_shape, Tensor};
@@ -50,15 +50,7 @@ pub struct CompactOptions {
 
 /// Checks `records` is a `[N, 1, D, 6]` shape and returns it: the output's shape too.
 pub fn output_shape(records: [usize; 4]) -> Result<[usize; 4]> {
-    match records {
-        [n, 1, d, RECORD] if n > 0 && d > 0 => Ok(records),
-        _ => Err(Error::invalid(
-            OP,
-            format!(
-                "the records have shape {records:?}; expected [N, 1, D, {RECORD}] (D records of x1, y1, x2, y2, score, label per picture, as NMS writes them)"
-            ),
-        )),
-    }
+    check_records(OP, records).map(|_| records)
 }
 
 /// Builds the launch compacting `records` into `out` (both f32 `[N, 1, D, 6]`).

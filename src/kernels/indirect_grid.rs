@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{BatchGrid, Dispatch, GpuContext};
-use crate::kernels::box_decode::RECORD;
+use crate::kernels::box_decode::check_records;
 use crate::kernels::{pipeline, ShaderSource};
 use crate::precision::Precision;
 use crate::tensor::Tensor;
@@ -81,14 +81,13 @@ pub(crate) fn prepare(
     launches: &[(BatchGrid, [u32; 3])],
     args: &wgpu::Buffer,
 ) -> Result<Dispatch> {
-    let [n, one, d, record] = records.shape();
-    if one != 1 || record != RECORD || records.precision() != Precision::F32 {
+    let (n, d) = check_records(OP, records.shape())?;
+    if records.precision() != Precision::F32 {
         return Err(Error::invalid(
             OP,
             format!(
-                "the records are {} of shape {:?}; the rows of launches are counted in float32 [N, 1, D, {RECORD}] records",
-                records.precision(),
-                records.shape()
+                "the records are {}; the rows of launches are counted in float32 records",
+                records.precision()
             ),
         ));
     }

@@ -32,7 +32,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Dispatch, GpuContext};
-use crate::kernels::box_decode::RECORD;
+use crate::kernels::box_decode::check_records;
 use crate::kernels::{
     check_nchw, check_output_shape, elementwise_dispatch, follows_batch, ShaderSource,
 };
@@ -80,20 +80,6 @@ pub(crate) struct PasteParams {
     zero: u32,
     rows_in_record: u32,
     _pad: u32,
-}
-
-/// Checks that `detections` is `[N, 1, D, 6]` and returns `(N, D)`.
-fn check_records(op: &'static str, detections: [usize; 4]) -> Result<(usize, usize)> {
-    let [n, one, d, record] = detections;
-    if one != 1 || record != RECORD || n == 0 || d == 0 {
-        return Err(Error::invalid(
-            op,
-            format!(
-                "the detections have shape {detections:?}; expected [N, 1, D, {RECORD}] (D records of x1, y1, x2, y2, score, label per image, as NMS writes them)"
-            ),
-        ));
-    }
-    Ok((n, d))
 }
 
 /// Checks the f32 records tensor and that it is not the output.

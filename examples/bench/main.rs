@@ -7,6 +7,7 @@
 //! WGPU_BACKEND=gl cargo run --release --example bench -- --height 224 --width 224
 //! cargo run --release --example bench -- --precision f16
 //! cargo run --release --example bench -- --height 224 --width 224 --per-op   # one line per launch
+//! cargo run --release --example bench -- --floor   # what wgpu and the driver alone cost of encode_ms
 //! cargo run --release --example bench -- --suite   # batch 1 and 8, 600x900 and 224x224, f32 and f16
 //! cargo run --release --example bench -- --detect --height 800 --width 1333   # RetinaNet
 //! cargo run --release --example bench -- --detect --detector fasterrcnn --height 800 --width 1333
@@ -21,6 +22,8 @@
 
 #[cfg(not(target_arch = "wasm32"))]
 mod detect;
+#[cfg(not(target_arch = "wasm32"))]
+mod floor;
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() -> anyhow::Result<()> {
@@ -77,6 +80,10 @@ mod native {
         /// Also time every kernel launch on its own (GPU timestamps) and list them, slowest first.
         #[arg(long)]
         per_op: bool,
+        /// Also time recording and submitting as many launches and copies as the forward, of
+        /// kernels that do almost nothing: what wgpu and the driver alone cost of `encode_ms`.
+        #[arg(long)]
+        floor: bool,
         /// Run every combination of batch 1 and 8, 600x900 and 224x224, f32 and f16 (where the
         /// adapter has it), each reported as a single run would be; for GPUs.
         #[arg(long)]
@@ -241,6 +248,27 @@ mod native {
             first_s.map_or("not run (--warmup 0)".to_string(), |t| format!("{t:.3} s"))
         );
         println!("CPU time to record and submit a forward: median {encode_ms:.3} ms");
+        let floor = if args.floor {
+            let footprint = plan.activation_bytes() + fpn.executor().weight_bytes();
+            // The input copied in, each level copied out (converted, in f16).
+            let copies = 1 + fpn.executor().output_shapes(shape)?.len();
+            let iters = args.iters.max(20);
+            let (warm, flushed) =
+                crate::floor::run(ctx, plan.dispatches().len(), copies, footprint, iters)?;
+            println!(
+                "the same {} launches and {copies} copies of kernels that do almost nothing \
+                 (wgpu and the driver alone): median {:.3} ms right after the last, {:.3} ms \
+                 after writing {:.0} MiB of CPU memory (the forward's weights and activations), \
+                 over {iters}",
+                plan.dispatches().len(),
+                warm * 1e3,
+                flushed * 1e3,
+                mib(footprint)
+            );
+            Some((warm, flushed))
+        } else {
+            None
+        };
         println!(
             "forward: median {median:.4} s, min {min:.4} s, max {max:.4} s over {} runs",
             times.len()
@@ -302,7 +330,7 @@ mod native {
             })
             .unwrap_or_else(|| "null".into());
         println!(
-            "{{\"adapter\":{:?},\"backend\":\"{:?}\",\"preset\":{:?},\"fused\":{},\"algorithms\":\"{:?}\",\"precision\":\"{}\",\"input\":{:?},\"tuning\":\"{:?}\",\"plan_s\":{plan_s:.4},\"first_forward_s\":{},\"encode_ms\":{encode_ms:.4},\"runs\":{},\"median_s\":{median:.5},\"min_s\":{min:.5},\"max_s\":{max:.5},\"gflop\":{gflop:.3},\"effective_gflops\":{:.2},\"stages_ms\":{stages_json},\"activation_bytes\":{},\"activation_lower_bound_bytes\":{},\"weight_bytes\":{}}}",
+            "{{\"adapter\":{:?},\"backend\":\"{:?}\",\"preset\":{:?},\"fused\":{},\"algorithms\":\"{:?}\",\"precision\":\"{}\",\"input\":{:?},\"tuning\":\"{:?}\",\"plan_s\":{plan_s:.4},\"first_forward_s\":{},\"encode_ms\":{encode_ms:.4},\"encode_floor_ms\":{},\"runs\":{},\"median_s\":{median:.5},\"min_s\":{min:.5},\"max_s\":{max:.5},\"gflop\":{gflop:.3},\"effective_gflops\":{:.2},\"stages_ms\":{stages_json},\"activation_bytes\":{},\"activation_lower_bound_bytes\":{},\"weight_bytes\":{}}}",
             ctx.adapter().name,
             ctx.adapter().backend,
             args.preset,
@@ -312,6 +340,11 @@ mod native {
             shape,
             executor_tuning(&fpn),
             first_s.map_or("null".to_string(), |t| format!("{t:.4}")),
+            floor.map_or("null".to_string(), |(w, f)| format!(
+                "{{\"warm\":{:.4},\"flushed\":{:.4}}}",
+                w * 1e3,
+                f * 1e3
+            )),
             times.len(),
             gflop / median,
             plan.activation_bytes(),
